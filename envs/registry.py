@@ -1,0 +1,39 @@
+"""Environments by name.
+
+An environment module exposes `ENV_SPEC`: its options (a dataclass), how to build
+one env, which tasks it plays, and sample text to train a tokenizer on for a tiny
+model. Built-in names map to modules here; any other name is taken as a module
+path (`mypkg.my_env`), so users add environments without touching this file.
+Modules are imported only when chosen, so an unused env costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from envs.base import Env, Task
+
+BUILTIN = {
+    "lookup": "envs.lookup",
+}
+
+
+@dataclass
+class EnvSpec:
+    params: type  # dataclass of the env's options, each with a default
+    make_env: Callable[[Any], Env]  # params -> a fresh env
+    load_tasks: Callable[[Any, str], list[Task]]  # (params, split: "train" | "eval") -> tasks
+    sample_text: Callable[[Any], list[str]]  # params -> text a tokenizer for this task is trained on
+
+
+def get_env_spec(name: str) -> EnvSpec:
+    module_name = BUILTIN.get(name, name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"unknown env {name!r}: built-in envs are {sorted(BUILTIN)}, or give a module path ({e})") from e
+    if not hasattr(module, "ENV_SPEC"):
+        raise ValueError(f"module {module_name!r} has no ENV_SPEC")
+    return module.ENV_SPEC

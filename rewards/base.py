@@ -1,0 +1,97 @@
+"""Reward results, the reward registry, and weighted combination.
+
+A reward function maps a text-level `Trajectory` to a `Reward`: one process
+reward per agent turn plus an outcome reward. Reward functions are built by name
+from a spec (`{"name": ..., "weight": ..., "params": {...}}`), the same spec for
+training and for offline re-scoring, so swapping a reward is a config change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from envs.base import Trajectory
+
+
+@dataclass
+class Reward:
+    process: list[float]  # one reward per agent turn, earned by that turn
+    outcome: float  # earned by the episode as a whole
+    components: dict[str, float] = field(default_factory=dict)  # named parts (each a total), for logging
+
+    @property
+    def total(self) -> float:
+        return self.outcome + sum(self.process)
+
+
+RewardFn = Callable[[Trajectory], Reward]
+_FACTORIES: dict[str, Callable[..., RewardFn]] = {}
+
+
+def register_reward(name: str):
+    """Decorator: register `factory(**params) -> RewardFn` under `name`."""
+
+    def deco(factory):
+        if name in _FACTORIES:
+            raise ValueError(f"reward {name!r} registered twice")
+        _FACTORIES[name] = factory
+        return factory
+
+    return deco
+
+
+def reward_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+@dataclass
+class RewardSpec:
+    name: str  # registered reward name
+    weight: float = 1.0  # multiplies both its process and outcome rewards
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the reward's factory
+
+
+def _closest(word: str, options) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def build_one(spec: RewardSpec) -> RewardFn:
+    if spec.name not in _FACTORIES:
+        raise ValueError(f"unknown reward {spec.name!r}{_closest(spec.name, _FACTORIES)}; known: {reward_names()}")
+    factory = _FACTORIES[spec.name]
+    accepted = inspect.signature(factory).parameters
+    for key in spec.params:
+        if key not in accepted:
+            raise ValueError(f"reward {spec.name!r} has no parameter {key!r}{_closest(key, accepted)}; it takes {list(accepted)}")
+    return factory(**spec.params)
+
+
+def build_reward(specs: list[RewardSpec | dict]) -> RewardFn:
+    """Build the weighted sum of several rewards; components are named after each spec."""
+    specs = [s if isinstance(s, RewardSpec) else RewardSpec(**s) for s in specs]
+    if not specs:
+        raise ValueError("at least one reward is needed")
+    parts = [(s, build_one(s)) for s in specs]
+
+    def combined(trajectory: Trajectory) -> Reward:
+        n_turns = len(trajectory.turns)
+        process = [0.0] * n_turns
+        outcome = 0.0
+        components: dict[str, float] = {}
+        for spec, fn in parts:
+            r = fn(trajectory)
+            if len(r.process) != n_turns:
+                raise ValueError(f"reward {spec.name!r} gave {len(r.process)} process rewards for {n_turns} turns")
+            process = [p + spec.weight * q for p, q in zip(process, r.process)]
+            outcome += spec.weight * r.outcome
+            components[spec.name] = components.get(spec.name, 0.0) + spec.weight * r.total
+            for sub, value in r.components.items():
+                if sub != spec.name:
+                    components[f"{spec.name}/{sub}"] = value
+        return Reward(process, outcome, components)
+
+    return combined

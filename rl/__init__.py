@@ -1,0 +1,1 @@
+"""RL: engines, multi-turn rollout, algorithms, learner and trainer. Depends on envs/ and rewards/."""

@@ -1,0 +1,106 @@
+"""Multi-turn rollout: every live episode of a batch advances one turn per batched `generate`.
+
+Token-in/token-out: an episode's token ids only ever grow. Sampled tokens are
+appended with loss mask 1 and their sampling logprobs; observation tokens with
+loss mask 0. Limits cut observations (and the last action), never the task
+prompt; a prompt that does not fit fails its episode. An env that raises fails
+only its own episode.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from envs.base import Env, Task, Trajectory, Turn
+from rl.chat import TurnFormatter
+from rl.engine import Engine, Request, SamplingParams
+from rl.episode import PROMPT_TURN, Episode
+
+
+@dataclass
+class RolloutConfig:
+    tasks_per_step: int = 8  # distinct tasks per training step
+    group_size: int = 8  # episodes per task (GRPO's group)
+    max_turns: int = 8  # cap on agent turns per episode; the env usually ends it sooner
+    max_turn_tokens: int = 64  # longest single action, in tokens
+    max_obs_tokens: int = 256  # an observation is cut to this many tokens
+    max_total_tokens: int = 1024  # prompt + all actions and observations
+    temperature: float = 1.0  # sampling temperature (0 = greedy)
+    top_p: float = 1.0  # nucleus sampling mass
+    top_k: int = 0  # top-k sampling (0 = off)
+    observation_role: str = "user"  # chat role of observations, for models with a chat template
+
+
+def _fail(episode: Episode, where: str) -> None:
+    episode.finish = "error"
+    episode.error = f"{where}: {traceback.format_exc(limit=3).strip().splitlines()[-1]}"
+
+
+def rollout(
+    engine: Engine,
+    formatter: TurnFormatter,
+    make_env: Callable[[], Env],
+    tasks: list[tuple[Task, int, int]],  # (task, group, seed) per episode
+    cfg: RolloutConfig,
+    greedy: bool = False,
+) -> list[Episode]:
+    tokenizer = formatter.tokenizer
+    episodes, envs = [], []
+    for task, group, seed in tasks:
+        episode = Episode(Trajectory(task), group, seed)
+        env = None
+        try:
+            env = make_env()
+            prompt_ids = formatter.prompt_ids(env.reset(task))
+            episode.append(prompt_ids, PROMPT_TURN)
+            if len(prompt_ids) >= cfg.max_total_tokens:
+                episode.finish, episode.error = "error", f"prompt has {len(prompt_ids)} tokens, max_total_tokens is {cfg.max_total_tokens}"
+        except Exception:
+            _fail(episode, "env.reset")
+        episodes.append(episode)
+        envs.append(env)
+
+    stop = sorted({s for env in envs if env is not None for s in env.stop_strings})
+    params = SamplingParams(0.0 if greedy else cfg.temperature, cfg.top_p, cfg.top_k, stop)
+    live = [i for i, ep in enumerate(episodes) if not ep.finish]
+    turn = 0
+    while live:
+        requests = [
+            Request(list(episodes[i].token_ids), min(cfg.max_turn_tokens, cfg.max_total_tokens - len(episodes[i].token_ids)), episodes[i].seed * 1009 + turn)
+            for i in live
+        ]
+        generations = engine.generate(requests, params)
+        for i, gen in zip(live, generations):
+            ep, env = episodes[i], envs[i]
+            ep.append(gen.token_ids, turn, gen.logprobs)
+            action = _cut_at_stop(tokenizer.decode(gen.token_ids, skip_special_tokens=True), env.stop_strings)
+            try:
+                result = env.step(action)
+            except Exception:
+                ep.trajectory.turns.append(Turn(action, "", {}))
+                _fail(ep, "env.step")
+                continue
+            ep.trajectory.turns.append(Turn(action, result.observation, result.info))
+            if result.done:
+                ep.finish = "done"
+            elif turn + 1 >= cfg.max_turns:
+                ep.finish = "max_turns"
+            else:
+                ended_with_eos = gen.finish_reason == "eos"
+                wrapper = len(formatter.observation_ids("", ended_with_eos, 0))
+                room = cfg.max_total_tokens - len(ep.token_ids) - wrapper - 1  # keep room for one action token
+                if room < 0:
+                    ep.finish = "length"
+                else:
+                    ep.append(formatter.observation_ids(result.observation, ended_with_eos, min(cfg.max_obs_tokens, room)), turn)
+        live = [i for i in live if not episodes[i].finish]
+        turn += 1
+    return episodes
+
+
+def _cut_at_stop(text: str, stop_strings: list[str]) -> str:
+    """The action as the env sees it: the text up to and including the first stop string."""
+    ends = [text.index(s) + len(s) for s in stop_strings if s in text]
+    return text[: min(ends)] if ends else text

@@ -1,0 +1,263 @@
+"""The training loop, in process: sample tasks, roll out G episodes each, score, compute advantages, update, sync weights, log.
+
+Run directory layout:
+    config.yaml            the resolved config
+    metrics.jsonl          one line of metrics per step (and per evaluation)
+    tb/                    TensorBoard events
+    episodes/step_N.jsonl  every episode: turns as text with info, tokens, masks, logprobs, rewards
+    base_model/            the tiny model built for this run (when model.path is empty)
+    checkpoints/step_N/    model/ (a Hugging Face directory) and state.pt (optimizer, scheduler,
+                           task sampler, RNG, step); `resume=RUN_DIR` continues from the latest
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from envs.registry import get_env_spec
+from rewards import build_reward
+from rl import algos
+from rl.chat import TurnFormatter
+from rl.config import Config, build_params, to_dict
+from rl.engine import HFEngine
+from rl.episode import Episode
+from rl.learner import Learner, load_model
+from rl.rollout import rollout
+from rl.tiny import build_tiny_model
+
+
+class TaskSampler:
+    """Tasks in a fresh seeded shuffle each epoch; its whole state is (epoch, position)."""
+
+    def __init__(self, n_tasks: int, seed: int):
+        if n_tasks == 0:
+            raise ValueError("the env provided no training tasks")
+        self.n, self.seed = n_tasks, seed
+        self.epoch, self.pos = 0, 0
+
+    def _order(self) -> list[int]:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist()
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            order = self._order()
+            take = min(k - len(out), self.n - self.pos)
+            out += order[self.pos : self.pos + take]
+            self.pos += take
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+
+
+def episode_seed(seed: int, step: int, index: int) -> int:
+    return ((seed * 1_000_003 + step) * 10_007 + index) % (2**62)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
+    return ckpts[-1] if ckpts else None
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.resume or cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+
+        spec = get_env_spec(cfg.env.name)
+        self.env_params = build_params(spec.params, cfg.env.params, "env.params")
+        self.make_env = lambda: spec.make_env(self.env_params)
+        self.train_tasks = spec.load_tasks(self.env_params, "train")
+        self.eval_tasks = spec.load_tasks(self.env_params, "eval")
+        self.reward_fn = build_reward(cfg.reward)
+
+        base = Path(cfg.model.path) if cfg.model.path else self.run_dir / "base_model"
+        if not cfg.model.path and not (base / "config.json").exists():
+            build_tiny_model(base, spec.sample_text(self.env_params), cfg.model.tiny, cfg.seed)
+        checkpoint = latest_checkpoint(self.run_dir) if cfg.resume else None
+        if cfg.resume and checkpoint is None:
+            raise FileNotFoundError(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        policy = checkpoint / "model" if checkpoint else base
+
+        self.learner = Learner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
+        self.tokenizer = AutoTokenizer.from_pretrained(policy)
+        self.engine = HFEngine(load_model(policy, self.learner.device).eval(), self.tokenizer, self.learner.device)
+        self.formatter = TurnFormatter(self.tokenizer, cfg.rollout.observation_role)
+        self.sampler = TaskSampler(len(self.train_tasks), cfg.seed)
+        self.step = 0
+        if checkpoint:
+            state = torch.load(checkpoint / "state.pt", weights_only=False)
+            self.learner.load_state_dict(state["learner"])
+            self.sampler.load_state_dict(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.step = state["step"]
+        self._open_logs()
+
+    # ------------------------------------------------------------ logging
+
+    def _open_logs(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if metrics_path.exists():  # on resume, forget what came after the checkpoint
+            kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= self.step]
+            metrics_path.write_text("".join(l + "\n" for l in kept))
+        self.metrics_file = metrics_path.open("a")
+        self.tb = SummaryWriter(self.run_dir / "tb", purge_step=self.step + 1)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.metrics_file.flush()
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+
+    def _write_episodes(self, step: int, episodes: list[Episode], advantages: dict[int, float]) -> None:
+        out = self.run_dir / "episodes" / f"step_{step:06d}.jsonl"
+        out.parent.mkdir(exist_ok=True)
+        with out.open("w") as f:
+            for i, ep in enumerate(episodes):
+                f.write(json.dumps({"step": step, **ep.to_dict(), "advantage": advantages.get(i)}) + "\n")
+
+    # ------------------------------------------------------------ one step
+
+    def score(self, episodes: list[Episode]) -> None:
+        for ep in episodes:
+            if ep.failed:
+                continue
+            try:
+                ep.reward = self.reward_fn(ep.trajectory)
+            except Exception as e:
+                ep.finish, ep.error = "error", f"reward: {type(e).__name__}: {e}"
+
+    def train_step(self) -> dict[str, float]:
+        cfg, step = self.cfg, self.step + 1
+        G = cfg.rollout.group_size
+        tasks = [self.train_tasks[i] for i in self.sampler.take(cfg.rollout.tasks_per_step)]
+        items = [(task, g, episode_seed(cfg.seed, step, g * G + j)) for g, task in enumerate(tasks) for j in range(G)]
+
+        t0 = time.perf_counter()
+        episodes = rollout(self.engine, self.formatter, self.make_env, items, cfg.rollout)
+        self.score(episodes)
+        t1 = time.perf_counter()
+
+        valid = [i for i, ep in enumerate(episodes) if not ep.failed]
+        metrics: dict[str, float] = {}
+        advantages: dict[int, float] = {}
+        if valid:
+            rewards = torch.tensor([episodes[i].reward.total for i in valid], dtype=torch.float64)
+            groups = torch.tensor([episodes[i].group for i in valid])
+            adv = algos.group_advantages(rewards, groups, cfg.algo.norm_by_std)  # [N]
+            advantages = dict(zip(valid, adv.tolist()))
+            token_adv = [adv[k].float() * torch.tensor(episodes[i].loss_mask, dtype=torch.float32) for k, i in enumerate(valid)]
+            metrics.update({f"learner/{k}": v for k, v in self.learner.update([episodes[i] for i in valid], token_adv).items()})
+        t2 = time.perf_counter()
+        self.engine.update_weights(self.learner.weights())
+        t3 = time.perf_counter()
+
+        self.step = step
+        metrics.update(episode_metrics(episodes))
+        policy_tokens = sum(sum(ep.loss_mask) for ep in episodes)
+        metrics.update(
+            {
+                "time/rollout": t1 - t0,
+                "time/update": t2 - t1,
+                "time/sync": t3 - t2,
+                "throughput/policy_tokens_per_s": policy_tokens / max(t1 - t0, 1e-9),
+            }
+        )
+        for ep in episodes:
+            if ep.failed:
+                print(f"step {step}: episode of task {ep.trajectory.task.id} failed and is left out of the update: {ep.error}")
+        if cfg.log_episodes:
+            self._write_episodes(step, episodes, advantages)
+        return metrics
+
+    # ------------------------------------------------------------ evaluation and checkpoints
+
+    def evaluate(self) -> dict[str, float]:
+        items = [(task, i, episode_seed(self.cfg.seed, 0, i)) for i, task in enumerate(self.eval_tasks)]
+        episodes = rollout(self.engine, self.formatter, self.make_env, items, self.cfg.rollout, greedy=True)
+        self.score(episodes)
+        return {f"eval/{k}": v for k, v in episode_metrics(episodes).items()}
+
+    def save(self) -> Path:
+        final = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.learner.model.save_pretrained(tmp / "model")
+        self.tokenizer.save_pretrained(tmp / "model")
+        state = {
+            "step": self.step,
+            "learner": self.learner.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        torch.save(state, tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # a checkpoint directory is complete or absent
+        return final
+
+    def train(self, progress: bool = True) -> dict[str, float]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step")
+        last: dict[str, float] = {}
+        while self.step < cfg.steps:
+            last = self.train_step()
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                last.update(self.evaluate())
+            self.log(self.step, last)
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+                self.save()
+            bar.update(1)
+            bar.set_postfix(reward=f"{last.get('reward/mean', float('nan')):.3f}", tok_s=f"{last['throughput/policy_tokens_per_s']:.0f}")
+        bar.close()
+        if not cfg.eval_every or self.step % cfg.eval_every:
+            final_eval = self.evaluate()
+            self.log(self.step, final_eval)
+            last.update(final_eval)
+        return last
+
+    def close(self) -> None:
+        self.metrics_file.close()
+        self.tb.close()
+
+
+def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """Reward, score and length statistics over the episodes that did not fail."""
+    ok = [ep for ep in episodes if not ep.failed]
+    out = {"episodes/count": float(len(episodes)), "episodes/failed": float(len(episodes) - len(ok))}
+    if not ok:
+        return out
+    totals = np.array([ep.reward.total for ep in ok])
+    out["reward/mean"] = float(totals.mean())
+    out["reward/std"] = float(totals.std())
+    for name in sorted({k for ep in ok for k in ep.reward.components}):
+        out[f"reward/{name}"] = float(np.mean([ep.reward.components.get(name, 0.0) for ep in ok]))
+    out["score/first_turn"] = float(np.mean([ep.trajectory.turns[0].info.get("score", 0.0) for ep in ok]))
+    out["score/last_turn"] = float(np.mean([ep.trajectory.turns[-1].info.get("score", 0.0) for ep in ok]))
+    out["episodes/turns"] = float(np.mean([len(ep.trajectory.turns) for ep in ok]))
+    out["episodes/policy_tokens"] = float(np.mean([sum(ep.loss_mask) for ep in ok]))
+    for finish in ("done", "max_turns", "length"):
+        out[f"episodes/finish_{finish}"] = float(np.mean([ep.finish == finish for ep in ok]))
+    return out

@@ -1,0 +1,80 @@
+"""Learner invariants with a real tiny model and real optimizer steps."""
+
+import pytest
+import torch
+
+from envs.base import Task
+from envs.lookup import LookupEnv, LookupParams
+from rl.chat import TurnFormatter
+from rl.engine import HFEngine
+from rl.learner import AlgoConfig, Learner, LearnerConfig
+from rl.rollout import RolloutConfig, rollout
+
+
+@pytest.fixture(scope="module")
+def batch(tiny):
+    model, tok = tiny
+    params = LookupParams(max_turns=3)
+    # Prompts of different lengths, so the batch is ragged and padding is exercised.
+    items = [(Task(f"t{i}", "what is kalu" + " red" * i, {"answer": "blue"}), i, i) for i in range(8)]
+    episodes = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6))
+    gen = torch.Generator().manual_seed(0)
+    advantages = [torch.randn((), generator=gen) * torch.tensor(ep.loss_mask, dtype=torch.float32) for ep in episodes]
+    assert len(episodes) == 8 and len({len(ep.token_ids) for ep in episodes}) > 1
+    return episodes, advantages
+
+
+def grads(learner):
+    return {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"])
+def test_micro_batch_1x8_equals_8x1(tiny_model_dir, batch, loss_agg):
+    episodes, advantages = batch
+    algo = AlgoConfig(loss_agg=loss_agg, kl_coef=0.1)  # KL in the loss too: a reference model is loaded
+    results = []
+    for micro in (1, 8):
+        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), algo, temperature=1.0)
+        ref = learner.logprobs([ep.token_ids for ep in episodes], learner.ref_model)
+        # Take the old policy slightly off the current one, so ratios differ from 1 and clipping can act.
+        old = [lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(1)) for lp in ref]
+        stats = learner.accumulate(episodes, advantages, old=old, ref=ref)
+        results.append((stats, grads(learner)))
+    (s1, g1), (s8, g8) = results
+    assert s1["loss"] == pytest.approx(s8["loss"], rel=1e-5, abs=1e-7)
+    assert s1["clip_frac"] == pytest.approx(s8["clip_frac"], rel=1e-6) and s1["clip_frac"] > 0
+    assert g1.keys() == g8.keys() and len(g1) > 10
+    for name in g1:
+        assert torch.allclose(g1[name], g8[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_update_steps_the_optimizer_and_reports_first_ratio_one(tiny_model_dir, batch):
+    episodes, advantages = batch
+    learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-3, warmup_steps=4), AlgoConfig(), temperature=1.0)
+    before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+    metrics = learner.update(episodes, advantages)
+    assert metrics["mismatch_max_abs"] < 1e-4  # the engine's logprobs are the learner's: ratio 1
+    assert metrics["clip_frac"] == 0.0
+    assert metrics["grad_norm"] > 0 and metrics["lr"] == pytest.approx(1e-3 * 2 / 4)  # warm-up: step 1 of 4 done
+    changed = [n for n, p in learner.model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)
+
+
+def test_several_mini_batches_recompute_old_logprobs(tiny_model_dir, batch):
+    episodes, advantages = batch
+    cfg = LearnerConfig(device="cpu", lr=1e-2, optim_steps_per_batch=2, epochs=2)
+    learner = Learner(tiny_model_dir, cfg, AlgoConfig(clip_low=0.01, clip_high=0.01), temperature=1.0)
+    metrics = learner.update(episodes, advantages)
+    # After the first optimizer step the policy has moved away from the recomputed old one: clipping shows.
+    assert metrics["clip_frac"] > 0
+    assert learner.scheduler.last_epoch == 4
+
+
+def test_missing_model_path_fails_clearly():
+    with pytest.raises(FileNotFoundError, match="model path '/no/such/model' does not exist"):
+        Learner("/no/such/model", LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0)
+
+
+def test_unknown_loss_aggregation(tiny_model_dir):
+    with pytest.raises(ValueError, match="unknown loss_agg 'token_mean'"):
+        Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(loss_agg="token_mean"), temperature=1.0)
