@@ -8,6 +8,7 @@ Master weights stay float32; on CUDA the forward pass runs under bf16 autocast.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,19 +85,29 @@ class Learner:
 
     # ------------------------------------------------------------ batches
 
-    def _pad(self, rows: list[list], value) -> torch.Tensor:
-        width = max(len(r) for r in rows)
-        dtype = torch.long if isinstance(value, int) else torch.float32
-        out = torch.full((len(rows), width), value, dtype=dtype)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = torch.tensor(r, dtype=dtype)
-        return out.to(self.device)
+    def _pad(self, rows: list, value: float, dtype: torch.dtype) -> torch.Tensor:
+        """Right-pad lists or 1-D tensors into one [B, T] tensor on the device.
 
-    def _forward_logprobs(self, model, token_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        One host tensor for all rows (not one per row), so padding stays off the critical path.
+        """
+        lengths = torch.tensor([len(r) for r in rows])
+        if isinstance(rows[0], torch.Tensor):
+            flat = torch.cat(rows).to(dtype)
+        else:
+            flat = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=dtype)
+        out = torch.full((len(rows), int(lengths.max())), value, dtype=dtype)
+        out[torch.arange(out.shape[1]) < lengths[:, None]] = flat
+        if self.device.type == "cuda":
+            return out.pin_memory().to(self.device, non_blocking=True)
+        return out
+
+    def _forward_logprobs(self, model, token_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] float32 logprobs of right-padded `token_ids` (padding only follows real tokens,
+        and attention is causal, so no real token ever sees padding: no attention mask is needed)."""
         bf16 = self.cfg.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=token_ids, attention_mask=attention, use_cache=False).logits
-        return algos.token_logprobs(logits, token_ids, self.temperature)  # [B, T] float32
+            logits = model(input_ids=token_ids, use_cache=False).logits
+        return algos.token_logprobs(logits, token_ids, self.temperature)
 
     @torch.no_grad()
     def logprobs(self, sequences: list[list[int]], model=None) -> list[torch.Tensor]:
@@ -105,8 +116,7 @@ class Learner:
         out = []
         for start in range(0, len(sequences), self.cfg.micro_batch_size):
             rows = sequences[start : start + self.cfg.micro_batch_size]
-            ids, attention = self._pad(rows, 0), self._pad([[1] * len(r) for r in rows], 0)
-            lp = self._forward_logprobs(model, ids, attention).cpu()
+            lp = self._forward_logprobs(model, self._pad(rows, 0, torch.long)).cpu()
             out += [lp[i, : len(r)] for i, r in enumerate(rows)]
         return out
 
@@ -123,7 +133,7 @@ class Learner:
 
         n_mini = max(1, min(cfg.optim_steps_per_batch, len(episodes)))
         minibatches = [list(range(k, len(episodes), n_mini)) for k in range(n_mini)]
-        history: list[dict[str, float]] = []
+        history: list[dict[str, torch.Tensor]] = []
         for epoch in range(cfg.epochs):
             for m, mini in enumerate(minibatches):
                 stats = self.accumulate(
@@ -135,60 +145,62 @@ class Learner:
                 )
                 stats["grad_norm"] = self._optimizer_step()
                 history.append(stats)
-        metrics = {k: sum(h[k] for h in history if k in h) / sum(k in h for h in history) for k in history[0]}
+        # Read the GPU values once, after every optimizer step has been queued.
+        metrics = {k: float(sum(h[k] for h in history if k in h)) / sum(k in h for h in history) for k in history[0]}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
-    def accumulate(self, episodes: list[Episode], advantages: list[torch.Tensor], old=None, ref=None, fresh=False) -> dict[str, float]:
+    def accumulate(self, episodes: list[Episode], advantages: list[torch.Tensor], old=None, ref=None, fresh=False) -> dict[str, torch.Tensor]:
         """Forward and backward over one mini-batch in micro-batches; gradients add up in `.grad`.
 
         The loss is normalized by the mini-batch's token and sequence counts, so the summed
         gradient does not depend on the micro-batch size. `old`/`ref`: per-episode logprobs
         of the old and reference policies (None: old = current detached, no KL). `fresh`:
         the model is still the sampling policy, so engine/learner mismatch is measured.
+        Returns 0-d tensors (on the device, so nothing waits for the GPU here).
         """
         algo, mb = self.algo, self.cfg.micro_batch_size
         num_tokens = float(sum(sum(ep.loss_mask) for ep in episodes))
         num_seqs = float(len(episodes))
-        sums = {"loss": 0.0, "clip_frac": 0.0, "kl_ref": 0.0, "mismatch_kl": 0.0, "mismatch_max_abs": 0.0}
+        zero = torch.zeros((), device=self.device)
+        sums = {"loss": zero, "clip_frac": zero}
+        if ref is not None:
+            sums["kl_ref"] = zero
+        if fresh:
+            sums["mismatch_kl"], sums["mismatch_max_abs"] = zero, zero
         for start in range(0, len(episodes), mb):
-            part = episodes[start : start + mb]
-            ids = self._pad([ep.token_ids for ep in part], 0)  # [b, T]
-            attention = self._pad([[1] * len(ep.token_ids) for ep in part], 0)
-            mask = self._pad([ep.loss_mask for ep in part], 0).float()
-            adv = self._pad([a.tolist() for a in advantages[start : start + mb]], 0.0)
-            logp = self._forward_logprobs(self.model, ids, attention)
-            old_logp = self._pad([o.tolist() for o in old[start : start + mb]], 0.0) if old is not None else logp.detach()
+            part, rows = episodes[start : start + mb], slice(start, start + mb)
+            ids = self._pad([ep.token_ids for ep in part], 0, torch.long)  # [b, T]
+            mask = self._pad([ep.loss_mask for ep in part], 0, torch.float32)
+            adv = self._pad(advantages[rows], 0.0, torch.float32)
+            logp = self._forward_logprobs(self.model, ids)
+            old_logp = self._pad(old[rows], 0.0, torch.float32) if old is not None else logp.detach()
             token_loss, clipped = algos.ppo_clip_loss(logp, old_logp, adv, algo.clip_low, algo.clip_high)
             if ref is not None:
-                kl = algos.kl_penalty(logp, self._pad([r.tolist() for r in ref[start : start + mb]], 0.0), algo.kl_estimator)
+                kl = algos.kl_penalty(logp, self._pad(ref[rows], 0.0, torch.float32), algo.kl_estimator)
                 token_loss = token_loss + algo.kl_coef * kl
-                sums["kl_ref"] += float((kl.detach() * mask).sum()) / max(num_tokens, 1.0)
+                sums["kl_ref"] = sums["kl_ref"] + (kl.detach() * mask).sum() / max(num_tokens, 1.0)
             loss = algos.aggregate_loss(token_loss, mask, algo.loss_agg, num_tokens, num_seqs)
             loss.backward()
-            sums["loss"] += loss.item()
-            sums["clip_frac"] += float((clipped.float() * mask).sum()) / max(num_tokens, 1.0)
+            sums["loss"] = sums["loss"] + loss.detach()
+            sums["clip_frac"] = sums["clip_frac"] + (clipped.float() * mask).sum() / max(num_tokens, 1.0)
             if fresh:
-                diff = (logp.detach() - self._pad([ep.logprobs for ep in part], 0.0)) * mask
+                diff = (logp.detach() - self._pad([ep.logprobs for ep in part], 0.0, torch.float32)) * mask
                 # k3 estimate of KL(sampler || learner) on sampled tokens: the engine/learner mismatch.
-                sums["mismatch_kl"] += float(((torch.exp(diff) - 1 - diff) * mask).sum()) / max(num_tokens, 1.0)
-                sums["mismatch_max_abs"] = max(sums["mismatch_max_abs"], float(diff.abs().max()))
-        if ref is None:
-            del sums["kl_ref"]
-        if not fresh:
-            del sums["mismatch_kl"], sums["mismatch_max_abs"]
+                sums["mismatch_kl"] = sums["mismatch_kl"] + ((torch.exp(diff) - 1 - diff) * mask).sum() / max(num_tokens, 1.0)
+                sums["mismatch_max_abs"] = torch.maximum(sums["mismatch_max_abs"], diff.abs().max())
         return sums
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.cfg.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
         else:
-            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params])))
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm.detach()
 
     # ------------------------------------------------------------ weights and state
 
