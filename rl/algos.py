@@ -53,6 +53,15 @@ def ppo_clip_loss(
     return -torch.min(unclipped, clipped), clipped < unclipped
 
 
+def truncated_is_weight(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Token-level truncated importance weight min(pi_old / pi_behaviour, cap), no gradient. [B, T] -> [B, T].
+
+    pi_behaviour is the engine that sampled (maybe a step stale, maybe numerically different);
+    pi_old is the learner's policy before this update. Truncation bounds the variance (TIS).
+    """
+    return torch.exp(old_logprobs - behaviour_logprobs).clamp(max=cap).detach()
+
+
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from samples of the policy. [B, T] -> [B, T].
 

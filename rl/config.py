@@ -22,6 +22,7 @@ from rewards.base import RewardSpec
 from rl.learner import AlgoConfig, LearnerConfig
 from rl.rollout import RolloutConfig
 from rl.tiny import TinyModelConfig
+from rl.workers import WorkersConfig
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
     reward: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("outcome")])  # weighted sum of named rewards
     seed: int = 0  # fixes model init, task order and sampling
     steps: int = 100  # training steps (one rollout batch and its update each)

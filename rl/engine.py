@@ -49,6 +49,8 @@ class Engine(Protocol):
 
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None: ...
 
+    def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]: ...
+
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row. logits: [B, V] float32; uniforms: [B] in [0, 1).
@@ -89,12 +91,23 @@ class HFEngine:
 
     @torch.no_grad()
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy parameters in place; `weights` may be one bucket of them (syncs send several)."""
         params = dict(self.model.named_parameters())
-        missing = set(params) - set(weights)
-        if missing:
-            raise ValueError(f"update_weights: {len(missing)} parameters missing, e.g. {sorted(missing)[:3]}")
+        unknown = set(weights) - set(params)
+        if unknown:
+            raise ValueError(f"update_weights: unknown parameters, e.g. {sorted(unknown)[:3]}")
         for name, tensor in weights.items():
             params[name].copy_(tensor)
+
+    @torch.no_grad()
+    def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Logprob of every token after the first of each sequence (the check after a weight sync)."""
+        out = []
+        for ids in sequences:
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=False).logits.float()
+            logprobs = logits[0, :-1].log_softmax(-1).gather(-1, torch.tensor(ids[1:], device=self.device)[:, None])
+            out.append(logprobs[:, 0].tolist())
+        return out
 
     @torch.no_grad()
     def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]:

@@ -44,6 +44,7 @@ class AlgoConfig:
     kl_coef: float = 0.0  # weight of KL(policy || reference) in the loss; 0 loads no reference model
     kl_estimator: str = "k3"  # k1, k2 or k3
     loss_agg: str = "token-mean"  # token-mean, seq-mean-token-sum or seq-mean-token-mean
+    tis_cap: float = 0.0  # truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,13 +102,14 @@ class Learner:
             return out.pin_memory().to(self.device, non_blocking=True)
         return out
 
-    def _forward_logprobs(self, model, token_ids: torch.Tensor) -> torch.Tensor:
+    def _forward_logprobs(self, model, token_ids: torch.Tensor, bf16: bool | None = None, temperature: float | None = None) -> torch.Tensor:
         """[B, T] float32 logprobs of right-padded `token_ids` (padding only follows real tokens,
         and attention is causal, so no real token ever sees padding: no attention mask is needed)."""
-        bf16 = self.cfg.bf16 and self.device.type == "cuda"
+        if bf16 is None:
+            bf16 = self.cfg.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(input_ids=token_ids, use_cache=False).logits
-        return algos.token_logprobs(logits, token_ids, self.temperature)
+        return algos.token_logprobs(logits, token_ids, self.temperature if temperature is None else temperature)
 
     @torch.no_grad()
     def logprobs(self, sequences: list[list[int]], model=None) -> list[torch.Tensor]:
@@ -119,6 +121,12 @@ class Learner:
             lp = self._forward_logprobs(model, self._pad(rows, 0, torch.long)).cpu()
             out += [lp[i, : len(r)] for i, r in enumerate(rows)]
         return out
+
+    @torch.no_grad()
+    def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """Float32 logprobs (no autocast, temperature 1) of each sequence, one at a time: the reference
+        an engine must match after a weight sync, computed as the engines' `probe_logprobs` do."""
+        return [self._forward_logprobs(self.model, self._pad([ids], 0, torch.long), bf16=False, temperature=1.0)[0].cpu() for ids in sequences]
 
     # ------------------------------------------------------------ update
 
@@ -166,6 +174,8 @@ class Learner:
         sums = {"loss": zero, "clip_frac": zero}
         if ref is not None:
             sums["kl_ref"] = zero
+        if algo.tis_cap > 0:
+            sums["tis_weight"] = zero
         if fresh:
             sums["mismatch_kl"], sums["mismatch_max_abs"] = zero, zero
         for start in range(0, len(episodes), mb):
@@ -176,6 +186,12 @@ class Learner:
             logp = self._forward_logprobs(self.model, ids)
             old_logp = self._pad(old[rows], 0.0, torch.float32) if old is not None else logp.detach()
             token_loss, clipped = algos.ppo_clip_loss(logp, old_logp, adv, algo.clip_low, algo.clip_high)
+            if algo.tis_cap > 0:
+                # Samples from a stale or mismatched engine: reweight them towards the old policy.
+                behaviour = self._pad([ep.logprobs for ep in part], 0.0, torch.float32)
+                weight = algos.truncated_is_weight(old_logp, behaviour, algo.tis_cap)
+                token_loss = token_loss * weight
+                sums["tis_weight"] = sums["tis_weight"] + (weight * mask).sum() / max(num_tokens, 1.0)
             if ref is not None:
                 kl = algos.kl_penalty(logp, self._pad(ref[rows], 0.0, torch.float32), algo.kl_estimator)
                 token_loss = token_loss + algo.kl_coef * kl

@@ -9,9 +9,10 @@ only its own episode.
 
 from __future__ import annotations
 
+import threading
 import traceback
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from envs.base import Env, Task, Trajectory, Turn
 from rl.chat import TurnFormatter
@@ -31,11 +32,38 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling mass
     top_k: int = 0  # top-k sampling (0 = off)
     observation_role: str = "user"  # chat role of observations, for models with a chat template
+    env_timeout_s: float = 300.0  # an env.reset/env.step that takes longer fails its episode (0 = no limit)
 
 
 def _fail(episode: Episode, where: str) -> None:
     episode.finish = "error"
     episode.error = f"{where}: {traceback.format_exc(limit=3).strip().splitlines()[-1]}"
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout: float) -> Any:
+    """Run `fn` and return its result, or raise TimeoutError after `timeout` seconds.
+
+    A Python call cannot be killed from outside, so a hung call is left running in a
+    daemon thread; its env is never used again, and the rollout goes on without it.
+    """
+    if timeout <= 0:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # handed to the caller, which fails the episode
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {timeout:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def rollout(
@@ -53,7 +81,7 @@ def rollout(
         env = None
         try:
             env = make_env()
-            prompt_ids = formatter.prompt_ids(env.reset(task))
+            prompt_ids = formatter.prompt_ids(call_with_timeout(lambda: env.reset(task), cfg.env_timeout_s))
             episode.append(prompt_ids, PROMPT_TURN)
             if len(prompt_ids) >= cfg.max_total_tokens:
                 episode.finish, episode.error = "error", f"prompt has {len(prompt_ids)} tokens, max_total_tokens is {cfg.max_total_tokens}"
@@ -77,7 +105,7 @@ def rollout(
             ep.append(gen.token_ids, turn, gen.logprobs)
             action = _cut_at_stop(tokenizer.decode(gen.token_ids, skip_special_tokens=True), env.stop_strings)
             try:
-                result = env.step(action)
+                result = call_with_timeout(lambda: env.step(action), cfg.env_timeout_s)
             except Exception:
                 ep.trajectory.turns.append(Turn(action, "", {}))
                 _fail(ep, "env.step")

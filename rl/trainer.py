@@ -1,4 +1,10 @@
-"""The training loop, in process: sample tasks, roll out G episodes each, score, compute advantages, update, sync weights, log.
+"""The training loop: sample tasks, roll out G episodes each, score, compute advantages, update, sync weights, log.
+
+Rollouts run on a worker pool (`rl/workers.py`): one worker in this process, or
+Ray actors. With `workers.async_steps=1` the rollouts of step k+1 run while the
+learner does step k (one-step-off); each episode keeps its sampling logprobs, so
+the learner can correct for the one-step lag (`algo.tis_cap`). After each weight
+sync the engines' logprobs on a fixed probe batch must match the learner's.
 
 Run directory layout:
     config.yaml            the resolved config
@@ -7,7 +13,8 @@ Run directory layout:
     episodes/step_N.jsonl  every episode: turns as text with info, tokens, masks, logprobs, rewards
     base_model/            the tiny model built for this run (when model.path is empty)
     checkpoints/step_N/    model/ (a Hugging Face directory) and state.pt (optimizer, scheduler,
-                           task sampler, RNG, step); `resume=RUN_DIR` continues from the latest
+                           task sampler, RNG, step, and in async mode the rollouts already made
+                           for the next steps); `resume=RUN_DIR` continues from the latest
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ import json
 import random
 import shutil
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,11 +38,10 @@ from rewards import build_reward
 from rl import algos
 from rl.chat import TurnFormatter
 from rl.config import Config, build_params, to_dict
-from rl.engine import HFEngine
 from rl.episode import Episode
-from rl.learner import Learner, load_model
-from rl.rollout import rollout
+from rl.learner import Learner
 from rl.tiny import build_tiny_model
+from rl.workers import Later, LocalPool, RayPool, check_probe
 
 
 class TaskSampler:
@@ -69,6 +78,16 @@ def episode_seed(seed: int, step: int, index: int) -> int:
     return ((seed * 1_000_003 + step) * 10_007 + index) % (2**62)
 
 
+@dataclass
+class Submission:
+    """The rollouts of one training step, possibly still running."""
+
+    step: int
+    items: list  # (task, group, seed) per episode
+    episodes: Any  # .result() -> list[Episode] (a pool's future)
+    version: int  # updates applied to the weights the engines sample with
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
     return ckpts[-1] if ckpts else None
@@ -84,7 +103,6 @@ class Trainer:
 
         spec = get_env_spec(cfg.env.name)
         self.env_params = build_params(spec.params, cfg.env.params, "env.params")
-        self.make_env = lambda: spec.make_env(self.env_params)
         self.train_tasks = spec.load_tasks(self.env_params, "train")
         self.eval_tasks = spec.load_tasks(self.env_params, "eval")
         self.reward_fn = build_reward(cfg.reward)
@@ -97,18 +115,27 @@ class Trainer:
             raise FileNotFoundError(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}")
         policy = checkpoint / "model" if checkpoint else base
 
+        if cfg.workers.vllm_sleep_mode and cfg.workers.async_steps:
+            raise ValueError("workers.vllm_sleep_mode needs synchronous training (workers.async_steps=0)")
         self.learner = Learner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
-        self.engine = HFEngine(load_model(policy, self.learner.device).eval(), self.tokenizer, self.learner.device)
-        self.formatter = TurnFormatter(self.tokenizer, cfg.rollout.observation_role)
+        if cfg.workers.ray:
+            self.pool = RayPool(cfg.workers, str(policy), cfg.env.name, cfg.env.params, cfg.rollout)
+        else:
+            self.pool = LocalPool(cfg.workers, str(policy), cfg.env.name, cfg.env.params, cfg.rollout, str(self.learner.device))
+        formatter = TurnFormatter(self.tokenizer, cfg.rollout.observation_role)
+        self.probe_batch = [formatter.prompt_ids(t.prompt) for t in self.train_tasks[:4]]
         self.sampler = TaskSampler(len(self.train_tasks), cfg.seed)
         self.step = 0
+        self.pending: deque[Submission] = deque()
         if checkpoint:
             state = torch.load(checkpoint / "state.pt", weights_only=False)
             self.learner.load_state_dict(state["learner"])
             self.sampler.load_state_dict(state["sampler"])
             torch.set_rng_state(state["torch_rng"])
             self.step = state["step"]
+            for step, items, episodes, version in state["pending"]:
+                self.pending.append(Submission(step, items, Later(lambda episodes=episodes: episodes), version))
         self._open_logs()
 
     # ------------------------------------------------------------ logging
@@ -148,17 +175,23 @@ class Trainer:
             except Exception as e:
                 ep.finish, ep.error = "error", f"reward: {type(e).__name__}: {e}"
 
-    def train_step(self) -> dict[str, float]:
-        cfg, step = self.cfg, self.step + 1
-        G = cfg.rollout.group_size
-        tasks = [self.train_tasks[i] for i in self.sampler.take(cfg.rollout.tasks_per_step)]
-        items = [(task, g, episode_seed(cfg.seed, step, g * G + j)) for g, task in enumerate(tasks) for j in range(G)]
+    def submit(self, step: int) -> Submission:
+        """Start the rollouts of `step` on the pool; they run behind whatever the pool is doing."""
+        G = self.cfg.rollout.group_size
+        tasks = [self.train_tasks[i] for i in self.sampler.take(self.cfg.rollout.tasks_per_step)]
+        items = [(task, g, episode_seed(self.cfg.seed, step, g * G + j)) for g, task in enumerate(tasks) for j in range(G)]
+        return Submission(step, items, self.pool.rollout(items), version=self.step)
 
+    def train_step(self, sub: Submission) -> dict[str, float]:
+        cfg, step = self.cfg, sub.step
         t0 = time.perf_counter()
-        episodes = rollout(self.engine, self.formatter, self.make_env, items, cfg.rollout)
+        episodes = sub.episodes.result()
         self.score(episodes)
         t1 = time.perf_counter()
 
+        sleeping = self.cfg.workers.vllm_sleep_mode
+        if sleeping:  # give the GPU memory of the engine to the learner while it updates
+            self.pool.sleep().result()
         valid = [i for i, ep in enumerate(episodes) if not ep.failed]
         metrics: dict[str, float] = {}
         advantages: dict[int, float] = {}
@@ -170,7 +203,9 @@ class Trainer:
             token_adv = [adv[k].float() * torch.tensor(episodes[i].loss_mask, dtype=torch.float32) for k, i in enumerate(valid)]
             metrics.update({f"learner/{k}": v for k, v in self.learner.update([episodes[i] for i in valid], token_adv).items()})
         t2 = time.perf_counter()
-        self.engine.update_weights(self.learner.weights())
+        metrics["sync/probe_max_abs"] = self.sync()
+        if sleeping:
+            self.pool.wake_up().result()
         t3 = time.perf_counter()
 
         self.step = step
@@ -178,10 +213,12 @@ class Trainer:
         policy_tokens = sum(sum(ep.loss_mask) for ep in episodes)
         metrics.update(
             {
-                "time/rollout": t1 - t0,
+                "episodes/staleness": float(step - 1 - sub.version),
+                "workers/restarts": float(self.pool.restarts),
+                "time/rollout_wait": t1 - t0,
                 "time/update": t2 - t1,
                 "time/sync": t3 - t2,
-                "throughput/policy_tokens_per_s": policy_tokens / max(t1 - t0, 1e-9),
+                "throughput/policy_tokens_per_s": policy_tokens / max(t3 - t0, 1e-9),
             }
         )
         for ep in episodes:
@@ -191,11 +228,18 @@ class Trainer:
             self._write_episodes(step, episodes, advantages)
         return metrics
 
+    def sync(self) -> float:
+        """Send the learner's weights to every engine, then check them on the probe batch."""
+        if not self.cfg.workers.skip_sync_for_test:
+            self.pool.sync(self.learner.weights(), self.cfg.workers.bucket_mb)
+        expected = self.learner.probe_logprobs(self.probe_batch)
+        return check_probe(self.pool.probe(self.probe_batch).result(), expected, self.cfg.workers.probe_tolerance)
+
     # ------------------------------------------------------------ evaluation and checkpoints
 
     def evaluate(self) -> dict[str, float]:
         items = [(task, i, episode_seed(self.cfg.seed, 0, i)) for i, task in enumerate(self.eval_tasks)]
-        episodes = rollout(self.engine, self.formatter, self.make_env, items, self.cfg.rollout, greedy=True)
+        episodes = self.pool.rollout(items, greedy=True).result()
         self.score(episodes)
         return {f"eval/{k}": v for k, v in episode_metrics(episodes).items()}
 
@@ -210,6 +254,8 @@ class Trainer:
             "learner": self.learner.state_dict(),
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            # Rollouts already made for later steps (async mode), so a resumed run trains on the same ones.
+            "pending": [(p.step, p.items, p.episodes.result(), p.version) for p in self.pending],
         }
         torch.save(state, tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
@@ -223,7 +269,12 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step")
         last: dict[str, float] = {}
         while self.step < cfg.steps:
-            last = self.train_step()
+            # Keep the rollouts of the next `async_steps` steps running while the learner works.
+            next_step = self.pending[-1].step + 1 if self.pending else self.step + 1
+            while next_step <= cfg.steps and len(self.pending) <= cfg.workers.async_steps:
+                self.pending.append(self.submit(next_step))
+                next_step += 1
+            last = self.train_step(self.pending.popleft())
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 last.update(self.evaluate())
             self.log(self.step, last)
@@ -239,6 +290,7 @@ class Trainer:
         return last
 
     def close(self) -> None:
+        self.pool.close()
         self.metrics_file.close()
         self.tb.close()
 

@@ -1,0 +1,300 @@
+"""Rollout workers: an engine and its environments, in this process or as Ray actors.
+
+A `RolloutWorker` is plain Python; `LocalPool` runs one in this process (what
+runs where Ray is absent) and `RayPool` runs several as Ray actors. Both pools
+take the same calls and run them in order (a Ray actor runs its calls in the
+order they were sent; the local pool keeps a queue), so a weight sync sent
+after a rollout applies after that rollout ends: this is what makes one-step-off
+asynchronous training correct in both modes. Only Ray workers overlap rollouts
+with the learner in time: the local pool runs its queue when a result is asked
+for, on the caller's thread, because torch ops from two threads of one process
+share one thread pool and would make results depend on timing.
+
+Every call returns a future (`.result()`), every episode carries its own
+sampling seed, and results come back in the order of the items given, so the
+same seed gives the same episodes whichever pool runs them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from envs.base import Task
+from envs.registry import get_env_spec
+from rl.chat import TurnFormatter
+from rl.engine import HFEngine
+from rl.episode import Episode
+from rl.rollout import RolloutConfig, rollout
+
+Item = tuple[Task, int, int]  # (task, group, seed) of one episode
+
+
+@dataclass
+class WorkersConfig:
+    ray: bool = False  # run rollout workers as Ray actors; False runs one worker in this process
+    address: str = ""  # Ray cluster to join ("auto", "ray://host:10001"); empty starts a local one
+    num_workers: int = 2  # Ray actors, each with its own engine (groups are split between them)
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker (its torch threads)
+    gpus_per_worker: float = 0.0  # GPUs Ray reserves for each worker; > 0 puts its engine on CUDA
+    max_restarts: int = 3  # dead workers replaced within one rollout before the step fails
+    async_steps: int = 0  # 0 = synchronous; 1 = one-step-off: rollouts for step k+1 run during update k
+    bucket_mb: float = 64.0  # weight-sync bucket size (one object-store object and one call per bucket)
+    probe_tolerance: float = 1e-4  # largest |engine - learner| logprob on the probe batch after a sync (bf16 vLLM: ~0.05)
+    engine: str = "hf"  # "hf" (transformers; CPU or GPU) or "vllm" (GPU; pip install '.[vllm]')
+    vllm_dtype: str = "bfloat16"  # weight dtype of the vLLM engine
+    vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (weights + KV cache); the learner needs the rest
+    vllm_sleep_mode: bool = False  # free vLLM's GPU memory during each update (synchronous mode only)
+    skip_sync_for_test: bool = False  # testing only: skip weight syncs, so the probe check must fail
+
+
+class RolloutWorker:
+    """An engine and a way to make environments; the same class runs locally or as a Ray actor."""
+
+    def __init__(self, model_path: str, env_name: str, env_params: dict, rollout_cfg: RolloutConfig, workers_cfg: WorkersConfig, device: str):
+        from transformers import AutoTokenizer
+
+        from rl.config import build_params
+        from rl.learner import load_model
+
+        spec = get_env_spec(env_name)
+        params = build_params(spec.params, env_params, "env.params")
+        self.make_env = lambda: spec.make_env(params)
+        self.cfg = rollout_cfg
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if workers_cfg.engine == "vllm":
+            from rl.vllm_engine import VLLMEngine  # only now: vLLM is an optional extra
+
+            self.engine = VLLMEngine(
+                model_path,
+                tokenizer,
+                dtype=workers_cfg.vllm_dtype,
+                gpu_memory_utilization=workers_cfg.vllm_gpu_memory_utilization,
+                enable_sleep_mode=workers_cfg.vllm_sleep_mode,
+            )
+        elif workers_cfg.engine == "hf":
+            self.engine = HFEngine(load_model(model_path, torch.device(device)).eval(), tokenizer, device)
+        else:
+            raise ValueError(f"unknown workers.engine {workers_cfg.engine!r}: use 'hf' or 'vllm'")
+        self.formatter = TurnFormatter(tokenizer, rollout_cfg.observation_role)
+
+    def rollout(self, items: list[Item], greedy: bool = False) -> list[Episode]:
+        return rollout(self.engine, self.formatter, self.make_env, items, self.cfg, greedy)
+
+    def update_weights(self, bucket: dict) -> None:
+        # Ray hands numpy arrays over zero-copy from the object store; wrap them without a copy.
+        self.engine.update_weights({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in bucket.items()})
+
+    def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        return self.engine.probe_logprobs(sequences)
+
+    def sleep(self) -> None:
+        self.engine.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+def buckets(weights: dict[str, torch.Tensor], bucket_mb: float) -> list[dict[str, torch.Tensor]]:
+    """Split a state dict into buckets of about `bucket_mb` MB each (a tensor is never split)."""
+    limit = bucket_mb * 2**20
+    out: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in weights.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if out[-1] and size + nbytes > limit:
+            out.append({})
+            size = 0
+        out[-1][name] = tensor
+        size += nbytes
+    return out
+
+
+def split_by_group(items: list[Item], n: int) -> list[list[int]]:
+    """Indices of `items` in n shards of whole groups (a group's episodes stay on one worker)."""
+    groups = sorted({group for _, group, _ in items})
+    shard_of = {g: k * n // len(groups) for k, g in enumerate(groups)}
+    return [[i for i, (_, g, _) in enumerate(items) if shard_of[g] == s] for s in range(n)]
+
+
+class Queued:
+    """A call waiting in a `LocalPool`; `.result()` runs the pool's queue up to and including it."""
+
+    def __init__(self, pool: "LocalPool", fn: Callable[[], Any]):
+        self.pool, self.fn = pool, fn
+        self.finished, self.value, self.error = False, None, None
+
+    def result(self) -> Any:
+        self.pool.run_until(self)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class LocalPool:
+    """One worker in this process; calls run in the order they were made, when a result is needed."""
+
+    def __init__(self, cfg: WorkersConfig, model_path: str, env_name: str, env_params: dict, rollout_cfg: RolloutConfig, device: str):
+        self.worker = RolloutWorker(model_path, env_name, env_params, rollout_cfg, cfg, device)
+        self.queue: deque[Queued] = deque()
+        self.restarts = 0
+
+    def _submit(self, fn: Callable[[], Any]) -> Queued:
+        call = Queued(self, fn)
+        self.queue.append(call)
+        return call
+
+    def run_until(self, call: Queued) -> None:
+        while not call.finished:
+            head = self.queue.popleft()
+            try:
+                head.value = head.fn()
+            except Exception as e:  # raised by that call's own .result()
+                head.error = e
+            head.finished = True
+
+    def rollout(self, items: list[Item], greedy: bool = False) -> Queued:
+        return self._submit(lambda: self.worker.rollout(items, greedy))
+
+    def sync(self, weights: dict[str, torch.Tensor], bucket_mb: float) -> Queued:
+        # A snapshot: the learner goes on changing its tensors while this call waits its turn.
+        parts = [{k: v.detach().clone() for k, v in b.items()} for b in buckets(weights, bucket_mb)]
+
+        def load():
+            for bucket in parts:
+                self.worker.update_weights(bucket)
+
+        return self._submit(load)
+
+    def probe(self, sequences: list[list[int]]) -> Queued:
+        """Probe logprobs of each worker (here: one), as a list of per-worker results."""
+        return self._submit(lambda: [self.worker.probe_logprobs(sequences)])
+
+    def sleep(self) -> Queued:
+        return self._submit(self.worker.sleep)
+
+    def wake_up(self) -> Queued:
+        return self._submit(self.worker.wake_up)
+
+    def close(self) -> None:
+        self.queue.clear()
+
+
+def _to_numpy(tensor: torch.Tensor):
+    tensor = tensor.detach().cpu()
+    return tensor if tensor.dtype == torch.bfloat16 else tensor.numpy()  # numpy has no bfloat16
+
+
+class Later:
+    """A result computed when asked for (`.result()`): Ray object refs, or a value already there."""
+
+    def __init__(self, get: Callable[[], Any]):
+        self.get = get
+
+    def result(self) -> Any:
+        return self.get()
+
+
+class RayPool:
+    """Several workers as Ray actors; replaces a worker that dies and re-runs its unfinished episodes."""
+
+    def __init__(self, cfg: WorkersConfig, model_path: str, env_name: str, env_params: dict, rollout_cfg: RolloutConfig):
+        import ray
+
+        self.ray = ray
+        if not ray.is_initialized():
+            # A local cluster by default; `address` joins an existing one.
+            ray.init(address=cfg.address or None, include_dashboard=False, log_to_driver=False)
+        device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
+        self.actor = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(RolloutWorker)
+        self.args = (model_path, env_name, env_params, rollout_cfg, cfg, device)
+        self.cfg = cfg
+        self.weight_refs: list = []  # the latest synced buckets, for workers started later
+        self.workers = [self._start() for _ in range(cfg.num_workers)]
+        self.restarts = 0
+
+    def _start(self):
+        worker = self.actor.remote(*self.args)
+        for ref in self.weight_refs:  # a replacement starts from the latest weights, not the base model
+            worker.update_weights.remote(ref)
+        return worker
+
+    def rollout(self, items: list[Item], greedy: bool = False) -> Later:
+        shards = [s for s in split_by_group(items, len(self.workers)) if s]
+        calls = {self.workers[k].rollout.remote([items[i] for i in shard], greedy): (k, shard) for k, shard in enumerate(shards)}
+        return Later(lambda: self._gather(items, calls, greedy))
+
+    def _gather(self, items: list[Item], calls: dict, greedy: bool) -> list[Episode]:
+        ray = self.ray
+        results: list[Episode | None] = [None] * len(items)
+        restarts_here = 0
+        while calls:
+            ready, _ = ray.wait(list(calls), num_returns=1)
+            k, shard = calls.pop(ready[0])
+            try:
+                episodes = ray.get(ready[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                restarts_here += 1
+                if restarts_here > self.cfg.max_restarts:
+                    raise RuntimeError(f"rollout workers died {restarts_here} times in one rollout; giving up") from e
+                print(f"rollout worker {k} died ({type(e).__name__}); starting a new one and re-running its {len(shard)} episodes")
+                self.restarts += 1
+                self.workers[k] = self._start()
+                calls[self.workers[k].rollout.remote([items[i] for i in shard], greedy)] = (k, shard)
+                continue
+            for i, episode in zip(shard, episodes):
+                results[i] = episode
+        return results
+
+    def sync(self, weights: dict[str, torch.Tensor], bucket_mb: float) -> Later:
+        # Each bucket goes into the object store once and every worker reads it from there, as numpy
+        # arrays (zero-copy reads; a torch tensor would be pickled and copied again on every worker).
+        self.weight_refs = [self.ray.put({k: _to_numpy(v) for k, v in b.items()}) for b in buckets(weights, bucket_mb)]
+        calls = [w.update_weights.remote(ref) for w in self.workers for ref in self.weight_refs]
+        return Later(lambda: self.ray.get(calls))
+
+    def probe(self, sequences: list[list[int]]) -> Later:
+        calls = [w.probe_logprobs.remote(sequences) for w in self.workers]
+        return Later(lambda: self.ray.get(calls))
+
+    def sleep(self) -> Later:
+        calls = [w.sleep.remote() for w in self.workers]
+        return Later(lambda: self.ray.get(calls))
+
+    def wake_up(self) -> Later:
+        calls = [w.wake_up.remote() for w in self.workers]
+        return Later(lambda: self.ray.get(calls))
+
+    def pids(self) -> list[int]:
+        return self.ray.get([w.pid.remote() for w in self.workers])
+
+    def close(self) -> None:
+        for w in self.workers:
+            self.ray.kill(w)
+
+
+def check_probe(engine_logprobs: list[list[list[float]]], learner_logprobs: list[torch.Tensor], tolerance: float) -> float:
+    """Largest |engine - learner| logprob over every worker's probe; raise when above `tolerance`.
+
+    A weight sync that silently did not happen (a known failure of peer systems) shows here.
+    """
+    worst = 0.0
+    for per_worker in engine_logprobs:
+        for got, want in zip(per_worker, learner_logprobs):
+            worst = max(worst, float((torch.tensor(got) - want[1:]).abs().max()))
+    if worst > tolerance:
+        raise RuntimeError(
+            f"weight sync check failed: engine and learner logprobs differ by {worst:.3g} on the probe batch "
+            f"(tolerance {tolerance:g}); the engines are not running the learner's weights"
+        )
+    return worst
+
