@@ -17,6 +17,9 @@ from envs.base import Env, Task
 
 BUILTIN = {
     "lookup": "envs.lookup",
+    "code": "envs.code",
+    "search": "envs.search",
+    "mistake": "envs.mistake",
 }
 
 

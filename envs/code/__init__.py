@@ -1,0 +1,80 @@
+"""Code-correction episodes (CoCoS) on HumanEval, MBPP or small synthetic tasks, run in a sandbox.
+
+    env: {name: code, params: {dataset: mbpp, max_turns: 2}}
+
+Modules: `sandbox` (isolated execution; read its docstring for what it guarantees),
+`forkserver` (its worker), `checks` (tests split between sandbox and trusted judge),
+`data` (HumanEval and MBPP loaders), `synthetic` (tiny learnable tasks), `env` (the
+episode). `python -m envs.code evaluate ...` scores any model's programs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from envs.base import Task
+from envs.code import data, synthetic
+from envs.code.env import DONE, CodeEnv, first_prompt, retry_request
+from envs.code.sandbox import SandboxConfig
+from envs.registry import EnvSpec
+
+
+@dataclass
+class CodeParams:
+    dataset: str = "synthetic"  # synthetic, mbpp, mbpp-sanitized, humaneval, or a path to a file in one of their schemas
+    eval_dataset: str = ""  # problems for evaluation (same choices); empty = the eval split of `dataset`
+    max_problems: int = 0  # keep only the first N problems of each split (0 = all)
+    synthetic_problems: int = 32  # synthetic tasks per split
+    seed: int = 0  # seed of the synthetic tasks
+    max_turns: int = 2  # attempts per episode (CoCoS trains with 2)
+    feedback: str = "none"  # "none": CoCoS, no execution feedback; "tests": failing asserts and errors shown before each retry
+    stop_when_correct: bool = False  # end the episode once every test passes (CoCoS always plays every turn)
+    timeout_s: float = 3.0  # wall-clock limit per test (CoCoS: 3 s)
+    memory_mb: int = 512  # address-space limit of each sandboxed process
+    max_processes: int = 8  # processes and threads a test may run at once
+    workers: int = 0  # sandbox worker processes, shared by all envs of the process (0 = one per CPU core)
+
+
+def sandbox_config(p: CodeParams) -> SandboxConfig:
+    return SandboxConfig(timeout_s=p.timeout_s, memory_mb=p.memory_mb, max_processes=p.max_processes, workers=p.workers)
+
+
+def make_env(p: CodeParams) -> CodeEnv:
+    return CodeEnv(p.max_turns, p.feedback, p.stop_when_correct, sandbox_config(p))
+
+
+@lru_cache(maxsize=8)
+def _problems(dataset: str, split: str, synthetic_problems: int, seed: int) -> tuple:
+    if dataset == "synthetic":
+        both = synthetic.generate(2 * synthetic_problems, seed)  # disjoint train and eval tasks
+        return tuple(both[:synthetic_problems] if split == "train" else both[synthetic_problems:])
+    # MBPP's published split: train on 601-974, evaluate on 11-510; HumanEval has no split (all 164 both ways).
+    return tuple(data.split(data.load_problems(dataset), "train" if split == "train" else "test"))
+
+
+def problems(p: CodeParams, split: str) -> list[data.Problem]:
+    dataset = p.eval_dataset if split == "eval" and p.eval_dataset else p.dataset
+    found = list(_problems(dataset, split, p.synthetic_problems, p.seed))
+    return found[: p.max_problems] if p.max_problems else found
+
+
+def to_task(q: data.Problem) -> Task:
+    task_id = q.task_id if "/" in q.task_id else f"{q.source}/{q.task_id}"
+    return Task(task_id, first_prompt(q.text, q.tests), {"tests": q.tests, "setup": q.setup, "names": q.names})
+
+
+def load_tasks(p: CodeParams, split: str) -> list[Task]:
+    return [to_task(q) for q in problems(p, split)]
+
+
+def sample_text(p: CodeParams) -> list[str]:
+    """Prompts, reference programs as answers, and the env's requests: what a tiny tokenizer should know."""
+    out = []
+    for q in problems(p, "train") + problems(p, "eval"):
+        out.append(first_prompt(q.text, q.tests) + q.reference.strip() + "\n" + DONE + retry_request() + q.reference.strip() + "\n" + DONE)
+    out.append(retry_request("Running the code above on the tests gave:\n# failed: returned\n# error: NameError"))
+    return out
+
+
+ENV_SPEC = EnvSpec(CodeParams, make_env, load_tasks, sample_text)

@@ -1,0 +1,313 @@
+"""Tests, split into what the sandbox computes and what this (trusted) process judges.
+
+A test is a piece of Python whose last statement is the check, e.g.
+`assert add(1, 2) == 3`, or, for a few HumanEval tests, a loop of asserts; any
+statements before it are its context (`lst = [1, 2]`).
+
+A structured check is an assert whose condition this process can evaluate itself
+once a few sub-expressions are known. Those sub-expressions, the "holes", are the
+parts that touch the program (`add(1, 2)`, or any name the test does not define
+with trusted builtins); the sandbox evaluates them and sends back their values as
+plain data, and `judge` evaluates the condition (`_h0 == 3`) here, with Python's own
+operators on values rebuilt with Python's own types. A value that is not plain data
+(a re.Match) comes back as an `Opaque` token: equal only to itself, with the truth
+the value had, so `assert f(x)` still works. Nothing the program defines takes part
+in the comparison, so no object can fake equality, and exit codes or output never count.
+
+Everything else (a test whose last statement is not an assert, or whose holes would
+depend on a comprehension's variables) is a harness check: the sandbox runs it under
+the harness in `forkserver.py`, with each assert condition and each compared operand
+forced through a plain-data guard (`_sc_truth`, `_sc_plain`).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import json
+import math
+import sys
+import types
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+
+# Names the trusted evaluator knows: pure builtins, and `math.*` / `sys.getsizeof` (MBPP uses both).
+TRUSTED_FUNCTIONS = {
+    name: getattr(builtins, name)
+    for name in (
+        "abs all any ascii bin bool bytes chr complex dict divmod enumerate filter float format frozenset hex int isinstance "
+        "len list map max min oct ord pow range repr reversed round set slice sorted str sum tuple type zip"
+    ).split()
+}
+TRUSTED_MODULES = {"math": math, "sys": types.SimpleNamespace(getsizeof=sys.getsizeof)}
+TRUSTED_NAMES = {"True", "False", "None", *TRUSTED_FUNCTIONS, *TRUSTED_MODULES}
+# Node types the evaluator accepts (names and attributes are checked separately).
+_NODES = (
+    ast.Expression, ast.Constant, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp, ast.BoolOp,
+    ast.Compare, ast.IfExp, ast.Subscript, ast.Slice, ast.Call, ast.keyword, ast.Starred, ast.Load, ast.Store,
+    ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.comprehension, ast.Lambda, ast.arguments, ast.arg,
+    ast.operator, ast.unaryop, ast.boolop, ast.cmpop, ast.JoinedStr, ast.FormattedValue,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Check:
+    """A test ready to run: what the sandbox executes and what this process evaluates."""
+
+    source: str  # the test as written (shown to the agent)
+    context: str  # statements run in the sandbox before the check (after the program and the setup)
+    holes: tuple[str, ...]  # expressions the sandbox evaluates and returns as plain data
+    condition: str  # the assert's condition over _h0, _h1, ..., evaluated here ("" for a harness check)
+    harness: str  # the hardened statement run in the sandbox ("" for a structured check)
+
+
+@dataclass
+class TestResult:
+    status: str  # passed, failed, timeout or error
+    message: str = ""  # why it did not pass, short (an error, or the values the program produced)
+    output: str = ""  # what the test printed, cut to the sandbox's bound
+    seconds: float = 0.0  # wall time of the test's process
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse(code: str) -> ast.Module:
+    """ast.parse, quietly: programs and data sets are full of invalid escapes ("\\d") that only warn."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.parse(code)
+
+
+@lru_cache(maxsize=65536)
+def parse_check(source: str, shadowed: frozenset[str] = frozenset()) -> Check:
+    """Split a test into context and check; make its assert structured when possible. Raises SyntaxError.
+
+    `shadowed`: names the problem's own code defines (e.g. MBPP 126 defines `sum`); the test's
+    uses of them are holes, not builtins.
+    """
+    body = parse(source).body
+    if not body:
+        raise SyntaxError("empty test")
+    *context, last = body
+    context_src = "\n".join(ast.unparse(s) for s in context)
+    if isinstance(last, ast.Assert):
+        condition, holes = split_holes(last.test, shadowed | top_level_names(context_src))
+        if condition is not None:
+            return Check(source, context_src, tuple(holes), ast.unparse(condition), "")
+    return Check(source, context_src, (), "", ast.unparse(ast.fix_missing_locations(_Harden().visit(last))))
+
+
+def top_level_names(code: str) -> frozenset[str]:
+    """Names a piece of code binds at its top level (functions, classes, assignments, imports)."""
+    names = set()
+    for stmt in parse(code).body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(stmt.name)
+        elif isinstance(stmt, ast.Import):  # `import math` binds the real math: that shadows nothing
+            names |= {a.asname for a in stmt.names if a.asname and a.asname != a.name}
+        elif isinstance(stmt, ast.ImportFrom):
+            names |= {a.asname or a.name for a in stmt.names}
+        else:
+            names |= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return frozenset(names)
+
+
+def split_holes(expr: ast.expr, shadowed: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list[str]]:
+    """(the condition with holes replaced by `_h0`, `_h1`, ..., the holes' source), or (None, []) if it cannot be split."""
+    trusted_names = TRUSTED_NAMES - shadowed
+    local = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    local |= {a.arg for n in ast.walk(expr) if isinstance(n, ast.Lambda) for a in ast.walk(n.args) if isinstance(a, ast.arg)}
+    holes: list[str] = []
+
+    def is_trusted_callee(f: ast.expr) -> bool:
+        if isinstance(f, ast.Name):
+            return f.id in TRUSTED_FUNCTIONS and f.id not in shadowed
+        return _is_module_attribute(f) and f.value.id not in shadowed
+
+    def visit(node: ast.AST) -> ast.AST:
+        if isinstance(node, ast.Name) and (node.id in trusted_names or node.id in local):
+            return node
+        if isinstance(node, ast.Attribute) and _is_module_attribute(node) and node.value.id not in shadowed:
+            return node
+        if isinstance(node, ast.Call) and not is_trusted_callee(node.func):
+            return hole(node)
+        if isinstance(node, _NODES) and not isinstance(node, ast.Name):
+            for field, value in ast.iter_fields(node):
+                if field == "func" and isinstance(node, ast.Call):
+                    continue  # a trusted callee (a builtin name or math.f) stays as it is
+                if isinstance(value, list):
+                    setattr(node, field, [visit(v) if isinstance(v, ast.AST) else v for v in value])
+                elif isinstance(value, ast.AST):
+                    setattr(node, field, visit(value))
+            return node
+        return hole(node)  # a name of the program or the context, an attribute, a walrus...
+
+    def hole(node: ast.expr) -> ast.expr:
+        if any(isinstance(n, ast.Name) and n.id in local for n in ast.walk(node)):
+            raise _CannotSplit  # it needs a comprehension's variable: only the sandbox can evaluate the whole
+        holes.append(ast.unparse(node))
+        return ast.Name(f"_h{len(holes) - 1}", ast.Load())
+
+    try:
+        condition = visit(ast.parse(ast.unparse(expr), mode="eval").body)  # a copy: the caller's tree stays intact
+    except _CannotSplit:
+        return None, []
+    return ast.fix_missing_locations(condition), holes
+
+
+class _CannotSplit(Exception):
+    pass
+
+
+def _is_module_attribute(node: ast.expr) -> bool:
+    """`math.<public name>` or `sys.getsizeof`."""
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in TRUSTED_MODULES
+        and not node.attr.startswith("_")
+        and hasattr(TRUSTED_MODULES[node.value.id], node.attr)
+    )
+
+
+class _Harden(ast.NodeTransformer):
+    """For harness checks: every assert condition and every compared operand must be plain data."""
+
+    def visit_Assert(self, node: ast.Assert) -> ast.Assert:
+        self.generic_visit(node)
+        node.test = ast.Call(ast.Name("_sc_truth", ast.Load()), [node.test], [])
+        return node
+
+    def visit_Compare(self, node: ast.Compare) -> ast.Compare:
+        self.generic_visit(node)
+        guard = lambda e: ast.Call(ast.Name("_sc_plain", ast.Load()), [e], [])  # noqa: E731
+        node.left = guard(node.left)
+        node.comparators = [guard(c) for c in node.comparators]
+        return node
+
+
+def has_holes(source: str, shadowed: frozenset[str] = frozenset()) -> bool:
+    """Whether the test depends on the program at all (`assert True` does not: it tests nothing)."""
+    check = parse_check(source, shadowed)
+    return bool(check.holes or check.harness)
+
+
+# ---------------------------------------------------------------- judging
+
+
+def judge(check: Check, reply: dict) -> TestResult:
+    """The verdict on one test from the sandbox's reply (see forkserver.run_one)."""
+    if "error" in reply:
+        return TestResult("error", reply["error"])
+    output, seconds = reply["output"], reply["seconds"]
+    if reply["timeout"]:
+        return TestResult("timeout", f"timed out after {seconds:.1f} s", output, seconds)
+    if reply["result_truncated"]:
+        return TestResult("error", "the test's values are too large", output, seconds)
+    try:
+        report = json.loads(reply["result"]) if reply["result"] else None
+        if not isinstance(report, dict) or report.get("status") not in ("ok", "passed", "failed", "error"):
+            raise ValueError
+    except (ValueError, RecursionError):
+        code = reply["exit"]
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        return TestResult("error", f"the test ended without a valid report ({how})", output, seconds)
+    status, message = report["status"], str(report.get("message", ""))[:300]
+    if status in ("passed", "failed", "error"):
+        if check.condition and status == "passed":
+            status, message = "error", "a harness report for a structured test"
+        return TestResult(status, message, output, seconds)
+    if not check.condition:
+        return TestResult("error", "values reported for a harness test", output, seconds)
+    try:
+        values = [decode(v) for v in report["values"]]
+        if len(values) != len(check.holes):
+            raise ValueError("wrong number of values")
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        return TestResult("error", f"malformed values: {e}", output, seconds)
+    try:
+        ok = bool(evaluate_condition(check.condition, values))
+    except Exception as e:  # e.g. comparing None with an int: an error in the test, as in plain Python
+        return TestResult("error", f"{type(e).__name__}: {e}"[:300], output, seconds)
+    if ok:
+        return TestResult("passed", "", output, seconds)
+    got = "; ".join(f"{h} returned {_short(v)}" for h, v in zip(check.holes, values))
+    return TestResult("failed", got[:300], output, seconds)
+
+
+@lru_cache(maxsize=65536)
+def _compile_condition(condition: str):
+    tree = ast.parse(condition, mode="eval")
+    for node in ast.walk(tree):  # split_holes only builds these; checked again here, where it runs
+        name_ok = isinstance(node, ast.Name) and not node.id.startswith("__")  # resolved in a scope of trusted names only
+        if not (isinstance(node, _NODES) or name_ok or _is_module_attribute(node)):
+            raise ValueError(f"untrusted construct in a condition: {ast.unparse(node)[:80]}")
+    return compile(tree, "<condition>", "eval")
+
+
+def evaluate_condition(condition: str, values: list):
+    """Evaluate a structured check's condition here, on plain values, with trusted builtins only."""
+    scope = {"__builtins__": {}, **TRUSTED_FUNCTIONS, **TRUSTED_MODULES, "True": True, "False": False, "None": None}
+    scope.update({f"_h{i}": v for i, v in enumerate(values)})
+    return eval(_compile_condition(condition), scope)
+
+
+class Opaque:
+    """A value the program returned that is not plain data (a re.Match, a generator, an object):
+    it equals nothing but itself (no __eq__ of the program's is ever called) and keeps the truth it had."""
+
+    __slots__ = ("kind", "truth")
+
+    def __init__(self, kind: str, truth: bool):
+        self.kind, self.truth = kind, truth
+
+    def __bool__(self) -> bool:
+        return self.truth
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} object>"
+
+
+def decode(x, depth: int = 0):
+    """Rebuild a value from forkserver.encode's tagged JSON, with this process's own types."""
+    if depth > 100:
+        raise ValueError("too deep")
+    if x is None or type(x) in (bool, int, float, str):
+        return x
+    if type(x) is list:
+        return [decode(v, depth + 1) for v in x]
+    if type(x) is dict and x.keys() == {"$opaque", "truth"} and type(x["$opaque"]) is str and type(x["truth"]) is bool:
+        return Opaque(x["$opaque"], x["truth"])
+    if type(x) is not dict or len(x) != 1:
+        raise ValueError("not a tagged value")
+    ((tag, body),) = x.items()
+    if tag == "$int" and type(body) is str:
+        return int(body, 16)
+    if tag == "$bytes" and type(body) is str:
+        return bytes.fromhex(body)
+    if tag == "$complex" and type(body) is list and len(body) == 2 and all(type(v) in (int, float) for v in body):
+        return complex(*body)
+    if tag == "$dict" and type(body) is list and all(type(kv) is list and len(kv) == 2 for kv in body):
+        return {decode(k, depth + 1): decode(v, depth + 1) for k, v in body}
+    containers = {"$tuple": tuple, "$set": set, "$frozenset": frozenset}
+    if tag in containers and type(body) is list:
+        return containers[tag](decode(v, depth + 1) for v in body)
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def syntax_error(program: str) -> str:
+    """"" when the program parses, else a short description (it is then not run at all). Parsing runs no code."""
+    try:
+        parse(program)
+    except SyntaxError as e:
+        return f"{type(e).__name__}: {e.msg} (program line {e.lineno})"
+    except (ValueError, RecursionError, MemoryError) as e:  # null bytes, absurd nesting
+        return f"the program cannot be parsed: {type(e).__name__}"
+    return ""

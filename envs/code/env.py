@@ -1,0 +1,104 @@
+"""The code-correction episode (CoCoS): write a program, then check and rewrite it, with or without feedback.
+
+Turn 1: the task, its asserts, then `[BEGIN]` (CoCoS's prompt). The agent writes a
+program and ends with `[DONE]` (the stop string). Turns 2..T: the env asks the fixed
+question CoCoS (and SCoRe) use, "There might be an error in the code above ... [CORRECT]",
+without saying whether the code passed: no execution feedback. The trainer never
+re-renders history, so each turn sees the task and all earlier attempts in its context,
+the latest one just before the request (for T = 2 this is exactly CoCoS's turn-2 prompt).
+With `feedback="tests"` the request is preceded by the failing asserts and errors instead.
+
+Code is taken from the action up to `[DONE]`: the first fenced block if there is one,
+else the text after the last `[BEGIN]`/`[CORRECT]` marker. An action with no code or
+code that does not parse is a failed attempt (all tests "error", `info["invalid"]`),
+never a crash. Every turn's test results go into `info` (JSON, what the rewards read):
+score (the fraction passed), n_passed, n_tests, tests (a status per test), messages,
+and the extracted code.
+"""
+
+from __future__ import annotations
+
+import re
+
+from envs.base import StepResult, Task
+from envs.code.checks import Check, TestResult, parse_check, syntax_error
+from envs.code.sandbox import SandboxConfig, evaluate, shared_sandbox
+
+DONE = "[DONE]"
+REQUEST = (
+    "There might be an error in the code above because of lack of understanding of the question. "
+    "Please correct the error, if any, and rewrite the solution. Only output the final correct Python program!"
+)
+FEEDBACK_CHARS = 1500  # longest feedback block shown before the request
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
+
+
+def first_prompt(text: str, tests: list[str]) -> str:
+    """CoCoS's turn-1 prompt (MBPP format)."""
+    return f"You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n" + "\n".join(tests) + "\n\n[BEGIN]\n"
+
+
+def retry_request(feedback: str = "") -> str:
+    """What the env says after an attempt: the fixed request, preceded by test feedback when there is any."""
+    return "\n\n" + (feedback + "\n\n" if feedback else "") + REQUEST + "\n\n[CORRECT]\n"
+
+
+def extract_code(action: str) -> str:
+    """The program in an action: up to [DONE], the first fenced block, else after the last [BEGIN]/[CORRECT]."""
+    text = action.split(DONE)[0]
+    fenced = _FENCE.search(text)
+    if fenced:
+        return fenced.group(1).strip()
+    for marker in ("[BEGIN]", "[CORRECT]"):
+        text = text.split(marker)[-1]
+    return text.strip()
+
+
+def describe_failures(checks: list[Check], results: list[TestResult]) -> str:
+    """The failing tests and why, for the feedback variant; cut to FEEDBACK_CHARS."""
+    lines = [f"{c.source}\n# {r.status}: {r.message}" for c, r in zip(checks, results) if r.status != "passed"]
+    text = "Running the code above on the tests gave:\n" + "\n".join(lines)
+    return text if len(text) <= FEEDBACK_CHARS else text[: FEEDBACK_CHARS - 4] + " ..."
+
+
+class CodeEnv:
+    stop_strings = [DONE]
+
+    def __init__(self, max_turns: int, feedback: str, stop_when_correct: bool, sandbox_cfg: SandboxConfig):
+        if feedback not in ("none", "tests"):
+            raise ValueError(f"code env: feedback must be 'none' or 'tests', got {feedback!r}")
+        self.max_turns, self.feedback, self.stop_when_correct = max_turns, feedback, stop_when_correct
+        self.sandbox_cfg = sandbox_cfg  # the pool itself is shared and started on first use
+        self.turn = 0
+
+    def reset(self, task: Task) -> str:
+        m = task.metadata
+        shadowed = frozenset(m.get("names", []))
+        self.checks = [parse_check(t, shadowed) for t in m["tests"]]
+        self.setup = m.get("setup", "")
+        self.turn = 0
+        return task.prompt
+
+    def step(self, action: str) -> StepResult:
+        self.turn += 1
+        code = extract_code(action)
+        malformed = syntax_error(code) if code else "no code in the answer"
+        if malformed:  # a failed attempt, not run at all
+            results = [TestResult("error", malformed) for _ in self.checks]
+        else:
+            results = evaluate(shared_sandbox(self.sandbox_cfg), [(code, self.setup, self.checks)])[0]
+        n_passed = sum(r.status == "passed" for r in results)
+        info = {
+            "score": n_passed / len(results),
+            "n_passed": n_passed,
+            "n_tests": len(results),
+            "tests": [r.status for r in results],
+            "messages": [r.message for r in results],
+            "code": code,
+            "invalid": bool(malformed),
+        }
+        done = self.turn >= self.max_turns or (self.stop_when_correct and n_passed == len(results))
+        if done:
+            return StepResult("", True, info)
+        feedback = describe_failures(self.checks, results) if self.feedback == "tests" and n_passed < len(results) else ""
+        return StepResult(retry_request(feedback), False, info)

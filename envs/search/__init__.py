@@ -1,0 +1,147 @@
+"""Search-agent episodes (ReSeek): search, judge the information, answer.
+
+    python -m rl train configs/search.yaml                                    # a generated world, local BM25
+    python -m rl train configs/search.yaml env.params.retriever=http://127.0.0.1:8000   # a shared server
+
+Modules: env.py (the grammar and the episode rules), bm25.py (the local index),
+retrieval.py (corpus format, server client), server.py (Search-R1's /retrieve API),
+world.py (fictional question worlds), qa.py (QA files, answer metrics); the rewards
+are in rewards/search.py. `python -m envs.search make-world | serve` (__main__.py)
+writes a world or starts a server.
+
+Questions come from a generated world (default), a world directory, Bamboogle or
+any QA file; passages from the local BM25 index of a corpus or from a retrieval
+server. Generated worlds and BM25 indexes are cached on disk (`cache_dir`), and
+the index or client is shared by all envs of a process, so `make_env` is cheap.
+Train and eval questions of one world share its corpus; eval holds out questions
+(by a hash of their id), not entities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from envs.base import Task
+from envs.registry import EnvSpec
+from envs.search.env import ANSWER_NOW, INVALID, SearchEnv, make_prompt
+from envs.search.qa import BAMBOOGLE, load_questions
+from envs.search.retrieval import default_cache_dir, make_retriever, read_corpus
+from envs.search.world import WorldConfig, write_world
+
+
+@dataclass
+class SearchParams:
+    data: str = "world"  # questions: "world" (generate from the world_* knobs), "bamboogle", a world directory, or a QA JSONL/parquet file
+    eval_data: str = ""  # eval questions, same kinds as data; "" = hold out eval_fraction of data
+    eval_fraction: float = 0.2  # share of data held out for eval (by a hash of the question id) when eval_data is ""
+    max_tasks: int = 0  # at most this many tasks per split (0 = all)
+    corpus: str = ""  # corpus JSONL for the bm25 retriever; "" = the world's own corpus
+    retriever: str = "bm25"  # "bm25" (local index over corpus) or a Search-R1 retrieval server URL, e.g. http://127.0.0.1:8000
+    topk: int = 3  # passages per search
+    max_searches: int = 4  # searches (invalid actions count too) before one answer-only turn is forced
+    judge_mode: str = "soft"  # "soft": information stays in context; "hard": a preview until <judge>Yes</judge> releases it
+    preview_words: int = 8  # hard mode: words of each passage in the preview
+    max_obs_words: int = 300  # words of passage text per observation, split evenly across the passages
+    score: str = "em"  # info["score"] of the answer turn: "em" or "f1"
+    prompt: str = "reseek"  # "reseek" (ReSeek's instructions, for instruct models) or "short" ("Question: ...", for tiny models)
+    timeout_s: float = 10.0  # retrieval server: seconds before a request is abandoned
+    retries: int = 2  # retrieval server: retries of a failed request before the episode fails
+    cache_dir: str = ""  # generated worlds and BM25 indexes; "" = $SELFCORRECT_CACHE/search or ~/.cache/selfcorrect/search
+    world_seed: int = 0  # data "world": the seed everything in the world follows from
+    world_people: int = 60  # data "world": people (cities, orgs, works and countries scale with it)
+    world_hops: list[int] = field(default_factory=lambda: [1, 2])  # data "world": hop counts (1-4) of the questions
+    world_distractors: int = 0  # data "world": namesakes per person (shared surname and one attribute)
+    world_questions: int = 200  # data "world": distinct questions to generate
+
+
+def _cache(p: SearchParams) -> Path:
+    return Path(p.cache_dir) if p.cache_dir else default_cache_dir()
+
+
+def world_dir(p: SearchParams) -> Path:
+    """The generated world of `p`'s knobs, written once under the cache directory."""
+    cfg = WorldConfig(p.world_seed, p.world_people, list(p.world_hops), p.world_distractors, p.world_questions)
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    out = _cache(p) / "worlds" / key
+    if not (out / "questions.jsonl").exists():
+        write_world(cfg, out)
+    return out
+
+
+def _questions_and_corpus(data: str, p: SearchParams) -> tuple[Path, Path | None]:
+    if data == "world":
+        data = str(world_dir(p))
+    if data == "bamboogle":
+        return BAMBOOGLE, None
+    path = Path(data)
+    if path.is_dir():
+        return path / "questions.jsonl", path / "corpus.jsonl"
+    return path, None
+
+
+def corpus_path(p: SearchParams) -> Path | None:
+    return Path(p.corpus) if p.corpus else _questions_and_corpus(p.data, p)[1]
+
+
+_RETRIEVERS: dict[tuple, object] = {}  # one index or client per process, shared by every env
+
+
+def shared_retriever(p: SearchParams):
+    corpus = corpus_path(p)
+    key = (p.retriever, str(corpus), str(_cache(p)), p.timeout_s, p.retries)
+    if key not in _RETRIEVERS:
+        if p.retriever == "bm25" and corpus is None:
+            raise ValueError(f"data {p.data!r} has no corpus of its own: give corpus=PATH (a Search-R1 JSONL) or retriever=URL of a server")
+        _RETRIEVERS[key] = make_retriever(p.retriever, corpus, _cache(p), p.timeout_s, p.retries)
+    return _RETRIEVERS[key]
+
+
+def make_env(p: SearchParams) -> SearchEnv:
+    return SearchEnv(shared_retriever(p), p.topk, p.max_searches, p.judge_mode, p.preview_words, p.max_obs_words, p.score)
+
+
+def _held_out(question_id: str, fraction: float) -> bool:
+    return int(hashlib.sha256(question_id.encode()).hexdigest()[:8], 16) < fraction * 16**8
+
+
+def load_tasks(p: SearchParams, split: str) -> list[Task]:
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    # Reject bad options now (the trainer loads tasks first), not in every episode's make_env.
+    SearchEnv(None, p.topk, p.max_searches, p.judge_mode, p.preview_words, p.max_obs_words, p.score)
+    if p.retriever != "bm25" and not p.retriever.startswith(("http://", "https://")):
+        raise ValueError(f"retriever must be 'bm25' or a server URL (http://host:port), got {p.retriever!r}")
+    if split == "eval" and p.eval_data:
+        questions_file, _ = _questions_and_corpus(p.eval_data, p)
+        records = load_questions(questions_file)
+    else:
+        questions_file, _ = _questions_and_corpus(p.data, p)
+        records = [r for r in load_questions(questions_file) if _held_out(r["id"], p.eval_fraction) == (split == "eval")]
+    if p.max_tasks:
+        records = records[: p.max_tasks]
+    source = questions_file.parent.name if questions_file.name == "questions.jsonl" else questions_file.stem
+    return [
+        Task(f"{source}-{r['id']}", make_prompt(r["question"], p.prompt),
+             {"question": r["question"], "answers": r["answers"], "hops": r["hops"], "gold_doc_ids": r["gold_doc_ids"]})
+        for r in records
+    ]
+
+
+def sample_text(p: SearchParams) -> list[str]:
+    """Prompts, answers, passages and every tag and fixed message, for a tiny model's tokenizer."""
+    tasks = load_tasks(p, "train") + load_tasks(p, "eval")
+    texts = [t.prompt for t in tasks] + [" ".join(t.metadata["answers"]) for t in tasks]
+    corpus = corpus_path(p)
+    if corpus is not None and corpus.exists():
+        texts += read_corpus(corpus)[1][:5000]
+    texts += [INVALID, ANSWER_NOW, make_prompt("", p.prompt),
+              "<think> </think> <search> </search> <information> Doc 1(Title: ) </information> <preview> </preview> "
+              "<judge>Yes</judge> <judge>No</judge> <answer> </answer>"]
+    return texts
+
+
+ENV_SPEC = EnvSpec(SearchParams, make_env, load_tasks, sample_text)

@@ -1,0 +1,147 @@
+"""Retrieval: the corpus format, a client for Search-R1's retrieval server API, and the choice of retriever.
+
+The local BM25 index (bm25.py) and the client here answer a batch of queries in the
+same shape, the one Search-R1's `/retrieve` returns, so the environment does not
+care which one it talks to:
+
+    [[{"document": {"id": "17", "contents": "\\"Title\\"\\ntext"}, "score": 7.3}, ...], ...]   # one list per query
+
+A corpus is a JSONL file in Search-R1's format, one passage per line:
+{"id": str, "contents": "\\"Title\\"\\ntext"}.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+Hit = dict  # {"document": {"id": str, "contents": str}, "score": float}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SELFCORRECT_CACHE", Path.home() / ".cache" / "selfcorrect")) / "search"
+
+
+def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
+    """(ids, contents) of a Search-R1 corpus JSONL file."""
+    ids, contents = [], []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                ids.append(str(record["id"]))
+                contents.append(record["contents"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: not a corpus line {{\"id\", \"contents\"}} ({e})") from e
+    if not ids:
+        raise ValueError(f"{path}: the corpus is empty")
+    return ids, contents
+
+
+def split_contents(contents: str) -> tuple[str, str]:
+    """(title, text) of a passage's contents: the first line is the title (in quotes, kept as Search-R1 shows it)."""
+    title, _, text = contents.partition("\n")
+    return title, text
+
+
+class RetrievalError(RuntimeError):
+    """The retrieval server could not answer (down, too slow, or it rejected the request)."""
+
+
+class RetrievalClient:
+    """Client for Search-R1's `POST /retrieve`: all queries of a call go in one request.
+
+    Works with `python -m envs.search serve` and with Search-R1's own dense (E5/FAISS)
+    server. A request that fails to connect, times out or gets a 5xx answer is retried
+    `retries` times with a growing pause; then RetrievalError says what happened.
+    Connections are kept open for the next request, from any thread (no TCP handshake
+    and no new server thread per request); one the server has closed meanwhile (uvicorn
+    drops idle connections after 5 s) is replaced at once, without counting as a failure.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 10.0, retries: int = 2):
+        url = url.rstrip("/")
+        self.url = url if url.endswith("/retrieve") else url + "/retrieve"
+        parts = urllib.parse.urlsplit(self.url)
+        self._connect = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self._host, self._path = parts.netloc, parts.path
+        self.timeout_s, self.retries = timeout_s, retries
+        self._idle: list[http.client.HTTPConnection] = []  # open connections no request is using
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self.last_search_ms: float | None = None  # the server's own search time in the last answer (Server-Timing), if sent
+
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        """(status, body) of one POST, on an idle kept-open connection or a new one."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child must not share its parent's sockets
+                self._idle, self._pid = [], os.getpid()
+            conn = self._idle.pop() if self._idle else None
+        reused = conn is not None
+        conn = conn or self._connect(self._host, timeout=self.timeout_s)
+        try:
+            conn.request("POST", self._path, body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+        except Exception as e:
+            conn.close()
+            if reused and isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+                return self._post(body)  # the server closed it while idle: try the next one, or a new one
+            raise
+        timing = re.search(r"search;dur=([0-9.]+)", response.getheader("Server-Timing") or "")
+        self.last_search_ms = float(timing.group(1)) if timing else None
+        with self._lock:
+            self._idle.append(conn)
+        return response.status, data
+
+    def search(self, queries: list[str], topk: int = 3) -> list[list[Hit]]:
+        if not queries:
+            return []
+        body = json.dumps({"queries": queries, "topk": topk, "return_scores": True}).encode()
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(0.2 * 2 ** (attempt - 1))
+            try:
+                status, data = self._post(body)
+            except (OSError, http.client.HTTPException) as e:
+                problem = f"timed out after {self.timeout_s:g} s" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+                continue
+            if status >= 400:
+                detail = f"HTTP {status} {data[:300].decode(errors='replace')}"
+                if status < 500:  # our request is wrong: asking again will not help
+                    raise RetrievalError(f"retrieval server {self.url} rejected the request: {detail}")
+                problem = detail
+                continue
+            try:
+                result = json.loads(data)["result"]
+                break
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                problem = f"malformed answer ({type(e).__name__}: {e})"
+        else:
+            raise RetrievalError(f"retrieval server {self.url} failed {self.retries + 1} times; last: {problem}")
+        if not isinstance(result, list) or len(result) != len(queries):
+            raise RetrievalError(f"retrieval server {self.url} answered {str(result)[:100]} for {len(queries)} queries")
+        # With return_scores=false a Search-R1 server sends bare documents; accept both shapes.
+        return [[h if "document" in h else {"document": h, "score": None} for h in hits] for hits in result]
+
+
+def make_retriever(spec: str, corpus: str | Path | None, cache_dir: str | Path | None, timeout_s: float = 10.0, retries: int = 2):
+    """`spec` "bm25" gives a local BM25Index over `corpus`; an http(s) URL gives a RetrievalClient."""
+    if spec.startswith(("http://", "https://")):
+        return RetrievalClient(spec, timeout_s, retries)
+    if spec != "bm25":
+        raise ValueError(f"retriever must be 'bm25' or a server URL (http://host:port), got {spec!r}")
+    if not corpus:
+        raise ValueError("retriever 'bm25' needs a corpus JSONL file")
+    from envs.search.bm25 import BM25Index  # bm25s and numpy load only when used (rewards import this package)
+
+    return BM25Index(corpus, cache_dir)

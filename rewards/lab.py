@@ -1,0 +1,379 @@
+"""Reward lab: re-score recorded episodes under several reward specs and compare them.
+
+Every statistic is a small pure function over numpy arrays, checkable by hand:
+
+  summary            mean, std (population), min, max, n
+  pearson            linear correlation; nan when either side is constant
+  kendall_tau        tau-b over episodes (ties counted as in scipy), O(n log n)
+  per_turn           mean process reward of turn t over the episodes that reach turn t
+  farming            reward against turns and searches per episode: correlation, and mean reward per count
+
+A spec is what a training config's `reward:` list holds (see rewards/base.py); on the
+command line it is written either as YAML/JSON or as a short form (see `parse_spec`).
+
+    python -m rewards score runs/x/episodes/ --reward outcome --reward 'outcome + 0.5*format:penalty=2'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from envs.base import Trajectory
+from rewards.base import RewardSpec, build_reward
+
+NAN = float("nan")
+
+
+# ------------------------------------------------------------------ specs
+
+
+def parse_spec(text: str) -> list[RewardSpec]:
+    """One `--reward` argument -> the list of specs it combines.
+
+    YAML/JSON, exactly as in a training config:
+        '{name: outcome, weight: 2}'   or   '[{name: outcome}, {name: format, params: {penalty: 2}}]'
+    Short form, terms joined by '+', each `[WEIGHT*]NAME[:key=value,...]` (values read as YAML):
+        'outcome'   '2*outcome'   'outcome:binary=true + 0.5*format:penalty=2'
+    """
+    text = text.strip()
+    if text.startswith(("{", "[")):
+        loaded = yaml.safe_load(text)
+        return [RewardSpec(**d) for d in (loaded if isinstance(loaded, list) else [loaded])]
+    specs = []
+    for term in text.split("+"):
+        m = re.fullmatch(r"\s*(?:([-0-9.eE]+)\s*\*\s*)?([\w.]+)\s*(?::(.*))?", term)
+        if not m:
+            raise ValueError(f"cannot read reward term {term!r}: expected [WEIGHT*]NAME[:key=value,...]")
+        weight, name, args = m.groups()
+        params = {}
+        for pair in filter(None, (args or "").split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"reward {name!r}: parameter {pair!r} is not key=value")
+            params[key.strip()] = yaml.safe_load(value.strip())
+        specs.append(RewardSpec(name, float(weight) if weight else 1.0, params))
+    return specs
+
+
+# ------------------------------------------------------------------ episodes
+
+
+def episode_files(path: str | Path) -> list[Path]:
+    """A JSONL file, or the *.jsonl of a folder: a run directory's episodes/ (not its metrics), in name order."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if (path / "episodes").is_dir():
+        path = path / "episodes"
+    files = sorted(path.glob("*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no *.jsonl under {path}")
+    return files
+
+
+def parse_line(line: str | bytes) -> Trajectory | None:
+    """One episode line -> its Trajectory; None for a blank line or a failed rollout (never scored in training)."""
+    if not line.strip():
+        return None
+    d = json.loads(line)
+    if d.get("error"):
+        return None
+    return Trajectory.from_dict(d.get("trajectory", d))
+
+
+def load_trajectories(path: str | Path) -> list[Trajectory]:
+    """Trajectories from the trainer's episode lines ({"trajectory": ...}) or bare Trajectory.to_dict() lines."""
+    out = []
+    for file in episode_files(path):
+        with open(file) as f:
+            out += filter(None, map(parse_line, f))
+    return out
+
+
+def task_outcome(trajectory: Trajectory) -> float:
+    """What the task judged: the last turn's info["score"] (EM, fraction of tests passed); nan without turns."""
+    return float(trajectory.turns[-1].info.get("score", 0.0)) if trajectory.turns else NAN
+
+
+def search_count(trajectory: Trajectory) -> int:
+    """Searches made: turns the env tagged info["action"] == "search" (envs/search); 0 for other envs."""
+    return sum(t.info.get("action") == "search" for t in trajectory.turns)
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def summary(x: np.ndarray) -> dict[str, float]:
+    """n, mean, std (population, ddof=0), min, max of x; nan statistics when x is empty."""
+    if len(x) == 0:
+        return {"n": 0, "mean": NAN, "std": NAN, "min": NAN, "max": NAN}
+    return {"n": int(len(x)), "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """cov(x, y) / (std x * std y); nan when either is constant (no linear relation can be read)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return float(dx @ dy) / denom if denom > 0 else NAN
+
+
+def _tied_pairs(values: np.ndarray) -> int:
+    """Pairs with equal values: the sum over distinct values of c*(c-1)/2, c = how often it occurs."""
+    _, counts = np.unique(values, return_counts=True)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def _count_inversions(ranks: np.ndarray) -> int:
+    """Pairs i < j with ranks[i] > ranks[j] (strictly), with a Fenwick tree over the ranks 0..k-1."""
+    k = int(ranks.max()) + 1 if len(ranks) else 0
+    tree = [0] * (k + 1)
+    inversions = 0
+    for seen, r in enumerate(ranks.tolist()):
+        # values <= r seen so far: prefix sum up to position r + 1
+        i, not_greater = r + 1, 0
+        while i > 0:
+            not_greater += tree[i]
+            i -= i & -i
+        inversions += seen - not_greater
+        i = r + 1
+        while i <= k:
+            tree[i] += 1
+            i += i & -i
+    return inversions
+
+
+def _joint_ties(xs: np.ndarray, ys: np.ndarray) -> int:
+    """Pairs equal in both x and y; the input is sorted by (x, y), so equal pairs form runs."""
+    if len(xs) == 0:
+        return 0
+    new_run = np.r_[True, (xs[1:] != xs[:-1]) | (ys[1:] != ys[:-1])]
+    counts = np.diff(np.r_[np.flatnonzero(new_run), len(xs)])
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b: (concordant - discordant) / sqrt((n0 - tx) (n0 - ty)).
+
+    n0 = n(n-1)/2 pairs; tx, ty pairs tied in x, in y; txy tied in both. Knight's method:
+    sort by (x, y); then discordant pairs are exactly the strict inversions of y, and
+    concordant = n0 - tx - ty + txy - discordant. nan when x or y is constant.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    n0 = n * (n - 1) // 2
+    order = np.lexsort((y, x))
+    xs, ys = x[order], y[order]
+    tx, ty = _tied_pairs(x), _tied_pairs(y)
+    txy = _joint_ties(xs, ys)
+    discordant = _count_inversions(np.unique(ys, return_inverse=True)[1].ravel())
+    concordant = n0 - tx - ty + txy - discordant
+    denom = math.sqrt((n0 - tx) * (n0 - ty))
+    return (concordant - discordant) / denom if denom > 0 else NAN
+
+
+def per_turn(process: list[list[float]]) -> list[dict[str, float]]:
+    """summary() of the process reward of turn t, over the episodes that have a turn t."""
+    longest = max((len(p) for p in process), default=0)
+    return [summary(np.array([p[t] for p in process if len(p) > t])) for t in range(longest)]
+
+
+def mean_by_count(reward: np.ndarray, counts: np.ndarray) -> dict[int, float]:
+    """Mean reward of the episodes with each count (of turns, of searches)."""
+    return {int(c): float(reward[counts == c].mean()) for c in np.unique(counts)}
+
+
+# ------------------------------------------------------------------ scoring
+
+
+@dataclass
+class Episodes:
+    """What the statistics need of each episode besides its rewards (arrays aligned over episodes)."""
+
+    task: np.ndarray  # task_outcome
+    turns: np.ndarray  # number of agent turns
+    searches: np.ndarray  # search_count
+
+    @staticmethod
+    def of(trajectories: list[Trajectory]) -> "Episodes":
+        return Episodes(np.array([task_outcome(t) for t in trajectories], float),
+                        np.array([len(t.turns) for t in trajectories], int),
+                        np.array([search_count(t) for t in trajectories], int))
+
+
+@dataclass
+class Scores:
+    """The rewards of every episode under one spec (arrays aligned over episodes)."""
+
+    label: str  # the spec as given
+    total: np.ndarray
+    outcome: np.ndarray
+    process: list[list[float]]
+    components: dict[str, np.ndarray] = field(default_factory=dict)  # nan where an episode lacks the component
+
+
+def score(trajectories: list[Trajectory], label: str, specs: list[RewardSpec]) -> Scores:
+    """Re-score every trajectory with the reward built from `specs`, as the trainer would."""
+    fn = build_reward(specs)
+    rewards = [fn(t) for t in trajectories]
+    names = sorted({k for r in rewards for k in r.components})
+    return Scores(
+        label,
+        np.array([r.total for r in rewards], float),
+        np.array([r.outcome for r in rewards], float),
+        [r.process for r in rewards],
+        {k: np.array([r.components.get(k, NAN) for r in rewards], float) for k in names},
+    )
+
+
+def concat(parts: list[Scores]) -> Scores:
+    """Scores of consecutive chunks of episodes, joined in order."""
+    names = sorted({k for p in parts for k in p.components})
+    return Scores(
+        parts[0].label,
+        np.concatenate([p.total for p in parts]),
+        np.concatenate([p.outcome for p in parts]),
+        [q for p in parts for q in p.process],
+        {k: np.concatenate([p.components.get(k, np.full(len(p.total), NAN)) for p in parts]) for k in names},
+    )
+
+
+def chunks(files: list[Path], n: int) -> list[tuple[Path, int, int]]:
+    """Split each file into about n byte ranges (file, start, end); a line belongs to the range it starts in."""
+    out = []
+    for file in files:
+        size = file.stat().st_size
+        bounds = sorted({size * i // n for i in range(n)} | {size})
+        out += [(file, a, b) for a, b in zip(bounds, bounds[1:])]
+    return out
+
+
+def read_chunk(file: Path, start: int, end: int) -> list[Trajectory]:
+    """The episodes whose lines start in [start, end) of `file`."""
+    out = []
+    with open(file, "rb") as f:
+        f.seek(max(start - 1, 0))
+        pos = start
+        if start > 0:  # finish the line that byte start-1 is in; it belongs to the previous range
+            pos = start - 1 + len(f.readline())
+        while pos < end:
+            line = f.readline()
+            if not line:
+                break
+            pos += len(line)
+            trajectory = parse_line(line)
+            if trajectory is not None:
+                out.append(trajectory)
+    return out
+
+
+def score_chunk(job: tuple[Path, int, int, list[str]]) -> tuple[Episodes, list[Scores]]:
+    """Load one byte range and score it under every spec (runs in a worker process)."""
+    file, start, end, texts = job
+    trajectories = read_chunk(file, start, end)
+    return Episodes.of(trajectories), [score(trajectories, text, parse_spec(text)) for text in texts]
+
+
+def score_files(path: str | Path, texts: list[str], workers: int = 1) -> tuple[Episodes, list[Scores]]:
+    """Load and score every episode under `path` with each spec text, over `workers` processes.
+
+    Work is split by byte ranges, so a worker parses only its own lines and sends back arrays,
+    never trajectories. Results are in file order whatever the number of workers.
+    """
+    for text in texts:  # a misspelt reward fails here, before any work is started
+        build_reward(parse_spec(text))
+    jobs = [(f, a, b, texts) for f, a, b in chunks(episode_files(path), max(1, workers) * 4)]
+    if workers <= 1:
+        results = [score_chunk(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(score_chunk, jobs))
+    episodes = Episodes(*(np.concatenate([getattr(e, k) for e, _ in results]) for k in ("task", "turns", "searches")))
+    return episodes, [concat([r[i] for _, r in results]) for i in range(len(texts))]
+
+
+def report(episodes: Episodes, scored: list[Scores]) -> dict:
+    """All statistics as one JSON-ready dict: per spec, and Kendall tau between every pair of specs."""
+    specs = {}
+    for s in scored:
+        specs[s.label] = {
+            "total": summary(s.total),
+            "outcome": summary(s.outcome),
+            "components": {k: summary(v[~np.isnan(v)]) for k, v in s.components.items()},
+            "per_turn": per_turn(s.process),
+            "corr_task_outcome": pearson(s.total, episodes.task),
+            "farming": {
+                "corr_turns": pearson(s.total, episodes.turns),
+                "corr_searches": pearson(s.total, episodes.searches),
+                "mean_by_turns": mean_by_count(s.total, episodes.turns),
+                "mean_by_searches": mean_by_count(s.total, episodes.searches) if episodes.searches.any() else {},
+            },
+        }
+    tau = {f"{a.label} | {b.label}": kendall_tau(a.total, b.total)
+           for i, a in enumerate(scored) for b in scored[i + 1:]}
+    return {"episodes": len(episodes.task), "task_outcome": summary(episodes.task), "specs": specs, "kendall_tau": tau}
+
+
+def format_table(rep: dict) -> str:
+    """The terminal view of a report: one row per spec, then tau between specs."""
+    head = f"{'spec':<40} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'r(task)':>8} {'r(turns)':>8} {'r(search)':>9}"
+    lines = [f"{rep['episodes']} episodes, task outcome mean {rep['task_outcome']['mean']:.4f}", head, "-" * len(head)]
+    for label, s in rep["specs"].items():
+        t, f = s["total"], s["farming"]
+        lines.append(f"{label[:40]:<40} {t['mean']:8.4f} {t['std']:8.4f} {t['min']:8.4f} {t['max']:8.4f} "
+                     f"{s['corr_task_outcome']:8.3f} {f['corr_turns']:8.3f} {f['corr_searches']:9.3f}")
+        for name, c in s["components"].items():
+            lines.append(f"  {name[:38]:<38} {c['mean']:8.4f} {c['std']:8.4f} {c['min']:8.4f} {c['max']:8.4f}")
+        turn_means = " ".join(f"{p['mean']:.3f}" for p in s["per_turn"][:12])
+        lines.append(f"  per-turn process mean: {turn_means}")
+    for pair, tau in rep["kendall_tau"].items():
+        lines.append(f"Kendall tau  {pair}: {tau:.4f}")
+    return "\n".join(lines)
+
+
+def plot(episodes: Episodes, scored: list[Scores], out_dir: Path) -> list[Path]:
+    """PNG plots (needs matplotlib): totals per spec, per-turn process means, reward against turns."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in scored:
+        ax.hist(s.total, bins=30, alpha=0.5, label=s.label)
+    ax.set(xlabel="total reward", ylabel="episodes", title="Reward per episode")
+    ax.legend(fontsize=7)
+    paths.append(out_dir / "totals.png")
+
+    fig2, ax2 = plt.subplots(figsize=(6, 4))
+    for s in scored:
+        means = [p["mean"] for p in per_turn(s.process)]
+        ax2.plot(range(1, len(means) + 1), means, marker="o", label=s.label)
+    ax2.set(xlabel="turn", ylabel="mean process reward", title="Process reward per turn")
+    ax2.legend(fontsize=7)
+    paths.append(out_dir / "per_turn.png")
+
+    fig3, ax3 = plt.subplots(figsize=(6, 4))
+    for s in scored:
+        by = mean_by_count(s.total, episodes.turns)
+        ax3.plot(list(by), list(by.values()), marker="o", label=s.label)
+    ax3.set(xlabel="turns in the episode", ylabel="mean total reward", title="Farming: reward against turns")
+    ax3.legend(fontsize=7)
+    paths.append(out_dir / "farming_turns.png")
+
+    for f, p in zip((fig, fig2, fig3), paths):
+        f.tight_layout()
+        f.savefig(p, dpi=100)
+        plt.close(f)
+    return paths

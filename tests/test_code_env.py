@@ -1,0 +1,107 @@
+"""The code-correction env: CoCoS prompts, code extraction, episodes with and without feedback, and the trainer on it."""
+
+import json
+
+from envs.base import Trajectory
+from envs.code import CodeParams, load_tasks, make_env, problems, sample_text
+from envs.code.env import REQUEST, extract_code, first_prompt
+from envs.registry import get_env_spec
+from rewards import build_reward
+from rl.config import load_config
+from rl.trainer import Trainer
+
+ADD = "def add_7(x):\n    return x + 7"
+
+
+def test_code_is_extracted_from_fences_or_markers():
+    assert extract_code(ADD + "\n[DONE]") == ADD
+    assert extract_code("Here it is:\n```python\n" + ADD + "\n```\nand more\n[DONE]") == ADD
+    assert extract_code("```\n" + ADD + "\n") == ADD  # an unclosed fence still counts
+    assert extract_code("[CORRECT]\n" + ADD + "\n[DONE]\nprint('after done')") == ADD
+    assert extract_code("[BEGIN]\nold\n[BEGIN]\n" + ADD) == ADD
+    assert extract_code("  \n[DONE]") == ""
+
+
+def test_prompts_follow_cocos():
+    assert first_prompt("Write f.", ["assert f(1) == 1", "assert f(2) == 2"]) == (
+        "You are an expert Python programmer, and here is your task: Write f. Your code should pass these tests:\n\n"
+        "assert f(1) == 1\nassert f(2) == 2\n\n[BEGIN]\n"
+    )
+
+
+def play(params: CodeParams, task_id: str, *actions):
+    task = next(t for t in load_tasks(params, "train") if t.id == task_id)
+    env = make_env(params)
+    assert env.reset(task) == task.prompt
+    return [env.step(a) for a in actions]
+
+
+def synthetic_task(params):
+    q = problems(params, "train")[0]
+    return q, q.task_id
+
+
+def test_cocos_episode_gives_no_feedback_and_records_every_turn():
+    p = CodeParams(synthetic_problems=4, max_turns=3)
+    q, task_id = synthetic_task(p)
+    name = q.entry_point
+    wrong, invalid, right = play(p, task_id, f"def {name}(x):\n    return None\n[DONE]", "I cannot do it [DONE]", q.reference + "[DONE]")
+    assert wrong.observation == "\n\n" + REQUEST + "\n\n[CORRECT]\n" and not wrong.done  # nothing about the tests
+    assert wrong.info["tests"] == ["failed"] * 3 and wrong.info["score"] == 0.0 and not wrong.info["invalid"]
+    assert invalid.info["invalid"] and invalid.info["tests"] == ["error"] * 3 and invalid.info["messages"][0].startswith("SyntaxError")
+    assert right.done and right.info == {
+        "score": 1.0, "n_passed": 3, "n_tests": 3, "tests": ["passed"] * 3, "messages": ["", "", ""], "code": q.reference.strip(), "invalid": False
+    }
+    json.dumps([wrong.info, invalid.info, right.info])  # episodes are logged as JSON
+
+
+def test_feedback_variant_shows_the_failing_asserts_and_can_stop_early():
+    p = CodeParams(synthetic_problems=4, max_turns=3, feedback="tests", stop_when_correct=True)
+    q, task_id = synthetic_task(p)
+    wrong, right = play(p, task_id, f"def {q.entry_point}(x):\n    return None\n[DONE]", q.reference + "[DONE]")
+    assert wrong.observation.startswith("\n\nRunning the code above on the tests gave:\n" + q.tests[0] + "\n# failed: ")
+    assert wrong.observation.endswith(REQUEST + "\n\n[CORRECT]\n")
+    assert right.done and right.info["score"] == 1.0  # all passed at turn 2 of 3: the episode ends
+
+
+def test_tasks_splits_and_tokenizer_text():
+    spec = get_env_spec("code")
+    mbpp = CodeParams(dataset="mbpp", eval_dataset="humaneval", max_problems=5)
+    train, test = spec.load_tasks(mbpp, "train"), spec.load_tasks(mbpp, "eval")
+    assert [t.id for t in train][:2] == ["mbpp/601", "mbpp/602"] and [t.id for t in test][:2] == ["HumanEval/0", "HumanEval/1"]
+    assert train[0].metadata["tests"] and train[0].prompt.endswith("[BEGIN]\n")
+    syn = CodeParams(synthetic_problems=6)
+    train_ids, eval_ids = {t.id for t in load_tasks(syn, "train")}, {t.id for t in load_tasks(syn, "eval")}
+    assert len(train_ids) == len(eval_ids) == 6 and not train_ids & eval_ids
+    text = sample_text(syn)
+    assert len(text) == 13 and all("[DONE]" in s for s in text[:12]) and REQUEST in text[0]
+
+
+def test_two_training_steps_on_the_code_env(tmp_path):
+    overrides = [
+        f"run_dir={tmp_path}",
+        "env.name=code",
+        "env.params={dataset: synthetic, synthetic_problems: 2, max_turns: 2}",  # 2 training and 2 eval tasks
+        "model.tiny.vocab_size=512",
+        "rollout.max_turn_tokens=32",
+        "rollout.group_size=2",
+        "rollout.tasks_per_step=2",
+        "steps=2",
+        "save_every=0",
+        "eval_every=0",
+        "reward=[{name: cocos}, {name: code_pass, weight: 0.5}]",
+    ]
+    trainer = Trainer(load_config(None, overrides))
+    try:
+        trainer.train(progress=False)
+    finally:
+        trainer.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward/mean" in r] == [1, 2] and all(r["episodes/failed"] == 0 for r in rows if "reward/mean" in r)
+    fn = build_reward([{"name": "cocos"}, {"name": "code_pass", "weight": 0.5}])
+    episodes = [json.loads(line) for line in (tmp_path / "episodes" / "step_000001.jsonl").read_text().splitlines()]
+    assert len(episodes) == 4
+    for e in episodes:
+        turns = e["trajectory"]["turns"]
+        assert len(turns) == 2 and all(t["info"]["n_tests"] == 3 and len(t["info"]["tests"]) == 3 for t in turns)
+        assert fn(Trajectory.from_dict(e["trajectory"])).total == e["reward"]["total"]  # re-scored offline from the log

@@ -1,0 +1,340 @@
+"""The sandbox against real hostile programs: cheats are not credited, harm is contained, the machine is fine.
+
+Every dangerous program here is bounded on its own, so that the machine stays safe even if the
+sandbox failed: the fork storm makes at most 2**10 processes that end by themselves after
+30 s, the memory hog asks for 3 GiB (of 24), the endless loops are cut by the sandbox's
+timeout, RLIMIT_CPU and the test's own timeout, files written outside are removed.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from envs.code.checks import parse_check
+from envs.code.sandbox import Sandbox, SandboxConfig, evaluate
+
+TIMEOUT = 2.0
+CFG = SandboxConfig(timeout_s=TIMEOUT, memory_mb=256, max_processes=8, max_output_bytes=4096, workers=2)
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(CFG) as sb:
+        yield sb
+
+
+def run(sandbox, program, *tests, setup=""):
+    return evaluate(sandbox, [(program, setup, [parse_check(t) for t in tests])])[0]
+
+
+def sandbox_processes(sandbox) -> list[int]:
+    """Processes on the host still running under one of this pool's test uids."""
+    uids = {w.isolation["uid"] for w in sandbox.workers} - {None}
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid in uids:
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def assert_machine_fine(sandbox):
+    assert sandbox_processes(sandbox) == []
+    t = time.monotonic()
+    (r,) = run(sandbox, "def f():\n    return 1\n", "assert f() == 1")
+    assert r.status == "passed" and time.monotonic() - t < 1.5
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def test_each_status_with_its_message(sandbox):
+    program = "def f(x):\n    return x + 1\n\ndef g():\n    return undefined_name\n\ndef h():\n    while True:\n        pass\n"
+    passed, failed, error, timeout = run(sandbox, program, "assert f(1) == 2", "assert f(1) == 3", "assert g() == 1", "assert h() == 1")
+    assert passed.status == "passed"
+    assert failed.status == "failed" and failed.message == "f(1) returned 2"
+    assert error.status == "error" and error.message == "NameError: name 'undefined_name' is not defined (program line 5)"
+    assert timeout.status == "timeout" and TIMEOUT <= timeout.seconds < TIMEOUT + 1
+    (bad,) = run(sandbox, "def f(:\n", "assert f() == 1")
+    assert bad.status == "error" and bad.message == "SyntaxError: invalid syntax (program line 1)"
+
+
+def test_every_test_gets_a_fresh_process_directory_and_an_empty_environment(sandbox):
+    os.environ["SELFCORRECT_TEST_SECRET"] = "hunter2"  # in our environment, never in theirs
+    try:
+        program = (
+            "import os\nCOUNT = [0]\n"
+            "def look():\n"
+            "    COUNT[0] += 1\n"
+            "    open('mine.txt', 'w').write('x')\n"
+            "    return [os.getcwd(), sorted(os.listdir('.')), COUNT[0], os.getpid(), dict(os.environ), os.listdir('/proc')]\n"
+        )
+        a, b = run(sandbox, program, "assert look() == 0", "assert look() == 0")
+    finally:
+        del os.environ["SELFCORRECT_TEST_SECRET"]
+    cwd_a, files_a, count_a, pid_a, env_a, proc_a = eval(a.message.split(" returned ", 1)[1])
+    cwd_b, files_b, count_b, pid_b, env_b, proc_b = eval(b.message.split(" returned ", 1)[1])
+    assert files_a == files_b == ["mine.txt"] and count_a == count_b == 1  # nothing carried over
+    assert cwd_a != cwd_b and not os.path.exists(cwd_a) and not os.path.exists(cwd_b)  # fresh, and gone afterwards
+    if sandbox.isolation["pid"]:
+        assert pid_a == pid_b == 1  # PID 1 of a namespace of its own
+    assert env_a == env_b == {}
+    if sandbox.isolation["mount"]:
+        assert proc_a == proc_b == []  # no view of the host's processes
+
+
+def test_output_is_captured_and_cut_to_the_bound(sandbox):
+    (r,) = run(sandbox, "def f():\n    print('y' * 100_000)\n    return 1\n", "assert f() == 1")
+    assert r.status == "passed" and r.output.startswith("yyy") and len(r.output) == CFG.max_output_bytes
+
+
+def test_values_are_compared_as_plain_data_here(sandbox):
+    program = "import re, collections\ndef m(s):\n    return re.search('a+', s)\ndef c():\n    return collections.Counter('aab')\n"
+    truthy, falsy, counter, not_equal = run(
+        sandbox, program, "assert m('xaa')", "assert not m('xyz')", "assert c() == {'a': 2, 'b': 1}", "assert m('a') == 'a'"
+    )
+    assert truthy.status == falsy.status == counter.status == "passed"  # a Match keeps its truth; a Counter is a dict
+    assert not_equal.status == "failed" and not_equal.message == "m('a') returned <Match object>"
+
+
+# ---------------------------------------------------------------- cheats
+
+
+WRONG = "def f(x):\n    return -1\n"
+CHEATS = {
+    "exit 0 before the tests": "import sys\nsys.exit(0)\n" + WRONG,
+    "os._exit(0) before the tests": "import os\nos._exit(0)\n" + WRONG,
+    "os._exit(0) during the call": "import os\ndef f(x):\n    os._exit(0)\n",
+    "SystemExit during the call": "def f(x):\n    raise SystemExit(0)\n",
+    "exit hooks": (
+        "import atexit, os, sys\n"
+        "atexit.register(lambda: os.write(3, b'{\"status\": \"passed\"}'))\n"
+        "atexit.register(print, 'PASSED')\n"
+        "sys.exitfunc = lambda: None\n" + WRONG
+    ),
+    "an object equal to everything": (
+        "class Anything:\n"
+        "    def __eq__(self, other): return True\n"
+        "    def __ne__(self, other): return False\n"
+        "    def __lt__(self, other): return True\n"
+        "    def __bool__(self): return True\n"
+        "    def __hash__(self): return 0\n"
+        "def f(x):\n    return Anything()\n"
+    ),
+    "an int that lies about equality": "class Liar(int):\n    def __eq__(self, other): return True\ndef f(x):\n    return Liar(-1)\n",
+    "printing what a harness looks for": (
+        "print('{\"status\": \"passed\"}')\nprint('PASSED'); print('ok')\n"
+        "def f(x):\n    print('All tests passed'); return -1\n"
+    ),
+    "rebinding the builtins the test uses": "import builtins\nbuiltins.len = lambda x: 3\nbuiltins.sorted = lambda x: [1, 2, 3]\ndef f(x):\n    return [0]\n",
+}
+STRUCTURED = ["assert f(1) == 2", "assert len(f(1)) == 3", "assert sorted(f(1)) == [1, 2, 3]", "assert f(1) == 2 and f(2) == 3"]
+HARNESS = "for x in range(3):\n    assert f(x) == x + 1"  # a loop: runs under the hardened harness
+
+
+@pytest.mark.parametrize("cheat", list(CHEATS))
+def test_no_cheat_passes_a_test(sandbox, cheat):
+    checks = STRUCTURED + [HARNESS]
+    assert not parse_check(HARNESS).condition and all(parse_check(t).condition for t in STRUCTURED)
+    results = run(sandbox, CHEATS[cheat], *checks)
+    assert [r.status for r in results].count("passed") == 0, [(c, r.status, r.message) for c, r in zip(checks, results)]
+    honest = run(sandbox, "def f(x):\n    return x + 1\n", *checks)  # the same tests do pass for a real solution
+    assert [r.status for r in honest][0] == "passed" and honest[-1].status == "passed"
+
+
+def test_forging_the_report_is_no_stronger_than_returning_a_value_except_in_the_harness(sandbox):
+    # The program shares its process with the harness, so it can write on the result pipe itself.
+    forge_pass = "import os\ndef f(x):\n    os.write(3, b'{\"status\": \"passed\"}')\n    os._exit(0)\n"
+    forge_values = "import os\ndef f(x):\n    os.write(3, b'{\"status\": \"ok\", \"values\": [2]}')\n    os._exit(0)\n"
+    structured, harness = run(sandbox, forge_pass, "assert f(1) == 2", HARNESS)
+    assert structured.status == "error" and structured.message == "a harness report for a structured test"
+    assert harness.status == "passed"  # the documented limit of harness tests (5 of HumanEval's 1133)
+    (value,) = run(sandbox, forge_values, "assert f(1) == 2")
+    assert value.status == "passed"  # as if f(1) had returned 2: the value is still judged here
+
+
+# ---------------------------------------------------------------- harm, contained
+
+
+def test_a_fork_storm_stops_at_the_process_limit_even_as_root(sandbox):
+    if os.geteuid() == 0:
+        assert sandbox.isolation["uid"] is not None  # as root, tests run under a uid of their own
+    storm = (
+        "import os, time\n"
+        "def storm():\n"
+        "    for level in range(10):  # at most 2**10 processes, even with no limit at all\n"
+        "        try:\n"
+        "            if os.fork() == 0:\n"
+        "                print('+', flush=True)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    time.sleep(30)  # outlive the test: the sandbox must kill them\n"
+        "    return 1\n"
+    )
+    (r,) = run(sandbox, storm, "assert storm() == 1")
+    assert r.status == "timeout"
+    assert 1 <= r.output.count("+") <= CFG.max_processes - 1  # every process but the first printed once
+    assert_machine_fine(sandbox)
+
+
+def test_a_memory_hog_gets_a_memory_error(sandbox):
+    hog = "def hog():\n    blocks = []\n    for _ in range(60):\n        blocks.append(bytearray(50 * 2**20))  # 3 GiB in all\n    return len(blocks)\n"
+    (r,) = run(sandbox, hog, "assert hog() == 60")
+    assert r.status == "error" and r.message.startswith("MemoryError")
+    assert_machine_fine(sandbox)
+
+
+def test_endless_loops_are_killed_with_every_process_they_started(sandbox):
+    stubborn = (
+        "import os, signal, time\n"
+        "def spin():\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid()  # leave the process group\n"
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "    while True:\n"
+        "        try:\n"
+        "            pass\n"
+        "        except BaseException:\n"
+        "            pass\n"
+    )
+    t = time.monotonic()
+    results = run(sandbox, stubborn, "assert spin() == 1", "assert spin() == 2")
+    assert [r.status for r in results] == ["timeout", "timeout"]
+    assert time.monotonic() - t < 2 * TIMEOUT + 2  # both at once, on the two workers
+    assert_machine_fine(sandbox)
+
+
+def test_writes_outside_the_working_directory_fail(sandbox, tmp_path):
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(open_dir, 0o777)  # anyone may write here, on the host
+    name = f"selfcorrect-escape-{uuid.uuid4().hex}"
+    targets = [str(open_dir / name), f"/tmp/{name}", f"/dev/shm/{name}", str(os.path.abspath(name))]
+    program = (
+        "def write(paths):\n    out = []\n    for p in paths:\n        try:\n            open(p, 'w').write('x')\n            out.append('written')\n"
+        "        except OSError as e:\n            out.append(type(e).__name__)\n    return out\n"
+    )
+    try:
+        (r,) = run(sandbox, program, f"assert write({targets!r}) == []")
+        assert r.status == "failed" and "written" not in r.message, r.message
+        assert not any(os.path.exists(t) for t in targets)
+    finally:
+        for t in targets:
+            if os.path.exists(t):
+                os.remove(t)
+
+
+def test_no_connection_reaches_a_loopback_listener(sandbox):
+    if not sandbox.isolation["net"]:
+        pytest.skip("no network namespaces on this machine (an OS feature): the sandbox cannot cut the network here")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    program = (
+        "import socket\n"
+        "def connect(port):\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', port), timeout=1).sendall(b'secret')\n"
+        "        return 'connected'\n"
+        "    except OSError as e:\n"
+        "        return type(e).__name__\n"
+    )
+    try:
+        (r,) = run(sandbox, program, f"assert connect({port}) == 'connected'")
+        assert r.status == "failed" and "connected" not in r.message
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody came
+    finally:
+        listener.close()
+
+
+# ---------------------------------------------------------------- the pool
+
+
+def test_the_workers_run_tests_at_the_same_time(sandbox):
+    program = "import time\ndef nap():\n    time.sleep(0.6)\n    return 1\n"
+    t = time.monotonic()
+    results = run(sandbox, program, *["assert nap() == 1"] * 4)
+    assert all(r.status == "passed" for r in results)
+    assert time.monotonic() - t < 2.0  # 4 x 0.6 s on 2 workers: about 1.2 s, not 2.4 s
+
+
+def test_a_dead_worker_is_replaced(sandbox):
+    sandbox.workers[0].proc.kill()
+    sandbox.workers[0].proc.wait()
+    results = run(sandbox, "def f():\n    return 1\n", *["assert f() == 1"] * 4)
+    assert [r.status for r in results].count("passed") >= 2  # the jobs given to the dead worker are errors ...
+    assert all(r.status == "passed" or "worker" in r.message for r in results)
+    assert [r.status for r in run(sandbox, "def f():\n    return 1\n", *["assert f() == 1"] * 4)] == ["passed"] * 4  # ... then all is well
+
+
+NON_ROOT = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from envs.code.checks import parse_check
+from envs.code.sandbox import Sandbox, SandboxConfig, evaluate
+storm, port = sys.argv[2], int(sys.argv[3])
+net = ("import socket\\ndef connect():\\n    try:\\n        socket.create_connection(('127.0.0.1', %d), timeout=1)\\n"
+       "        return 'connected'\\n    except OSError as e:\\n        return type(e).__name__\\n" % port)
+with Sandbox(SandboxConfig(timeout_s=2, memory_mb=256, max_processes=8, workers=1)) as sb:
+    runs = [("def f(x):\\n    return x + 1\\n", ["assert f(1) == 2", "assert f(1) == 3"]), (storm, ["assert storm() == 1"]),
+            ("import os\\ndef look():\\n    return [os.getpid(), os.listdir('/proc'), dict(os.environ)]\\n", ["assert look() == 0"]), (net, ["assert connect() == 0"])]
+    verdicts = evaluate(sb, [(p, "", [parse_check(t) for t in ts]) for p, ts in runs])
+    print(json.dumps({"isolation": sb.isolation, "verdicts": [[[v.status, v.message, v.output] for v in vs] for vs in verdicts]}))
+"""
+
+
+def test_without_root_the_sandbox_holds_in_a_user_namespace(tmp_path):
+    # As an unprivileged user (nobody) the worker makes its namespaces inside a user namespace of its own.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become an unprivileged user for the test")
+    python = next((p for p in (sys.executable, "/usr/bin/python3") if runs_as_nobody(p)), None)
+    if python is None:
+        pytest.skip("no Python interpreter that an unprivileged user may run on this machine (an OS/installation matter)")
+    storm = (
+        "import os, time\ndef storm():\n    for level in range(10):\n        try:\n            if os.fork() == 0:\n"
+        "                print('+', flush=True)\n        except OSError:\n            pass\n    time.sleep(30)\n    return 1\n"
+    )
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    try:
+        args = [python, "-I", "-c", NON_ROOT, str(Path(__file__).resolve().parents[1]), storm, str(listener.getsockname()[1])]
+        proc = subprocess.run(args, capture_output=True, text=True, user=65534, group=65534, extra_groups=[], cwd="/", timeout=100)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+    if not out["isolation"]["userns"]:
+        pytest.skip("unprivileged user namespaces are disabled on this machine (an OS setting)")
+    assert out["isolation"] == {"uid": None, "userns": True, "net": True, "ipc": True, "mount": True, "pid": True}
+    (passed, failed), (storm_result,), (look,), (net,) = out["verdicts"]
+    assert passed[0] == "passed" and failed[:2] == ["failed", "f(1) returned 2"]
+    assert storm_result[0] == "timeout" and 1 <= storm_result[2].count("+") <= 7
+    assert look[1] == "look() returned [1, [], {}]"
+    assert net[0] == "failed" and "connected" not in net[1]
+
+
+def runs_as_nobody(python: str) -> bool:
+    try:
+        return subprocess.run([python, "-I", "-c", "pass"], user=65534, group=65534, extra_groups=[], cwd="/", timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
