@@ -9,6 +9,8 @@ nothing to any loss.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -36,6 +38,137 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, norm_by_std: b
     return torch.where(count[index] > 1, adv, torch.zeros_like(adv))
 
 
+def _group_index(groups: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """[N] arbitrary group ids -> ([N] dense ids in 0..G-1, G)."""
+    _, index = groups.unique(return_inverse=True)
+    return index, int(index.max()) + 1
+
+
+def _group_sum(values: torch.Tensor, index: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Sum of `values` [N, ...] per group -> [G, ...]."""
+    return torch.zeros((n_groups, *values.shape[1:]), dtype=values.dtype).index_add_(0, index, values)
+
+
+def group_mean(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """The mean reward of each episode's group. [N] -> [N]."""
+    index, n_groups = _group_index(groups)
+    return (_group_sum(rewards, index, n_groups) / _group_sum(torch.ones_like(rewards), index, n_groups))[index]
+
+
+def rloo_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """RLOO: each episode's reward minus the mean of the *other* episodes of its group. [N] -> [N].
+
+    Equals n / (n - 1) times the group-centered reward; the baseline never contains the episode
+    itself, so the estimator is unbiased. A group of one has no baseline and gets 0.
+    """
+    index, n_groups = _group_index(groups)
+    count = _group_sum(torch.ones_like(rewards), index, n_groups)[index]  # [N]
+    mean = _group_sum(rewards, index, n_groups)[index] / count  # [N]
+    return torch.where(count > 1, (rewards - mean) * count / (count - 1).clamp(min=1), torch.zeros_like(rewards))
+
+
+def zero_variance_groups(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """[N] bool: the episode's group has one reward value only, so every group-relative advantage in it is 0.
+
+    DAPO's dynamic sampling drops these groups (they carry no gradient but dilute the batch).
+    """
+    index, n_groups = _group_index(groups)
+    lo = torch.full((n_groups,), float("inf"), dtype=rewards.dtype).scatter_reduce(0, index, rewards, "amin")
+    hi = torch.full((n_groups,), float("-inf"), dtype=rewards.dtype).scatter_reduce(0, index, rewards, "amax")
+    return (hi == lo)[index]
+
+
+def overlong_penalty(lengths: torch.Tensor, max_tokens: int, cache_tokens: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment of an episode with `lengths` [N] policy tokens -> [N] (<= 0).
+
+    0 up to max_tokens - cache_tokens, then falling linearly to -1 at max_tokens, -1 beyond.
+    Lengths count sampled tokens only: a long observation must not punish the policy.
+    """
+    start = max_tokens - cache_tokens
+    ramp = (start - lengths.double()) / max(cache_tokens, 1)
+    return torch.where(lengths <= start, torch.zeros_like(ramp), ramp.clamp(min=-1.0))
+
+
+def turn_advantages(turn_rewards: torch.Tensor, turn_mask: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Critic-free turn-level credit: return-to-go of each turn minus a leave-one-out per-turn baseline.
+
+    turn_rewards: [N, K] reward earned by turn k of episode n (the outcome added to its last turn);
+    turn_mask: [N, K] 1 where episode n has a turn k (episodes have different turn counts);
+    groups: [N] group ids. Returns [N, K] advantages, 0 where turn_mask is 0.
+
+    A[n, k] = G[n, k] - b[n, k], with G[n, k] = sum_{j >= k} turn_rewards[n, j] the return-to-go and
+    b[n, k] the mean of G[m, k] over the *other* episodes m of the group that reached turn k
+    (0 when none did).
+
+    Why this is unbiased when the policy decides how many turns an episode has: the policy gradient
+    stays unbiased under a baseline as long as the baseline does not depend on the action it is
+    subtracted from, nor on anything that action causes. b[n, k] is built only from other
+    episodes, which are sampled independently of episode n, so E[b grad log pi(a_nk | s_nk)] = 0.
+    The naive per-turn-index normalization (MT-GRPO; verl RFC #7244) instead normalizes each
+    turn's reward by the mean over episodes that have that turn and sums the normalized rewards
+    from turn k to the episode's *own* last turn: the baseline it subtracts has as many terms as
+    episode n has turns, which the actions at turn k and later decide. That baseline is
+    action-dependent, and the gradient picks up a spurious -sum(per-turn mean reward) on every
+    "take another turn" decision (plus the episode's own reward inside its mean and std).
+    No std division here for the same reason: a scale computed from the episode itself biases it.
+    """
+    mask = turn_mask.to(turn_rewards.dtype)
+    returns = (turn_rewards * mask).flip(-1).cumsum(-1).flip(-1) * mask  # [N, K] return-to-go
+    index, n_groups = _group_index(groups)
+    total = _group_sum(returns, index, n_groups)[index]  # [N, K] sum over the group, self included
+    count = _group_sum(mask, index, n_groups)[index]  # [N, K] episodes of the group with turn k
+    others = (count - mask).clamp(min=1)
+    baseline = torch.where(count - mask > 0, (total - returns) / others, torch.zeros_like(total))
+    return (returns - baseline) * mask
+
+
+def discounted_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Return-to-go over policy tokens. token_rewards, mask: [B, T] -> [B, T], 0 where mask is 0.
+
+    Observation tokens are not steps of the policy: they pass the return through undiscounted.
+    """
+    out = torch.zeros_like(token_rewards)
+    running = torch.zeros_like(token_rewards[:, 0])  # [B]
+    for t in range(token_rewards.shape[1] - 1, -1, -1):
+        m = mask[:, t].to(token_rewards.dtype)
+        running = m * (token_rewards[:, t] + gamma * running) + (1 - m) * running
+        out[:, t] = m * running
+    return out
+
+
+def gae_advantages(
+    token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over policy tokens. All [B, T] -> (advantages, returns), 0 off mask.
+
+    delta_t = r_t + gamma V(next policy token) - V(t); A_t = delta_t + gamma lam A(next policy token);
+    V after the last policy token is 0 (the episode is over). Observation and padding tokens are
+    skipped: the next step of the policy after an observation is its next sampled token.
+    returns = advantages + values, the value targets.
+    """
+    adv = torch.zeros_like(token_rewards)
+    next_value = torch.zeros_like(token_rewards[:, 0])  # [B]
+    next_adv = torch.zeros_like(next_value)
+    for t in range(token_rewards.shape[1] - 1, -1, -1):
+        m = mask[:, t].to(token_rewards.dtype)
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
+        a = delta + gamma * lam * next_adv
+        next_adv = m * a + (1 - m) * next_adv
+        next_value = m * values[:, t] + (1 - m) * next_value
+        adv[:, t] = m * a
+    mask = mask.to(token_rewards.dtype)
+    return adv, (adv + values) * mask
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the entries where mask is 1 (the batch's policy tokens); 0 elsewhere."""
+    mask = mask.to(x.dtype)
+    n = mask.sum().clamp(min=1)
+    mean = (x * mask).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / n
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
 # ---------------------------------------------------------------- losses
 
 
@@ -53,13 +186,56 @@ def ppo_clip_loss(
     return -torch.min(unclipped, clipped), clipped < unclipped
 
 
-def truncated_is_weight(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
-    """Token-level truncated importance weight min(pi_old / pi_behaviour, cap), no gradient. [B, T] -> [B, T].
+def gspo_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GSPO: PPO's clipped surrogate on the sequence-level ratio s = exp(mean_t (logp - old_logp)).
+
+    All inputs [B, T]; advantages are per token (constant within a sequence for group estimators).
+    Per token, s_t = sg(s) * exp(logp_t - sg(logp_t)): its value is s and its gradient is
+    s * grad logp_t, so every token of a sequence shares one ratio and one clipping decision.
+    Returns (loss [B, T], clipped [B, T] bool).
+    """
+    m = mask.to(logprobs.dtype)
+    seq_log_ratio = ((logprobs - old_logprobs) * m).sum(-1) / m.sum(-1).clamp(min=1.0)  # [B]
+    ratio = torch.exp(seq_log_ratio.detach())[:, None] * torch.exp(logprobs - logprobs.detach())  # [B, T]
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
+    return -torch.min(unclipped, clipped), clipped < unclipped
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's value loss, per token. All [B, T] -> (loss [B, T], clipped [B, T] bool).
+
+    0.5 max((V - R)^2, (V_old + clip(V - V_old, -clip, clip) - R)^2): the critic cannot gain by
+    moving further than `clip` from the values it had at sampling time. clip = 0: plain 0.5 (V - R)^2.
+    """
+    plain = (values - returns) ** 2
+    if clip <= 0:
+        return 0.5 * plain, torch.zeros_like(plain, dtype=torch.bool)
+    limited = (old_values + (values - old_values).clamp(-clip, clip) - returns) ** 2
+    return 0.5 * torch.max(plain, limited), limited > plain
+
+
+TIS_LEVELS = ("token", "sequence")
+
+
+def truncated_is_weight(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float, mask: torch.Tensor | None = None, level: str = "token") -> torch.Tensor:
+    """Truncated importance weight min(pi_old / pi_behaviour, cap), no gradient. [B, T] -> [B, T].
 
     pi_behaviour is the engine that sampled (maybe a step stale, maybe numerically different);
     pi_old is the learner's policy before this update. Truncation bounds the variance (TIS).
+    level "token": one weight per token; "sequence": the product of the ratios over the
+    sequence's policy tokens (`mask`), one weight for all its tokens (exact for the sequence's
+    probability, higher variance).
     """
-    return torch.exp(old_logprobs - behaviour_logprobs).clamp(max=cap).detach()
+    log_ratio = (old_logprobs - behaviour_logprobs).detach()
+    if level == "token":
+        return torch.exp(log_ratio).clamp(max=cap)
+    if level == "sequence":
+        seq = (log_ratio * mask.to(log_ratio.dtype)).sum(-1, keepdim=True)  # [B, 1]
+        return torch.exp(seq.clamp(max=math.log(cap))).expand_as(log_ratio)
+    raise ValueError(f"unknown TIS level {level!r}: use one of {TIS_LEVELS}")
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:

@@ -16,7 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rl import algos
+from rl.credit import ESTIMATORS
 from rl.episode import Episode
+from rl.value import ValueHead
 
 
 @dataclass
@@ -37,14 +39,35 @@ class LearnerConfig:
 
 @dataclass
 class AlgoConfig:
-    advantage: str = "grpo"  # advantage estimator: grpo (group-normalized episode reward)
-    norm_by_std: bool = True  # divide by the group's std; False gives Dr.GRPO
+    advantage: str = "grpo"  # estimator: grpo, drgrpo, rloo, reinforce++, reinforce++-baseline, gae (PPO critic), turn (rl/credit.py)
+    norm_by_std: bool = True  # grpo divides by the group's std; False (or advantage=drgrpo) gives Dr.GRPO
+    policy_loss: str = "ppo"  # ppo (token-level ratio) or gspo (sequence-level ratio; use small clip ranges, e.g. 3e-4/4e-4)
     clip_low: float = 0.2  # PPO clip range below 1
     clip_high: float = 0.2  # PPO clip range above 1 (DAPO's clip-higher uses 0.28)
-    kl_coef: float = 0.0  # weight of KL(policy || reference) in the loss; 0 loads no reference model
+    kl_coef: float = 0.0  # weight of KL(policy || reference); 0 loads no reference model
     kl_estimator: str = "k3"  # k1, k2 or k3
+    kl_in_reward: bool = False  # subtract the KL penalty from the rewards (PPO/REINFORCE++ style) instead of adding it to the loss
     loss_agg: str = "token-mean"  # token-mean, seq-mean-token-sum or seq-mean-token-mean
     tis_cap: float = 0.0  # truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
+    tis_level: str = "token"  # token (one ratio per token) or sequence (product over the sequence's policy tokens)
+    gamma: float = 1.0  # discount per policy token (gae, reinforce++)
+    lam: float = 0.95  # GAE's lambda
+    critic: str = "head"  # gae's value model: head (on the policy backbone) or separate (a copy of the base model)
+    critic_lr: float = 0.0  # critic learning rate (0 = learner.lr)
+    vf_coef: float = 0.5  # weight of the value loss (head critic: it shares the backbone's gradient)
+    value_clip: float = 0.2  # PPO value clipping around the values at sampling time (0 = off)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and sample replacement groups
+    max_refill_rounds: int = 3  # dynamic sampling: at most this many extra rounds of sampling per step
+    overlong_max_tokens: int = 0  # DAPO soft overlong punishment at this many policy tokens (0 = off)
+    overlong_cache_tokens: int = 0  # ... ramping linearly from 0 to -overlong_coef over the last this many tokens
+    overlong_coef: float = 1.0  # ... scale of the overlong penalty
+    turn_outcome_only: bool = False  # ablation: estimators see the outcome reward only, process rewards dropped
+    judge_advantage: str = ""  # estimator for tokens in <judge>...</judge> spans ("" = the same as the rest)
+    judge_tag: str = "judge"  # tag that marks judge spans
+
+
+POLICY_LOSSES = ("ppo", "gspo")
+CRITICS = ("head", "separate")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,8 +89,15 @@ def _looks_like_hub_id(path: str) -> bool:
 
 class Learner:
     def __init__(self, model_path, cfg: LearnerConfig, algo: AlgoConfig, temperature: float, ref_path=None):
-        if algo.loss_agg not in algos.LOSS_AGGREGATIONS:
-            raise ValueError(f"unknown loss_agg {algo.loss_agg!r}: use one of {algos.LOSS_AGGREGATIONS}")
+        for value, known, what in [
+            (algo.loss_agg, algos.LOSS_AGGREGATIONS, "loss_agg"),
+            (algo.advantage, ESTIMATORS, "advantage"),
+            (algo.policy_loss, POLICY_LOSSES, "policy_loss"),
+            (algo.tis_level, algos.TIS_LEVELS, "tis_level"),
+            (algo.critic, CRITICS, "critic"),
+        ] + ([(algo.judge_advantage, ESTIMATORS, "judge_advantage")] if algo.judge_advantage else []):
+            if value not in known:
+                raise ValueError(f"unknown {what} {value!r}: use one of {known}")
         self.cfg, self.algo = cfg, algo
         self.temperature = temperature
         self.device = resolve_device(cfg.device)
@@ -83,6 +113,15 @@ class Learner:
         )
         warmup = cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.value_head = self.critic_model = self.critic_optimizer = None
+        if algo.advantage == "gae" or algo.judge_advantage == "gae":
+            if algo.critic == "separate":
+                self.critic_model = load_model(ref_path or model_path, self.device).train()
+            self.value_head = ValueHead(self.model.config.hidden_size).to(self.device)
+            params = list(self.value_head.parameters()) + (list(self.critic_model.parameters()) if self.critic_model else [])
+            self.critic_optimizer = torch.optim.AdamW(
+                params, lr=algo.critic_lr or cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+            )
 
     # ------------------------------------------------------------ batches
 
@@ -102,14 +141,35 @@ class Learner:
             return out.pin_memory().to(self.device, non_blocking=True)
         return out
 
-    def _forward_logprobs(self, model, token_ids: torch.Tensor, bf16: bool | None = None, temperature: float | None = None) -> torch.Tensor:
+    def _forward_logprobs(self, model, token_ids: torch.Tensor, bf16: bool | None = None, temperature: float | None = None, hidden: bool = False):
         """[B, T] float32 logprobs of right-padded `token_ids` (padding only follows real tokens,
-        and attention is causal, so no real token ever sees padding: no attention mask is needed)."""
+        and attention is causal, so no real token ever sees padding: no attention mask is needed).
+        hidden=True: also the last hidden states [B, T, H] (for the value head)."""
         if bf16 is None:
             bf16 = self.cfg.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=token_ids, use_cache=False).logits
-        return algos.token_logprobs(logits, token_ids, self.temperature if temperature is None else temperature)
+            out = model(input_ids=token_ids, use_cache=False, output_hidden_states=hidden)
+        lp = algos.token_logprobs(out.logits, token_ids, self.temperature if temperature is None else temperature)
+        return (lp, out.hidden_states[-1]) if hidden else lp
+
+    def _values(self, token_ids: torch.Tensor, policy_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] critic values; `policy_hidden`: the policy's last hidden states when the head shares its backbone."""
+        if self.critic_model is not None:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16 and self.device.type == "cuda"):
+                policy_hidden = self.critic_model(input_ids=token_ids, use_cache=False, output_hidden_states=True).hidden_states[-1]
+        return self.value_head(policy_hidden)
+
+    @torch.no_grad()
+    def values(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """Critic value at every token of every sequence (the values at sampling time), on CPU."""
+        out = []
+        for start in range(0, len(sequences), self.cfg.micro_batch_size):
+            rows = sequences[start : start + self.cfg.micro_batch_size]
+            ids = self._pad(rows, 0, torch.long)
+            hidden = self._forward_logprobs(self.model, ids, hidden=True)[1] if self.critic_model is None else None
+            v = self._values(ids, hidden).cpu()
+            out += [v[i, : len(r)] for i, r in enumerate(rows)]
+        return out
 
     @torch.no_grad()
     def logprobs(self, sequences: list[list[int]], model=None) -> list[torch.Tensor]:
@@ -130,41 +190,48 @@ class Learner:
 
     # ------------------------------------------------------------ update
 
-    def update(self, episodes: list[Episode], advantages: list[torch.Tensor]) -> dict[str, float]:
-        """PPO-clipped policy-gradient steps on `episodes`; advantages[i] is per token of episode i."""
+    def update(
+        self, episodes: list[Episode], advantages: list[torch.Tensor], returns: list[torch.Tensor] | None = None, old_values: list[torch.Tensor] | None = None
+    ) -> dict[str, float]:
+        """PPO-clipped policy-gradient steps on `episodes`; advantages[i] is per token of episode i.
+        With a critic, returns[i] / old_values[i] are its per-token targets and values at sampling time."""
         cfg = self.cfg
         sequences = [ep.token_ids for ep in episodes]
         # With one optimizer step on fresh samples, the "old" policy is the current one:
         # its logprobs are the detached current ones and no extra forward pass is needed.
         old = self.logprobs(sequences) if cfg.optim_steps_per_batch * cfg.epochs > 1 else None
-        ref = self.logprobs(sequences, self.ref_model) if self.ref_model is not None else None
+        ref = self.logprobs(sequences, self.ref_model) if self.ref_model is not None and not self.algo.kl_in_reward else None
 
         n_mini = max(1, min(cfg.optim_steps_per_batch, len(episodes)))
         minibatches = [list(range(k, len(episodes), n_mini)) for k in range(n_mini)]
+        pick = lambda xs, mini: [xs[i] for i in mini] if xs is not None else None  # noqa: E731
         history: list[dict[str, torch.Tensor]] = []
         for epoch in range(cfg.epochs):
             for m, mini in enumerate(minibatches):
                 stats = self.accumulate(
                     [episodes[i] for i in mini],
                     [advantages[i] for i in mini],
-                    old=[old[i] for i in mini] if old is not None else None,
-                    ref=[ref[i] for i in mini] if ref is not None else None,
+                    old=pick(old, mini),
+                    ref=pick(ref, mini),
                     fresh=epoch == 0 and m == 0,
+                    returns=pick(returns, mini),
+                    old_values=pick(old_values, mini),
                 )
-                stats["grad_norm"] = self._optimizer_step()
+                stats.update(self._optimizer_step())
                 history.append(stats)
         # Read the GPU values once, after every optimizer step has been queued.
         metrics = {k: float(sum(h[k] for h in history if k in h)) / sum(k in h for h in history) for k in history[0]}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
-    def accumulate(self, episodes: list[Episode], advantages: list[torch.Tensor], old=None, ref=None, fresh=False) -> dict[str, torch.Tensor]:
+    def accumulate(self, episodes: list[Episode], advantages: list[torch.Tensor], old=None, ref=None, fresh=False, returns=None, old_values=None) -> dict[str, torch.Tensor]:
         """Forward and backward over one mini-batch in micro-batches; gradients add up in `.grad`.
 
         The loss is normalized by the mini-batch's token and sequence counts, so the summed
         gradient does not depend on the micro-batch size. `old`/`ref`: per-episode logprobs
         of the old and reference policies (None: old = current detached, no KL). `fresh`:
         the model is still the sampling policy, so engine/learner mismatch is measured.
+        `returns`/`old_values`: the critic's targets and values at sampling time (None: no critic loss).
         Returns 0-d tensors (on the device, so nothing waits for the GPU here).
         """
         algo, mb = self.algo, self.cfg.micro_batch_size
@@ -175,47 +242,77 @@ class Learner:
         if ref is not None:
             sums["kl_ref"] = zero
         if algo.tis_cap > 0:
-            sums["tis_weight"] = zero
+            sums["tis_weight"], sums["tis_capped_frac"] = zero, zero
         if fresh:
-            sums["mismatch_kl"], sums["mismatch_max_abs"] = zero, zero
+            sums["mismatch_kl"], sums["mismatch_max_abs"], sums["mismatch_seq_max_abs"] = zero, zero, zero
+        critic = returns is not None and self.value_head is not None
+        if critic:
+            sums["value_loss"], sums["value_clip_frac"] = zero, zero
         for start in range(0, len(episodes), mb):
             part, rows = episodes[start : start + mb], slice(start, start + mb)
             ids = self._pad([ep.token_ids for ep in part], 0, torch.long)  # [b, T]
             mask = self._pad([ep.loss_mask for ep in part], 0, torch.float32)
             adv = self._pad(advantages[rows], 0.0, torch.float32)
-            logp = self._forward_logprobs(self.model, ids)
+            hidden = None
+            if critic and self.critic_model is None:
+                logp, hidden = self._forward_logprobs(self.model, ids, hidden=True)
+            else:
+                logp = self._forward_logprobs(self.model, ids)
             old_logp = self._pad(old[rows], 0.0, torch.float32) if old is not None else logp.detach()
-            token_loss, clipped = algos.ppo_clip_loss(logp, old_logp, adv, algo.clip_low, algo.clip_high)
+            if algo.policy_loss == "gspo":
+                token_loss, clipped = algos.gspo_loss(logp, old_logp, adv, mask, algo.clip_low, algo.clip_high)
+            else:
+                token_loss, clipped = algos.ppo_clip_loss(logp, old_logp, adv, algo.clip_low, algo.clip_high)
+            behaviour = self._pad([ep.logprobs for ep in part], 0.0, torch.float32) if algo.tis_cap > 0 or fresh else None
             if algo.tis_cap > 0:
                 # Samples from a stale or mismatched engine: reweight them towards the old policy.
-                behaviour = self._pad([ep.logprobs for ep in part], 0.0, torch.float32)
-                weight = algos.truncated_is_weight(old_logp, behaviour, algo.tis_cap)
+                weight = algos.truncated_is_weight(old_logp, behaviour, algo.tis_cap, mask, algo.tis_level)
                 token_loss = token_loss * weight
                 sums["tis_weight"] = sums["tis_weight"] + (weight * mask).sum() / max(num_tokens, 1.0)
+                sums["tis_capped_frac"] = sums["tis_capped_frac"] + ((weight >= algo.tis_cap).float() * mask).sum() / max(num_tokens, 1.0)
             if ref is not None:
                 kl = algos.kl_penalty(logp, self._pad(ref[rows], 0.0, torch.float32), algo.kl_estimator)
                 token_loss = token_loss + algo.kl_coef * kl
                 sums["kl_ref"] = sums["kl_ref"] + (kl.detach() * mask).sum() / max(num_tokens, 1.0)
             loss = algos.aggregate_loss(token_loss, mask, algo.loss_agg, num_tokens, num_seqs)
+            if critic:
+                values = self._values(ids, hidden)
+                v_loss, v_clipped = algos.clipped_value_loss(
+                    values, self._pad(old_values[rows], 0.0, torch.float32), self._pad(returns[rows], 0.0, torch.float32), algo.value_clip
+                )
+                v_loss = algos.aggregate_loss(v_loss, mask, algo.loss_agg, num_tokens, num_seqs)
+                loss = loss + algo.vf_coef * v_loss
+                sums["value_loss"] = sums["value_loss"] + v_loss.detach()
+                sums["value_clip_frac"] = sums["value_clip_frac"] + (v_clipped.float() * mask).sum() / max(num_tokens, 1.0)
             loss.backward()
             sums["loss"] = sums["loss"] + loss.detach()
             sums["clip_frac"] = sums["clip_frac"] + (clipped.float() * mask).sum() / max(num_tokens, 1.0)
             if fresh:
-                diff = (logp.detach() - self._pad([ep.logprobs for ep in part], 0.0, torch.float32)) * mask
+                diff = (logp.detach() - behaviour) * mask
                 # k3 estimate of KL(sampler || learner) on sampled tokens: the engine/learner mismatch.
                 sums["mismatch_kl"] = sums["mismatch_kl"] + ((torch.exp(diff) - 1 - diff) * mask).sum() / max(num_tokens, 1.0)
                 sums["mismatch_max_abs"] = torch.maximum(sums["mismatch_max_abs"], diff.abs().max())
+                # Sequence level: |log pi_learner(seq) - log pi_sampler(seq)|, what a sequence-level TIS weight sees.
+                sums["mismatch_seq_max_abs"] = torch.maximum(sums["mismatch_seq_max_abs"], diff.sum(-1).abs().max())
         return sums
 
-    def _optimizer_step(self) -> torch.Tensor:
-        params = [p for p in self.model.parameters() if p.grad is not None]
+    def _optimizer_step(self) -> dict[str, torch.Tensor]:
+        out = {"grad_norm": self._step(self.model.parameters(), self.optimizer)}
+        self.scheduler.step()
+        if self.critic_optimizer is not None:
+            out["critic_grad_norm"] = self._step([p for g in self.critic_optimizer.param_groups for p in g["params"]], self.critic_optimizer)
+        return out
+
+    def _step(self, parameters, optimizer) -> torch.Tensor:
+        params = [p for p in parameters if p.grad is not None]
+        if not params:
+            return torch.zeros((), device=self.device)
         if self.cfg.max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
         else:
             grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         return grad_norm.detach()
 
     # ------------------------------------------------------------ weights and state
@@ -224,8 +321,19 @@ class Learner:
         return {name: p.detach() for name, p in self.model.named_parameters()}
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.value_head is not None:
+            # The critic is not part of the saved policy model: its weights travel with the optimizer state.
+            state["critic"] = {"head": self.value_head.state_dict(), "optimizer": self.critic_optimizer.state_dict()}
+            if self.critic_model is not None:
+                state["critic"]["model"] = self.critic_model.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.value_head is not None:
+            self.value_head.load_state_dict(state["critic"]["head"])
+            if self.critic_model is not None:
+                self.critic_model.load_state_dict(state["critic"]["model"])
+            self.critic_optimizer.load_state_dict(state["critic"]["optimizer"])

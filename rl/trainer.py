@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.registry import get_env_spec
 from rewards import build_reward
-from rl import algos
+from rl import algos, credit
 from rl.chat import TurnFormatter
 from rl.config import Config, build_params, to_dict
 from rl.episode import Episode
@@ -189,19 +189,21 @@ class Trainer:
         self.score(episodes)
         t1 = time.perf_counter()
 
+        metrics: dict[str, float] = {}
+        trained = episodes
+        if cfg.algo.dynamic_sampling:  # before the engines sleep: it may sample more groups
+            trained = self.dynamic_sampling(step, episodes, metrics)
         sleeping = self.cfg.workers.vllm_sleep_mode
         if sleeping:  # give the GPU memory of the engine to the learner while it updates
             self.pool.sleep().result()
-        valid = [i for i, ep in enumerate(episodes) if not ep.failed]
-        metrics: dict[str, float] = {}
+        valid = [i for i, ep in enumerate(trained) if not ep.failed]
         advantages: dict[int, float] = {}
         if valid:
-            rewards = torch.tensor([episodes[i].reward.total for i in valid], dtype=torch.float64)
-            groups = torch.tensor([episodes[i].group for i in valid])
-            adv = algos.group_advantages(rewards, groups, cfg.algo.norm_by_std)  # [N]
-            advantages = dict(zip(valid, adv.tolist()))
-            token_adv = [adv[k].float() * torch.tensor(episodes[i].loss_mask, dtype=torch.float32) for k, i in enumerate(valid)]
-            metrics.update({f"learner/{k}": v for k, v in self.learner.update([episodes[i] for i in valid], token_adv).items()})
+            batch = [trained[i] for i in valid]
+            token_adv, critic = self.credit(batch)
+            # Logged per episode: the mean advantage over its policy tokens.
+            advantages = {i: float(a.sum()) / max(sum(trained[i].loss_mask), 1) for i, a in zip(valid, token_adv)}
+            metrics.update({f"learner/{k}": v for k, v in self.learner.update(batch, token_adv, **critic).items()})
         t2 = time.perf_counter()
         metrics["sync/probe_max_abs"] = self.sync()
         if sleeping:
@@ -225,8 +227,56 @@ class Trainer:
             if ep.failed:
                 print(f"step {step}: episode of task {ep.trajectory.task.id} failed and is left out of the update: {ep.error}")
         if cfg.log_episodes:
-            self._write_episodes(step, episodes, advantages)
+            self._write_episodes(step, trained, advantages)
         return metrics
+
+    def credit(self, batch: list[Episode]) -> tuple[list[torch.Tensor], dict]:
+        """Per-token advantages of the scored episodes (rl/credit.py), and the critic's inputs to the update."""
+        algo, sequences = self.cfg.algo, [ep.token_ids for ep in batch]
+        kl = values = judge = None
+        if algo.kl_in_reward and self.learner.ref_model is not None:
+            per_token = [
+                algos.kl_penalty(lp, ref, algo.kl_estimator)
+                for lp, ref in zip(self.learner.logprobs(sequences), self.learner.logprobs(sequences, self.learner.ref_model))
+            ]
+            kl = algo.kl_coef * credit.pad(per_token)
+        old_values = self.learner.values(sequences) if self.learner.value_head is not None else None
+        if old_values is not None:
+            values = credit.pad(old_values)
+        if algo.judge_advantage:
+            judge = [credit.judge_mask(ep, self.tokenizer, algo.judge_tag) for ep in batch]
+        token_adv, returns = credit.token_advantages(batch, algo, values, kl, judge)
+        return token_adv, ({"returns": returns, "old_values": old_values} if returns is not None else {})
+
+    def dynamic_sampling(self, step: int, episodes: list[Episode], metrics: dict[str, float]) -> list[Episode]:
+        """DAPO: drop groups whose rewards are all equal (no signal) and sample replacement groups, at most
+        `algo.max_refill_rounds` extra rounds, until `rollout.tasks_per_step` groups are informative.
+
+        Replacement seeds come from (step, index past this step's first batch), so a run is reproducible.
+        Returns the episodes to train on: the informative groups, or all of them when none was found.
+        """
+        G, want = self.cfg.rollout.group_size, self.cfg.rollout.tasks_per_step
+        kept: list[Episode] = []
+        batch, sampled = episodes, 0
+        for round_ in range(self.cfg.algo.max_refill_rounds + 1):
+            if round_:
+                tasks = [self.train_tasks[i] for i in self.sampler.take(want - len(kept) // G)]
+                base = round_ * want  # group ids and seed indices no earlier round of this step used
+                items = [(task, base + g, episode_seed(self.cfg.seed, step, (base + g) * G + j)) for g, task in enumerate(tasks) for j in range(G)]
+                batch = self.pool.rollout(items).result()
+                self.score(batch)
+            ok = [ep for ep in batch if not ep.failed]
+            sampled += len({ep.group for ep in batch})
+            if ok:
+                flat = algos.zero_variance_groups(torch.tensor([ep.reward.total for ep in ok]), torch.tensor([ep.group for ep in ok]))
+                informative = {ep.group for ep, z in zip(ok, flat.tolist()) if not z}
+                for g in sorted(informative)[: want - len(kept) // G]:
+                    kept += [ep for ep in batch if ep.group == g]
+            if len(kept) // G >= want:
+                break
+        metrics["dapo/sampled_groups"] = float(sampled)
+        metrics["dapo/kept_groups"] = float(len({ep.group for ep in kept}))
+        return kept or episodes
 
     def sync(self) -> float:
         """Send the learner's weights to every engine, then check them on the probe batch."""

@@ -78,3 +78,51 @@ def test_missing_model_path_fails_clearly():
 def test_unknown_loss_aggregation(tiny_model_dir):
     with pytest.raises(ValueError, match="unknown loss_agg 'token_mean'"):
         Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(loss_agg="token_mean"), temperature=1.0)
+
+
+@pytest.mark.parametrize("critic", ["head", "separate"])
+def test_critic_gspo_and_sequence_tis_are_micro_batch_invariant(tiny_model_dir, batch, critic):
+    episodes, advantages = batch
+    algo = AlgoConfig(advantage="gae", critic=critic, policy_loss="gspo", clip_low=0.05, clip_high=0.05, tis_cap=1.5, tis_level="sequence")
+    gen = torch.Generator().manual_seed(2)
+    returns = [torch.randn(len(ep.token_ids), generator=gen) for ep in episodes]
+    old_values = [torch.randn(len(ep.token_ids), generator=gen) * 0.1 for ep in episodes]
+    results = []
+    for micro in (1, 8):
+        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), algo, temperature=1.0)
+        old = [lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(1)) for lp in learner.logprobs([ep.token_ids for ep in episodes])]
+        stats = learner.accumulate(episodes, advantages, old=old, fresh=True, returns=returns, old_values=old_values)
+        g = grads(learner) | {f"head.{n}": p.grad.clone() for n, p in learner.value_head.named_parameters()}
+        if critic == "separate":
+            g |= {f"critic.{n}": p.grad.clone() for n, p in learner.critic_model.named_parameters() if p.grad is not None}
+        results.append((stats, g))
+    (s1, g1), (s8, g8) = results
+    for key in ("loss", "value_loss", "tis_weight", "mismatch_seq_max_abs", "clip_frac"):
+        assert float(s1[key]) == pytest.approx(float(s8[key]), rel=1e-5, abs=1e-7), key
+    assert float(s1["value_loss"]) > 0 and float(s1["clip_frac"]) > 0
+    assert g1.keys() == g8.keys() and any(k.startswith("head.") for k in g1)
+    assert any(k.startswith("critic.") for k in g1) == (critic == "separate")
+    for name in g1:
+        assert torch.allclose(g1[name], g8[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_critic_weights_and_optimizer_are_in_the_learner_state(tiny_model_dir, batch):
+    episodes, advantages = batch
+    algo = AlgoConfig(advantage="gae")
+    learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-2), algo, temperature=1.0)
+    values = learner.values([ep.token_ids for ep in episodes])
+    assert all((v == 0).all() for v in values)  # the head starts at V = 0
+    returns = [torch.ones(len(ep.token_ids)) for ep in episodes]
+    metrics = learner.update(episodes, advantages, returns=returns, old_values=values)
+    assert metrics["critic_grad_norm"] > 0 and metrics["value_loss"] == pytest.approx(0.5)
+    state = learner.state_dict()
+    fresh = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-2), algo, temperature=1.0)
+    fresh.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.value_head.parameters(), learner.value_head.parameters()))
+    assert fresh.critic_optimizer.state_dict()["state"].keys() == learner.critic_optimizer.state_dict()["state"].keys()
+
+
+@pytest.mark.parametrize("field,value", [("advantage", "ppo"), ("policy_loss", "cispo"), ("tis_level", "turn"), ("critic", "shared")])
+def test_unknown_algorithm_names(tiny_model_dir, field, value):
+    with pytest.raises(ValueError, match=f"unknown {field} '{value}'"):
+        Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(**{field: value}), temperature=1.0)
