@@ -101,13 +101,15 @@ class HFEngine:
 
     @torch.no_grad()
     def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
-        """Logprob of every token after the first of each sequence (the check after a weight sync)."""
-        out = []
-        for ids in sequences:
-            logits = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=False).logits.float()
-            logprobs = logits[0, :-1].log_softmax(-1).gather(-1, torch.tensor(ids[1:], device=self.device)[:, None])
-            out.append(logprobs[:, 0].tolist())
-        return out
+        """Logprob of every token after the first of each sequence (the check after a weight sync).
+
+        One right-padded forward: attention is causal, so padding never reaches a real token.
+        """
+        width = max(len(ids) for ids in sequences)
+        ids = torch.tensor([seq + [self.pad_id] * (width - len(seq)) for seq in sequences], device=self.device)
+        logprobs = self.model(input_ids=ids, use_cache=False).logits.float()[:, :-1].log_softmax(-1)
+        picked = logprobs.gather(-1, ids[:, 1:, None])[..., 0].cpu()  # [B, width - 1]
+        return [picked[i, : len(seq) - 1].tolist() for i, seq in enumerate(sequences)]
 
     @torch.no_grad()
     def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]:
@@ -123,7 +125,12 @@ class HFEngine:
             attention[i, prompt_len - len(r.prompt_ids) :] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp_(min=0)
-        generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+        # Each request draws all its uniforms from its own seed up front, as many as it may
+        # use (so they depend on nothing else in the batch); padded to [B, max_steps].
+        max_steps = max(r.max_new_tokens for r in requests)
+        uniforms = torch.zeros(batch, max_steps)
+        for i, r in enumerate(requests):
+            uniforms[i, : r.max_new_tokens] = torch.rand(r.max_new_tokens, generator=torch.Generator().manual_seed(r.seed))
         stop_window = max((len(s.encode()) for s in params.stop), default=0) + 1  # tokens that can hold a stop string
 
         out_ids: list[list[int]] = [[] for _ in requests]
@@ -131,10 +138,8 @@ class HFEngine:
         finish: list[str | None] = [None] * batch
         cache = DynamicCache()
         logits = self._forward(input_ids, attention, positions, cache)
-        max_steps = max(r.max_new_tokens for r in requests)
-        for _ in range(max_steps):
-            uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
-            tokens, logprobs = sample_tokens(logits, params, uniforms)
+        for step in range(max_steps):
+            tokens, logprobs = sample_tokens(logits, params, uniforms[:, step])
             tokens_list, logprobs_list = tokens.tolist(), logprobs.tolist()
             for i, r in enumerate(requests):
                 if finish[i] is not None:

@@ -184,9 +184,10 @@ class Learner:
 
     @torch.no_grad()
     def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
-        """Float32 logprobs (no autocast, temperature 1) of each sequence, one at a time: the reference
-        an engine must match after a weight sync, computed as the engines' `probe_logprobs` do."""
-        return [self._forward_logprobs(self.model, self._pad([ids], 0, torch.long), bf16=False, temperature=1.0)[0].cpu() for ids in sequences]
+        """Float32 logprobs (no autocast, temperature 1) of each sequence, in one right-padded forward:
+        the reference an engine must match after a weight sync, computed as the engines' `probe_logprobs` do."""
+        lp = self._forward_logprobs(self.model, self._pad(sequences, 0, torch.long), bf16=False, temperature=1.0).cpu()
+        return [lp[i, : len(ids)] for i, ids in enumerate(sequences)]
 
     # ------------------------------------------------------------ update
 

@@ -9,6 +9,7 @@ only its own episode.
 
 from __future__ import annotations
 
+import signal
 import threading
 import traceback
 from dataclasses import dataclass
@@ -40,14 +41,32 @@ def _fail(episode: Episode, where: str) -> None:
     episode.error = f"{where}: {traceback.format_exc(limit=3).strip().splitlines()[-1]}"
 
 
-def call_with_timeout(fn: Callable[[], Any], timeout: float) -> Any:
-    """Run `fn` and return its result, or raise TimeoutError after `timeout` seconds.
+class EnvTimeout(BaseException):
+    """An env call ran out of time. A BaseException, so an env's own `except Exception` cannot swallow it."""
 
-    A Python call cannot be killed from outside, so a hung call is left running in a
-    daemon thread; its env is never used again, and the rollout goes on without it.
+
+def call_with_timeout(fn: Callable[[], Any], timeout: float) -> Any:
+    """Run `fn` and return its result, or raise EnvTimeout after `timeout` seconds.
+
+    On the main thread (the trainer's, a Ray actor's) a timer signal interrupts the call:
+    nothing is started per call. Elsewhere the call runs in a daemon thread that is left
+    behind if it hangs; its env is never used again, and the rollout goes on without it.
     """
     if timeout <= 0:
         return fn()
+    if threading.current_thread() is threading.main_thread():
+
+        def on_alarm(signum, frame):
+            raise EnvTimeout(f"no answer within {timeout:g}s")
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            return fn()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
     box: dict[str, Any] = {}
 
     def run():
@@ -60,7 +79,7 @@ def call_with_timeout(fn: Callable[[], Any], timeout: float) -> Any:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise TimeoutError(f"no answer within {timeout:g}s")
+        raise EnvTimeout(f"no answer within {timeout:g}s")
     if "error" in box:
         raise box["error"]
     return box["result"]
@@ -85,7 +104,7 @@ def rollout(
             episode.append(prompt_ids, PROMPT_TURN)
             if len(prompt_ids) >= cfg.max_total_tokens:
                 episode.finish, episode.error = "error", f"prompt has {len(prompt_ids)} tokens, max_total_tokens is {cfg.max_total_tokens}"
-        except Exception:
+        except (Exception, EnvTimeout):
             _fail(episode, "env.reset")
         episodes.append(episode)
         envs.append(env)
@@ -106,7 +125,7 @@ def rollout(
             action = _cut_at_stop(tokenizer.decode(gen.token_ids, skip_special_tokens=True), env.stop_strings)
             try:
                 result = call_with_timeout(lambda: env.step(action), cfg.env_timeout_s)
-            except Exception:
+            except (Exception, EnvTimeout):
                 ep.trajectory.turns.append(Turn(action, "", {}))
                 _fail(ep, "env.step")
                 continue
