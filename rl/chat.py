@@ -18,6 +18,7 @@ class TurnFormatter:
     def __init__(self, tokenizer, observation_role: str = "user"):
         self.tokenizer = tokenizer
         self.chat = tokenizer.chat_template is not None
+        self._wrapper: dict[bool, int] = {}  # wrapper_tokens(ended_with_eos), computed once
         if self.chat:
             self._read_template(observation_role)
 
@@ -43,6 +44,12 @@ class TurnFormatter:
         if self.chat:
             return self._encode(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         return self._encode("\n".join(m["content"] for m in messages))
+
+    def wrapper_tokens(self, ended_with_eos: bool) -> int:
+        """How many tokens the template puts around an observation (0 without a chat template)."""
+        if ended_with_eos not in self._wrapper:
+            self._wrapper[ended_with_eos] = len(self.observation_ids("", ended_with_eos, 0))
+        return self._wrapper[ended_with_eos]
 
     def observation_ids(self, observation: str, ended_with_eos: bool, max_tokens: int) -> list[int]:
         """Tokens shown after an action; the observation text itself is cut to `max_tokens`."""

@@ -86,6 +86,7 @@ class HFEngine:
         self.device = torch.device(device)
         self.eos_ids = set(_eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self._enders: dict[tuple[str, ...], set[int]] = {}  # see _stop_enders
         # transformers renamed `past_key_values` to `cache` during 5.x; take whichever this version has.
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -158,10 +159,19 @@ class HFEngine:
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **{self.cache_arg: cache})
         return out.logits[:, -1, :].float()  # [B, V]
 
+    def _stop_enders(self, stop: tuple[str, ...]) -> set[int]:
+        """Token ids that can complete one of `stop`: their text holds a stop string's last character
+        (or is a partial UTF-8 byte). Only after such a token is the tail decoded; computed once."""
+        if stop not in self._enders:
+            last = {s[-1] for s in stop}
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            self._enders[stop] = {i for i, t in enumerate(texts) if "\ufffd" in t or any(c in t for c in last)}
+        return self._enders[stop]
+
     def _finished(self, ids: list[int], max_new: int, stop: list[str], window: int) -> str | None:
         if ids[-1] in self.eos_ids:
             return "eos"
-        if stop:
+        if stop and ids[-1] in self._stop_enders(tuple(stop)):
             tail = self.tokenizer.decode(ids[-window:])
             if any(s in tail for s in stop):
                 return "stop"

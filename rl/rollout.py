@@ -136,8 +136,7 @@ def rollout(
                 ep.finish = "max_turns"
             else:
                 ended_with_eos = gen.finish_reason == "eos"
-                wrapper = len(formatter.observation_ids("", ended_with_eos, 0))
-                room = cfg.max_total_tokens - len(ep.token_ids) - wrapper - 1  # keep room for one action token
+                room = cfg.max_total_tokens - len(ep.token_ids) - formatter.wrapper_tokens(ended_with_eos) - 1  # room for one action token
                 if room < 0:
                     ep.finish = "length"
                 else:
