@@ -1,9 +1,10 @@
 """Environments by name.
 
 An environment module exposes `ENV_SPEC`: its options (a dataclass), how to build
-one env, which tasks it plays, and sample text to train a tokenizer on for a tiny
-model. Built-in names map to modules here; any other name is taken as a module
-path (`mypkg.my_env`), so users add environments without touching this file.
+one env, which tasks it plays, sample text to train a tokenizer on for a tiny
+model, and optionally scripted demonstrations for a supervised warm start.
+Built-in names map to modules here; any other name is taken as a module path
+(`mypkg.my_env`), so users add environments without touching this file.
 Modules are imported only when chosen, so an unused env costs nothing.
 """
 
@@ -13,7 +14,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from envs.base import Env, Task
+from envs.base import Env, Task, Trajectory
 
 BUILTIN = {
     "lookup": "envs.lookup",
@@ -29,6 +30,8 @@ class EnvSpec:
     make_env: Callable[[Any], Env]  # params -> a fresh env
     load_tasks: Callable[[Any, str], list[Task]]  # (params, split: "train" | "eval") -> tasks
     sample_text: Callable[[Any], list[str]]  # params -> text a tokenizer for this task is trained on
+    # (params, n, seed, keep_share, hesitation) -> n scripted Trajectory demos for an SFT warm start; None = no demos
+    demonstrations: Callable[[Any, int, int, float, float], list[Trajectory]] | None = None
 
 
 def get_env_spec(name: str) -> EnvSpec:

@@ -201,3 +201,33 @@ def format_reward(penalty: float = 0.2, require_think: bool = False):
         return Reward([-penalty if b else 0.0 for b in bad], 0.0 if answered else -penalty, {"malformed_turns": float(sum(bad))})
 
     return fn
+
+
+def search_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
+    """EM, F1, judge accuracy and searches per episode, over whole episodes (for evaluation).
+
+    A judgment is right when it matches the gold-passage oracle (the information holds this
+    hop's gold passage) where the task names gold passages, else the answer oracle.
+    """
+    em, f1, searches, answered, judged, right = [], [], [], [], 0, 0
+    for tr in trajectories:
+        answer, gold = last_answer(tr), tr.task.metadata["answers"]
+        em.append(exact_match(answer, gold) if answer is not None else 0.0)
+        f1.append(f1_score(answer, gold) if answer is not None else 0.0)
+        answered.append(float(answer is not None))
+        searches.append(float(sum(t.info.get("action") == "search" for t in tr.turns)))
+        gold_docs = set(tr.task.metadata.get("gold_doc_ids") or [])
+        for s, j in judge_pairs(tr):
+            info = tr.turns[s].info
+            ideal = bool(gold_docs & set(info["doc_ids"])) if gold_docs else contains_answer(info["information"], gold)
+            judged += 1
+            right += (tr.turns[j].info["verdict"] == "yes") == ideal
+    n = max(len(trajectories), 1)
+    return {
+        "em": sum(em) / n,
+        "f1": sum(f1) / n,
+        "judge_accuracy": right / judged if judged else float("nan"),
+        "judgments_per_episode": judged / n,
+        "searches_per_episode": sum(searches) / n,
+        "answered": sum(answered) / n,
+    }

@@ -1,9 +1,16 @@
-"""Command line: `python -m rl train CONFIG [key=value ...]`."""
+"""Command line.
+
+    python -m rl train CONFIG [key=value ...]                  # (tiny model build,) SFT warm start if sft.steps > 0, RL, eval
+    python -m rl sft CONFIG [key=value ...]                    # only the SFT stage: RUN_DIR/sft/model
+    python -m rl eval CONFIG --checkpoint PATH [--out FILE]    # held-out metrics of any checkpoint, as JSON
+    python -m rl demo CONFIG [CONFIG ...] [key=value ...]      # train each, SFT vs RL side by side
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rl.config import load_config
 
@@ -12,30 +19,65 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rl", description="selfcorrect: RL for self-correcting LM agents")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy; resume=RUN_DIR continues a run")
-    train.add_argument("config", help="YAML config file")
-    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.lr=1e-5")
+    sft = sub.add_parser("sft", help="only the supervised warm start (sft.steps must be > 0)")
+    for p in (train, sft):
+        p.add_argument("config", help="YAML config file")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.lr=1e-5")
+    ev = sub.add_parser("eval", help="greedy evaluation of a checkpoint on the env's held-out tasks")
+    ev.add_argument("config", help="YAML config file (env, rollout limits, rewards)")
+    ev.add_argument("overrides", nargs="*", help="key=value overrides")
+    ev.add_argument("--checkpoint", required=True, help="a Hugging Face model directory, e.g. RUN_DIR/checkpoints/step_000100/model")
+    ev.add_argument("--out", default="", help="JSON file for the metrics (default: eval.json beside the checkpoint)")
+    demo = sub.add_parser("demo", help="train each config, then evaluate its SFT and RL checkpoints side by side")
+    demo.add_argument("configs", nargs="+", help="YAML config files, then key=value overrides applied to every one")
     args = parser.parse_args(argv)
 
+    if args.command == "demo":
+        configs = [c for c in args.configs if "=" not in c]
+        overrides = [c for c in args.configs if "=" in c]
+    else:
+        configs, overrides = [args.config], args.overrides
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfgs = [load_config(c, overrides) for c in configs]
+        if args.command == "sft" and not cfgs[0].sft.steps:
+            raise ValueError("sft.steps is 0: set it in the config or as sft.steps=N")
     except (ValueError, FileNotFoundError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     from transformers.utils import logging as hf_logging
 
-    from rl.trainer import Trainer  # heavy imports only once the config is known to be valid
-
     hf_logging.disable_progress_bar()  # one progress bar: ours
-
     try:
-        trainer = Trainer(cfg)
+        if args.command == "sft":
+            from rl.sft import warm_start  # heavy imports only once the config is known to be valid
+
+            path, timings = warm_start(cfgs[0], Path(cfgs[0].run_dir))
+            print(f"done: {path} ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+        elif args.command == "eval":
+            from rl.evaluate import main as evaluate_main
+
+            evaluate_main(cfgs[0], args.checkpoint, args.out)
+        elif args.command == "demo":
+            from rl.demo import main as demo_main
+
+            demo_main(configs, overrides)
+        else:
+            return _train(cfgs[0])
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _train(cfg) -> int:
+    from rl.trainer import Trainer
+
+    trainer = Trainer(cfg)
     try:
         final = trainer.train()
     finally:
         trainer.close()
-    summary = ", ".join(f"{k}={v:.3f}" for k, v in final.items() if k in ("reward/mean", "eval/reward/mean", "eval/score/first_turn", "eval/score/last_turn"))
+    shown = ("reward/mean", "eval/reward/mean", "eval/score/first_turn", "eval/score/last_turn", "eval/em", "eval/acc_t1", "eval/acc_tT")
+    summary = ", ".join(f"{k}={v:.3f}" for k, v in final.items() if k in shown)
     print(f"done: {trainer.run_dir} ({summary})")
     return 0

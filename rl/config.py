@@ -21,6 +21,7 @@ import yaml
 from rewards.base import RewardSpec
 from rl.learner import AlgoConfig, LearnerConfig
 from rl.rollout import RolloutConfig
+from rl.sft import SFTConfig
 from rl.tiny import TinyModelConfig
 from rl.workers import WorkersConfig
 
@@ -41,6 +42,7 @@ class EnvConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)  # supervised warm start before RL (off unless sft.steps > 0)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)

@@ -12,6 +12,9 @@ Run directory layout:
     tb/                    TensorBoard events
     episodes/step_N.jsonl  every episode: turns as text with info, tokens, masks, logprobs, rewards
     base_model/            the tiny model built for this run (when model.path is empty)
+    sft/model/             the SFT warm start RL begins from (when sft.steps > 0); sft/sft_metrics.json
+    reward.png, eval.png   reward (total and per component) and the eval metrics against steps
+    timings.json           seconds per stage in the last invocation: model build, SFT, rollout, learner, weight sync, eval
     checkpoints/step_N/    model/ (a Hugging Face directory) and state.pt (optimizer, scheduler,
                            task sampler, RNG, step, and in async mode the rollouts already made
                            for the next steps); `resume=RUN_DIR` continues from the latest
@@ -39,8 +42,10 @@ from rl import algos, credit
 from rl.chat import TurnFormatter
 from rl.config import Config, build_params, to_dict
 from rl.episode import Episode
+from rl.evaluate import task_metrics
 from rl.learner import Learner
-from rl.tiny import build_tiny_model
+from rl.plots import plot_run
+from rl.sft import warm_start
 from rl.workers import Later, LocalPool, RayPool, check_probe
 
 
@@ -107,9 +112,8 @@ class Trainer:
         self.eval_tasks = spec.load_tasks(self.env_params, "eval")
         self.reward_fn = build_reward(cfg.reward)
 
-        base = Path(cfg.model.path) if cfg.model.path else self.run_dir / "base_model"
-        if not cfg.model.path and not (base / "config.json").exists():
-            build_tiny_model(base, spec.sample_text(self.env_params), cfg.model.tiny, cfg.seed)
+        # The model RL starts from: the given or a freshly built tiny one, after the SFT stage if there is one.
+        base, self.timings = warm_start(cfg, self.run_dir)
         checkpoint = latest_checkpoint(self.run_dir) if cfg.resume else None
         if cfg.resume and checkpoint is None:
             raise FileNotFoundError(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}")
@@ -291,7 +295,8 @@ class Trainer:
         items = [(task, i, episode_seed(self.cfg.seed, 0, i)) for i, task in enumerate(self.eval_tasks)]
         episodes = self.pool.rollout(items, greedy=True).result()
         self.score(episodes)
-        return {f"eval/{k}": v for k, v in episode_metrics(episodes).items()}
+        metrics = {**episode_metrics(episodes), **task_metrics(self.cfg.env.name, episodes)}
+        return {f"eval/{k}": v for k, v in metrics.items()}
 
     def save(self) -> Path:
         final = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
@@ -325,19 +330,30 @@ class Trainer:
                 self.pending.append(self.submit(next_step))
                 next_step += 1
             last = self.train_step(self.pending.popleft())
+            for stage, key in (("rollout", "time/rollout_wait"), ("learner", "time/update"), ("sync", "time/sync")):
+                self.timings[stage] = self.timings.get(stage, 0.0) + last[key]
             if cfg.eval_every and self.step % cfg.eval_every == 0:
-                last.update(self.evaluate())
+                last.update(self._timed_evaluate())
             self.log(self.step, last)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
                 self.save()
+                plot_run(self.run_dir)
             bar.update(1)
             bar.set_postfix(reward=f"{last.get('reward/mean', float('nan')):.3f}", tok_s=f"{last['throughput/policy_tokens_per_s']:.0f}")
         bar.close()
         if not cfg.eval_every or self.step % cfg.eval_every:
-            final_eval = self.evaluate()
+            final_eval = self._timed_evaluate()
             self.log(self.step, final_eval)
             last.update(final_eval)
+        plot_run(self.run_dir)
+        (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=1))
         return last
+
+    def _timed_evaluate(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        metrics = self.evaluate()
+        self.timings["eval"] = self.timings.get("eval", 0.0) + time.perf_counter() - t0
+        return metrics
 
     def close(self) -> None:
         self.pool.close()

@@ -5,7 +5,7 @@
 Modules: `sandbox` (isolated execution; read its docstring for what it guarantees),
 `forkserver` (its worker), `checks` (tests split between sandbox and trusted judge),
 `data` (HumanEval and MBPP loaders), `synthetic` (tiny learnable tasks), `env` (the
-episode). `python -m envs.code evaluate ...` scores any model's programs.
+episode), `demos` (keep and fix pairs for an SFT warm start). `python -m envs.code evaluate ...` scores any model's programs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from envs.code import data, synthetic
 from envs.code.env import DONE, CodeEnv, first_prompt, retry_request
 from envs.code.sandbox import SandboxConfig
 from envs.registry import EnvSpec
+from envs.code.demos import demonstrations
 
 
 @dataclass
@@ -77,4 +78,4 @@ def sample_text(p: CodeParams) -> list[str]:
     return out
 
 
-ENV_SPEC = EnvSpec(CodeParams, make_env, load_tasks, sample_text)
+ENV_SPEC = EnvSpec(CodeParams, make_env, load_tasks, sample_text, demonstrations)

@@ -5,7 +5,8 @@
 
 Modules: env.py (the grammar and the episode rules), bm25.py (the local index),
 retrieval.py (corpus format, server client), server.py (Search-R1's /retrieve API),
-world.py (fictional question worlds), qa.py (QA files, answer metrics); the rewards
+world.py (fictional question worlds), qa.py (QA files, answer metrics), demos.py
+(scripted expert episodes for an SFT warm start); the rewards
 are in rewards/search.py. `python -m envs.search make-world | serve` (__main__.py)
 writes a world or starts a server.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from envs.base import Task
 from envs.registry import EnvSpec
+from envs.search.demos import demonstrations
 from envs.search.env import ANSWER_NOW, INVALID, SearchEnv, make_prompt
 from envs.search.qa import BAMBOOGLE, load_questions
 from envs.search.retrieval import default_cache_dir, make_retriever, read_corpus
@@ -144,4 +146,4 @@ def sample_text(p: SearchParams) -> list[str]:
     return texts
 
 
-ENV_SPEC = EnvSpec(SearchParams, make_env, load_tasks, sample_text)
+ENV_SPEC = EnvSpec(SearchParams, make_env, load_tasks, sample_text, demonstrations)

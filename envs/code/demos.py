@@ -1,0 +1,84 @@
+"""Scripted demonstrations for a warm start: keep and fix pairs, played through the real env and sandbox.
+
+The confidence/critique format (CCT) with AdvChain's two corrections:
+
+    keep  turn 1 is the reference program, and the rewrite keeps it (hesitation-correction:
+          the env's "there might be an error" is doubt the right call overrules).
+    fix   turn 1 is a buggy program, and the rewrite is the reference (temptation-correction).
+
+Bugs are small mutations of the reference (a flipped operator or comparison, a constant
+off by one), kept only when the sandbox shows that they fail a test. Wrong first
+attempts carry info["demo"] = "mistake", so a trainer can keep them as context
+without learning to make them.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+
+from envs.base import Trajectory, Turn
+from envs.code.env import DONE
+
+_SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Add, ast.Mod: ast.FloorDiv, ast.FloorDiv: ast.Mod,
+          ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq}
+
+
+def mutants(program: str) -> list[str]:
+    """Programs that differ from `program` by one operator, comparison or integer constant."""
+    tree = ast.parse(program)
+    sites = [n for n in ast.walk(tree) if isinstance(n, (ast.BinOp, ast.Compare))
+             or (isinstance(n, ast.Constant) and type(n.value) is int)]
+    out = []
+    for i in range(len(sites)):
+        copy = ast.parse(program)
+        node = [n for n in ast.walk(copy) if isinstance(n, (ast.BinOp, ast.Compare))
+                or (isinstance(n, ast.Constant) and type(n.value) is int)][i]
+        if isinstance(node, ast.BinOp) and type(node.op) in _SWAPS:
+            node.op = _SWAPS[type(node.op)]()
+        elif isinstance(node, ast.Compare) and type(node.ops[0]) in _SWAPS:
+            node.ops[0] = _SWAPS[type(node.ops[0])]()
+        elif isinstance(node, ast.Constant):
+            node.value += 1
+        else:
+            continue
+        out.append(ast.unparse(copy))
+    return sorted(set(out) - {ast.unparse(tree)})
+
+
+def play(env, task, attempts: list[str], mistakes: list[bool]) -> Trajectory:
+    trajectory = Trajectory(task)
+    env.reset(task)
+    for code, mistake in zip(attempts, mistakes):
+        action = code.strip() + "\n" + DONE
+        result = env.step(action)
+        trajectory.turns.append(Turn(action, result.observation, dict(result.info, demo="mistake" if mistake else "expert")))
+    return trajectory
+
+
+def demonstrations(p, n: int, seed: int, keep_share: float, hesitation: float) -> list[Trajectory]:
+    """`n` demos drawn from the keep pair and the failing-mutant fix pairs of each train problem.
+
+    `hesitation` has no separate shape here: every keep pair already overrules the env's doubt.
+    """
+    from envs.code import make_env, problems, to_task
+
+    if p.max_turns < 2:
+        raise ValueError("code demos are keep/fix pairs: they need max_turns >= 2")
+    env, rng = make_env(p), random.Random(seed)
+    keeps, fixes = [], []
+    for q in problems(p, "train"):
+        task, right = to_task(q), q.reference.strip()
+        keep = play(env, task, [right] * p.max_turns, [False] * p.max_turns)
+        if keep.turns[-1].info["score"] != 1.0:
+            continue  # a reference that fails its own tests teaches nothing
+        keeps.append(keep)
+        played = [play(env, task, [wrong] + [right] * (p.max_turns - 1), [True] + [False] * (p.max_turns - 1)) for wrong in mutants(right)]
+        failing = [fix for fix in played if fix.turns[0].info["score"] < 1.0]
+        if failing:
+            fixes.append(failing)  # grouped by problem, so a problem with many mutants is not drawn more often
+    if not keeps:
+        raise ValueError("no train problem's reference passes its tests: nothing to demonstrate")
+    if not fixes:
+        keep_share = 1.0
+    return [rng.choice(keeps) if rng.random() < keep_share else rng.choice(rng.choice(fixes)) for _ in range(n)]

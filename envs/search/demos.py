@@ -1,0 +1,95 @@
+"""Scripted demonstrations for a warm start: an expert plays the real env (real BM25 retrieval).
+
+The expert knows each question's gold passages (generated worlds name one per hop), so
+it searches each hop's entity by name, judges the information, and answers. Demos come
+in the two shapes of the confidence/critique format, with AdvChain's corrections:
+
+    keep  the first call was right and is kept: search the right entity, <judge>Yes</judge>.
+          A `hesitation` share first doubts it in a <think> and then makes the right call
+          anyway (AdvChain's hesitation-correction).
+    fix   at one hop the first search is for a tempting wrong entity (a namesake when the
+          world has one), its information is judged No, and the right search follows
+          (AdvChain's temptation-correction).
+
+Turns that are the mistake itself carry info["demo"] = "mistake", so a trainer can keep
+them as context without learning to make them.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from envs.base import Task, Trajectory, Turn
+from envs.search.qa import contains_answer
+from envs.search.retrieval import read_corpus, split_contents
+
+
+_DOC_HEADER = re.compile(r"Doc \d+\(Title: [^\n]*?\) ")  # "Doc 1(Title: "X") " before each passage
+
+
+def _titles(p) -> dict[str, str]:
+    from envs.search import corpus_path  # the package imports this module's caller, not the reverse
+
+    ids, contents = read_corpus(corpus_path(p))
+    return {i: split_contents(c)[0].strip('"') for i, c in zip(ids, contents)}
+
+
+def _tempting(right: str, titles: dict[str, str], avoid: set[str], rng: random.Random) -> str:
+    """A wrong entity to search: one sharing a word with the right one (a namesake) if there is one."""
+    words = set(right.split())
+    namesakes = sorted(t for i, t in titles.items() if i not in avoid and t != right and words & set(t.split()))
+    return rng.choice(namesakes) if namesakes else rng.choice(sorted(t for i, t in titles.items() if i not in avoid))
+
+
+def play(env, task: Task, titles: dict[str, str], fix_hop: int | None, hesitate: bool, rng: random.Random) -> Trajectory | None:
+    """One scripted episode, or None when the agent could not have seen what it needs (it would be guessing)."""
+    trajectory = Trajectory(task)
+    env.reset(task)
+
+    def act(action: str, mistake: bool = False) -> dict:
+        result = env.step(action)
+        info = dict(result.info, demo="mistake" if mistake else "expert")
+        trajectory.turns.append(Turn(action, result.observation, info))
+        return info
+
+    gold = task.metadata["gold_doc_ids"]
+    for hop, doc_id in enumerate(gold):
+        if hop == fix_hop:
+            wrong = _tempting(titles[doc_id], titles, set(gold), rng)
+            info = act(f"<search>{wrong}</search>", mistake=True)
+            if set(gold) & set(info["doc_ids"]) or contains_answer(info["information"], task.metadata["answers"]):
+                return None  # the "wrong" search found what was needed after all: not a mistake to correct
+            act(f"<think>{wrong} is not {titles[doc_id]}.</think><judge>No</judge>")
+        info = act(f"<search>{titles[doc_id]}</search>")
+        # What the next step needs must be in what the agent saw (observations are cut to max_obs_words).
+        needed = [task.metadata["answers"][0]] if hop == len(gold) - 1 else [titles[gold[hop + 1]]]
+        if doc_id not in info["doc_ids"] or not contains_answer(info["information"], needed):
+            return None
+        # ReSeek asks for reasoning on new information: the expert restates the sentence it needs.
+        text = _DOC_HEADER.sub("", info["information"])
+        sentence = next(s for s in re.split(r"(?<=\.) ", text) if contains_answer(s, needed))
+        doubt = f"Is this {titles[doc_id]}? Yes. " if hesitate else ""
+        act(f"<think>{doubt}{sentence.strip()}</think><judge>Yes</judge>")
+    info = act(f"<answer>{task.metadata['answers'][0]}</answer>")
+    return trajectory if info["score"] == 1.0 else None
+
+
+def demonstrations(p, n: int, seed: int, keep_share: float, hesitation: float) -> list[Trajectory]:
+    """`n` demos on the train questions of `p`, a `keep_share` of them keep-shaped (module docstring)."""
+    from envs.search import load_tasks, make_env
+
+    tasks = [t for t in load_tasks(p, "train") if t.metadata.get("gold_doc_ids")]
+    if not tasks:
+        raise ValueError("search demos need questions with gold_doc_ids (a generated world or a world directory)")
+    titles, env, rng = _titles(p), make_env(p), random.Random(seed)
+    out: list[Trajectory] = []
+    for attempt in range(4 * n):  # bounded: retrieval misses skip a question
+        if len(out) == n:
+            break
+        task = tasks[rng.randrange(len(tasks))]
+        fix_hop = rng.randrange(len(task.metadata["gold_doc_ids"])) if rng.random() >= keep_share else None
+        trajectory = play(env, task, titles, fix_hop, fix_hop is None and rng.random() < hesitation, rng)
+        if trajectory is not None:
+            out.append(trajectory)
+    return out

@@ -1,0 +1,181 @@
+"""PNG plots of a run, read back from its metrics.jsonl: the training reward and the evaluations.
+
+    python -m rl.plots runs/search          # writes runs/search/reward.png and eval.png, prints their paths
+
+reward.png: `reward/mean` (bold, with a +-`reward/std` band) and each named reward's
+contribution `reward/<name>` against the step, each as a faint raw line under a
+trailing moving average. eval.png: the main evaluation metrics against the step, with
+`eval/searches_per_episode` on a second y-axis (a count, not a rate in [0, 1]).
+
+It only reads the file, so it works during a run as well as after one. Evaluation lines
+may share a step's line or come as a line of their own with the same step; every line is
+read and NaN points are skipped. A figure without data is not written (no eval.png before
+the first evaluation). Figures are built with matplotlib's object API on the Agg canvas:
+nothing needs a display, and no figure is registered with pyplot, so calling `plot_run`
+at every checkpoint leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+FIGSIZE, DPI = (8.0, 4.5), 100  # 800 x 450 pixels: readable at a glance, small on disk
+EVAL_MAIN = ("eval/reward/mean", "eval/em", "eval/f1", "eval/judge_accuracy", "eval/acc_t1", "eval/acc_tT",
+             "eval/delta", "eval/score/first_turn", "eval/score/last_turn")
+EVAL_TASK = ("eval/em", "eval/f1", "eval/acc_t1", "eval/acc_tT")  # when present, score/* repeat them
+EVAL_SECOND_AXIS = "eval/searches_per_episode"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The JSON lines of a metrics file, in order; an error that names the file when there are none."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics file at {str(path)!r}")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))  # the trainer writes NaN as the bare token NaN, which json reads
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
+    if not records:
+        raise ValueError(f"{path}: no metrics lines")
+    return records
+
+
+def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of `key` in step order, NaN and missing points left out; a later line wins for a step."""
+    by_step = {}
+    for r in records:
+        value = r.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and "step" in r:
+            by_step[int(r["step"])] = float(value)
+    steps = sorted(by_step)
+    return np.array(steps, dtype=float), np.array([by_step[s] for s in steps], dtype=float)
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each value and the `window - 1` before it (fewer at the start, so the curve starts where the data does)."""
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    end = np.arange(1, len(values) + 1)
+    start = np.maximum(end - window, 0)
+    return (csum[end] - csum[start]) / (end - start)
+
+
+def smoothing_window(n: int) -> int:
+    return max(1, n // 20)  # about 5% of the run: removes step-to-step noise, keeps the trend's shape
+
+
+def reward_keys(keys) -> list[str]:
+    """The named rewards' contributions: `reward/<name>` with exactly one slash, not mean or std."""
+    return sorted(k for k in keys if k.startswith("reward/") and k.count("/") == 1 and k not in ("reward/mean", "reward/std"))
+
+
+def eval_keys(keys) -> list[str]:
+    """The main evaluation metrics present, in EVAL_MAIN's order; score/* left out when task metrics say the same."""
+    keys = set(keys)
+    task = any(k in keys for k in EVAL_TASK)
+    return [k for k in EVAL_MAIN if k in keys and not (task and k.startswith("eval/score/"))]
+
+
+def _new_figure(title: str) -> tuple[Figure, object]:
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def reward_figure(records: list[dict], title: str) -> Figure | None:
+    """Training reward against the step, or None when no line has a reward."""
+    keys = {k for r in records for k in r}
+    curves = [(k, *series(records, k)) for k in ["reward/mean"] + reward_keys(keys)]
+    curves = [(k, x, y) for k, x, y in curves if len(x)]
+    if not curves:
+        return None
+    fig, ax = _new_figure(title)
+    for i, (key, x, y) in enumerate(curves):
+        main = key == "reward/mean"
+        color = "black" if main else f"C{i}"
+        smooth = moving_average(y, smoothing_window(len(y)))
+        if len(y) > 1 and not np.allclose(smooth, y):  # the raw points, faint, under their trend
+            ax.plot(x, y, color=color, linewidth=0.8, alpha=0.25)
+        ax.plot(x, smooth, color=color, linewidth=2.5 if main else 1.4, label=key.split("/", 1)[1], zorder=3 if main else 2)
+        if main:
+            sx, sy = series(records, "reward/std")
+            if len(sx):
+                std = dict(zip(sx, sy))
+                both = np.array([s in std for s in x])
+                mean, spread = smooth[both], moving_average(np.array([std[s] for s in x[both]]), smoothing_window(int(both.sum())))
+                ax.fill_between(x[both], mean - spread, mean + spread, color=color, alpha=0.12, linewidth=0, label="mean ± std")
+    ax.set_ylabel("reward per episode")
+    ax.legend(fontsize=8, loc="best", framealpha=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def eval_figure(records: list[dict], title: str) -> Figure | None:
+    """The main evaluation metrics against the step (searches per episode on a second axis), or None without any."""
+    keys = {k for r in records for k in r}
+    curves = [(k, *series(records, k)) for k in eval_keys(keys)]
+    curves = [(k, x, y) for k, x, y in curves if len(x)]
+    sx, sy = series(records, EVAL_SECOND_AXIS)
+    if not curves and not len(sx):
+        return None
+    fig, ax = _new_figure(title)
+    for i, (key, x, y) in enumerate(curves):
+        ax.plot(x, y, marker="o", markersize=4, linewidth=1.4, color=f"C{i}", label=key.removeprefix("eval/"))
+    ax.set_ylabel("metric")
+    handles, labels = ax.get_legend_handles_labels()
+    if len(sx):
+        right = ax.twinx()
+        right.plot(sx, sy, marker="s", markersize=4, linewidth=1.2, linestyle="--", color="dimgray",
+                   label=EVAL_SECOND_AXIS.removeprefix("eval/"))
+        right.set_ylabel("searches per episode")
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.8)  # one legend for both axes
+    fig.tight_layout()
+    return fig
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write reward.png and eval.png into `run_dir` from its metrics.jsonl; return the paths written."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    written = []
+    for name, make, title in [("reward.png", reward_figure, f"Training reward: {run_dir.name}"),
+                              ("eval.png", eval_figure, f"Evaluation (greedy): {run_dir.name}")]:
+        fig = make(records, title)
+        if fig is not None:
+            fig.savefig(run_dir / name)
+            written.append(run_dir / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m rl.plots RUN_DIR", file=sys.stderr)
+        return 2
+    try:
+        paths = plot_run(args[0])
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Supervised warm start with TRL's SFTTrainer, on the same tokens the rollouts produce.
+
+    python -m rl sft configs/tiny_search.yaml                         # the SFT stage alone
+    python -m rl sft configs/cocos_qwen2.5-1.5b.yaml sft.data=demos.jsonl
+
+Examples are whole trajectories: the env's scripted demonstrations (`sft.data: demos`,
+see envs/*/demos.py: keep and fix pairs, AdvChain's corrections) or a JSONL file of
+trajectories (the trainer's episode logs, `Trajectory.to_dict` lines, or chat
+"messages": the first user turn is the prompt, each assistant message an action and
+the message after it its observation). Each is tokenized exactly as the rollout would
+see it (rl/chat.py: the prompt rendered once, actions and observations appended), and
+the loss covers the actions only: TRL builds the labels from our `assistant_masks`.
+A demo's wrong steps ("mistake" turns) stay context unless `sft.train_on_mistakes`.
+
+The result is a Hugging Face directory, `run_dir/sft/model`, that RL starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from envs.base import Task, Trajectory, Turn
+from rl.chat import TurnFormatter
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 0  # optimizer steps of the warm start before RL (0 = no SFT stage)
+    data: str = "demos"  # "demos" (the env's scripted demonstrations) or a JSONL file of trajectories
+    demos: int = 2000  # demonstrations to generate when data is "demos"
+    keep_share: float = 0.4  # share of demos whose first attempt is right and kept (confidence); the rest fix a wrong one (critique)
+    hesitation: float = 0.5  # share of keep demos that doubt before the right call (AdvChain's hesitation-correction)
+    train_on_mistakes: bool = False  # also train on the wrong steps of fix demos (AdvChain trains on the whole chain)
+    env_params: dict[str, Any] = field(default_factory=dict)  # env.params overrides for the demos, e.g. other worlds than RL's
+    lr: float = 1.0e-3  # AdamW learning rate (peak, after warm-up)
+    warmup_steps: int = 20  # linear warm-up, then constant
+    batch_size: int = 16  # examples per optimizer step
+    max_length: int = 1024  # longest example in tokens; longer ones are left out
+
+
+def read_trajectories(path: str | Path) -> list[Trajectory]:
+    """Trajectories from a JSONL file of episodes, trajectories or chat messages (module docstring)."""
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if "messages" in record:
+                    out.append(_from_messages(record["messages"], f"{Path(path).stem}-{n}"))
+                else:
+                    out.append(Trajectory.from_dict(record.get("trajectory", record)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}:{n}: not a trajectory, episode or messages line ({e})") from e
+    if not out:
+        raise ValueError(f"{path}: no trajectories")
+    return out
+
+
+def _from_messages(messages: list[dict], task_id: str) -> Trajectory:
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
+    if not first:
+        raise ValueError("a conversation needs a prompt and at least one assistant message")
+    turns = []
+    for i in range(first, len(messages)):
+        if messages[i]["role"] == "assistant":
+            after = messages[i + 1]["content"] if i + 1 < len(messages) and messages[i + 1]["role"] != "assistant" else ""
+            turns.append(Turn(messages[i]["content"], after))
+    return Trajectory(Task(task_id, messages[:first]), turns)
+
+
+def tokenize(trajectory: Trajectory, formatter: TurnFormatter, stop_strings: list[str], max_obs_tokens: int,
+             train_on_mistakes: bool) -> tuple[list[int], list[int]]:
+    """(input_ids, assistant_masks) of one trajectory, token for token what a rollout of it holds.
+
+    An action is encoded on its own, as the engine would have sampled it; an action that no stop
+    string ends gets EOS, so the model learns to stop there.
+    """
+    tok = formatter.tokenizer
+    ids = formatter.prompt_ids(trajectory.task.prompt)
+    mask = [0] * len(ids)
+    for t, turn in enumerate(trajectory.turns):
+        action = tok.encode(turn.action, add_special_tokens=False)
+        ends_with_eos = not any(turn.action.endswith(s) for s in stop_strings)
+        if ends_with_eos:
+            action.append(tok.eos_token_id)
+        learn = train_on_mistakes or turn.info.get("demo") != "mistake"
+        ids += action
+        mask += [int(learn)] * len(action)
+        if t < len(trajectory.turns) - 1:
+            obs = formatter.observation_ids(turn.observation, ends_with_eos, max_obs_tokens)
+            ids += obs
+            mask += [0] * len(obs)
+    return ids, mask
+
+
+def _demo_params(cfg):
+    from envs.registry import get_env_spec
+    from rl.config import build_params
+
+    spec = get_env_spec(cfg.env.name)
+    return spec, build_params(spec.params, {**cfg.env.params, **cfg.sft.env_params}, "sft.env_params")
+
+
+def load_trajectories(cfg) -> list[Trajectory]:
+    """The SFT stage's trajectories: the env's demonstrations, or those of the `sft.data` file."""
+    if cfg.sft.data != "demos":
+        return read_trajectories(cfg.sft.data)
+    spec, params = _demo_params(cfg)
+    if spec.demonstrations is None:
+        raise ValueError(f"env {cfg.env.name!r} has no scripted demonstrations: give sft.data=PATH of a trajectories JSONL")
+    return spec.demonstrations(params, cfg.sft.demos, cfg.seed, cfg.sft.keep_share, cfg.sft.hesitation)
+
+
+def trajectory_text(trajectory: Trajectory) -> str:
+    """The whole episode as plain text, for training a tiny model's tokenizer on what it will read and write."""
+    prompt = trajectory.task.prompt
+    prompt = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+    return prompt + "".join(t.action + t.observation for t in trajectory.turns)
+
+
+def sft_examples(cfg, tokenizer, trajectories: list[Trajectory]) -> tuple[list[dict], dict[str, float]]:
+    """The tokenized examples and a few statistics about them."""
+    spec, params = _demo_params(cfg)
+    stop_strings = spec.make_env(params).stop_strings
+    formatter = TurnFormatter(tokenizer, cfg.rollout.observation_role)
+    examples, too_long = [], 0
+    for trajectory in trajectories:
+        ids, mask = tokenize(trajectory, formatter, stop_strings, cfg.rollout.max_obs_tokens, cfg.sft.train_on_mistakes)
+        if len(ids) > cfg.sft.max_length or not any(mask):
+            too_long += len(ids) > cfg.sft.max_length
+            continue
+        examples.append({"input_ids": ids, "assistant_masks": mask})
+    if not examples:
+        raise ValueError(f"no SFT example fits sft.max_length={cfg.sft.max_length} with a token to learn")
+    limit = cfg.rollout.max_turn_tokens
+    stats = {
+        "sft/examples": float(len(examples)),
+        # Actions the rollout would cut at max_turn_tokens: the model learns to write what RL cannot sample.
+        "sft/actions_over_turn_limit": float(sum(len(tokenizer.encode(t.action, add_special_tokens=False)) > limit
+                                                 for tr in trajectories for t in tr.turns)),
+        "sft/too_long": float(too_long),
+        "sft/fix_share": sum(any(t.info.get("demo") == "mistake" for t in tr.turns) for tr in trajectories) / len(trajectories),
+        "sft/mean_tokens": sum(len(e["input_ids"]) for e in examples) / len(examples),
+        "sft/mean_loss_tokens": sum(sum(e["assistant_masks"]) for e in examples) / len(examples),
+    }
+    return examples, stats
+
+
+def make_trainer(cfg, model, tokenizer, examples: list[dict], work_dir: Path):
+    """TRL's SFTTrainer over our tokenized examples: it turns `assistant_masks` into -100 labels."""
+    from datasets import Dataset
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
+
+    cuda = next(model.parameters()).is_cuda
+    args = TRLConfig(
+        output_dir=str(work_dir),
+        max_steps=cfg.sft.steps,
+        per_device_train_batch_size=cfg.sft.batch_size,
+        learning_rate=cfg.sft.lr,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=cfg.sft.warmup_steps,
+        max_grad_norm=cfg.learner.max_grad_norm,
+        weight_decay=0.0,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        max_length=None,  # examples were already filtered by sft.max_length
+        train_sampling_strategy="group_by_length",  # batches of similar lengths: little compute spent on padding
+        bf16=cuda and cfg.learner.bf16,  # TRL turns bf16 on by default, which is ten times slower on a CPU
+        activation_checkpointing=cfg.learner.gradient_checkpointing,  # also on by default in TRL
+        use_cpu=not cuda,
+        logging_steps=max(1, cfg.sft.steps // 20),
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
+
+
+def run_sft(cfg, init: str | Path, out: str | Path, trajectories: list[Trajectory]) -> dict[str, float]:
+    """Fine-tune the model at `init` on the trajectories; save it (and its tokenizer) and its statistics beside it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl.learner import resolve_device
+
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    examples, stats = sft_examples(cfg, tokenizer, trajectories)
+    t1 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32).to(resolve_device(cfg.learner.device))
+    out = Path(out)
+    trainer = make_trainer(cfg, model, tokenizer, examples, out.parent / "trl")
+    result = trainer.train()
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(out)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    stats.update({
+        "sft/first_loss": losses[0] if losses else float("nan"),
+        "sft/final_loss": losses[-1] if losses else float("nan"),
+        "sft/train_loss": float(result.training_loss),
+        "time/sft_tokenize": t1 - t0,
+        "time/sft_train": time.perf_counter() - t1,
+    })
+    (out.parent / "sft_metrics.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def warm_start(cfg, run_dir: Path) -> tuple[Path, dict[str, float]]:
+    """The model RL starts from, and the seconds each stage took to make it.
+
+    Without model.path a tiny model is built into run_dir/base_model, its tokenizer trained on
+    the env's text and, when there is an SFT stage, on its trajectories too (the tags and names
+    the model will read and write). With sft.steps > 0 the SFT model in run_dir/sft/model is
+    made once; a rerun or resume finds it there.
+    """
+    from envs.registry import get_env_spec
+    from rl.config import build_params
+    from rl.tiny import build_tiny_model
+
+    timings: dict[str, float] = {}
+    base = Path(cfg.model.path) if cfg.model.path else run_dir / "base_model"
+    sft_model = run_dir / "sft" / "model"
+    trajectories: list[Trajectory] = []
+    if cfg.sft.steps and not (sft_model / "config.json").exists():
+        t0 = time.perf_counter()
+        trajectories = load_trajectories(cfg)
+        timings["sft_data"] = time.perf_counter() - t0
+    if not cfg.model.path and not (base / "config.json").exists():
+        t0 = time.perf_counter()
+        spec = get_env_spec(cfg.env.name)
+        texts = spec.sample_text(build_params(spec.params, cfg.env.params, "env.params"))
+        build_tiny_model(base, texts + [trajectory_text(t) for t in trajectories[:2000]], cfg.model.tiny, cfg.seed)
+        timings["model_build"] = time.perf_counter() - t0
+    if not cfg.sft.steps:
+        return base, timings
+    if trajectories:
+        t0 = time.perf_counter()
+        run_sft(cfg, base, sft_model, trajectories)
+        timings["sft"] = time.perf_counter() - t0
+    return sft_model, timings

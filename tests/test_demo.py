@@ -1,0 +1,44 @@
+"""A shortened `make demo`, end to end through the same code: build, SFT, RL on Ray workers, eval, plots."""
+
+import json
+from pathlib import Path
+
+import ray
+
+from rl.cli import main as cli_main
+from rl.demo import main as demo_main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_shortened_demo_on_both_worlds(tmp_path, capsys, request):
+    short = ["steps=2", "eval_every=1", "save_every=0", "sft.steps=8", "sft.demos=64", "rollout.tasks_per_step=2", "rollout.group_size=2",
+             "workers.num_workers=1", "model.tiny.layers=2", "model.tiny.hidden=64", "model.tiny.intermediate=128"]
+    results = []
+    request.addfinalizer(ray.shutdown)  # the demo's trainers started a local Ray cluster; later tests start their own
+    for world, extra in (("search", [f"env.params.cache_dir={tmp_path / 'cache'}", "env.params.max_tasks=6", "env.params.world_questions=200", "sft.env_params.world_questions=300"]),
+                         ("code", ["env.params.max_problems=6"])):
+        results += demo_main([str(CONFIGS / f"tiny_{world}.yaml")], short + extra + [f"run_dir={tmp_path / world}"])
+    printed = capsys.readouterr().out
+    for world, result in zip(("search", "code"), results):
+        run = tmp_path / world
+        assert result["sft"]["episodes/count"] == result["rl"]["episodes/count"] == 6  # the same held-out tasks
+        assert result["rl"]["episodes/failed"] == 0
+        assert {"model_build", "sft", "rollout", "learner", "eval", "final_eval", "total"} <= set(result["timings"])
+        saved = json.loads((run / "demo.json").read_text())
+        assert json.dumps(saved["rl"], sort_keys=True) == json.dumps(result["rl"], sort_keys=True)  # NaN-safe equality
+        for png in ("reward.png", "eval.png"):
+            assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (run / "sft" / "model" / "config.json").exists() and (run / "checkpoints" / "step_000002" / "model").is_dir()
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2] and all("workers/restarts" in r for r in rows)
+    assert "em" in results[0]["rl"] and "judge_accuracy" in results[0]["rl"]
+    assert "acc_t1" in results[1]["rl"] and "critique" in results[1]["rl"]
+    assert "RL - SFT" in printed and "acc_tT" in printed and "judge_accuracy" in printed
+
+    # `python -m rl eval` on the SFT checkpoint gives the demo's SFT column.
+    out = tmp_path / "sft_eval.json"
+    code_args = [str(CONFIGS / "tiny_code.yaml"), "env.params.max_problems=6", f"run_dir={tmp_path / 'code'}"]
+    assert cli_main(["eval", *code_args, "--checkpoint", str(tmp_path / "code" / "sft" / "model"), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["acc_t1"] == results[1]["sft"]["acc_t1"]
+    assert (tmp_path / "sft_eval_episodes.jsonl").read_text().count("\n") == 6

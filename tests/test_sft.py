@@ -1,0 +1,148 @@
+"""The SFT warm start: scripted demos played through the real envs, tokenized as rollouts, trained by TRL."""
+
+import ast
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from envs.base import Task, Trajectory, Turn
+from envs.code import CodeParams
+from envs.code.demos import demonstrations as code_demos
+from envs.code.demos import mutants
+from envs.search import SearchParams
+from envs.search.demos import demonstrations as search_demos
+from rl.chat import TurnFormatter
+from rl.config import load_config
+from rl.sft import load_trajectories, make_trainer, read_trajectories, sft_examples, tokenize, trajectory_text, warm_start
+from tests.conftest import CHAT_TEMPLATE
+
+
+def _search_params(tmp_path, **kw):
+    return SearchParams(cache_dir=str(tmp_path / "cache"), prompt="short", world_people=40, world_distractors=1,
+                        world_questions=300, topk=1, max_obs_words=16, **kw)
+
+
+def test_search_demos_have_the_keep_and_fix_shapes(tmp_path):
+    demos = search_demos(_search_params(tmp_path), 120, seed=0, keep_share=0.4, hesitation=0.5)
+    assert len(demos) == 120
+    fixes = [d for d in demos if any(t.info["demo"] == "mistake" for t in d.turns)]
+    assert 0.45 < len(fixes) / len(demos) < 0.75  # 1 - keep_share, up to sampling
+    for d in demos:
+        assert d.turns[-1].info["action"] == "answer" and d.turns[-1].info["score"] == 1.0
+        searches = [t for t in d.turns if t.info["action"] == "search"]
+        assert all(t.info["doc_ids"] for t in searches)  # real retrieval ran
+    for d in fixes:  # temptation-correction: the wrong search, a No, then the right search judged Yes
+        wrong = next(i for i, t in enumerate(d.turns) if t.info["demo"] == "mistake")
+        assert d.turns[wrong].info["action"] == "search" and not d.turns[wrong].info["gold_doc_retrieved"]
+        assert d.turns[wrong + 1].info["verdict"] == "no" and d.turns[wrong + 2].info["gold_doc_retrieved"]
+    keeps = [d for d in demos if d not in fixes]
+    hesitant = [d for d in keeps if "? Yes." in d.turns[1].action]
+    assert 0 < len(hesitant) < len(keeps)
+    assert all(t.info["verdict"] == "yes" for d in keeps for t in d.turns if t.info["action"] == "judge")
+
+
+def test_code_mutants_change_one_thing():
+    program = "def f(x):\n    return [v + 3 for v in x if v > 2]"
+    found = mutants(program)
+    assert "def f(x):\n    return [v - 3 for v in x if v > 2]" in found
+    assert "def f(x):\n    return [v + 3 for v in x if v >= 2]" in found
+    assert "def f(x):\n    return [v + 4 for v in x if v > 2]" in found
+    assert all(ast.parse(m) for m in found) and program not in found
+
+
+def test_code_demos_keep_right_code_and_fix_wrong_code_in_the_sandbox():
+    demos = code_demos(CodeParams(synthetic_problems=12), 60, seed=1, keep_share=0.4, hesitation=0.5)
+    keeps = [d for d in demos if d.turns[0].info["demo"] == "expert"]
+    fixes = [d for d in demos if d.turns[0].info["demo"] == "mistake"]
+    assert keeps and fixes and len(keeps) + len(fixes) == 60
+    for d in keeps:
+        assert [t.info["score"] for t in d.turns] == [1.0, 1.0] and d.turns[0].action == d.turns[1].action
+    for d in fixes:
+        assert d.turns[0].info["score"] < 1.0 and d.turns[1].info["score"] == 1.0  # the sandbox said so
+
+
+def _trajectory():
+    return Trajectory(Task("t", "Question: where?\n"), [
+        Turn("<search>wrong</search>", "\n<information>bad</information>\n", {"demo": "mistake"}),
+        Turn("<judge>No</judge>", "", {"demo": "expert"}),
+        Turn("<answer>here</answer>", "", {"demo": "expert"}),
+    ])
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_tokenize_puts_loss_on_actions_only_and_matches_the_rollout_layout(tiny_model_dir, chat):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = CHAT_TEMPLATE if chat else None
+    fmt = TurnFormatter(tok)
+    tr = _trajectory()
+    ids, mask = tokenize(tr, fmt, ["</search>", "</judge>", "</answer>"], 64, train_on_mistakes=False)
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    expected = (fmt.prompt_ids(tr.task.prompt) + enc(tr.turns[0].action) + fmt.observation_ids(tr.turns[0].observation, False, 64)
+                + enc("<judge>No</judge>") + fmt.observation_ids("", False, 64) + enc("<answer>here</answer>"))
+    assert ids == expected
+    learned = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert learned == "<judge>No</judge><answer>here</answer>"  # the mistake and every observation are context
+    _, with_mistakes = tokenize(tr, fmt, ["</search>", "</judge>", "</answer>"], 64, train_on_mistakes=True)
+    assert tok.decode([i for i, m in zip(ids, with_mistakes) if m]).startswith("<search>wrong</search>")
+    # An action no stop string ends gets EOS, inside the loss, so the model learns to stop.
+    ids, mask = tokenize(tr, fmt, [], 64, train_on_mistakes=False)
+    assert ids[-1] == tok.eos_token_id and mask[-1] == 1
+
+
+def test_read_trajectories_accepts_episodes_trajectories_and_messages(tmp_path):
+    tr = _trajectory()
+    path = tmp_path / "data.jsonl"
+    messages = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "<search>q</search>"},
+                {"role": "user", "content": "info"}, {"role": "assistant", "content": "<answer>a</answer>"}]
+    path.write_text("\n".join([json.dumps({"trajectory": tr.to_dict(), "step": 3}), json.dumps(tr.to_dict()),
+                               json.dumps({"messages": messages})]) + "\n")
+    read = read_trajectories(path)
+    assert [len(r.turns) for r in read] == [3, 3, 2]
+    assert read[2].task.prompt == messages[:1] and read[2].turns[0].observation == "info" and read[2].turns[1].observation == ""
+    path.write_text(json.dumps({"nothing": 1}) + "\n")
+    with pytest.raises(ValueError, match="data.jsonl:1"):
+        read_trajectories(path)
+
+
+def _code_cfg(tmp_path, *extra):
+    return load_config(None, [f"run_dir={tmp_path / 'run'}", "env.name=code", "env.params={synthetic_problems: 12}",
+                              "model.tiny={layers: 2, hidden: 64, intermediate: 128, heads: 4, kv_heads: 2, vocab_size: 400}",
+                              "sft.steps=30", "sft.demos=200", "sft.batch_size=8", "sft.lr=3e-3", "sft.warmup_steps=0", *extra])
+
+
+def test_trl_labels_mask_everything_but_the_actions(tmp_path, tiny_model_dir):
+    cfg = _code_cfg(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples, stats = sft_examples(cfg, tok, [_trajectory()] * 2)
+    trainer = make_trainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok, examples, tmp_path / "trl")
+    row = trainer.train_dataset[0]
+    assert [label != -100 for label in row["labels"]] == [bool(m) for m in examples[0]["assistant_masks"]]
+    assert stats["sft/fix_share"] == 1.0 and stats["sft/examples"] == 2
+
+
+def test_warm_start_builds_a_tokenizer_on_the_demos_and_sft_learns_them(tmp_path):
+    cfg = _code_cfg(tmp_path)
+    path, timings = warm_start(cfg, tmp_path / "run")
+    assert path == tmp_path / "run" / "sft" / "model" and {"model_build", "sft_data", "sft"} <= set(timings)
+    stats = json.loads((path.parent / "sft_metrics.json").read_text())
+    assert stats["sft/final_loss"] < 0.6 * stats["sft/first_loss"]  # real optimizer steps on the demos
+    tok = AutoTokenizer.from_pretrained(path)
+    assert len(tok.encode("[DONE]", add_special_tokens=False)) <= 3  # the tokenizer saw the demos' text
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "base_model")
+    tuned = AutoModelForCausalLM.from_pretrained(path)
+    assert any(not torch.equal(a, b) for a, b in zip(base.parameters(), tuned.parameters()))
+    # A second call finds the SFT model and trains nothing.
+    again, timings = warm_start(cfg, tmp_path / "run")
+    assert again == path and "sft" not in timings
+
+
+def test_trajectory_text_is_what_the_model_reads_and_writes():
+    text = trajectory_text(_trajectory())
+    assert text.startswith("Question: where?\n<search>wrong</search>\n<information>bad") and text.endswith("<answer>here</answer>")
+
+
+def test_an_env_without_demos_needs_a_data_file():
+    with pytest.raises(ValueError, match="no scripted demonstrations"):
+        load_trajectories(load_config(None, ["env.name=lookup", "sft.steps=2"]))
