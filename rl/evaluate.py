@@ -34,6 +34,7 @@ def evaluate(cfg, checkpoint: str | Path, episodes_out: str | Path | None = None
 
     With `episodes_out`, every episode is written there as JSONL (the trainer's episode format).
     """
+    # Imported here: rl.trainer imports this module for its periodic evaluations.
     from envs.registry import get_env_spec
     from rewards import build_reward
     from rl.config import build_params

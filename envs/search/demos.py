@@ -4,9 +4,10 @@ The expert knows each question's gold passages (generated worlds name one per ho
 it searches each hop's entity by name, judges the information, and answers. Demos come
 in the two shapes of the confidence/critique format, with AdvChain's corrections:
 
-    keep  the first call was right and is kept: search the right entity, <judge>Yes</judge>.
-          A `hesitation` share first doubts it in a <think> and then makes the right call
-          anyway (AdvChain's hesitation-correction).
+    keep  the first call was right and is kept: search the right entity, restate in a <think>
+          the sentence of the passage the next step needs (ReSeek asks for reasoning on new
+          information), <judge>Yes</judge>. A `hesitation` share first doubts the passage
+          ("Is this X? Yes.") and makes the right call anyway (AdvChain's hesitation-correction).
     fix   at one hop the first search is for a tempting wrong entity (a namesake when the
           world has one), its information is judged No, and the right search follows
           (AdvChain's temptation-correction).
@@ -68,7 +69,9 @@ def play(env, task: Task, titles: dict[str, str], fix_hop: int | None, hesitate:
             return None
         # ReSeek asks for reasoning on new information: the expert restates the sentence it needs.
         text = _DOC_HEADER.sub("", info["information"])
-        sentence = next(s for s in re.split(r"(?<=\.) ", text) if contains_answer(s, needed))
+        sentence = next((s for s in re.split(r"(?<=\.) ", text) if contains_answer(s, needed)), None)
+        if sentence is None:  # only the passage's title names it: nothing to restate
+            return None
         doubt = f"Is this {titles[doc_id]}? Yes. " if hesitate else ""
         act(f"<think>{doubt}{sentence.strip()}</think><judge>Yes</judge>")
     info = act(f"<answer>{task.metadata['answers'][0]}</answer>")
@@ -84,7 +87,7 @@ def demonstrations(p, n: int, seed: int, keep_share: float, hesitation: float) -
         raise ValueError("search demos need questions with gold_doc_ids (a generated world or a world directory)")
     titles, env, rng = _titles(p), make_env(p), random.Random(seed)
     out: list[Trajectory] = []
-    for attempt in range(4 * n):  # bounded: retrieval misses skip a question
+    for _ in range(4 * n):  # bounded: retrieval misses skip a question
         if len(out) == n:
             break
         task = tasks[rng.randrange(len(tasks))]
