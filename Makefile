@@ -19,15 +19,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Every benchmark script, one after another (estimated ~10 minutes on 2 idle cores, not yet verified; see benchmarks/README.md).
-# Scripts other engineers are still adding run when present.
+# Every benchmark script, one after another (see benchmarks/README.md for the time each takes and the tables).
 bench: $(STAMP)
 	$(PY) benchmarks/spine.py
 	$(PY) benchmarks/workers.py
 	$(PY) benchmarks/vs_trl.py
-	for b in code_sandbox retrieval reward_lab; do \
-		if [ -f benchmarks/$$b.py ]; then $(PY) benchmarks/$$b.py || exit 1; fi; \
-	done
+	$(PY) benchmarks/vs_trl.py --task lookup --new-tokens 16
+	$(PY) benchmarks/vs_trl.py --multi-turn
+	$(PY) benchmarks/code_sandbox.py
+	$(PY) benchmarks/retrieval.py
+	$(PY) benchmarks/reward_lab.py
 
 clean:
 	rm -rf $(VENV) runs

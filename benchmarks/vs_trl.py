@@ -2,20 +2,32 @@
 
 Run from the repository root:
 
-    python benchmarks/vs_trl.py                 # single-turn comparison on this CPU (~2 minutes on 2 lightly loaded cores)
+    python benchmarks/vs_trl.py                 # single-turn, CoCoS prompts (~3 minutes on 2 idle cores)
+    python benchmarks/vs_trl.py --task lookup --new-tokens 16   # single-turn, 3-token prompts: overhead-bound
+    python benchmarks/vs_trl.py --multi-turn    # 2-turn code-correction episodes (~4 minutes)
     python benchmarks/vs_trl.py --runs 5 --steps 10
     python benchmarks/vs_trl.py --gpu           # only the GPU section (needs CUDA; under 3 minutes on an H100)
 
-Single-turn comparison. One tiny Qwen2-shaped model directory (rl.tiny, built once) is loaded by both
-systems. Each run is a fresh subprocess (ours, TRL, ours, TRL, ...), so each has its own peak-RSS figure
-and neither warms the other's caches. Both do, per optimizer step: sample --tasks prompts x --group
-completions of up to --new-tokens tokens (temperature 1, top_p 1, top_k 0, stop only at EOS), score them
-with the lookup env's score (answer word == the table's value), group-normalized advantages (mean and
-std of the group), one PPO-clipped (0.2/0.2) policy-gradient step over the whole batch in one micro-batch,
-loss averaged over all completion tokens of the batch (ours: token-mean; TRL: loss_type="dapo"), no KL
-and no reference model (beta=0), AdamW at constant lr, grad-norm clip 1.0, float32, no vLLM.
-The lookup env ends an action at "."; TRL's transformers generation stops only at EOS, so this benchmark
-registers a lookup env without stop strings (NoStopLookup below) and both sides stop at EOS or the limit.
+Single-turn comparison. One tiny Qwen2-shaped model directory (rl.tiny, built once on the task's text)
+is loaded by both systems. Each run is a fresh subprocess (ours, TRL, ours, TRL, ...), so each has its own
+peak-RSS figure and neither warms the other's caches. Both do, per optimizer step: sample --tasks prompts
+x --group completions of up to --new-tokens tokens (temperature 1, top_p 1, top_k 0, stop only at EOS),
+score them, group-normalized advantages (mean and std of the group), one PPO-clipped (0.2/0.2)
+policy-gradient step over the whole batch in one micro-batch, loss averaged over all completion tokens of
+the batch (ours: token-mean; TRL: loss_type="dapo"), no KL and no reference model (beta=0), AdamW at
+constant lr, grad-norm clip 1.0, float32, no activation checkpointing (TRL's GRPOConfig turns it on by
+default; it is turned off here, as ours is), no vLLM. Prompts (--task):
+  code    CoCoS's MBPP-style turn-1 prompt on the synthetic code tasks (task, asserts, "[BEGIN]"; ~107 tokens
+          of this tokenizer); score = the fraction of the task's tests the completion passes (the real
+          sandbox; CodeEnv.step on both sides).
+  lookup  "what is <key>" (3 tokens); score = answer word == the table's value. Tiny work per step, so this
+          measures per-call overhead more than computation.
+The envs end an action at a stop string ("[DONE]", "."); TRL's own transformers generation has none, so
+this benchmark registers both envs without stop strings (NoStopCode, NoStopLookup) and both sides stop at
+EOS or the limit. Ours prefills each distinct prompt once per step and, in the learner, runs each group's
+shared prompt once (its keys/values feed every completion of the group, gradients summed): the same
+logprobs and gradients (tests/test_learner.py checks both) from fewer token positions. That is why the
+gap widens with the prompt's share of the tokens.
 
 Our step: `Trainer.submit(step)` then `Trainer.train_step(...)` (rollout, score, advantages, update, weight
 sync to the rollout engine and its probe check), called directly: no run-directory logging of episodes,
@@ -29,13 +41,21 @@ runs of the subprocess's ru_maxrss), and the counts that show the work is the sa
 (ours: sum of loss masks; TRL: its completion lengths) and optimizer steps (ours: the learner's scheduler
 steps; TRL: global_step).
 
-Multi-turn: TRL's GRPOTrainer (1.16) does multi-turn only through tool calling (`tools=` or
-`environment_factory=`): the model must write a tool call that the chat template's response schema
-parses, and the tool result is appended. Our code env (envs/code) is env-driven: every action is run and
-the feedback is appended, whatever the model writes. The two are not the same work with a randomly
-initialised tiny model (it never writes a parseable tool call, so TRL would run one turn), and
-`rollout_func` (the other route) means writing the multi-turn loop for TRL by hand. `--multi-turn` prints
-this finding from the installed TRL; it does not time anything.
+Multi-turn (--multi-turn): the same comparison on CoCoS's code-correction episode (envs/code, synthetic
+tasks, 2 turns, no execution feedback): the agent writes code ending at "[DONE]", the env runs it against
+the task's asserts in the sandbox and asks for a rewrite, the agent writes again; reward = the last turn's
+score (fraction of tests passed). The model is built on the code tasks' text. TRL's GRPOTrainer (1.16) has
+two multi-turn routes. `tools=` / `environment_factory=` only continue when the model writes a tool call
+that the chat template's response schema parses, and a CoCoS rewrite is not a tool call: a randomly
+initialised tiny model would run one turn, which is not the same work. The route that plays an
+env-driven episode is `rollout_func` (how TRL's OpenEnv integration runs environments): TRL calls it
+with the step's prompts and trains on the prompt ids, completion ids and `env_mask` it returns (0 on
+observation tokens: out of the loss). `trl_code_rollout` below is that function, written as a TRL user
+would: each turn one batched `model.generate` (stop_strings=["[DONE]"]) over the live episodes, the same
+CodeEnv, observations appended as tokens. Its `logprobs` are zeros: without vLLM TRL never reads them.
+Both sides stop an action at "[DONE]", EOS or --new-tokens tokens and cut observations to --obs-tokens.
+Env turns are counted on both sides and printed. With a random model most actions do not parse, so the
+sandbox runs little (benchmarks/code_sandbox.py measures it); the comparison is of the trainers.
 
 GPU section (--gpu): a ~0.5B-parameter Qwen2-shaped model (Qwen2-0.5B's shape: 24 layers, hidden 896,
 MLP 4864, 14 heads, 2 KV heads, vocab 151936, tied embeddings) built from a config (no download).
@@ -59,12 +79,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout without `pip install -e .`
 sys.path.insert(0, str(ROOT / "benchmarks"))  # so the env below is importable as "vs_trl" in the subprocess
 
+from envs import code  # noqa: E402
 from envs.lookup import LookupEnv, LookupParams, load_tasks, sample_text  # noqa: E402
 from envs.registry import EnvSpec  # noqa: E402
 
@@ -75,12 +97,46 @@ class NoStopLookup(LookupEnv):
     stop_strings: list[str] = []
 
 
-ENV_SPEC = EnvSpec(LookupParams, NoStopLookup, load_tasks, sample_text)
+class NoStopCode(code.CodeEnv):
+    """One CoCoS attempt without the "[DONE]" stop string (TRL's own generation has no stop strings)."""
+
+    stop_strings: list[str] = []
+
+
+@dataclass
+class BenchParams:
+    task: str = "code"  # code: CoCoS's MBPP-style prompts (about 100 tokens); lookup: 3-token prompts
+
+
+CODE = code.CodeParams(dataset="synthetic", max_turns=1)
+
+
+def make_bench_env(p: BenchParams):
+    if p.task == "lookup":
+        return NoStopLookup(LookupParams(max_turns=1))
+    return NoStopCode(1, "none", False, code.sandbox_config(CODE))
+
+
+def bench_tasks(p: BenchParams, split: str):
+    return load_tasks(LookupParams(max_turns=1), split) if p.task == "lookup" else code.load_tasks(CODE, split)
+
+
+def bench_text(p: BenchParams) -> list[str]:
+    return sample_text(LookupParams()) if p.task == "lookup" else code.sample_text(CODE)
+
+
+ENV_SPEC = EnvSpec(BenchParams, make_bench_env, bench_tasks, bench_text)
 
 
 def lookup_score(text: str, answer: str) -> float:
     """The score NoStopLookup.step gives an action (the outcome reward of a one-turn episode)."""
     return float(text.split(".")[0].strip() == answer)
+
+
+def code_score(env, task, text: str) -> float:
+    """The score a one-turn CoCoS episode gets: the fraction of the task's tests the code passes."""
+    env.reset(task)
+    return env.step(text).info["score"]
 
 
 def parse_args():
@@ -90,7 +146,7 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps of each run")
     p.add_argument("--tasks", type=int, default=8, help="prompts per step")
     p.add_argument("--group", type=int, default=8, help="completions per prompt (GRPO group)")
-    p.add_argument("--new-tokens", type=int, default=16, help="max generated tokens per completion")
+    p.add_argument("--new-tokens", type=int, default=64, help="max generated tokens per completion (per action, multi-turn)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each run (1: steadier on a shared machine)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--layers", type=int, default=2)
@@ -101,7 +157,11 @@ def parse_args():
     p.add_argument("--vocab", type=int, default=512)
     p.add_argument("--ours", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for our side (e.g. rollout.env_timeout_s=0); repeatable")
-    p.add_argument("--multi-turn", action="store_true", help="report TRL's multi-turn support and exit")
+    p.add_argument("--task", choices=["code", "lookup"], default="code",
+                   help="single-turn prompts: code (CoCoS's, ~100 tokens) or lookup (3 tokens: overhead-bound)")
+    p.add_argument("--multi-turn", action="store_true", help="compare on 2-turn code-correction episodes instead")
+    p.add_argument("--turns", type=int, default=2, help="multi-turn: attempts per episode")
+    p.add_argument("--obs-tokens", type=int, default=64, help="multi-turn: an observation is cut to this many tokens")
     p.add_argument("--gpu", action="store_true", help="run only the GPU section")
     p.add_argument("--gpu-batch", type=int, default=32)
     p.add_argument("--gpu-seq", type=int, default=1024)
@@ -128,16 +188,25 @@ def run_ours(args) -> dict:
     from rl.trainer import Trainer
 
     run_dir = tempfile.mkdtemp(prefix="vs_trl-ours-")
+    if args.multi_turn:
+        task = [
+            "env.name=code",
+            f"env.params={{dataset: synthetic, max_turns: {args.turns}, feedback: none}}",
+            f"rollout.max_turns={args.turns}",
+            f"rollout.max_obs_tokens={args.obs_tokens}",
+            "rollout.max_total_tokens=2048",
+            "reward=[{name: outcome}]",
+        ]
+    else:
+        task = ["env.name=vs_trl", f"env.params={{task: {args.task}}}", f"rollout.max_total_tokens={args.new_tokens + 512}"]
     cfg = load_config(
         ROOT / "configs/lookup.yaml",
         [
             f"model.path={args.model_dir}",
-            "env.name=vs_trl",
-            "env.params={max_turns: 1}",
+            *task,
             f"rollout.tasks_per_step={args.tasks}",
             f"rollout.group_size={args.group}",
             f"rollout.max_turn_tokens={args.new_tokens}",
-            f"rollout.max_total_tokens={args.new_tokens + 64}",
             "rollout.temperature=1.0",
             "rollout.top_p=1.0",
             "rollout.top_k=0",
@@ -158,7 +227,7 @@ def run_ours(args) -> dict:
         ],
     )
     trainer = Trainer(cfg)
-    times, cpu, tokens = [], [], []
+    times, cpu, tokens, turns = [], [], [], []
     prof = None
     for step in range(1, args.steps + 1):
         if args.profile and step == args.warmup + 1:
@@ -170,7 +239,9 @@ def run_ours(args) -> dict:
         metrics = trainer.train_step(trainer.submit(step))
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-        tokens.append(round(metrics["episodes/policy_tokens"] * (metrics["episodes/count"] - metrics["episodes/failed"])))
+        played = metrics["episodes/count"] - metrics["episodes/failed"]
+        tokens.append(round(metrics["episodes/policy_tokens"] * played))
+        turns.append(round(metrics["episodes/turns"] * played))
         breakdown = {k: metrics[k] for k in ("time/rollout_wait", "time/update", "time/sync")}
         if step > args.warmup:
             for k, v in breakdown.items():
@@ -180,7 +251,7 @@ def run_ours(args) -> dict:
         print_profile(prof)
     opt_steps = trainer.learner.scheduler.last_epoch  # scheduler.step() once per optimizer step
     trainer.close()
-    return {"times": times, "cpu": cpu, "tokens": tokens, "opt_steps": opt_steps,
+    return {"times": times, "cpu": cpu, "tokens": tokens, "turns": turns, "opt_steps": opt_steps,
             "breakdown": {k: statistics.median(v) for k, v in trainer_breakdown.items()}}
 
 
@@ -196,12 +267,31 @@ def run_trl(args) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     hf_logging.set_verbosity_error()
-    tasks = load_tasks(LookupParams(max_turns=1), "train")
-    # Our TaskSampler takes --tasks distinct tasks per step; TRL's sampler takes --tasks distinct prompts per batch.
-    dataset = Dataset.from_list([{"prompt": t.prompt, "answer": t.metadata["answer"]} for t in tasks])
+    turns: list[int] = []
+    if args.multi_turn:
+        params = code.CodeParams(dataset="synthetic", max_turns=args.turns, feedback="none")
+        tasks = code.load_tasks(params, "train")
+        dataset = Dataset.from_list([{"prompt": t.prompt} for t in tasks])
+        rollout_func = trl_code_rollout(args, params, {t.prompt: t for t in tasks}, turns)
 
-    def reward(completions, answer, **kwargs):
-        return [lookup_score(c, a) for c, a in zip(completions, answer)]
+        def reward(completions, final_score, **kwargs):
+            return final_score
+    elif args.task == "lookup":
+        tasks = bench_tasks(BenchParams("lookup"), "train")
+        # Our TaskSampler takes --tasks distinct tasks per step; TRL's sampler takes --tasks distinct prompts per batch.
+        dataset = Dataset.from_list([{"prompt": t.prompt, "answer": t.metadata["answer"]} for t in tasks])
+        rollout_func = None
+
+        def reward(completions, answer, **kwargs):
+            return [lookup_score(c, a) for c, a in zip(completions, answer)]
+    else:
+        tasks = bench_tasks(BenchParams("code"), "train")
+        dataset = Dataset.from_list([{"prompt": t.prompt, "index": i} for i, t in enumerate(tasks)])
+        env = make_bench_env(BenchParams("code"))
+        rollout_func = None
+
+        def reward(completions, index, **kwargs):
+            return [code_score(env, tasks[i], c) for c, i in zip(completions, index)]
 
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="vs_trl-trl-"),
@@ -209,7 +299,7 @@ def run_trl(args) -> dict:
         gradient_accumulation_steps=1,
         num_generations=args.group,
         num_iterations=1,
-        max_completion_length=args.new_tokens,
+        max_completion_length=args.turns * (args.new_tokens + args.obs_tokens) if args.multi_turn else args.new_tokens,
         temperature=1.0,
         top_p=1.0,
         top_k=0,
@@ -225,6 +315,7 @@ def run_trl(args) -> dict:
         max_steps=args.steps,
         bf16=False,
         fp16=False,
+        gradient_checkpointing=False,  # TRL's GRPOConfig turns it on by default; ours is off: same work means off on both
         use_cpu=True,
         use_vllm=False,
         model_init_kwargs={"dtype": torch.float32},
@@ -257,12 +348,62 @@ def run_trl(args) -> dict:
             if logs and "completions/mean_length" in logs:
                 tokens.append(round(logs["completions/mean_length"] * args.tasks * args.group))
 
-    trainer = GRPOTrainer(model=args.model_dir, reward_funcs=reward, args=config, train_dataset=dataset, callbacks=[Clock()])
+    trainer = GRPOTrainer(model=args.model_dir, reward_funcs=reward, args=config, train_dataset=dataset, callbacks=[Clock()],
+                          rollout_func=rollout_func)
     trainer.train()
     if prof[0]:
         prof[0].disable()
         print_profile(prof[0])
-    return {"times": times, "cpu": cpu, "tokens": tokens, "opt_steps": trainer.state.global_step, "breakdown": {}}
+    return {"times": times, "cpu": cpu, "tokens": tokens, "turns": turns, "opt_steps": trainer.state.global_step, "breakdown": {}}
+
+
+def trl_code_rollout(args, params, task_of_prompt: dict, turns: list[int]):
+    """TRL's `rollout_func` for the code-correction episode: batched generate per turn, CodeEnv steps."""
+    import torch
+    from transformers import GenerationConfig
+
+    def rollout_func(prompts: list[str], trainer) -> dict:
+        tok = trainer.processing_class
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        gen_cfg = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new_tokens,
+                                   stop_strings=code.CodeEnv.stop_strings, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        envs = [code.make_env(params) for _ in prompts]
+        prompt_ids = [tok.encode(env.reset(task_of_prompt[p]), add_special_tokens=False) for env, p in zip(envs, prompts)]
+        completion = [[] for _ in prompts]
+        env_mask = [[] for _ in prompts]
+        final_score = [0.0] * len(prompts)
+        live, played, done = list(range(len(prompts))), 0, set()
+        for turn in range(args.turns):
+            contexts = [prompt_ids[i] + completion[i] for i in live]
+            width = max(map(len, contexts))
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(c)) + c for c in contexts])
+            attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=attention, generation_config=gen_cfg, tokenizer=tok)
+            for row, i in enumerate(live):
+                action_ids = out[row, width:].tolist()
+                if tok.eos_token_id in action_ids:  # EOS ends the action; after "[DONE]" it is generate's padding
+                    end = action_ids.index(tok.eos_token_id)
+                    stopped = any(s in tok.decode(action_ids[:end]) for s in code.CodeEnv.stop_strings)
+                    action_ids = action_ids[: end if stopped else end + 1]
+                completion[i] += action_ids
+                env_mask[i] += [1] * len(action_ids)
+                result = envs[i].step(tok.decode(action_ids, skip_special_tokens=True))
+                played += 1
+                final_score[i] = result.info["score"]
+                if result.done:
+                    done.add(i)
+                else:
+                    obs = tok.encode(result.observation, add_special_tokens=False)[: args.obs_tokens]
+                    completion[i] += obs
+                    env_mask[i] += [0] * len(obs)
+            live = [i for i in live if i not in done]
+        turns.append(played)
+        logprobs = [[0.0] * len(c) for c in completion]
+        return {"prompt_ids": prompt_ids, "completion_ids": completion, "logprobs": logprobs, "env_mask": env_mask,
+                "final_score": final_score}
+
+    return rollout_func
 
 
 def print_profile(prof) -> None:
@@ -270,7 +411,7 @@ def print_profile(prof) -> None:
     import pstats
 
     s = io.StringIO()
-    pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(30)
+    pstats.Stats(prof, stream=s).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(30)
     print(s.getvalue(), file=sys.stderr)
 
 
@@ -298,18 +439,22 @@ def compare(args) -> None:
     model_dir = tempfile.mkdtemp(prefix="vs_trl-model-")
     tiny = TinyModelConfig(layers=args.layers, hidden=args.hidden, intermediate=args.intermediate, heads=args.heads,
                            kv_heads=args.kv_heads, vocab_size=args.vocab)
-    build_tiny_model(model_dir, sample_text(LookupParams()), tiny, seed=0)
+    text = bench_text(BenchParams("code" if args.multi_turn else args.task))
+    build_tiny_model(model_dir, text, tiny, seed=0)
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
     import transformers
     import trl
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads per run {args.threads}")
+    episode = (f"{args.turns}-turn code-correction episodes (actions <= {args.new_tokens} tokens, observations <= {args.obs_tokens})"
+               if args.multi_turn else f"{args.task} prompts, completions of <= {args.new_tokens} tokens")
     print(f"model {n_params / 1e6:.2f}M params, vocab {len(AutoTokenizer.from_pretrained(model_dir))}; per step "
-          f"{args.tasks} prompts x {args.group} completions of <= {args.new_tokens} tokens; {args.steps} steps per run "
+          f"{args.tasks} prompts x {args.group} {episode}; {args.steps} steps per run "
           f"({args.warmup} untimed), {args.runs} runs per system, alternating; our overrides: {' '.join(args.ours) or 'none'}")
     passthrough = ["--steps", args.steps, "--warmup", args.warmup, "--tasks", args.tasks, "--group", args.group,
                    "--new-tokens", args.new_tokens, "--threads", args.threads, "--lr", args.lr, "--model-dir", model_dir,
+                   "--turns", args.turns, "--obs-tokens", args.obs_tokens, "--task", args.task, *(["--multi-turn"] if args.multi_turn else []),
                    *[x for o in args.ours for x in ("--ours", o)]]
     results: dict[str, list[dict]] = {"ours": [], "trl": []}
     for r in range(args.runs):
@@ -336,37 +481,25 @@ def compare(args) -> None:
             "tokens": sum(n for res in runs for n in res["tokens"]),
             "timed_tokens": sum(toks),
             "opt_steps": sum(res["opt_steps"] for res in runs),
+            "turns": sum(n for res in runs for n in res["turns"]) if args.multi_turn else None,
             "timed_steps": len(times),
         }
-    print(f"\n{'system':<22}{'step (s)':>10}{'CPU s/step':>12}{'gen tok/s':>11}{'peak RSS (MB)':>15}{'gen tokens':>12}{'opt steps':>11}{'timed steps':>13}")
+    turns_col = f"{'env turns':>11}" if args.multi_turn else ""
+    print(f"\n{'system':<22}{'step (s)':>10}{'CPU s/step':>12}{'gen tok/s':>11}{'peak RSS (MB)':>15}{'gen tokens':>12}{turns_col}{'opt steps':>11}{'timed steps':>13}")
     for system, name in (("ours", "selfcorrect"), ("trl", f"TRL GRPOTrainer {trl.__version__}")):
         x = rows[system]
-        print(f"{name:<22}{x['step']:>10.3f}{x['cpu']:>12.3f}{x['tok_s']:>11.0f}{x['rss']:>15.0f}{x['tokens']:>12}{x['opt_steps']:>11}{x['timed_steps']:>13}")
+        turns = f"{x['turns']:>11}" if args.multi_turn else ""
+        print(f"{name:<22}{x['step']:>10.3f}{x['cpu']:>12.3f}{x['tok_s']:>11.0f}{x['rss']:>15.0f}{x['tokens']:>12}{turns}{x['opt_steps']:>11}{x['timed_steps']:>13}")
     o, t = rows["ours"], rows["trl"]
     ratio = o["step"] / t["step"]
+    turns = f"{o['turns'] / t['turns']:>11.2f}" if args.multi_turn else ""
     print(f"{'ratio ours/TRL':<22}{ratio:>10.3f}{o['cpu'] / t['cpu']:>12.3f}{o['tok_s'] / t['tok_s']:>11.2f}{o['rss'] / t['rss']:>15.2f}"
-          f"{o['tokens'] / t['tokens']:>12.3f}{o['opt_steps'] / t['opt_steps']:>11.2f}")
-    print(f"\nstep-time target: ours <= 0.8 x TRL (aim 0.5): {'PASS' if ratio <= 0.8 else 'FAIL'} (wall-time ratio {ratio:.3f}; "
+          f"{o['tokens'] / t['tokens']:>12.3f}{turns}{o['opt_steps'] / t['opt_steps']:>11.2f}")
+    kind = "multi-turn" if args.multi_turn else "single-turn"
+    print(f"\n{kind} step-time target: ours <= 0.8 x TRL (aim 0.5): {'PASS' if ratio <= 0.8 else 'FAIL'} (wall-time ratio {ratio:.3f}; "
           f"CPU-time ratio {o['cpu'] / t['cpu']:.3f}, the steadier one on a shared machine)")
     bd = {k: statistics.median(res["breakdown"][k] for res in results["ours"]) for k in results["ours"][0]["breakdown"]}
     print("ours, median per step: " + ", ".join(f"{k} {v:.3f}s" for k, v in bd.items()))
-
-
-# ---------------------------------------------------------------- multi-turn support in the installed TRL
-
-
-def multi_turn_report() -> None:
-    import inspect
-
-    import trl
-    from trl import GRPOTrainer
-
-    params = inspect.signature(GRPOTrainer.__init__).parameters
-    found = [name for name in ("tools", "environment_factory", "rollout_func") if name in params]
-    print(f"TRL {trl.__version__} GRPOTrainer multi-turn arguments: {', '.join(found) or 'none'}")
-    print("tools / environment_factory: turns happen only when the model writes a tool call that the chat template's"
-          " response schema parses;\nour code env is env-driven (every action gets feedback). With a randomly initialised"
-          " tiny model TRL would run one turn, so no like-for-like timing is made (see the docstring).")
 
 
 # ---------------------------------------------------------------- GPU section
@@ -477,14 +610,12 @@ if __name__ == "__main__":
         worker_main(ARGS)
     elif ARGS.gpu or ARGS.gpu_smoke:
         gpu_section(ARGS)
-    elif ARGS.multi_turn:
-        multi_turn_report()
     else:
         compare(ARGS)
-        multi_turn_report()
         import torch
 
-        if torch.cuda.is_available():
-            gpu_section(ARGS)
-        else:
-            print("\nGPU section: skipped (no CUDA device); run `python benchmarks/vs_trl.py --gpu` on a GPU machine")
+        if not ARGS.multi_turn:
+            if torch.cuda.is_available():
+                gpu_section(ARGS)
+            else:
+                print("\nGPU section: skipped (no CUDA device); run `python benchmarks/vs_trl.py --gpu` on a GPU machine")

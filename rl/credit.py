@@ -45,8 +45,9 @@ def episode_rewards(ep: Episode, algo) -> tuple[list[float], float]:
 
 def token_rewards(episodes: list[Episode], algo) -> torch.Tensor:
     """[B, T] float64: every reward on the last sampled token of the turn (or episode) that earned it."""
-    out = pad([[0.0] * len(ep.token_ids) for ep in episodes])
-    for b, ep in enumerate(episodes):
+    rows = []
+    for ep in episodes:
+        row = [0.0] * len(ep.token_ids)
         process, outcome = episode_rewards(ep, algo)
         ends = turn_end_positions(ep)
         last = max(ends.values(), default=None)
@@ -54,10 +55,11 @@ def token_rewards(episodes: list[Episode], algo) -> torch.Tensor:
             # A turn that sampled nothing passes its reward to the last token sampled before it.
             pos = max((t for k, t in ends.items() if k <= turn), default=None)
             if pos is not None:
-                out[b, pos] += r
+                row[pos] += r
         if last is not None:
-            out[b, last] += outcome
-    return out
+            row[last] += outcome
+        rows.append(row)
+    return pad(rows)  # built as lists, then one tensor: per-element tensor writes cost more than the rest of this
 
 
 def judge_mask(ep: Episode, tokenizer, tag: str = "judge") -> list[int]:

@@ -86,9 +86,12 @@ class HFEngine:
         self.device = torch.device(device)
         self.eos_ids = set(_eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
-        self._enders: dict[tuple[str, ...], set[int]] = {}  # see _stop_enders
+        self._tables: dict[tuple[str, ...], torch.Tensor] = {}  # see _token_table
         # transformers renamed `past_key_values` to `cache` during 5.x; take whichever this version has.
-        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        forward_args = inspect.signature(model.forward).parameters
+        self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        # Only the last position's logits are sampled from: skip the LM head on the rest of the prompt.
+        self.last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
 
     @torch.no_grad()
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
@@ -126,6 +129,8 @@ class HFEngine:
             attention[i, prompt_len - len(r.prompt_ids) :] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp_(min=0)
+        if bool(attention.all()):
+            attention = None  # no row is padded: plain causal attention, and no mask to build at every step
         # Each request draws all its uniforms from its own seed up front, as many as it may
         # use (so they depend on nothing else in the batch); padded to [B, max_steps].
         max_steps = max(r.max_new_tokens for r in requests)
@@ -134,50 +139,75 @@ class HFEngine:
             uniforms[i, : r.max_new_tokens] = torch.rand(r.max_new_tokens, generator=torch.Generator().manual_seed(r.seed))
         stop_window = max((len(s.encode()) for s in params.stop), default=0) + 1  # tokens that can hold a stop string
 
-        out_ids: list[list[int]] = [[] for _ in requests]
-        out_logprobs: list[list[float]] = [[] for _ in requests]
-        finish: list[str | None] = [None] * batch
         cache = DynamicCache()
-        logits = self._forward(input_ids, attention, positions, cache)
+        # A GRPO group repeats one prompt: prefill each distinct prompt once, then give every row its copy.
+        first_row: dict[tuple[int, ...], int] = {}
+        copy_of = [first_row.setdefault(tuple(r.prompt_ids), i) for i, r in enumerate(requests)]
+        distinct = sorted(first_row.values())
+        if len(distinct) < batch:
+            slot = {row: k for k, row in enumerate(distinct)}
+            expand = torch.tensor([slot[row] for row in copy_of], device=self.device)
+            logits = self._forward(input_ids[distinct], attention if attention is None else attention[distinct], positions[distinct], cache)[expand]
+            cache.reorder_cache(expand)
+        else:
+            logits = self._forward(input_ids, attention, positions, cache)
+
+        # Finished rows are found with tensor lookups; only a row whose last token can end a stop
+        # string has its tail decoded. Rows go on being sampled until all are done (one batch).
+        vocab = logits.shape[-1]
+        is_eos = self._token_table(("eos",), vocab, lambda: self.eos_ids)
+        can_stop = self._token_table(("stop", *params.stop), vocab, lambda: self._stop_enders(params.stop)) if params.stop else None
+        limits = torch.tensor([r.max_new_tokens for r in requests])
+        sampled = torch.zeros((batch, max_steps), dtype=torch.long)
+        sampled_logprobs = torch.zeros((batch, max_steps))
+        running = torch.ones(batch, dtype=torch.bool)
+        length = [max_steps] * batch
+        finish: list[str | None] = [None] * batch
         for step in range(max_steps):
             tokens, logprobs = sample_tokens(logits, params, uniforms[:, step])
-            tokens_list, logprobs_list = tokens.tolist(), logprobs.tolist()
-            for i, r in enumerate(requests):
-                if finish[i] is not None:
-                    continue
-                out_ids[i].append(tokens_list[i])
-                out_logprobs[i].append(logprobs_list[i])
-                finish[i] = self._finished(out_ids[i], r.max_new_tokens, params.stop, stop_window)
-            if all(f is not None for f in finish):
+            tokens_cpu = tokens.cpu()
+            sampled[:, step], sampled_logprobs[:, step] = tokens_cpu, logprobs.cpu()
+            eos = running & is_eos[tokens_cpu]
+            stopped = torch.zeros_like(eos)
+            if can_stop is not None:
+                for i in (running & ~eos & can_stop[tokens_cpu]).nonzero()[:, 0].tolist():
+                    tail = self.tokenizer.decode(sampled[i, max(0, step + 1 - stop_window) : step + 1].tolist())
+                    stopped[i] = any(stop in tail for stop in params.stop)
+            at_limit = running & ~eos & ~stopped & (limits <= step + 1)
+            for reason, rows in (("eos", eos), ("stop", stopped), ("length", at_limit)):
+                for i in rows.nonzero()[:, 0].tolist():
+                    finish[i], length[i] = reason, step + 1
+            running &= ~(eos | stopped | at_limit)
+            if not running.any():
                 break
-            attention = torch.cat([attention, attention.new_ones((batch, 1))], dim=1)
+            if attention is not None:
+                attention = torch.cat([attention, attention.new_ones((batch, 1))], dim=1)
             positions = positions[:, -1:] + 1
             logits = self._forward(tokens[:, None], attention, positions, cache)
-        return [Generation(ids, lps, f or "length") for ids, lps, f in zip(out_ids, out_logprobs, finish)]
+        return [
+            Generation(sampled[i, :n].tolist(), sampled_logprobs[i, :n].tolist(), f or "length")
+            for i, (n, f) in enumerate(zip(length, finish))
+        ]
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **{self.cache_arg: cache})
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                         **{self.cache_arg: cache}, **self.last_logits_only)
         return out.logits[:, -1, :].float()  # [B, V]
 
-    def _stop_enders(self, stop: tuple[str, ...]) -> set[int]:
+    def _stop_enders(self, stop: list[str]) -> list[int]:
         """Token ids that can complete one of `stop`: their text holds a stop string's last character
-        (or is a partial UTF-8 byte). Only after such a token is the tail decoded; computed once."""
-        if stop not in self._enders:
-            last = {s[-1] for s in stop}
-            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-            self._enders[stop] = {i for i, t in enumerate(texts) if "\ufffd" in t or any(c in t for c in last)}
-        return self._enders[stop]
+        (or is a partial UTF-8 byte). Only after such a token is the tail decoded."""
+        last = {s[-1] for s in stop}
+        texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        return [i for i, t in enumerate(texts) if "\ufffd" in t or any(c in t for c in last)]
 
-    def _finished(self, ids: list[int], max_new: int, stop: list[str], window: int) -> str | None:
-        if ids[-1] in self.eos_ids:
-            return "eos"
-        if stop and ids[-1] in self._stop_enders(tuple(stop)):
-            tail = self.tokenizer.decode(ids[-window:])
-            if any(s in tail for s in stop):
-                return "stop"
-        if len(ids) >= max_new:
-            return "length"
-        return None
+    def _token_table(self, key: tuple[str, ...], vocab: int, ids) -> torch.Tensor:
+        """[vocab] bool, True on the token ids `ids()` gives; computed once per key."""
+        if key not in self._tables:
+            table = torch.zeros(vocab, dtype=torch.bool)
+            table[[i for i in ids() if i < vocab]] = True
+            self._tables[key] = table
+        return self._tables[key]
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

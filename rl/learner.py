@@ -8,12 +8,13 @@ Master weights stay float32; on CUDA the forward pass runs under bf16 autocast.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from rl import algos
 from rl.credit import ESTIMATORS
@@ -102,14 +103,20 @@ class Learner:
         self.temperature = temperature
         self.device = resolve_device(cfg.device)
         self.model = load_model(model_path, self.device)
+        # Logits (the LM head and its softmax) are needed only from the first policy token on.
+        forward_args = inspect.signature(self.model.forward).parameters
+        self.can_skip_logits = "logits_to_keep" in forward_args
+        self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed during transformers 5.x
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model.train()
         self.ref_model = None
         if algo.kl_coef > 0:
             self.ref_model = load_model(ref_path or model_path, self.device).eval().requires_grad_(False)
+        # One fused kernel for all parameters (CPU and CUDA have one): on a small model the per-tensor loop costs 5x more.
+        self.fused_adam = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+            self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, **self.fused_adam
         )
         warmup = cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
@@ -120,7 +127,7 @@ class Learner:
             self.value_head = ValueHead(self.model.config.hidden_size).to(self.device)
             params = list(self.value_head.parameters()) + (list(self.critic_model.parameters()) if self.critic_model else [])
             self.critic_optimizer = torch.optim.AdamW(
-                params, lr=algo.critic_lr or cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+                params, lr=algo.critic_lr or cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, **self.fused_adam
             )
 
     # ------------------------------------------------------------ batches
@@ -141,16 +148,68 @@ class Learner:
             return out.pin_memory().to(self.device, non_blocking=True)
         return out
 
-    def _forward_logprobs(self, model, token_ids: torch.Tensor, bf16: bool | None = None, temperature: float | None = None, hidden: bool = False):
+    def _forward_logprobs(self, model, token_ids: torch.Tensor, bf16: bool | None = None, temperature: float | None = None,
+                          hidden: bool = False, start: int = 1):
         """[B, T] float32 logprobs of right-padded `token_ids` (padding only follows real tokens,
         and attention is causal, so no real token ever sees padding: no attention mask is needed).
+        Columns before `start` (prompt tokens no loss reads) are 0, and their logits are not computed.
         hidden=True: also the last hidden states [B, T, H] (for the value head)."""
         if bf16 is None:
             bf16 = self.cfg.bf16 and self.device.type == "cuda"
+        start = max(1, start) if self.can_skip_logits and model is self.model else 1
+        keep = {"logits_to_keep": token_ids.shape[1] - start + 1} if start > 1 else {}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(input_ids=token_ids, use_cache=False, output_hidden_states=hidden)
-        lp = algos.token_logprobs(out.logits, token_ids, self.temperature if temperature is None else temperature)
+            out = model(input_ids=token_ids, use_cache=False, output_hidden_states=hidden, **keep)
+        # out.logits covers positions start-1 .. T-1: the logits that predict tokens start .. T-1 (and one past the end).
+        lp = algos.token_logprobs(out.logits, token_ids[:, start - 1 :], self.temperature if temperature is None else temperature)
+        lp = torch.nn.functional.pad(lp, (start - 1, 0))  # [B, T]
         return (lp, out.hidden_states[-1]) if hidden else lp
+
+    def _shared_prompt_logprobs(self, part: list[Episode], width: int) -> torch.Tensor | None:
+        """[b, width] logprobs of the episodes' tokens, as _forward_logprobs gives them (0 on prompt columns),
+        computing each distinct prompt once; None when no prompt repeats in `part`.
+
+        A GRPO group's episodes share their prompt. The prompt runs once, left-padded, with its
+        keys/values kept in the autograd graph; they are copied to every episode of its group and
+        the rest of each episode runs on top of them, so the gradients of all copies add up in the
+        one prompt pass. Same logprobs and gradients as the full forward, with fewer tokens.
+        """
+        prompt_len = [ep.loss_mask.index(1) if 1 in ep.loss_mask else 0 for ep in part]
+        if min(prompt_len) < 1 or self.cfg.gradient_checkpointing:  # checkpointed layers run without a KV cache
+            return None
+        first_row: dict[tuple[int, ...], int] = {}
+        copy_of = [first_row.setdefault(tuple(ep.token_ids[:n]), i) for i, (ep, n) in enumerate(zip(part, prompt_len))]
+        distinct = sorted(first_row.values())
+        if len(distinct) == len(part):
+            return None
+        slot = {row: k for k, row in enumerate(distinct)}
+        expand = torch.tensor([slot[row] for row in copy_of], device=self.device)  # [b] -> its prompt's row
+        longest = max(prompt_len)
+        prompt_ids = torch.zeros((len(distinct), longest), dtype=torch.long)
+        prompt_attention = torch.zeros((len(distinct), longest), dtype=torch.long)
+        for k, row in enumerate(distinct):
+            n = prompt_len[row]
+            prompt_ids[k, longest - n :] = torch.tensor(part[row].token_ids[:n])
+            prompt_attention[k, longest - n :] = 1
+        prompt_ids, prompt_attention = prompt_ids.to(self.device), prompt_attention.to(self.device)
+        rest_ids = self._pad([ep.token_ids[n:] for ep, n in zip(part, prompt_len)], 0, torch.long)  # [b, C], right-padded
+        offsets = torch.tensor(prompt_len, device=self.device)[:, None]  # [b, 1]
+        rest_positions = offsets + torch.arange(rest_ids.shape[1], device=self.device)  # [b, C]
+        cache = DynamicCache()
+        keep_last = {"logits_to_keep": 1} if self.can_skip_logits else {}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16 and self.device.type == "cuda"):
+            prompt_out = self.model(input_ids=prompt_ids, attention_mask=prompt_attention, position_ids=(prompt_attention.cumsum(-1) - 1).clamp(min=0),
+                                    use_cache=True, **{self.cache_arg: cache}, **keep_last)
+            cache.reorder_cache(expand)  # index_select: differentiable, so the copies' gradients sum into the prompt
+            attention = torch.cat([prompt_attention[expand], torch.ones_like(rest_ids)], dim=1)  # right padding follows real tokens only
+            rest_logits = self.model(input_ids=rest_ids, attention_mask=attention, position_ids=rest_positions, use_cache=True, **{self.cache_arg: cache}).logits
+        # The prompt's last logits predict each rest's first token; rest logits j predict rest token j + 1.
+        logits = torch.cat([prompt_out.logits[:, -1:][expand], rest_logits[:, :-1]], dim=1).float()  # [b, C, V]
+        if self.temperature not in (0.0, 1.0):
+            logits = logits / self.temperature
+        rest_logp = logits.gather(-1, rest_ids[..., None])[..., 0] - logits.logsumexp(-1)  # [b, C]
+        column = torch.arange(width, device=self.device) - offsets  # [b, width]: index into rest, < 0 on the prompt
+        return rest_logp.gather(1, column.clamp(0, rest_ids.shape[1] - 1)) * (column >= 0)
 
     def _values(self, token_ids: torch.Tensor, policy_hidden: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T] critic values; `policy_hidden`: the policy's last hidden states when the head shares its backbone."""
@@ -255,10 +314,13 @@ class Learner:
             mask = self._pad([ep.loss_mask for ep in part], 0, torch.float32)
             adv = self._pad(advantages[rows], 0.0, torch.float32)
             hidden = None
+            first_policy_token = min((ep.loss_mask.index(1) for ep in part if 1 in ep.loss_mask), default=1)
             if critic and self.critic_model is None:
-                logp, hidden = self._forward_logprobs(self.model, ids, hidden=True)
+                logp, hidden = self._forward_logprobs(self.model, ids, hidden=True, start=first_policy_token)
             else:
-                logp = self._forward_logprobs(self.model, ids)
+                logp = self._shared_prompt_logprobs(part, ids.shape[1])
+                if logp is None:
+                    logp = self._forward_logprobs(self.model, ids, start=first_policy_token)
             old_logp = self._pad(old[rows], 0.0, torch.float32) if old is not None else logp.detach()
             if algo.policy_loss == "gspo":
                 token_loss, clipped = algos.gspo_loss(logp, old_logp, adv, mask, algo.clip_low, algo.clip_high)

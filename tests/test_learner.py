@@ -48,6 +48,31 @@ def test_micro_batch_1x8_equals_8x1(tiny_model_dir, batch, loss_agg):
         assert torch.allclose(g1[name], g8[name], rtol=1e-4, atol=1e-6), name
 
 
+def test_shared_prompt_forward_gives_the_full_forward_logprobs_and_gradients(tiny, tiny_model_dir):
+    # Two GRPO groups of 4 (prompts of different lengths), multi-turn: observations sit inside the rest.
+    model, tok = tiny
+    tasks = [Task("a", "what is kalu", {"answer": "blue"}), Task("b", "what is kalu red red red", {"answer": "blue"})]
+    items = [(task, g, 10 * g + k) for g, task in enumerate(tasks) for k in range(4)]
+    episodes = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(LookupParams(max_turns=3)), items, RolloutConfig(max_turn_tokens=6))
+    assert any(0 in ep.loss_mask[ep.loss_mask.index(1):] for ep in episodes)  # an observation after the first action
+    gen = torch.Generator().manual_seed(0)
+    advantages = [torch.randn((), generator=gen) * torch.tensor(ep.loss_mask, dtype=torch.float32) for ep in episodes]
+    results = []
+    for micro in (1, 8):  # one episode per micro-batch: nothing to share; all eight: two prompt passes for eight episodes
+        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), AlgoConfig(), temperature=0.7)
+        old = [lp + 0.2 for lp in learner.logprobs([ep.token_ids for ep in episodes])]
+        stats = learner.accumulate(episodes, advantages, old=old)
+        results.append((stats, grads(learner)))
+    shared = learner._shared_prompt_logprobs(episodes, max(len(ep.token_ids) for ep in episodes))
+    full = learner._forward_logprobs(learner.model, learner._pad([ep.token_ids for ep in episodes], 0, torch.long))
+    mask = learner._pad([ep.loss_mask for ep in episodes], 0, torch.float32)
+    assert shared is not None and torch.allclose(shared * mask, full * mask, atol=1e-5)
+    (s1, g1), (s8, g8) = results
+    assert float(s1["loss"]) == pytest.approx(float(s8["loss"]), rel=1e-5, abs=1e-7)
+    for name in g1:
+        assert torch.allclose(g1[name], g8[name], rtol=1e-4, atol=1e-6), name
+
+
 def test_update_steps_the_optimizer_and_reports_first_ratio_one(tiny_model_dir, batch):
     episodes, advantages = batch
     learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-3, warmup_steps=4), AlgoConfig(), temperature=1.0)
