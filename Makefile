@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/workers.py
 	$(PY) benchmarks/vs_trl.py
 	$(PY) benchmarks/vs_trl.py --task lookup --new-tokens 16
-	$(PY) benchmarks/vs_trl.py --multi-turn
+	$(PY) benchmarks/vs_trl.py --multi-turn --new-tokens 32
 	$(PY) benchmarks/code_sandbox.py
 	$(PY) benchmarks/retrieval.py
 	$(PY) benchmarks/reward_lab.py
