@@ -52,7 +52,8 @@ env-driven episode is `rollout_func` (how TRL's OpenEnv integration runs environ
 with the step's prompts and trains on the prompt ids, completion ids and `env_mask` it returns (0 on
 observation tokens: out of the loss). `trl_code_rollout` below is that function, written as a TRL user
 would: each turn one batched `model.generate` (stop_strings=["[DONE]"]) over the live episodes, the same
-CodeEnv, observations appended as tokens. Its `logprobs` are zeros: without vLLM TRL never reads them.
+CodeEnv, observations appended as tokens. Its `logprobs` are zeros: without vLLM, and with
+`off_policy_mask_threshold` unset (the default), TRL never reads them.
 Both sides stop an action at "[DONE]", EOS or --new-tokens tokens and cut observations to --obs-tokens.
 Env turns are counted on both sides and printed. With a random model most actions do not parse, so the
 sandbox runs little (benchmarks/code_sandbox.py measures it); the comparison is of the trainers.
