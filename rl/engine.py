@@ -87,6 +87,9 @@ class HFEngine:
         self.eos_ids = set(_eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._tables: dict[tuple[str, ...], torch.Tensor] = {}  # see _token_table
+        # (cache, tokens each row holds, first column of each row) of the last generate: the next turn of
+        # the same episodes continues from it. Dropped by a weight update.
+        self._previous = None
         # transformers renamed `past_key_values` to `cache` during 5.x; take whichever this version has.
         forward_args = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"
@@ -102,6 +105,7 @@ class HFEngine:
             raise ValueError(f"update_weights: unknown parameters, e.g. {sorted(unknown)[:3]}")
         for name, tensor in weights.items():
             params[name].copy_(tensor)
+        self._previous = None
 
     @torch.no_grad()
     def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -120,17 +124,6 @@ class HFEngine:
         if not requests:
             return []
         batch = len(requests)
-        prompt_len = max(len(r.prompt_ids) for r in requests)
-        # Left-pad so every row's next token sits in the last column.
-        input_ids = torch.full((batch, prompt_len), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, prompt_len), dtype=torch.long)
-        for i, r in enumerate(requests):
-            input_ids[i, prompt_len - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            attention[i, prompt_len - len(r.prompt_ids) :] = 1
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        positions = (attention.cumsum(-1) - 1).clamp_(min=0)
-        if bool(attention.all()):
-            attention = None  # no row is padded: plain causal attention, and no mask to build at every step
         # Each request draws all its uniforms from its own seed up front, as many as it may
         # use (so they depend on nothing else in the batch); padded to [B, max_steps].
         max_steps = max(r.max_new_tokens for r in requests)
@@ -138,19 +131,8 @@ class HFEngine:
         for i, r in enumerate(requests):
             uniforms[i, : r.max_new_tokens] = torch.rand(r.max_new_tokens, generator=torch.Generator().manual_seed(r.seed))
         stop_window = max((len(s.encode()) for s in params.stop), default=0) + 1  # tokens that can hold a stop string
-
-        cache = DynamicCache()
-        # A GRPO group repeats one prompt: prefill each distinct prompt once, then give every row its copy.
-        first_row: dict[tuple[int, ...], int] = {}
-        copy_of = [first_row.setdefault(tuple(r.prompt_ids), i) for i, r in enumerate(requests)]
-        distinct = sorted(first_row.values())
-        if len(distinct) < batch:
-            slot = {row: k for k, row in enumerate(distinct)}
-            expand = torch.tensor([slot[row] for row in copy_of], device=self.device)
-            logits = self._forward(input_ids[distinct], attention if attention is None else attention[distinct], positions[distinct], cache)[expand]
-            cache.reorder_cache(expand)
-        else:
-            logits = self._forward(input_ids, attention, positions, cache)
+        # Token t of row i (prompt, then sampled tokens) sits in cache column first_column[i] + t.
+        logits, cache, attention, positions, first_column = self._continue_previous(requests) or self._prefill(requests)
 
         # Finished rows are found with tensor lookups; only a row whose last token can end a stop
         # string has its tail decoded. Rows go on being sampled until all are done (one batch).
@@ -163,6 +145,7 @@ class HFEngine:
         running = torch.ones(batch, dtype=torch.bool)
         length = [max_steps] * batch
         finish: list[str | None] = [None] * batch
+        step = 0
         for step in range(max_steps):
             tokens, logprobs = sample_tokens(logits, params, uniforms[:, step])
             tokens_cpu = tokens.cpu()
@@ -184,10 +167,83 @@ class HFEngine:
                 attention = torch.cat([attention, attention.new_ones((batch, 1))], dim=1)
             positions = positions[:, -1:] + 1
             logits = self._forward(tokens[:, None], attention, positions, cache)
+        # The last sampled token of the loop was never fed back: the cache holds `step` sampled tokens per row.
+        in_cache = [r.prompt_ids + sampled[i, : min(n, step)].tolist() for i, (r, n) in enumerate(zip(requests, length))]
+        self._previous = (cache, in_cache, first_column)
         return [
             Generation(sampled[i, :n].tolist(), sampled_logprobs[i, :n].tolist(), f or "length")
             for i, (n, f) in enumerate(zip(length, finish))
         ]
+
+    def _prefill(self, requests: list[Request]):
+        """A fresh KV cache for the prompts: (last logits [B, V], cache, attention mask or None, positions, first columns)."""
+        batch = len(requests)
+        prompt_len = max(len(r.prompt_ids) for r in requests)
+        # Left-pad so every row's next token sits in the last column.
+        input_ids = torch.full((batch, prompt_len), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((batch, prompt_len), dtype=torch.long)
+        for i, r in enumerate(requests):
+            input_ids[i, prompt_len - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            attention[i, prompt_len - len(r.prompt_ids) :] = 1
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp_(min=0)
+        first_column = [prompt_len - len(r.prompt_ids) for r in requests]
+        if bool(attention.all()):
+            attention = None  # no row is padded: plain causal attention, and no mask to build at every step
+        cache = DynamicCache()
+        # A GRPO group repeats one prompt: prefill each distinct prompt once, then give every row its copy.
+        first_row: dict[tuple[int, ...], int] = {}
+        copy_of = [first_row.setdefault(tuple(r.prompt_ids), i) for i, r in enumerate(requests)]
+        distinct = sorted(first_row.values())
+        if len(distinct) < batch:
+            slot = {row: k for k, row in enumerate(distinct)}
+            expand = torch.tensor([slot[row] for row in copy_of], device=self.device)
+            logits = self._forward(input_ids[distinct], attention if attention is None else attention[distinct], positions[distinct], cache)[expand]
+            cache.reorder_cache(expand)
+        else:
+            logits = self._forward(input_ids, attention, positions, cache)
+        return logits, cache, attention, positions, first_column
+
+    def _continue_previous(self, requests: list[Request]):
+        """Like _prefill, reusing the previous call's KV cache when every request extends one of its rows
+        (the next turn of the same episodes): only the tokens after the cached ones (the observation,
+        a chat template's wrapping) are run. None when some request extends none."""
+        if self._previous is None:
+            return None
+        old_cache, old_rows, old_first = self._previous
+        self._previous = None  # used once: the rows it matches are now this call's
+        by_length: dict[int, dict[tuple[int, ...], int]] = {}
+        for row, tokens in enumerate(old_rows):
+            by_length.setdefault(len(tokens), {})[tuple(tokens)] = row
+        source, cached = [], []
+        for r in requests:
+            ids = tuple(r.prompt_ids)
+            match = next(((rows[ids[:n]], n) for n, rows in sorted(by_length.items(), reverse=True) if n <= len(ids) and ids[:n] in rows), None)
+            if match is None:
+                return None
+            source.append(match[0])
+            cached.append(min(match[1], len(ids) - 1))  # at least one token runs, for the next-token logits
+        total = torch.tensor([len(r.prompt_ids) for r in requests])
+        width = int(total.max())
+        new = max(len(r.prompt_ids) - n for r, n in zip(requests, cached))  # columns to run; the rest come from the cache
+        token_index = torch.arange(width)[None, :] - (width - total)[:, None]  # [B, width]: < 0 on left padding
+        tokens = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(requests):
+            tokens[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+        # Column c of row i takes old column old_first[source i] + token index: the same token, the same position.
+        rows = torch.tensor(source)
+        columns = (torch.tensor(old_first)[rows][:, None] + token_index[:, : width - new]).clamp_(min=0).to(self.device)
+        rows = rows.to(self.device)
+        cache = DynamicCache()
+        for layer, old in enumerate(old_cache.layers):
+            keys, values = old.keys.index_select(0, rows), old.values.index_select(0, rows)
+            pick = columns[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+            cache.update(keys.gather(2, pick), values.gather(2, pick), layer)
+        attention = (token_index >= 0).long().to(self.device)
+        positions = token_index.clamp(min=0).to(self.device)
+        logits = self._forward(tokens[:, width - new :].to(self.device), attention, positions[:, width - new :], cache)
+        return logits, cache, attention, positions, (width - total).tolist()
+
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,

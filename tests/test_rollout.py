@@ -126,6 +126,27 @@ def test_learner_logprobs_match_sampling_logprobs(tiny, tiny_model_dir):
     assert n_policy > 50
 
 
+def test_later_turns_continue_the_cached_keys_and_values(tiny, tiny_model_dir, monkeypatch):
+    # Turn 2 on runs only the new tokens on top of turn 1's cache; what it samples must still be the
+    # model's distribution over the whole sequence, as the learner computes it from scratch.
+    continued = []
+    original = HFEngine._continue_previous
+    monkeypatch.setattr(HFEngine, "_continue_previous", lambda self, requests: continued.append(original(self, requests)) or continued[-1])
+    engine, formatter = engine_for(tiny)
+    params = LookupParams(max_turns=4)
+    tasks = load_tasks(params, "train")[:2]
+    items = [(t, g, 10 * g + k) for g, t in enumerate(tasks) for k in range(3)]  # groups: shared prompts, then diverging
+    episodes = rollout(engine, formatter, lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=5))
+    assert len(continued) == 4 and continued[0] is None and all(c is not None for c in continued[1:])
+    recomputed = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs([ep.token_ids for ep in episodes])
+    for ep, lp in zip(episodes, recomputed):
+        mask = torch.tensor(ep.loss_mask, dtype=torch.bool)
+        assert (lp[mask] - torch.tensor(ep.logprobs)[mask]).abs().max() < 1e-4
+    engine.update_weights({})  # a weight update drops the cache: the next call starts afresh
+    engine.generate([Request(episodes[0].token_ids + [1], 2, seed=0)], SamplingParams())
+    assert continued[-1] is None
+
+
 def test_limits_cut_observations_never_the_prompt(tiny):
     engine, formatter = engine_for(tiny)
     cfg = RolloutConfig(max_turn_tokens=4, max_obs_tokens=7, max_total_tokens=40, max_turns=10)
