@@ -78,7 +78,12 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.
 
 
 class HFEngine:
-    """Batched sampling with a `transformers` causal LM and a KV cache."""
+    """Batched sampling with a `transformers` causal LM and a KV cache.
+
+    A GRPO group's shared prompt is prefilled once. The cache of the last call is kept until the next
+    call or a weight update: a request that extends one of its rows (the next turn of the same episode)
+    runs only its new tokens on top of it, the observation instead of the whole history.
+    """
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu"):
         self.model = model.to(device).eval()
