@@ -220,10 +220,11 @@ class HFEngine:
         by_length: dict[int, dict[tuple[int, ...], int]] = {}
         for row, tokens in enumerate(old_rows):
             by_length.setdefault(len(tokens), {})[tuple(tokens)] = row
+        longest_first = sorted(by_length.items(), reverse=True)
         source, cached = [], []
         for r in requests:
             ids = tuple(r.prompt_ids)
-            match = next(((rows[ids[:n]], n) for n, rows in sorted(by_length.items(), reverse=True) if n <= len(ids) and ids[:n] in rows), None)
+            match = next(((rows[ids[:n]], n) for n, rows in longest_first if n <= len(ids) and ids[:n] in rows), None)
             if match is None:
                 return None
             source.append(match[0])
@@ -248,7 +249,6 @@ class HFEngine:
         positions = token_index.clamp(min=0).to(self.device)
         logits = self._forward(tokens[:, width - new :].to(self.device), attention, positions[:, width - new :], cache)
         return logits, cache, attention, positions, (width - total).tolist()
-
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
