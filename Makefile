@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m rl train configs/lookup.yaml
+	$(PY) -m rl demo configs/tiny_code.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -3,7 +3,7 @@
     python -m rl train CONFIG [key=value ...]                  # (tiny model build,) SFT warm start if sft.steps > 0, RL, eval
     python -m rl sft CONFIG [key=value ...]                    # only the SFT stage: RUN_DIR/sft/model
     python -m rl eval CONFIG --checkpoint PATH [--out FILE]    # held-out metrics of any checkpoint, as JSON
-    python -m rl demo CONFIG [CONFIG ...] [key=value ...]      # train each, SFT vs RL side by side
+    python -m rl demo CONFIG [CONFIG ...] [key=value ...] [--seeds 0 1 2]   # train each, SFT vs RL side by side
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--out", default="", help="JSON file for the metrics (default: eval.json beside the checkpoint)")
     demo = sub.add_parser("demo", help="train each config, then evaluate its SFT and RL checkpoints side by side")
     demo.add_argument("configs", nargs="+", help="YAML config files, then key=value overrides applied to every one")
+    demo.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (in RUN_DIR/seed_N), then mean and range")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from rl.demo import main as demo_main
 
-            demo_main(configs, overrides)
+            demo_main(configs, overrides, args.seeds)
         else:
             return _train(cfgs[0])
     except (ValueError, FileNotFoundError) as e:

@@ -3,15 +3,20 @@ both checkpoints are evaluated on the same held-out tasks.
 
     python -m rl demo configs/tiny_search.yaml configs/tiny_code.yaml
     python -m rl demo configs/tiny_code.yaml steps=4 sft.steps=10      # overrides apply to every config
+    python -m rl demo configs/tiny_code.yaml --seeds 0 1 2             # one run per seed, then mean and range
 
 Prints, per world, the SFT and RL checkpoints' metrics side by side, then the wall time
 of each stage; writes the same to RUN_DIR/demo.json. Each run directory also holds the
-training curves (reward.png, eval.png) and every evaluated episode.
+training curves (reward.png, eval.png) and every evaluated episode. With several seeds
+each runs in RUN_DIR/seed_N, and a last table gives, per metric, the mean and the range
+(min..max) over seeds of SFT, RL and their difference: the run-to-run spread that an
+improvement has to beat.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -55,13 +60,39 @@ def report(result: dict, env_name: str) -> str:
     return f"== {result['config']}  ({result['run_dir']}, held-out tasks: {result['rl']['episodes/count']:.0f})\n{table}\nwall time: {stages}"
 
 
-def main(configs: list[str], overrides: list[str]) -> list[dict]:
-    results = []
+def seed_summary(results: list[dict], env_name: str) -> str:
+    """Mean and range over the seeds' runs of one config, for SFT, RL and RL - SFT."""
+    keys = [k for k in MAIN_METRICS.get(env_name, ["reward/mean", "score/first_turn", "score/last_turn"]) if k in results[0]["rl"]]
+    lines = [f"== {results[0]['config']} over {len(results)} seeds: mean [min .. max]"]
+    for k in keys:
+        cells = []
+        for values in ([r["sft"][k] for r in results], [r["rl"][k] for r in results], [r["rl"][k] - r["sft"][k] for r in results]):
+            values = [v for v in values if not math.isnan(v)]  # e.g. confidence: undefined with no right first attempt
+            cells.append(f"{sum(values) / len(values):7.3f} [{min(values):.3f} .. {max(values):.3f}]" if values else f"{'nan':>7}{'':19}")
+            cells[-1] += "" if len(values) == len(results) else f" ({len(values)} seeds)"
+        lines.append(f"{k:<22}" + "   ".join(cells))
+    return "\n".join([lines[0], f"{'':<22}{'SFT':<27}{'RL':<27}RL - SFT", *lines[1:]])
+
+
+def main(configs: list[str], overrides: list[str], seeds: list[int] | None = None) -> list[dict]:
+    results, summaries = [], []
     for config in configs:
-        results.append(run_one(config, overrides))
-        print(report(results[-1], load_config(config, overrides).env.name), flush=True)
+        env_name = load_config(config, overrides).env.name
+        if not seeds:
+            results.append(run_one(config, overrides))
+            print(report(results[-1], env_name), flush=True)
+            continue
+        base = load_config(config, overrides).run_dir
+        runs = []
+        for seed in seeds:
+            runs.append(run_one(config, overrides + [f"seed={seed}", f"run_dir={Path(base) / f'seed_{seed}'}"]))
+            print(report(runs[-1], env_name), flush=True)
+        results += runs
+        summaries.append(seed_summary(runs, env_name))
     if len(results) > 1:
         print("\n" + "\n\n".join(report(r, load_config(r["config"], overrides).env.name) for r in results))
+    if summaries:
+        print("\n" + "\n\n".join(summaries))
     total = sum(r["timings"]["total"] for r in results)
     print(f"\ndemo done in {total:.0f}s; curves: " + ", ".join(str(Path(r["run_dir"]) / "reward.png") for r in results))
     return results

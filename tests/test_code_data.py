@@ -71,6 +71,10 @@ def test_synthetic_tasks_are_seeded_distinct_and_solved_by_their_references():
     add = synthetic.make_problem(synthetic.TEMPLATES[0], 7, random.Random(0))
     assert add.text == "Write a function add_7(x) that returns x plus 7." and add.reference == "def add_7(x):\n    return x + 7\n"
     assert all(t.startswith("assert add_7(") for t in add.tests) and len(set(add.tests)) == 3
+    every = synthetic.generate(467, seed=0)  # every (template, k) pair: numbers up to 99 where they make sense
+    assert len({q.task_id for q in every}) == 467 and "synthetic/add_99" in {q.task_id for q in every}
+    with pytest.raises(ValueError, match="at most 467"):
+        synthetic.generate(468, seed=0)
     with Sandbox(SandboxConfig(workers=2)) as sb:
         verdicts = evaluate(sb, [(q.reference, q.setup, q.checks) for q in a])
     assert all(v.status == "passed" for vs in verdicts for v in vs)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from envs.base import Trajectory
 from envs.code import CodeParams, load_tasks, make_env, problems, sample_text
 from envs.code.env import REQUEST, extract_code, first_prompt
@@ -27,6 +29,17 @@ def test_prompts_follow_cocos():
         "You are an expert Python programmer, and here is your task: Write f. Your code should pass these tests:\n\n"
         "assert f(1) == 1\nassert f(2) == 2\n\n[BEGIN]\n"
     )
+
+
+def test_short_prompts_for_tiny_models():
+    p = CodeParams(synthetic_problems=4, max_turns=2, prompt="short")
+    q, task_id = synthetic_task(p)
+    task = next(t for t in load_tasks(p, "train") if t.id == task_id)
+    assert task.prompt == f"Task: {q.text}\n[BEGIN]\n"
+    first, _ = play(p, task_id, q.reference + "[DONE]", q.reference + "[DONE]")
+    assert first.observation == "\nThere might be an error. Rewrite the solution.\n[CORRECT]\n" and first.info["score"] == 1.0
+    with pytest.raises(ValueError, match="prompt must be one of"):
+        load_tasks(CodeParams(prompt="long"), "train")
 
 
 def play(params: CodeParams, task_id: str, *actions):

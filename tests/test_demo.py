@@ -6,7 +6,7 @@ from pathlib import Path
 import ray
 
 from rl.cli import main as cli_main
-from rl.demo import main as demo_main
+from rl.demo import main as demo_main, seed_summary
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -42,3 +42,13 @@ def test_shortened_demo_on_both_worlds(tmp_path, capsys, request):
     assert cli_main(["eval", *code_args, "--checkpoint", str(tmp_path / "code" / "sft" / "model"), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["metrics"]["acc_t1"] == results[1]["sft"]["acc_t1"]
     assert (tmp_path / "sft_eval_episodes.jsonl").read_text().count("\n") == 6
+
+
+def test_seed_summary_gives_mean_and_range_of_sft_rl_and_their_difference():
+    runs = [{"config": "tiny_code.yaml", "sft": {"acc_t1": sft, "acc_tT": sft}, "rl": {"acc_t1": rl, "acc_tT": rl + 0.1}}
+            for sft, rl in ((0.2, 0.5), (0.4, 0.5), (0.3, 0.8))]
+    lines = seed_summary(runs, "code").splitlines()
+    assert "over 3 seeds" in lines[0]
+    row = next(line for line in lines if line.startswith("acc_t1 "))
+    assert "0.300 [0.200 .. 0.400]" in row and "0.600 [0.500 .. 0.800]" in row and "0.300 [0.100 .. 0.500]" in row
+    assert "0.400 [0.200 .. 0.600]" in next(line for line in lines if line.startswith("acc_tT "))  # RL - SFT of acc_tT

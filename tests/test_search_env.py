@@ -15,7 +15,7 @@ from envs.search import SearchParams, load_tasks, make_env, sample_text, shared_
 from envs.search.bm25 import BM25Index
 from envs.search.env import ANSWER_NOW, INVALID, SearchEnv, format_passages, parse_action
 from envs.search.qa import BAMBOOGLE, load_questions
-from envs.search.world import WorldConfig, build_world, write_world
+from envs.search.world import WorldConfig, build_world, make_questions, write_world
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,16 @@ def test_questions_follow_their_gold_passages(world):
         assert first_title in q["question"]  # the chain starts at an entity the question names
         for here, nxt in zip(gold, gold[1:]):  # each passage names the entity of the next hop
             assert docs[nxt].split("\n")[0].strip('"') in docs[here]
+
+
+def test_questions_can_be_limited_to_some_relations():
+    entities = build_world(WorldConfig(seed=3, people=20, hops=[1, 2]))
+    cfg = WorldConfig(seed=3, people=20, hops=[1, 2], questions=50, relations=["born_in", "mentor"])
+    questions = make_questions(entities, cfg)
+    assert questions and all(q["question"].startswith(("Where was", "Who was the mentor of")) for q in questions)
+    assert any(q["hops"] == 2 for q in questions)  # "Where was the mentor of X born?"
+    with pytest.raises(ValueError, match="unknown relations"):
+        build_world(WorldConfig(relations=["born"]))
 
 
 def test_distractors_share_a_surname_and_an_attribute():

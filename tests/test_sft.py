@@ -43,6 +43,14 @@ def test_search_demos_have_the_keep_and_fix_shapes(tmp_path):
     assert all(t.info["verdict"] == "yes" for d in keeps for t in d.turns if t.info["action"] == "judge")
 
 
+def test_search_demos_without_reasoning_judge_at_once(tmp_path):
+    demos = search_demos(_search_params(tmp_path, demo_reasoning=False), 60, seed=0, keep_share=0.4, hesitation=0.5)
+    judges = [t.action for d in demos for t in d.turns if t.info["action"] == "judge"]
+    assert "<judge>No</judge>" in judges and "<judge>Yes</judge>" in judges
+    # Only the hesitation-correction still thinks aloud: the doubt, then the right call.
+    assert {j for j in judges if "<think>" in j} and all(j.startswith("<think>Is this ") for j in judges if "<think>" in j)
+
+
 def test_code_mutants_change_one_thing():
     program = "def f(x):\n    return [v + 3 for v in x if v > 2]"
     found = mutants(program)

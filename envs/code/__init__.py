@@ -15,7 +15,7 @@ from functools import lru_cache
 
 from envs.base import Task
 from envs.code import data, synthetic
-from envs.code.env import DONE, CodeEnv, first_prompt, retry_request
+from envs.code.env import DONE, PROMPTS, CodeEnv, first_prompt, retry_request
 from envs.code.sandbox import SandboxConfig
 from envs.registry import EnvSpec
 from envs.code.demos import demonstrations
@@ -29,6 +29,7 @@ class CodeParams:
     synthetic_problems: int = 32  # synthetic tasks per split
     seed: int = 0  # seed of the synthetic tasks
     max_turns: int = 2  # attempts per episode (CoCoS trains with 2)
+    prompt: str = "cocos"  # "cocos": CoCoS's MBPP prompt and rewrite request; "short": the task alone and a one-line request (tiny models)
     feedback: str = "none"  # "none": CoCoS, no execution feedback; "tests": failing asserts and errors shown before each retry
     stop_when_correct: bool = False  # end the episode once every test passes (CoCoS always plays every turn)
     timeout_s: float = 3.0  # wall-clock limit per test (CoCoS: 3 s)
@@ -42,7 +43,7 @@ def sandbox_config(p: CodeParams) -> SandboxConfig:
 
 
 def make_env(p: CodeParams) -> CodeEnv:
-    return CodeEnv(p.max_turns, p.feedback, p.stop_when_correct, sandbox_config(p))
+    return CodeEnv(p.max_turns, p.feedback, p.stop_when_correct, sandbox_config(p), p.prompt)
 
 
 @lru_cache(maxsize=8)
@@ -60,21 +61,23 @@ def problems(p: CodeParams, split: str) -> list[data.Problem]:
     return found[: p.max_problems] if p.max_problems else found
 
 
-def to_task(q: data.Problem) -> Task:
+def to_task(q: data.Problem, prompt: str = "cocos") -> Task:
     task_id = q.task_id if "/" in q.task_id else f"{q.source}/{q.task_id}"
-    return Task(task_id, first_prompt(q.text, q.tests), {"tests": q.tests, "setup": q.setup, "names": q.names})
+    return Task(task_id, first_prompt(q.text, q.tests, prompt), {"tests": q.tests, "setup": q.setup, "names": q.names})
 
 
 def load_tasks(p: CodeParams, split: str) -> list[Task]:
-    return [to_task(q) for q in problems(p, split)]
+    if p.prompt not in PROMPTS:  # reject it now (the trainer loads tasks first), not in every episode's make_env
+        raise ValueError(f"code env: prompt must be one of {PROMPTS}, got {p.prompt!r}")
+    return [to_task(q, p.prompt) for q in problems(p, split)]
 
 
 def sample_text(p: CodeParams) -> list[str]:
     """Prompts, reference programs as answers, and the env's requests: what a tiny tokenizer should know."""
     out = []
     for q in problems(p, "train") + problems(p, "eval"):
-        out.append(first_prompt(q.text, q.tests) + q.reference.strip() + "\n" + DONE + retry_request() + q.reference.strip() + "\n" + DONE)
-    out.append(retry_request("Running the code above on the tests gave:\n# failed: returned\n# error: NameError"))
+        out.append(first_prompt(q.text, q.tests, p.prompt) + q.reference.strip() + "\n" + DONE + retry_request("", p.prompt) + q.reference.strip() + "\n" + DONE)
+    out.append(retry_request("Running the code above on the tests gave:\n# failed: returned\n# error: NameError", p.prompt))
     return out
 
 

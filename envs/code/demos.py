@@ -68,7 +68,7 @@ def demonstrations(p, n: int, seed: int, keep_share: float, hesitation: float) -
     env, rng = make_env(p), random.Random(seed)
     keeps, fixes = [], []
     for q in problems(p, "train"):
-        task, right = to_task(q), q.reference.strip()
+        task, right = to_task(q, p.prompt), q.reference.strip()
         keep = play(env, task, [right] * p.max_turns, [False] * p.max_turns)
         if keep.turns[-1].info["score"] != 1.0:
             continue  # a reference that fails its own tests teaches nothing

@@ -33,13 +33,21 @@ FEEDBACK_CHARS = 1500  # longest feedback block shown before the request
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
 
 
-def first_prompt(text: str, tests: list[str]) -> str:
-    """CoCoS's turn-1 prompt (MBPP format)."""
+SHORT_REQUEST = "There might be an error. Rewrite the solution."  # the same request in few tokens, for tiny models
+PROMPTS = ("cocos", "short")
+
+
+def first_prompt(text: str, tests: list[str], style: str = "cocos") -> str:
+    """CoCoS's turn-1 prompt (MBPP format), or for tiny models ("short") only the task."""
+    if style == "short":
+        return f"Task: {text}\n[BEGIN]\n"
     return f"You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n" + "\n".join(tests) + "\n\n[BEGIN]\n"
 
 
-def retry_request(feedback: str = "") -> str:
+def retry_request(feedback: str = "", style: str = "cocos") -> str:
     """What the env says after an attempt: the fixed request, preceded by test feedback when there is any."""
+    if style == "short":
+        return "\n" + (feedback + "\n" if feedback else "") + SHORT_REQUEST + "\n[CORRECT]\n"
     return "\n\n" + (feedback + "\n\n" if feedback else "") + REQUEST + "\n\n[CORRECT]\n"
 
 
@@ -64,10 +72,12 @@ def describe_failures(checks: list[Check], results: list[TestResult]) -> str:
 class CodeEnv:
     stop_strings = [DONE]
 
-    def __init__(self, max_turns: int, feedback: str, stop_when_correct: bool, sandbox_cfg: SandboxConfig):
+    def __init__(self, max_turns: int, feedback: str, stop_when_correct: bool, sandbox_cfg: SandboxConfig, prompt: str = "cocos"):
         if feedback not in ("none", "tests"):
             raise ValueError(f"code env: feedback must be 'none' or 'tests', got {feedback!r}")
-        self.max_turns, self.feedback, self.stop_when_correct = max_turns, feedback, stop_when_correct
+        if prompt not in PROMPTS:
+            raise ValueError(f"code env: prompt must be one of {PROMPTS}, got {prompt!r}")
+        self.max_turns, self.feedback, self.stop_when_correct, self.prompt = max_turns, feedback, stop_when_correct, prompt
         self.sandbox_cfg = sandbox_cfg  # the pool itself is shared and started on first use
         self.turn = 0
 
@@ -101,4 +111,4 @@ class CodeEnv:
         if done:
             return StepResult("", True, info)
         feedback = describe_failures(self.checks, results) if self.feedback == "tests" and n_passed < len(results) else ""
-        return StepResult(retry_request(feedback), False, info)
+        return StepResult(retry_request(feedback, self.prompt), False, info)

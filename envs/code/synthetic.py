@@ -22,16 +22,17 @@ class Template:
     body: str  # the reference function's return expression
     arg: str  # "int", "list" or "str": what inputs the asserts use
     fn: Callable  # (input, k) -> expected value
+    ks: range = range(2, 10)  # parameters it takes: wide where any k makes a sensible task, else single digits
 
 
 TEMPLATES = [
-    Template("add_{k}", "returns x plus {k}", "x + {k}", "int", lambda x, k: x + k),
-    Template("sub_{k}", "returns x minus {k}", "x - {k}", "int", lambda x, k: x - k),
-    Template("times_{k}", "returns x times {k}", "x * {k}", "int", lambda x, k: x * k),
-    Template("mod_{k}", "returns the remainder of x divided by {k}", "x % {k}", "int", lambda x, k: x % k),
+    Template("add_{k}", "returns x plus {k}", "x + {k}", "int", lambda x, k: x + k, range(2, 100)),
+    Template("sub_{k}", "returns x minus {k}", "x - {k}", "int", lambda x, k: x - k, range(2, 100)),
+    Template("times_{k}", "returns x times {k}", "x * {k}", "int", lambda x, k: x * k, range(2, 100)),
+    Template("mod_{k}", "returns the remainder of x divided by {k}", "x % {k}", "int", lambda x, k: x % k, range(2, 21)),
     Template("count_{k}", "returns how many times {k} appears in the list x", "x.count({k})", "list", lambda x, k: x.count(k)),
     Template("above_{k}", "returns the items of the list x that are greater than {k}", "[v for v in x if v > {k}]", "list", lambda x, k: [v for v in x if v > k]),
-    Template("plus_{k}_all", "returns the list x with {k} added to every item", "[v + {k} for v in x]", "list", lambda x, k: [v + k for v in x]),
+    Template("plus_{k}_all", "returns the list x with {k} added to every item", "[v + {k} for v in x]", "list", lambda x, k: [v + k for v in x], range(2, 100)),
     Template("first_{k}", "returns the first {k} items of the list x", "x[:{k}]", "list", lambda x, k: x[:k]),
     Template("repeat_{k}", "returns the string x repeated {k} times", "x * {k}", "str", lambda x, k: x * k),
     Template("tail_{k}", "returns the last {k} characters of the string x", "x[-{k}:]", "str", lambda x, k: x[-k:]),
@@ -63,9 +64,9 @@ def make_problem(t: Template, k: int, rng: random.Random) -> Problem:
 
 
 def generate(n: int, seed: int) -> list[Problem]:
-    """`n` distinct tasks (at most len(TEMPLATES) * 8), the same for the same seed."""
+    """`n` distinct tasks (at most the number of (template, k) pairs: 467), the same for the same seed."""
     rng = random.Random(seed)
-    pairs = [(t, k) for t in TEMPLATES for k in range(2, 10)]
+    pairs = [(t, k) for t in TEMPLATES for k in t.ks]
     if n > len(pairs):
         raise ValueError(f"synthetic: at most {len(pairs)} distinct tasks, asked for {n}")
     return [make_problem(t, k, rng) for t, k in rng.sample(pairs, n)]

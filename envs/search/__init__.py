@@ -58,6 +58,8 @@ class SearchParams:
     world_hops: list[int] = field(default_factory=lambda: [1, 2])  # data "world": hop counts (1-4) of the questions
     world_distractors: int = 0  # data "world": namesakes per person (shared surname and one attribute)
     world_questions: int = 200  # data "world": distinct questions to generate
+    world_relations: list[str] = field(default_factory=list)  # data "world": relations questions may follow, e.g. [born_in]; [] = all
+    demo_reasoning: bool = True  # scripted SFT demos restate the sentence they rely on in a <think> before judging (ReSeek)
 
 
 def _cache(p: SearchParams) -> Path:
@@ -66,7 +68,7 @@ def _cache(p: SearchParams) -> Path:
 
 def world_dir(p: SearchParams) -> Path:
     """The generated world of `p`'s knobs, written once under the cache directory."""
-    cfg = WorldConfig(p.world_seed, p.world_people, list(p.world_hops), p.world_distractors, p.world_questions)
+    cfg = WorldConfig(p.world_seed, p.world_people, list(p.world_hops), p.world_distractors, p.world_questions, list(p.world_relations))
     key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
     out = _cache(p) / "worlds" / key
     if not (out / "questions.jsonl").exists():

@@ -6,8 +6,9 @@ in the two shapes of the confidence/critique format, with AdvChain's corrections
 
     keep  the first call was right and is kept: search the right entity, restate in a <think>
           the sentence of the passage the next step needs (ReSeek asks for reasoning on new
-          information), <judge>Yes</judge>. A `hesitation` share first doubts the passage
-          ("Is this X? Yes.") and makes the right call anyway (AdvChain's hesitation-correction).
+          information; `demo_reasoning: false` leaves it out, for tiny models), <judge>Yes</judge>.
+          A `hesitation` share first doubts the passage ("Is this X? Yes.") and makes the
+          right call anyway (AdvChain's hesitation-correction).
     fix   at one hop the first search is for a tempting wrong entity (a namesake when the
           world has one), its information is judged No, and the right search follows
           (AdvChain's temptation-correction).
@@ -43,7 +44,8 @@ def _tempting(right: str, titles: dict[str, str], avoid: set[str], rng: random.R
     return rng.choice(namesakes) if namesakes else rng.choice(sorted(t for i, t in titles.items() if i not in avoid))
 
 
-def play(env, task: Task, titles: dict[str, str], fix_hop: int | None, hesitate: bool, rng: random.Random) -> Trajectory | None:
+def play(env, task: Task, titles: dict[str, str], fix_hop: int | None, hesitate: bool, reasoning: bool,
+         rng: random.Random) -> Trajectory | None:
     """One scripted episode, or None when the agent could not have seen what it needs (it would be guessing)."""
     trajectory = Trajectory(task)
     env.reset(task)
@@ -61,7 +63,7 @@ def play(env, task: Task, titles: dict[str, str], fix_hop: int | None, hesitate:
             info = act(f"<search>{wrong}</search>", mistake=True)
             if set(gold) & set(info["doc_ids"]) or contains_answer(info["information"], task.metadata["answers"]):
                 return None  # the "wrong" search found what was needed after all: not a mistake to correct
-            act(f"<think>{wrong} is not {titles[doc_id]}.</think><judge>No</judge>")
+            act((f"<think>{wrong} is not {titles[doc_id]}.</think>" if reasoning else "") + "<judge>No</judge>")
         info = act(f"<search>{titles[doc_id]}</search>")
         # What the next step needs must be in what the agent saw (observations are cut to max_obs_words).
         needed = [task.metadata["answers"][0]] if hop == len(gold) - 1 else [titles[gold[hop + 1]]]
@@ -72,8 +74,8 @@ def play(env, task: Task, titles: dict[str, str], fix_hop: int | None, hesitate:
         sentence = next((s for s in re.split(r"(?<=\.) ", text) if contains_answer(s, needed)), None)
         if sentence is None:  # only the passage's title names it: nothing to restate
             return None
-        doubt = f"Is this {titles[doc_id]}? Yes. " if hesitate else ""
-        act(f"<think>{doubt}{sentence.strip()}</think><judge>Yes</judge>")
+        thought = (f"Is this {titles[doc_id]}? Yes. " if hesitate else "") + (sentence.strip() if reasoning else "")
+        act((f"<think>{thought.strip()}</think>" if thought else "") + "<judge>Yes</judge>")
     info = act(f"<answer>{task.metadata['answers'][0]}</answer>")
     return trajectory if info["score"] == 1.0 else None
 
@@ -92,7 +94,7 @@ def demonstrations(p, n: int, seed: int, keep_share: float, hesitation: float) -
             break
         task = tasks[rng.randrange(len(tasks))]
         fix_hop = rng.randrange(len(task.metadata["gold_doc_ids"])) if rng.random() >= keep_share else None
-        trajectory = play(env, task, titles, fix_hop, fix_hop is None and rng.random() < hesitation, rng)
+        trajectory = play(env, task, titles, fix_hop, fix_hop is None and rng.random() < hesitation, p.demo_reasoning, rng)
         if trajectory is not None:
             out.append(trajectory)
     return out

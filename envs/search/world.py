@@ -40,6 +40,7 @@ class WorldConfig:
     hops: list[int] = field(default_factory=lambda: [1, 2])  # hop counts (1-4) questions are drawn from, uniformly
     distractors: int = 0  # namesakes per person: same surname, and same occupation, birth city or birth year
     questions: int = 200  # distinct questions to write (fewer if the world runs out)
+    relations: list[str] = field(default_factory=list)  # relations questions may follow (RELATIONS), e.g. [born_in]; [] = all
 
 
 _CONSONANTS = "bdfgklmnprstvz"
@@ -131,6 +132,9 @@ def build_world(cfg: WorldConfig) -> list[Entity]:
         raise ValueError(f"hops must be numbers in 1..4, got {cfg.hops}")
     if cfg.people < 4 or cfg.distractors < 0:
         raise ValueError("a world needs at least 4 people and distractors >= 0")
+    unknown = set(cfg.relations) - {r for _, r in RELATIONS}
+    if unknown:
+        raise ValueError(f"unknown relations {sorted(unknown)}; known: {sorted({r for _, r in RELATIONS})}")
     rng = random.Random(cfg.seed)
     names = _Names()
     n_countries = max(2, cfg.people // 20)
@@ -241,7 +245,8 @@ def make_questions(entities: list[Entity], cfg: WorldConfig) -> list[dict]:
         path, relations, here = [start], [], start
         for h in range(hops):
             options = [r for (kind, r), obj in RELATIONS.items() if kind == entities[here].kind and r in entities[here].facts
-                       and (obj is not None or h == hops - 1)]  # a year can only be the last hop
+                       and (obj is not None or h == hops - 1)  # a year can only be the last hop
+                       and (not cfg.relations or r in cfg.relations)]
             if not options:
                 break
             relation = rng.choice(options)
