@@ -77,12 +77,13 @@ def seed_summary(results: list[dict], env_name: str) -> str:
 def main(configs: list[str], overrides: list[str], seeds: list[int] | None = None) -> list[dict]:
     results, summaries = [], []
     for config in configs:
-        env_name = load_config(config, overrides).env.name
+        cfg = load_config(config, overrides)
+        env_name = cfg.env.name
         if not seeds:
             results.append(run_one(config, overrides))
             print(report(results[-1], env_name), flush=True)
             continue
-        base = load_config(config, overrides).run_dir
+        base = cfg.run_dir
         runs = []
         for seed in seeds:
             runs.append(run_one(config, overrides + [f"seed={seed}", f"run_dir={Path(base) / f'seed_{seed}'}"]))

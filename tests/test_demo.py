@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import ray
+import yaml
 
 from rl.cli import main as cli_main
 from rl.demo import main as demo_main, seed_summary
@@ -52,3 +53,14 @@ def test_seed_summary_gives_mean_and_range_of_sft_rl_and_their_difference():
     row = next(line for line in lines if line.startswith("acc_t1 "))
     assert "0.300 [0.200 .. 0.400]" in row and "0.600 [0.500 .. 0.800]" in row and "0.300 [0.100 .. 0.500]" in row
     assert "0.400 [0.200 .. 0.600]" in next(line for line in lines if line.startswith("acc_tT "))  # RL - SFT of acc_tT
+
+
+def test_demo_with_seeds_runs_each_seed_and_prints_the_spread(tmp_path, capsys):
+    lookup = str(CONFIGS / "lookup.yaml")
+    assert cli_main(["demo", lookup, "steps=2", "eval_every=0", "save_every=0", f"run_dir={tmp_path}", "--seeds", "0", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "over 2 seeds: mean [min .. max]" in printed and "score/last_turn" in printed
+    runs = [json.loads((tmp_path / f"seed_{s}" / "demo.json").read_text()) for s in (0, 1)]
+    assert all(r["rl"]["episodes/count"] == runs[0]["rl"]["episodes/count"] > 0 for r in runs)
+    for s in (0, 1):  # each run trained with its own seed, in its own directory
+        assert yaml.safe_load((tmp_path / f"seed_{s}" / "config.yaml").read_text())["seed"] == s
