@@ -12,7 +12,7 @@ Run directory layout:
     tb/                    TensorBoard events
     episodes/step_N.jsonl  every episode: turns as text with info, tokens, masks, logprobs, rewards
     base_model/            the tiny model built for this run (when model.path is empty)
-    sft/model/             the SFT warm start RL begins from (when sft.steps > 0); sft/sft_metrics.json
+    sft/model/             the SFT warm start RL begins from (when sft.steps > 0); sft/sft_metrics.json, sft/sft_probes.json
     reward.png, eval.png   reward (total and per component) and the eval metrics against steps
     timings.json           seconds per stage in the last invocation: model build, SFT, rollout, learner, weight sync, eval
     checkpoints/step_N/    model/ (a Hugging Face directory) and state.pt (optimizer, scheduler,

@@ -75,9 +75,19 @@ def test_synthetic_tasks_are_seeded_distinct_and_solved_by_their_references():
     assert len({q.task_id for q in every}) == 467 and "synthetic/add_99" in {q.task_id for q in every}
     with pytest.raises(ValueError, match="at most 467"):
         synthetic.generate(468, seed=0)
+    assert {synthetic.number(q) for q in every} == set(range(2, 100))
     with Sandbox(SandboxConfig(workers=2)) as sb:
         verdicts = evaluate(sb, [(q.reference, q.setup, q.checks) for q in a])
     assert all(v.status == "passed" for vs in verdicts for v in vs)
+
+
+def test_synthetic_max_k_keeps_a_subset_of_the_same_split():
+    from envs.code import CodeParams, problems
+
+    full = problems(CodeParams(synthetic_problems=100), "train")
+    small = problems(CodeParams(synthetic_problems=100, synthetic_max_k=20), "train")
+    assert small == [q for q in full if synthetic.number(q) <= 20] and 0 < len(small) < len(full)
+    assert not {q.task_id for q in small} & {q.task_id for q in problems(CodeParams(synthetic_problems=100), "eval")}
 
 
 def wrong_solution(reference: str) -> str:

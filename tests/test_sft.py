@@ -33,6 +33,9 @@ def test_search_demos_have_the_keep_and_fix_shapes(tmp_path):
         assert d.turns[-1].info["action"] == "answer" and d.turns[-1].info["score"] == 1.0
         searches = [t for t in d.turns if t.info["action"] == "search"]
         assert all(t.info["doc_ids"] for t in searches)  # real retrieval ran
+        # Search-R1's spacing: the query starts with the same space-prefixed token as the name in the question.
+        assert all(t.action == f"<search> {t.info['query']} </search>" for t in searches)
+        assert d.turns[-1].action == f"<answer> {d.turns[-1].info['answer']} </answer>"
     for d in fixes:  # temptation-correction: the wrong search, a No, then the right search judged Yes
         wrong = next(i for i, t in enumerate(d.turns) if t.info["demo"] == "mistake")
         assert d.turns[wrong].info["action"] == "search" and not d.turns[wrong].info["gold_doc_retrieved"]
@@ -130,6 +133,18 @@ def test_trl_labels_mask_everything_but_the_actions(tmp_path, tiny_model_dir):
     assert stats["sft/fix_share"] == 1.0 and stats["sft/examples"] == 2
 
 
+def test_cosine_schedule_decays_the_learning_rate_to_zero(tmp_path, tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = _code_cfg(tmp_path, "sft.steps=10", "sft.schedule=cosine")
+    examples, _ = sft_examples(cfg, tok, [_trajectory()] * 4)
+    trainer = make_trainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok, examples, tmp_path / "trl")
+    trainer.train()
+    rates = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert rates[0] > 0.5 * cfg.sft.lr and rates[-1] < 0.05 * cfg.sft.lr
+    with pytest.raises(ValueError, match="sft.schedule"):
+        make_trainer(_code_cfg(tmp_path, "sft.schedule=linear"), trainer.model, tok, examples, tmp_path / "trl")
+
+
 def test_warm_start_builds_a_tokenizer_on_the_demos_and_sft_learns_them(tmp_path):
     cfg = _code_cfg(tmp_path)
     path, timings = warm_start(cfg, tmp_path / "run")
@@ -154,3 +169,24 @@ def test_trajectory_text_is_what_the_model_reads_and_writes():
 def test_an_env_without_demos_needs_a_data_file():
     with pytest.raises(ValueError, match="no scripted demonstrations"):
         load_trajectories(load_config(None, ["env.name=lookup", "sft.steps=2"]))
+
+
+def test_sft_stops_at_the_first_check_where_greedy_play_on_rl_tasks_reaches_stop_score(tmp_path):
+    from pathlib import Path
+
+    from envs.lookup import LookupParams
+    from envs.lookup import load_tasks as lookup_tasks
+
+    # The right answer to every key of the lookup table, as an SFT file: a tiny model learns them in tens of steps.
+    data = tmp_path / "experts.jsonl"
+    data.write_text("".join(json.dumps(Trajectory(task, [Turn(f" {task.metadata['answer']}", "", {"score": 1.0})]).to_dict()) + "\n"
+                            for task in lookup_tasks(LookupParams(), "train")))
+    lookup = Path(__file__).resolve().parents[1] / "configs" / "lookup.yaml"
+    cfg = load_config(lookup, [f"run_dir={tmp_path / 'run'}", f"sft.data={data}", "sft.steps=300", "sft.lr=3e-3", "sft.warmup_steps=0",
+                               "sft.batch_size=8", "sft.stop_score=1.0", "sft.probe_every=5"])
+    path, _ = warm_start(cfg, tmp_path / "run")
+    probes = json.loads((path.parent / "sft_probes.json").read_text())
+    steps_run = json.loads((path.parent / "sft_metrics.json").read_text())["sft/steps_run"]
+    assert [step for step, _ in probes] == list(range(5, 5 * len(probes) + 1, 5))  # a check every probe_every steps
+    assert probes[-1][1] == 1.0 and all(score < 1.0 for _, score in probes[:-1])  # stopped at the first that reached it
+    assert steps_run == probes[-1][0] < 300

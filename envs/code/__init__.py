@@ -28,6 +28,7 @@ class CodeParams:
     max_problems: int = 0  # keep only the first N problems of each split (0 = all)
     synthetic_problems: int = 32  # synthetic tasks per split
     seed: int = 0  # seed of the synthetic tasks
+    synthetic_max_k: int = 0  # keep only synthetic tasks whose number is at most this (0 = all), e.g. SFT demos on small numbers
     max_turns: int = 2  # attempts per episode (CoCoS trains with 2)
     prompt: str = "cocos"  # "cocos": CoCoS's MBPP prompt and rewrite request; "short": the task alone and a one-line request (tiny models)
     feedback: str = "none"  # "none": CoCoS, no execution feedback; "tests": failing asserts and errors shown before each retry
@@ -58,6 +59,8 @@ def _problems(dataset: str, split: str, synthetic_problems: int, seed: int) -> t
 def problems(p: CodeParams, split: str) -> list[data.Problem]:
     dataset = p.eval_dataset if split == "eval" and p.eval_dataset else p.dataset
     found = list(_problems(dataset, split, p.synthetic_problems, p.seed))
+    if dataset == "synthetic" and p.synthetic_max_k:
+        found = [q for q in found if synthetic.number(q) <= p.synthetic_max_k]  # the split stays the same: a subset of it
     return found[: p.max_problems] if p.max_problems else found
 
 

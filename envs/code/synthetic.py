@@ -9,6 +9,7 @@ the template's own Python function, never by running generated code.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -61,6 +62,11 @@ def make_problem(t: Template, k: int, rng: random.Random) -> Problem:
     tests = [f"assert {name}({x!r}) == {t.fn(x, k)!r}" for x in inputs]
     text = f"Write a function {name}(x) that {t.text.format(k=k)}."
     return Problem(f"synthetic/{name}", text, tests, "", reference, name, "synthetic", defined_names(reference))
+
+
+def number(problem: Problem) -> int:
+    """The parameter k of a synthetic task: every template's name carries it ("add_7", "plus_7_all")."""
+    return int(re.search(r"_(\d+)", problem.entry_point).group(1))
 
 
 def generate(n: int, seed: int) -> list[Problem]:

@@ -13,6 +13,10 @@ in the two shapes of the confidence/critique format, with AdvChain's corrections
           world has one), its information is judged No, and the right search follows
           (AdvChain's temptation-correction).
 
+Queries and answers sit between spaces, as in Search-R1's "<search> query </search>": a
+name then starts with the same space-prefixed token as in the question or the passage it
+is copied from, so copying it is a token-for-token copy.
+
 Turns that are the mistake itself carry info["demo"] = "mistake", so a trainer can keep
 them as context without learning to make them.
 """
@@ -60,11 +64,11 @@ def play(env, task: Task, titles: dict[str, str], fix_hop: int | None, hesitate:
     for hop, doc_id in enumerate(gold):
         if hop == fix_hop:
             wrong = _tempting(titles[doc_id], titles, set(gold), rng)
-            info = act(f"<search>{wrong}</search>", mistake=True)
+            info = act(f"<search> {wrong} </search>", mistake=True)
             if set(gold) & set(info["doc_ids"]) or contains_answer(info["information"], task.metadata["answers"]):
                 return None  # the "wrong" search found what was needed after all: not a mistake to correct
             act((f"<think>{wrong} is not {titles[doc_id]}.</think>" if reasoning else "") + "<judge>No</judge>")
-        info = act(f"<search>{titles[doc_id]}</search>")
+        info = act(f"<search> {titles[doc_id]} </search>")
         # What the next step needs must be in what the agent saw (observations are cut to max_obs_words).
         needed = [task.metadata["answers"][0]] if hop == len(gold) - 1 else [titles[gold[hop + 1]]]
         if doc_id not in info["doc_ids"] or not contains_answer(info["information"], needed):
@@ -76,7 +80,7 @@ def play(env, task: Task, titles: dict[str, str], fix_hop: int | None, hesitate:
             return None
         thought = (f"Is this {titles[doc_id]}? Yes. " if hesitate else "") + (sentence.strip() if reasoning else "")
         act((f"<think>{thought.strip()}</think>" if thought else "") + "<judge>Yes</judge>")
-    info = act(f"<answer>{task.metadata['answers'][0]}</answer>")
+    info = act(f"<answer> {task.metadata['answers'][0]} </answer>")
     return trajectory if info["score"] == 1.0 else None
 
 
