@@ -15,7 +15,7 @@ A demo's wrong steps ("mistake" turns) stay context unless `sft.train_on_mistake
 With `sft.stop_score`, the warm start ends early, at the first check where greedy
 episodes on RL's train tasks reach that score. A tiny model learns to copy names and
 numbers from its context in a sudden jump whose step varies from seed to seed (550 to
-650 steps in the demo's search world); stopping on what the model can do rather than
+675 steps in the demo's search world); stopping on what the model can do rather than
 after a fixed step count hands RL a policy that already earns reward, whatever the seed.
 
 The result is a Hugging Face directory, `run_dir/sft/model`, that RL starts from.
