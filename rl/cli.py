@@ -2,7 +2,7 @@
 
     python -m rl train CONFIG [key=value ...]                  # (tiny model build,) SFT warm start if sft.steps > 0, RL, eval
     python -m rl sft CONFIG [key=value ...]                    # only the SFT stage: RUN_DIR/sft/model
-    python -m rl eval CONFIG --checkpoint PATH [--out FILE]    # held-out metrics of any checkpoint, as JSON
+    python -m rl eval CONFIG --checkpoint PATH [--out FILE] [--samples K]   # held-out metrics of any checkpoint, as JSON
     python -m rl demo CONFIG [CONFIG ...] [key=value ...] [--seeds 0 1 2]   # train each, SFT vs RL side by side
 """
 
@@ -23,11 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     for p in (train, sft):
         p.add_argument("config", help="YAML config file")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.lr=1e-5")
-    ev = sub.add_parser("eval", help="greedy evaluation of a checkpoint on the env's held-out tasks")
+    ev = sub.add_parser("eval", help="evaluation of a checkpoint on the env's held-out tasks (greedy, or --samples K)")
     ev.add_argument("config", help="YAML config file (env, rollout limits, rewards)")
     ev.add_argument("overrides", nargs="*", help="key=value overrides")
     ev.add_argument("--checkpoint", required=True, help="a Hugging Face model directory, e.g. RUN_DIR/checkpoints/step_000100/model")
     ev.add_argument("--out", default="", help="JSON file for the metrics (default: eval.json beside the checkpoint)")
+    ev.add_argument("--samples", type=int, default=0, help="sample K episodes per task at rollout.temperature and add pass@K (default: greedy)")
     demo = sub.add_parser("demo", help="train each config, then evaluate its SFT and RL checkpoints side by side")
     demo.add_argument("configs", nargs="+", help="YAML config files, then key=value overrides applied to every one")
     demo.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (in RUN_DIR/seed_N), then mean and range")
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             from rl.evaluate import main as evaluate_main
 
-            evaluate_main(cfgs[0], args.checkpoint, args.out)
+            evaluate_main(cfgs[0], args.checkpoint, args.out, args.samples)
         elif args.command == "demo":
             from rl.demo import main as demo_main
 

@@ -1,7 +1,8 @@
-"""Greedy evaluation on the held-out tasks, with each task's own metrics.
+"""Evaluation on the held-out tasks (greedy, or k samples each with pass@k), with each task's own metrics.
 
     python -m rl eval configs/tiny_search.yaml --checkpoint runs/tiny_search/sft/model
     python -m rl eval configs/tiny_code.yaml --checkpoint runs/tiny_code/checkpoints/step_000040/model --out eval.json
+    python -m rl eval configs/tiny_code.yaml --checkpoint runs/tiny_code/sft/model --samples 8   # sampled, and pass@8
 
 Every env gets reward, score and length statistics; search adds EM, F1, judge accuracy
 and searches per episode (rewards/search.py), code the self-correction metrics
@@ -29,9 +30,12 @@ def task_metrics(env_name: str, episodes) -> dict[str, float]:
     return fn(ok) if fn and ok else {}
 
 
-def evaluate(cfg, checkpoint: str | Path, episodes_out: str | Path | None = None) -> dict[str, float]:
+def evaluate(cfg, checkpoint: str | Path, episodes_out: str | Path | None = None, samples: int = 0) -> dict[str, float]:
     """Greedy episodes of the model at `checkpoint` on the eval tasks of `cfg`'s env, scored by its rewards.
 
+    With `samples` > 0, that many episodes per task are sampled at `rollout.temperature` instead, and
+    `pass@samples` is the share of tasks at least one of them solves (last-turn score 1): RL learns from
+    what its samples find, so pass@k above greedy accuracy is the room it has.
     With `episodes_out`, every episode is written there as JSONL (the trainer's episode format).
     """
     # Imported here: rl.trainer imports this module for its periodic evaluations.
@@ -42,11 +46,15 @@ def evaluate(cfg, checkpoint: str | Path, episodes_out: str | Path | None = None
     from rl.trainer import episode_metrics, episode_seed
     from rl.workers import LocalPool
 
+    if samples < 0:
+        raise ValueError(f"samples must be 0 (greedy) or a number of samples per task, got {samples}")
     spec = get_env_spec(cfg.env.name)
     tasks = spec.load_tasks(build_params(spec.params, cfg.env.params, "env.params"), "eval")
     pool = LocalPool(cfg.workers, str(checkpoint), cfg.env.name, cfg.env.params, cfg.rollout, str(resolve_device(cfg.learner.device)))
+    k = max(1, samples)
     try:
-        episodes = pool.rollout([(task, i, episode_seed(cfg.seed, 0, i)) for i, task in enumerate(tasks)], greedy=True).result()
+        items = [(task, i, episode_seed(cfg.seed, 0, i * k + j)) for i, task in enumerate(tasks) for j in range(k)]
+        episodes = pool.rollout(items, greedy=not samples).result()
     finally:
         pool.close()
     reward_fn = build_reward(cfg.reward)
@@ -55,7 +63,11 @@ def evaluate(cfg, checkpoint: str | Path, episodes_out: str | Path | None = None
             ep.reward = reward_fn(ep.trajectory)
     if episodes_out:
         Path(episodes_out).write_text("".join(json.dumps(ep.to_dict()) + "\n" for ep in episodes))
-    return {**episode_metrics(episodes), **task_metrics(cfg.env.name, episodes)}
+    metrics = {**episode_metrics(episodes), **task_metrics(cfg.env.name, episodes)}
+    if samples:
+        solved = [not ep.failed and ep.trajectory.turns[-1].info.get("score", 0.0) >= 1.0 for ep in episodes]
+        metrics[f"pass@{samples}"] = sum(any(solved[i * k:(i + 1) * k]) for i in range(len(tasks))) / len(tasks)
+    return metrics
 
 
 def format_table(columns: dict[str, dict[str, float]], keys: list[str] | None = None) -> str:
@@ -69,11 +81,11 @@ def format_table(columns: dict[str, dict[str, float]], keys: list[str] | None = 
     return "\n".join(lines)
 
 
-def main(cfg, checkpoint: str, out: str = "") -> dict[str, float]:
+def main(cfg, checkpoint: str, out: str = "", samples: int = 0) -> dict[str, float]:
     """`python -m rl eval`: writes the metrics to `out` (default: eval.json beside the checkpoint) and the episodes beside them."""
     path = Path(out) if out else Path(checkpoint).parent / "eval.json"
-    metrics = evaluate(cfg, checkpoint, path.with_name(path.stem + "_episodes.jsonl"))
+    metrics = evaluate(cfg, checkpoint, path.with_name(path.stem + "_episodes.jsonl"), samples)
     print(format_table({Path(checkpoint).parent.name or "checkpoint": metrics}))
-    path.write_text(json.dumps({"checkpoint": str(checkpoint), "metrics": metrics}, indent=1))
+    path.write_text(json.dumps({"checkpoint": str(checkpoint), "samples": samples, "metrics": metrics}, indent=1))
     print(f"written: {path}")
     return metrics

@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny model built once per session, through the same code path as a real one."""
 
+import json
+
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from envs.lookup import LookupParams, sample_text
+from envs.base import Trajectory, Turn
+from envs.lookup import LookupParams, load_tasks, sample_text
 from rl.tiny import TinyModelConfig, build_tiny_model
 
 LOOKUP_TINY = TinyModelConfig(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab_size=128, byte_alphabet=False)
@@ -25,3 +28,12 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def lookup_experts(tmp_path):
+    """An SFT file of the right answer to every key of the lookup table: a tiny model learns them in tens of steps."""
+    path = tmp_path / "experts.jsonl"
+    path.write_text("".join(json.dumps(Trajectory(task, [Turn(f" {task.metadata['answer']}", "", {"score": 1.0})]).to_dict()) + "\n"
+                            for task in load_tasks(LookupParams(), "train")))
+    return path

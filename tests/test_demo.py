@@ -7,6 +7,7 @@ import ray
 import yaml
 
 from rl.cli import main as cli_main
+from rl.config import load_config
 from rl.demo import main as demo_main, seed_summary
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -64,3 +65,24 @@ def test_demo_with_seeds_runs_each_seed_and_prints_the_spread(tmp_path, capsys):
     assert all(r["rl"]["episodes/count"] == runs[0]["rl"]["episodes/count"] > 0 for r in runs)
     for s in (0, 1):  # each run trained with its own seed, in its own directory
         assert yaml.safe_load((tmp_path / f"seed_{s}" / "config.yaml").read_text())["seed"] == s
+
+
+def test_eval_with_samples_adds_pass_at_k_over_each_tasks_samples(tmp_path, lookup_experts):
+    from rl.sft import warm_start
+
+    lookup = str(CONFIGS / "lookup.yaml")
+    args = [lookup, f"run_dir={tmp_path}", f"sft.data={lookup_experts}", "sft.steps=5", "sft.lr=3e-3", "sft.warmup_steps=0", "sft.batch_size=8"]
+    model, _ = warm_start(load_config(args[0], args[1:]), tmp_path)  # a few SFT steps: some keys learned, not all
+    out = tmp_path / "eval.json"
+    assert cli_main(["eval", *args, "--checkpoint", str(model), "--out", str(out), "--samples", "4"]) == 0
+    saved = json.loads(out.read_text())
+    episodes = [json.loads(line) for line in (tmp_path / "eval_episodes.jsonl").read_text().splitlines()]
+    assert saved["samples"] == 4 and saved["metrics"]["episodes/count"] == len(episodes) == 8 * 4
+    solved: dict[str, list[bool]] = {}
+    for ep in episodes:
+        solved.setdefault(ep["trajectory"]["task"]["id"], []).append(ep["trajectory"]["turns"][-1]["info"]["score"] == 1.0)
+    assert sorted(len(v) for v in solved.values()) == [4] * 8
+    assert saved["metrics"]["pass@4"] == sum(any(v) for v in solved.values()) / 8
+    assert saved["metrics"]["pass@4"] >= saved["metrics"]["score/last_turn"]
+    assert len({tuple(ep["token_ids"]) for ep in episodes}) > 8  # sampled: a task's episodes are not all the same
+    assert cli_main(["eval", lookup, "--checkpoint", str(model), "--samples", "-1"]) == 2

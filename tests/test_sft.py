@@ -171,18 +171,11 @@ def test_an_env_without_demos_needs_a_data_file():
         load_trajectories(load_config(None, ["env.name=lookup", "sft.steps=2"]))
 
 
-def test_sft_stops_at_the_first_check_where_greedy_play_on_rl_tasks_reaches_stop_score(tmp_path):
+def test_sft_stops_at_the_first_check_where_greedy_play_on_rl_tasks_reaches_stop_score(tmp_path, lookup_experts):
     from pathlib import Path
 
-    from envs.lookup import LookupParams
-    from envs.lookup import load_tasks as lookup_tasks
-
-    # The right answer to every key of the lookup table, as an SFT file: a tiny model learns them in tens of steps.
-    data = tmp_path / "experts.jsonl"
-    data.write_text("".join(json.dumps(Trajectory(task, [Turn(f" {task.metadata['answer']}", "", {"score": 1.0})]).to_dict()) + "\n"
-                            for task in lookup_tasks(LookupParams(), "train")))
     lookup = Path(__file__).resolve().parents[1] / "configs" / "lookup.yaml"
-    cfg = load_config(lookup, [f"run_dir={tmp_path / 'run'}", f"sft.data={data}", "sft.steps=300", "sft.lr=3e-3", "sft.warmup_steps=0",
+    cfg = load_config(lookup, [f"run_dir={tmp_path / 'run'}", f"sft.data={lookup_experts}", "sft.steps=300", "sft.lr=3e-3", "sft.warmup_steps=0",
                                "sft.batch_size=8", "sft.stop_score=1.0", "sft.probe_every=5"])
     path, _ = warm_start(cfg, tmp_path / "run")
     probes = json.loads((path.parent / "sft_probes.json").read_text())
