@@ -3,7 +3,7 @@
     python -m rl train CONFIG [key=value ...]                  # (tiny model build,) SFT warm start if sft.steps > 0, RL, eval
     python -m rl sft CONFIG [key=value ...]                    # only the SFT stage: RUN_DIR/sft/model
     python -m rl eval CONFIG --checkpoint PATH [--out FILE] [--samples K]   # held-out metrics of any checkpoint, as JSON
-    python -m rl demo CONFIG [CONFIG ...] [key=value ...] [--seeds 0 1 2]   # train each, SFT vs RL side by side
+    python -m rl demo CONFIG [CONFIG ...] [key=value ...] [--seeds 0 1 2] [--samples K]   # train each, SFT vs RL side by side
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="train each config, then evaluate its SFT and RL checkpoints side by side")
     demo.add_argument("configs", nargs="+", help="YAML config files, then key=value overrides applied to every one")
     demo.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (in RUN_DIR/seed_N), then mean and range")
+    demo.add_argument("--samples", type=int, default=4, help="also evaluate K sampled episodes per task at rollout.temperature (0: greedy only)")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from rl.demo import main as demo_main
 
-            demo_main(configs, overrides, args.seeds)
+            demo_main(configs, overrides, args.seeds, args.samples)
         else:
             return _train(cfgs[0])
     except (ValueError, FileNotFoundError) as e:

@@ -4,13 +4,19 @@ both checkpoints are evaluated on the same held-out tasks.
     python -m rl demo configs/tiny_search.yaml configs/tiny_code.yaml
     python -m rl demo configs/tiny_code.yaml steps=4 sft.steps=10      # overrides apply to every config
     python -m rl demo configs/tiny_code.yaml --seeds 0 1 2             # one run per seed, then mean and range
+    python -m rl demo configs/tiny_code.yaml --samples 0               # greedy evaluation only
 
 Prints, per world, the SFT and RL checkpoints' metrics side by side, then the wall time
-of each stage; writes the same to RUN_DIR/demo.json. Each run directory also holds the
-training curves (reward.png, eval.png) and every evaluated episode. With several seeds
-each runs in RUN_DIR/seed_N, and a last table gives, per metric, the mean and the range
-(min..max) over seeds of SFT, RL and their difference: the run-to-run spread that an
-improvement has to beat.
+of each stage; writes the same to RUN_DIR/demo.json. Each checkpoint is evaluated twice on
+the same held-out tasks: one greedy episode per task, and `samples` episodes per task at
+rollout.temperature (rows "sampled/..." and pass@K). The sampled rows measure the policy
+RL trains (their mean is the pass@1 estimate of R1-style papers); greedy decoding shows a
+gain only where RL changes which answer is the most likely one (README).
+
+Each run directory also holds the training curves (reward.png, eval.png) and every
+evaluated episode. With several seeds each runs in RUN_DIR/seed_N, and a last table gives,
+per metric, the mean and the range (min..max) over seeds of SFT, RL and their difference:
+the run-to-run spread that an improvement has to beat.
 """
 
 from __future__ import annotations
@@ -32,7 +38,16 @@ MAIN_METRICS = {
 STAGES = ["model_build", "sft_data", "sft", "rollout", "learner", "sync", "eval"]
 
 
-def run_one(config: str, overrides: list[str]) -> dict:
+def evaluate_both_ways(cfg, checkpoint: Path, run_dir: Path, name: str, samples: int) -> dict[str, float]:
+    """Greedy metrics, then (with `samples` > 0) the sampled ones under "sampled/" and pass@samples."""
+    metrics = evaluate(cfg, checkpoint, run_dir / f"eval_{name}_episodes.jsonl")
+    if samples:
+        sampled = evaluate(cfg, checkpoint, run_dir / f"eval_{name}_sampled_episodes.jsonl", samples)
+        metrics.update({k if k.startswith("pass@") else f"sampled/{k}": v for k, v in sampled.items()})
+    return metrics
+
+
+def run_one(config: str, overrides: list[str], samples: int) -> dict:
     """Train one config end to end; evaluate its SFT and final RL checkpoints on the held-out tasks."""
     cfg = load_config(config, overrides)
     start = time.perf_counter()
@@ -45,15 +60,22 @@ def run_one(config: str, overrides: list[str]) -> dict:
     rl_model = latest_checkpoint(run_dir) / "model"
     sft_model = run_dir / "sft" / "model" if cfg.sft.steps else run_dir / "base_model"
     t0 = time.perf_counter()
-    results = {name: evaluate(cfg, path, run_dir / f"eval_{name}_episodes.jsonl") for name, path in (("sft", sft_model), ("rl", rl_model))}
+    results = {name: evaluate_both_ways(cfg, path, run_dir, name, samples) for name, path in (("sft", sft_model), ("rl", rl_model))}
     timings = {**trainer.timings, "final_eval": time.perf_counter() - t0, "total": time.perf_counter() - start}
     out = {"config": config, "run_dir": str(run_dir), "sft": results["sft"], "rl": results["rl"], "timings": timings}
     (run_dir / "demo.json").write_text(json.dumps(out, indent=1))
     return out
 
 
+def table_keys(metrics: dict, env_name: str) -> list[str]:
+    """The env's main metrics, greedy then sampled, and pass@K: those present in `metrics`."""
+    main = MAIN_METRICS.get(env_name, ["reward/mean", "score/first_turn", "score/last_turn"])
+    keys = main + [f"sampled/{k}" for k in main] + sorted(k for k in metrics if k.startswith("pass@"))
+    return [k for k in keys if k in metrics]
+
+
 def report(result: dict, env_name: str) -> str:
-    keys = [k for k in MAIN_METRICS.get(env_name, ["reward/mean", "score/first_turn", "score/last_turn"]) if k in result["rl"]]
+    keys = table_keys(result["rl"], env_name)
     delta = {k: result["rl"][k] - result["sft"][k] for k in keys}
     table = format_table({"SFT": result["sft"], "RL": result["rl"], "RL - SFT": delta}, keys)
     stages = "  ".join(f"{s} {result['timings'][s]:.0f}s" for s in STAGES + ["final_eval", "total"] if s in result["timings"])
@@ -62,7 +84,7 @@ def report(result: dict, env_name: str) -> str:
 
 def seed_summary(results: list[dict], env_name: str) -> str:
     """Mean and range over the seeds' runs of one config, for SFT, RL and RL - SFT."""
-    keys = [k for k in MAIN_METRICS.get(env_name, ["reward/mean", "score/first_turn", "score/last_turn"]) if k in results[0]["rl"]]
+    keys = table_keys(results[0]["rl"], env_name)
     lines = [f"== {results[0]['config']} over {len(results)} seeds: mean [min .. max]"]
     for k in keys:
         cells = []
@@ -70,23 +92,25 @@ def seed_summary(results: list[dict], env_name: str) -> str:
             values = [v for v in values if not math.isnan(v)]  # e.g. confidence: undefined with no right first attempt
             cells.append(f"{sum(values) / len(values):7.3f} [{min(values):.3f} .. {max(values):.3f}]" if values else f"{'nan':>7}{'':19}")
             cells[-1] += "" if len(values) == len(results) else f" ({len(values)} seeds)"
-        lines.append(f"{k:<22}" + "   ".join(cells))
-    return "\n".join([lines[0], f"{'':<22}{'SFT':<27}{'RL':<27}RL - SFT", *lines[1:]])
+        lines.append(f"{k:<30}" + "   ".join(cells))
+    return "\n".join([lines[0], f"{'':<30}{'SFT':<27}{'RL':<27}RL - SFT", *lines[1:]])
 
 
-def main(configs: list[str], overrides: list[str], seeds: list[int] | None = None) -> list[dict]:
+def main(configs: list[str], overrides: list[str], seeds: list[int] | None = None, samples: int = 4) -> list[dict]:
+    if samples < 0:
+        raise ValueError(f"samples must be 0 (greedy only) or a number of sampled episodes per task, got {samples}")
     results, summaries = [], []
     for config in configs:
         cfg = load_config(config, overrides)
         env_name = cfg.env.name
         if not seeds:
-            results.append(run_one(config, overrides))
+            results.append(run_one(config, overrides, samples))
             print(report(results[-1], env_name), flush=True)
             continue
         base = cfg.run_dir
         runs = []
         for seed in seeds:
-            runs.append(run_one(config, overrides + [f"seed={seed}", f"run_dir={Path(base) / f'seed_{seed}'}"]))
+            runs.append(run_one(config, overrides + [f"seed={seed}", f"run_dir={Path(base) / f'seed_{seed}'}"], samples))
             print(report(runs[-1], env_name), flush=True)
         results += runs
         summaries.append(seed_summary(runs, env_name))

@@ -20,11 +20,14 @@ def test_shortened_demo_on_both_worlds(tmp_path, capsys, request):
     request.addfinalizer(ray.shutdown)  # the demo's trainers started a local Ray cluster; later tests start their own
     for world, extra in (("search", [f"env.params.cache_dir={tmp_path / 'cache'}", "env.params.max_tasks=6", "env.params.world_questions=200", "sft.env_params.world_questions=300"]),
                          ("code", ["env.params.max_problems=6"])):
-        results += demo_main([str(CONFIGS / f"tiny_{world}.yaml")], short + extra + [f"run_dir={tmp_path / world}"])
+        results += demo_main([str(CONFIGS / f"tiny_{world}.yaml")], short + extra + [f"run_dir={tmp_path / world}"], samples=2)
     printed = capsys.readouterr().out
     for world, result in zip(("search", "code"), results):
         run = tmp_path / world
         assert result["sft"]["episodes/count"] == result["rl"]["episodes/count"] == 6  # the same held-out tasks
+        assert result["sft"]["sampled/episodes/count"] == result["rl"]["sampled/episodes/count"] == 12  # 2 samples each
+        assert result["rl"]["pass@2"] >= result["rl"]["sampled/score/last_turn"]
+        assert (run / "eval_rl_sampled_episodes.jsonl").read_text().count("\n") == 12
         assert result["rl"]["episodes/failed"] == 0
         assert {"model_build", "sft", "rollout", "learner", "eval", "final_eval", "total"} <= set(result["timings"])
         saved = json.loads((run / "demo.json").read_text())
@@ -37,6 +40,7 @@ def test_shortened_demo_on_both_worlds(tmp_path, capsys, request):
     assert "em" in results[0]["rl"] and "judge_accuracy" in results[0]["rl"]
     assert "acc_t1" in results[1]["rl"] and "critique" in results[1]["rl"]
     assert "RL - SFT" in printed and "acc_tT" in printed and "judge_accuracy" in printed
+    assert "sampled/acc_tT" in printed and "sampled/em" in printed and "pass@2" in printed
 
     # `python -m rl eval` on the SFT checkpoint gives the demo's SFT column.
     out = tmp_path / "sft_eval.json"
@@ -63,6 +67,7 @@ def test_demo_with_seeds_runs_each_seed_and_prints_the_spread(tmp_path, capsys):
     assert "over 2 seeds: mean [min .. max]" in printed and "score/last_turn" in printed
     runs = [json.loads((tmp_path / f"seed_{s}" / "demo.json").read_text()) for s in (0, 1)]
     assert all(r["rl"]["episodes/count"] == runs[0]["rl"]["episodes/count"] > 0 for r in runs)
+    assert "sampled/score/last_turn" in printed and "pass@4" in printed  # the default: 4 sampled episodes per task
     for s in (0, 1):  # each run trained with its own seed, in its own directory
         assert yaml.safe_load((tmp_path / f"seed_{s}" / "config.yaml").read_text())["seed"] == s
 
@@ -86,3 +91,7 @@ def test_eval_with_samples_adds_pass_at_k_over_each_tasks_samples(tmp_path, look
     assert saved["metrics"]["pass@4"] >= saved["metrics"]["score/last_turn"]
     assert len({tuple(ep["token_ids"]) for ep in episodes}) > 8  # sampled: a task's episodes are not all the same
     assert cli_main(["eval", lookup, "--checkpoint", str(model), "--samples", "-1"]) == 2
+
+
+def test_demo_refuses_a_negative_sample_count():
+    assert cli_main(["demo", str(CONFIGS / "lookup.yaml"), "--samples", "-1"]) == 2
