@@ -228,7 +228,8 @@ class ScoreStop(TrainerCallback):
         scores = [ep.trajectory.turns[-1].info.get("score", 0.0) if not ep.failed else 0.0 for ep in episodes]
         self.scores.append((state.global_step, sum(scores) / len(scores)))
         print(f"sft step {state.global_step}: greedy score on {len(scores)} RL train tasks {self.scores[-1][1]:.3f}", flush=True)
-        control.should_training_stop = self.scores[-1][1] >= self.cfg.sft.stop_score
+        # `or`: at step sft.steps the trainer's own callback has already asked to stop; do not undo that.
+        control.should_training_stop = control.should_training_stop or self.scores[-1][1] >= self.cfg.sft.stop_score
         return control
 
 
