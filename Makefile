@@ -4,17 +4,21 @@ PY := $(VENV)/bin/python
 # CPU build by default; on a GPU machine e.g. `make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# pip byte-compiles every installed file: a minute on 2 cores, mostly files no job imports. With
+# --no-compile, Python compiles what a job imports on first use and caches it in .venv, also where the
+# shell sets PYTHONDONTWRITEBYTECODE (else every process, Ray workers included, compiles it again).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-compile $(TORCH)
+	$(PY) -m pip install -q --no-compile -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m rl demo configs/tiny_code.yaml
+	$(PY) -m rl demo configs/tiny_code.yaml configs/tiny_search.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

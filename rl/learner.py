@@ -308,11 +308,17 @@ class Learner:
         critic = returns is not None and self.value_head is not None
         if critic:
             sums["value_loss"], sums["value_clip_frac"] = zero, zero
+        # Micro-batches of episodes of similar length, so little compute goes to padding (search episodes
+        # run from one search to several: padded to the longest, two thirds of a batch was padding). The
+        # loss is normalized by the mini-batch's totals, so the grouping changes no gradient.
+        by_length = sorted(range(len(episodes)), key=lambda i: len(episodes[i].token_ids))
         for start in range(0, len(episodes), mb):
-            part, rows = episodes[start : start + mb], slice(start, start + mb)
+            rows = by_length[start : start + mb]
+            part = [episodes[i] for i in rows]
+            pick = lambda xs: [xs[i] for i in rows]  # noqa: E731
             ids = self._pad([ep.token_ids for ep in part], 0, torch.long)  # [b, T]
             mask = self._pad([ep.loss_mask for ep in part], 0, torch.float32)
-            adv = self._pad(advantages[rows], 0.0, torch.float32)
+            adv = self._pad(pick(advantages), 0.0, torch.float32)
             hidden = None
             first_policy_token = min((ep.loss_mask.index(1) for ep in part if 1 in ep.loss_mask), default=1)
             if critic and self.critic_model is None:
@@ -321,7 +327,7 @@ class Learner:
                 logp = self._shared_prompt_logprobs(part, ids.shape[1])
                 if logp is None:
                     logp = self._forward_logprobs(self.model, ids, start=first_policy_token)
-            old_logp = self._pad(old[rows], 0.0, torch.float32) if old is not None else logp.detach()
+            old_logp = self._pad(pick(old), 0.0, torch.float32) if old is not None else logp.detach()
             if algo.policy_loss == "gspo":
                 token_loss, clipped = algos.gspo_loss(logp, old_logp, adv, mask, algo.clip_low, algo.clip_high)
             else:
@@ -334,14 +340,14 @@ class Learner:
                 sums["tis_weight"] = sums["tis_weight"] + (weight * mask).sum() / max(num_tokens, 1.0)
                 sums["tis_capped_frac"] = sums["tis_capped_frac"] + ((weight >= algo.tis_cap).float() * mask).sum() / max(num_tokens, 1.0)
             if ref is not None:
-                kl = algos.kl_penalty(logp, self._pad(ref[rows], 0.0, torch.float32), algo.kl_estimator)
+                kl = algos.kl_penalty(logp, self._pad(pick(ref), 0.0, torch.float32), algo.kl_estimator)
                 token_loss = token_loss + algo.kl_coef * kl
                 sums["kl_ref"] = sums["kl_ref"] + (kl.detach() * mask).sum() / max(num_tokens, 1.0)
             loss = algos.aggregate_loss(token_loss, mask, algo.loss_agg, num_tokens, num_seqs)
             if critic:
                 values = self._values(ids, hidden)
                 v_loss, v_clipped = algos.clipped_value_loss(
-                    values, self._pad(old_values[rows], 0.0, torch.float32), self._pad(returns[rows], 0.0, torch.float32), algo.value_clip
+                    values, self._pad(pick(old_values), 0.0, torch.float32), self._pad(pick(returns), 0.0, torch.float32), algo.value_clip
                 )
                 v_loss = algos.aggregate_loss(v_loss, mask, algo.loss_agg, num_tokens, num_seqs)
                 loss = loss + algo.vf_coef * v_loss

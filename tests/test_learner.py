@@ -48,6 +48,25 @@ def test_micro_batch_1x8_equals_8x1(tiny_model_dir, batch, loss_agg):
         assert torch.allclose(g1[name], g8[name], rtol=1e-4, atol=1e-6), name
 
 
+def test_length_sorted_micro_batches_keep_each_episode_with_its_own_data(tiny_model_dir, batch):
+    # Micro-batches are cut from the episodes sorted by length: whatever the batch's order and the
+    # micro-batch size, every episode keeps its own advantages and old logprobs, so the gradient is the same.
+    episodes, advantages = batch
+    results = []
+    for micro, order in ((8, range(8)), (3, range(8)), (3, reversed(range(8)))):
+        order = list(order)
+        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), AlgoConfig(), temperature=1.0)
+        old = [lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(i))
+               for i, lp in enumerate(learner.logprobs([ep.token_ids for ep in episodes]))]
+        stats = learner.accumulate([episodes[i] for i in order], [advantages[i] for i in order], old=[old[i] for i in order])
+        results.append((float(stats["loss"]), grads(learner)))
+    (loss, reference), *others = results
+    for other_loss, other in others:
+        assert other_loss == pytest.approx(loss, rel=1e-5, abs=1e-7)
+        for name in reference:
+            assert torch.allclose(other[name], reference[name], rtol=1e-4, atol=1e-6), name
+
+
 def test_shared_prompt_forward_gives_the_full_forward_logprobs_and_gradients(tiny, tiny_model_dir):
     # Two GRPO groups of 4 (prompts of different lengths), multi-turn: observations sit inside the rest.
     model, tok = tiny
