@@ -30,7 +30,7 @@ class LearnerConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     warmup_steps: int = 0  # optimizer steps of linear learning-rate warm-up
     max_grad_norm: float = 1.0  # gradient clipping by global norm (0 = off)
-    micro_batch_size: int = 8  # sequences per forward/backward pass
+    micro_batch_size: int = 8  # sequences per forward/backward pass (cut from the batch sorted by length: little padding)
     optim_steps_per_batch: int = 1  # mini-batches (optimizer steps) per rollout batch
     epochs: int = 1  # passes over each rollout batch
     device: str = "auto"  # "auto" (CUDA when present), "cuda", "cuda:1", "cpu"
