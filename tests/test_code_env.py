@@ -77,6 +77,17 @@ def test_feedback_variant_shows_the_failing_asserts_and_can_stop_early():
     assert right.done and right.info["score"] == 1.0  # all passed at turn 2 of 3: the episode ends
 
 
+def test_a_program_written_again_reuses_its_verdicts():
+    # A coin-flip program: run each time, 12 attempts would almost surely not all get the same verdicts.
+    p = CodeParams(synthetic_problems=4, max_turns=12)
+    q, task_id = synthetic_task(p)
+    coin = f"import random\ndef {q.entry_point}(x):\n    return {q.reference.split('return ')[1].strip()} if random.random() < 0.5 else None\n[DONE]"
+    cached = play(p, task_id, *[coin] * 12)
+    assert len({tuple(step.info["tests"]) for step in cached}) == 1
+    fresh = play(CodeParams(synthetic_problems=4, max_turns=12, cache_verdicts=False), task_id, *[coin] * 12)
+    assert len({tuple(step.info["tests"]) for step in fresh}) > 1
+
+
 def test_tasks_splits_and_tokenizer_text():
     spec = get_env_spec("code")
     mbpp = CodeParams(dataset="mbpp", eval_dataset="humaneval", max_problems=5)

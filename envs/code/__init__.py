@@ -37,6 +37,7 @@ class CodeParams:
     memory_mb: int = 512  # address-space limit of each sandboxed process
     max_processes: int = 8  # processes and threads a test may run at once
     workers: int = 0  # sandbox worker processes, shared by all envs of the process (0 = one per CPU core)
+    cache_verdicts: bool = True  # a program already run on a task's tests reuses its verdicts (deterministic tests); False runs each attempt
 
 
 def sandbox_config(p: CodeParams) -> SandboxConfig:
@@ -44,7 +45,7 @@ def sandbox_config(p: CodeParams) -> SandboxConfig:
 
 
 def make_env(p: CodeParams) -> CodeEnv:
-    return CodeEnv(p.max_turns, p.feedback, p.stop_when_correct, sandbox_config(p), p.prompt)
+    return CodeEnv(p.max_turns, p.feedback, p.stop_when_correct, sandbox_config(p), p.prompt, p.cache_verdicts)
 
 
 @lru_cache(maxsize=8)

@@ -14,11 +14,18 @@ code that does not parse is a failed attempt (all tests "error", `info["invalid"
 never a crash. Every turn's test results go into `info` (JSON, what the rewards read):
 score (the fraction passed), n_passed, n_tests, tests (a status per test), messages,
 and the extracted code.
+
+A program the policy writes again (a GRPO group's repeated samples, a rewrite that keeps
+the first attempt: about half of a tiny model's attempts) is not run again: its verdicts
+are kept per process, keyed by the program, the task's tests and the sandbox limits.
+Tests are assumed deterministic; `cache_verdicts=False` runs every attempt.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 
 from envs.base import StepResult, Task
 from envs.code.checks import Check, TestResult, parse_check, syntax_error
@@ -30,6 +37,7 @@ REQUEST = (
     "Please correct the error, if any, and rewrite the solution. Only output the final correct Python program!"
 )
 FEEDBACK_CHARS = 1500  # longest feedback block shown before the request
+VERDICTS_KEPT = 100_000  # programs whose verdicts a process keeps (least recently used dropped first)
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
 
 
@@ -69,22 +77,46 @@ def describe_failures(checks: list[Check], results: list[TestResult]) -> str:
     return text if len(text) <= FEEDBACK_CHARS else text[: FEEDBACK_CHARS - 4] + " ..."
 
 
+_verdicts: OrderedDict[tuple, list[TestResult]] = OrderedDict()
+_verdicts_lock = threading.Lock()  # envs of one process step in several threads
+
+
+def run_tests(sandbox_cfg: SandboxConfig, code: str, setup: str, checks: list[Check], key: tuple | None) -> list[TestResult]:
+    """The verdict of each check on `code`; with a `key` (the task's tests), a program already run on them is not run again."""
+    if key is not None:
+        key = (sandbox_cfg, code, setup, key)
+        with _verdicts_lock:
+            if key in _verdicts:
+                _verdicts.move_to_end(key)
+                return _verdicts[key]
+    results = evaluate(shared_sandbox(sandbox_cfg), [(code, setup, checks)])[0]
+    if key is not None:
+        with _verdicts_lock:
+            _verdicts[key] = results
+            if len(_verdicts) > VERDICTS_KEPT:
+                _verdicts.popitem(last=False)
+    return results
+
+
 class CodeEnv:
     stop_strings = [DONE]
 
-    def __init__(self, max_turns: int, feedback: str, stop_when_correct: bool, sandbox_cfg: SandboxConfig, prompt: str = "cocos"):
+    def __init__(self, max_turns: int, feedback: str, stop_when_correct: bool, sandbox_cfg: SandboxConfig, prompt: str = "cocos",
+                 cache_verdicts: bool = True):
         if feedback not in ("none", "tests"):
             raise ValueError(f"code env: feedback must be 'none' or 'tests', got {feedback!r}")
         if prompt not in PROMPTS:
             raise ValueError(f"code env: prompt must be one of {PROMPTS}, got {prompt!r}")
         self.max_turns, self.feedback, self.stop_when_correct, self.prompt = max_turns, feedback, stop_when_correct, prompt
         self.sandbox_cfg = sandbox_cfg  # the pool itself is shared and started on first use
+        self.cache_verdicts = cache_verdicts
         self.turn = 0
 
     def reset(self, task: Task) -> str:
         m = task.metadata
         shadowed = frozenset(m.get("names", []))
         self.checks = [parse_check(t, shadowed) for t in m["tests"]]
+        self.tests_key = (tuple(m["tests"]), shadowed) if self.cache_verdicts else None
         self.setup = m.get("setup", "")
         self.turn = 0
         return task.prompt
@@ -96,7 +128,7 @@ class CodeEnv:
         if malformed:  # a failed attempt, not run at all
             results = [TestResult("error", malformed) for _ in self.checks]
         else:
-            results = evaluate(shared_sandbox(self.sandbox_cfg), [(code, self.setup, self.checks)])[0]
+            results = run_tests(self.sandbox_cfg, code, self.setup, self.checks, self.tests_key)
         n_passed = sum(r.status == "passed" for r in results)
         info = {
             "score": n_passed / len(results),

@@ -41,14 +41,22 @@ def _titles(p) -> dict[str, str]:
     return {i: split_contents(c)[0].strip('"') for i, c in zip(ids, contents)}
 
 
-def _tempting(right: str, titles: dict[str, str], avoid: set[str], rng: random.Random) -> str:
+def _by_word(titles: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """(doc id, title) of the titles holding each word: namesakes without a scan of every title."""
+    index: dict[str, list[tuple[str, str]]] = {}
+    for i, t in titles.items():
+        for word in set(t.split()):
+            index.setdefault(word, []).append((i, t))
+    return index
+
+
+def _tempting(right: str, titles: dict[str, str], by_word: dict, avoid: set[str], rng: random.Random) -> str:
     """A wrong entity to search: one sharing a word with the right one (a namesake) if there is one."""
-    words = set(right.split())
-    namesakes = sorted(t for i, t in titles.items() if i not in avoid and t != right and words & set(t.split()))
+    namesakes = sorted({t for w in set(right.split()) for i, t in by_word.get(w, []) if i not in avoid and t != right})
     return rng.choice(namesakes) if namesakes else rng.choice(sorted(t for i, t in titles.items() if i not in avoid))
 
 
-def play(env, task: Task, titles: dict[str, str], fix_hop: int | None, hesitate: bool, reasoning: bool,
+def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | None, hesitate: bool, reasoning: bool,
          rng: random.Random) -> Trajectory | None:
     """One scripted episode, or None when the agent could not have seen what it needs (it would be guessing)."""
     trajectory = Trajectory(task)
@@ -63,7 +71,7 @@ def play(env, task: Task, titles: dict[str, str], fix_hop: int | None, hesitate:
     gold = task.metadata["gold_doc_ids"]
     for hop, doc_id in enumerate(gold):
         if hop == fix_hop:
-            wrong = _tempting(titles[doc_id], titles, set(gold), rng)
+            wrong = _tempting(titles[doc_id], titles, by_word, set(gold), rng)
             info = act(f"<search> {wrong} </search>", mistake=True)
             if set(gold) & set(info["doc_ids"]) or contains_answer(info["information"], task.metadata["answers"]):
                 return None  # the "wrong" search found what was needed after all: not a mistake to correct
@@ -92,13 +100,14 @@ def demonstrations(p, n: int, seed: int, keep_share: float, hesitation: float) -
     if not tasks:
         raise ValueError("search demos need questions with gold_doc_ids (a generated world or a world directory)")
     titles, env, rng = _titles(p), make_env(p), random.Random(seed)
+    by_word = _by_word(titles)
     out: list[Trajectory] = []
     for _ in range(4 * n):  # bounded: retrieval misses skip a question
         if len(out) == n:
             break
         task = tasks[rng.randrange(len(tasks))]
         fix_hop = rng.randrange(len(task.metadata["gold_doc_ids"])) if rng.random() >= keep_share else None
-        trajectory = play(env, task, titles, fix_hop, fix_hop is None and rng.random() < hesitation, p.demo_reasoning, rng)
+        trajectory = play(env, task, titles, by_word, fix_hop, fix_hop is None and rng.random() < hesitation, p.demo_reasoning, rng)
         if trajectory is not None:
             out.append(trajectory)
     return out
