@@ -2,4 +2,5 @@ import sys
 
 from rl.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not again in the processes the demo spawns
+    sys.exit(main())

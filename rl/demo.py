@@ -17,14 +17,24 @@ Each run directory also holds the training curves (reward.png, eval.png) and eve
 evaluated episode. With several seeds each runs in RUN_DIR/seed_N, and a last table gives,
 per metric, the mean and the range (min..max) over seeds of SFT, RL and their difference:
 the run-to-run spread that an improvement has to beat.
+
+Runs are pipelined: while one run trains, the next one's model build and SFT run in another
+process, on half of the CPU cores (its log in RUN_DIR/sft/log.txt). On 2 cores the search
+world's SFT takes as long as the whole code world beside it; one after the other, they
+took 1.5 times as long (README, "Wall time of make demo").
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import multiprocessing
+import os
 import time
 from pathlib import Path
+
+import torch
 
 from rl.config import load_config
 from rl.evaluate import evaluate, format_table
@@ -47,8 +57,44 @@ def evaluate_both_ways(cfg, checkpoint: Path, run_dir: Path, name: str, samples:
     return metrics
 
 
-def run_one(config: str, overrides: list[str], samples: int) -> dict:
-    """Train one config end to end; evaluate its SFT and final RL checkpoints on the held-out tasks."""
+def _warm_start(config: str, overrides: list[str], threads: int) -> dict[str, float]:
+    """A run's model build and SFT, in a process of its own: the seconds each stage took."""
+    from transformers.utils import logging as hf_logging
+
+    from rl.sft import warm_start
+
+    torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
+    cfg = load_config(config, overrides)
+    log = Path(cfg.run_dir) / "sft" / "log.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        return warm_start(cfg, Path(cfg.run_dir))[1]
+
+
+class WarmStartBeside:
+    """A run's model build and SFT, started now in a spawned process with `threads` torch threads."""
+
+    def __init__(self, config: str, overrides: list[str], threads: int):
+        self.pool = multiprocessing.get_context("spawn").Pool(1)
+        self.job = self.pool.apply_async(_warm_start, (config, overrides, threads))
+
+    def timings(self) -> dict[str, float]:
+        """Wait for it to finish: the seconds each stage took. Its error, if it failed, is raised here."""
+        try:
+            return self.job.get()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self.pool.terminate()
+
+
+def run_one(config: str, overrides: list[str], samples: int, beside: dict[str, float] | None = None) -> dict:
+    """Train one config end to end; evaluate its SFT and final RL checkpoints on the held-out tasks.
+
+    `beside`: the timings of this run's warm start, when another process made it beside the previous run.
+    """
     cfg = load_config(config, overrides)
     start = time.perf_counter()
     trainer = Trainer(cfg)
@@ -62,7 +108,8 @@ def run_one(config: str, overrides: list[str], samples: int) -> dict:
     t0 = time.perf_counter()
     results = {name: evaluate_both_ways(cfg, path, run_dir, name, samples) for name, path in (("sft", sft_model), ("rl", rl_model))}
     timings = {**trainer.timings, "final_eval": time.perf_counter() - t0, "total": time.perf_counter() - start}
-    out = {"config": config, "run_dir": str(run_dir), "sft": results["sft"], "rl": results["rl"], "timings": timings}
+    out = {"config": config, "run_dir": str(run_dir), "sft": results["sft"], "rl": results["rl"], "timings": timings,
+           "timings_beside_previous_run": beside or {}}
     (run_dir / "demo.json").write_text(json.dumps(out, indent=1))
     return out
 
@@ -79,7 +126,9 @@ def report(result: dict, env_name: str) -> str:
     delta = {k: result["rl"][k] - result["sft"][k] for k in keys}
     table = format_table({"SFT": result["sft"], "RL": result["rl"], "RL - SFT": delta}, keys)
     stages = "  ".join(f"{s} {result['timings'][s]:.0f}s" for s in STAGES + ["final_eval", "total"] if s in result["timings"])
-    return f"== {result['config']}  ({result['run_dir']}, held-out tasks: {result['rl']['episodes/count']:.0f})\n{table}\nwall time: {stages}"
+    beside = "  ".join(f"{s} {v:.0f}s" for s, v in result.get("timings_beside_previous_run", {}).items())
+    beside = f"\nbeside the previous run, in another process: {beside}" if beside else ""
+    return f"== {result['config']}  ({result['run_dir']}, held-out tasks: {result['rl']['episodes/count']:.0f})\n{table}\nwall time: {stages}{beside}"
 
 
 def seed_summary(results: list[dict], env_name: str) -> str:
@@ -99,25 +148,35 @@ def seed_summary(results: list[dict], env_name: str) -> str:
 def main(configs: list[str], overrides: list[str], seeds: list[int] | None = None, samples: int = 4) -> list[dict]:
     if samples < 0:
         raise ValueError(f"samples must be 0 (greedy only) or a number of sampled episodes per task, got {samples}")
-    results, summaries = [], []
+    start = time.perf_counter()
+    runs: list[tuple[str, list[str]]] = []  # (config, overrides) of every run, in order
     for config in configs:
-        cfg = load_config(config, overrides)
-        env_name = cfg.env.name
-        if not seeds:
-            results.append(run_one(config, overrides, samples))
-            print(report(results[-1], env_name), flush=True)
-            continue
-        base = cfg.run_dir
-        runs = []
-        for seed in seeds:
-            runs.append(run_one(config, overrides + [f"seed={seed}", f"run_dir={Path(base) / f'seed_{seed}'}"], samples))
-            print(report(runs[-1], env_name), flush=True)
-        results += runs
-        summaries.append(seed_summary(runs, env_name))
+        base = load_config(config, overrides).run_dir
+        runs += [(config, overrides + [f"seed={seed}", f"run_dir={Path(base) / f'seed_{seed}'}"]) for seed in seeds] if seeds else [(config, overrides)]
+    run_dirs = [str(Path(load_config(c, o).run_dir).resolve()) for c, o in runs]
+    if len(set(run_dirs)) < len(runs):
+        raise ValueError(f"the demo's runs need run directories of their own; these are shared: {sorted({d for d in run_dirs if run_dirs.count(d) > 1})}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = torch.get_num_threads()
+    results, next_warm_start = [], None
+    try:
+        for i, (config, run_overrides) in enumerate(runs):
+            beside = next_warm_start.timings() if next_warm_start else None  # this run's SFT, made beside the previous run
+            next_warm_start = WarmStartBeside(*runs[i + 1], threads=max(1, cores // 2)) if i + 1 < len(runs) else None
+            torch.set_num_threads(max(1, cores - cores // 2) if next_warm_start else threads)
+            results.append(run_one(config, run_overrides, samples, beside))
+            print(report(results[-1], load_config(config, overrides).env.name), flush=True)
+    finally:
+        torch.set_num_threads(threads)
+        if next_warm_start:
+            next_warm_start.stop()
+    summaries = []
+    if seeds:
+        for k, config in enumerate(configs):
+            summaries.append(seed_summary(results[k * len(seeds) : (k + 1) * len(seeds)], load_config(config, overrides).env.name))
     if len(results) > 1:
         print("\n" + "\n\n".join(report(r, load_config(r["config"], overrides).env.name) for r in results))
     if summaries:
         print("\n" + "\n\n".join(summaries))
-    total = sum(r["timings"]["total"] for r in results)
-    print(f"\ndemo done in {total:.0f}s; curves: " + ", ".join(str(Path(r["run_dir"]) / "reward.png") for r in results))
+    print(f"\ndemo done in {time.perf_counter() - start:.0f}s; curves: " + ", ".join(str(Path(r["run_dir"]) / "reward.png") for r in results))
     return results

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import ray
 import yaml
 
@@ -95,3 +96,33 @@ def test_eval_with_samples_adds_pass_at_k_over_each_tasks_samples(tmp_path, look
 
 def test_demo_refuses_a_negative_sample_count():
     assert cli_main(["demo", str(CONFIGS / "lookup.yaml"), "--samples", "-1"]) == 2
+
+
+def test_the_next_runs_sft_is_made_in_another_process_while_a_run_trains(tmp_path, lookup_experts):
+    lookup = str(CONFIGS / "lookup.yaml")
+    args = ["steps=2", "eval_every=0", "save_every=0", f"run_dir={tmp_path}", f"sft.data={lookup_experts}", "sft.steps=5", "sft.warmup_steps=0"]
+    first, second = demo_main([lookup], args, seeds=[0, 1], samples=0)
+    assert "sft" in first["timings"] and first["timings_beside_previous_run"] == {}
+    # Seed 1's SFT ran beside seed 0's training; its trainer found the SFT model made and did not redo it.
+    assert {"model_build", "sft_data", "sft"} <= set(second["timings_beside_previous_run"]) and "sft" not in second["timings"]
+    assert "train_runtime" in (tmp_path / "seed_1" / "sft" / "log.txt").read_text()  # TRL's log, kept out of the demo's output
+    assert yaml.safe_load((tmp_path / "seed_1" / "config.yaml").read_text())["seed"] == 1
+    stats = [json.loads((tmp_path / f"seed_{s}" / "sft" / "sft_metrics.json").read_text()) for s in (0, 1)]
+    assert all(s["sft/steps_run"] == 5 for s in stats) and stats[0]["sft/first_loss"] != stats[1]["sft/first_loss"]  # each its own seed
+
+
+def test_a_failing_sft_beside_a_run_stops_the_demo_with_its_error_after_that_run(tmp_path):
+    text = (CONFIGS / "lookup.yaml").read_text()
+    good, broken = tmp_path / "good.yaml", tmp_path / "broken.yaml"
+    good.write_text(text.replace("run_dir: runs/lookup", f"run_dir: {tmp_path / 'good'}"))
+    broken.write_text(text.replace("run_dir: runs/lookup", f"run_dir: {tmp_path / 'broken'}")
+                      + f"sft: {{steps: 5, data: {tmp_path / 'missing.jsonl'}}}\n")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        demo_main([str(good), str(broken)], ["steps=2", "eval_every=0", "save_every=0"], samples=0)
+    assert json.loads((tmp_path / "good" / "demo.json").read_text())["rl"]["episodes/count"] > 0  # the run before it is kept
+
+
+def test_demo_runs_need_run_directories_of_their_own(tmp_path):
+    lookup = str(CONFIGS / "lookup.yaml")
+    with pytest.raises(ValueError, match="run directories of their own"):
+        demo_main([lookup, lookup], [f"run_dir={tmp_path}"])

@@ -133,6 +133,26 @@ def test_trl_labels_mask_everything_but_the_actions(tmp_path, tiny_model_dir):
     assert stats["sft/fix_share"] == 1.0 and stats["sft/examples"] == 2
 
 
+def test_the_cpu_trainer_loss_is_trls_loss_over_the_actions(tmp_path, tiny_model_dir):
+    from trl import SFTTrainer
+
+    cfg = _code_cfg(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples, _ = sft_examples(cfg, tok, [_trajectory()] * 2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = make_trainer(cfg, model, tok, examples, tmp_path / "trl")
+    assert type(trainer).__name__ == "CPUSFTTrainer"
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    ours = trainer.compute_loss(model, dict(batch))
+    fused = SFTTrainer.compute_loss(trainer, model, dict(batch))  # TRL's own loss, through its fused LM head
+    assert ours.item() == pytest.approx(fused.item(), rel=1e-5)
+    # And it is the mean negative log-likelihood of the action tokens alone, computed here by hand.
+    logprobs = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[:, :-1], -1)
+    labels = batch["labels"][:, 1:]
+    picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    assert ours.item() == pytest.approx(-(picked * (labels != -100)).sum().item() / (labels != -100).sum().item(), rel=1e-5)
+
+
 def test_cosine_schedule_decays_the_learning_rate_to_zero(tmp_path, tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     cfg = _code_cfg(tmp_path, "sft.steps=10", "sft.schedule=cosine")
