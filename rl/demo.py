@@ -19,7 +19,8 @@ per metric, the mean and the range (min..max) over seeds of SFT, RL and their di
 the run-to-run spread that an improvement has to beat.
 
 Runs are pipelined: while one run trains, the next one's model build and SFT run in another
-process, on half of the CPU cores (its log in RUN_DIR/sft/log.txt). On 2 cores the search
+process, on half of the CPU cores, and on all of them once the run is over (its log in
+RUN_DIR/sft/log.txt). On 2 cores the search
 world's SFT takes as long as the whole code world beside it; one after the other, they
 took 1.5 times as long (README, "Wall time of make demo").
 """
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from rl.config import load_config
 from rl.evaluate import evaluate, format_table
@@ -57,7 +59,27 @@ def evaluate_both_ways(cfg, checkpoint: Path, run_dir: Path, name: str, samples:
     return metrics
 
 
-def _warm_start(config: str, overrides: list[str], threads: int) -> dict[str, float]:
+class MoreThreadsOnceFree(TrainerCallback):
+    """SFT beside a run starts on part of the cores; once the run is over (`free` is set), it takes them all."""
+
+    def __init__(self, free, threads: int):
+        self.free, self.threads = free, threads
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.free.is_set() and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+            print(f"step {state.global_step}: the run beside is over, {self.threads} threads from here", flush=True)
+
+
+_cores_free = None  # in the spawned process: the event WarmStartBeside sets once the run beside it is over
+
+
+def _remember(free) -> None:
+    global _cores_free
+    _cores_free = free
+
+
+def _warm_start(config: str, overrides: list[str], threads: int, all_threads: int) -> dict[str, float]:
     """A run's model build and SFT, in a process of its own: the seconds each stage took."""
     from transformers.utils import logging as hf_logging
 
@@ -69,18 +91,22 @@ def _warm_start(config: str, overrides: list[str], threads: int) -> dict[str, fl
     log = Path(cfg.run_dir) / "sft" / "log.txt"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        return warm_start(cfg, Path(cfg.run_dir))[1]
+        return warm_start(cfg, Path(cfg.run_dir), (MoreThreadsOnceFree(_cores_free, all_threads),))[1]
 
 
 class WarmStartBeside:
-    """A run's model build and SFT, started now in a spawned process with `threads` torch threads."""
+    """A run's model build and SFT, started now in a spawned process with `threads` torch threads;
+    it goes on with `all_threads` once the caller waits for it."""
 
-    def __init__(self, config: str, overrides: list[str], threads: int):
-        self.pool = multiprocessing.get_context("spawn").Pool(1)
-        self.job = self.pool.apply_async(_warm_start, (config, overrides, threads))
+    def __init__(self, config: str, overrides: list[str], threads: int, all_threads: int):
+        context = multiprocessing.get_context("spawn")
+        self.free = context.Event()  # an Event reaches a spawned process only as it starts, hence the initializer
+        self.pool = context.Pool(1, initializer=_remember, initargs=(self.free,))
+        self.job = self.pool.apply_async(_warm_start, (config, overrides, threads, all_threads))
 
     def timings(self) -> dict[str, float]:
         """Wait for it to finish: the seconds each stage took. Its error, if it failed, is raised here."""
+        self.free.set()
         try:
             return self.job.get()
         finally:
@@ -162,7 +188,7 @@ def main(configs: list[str], overrides: list[str], seeds: list[int] | None = Non
     try:
         for i, (config, run_overrides) in enumerate(runs):
             beside = next_warm_start.timings() if next_warm_start else None  # this run's SFT, made beside the previous run
-            next_warm_start = WarmStartBeside(*runs[i + 1], threads=max(1, cores // 2)) if i + 1 < len(runs) else None
+            next_warm_start = WarmStartBeside(*runs[i + 1], threads=max(1, cores // 2), all_threads=threads) if i + 1 < len(runs) else None
             torch.set_num_threads(max(1, cores - cores // 2) if next_warm_start else threads)
             results.append(run_one(config, run_overrides, samples, beside))
             print(report(results[-1], load_config(config, overrides).env.name), flush=True)

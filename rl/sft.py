@@ -245,8 +245,11 @@ class ScoreStop(TrainerCallback):
         return control
 
 
-def run_sft(cfg, init: str | Path, out: str | Path, trajectories: list[Trajectory]) -> dict[str, float]:
-    """Fine-tune the model at `init` on the trajectories; save it (and its tokenizer) and its statistics beside it."""
+def run_sft(cfg, init: str | Path, out: str | Path, trajectories: list[Trajectory], callbacks: tuple = ()) -> dict[str, float]:
+    """Fine-tune the model at `init` on the trajectories; save it (and its tokenizer) and its statistics beside it.
+
+    `callbacks`: more TRL trainer callbacks (the demo's, which changes the thread count mid-run).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rl.learner import resolve_device
@@ -259,8 +262,8 @@ def run_sft(cfg, init: str | Path, out: str | Path, trajectories: list[Trajector
     out = Path(out)
     trainer = make_trainer(cfg, model, tokenizer, examples, out.parent / "trl")
     stopper = ScoreStop(cfg, tokenizer) if cfg.sft.stop_score > 0 else None
-    if stopper:
-        trainer.add_callback(stopper)
+    for callback in ([stopper] if stopper else []) + list(callbacks):
+        trainer.add_callback(callback)
     result = trainer.train()
     trainer.save_model(str(out))
     tokenizer.save_pretrained(out)
@@ -280,7 +283,7 @@ def run_sft(cfg, init: str | Path, out: str | Path, trajectories: list[Trajector
     return stats
 
 
-def warm_start(cfg, run_dir: Path) -> tuple[Path, dict[str, float]]:
+def warm_start(cfg, run_dir: Path, callbacks: tuple = ()) -> tuple[Path, dict[str, float]]:
     """The model RL starts from, and the seconds each stage took to make it.
 
     Without model.path a tiny model is built into run_dir/base_model, its tokenizer trained on
@@ -310,6 +313,6 @@ def warm_start(cfg, run_dir: Path) -> tuple[Path, dict[str, float]]:
         return base, timings
     if trajectories:
         t0 = time.perf_counter()
-        run_sft(cfg, base, sft_model, trajectories)
+        run_sft(cfg, base, sft_model, trajectories, callbacks)
         timings["sft"] = time.perf_counter() - t0
     return sft_model, timings

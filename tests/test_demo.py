@@ -1,10 +1,12 @@
 """A shortened `make demo`, end to end through the same code: build, SFT, RL on Ray workers, eval, plots."""
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 import ray
+import torch
 import yaml
 
 from rl.cli import main as cli_main
@@ -126,3 +128,20 @@ def test_demo_runs_need_run_directories_of_their_own(tmp_path):
     lookup = str(CONFIGS / "lookup.yaml")
     with pytest.raises(ValueError, match="run directories of their own"):
         demo_main([lookup, lookup], [f"run_dir={tmp_path}"])
+
+
+def test_sft_beside_a_run_takes_every_thread_once_the_run_is_over():
+    from transformers import TrainerState
+
+    from rl.demo import MoreThreadsOnceFree
+
+    before, free = torch.get_num_threads(), threading.Event()
+    callback = MoreThreadsOnceFree(free, before + 1)
+    try:
+        callback.on_step_begin(None, TrainerState(), None)
+        assert torch.get_num_threads() == before
+        free.set()
+        callback.on_step_begin(None, TrainerState(), None)
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
