@@ -20,9 +20,8 @@ the run-to-run spread that an improvement has to beat.
 
 Runs are pipelined: while one run trains, the next one's model build and SFT run in another
 process, on half of the CPU cores, and on all of them once the run is over (its log in
-RUN_DIR/sft/log.txt). On 2 cores the search
-world's SFT takes as long as the whole code world beside it; one after the other, they
-took 1.5 times as long (README, "Wall time of make demo").
+RUN_DIR/sft/log.txt). In `make demo` on 2 cores the whole code world trains beside the
+search world's SFT (README, "Wall time of make demo").
 """
 
 from __future__ import annotations
