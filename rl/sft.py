@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -200,16 +200,22 @@ def make_trainer(cfg, model, tokenizer, examples: list[dict], work_dir: Path):
         max_length=None,  # examples were already filtered by sft.max_length
         train_sampling_strategy="group_by_length",  # batches of similar lengths: little compute spent on padding
         bf16=cuda and cfg.learner.bf16,  # TRL turns bf16 on by default, which is ten times slower on a CPU
-        activation_checkpointing=cfg.learner.gradient_checkpointing,  # also on by default in TRL
         use_cpu=not cuda,
         logging_steps=max(1, cfg.sft.steps // 20),
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # transformers 5.20 renamed gradient_checkpointing to activation_checkpointing (vLLM pins < 5.20); TRL turns it on by default
+        **{_checkpointing_field(TRLConfig): cfg.learner.gradient_checkpointing},
     )
     trainer_class = SFTTrainer if cuda else CPUSFTTrainer
     return trainer_class(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
+
+
+def _checkpointing_field(config_class) -> str:
+    names = {f.name for f in fields(config_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 class ScoreStop(TrainerCallback):
