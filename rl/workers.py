@@ -17,6 +17,7 @@ same seed gives the same episodes whichever pool runs them.
 
 from __future__ import annotations
 
+import importlib.util
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -45,11 +46,25 @@ class WorkersConfig:
     async_steps: int = 0  # 0 = synchronous; 1 = one-step-off: rollouts for step k+1 run during update k
     bucket_mb: float = 64.0  # weight-sync bucket size (one object-store object and one call per bucket)
     probe_tolerance: float = 1e-4  # largest |engine - learner| logprob on the probe batch after a sync (bf16 vLLM: ~0.05)
-    engine: str = "hf"  # "hf" (transformers; CPU or GPU) or "vllm" (GPU; pip install '.[vllm]')
-    vllm_dtype: str = "bfloat16"  # weight dtype of the vLLM engine
+    engine: str = "hf"  # "hf" (transformers; CPU or GPU) or "vllm" (GPU: pip install '.[vllm]'; CPU: see README)
+    vllm_dtype: str = "auto"  # weight dtype of the vLLM engine; "auto": float32 on the CPU, bfloat16 on a GPU
     vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (weights + KV cache); the learner needs the rest
+    vllm_kv_cache_mb: float = 0.0  # vLLM's KV cache per engine; 0: sized from vllm_gpu_memory_utilization on a GPU, 256 MB on the CPU
     vllm_sleep_mode: bool = False  # free vLLM's GPU memory during each update (synchronous mode only)
     skip_sync_for_test: bool = False  # testing only: skip weight syncs, so the probe check must fail
+
+
+def check_engine_installed(cfg: WorkersConfig) -> None:
+    """Fail before any model is built when the chosen engine cannot run here.
+
+    Workers on a cluster joined by `address` may have packages this machine lacks, so that case is left to them."""
+    if cfg.engine not in ("hf", "vllm"):
+        raise ValueError(f"unknown workers.engine {cfg.engine!r}: use 'hf' or 'vllm'")
+    if cfg.engine == "vllm" and not (cfg.ray and cfg.address) and importlib.util.find_spec("vllm") is None:
+        raise ImportError(
+            "workers.engine=vllm needs vLLM, which is not installed: on a CUDA machine `pip install -e '.[vllm]'`; "
+            "on a CPU-only machine `make test` installs its CPU build, or see the README's 'vLLM on the CPU'"
+        )
 
 
 class RolloutWorker:
@@ -74,12 +89,11 @@ class RolloutWorker:
                 tokenizer,
                 dtype=workers_cfg.vllm_dtype,
                 gpu_memory_utilization=workers_cfg.vllm_gpu_memory_utilization,
+                kv_cache_memory_bytes=int(workers_cfg.vllm_kv_cache_mb * 2**20) or None,
                 enable_sleep_mode=workers_cfg.vllm_sleep_mode,
             )
-        elif workers_cfg.engine == "hf":
-            self.engine = HFEngine(load_model(model_path, torch.device(device)).eval(), tokenizer, device)
         else:
-            raise ValueError(f"unknown workers.engine {workers_cfg.engine!r}: use 'hf' or 'vllm'")
+            self.engine = HFEngine(load_model(model_path, torch.device(device)).eval(), tokenizer, device)
         self.formatter = TurnFormatter(tokenizer, rollout_cfg.observation_role)
 
     def rollout(self, items: list[Item], greedy: bool = False) -> list[Episode]:
@@ -89,8 +103,15 @@ class RolloutWorker:
         # Ray hands numpy arrays over zero-copy from the object store; wrap them without a copy.
         self.engine.update_weights({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in bucket.items()})
 
+    def finish_sync(self) -> None:
+        self.engine.finish_sync()
+
     def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         return self.engine.probe_logprobs(sequences)
+
+    def engine_name(self) -> str:
+        """What generates: the engine, its version and where it runs, e.g. "vllm 0.32.0 cpu float32"."""
+        return self.engine.describe()
 
     def sleep(self) -> None:
         self.engine.sleep(level=1)
@@ -172,12 +193,16 @@ class LocalPool:
         def load():
             for bucket in parts:
                 self.worker.update_weights(bucket)
+            self.worker.finish_sync()
 
         return self._submit(load)
 
     def probe(self, sequences: list[list[int]]) -> Queued:
         """Probe logprobs of each worker (here: one), as a list of per-worker results."""
         return self._submit(lambda: [self.worker.probe_logprobs(sequences)])
+
+    def engine_names(self) -> Queued:
+        return self._submit(lambda: [self.worker.engine_name()])
 
     def sleep(self) -> Queued:
         return self._submit(self.worker.sleep)
@@ -226,6 +251,8 @@ class RayPool:
         worker = self.actor.remote(*self.args)
         for ref in self.weight_refs:  # a replacement starts from the latest weights, not the base model
             worker.update_weights.remote(ref)
+        if self.weight_refs:
+            worker.finish_sync.remote()
         return worker
 
     def rollout(self, items: list[Item], greedy: bool = False) -> Later:
@@ -260,10 +287,15 @@ class RayPool:
         # arrays (zero-copy reads; a torch tensor would be pickled and copied again on every worker).
         self.weight_refs = [self.ray.put({k: _to_numpy(v) for k, v in b.items()}) for b in buckets(weights, bucket_mb)]
         calls = [w.update_weights.remote(ref) for w in self.workers for ref in self.weight_refs]
+        calls += [w.finish_sync.remote() for w in self.workers]  # runs after its worker's last bucket (actor calls run in order)
         return Later(lambda: self.ray.get(calls))
 
     def probe(self, sequences: list[list[int]]) -> Later:
         calls = [w.probe_logprobs.remote(sequences) for w in self.workers]
+        return Later(lambda: self.ray.get(calls))
+
+    def engine_names(self) -> Later:
+        calls = [w.engine_name.remote() for w in self.workers]
         return Later(lambda: self.ray.get(calls))
 
     def sleep(self) -> Later:

@@ -58,7 +58,8 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_failing_env_episodes_are_left_out_and_the_run_goes_on(tmp_path):
-    trainer = train(tmp_path, "steps=2", "env.name=tests.flaky_env", "save_every=0", "eval_every=0")
+    # seed 2: both batches hold a rewarded episode (a random policy finds the answer in about 3 batches of 4), so an update happens
+    trainer = train(tmp_path, "steps=2", "env.name=tests.flaky_env", "save_every=0", "eval_every=0", "seed=2")
     rows = [m for m in metrics(tmp_path) if "episodes/failed" in m and "reward/mean" in m]
     assert len(rows) == 2 and all(m["episodes/failed"] == 8 for m in rows)  # one task of 8, its whole group
     assert all(m["learner/grad_norm"] > 0 for m in rows)

@@ -1,12 +1,19 @@
-"""VLLMEngine against an HF forward pass of the same tiny Qwen2 model. The GPU tests skip without vLLM or CUDA.
+"""VLLMEngine against an HF forward pass of the same tiny Qwen2 model, and in training, on a local Ray cluster.
 
-The engine runs in bf16 and the HF reference in fp32 with bf16-rounded weights, so the
-two differ only by bf16 activations (about 5e-3 in logprob on this model). The logprobs of
-two differently seeded models differ by about 0.4 on average.
+On the CPU (vLLM's CPU build, what `make test` installs) the engine runs in float32, so
+its logprobs match HF's to float32 rounding (about 5e-7 here). On a GPU it runs in bf16
+and the HF reference is fp32 with bf16-rounded weights, so the two differ by bf16
+activations (about 5e-3 on this model). The logprobs of two differently seeded models
+differ by about 0.4 on average.
 """
 
 import gc
 import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,16 +21,20 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.lookup import LookupParams, sample_text
-from rl.engine import Request, SamplingParams
+from rl.engine import HFEngine, Request, SamplingParams
 from rl.tiny import TinyModelConfig, build_tiny_model
 from rl.vllm_engine import _generation
+from rl.workers import buckets
 
-MISSING = [what for what, ok in (("vLLM", importlib.util.find_spec("vllm") is not None), ("a CUDA GPU", torch.cuda.is_available())) if not ok]
-needs_vllm_gpu = pytest.mark.skipif(bool(MISSING), reason="needs " + " and ".join(MISSING))
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="needs vLLM (`make test` installs its CPU build on a machine without CUDA)")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="sleep mode exists only on a GPU (vLLM has none on the CPU)")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 0.04 if DEVICE == "cuda" else 1e-4  # max |engine - HF| logprob
 
 # head_dim 256 / 4 = 64, which vLLM's attention backends support; byte_alphabet=False keeps every token ASCII.
 CFG = TinyModelConfig(layers=2, hidden=256, intermediate=512, heads=4, kv_heads=2, vocab_size=128, byte_alphabet=False)
-TOL = 0.04  # max |engine - HF| logprob
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +56,31 @@ def load(path):
 
 @pytest.fixture(scope="module")
 def hf(models):
-    """HF references on the GPU, fp32 with the weights rounded to bf16 as the engine holds them."""
-    return {name: load(getattr(models, name)).to(torch.bfloat16).float().cuda().eval() for name in ("a", "b")}
+    """HF references in fp32; on a GPU with the weights rounded to bf16 as the engine holds them."""
+    if DEVICE == "cuda":
+        return {name: load(getattr(models, name)).to(torch.bfloat16).float().cuda().eval() for name in ("a", "b")}
+    return {name: load(getattr(models, name)).eval() for name in ("a", "b")}
 
 
 @pytest.fixture(scope="module")
 def engine(models):
     from rl.vllm_engine import VLLMEngine
 
-    eng = VLLMEngine(str(models.a), models.tok, enable_sleep_mode=True, seed=0, max_model_len=256, enforce_eager=True)
+    eng = VLLMEngine(str(models.a), models.tok, enable_sleep_mode=DEVICE == "cuda", seed=0, max_model_len=256, enforce_eager=True)
     yield eng
     del eng
     gc.collect()
-    torch.cuda.empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
 
 
 @torch.no_grad()
 def hf_logprobs(model, prompt, completion, temperature=1.0):
     """Teacher-forced logprobs of `completion` after `prompt` under softmax(logits / temperature) (T=0: T=1)."""
-    ids = torch.tensor([prompt + completion], device="cuda")
+    ids = torch.tensor([prompt + completion], device=DEVICE)
     logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
     logits = logits / temperature if temperature > 0 else logits
-    return logits.log_softmax(-1).gather(-1, torch.tensor(completion, device="cuda")[:, None])[:, 0].tolist()
+    return logits.log_softmax(-1).gather(-1, torch.tensor(completion, device=DEVICE)[:, None])[:, 0].tolist()
 
 
 def max_diff(xs, ys):
@@ -81,8 +95,17 @@ def probe(engine, model, prompts, n=8):
     return got, want
 
 
+def sync(engine, weights: dict, bucket_mb: float) -> list[dict]:
+    """A trainer's sync: the weights in buckets of `bucket_mb`, then finish_sync(); returns the buckets."""
+    parts = buckets(weights, bucket_mb)
+    for part in parts:
+        engine.update_weights(part)
+    engine.finish_sync()
+    return parts
+
+
 def test_finish_reason_mapping():
-    """CPU-only: vLLM's (finish_reason, stop_reason) -> our finish reasons."""
+    """vLLM's (finish_reason, stop_reason) -> our finish reasons (plain data, no engine)."""
 
     def out(finish, stop_reason):
         return SimpleNamespace(token_ids=[5, 6], logprobs=[{5: SimpleNamespace(logprob=-1.0)}, {6: SimpleNamespace(logprob=-2.0)}], finish_reason=finish, stop_reason=stop_reason)
@@ -96,7 +119,19 @@ def test_finish_reason_mapping():
         _generation(out("abort", None))
 
 
-@needs_vllm_gpu
+@needs_vllm
+def test_engine_says_what_it_is(engine):
+    import vllm
+
+    assert engine.describe() == f"vllm {vllm.__version__} {DEVICE} {'bfloat16' if DEVICE == 'cuda' else 'float32'}"
+    assert torch.get_num_threads() >= 1
+    torch.set_num_threads(1)  # vLLM's CPU worker turns this into a no-op for the process; the engine gives it back
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(os.cpu_count())
+    assert torch.get_num_threads() == os.cpu_count()
+
+
+@needs_vllm
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
 def test_generate_matches_hf_forward(engine, models, hf, temperature):
     requests = [Request(p, 24, seed) for seed, p in enumerate(models.prompts)]
@@ -109,7 +144,24 @@ def test_generate_matches_hf_forward(engine, models, hf, temperature):
     assert worst < TOL and mean < TOL / 4, (worst, mean)
 
 
-@needs_vllm_gpu
+@needs_vllm
+def test_greedy_generation_equals_hf_engine(engine, models, hf):
+    """Same requests, greedy, with a stop string: the same tokens, finish reasons and logprobs as HFEngine."""
+    if DEVICE == "cuda":
+        pytest.skip("bf16 engine against an fp32 HFEngine: greedy choices may differ on near-ties")
+    hf_engine = HFEngine(hf["a"], models.tok)
+    probe_gen = hf_engine.generate([Request(models.prompts[0], 32, 0)], SamplingParams(temperature=0.0))[0]
+    stop = models.tok.decode(probe_gen.token_ids[5:6]).strip() or "a"  # a string greedy decoding meets on some prompts
+    requests = [Request(p, 32, seed) for seed, p in enumerate(models.prompts)]
+    params = SamplingParams(temperature=0.0, stop=[stop])
+    ours, theirs = engine.generate(requests, params), hf_engine.generate(requests, params)
+    assert [g.token_ids for g in ours] == [g.token_ids for g in theirs]
+    assert [g.finish_reason for g in ours] == [g.finish_reason for g in theirs]
+    assert "stop" in {g.finish_reason for g in ours}
+    assert max_diff([g.logprobs for g in ours], [g.logprobs for g in theirs])[0] < TOL
+
+
+@needs_vllm
 def test_top_p_logprobs_are_of_the_truncated_distribution(engine, models, hf):
     """The documented difference: with top_p < 1 vLLM reports logprobs of the renormalised nucleus (>= ours)."""
     requests = [Request(p, 16, seed) for seed, p in enumerate(models.prompts)]
@@ -118,7 +170,7 @@ def test_top_p_logprobs_are_of_the_truncated_distribution(engine, models, hf):
     assert min(diffs) > -TOL and sum(diffs) / len(diffs) > 0.3, (min(diffs), sum(diffs) / len(diffs))
 
 
-@needs_vllm_gpu
+@needs_vllm
 def test_finish_reasons_match_the_tokens(engine, models):
     eos = models.tok.eos_token_id
     requests = [Request(models.prompts[i % len(models.prompts)], 64, 100 + i) for i in range(32)]
@@ -132,7 +184,7 @@ def test_finish_reasons_match_the_tokens(engine, models):
     assert any(g.finish_reason == "eos" for g in gens)  # ~1/128 per step over 2048 steps
 
 
-@needs_vllm_gpu
+@needs_vllm
 def test_stop_string_ends_generation_and_keeps_its_tokens(engine, models):
     tok, prompt = models.tok, models.prompts[3]
     ref = engine.generate([Request(prompt, 48, 11)], SamplingParams(temperature=1.0))[0]
@@ -147,7 +199,7 @@ def test_stop_string_ends_generation_and_keeps_its_tokens(engine, models):
     assert len(got.logprobs) == n
 
 
-@needs_vllm_gpu
+@needs_vllm
 def test_per_request_seeds_reproduce(engine, models):
     p = models.prompts
     params = SamplingParams(temperature=1.0)
@@ -158,7 +210,7 @@ def test_per_request_seeds_reproduce(engine, models):
     assert first[0].token_ids != other_seed[0].token_ids
 
 
-@needs_vllm_gpu
+@needs_vllm
 def test_probe_default_is_every_token_after_the_first(engine, models, hf):
     got = engine.probe_logprobs(models.prompts[:2])
     want = [hf_logprobs(hf["a"], p[:1], p[1:]) for p in models.prompts[:2]]
@@ -166,14 +218,17 @@ def test_probe_default_is_every_token_after_the_first(engine, models, hf):
     assert max_diff(got, want)[0] < TOL
 
 
-@needs_vllm_gpu
-def test_update_weights_switches_to_the_new_model(engine, models, hf):
-    learner_b = load(models.b)  # fp32 on the CPU, as a learner might hold it
+@needs_vllm
+@pytest.mark.parametrize("bucket_mb", [0.01, 1.0])  # 0.01 MB: a bucket per tensor, q/k/v and gate/up apart; 1 MB: whole layers
+def test_sync_switches_to_the_new_model(engine, models, hf, bucket_mb):
+    learner_b = load(models.b).to(DEVICE)  # fp32, as a learner holds it
     requests = [Request(p, 16, seed) for seed, p in enumerate(models.prompts)]
     engine.generate(requests, SamplingParams())  # fill the prefix cache with model A's KV for these prompts
     try:
-        for name, tensor in learner_b.named_parameters():  # one bucket per tensor: q_proj, k_proj and v_proj arrive apart
-            engine.update_weights({name: tensor})
+        parts = sync(engine, dict(learner_b.named_parameters()), bucket_mb)
+        bucket_of = {name: i for i, part in enumerate(parts) for name in part}
+        split = bucket_of["model.layers.0.self_attn.q_proj.weight"] != bucket_of["model.layers.0.self_attn.k_proj.weight"]
+        assert split == (bucket_mb < 0.1)  # small buckets split the fused qkv layer; large ones hold whole layers
         gens = engine.generate(requests, SamplingParams())  # same prompts: stale A blocks would show here
         on_b = max_diff([g.logprobs for g in gens], [hf_logprobs(hf["b"], r.prompt_ids, g.token_ids) for r, g in zip(requests, gens)])
         on_a = max_diff([g.logprobs for g in gens], [hf_logprobs(hf["a"], r.prompt_ids, g.token_ids) for r, g in zip(requests, gens)])
@@ -181,12 +236,45 @@ def test_update_weights_switches_to_the_new_model(engine, models, hf):
         got, want = probe(engine, hf["b"], models.prompts)
         assert max_diff(got, want)[0] < TOL
     finally:
-        engine.update_weights(dict(load(models.a).named_parameters()))
+        sync(engine, dict(load(models.a).named_parameters()), 64.0)
     got, want = probe(engine, hf["a"], models.prompts)
     assert max_diff(got, want)[0] < TOL
 
 
-@needs_vllm_gpu
+@needs_vllm
+def test_the_tied_head_follows_the_embedding(engine, models, hf):
+    """The LM head is the embedding's tensor: a sync of the embedding alone must change the logits too."""
+    b = dict(load(models.b).named_parameters())
+    assert "lm_head.weight" not in b  # tied: HF names it once, as the embedding
+    reference = load(models.a)
+    reference.model.embed_tokens.weight.data.copy_(b["model.embed_tokens.weight"])  # and, tied, the head
+    try:
+        sync(engine, {"model.embed_tokens.weight": b["model.embed_tokens.weight"]}, 64.0)
+        got, want = probe(engine, reference.to(DEVICE).eval(), models.prompts)
+        assert max_diff(got, want)[0] < TOL
+    finally:
+        sync(engine, dict(load(models.a).named_parameters()), 64.0)
+
+
+@needs_vllm
+def test_a_sync_that_splits_a_layer_and_never_completes_it_is_refused(engine, models, hf):
+    if DEVICE == "cuda":
+        pytest.skip("on CUDA each tensor is written in place as it comes: a partial layer is the caller's choice")
+    b = dict(load(models.b).named_parameters())
+    engine.update_weights({"model.layers.0.self_attn.q_proj.weight": b["model.layers.0.self_attn.q_proj.weight"]})
+    with pytest.raises(RuntimeError, match="finish_sync"):  # mid-sync the engine refuses to run
+        engine.generate([Request(models.prompts[0], 4, 0)], SamplingParams())
+    with pytest.raises(RuntimeError, match=r"only part of their tensors.*qkv_proj"):
+        engine.finish_sync()  # k_proj and v_proj never came
+    with pytest.raises(RuntimeError, match="update_weights"):  # the weights are not whole: no generation on them
+        engine.probe_logprobs([models.prompts[0]])
+    sync(engine, dict(load(models.a).named_parameters()), 64.0)
+    got, want = probe(engine, hf["a"], models.prompts)
+    assert max_diff(got, want)[0] < TOL
+
+
+@needs_vllm
+@needs_gpu
 def test_sleep_wake_keeps_weights_synced(engine, models, hf):
     weights = {name: dict(load(getattr(models, name)).cuda().named_parameters()) for name in ("a", "b")}  # learner-style, on the GPU
 
@@ -198,7 +286,7 @@ def test_sleep_wake_keeps_weights_synced(engine, models, hf):
         engine.sleep(level=1)
         with pytest.raises(RuntimeError, match="asleep"):
             engine.generate([Request(models.prompts[0], 4, 0)], SamplingParams())
-        engine.update_weights(weights["b"])  # while asleep: must not be lost or overwritten by the CPU copy of A
+        sync(engine, weights["b"], 64.0)  # while asleep: must not be lost or overwritten by the CPU copy of A
         engine.wake_up()
         assert synced_to("b")
 
@@ -207,8 +295,7 @@ def test_sleep_wake_keeps_weights_synced(engine, models, hf):
         assert synced_to("b")
 
         engine.sleep(level=2)  # weights discarded
-        for name, tensor in weights["a"].items():  # bucket by bucket: the first call wakes the weight memory
-            engine.update_weights({name: tensor})
+        sync(engine, weights["a"], 0.01)  # bucket by bucket: the first call wakes the weight memory
         engine.wake_up()
         assert synced_to("a")
 
@@ -216,10 +303,52 @@ def test_sleep_wake_keeps_weights_synced(engine, models, hf):
         engine.wake_up()  # woken without a sync: the weights are garbage, so the engine refuses to run
         with pytest.raises(RuntimeError, match="update_weights"):
             engine.probe_logprobs([models.prompts[0]], [30])
-        engine.update_weights(weights["a"])
+        sync(engine, weights["a"], 64.0)
         assert synced_to("a")
         gens = engine.generate([Request(p, 8, s) for s, p in enumerate(models.prompts)], SamplingParams())
         assert all(len(g.token_ids) == len(g.logprobs) > 0 for g in gens)
     finally:
         engine.wake_up()
-        engine.update_weights(weights["a"])
+        sync(engine, weights["a"], 64.0)
+
+
+def train(run_dir: Path, *overrides: str, python_prelude: str = "pass") -> subprocess.CompletedProcess:
+    """`python -m rl train configs/lookup.yaml` for 3 steps, as a user runs it, in its own process."""
+    args = ["configs/lookup.yaml", "steps=3", f"run_dir={run_dir}", "save_every=0", "eval_every=0", "workers.engine=vllm", *overrides]
+    code = f"import sys; {python_prelude}; from rl.cli import main; sys.exit(main(['train', *{args!r}]))"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def episodes(run_dir: Path, step: int) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "episodes" / f"step_{step:06d}.jsonl").read_text().splitlines()]
+
+
+@needs_vllm
+def test_training_with_vllm_on_ray_equals_in_process_vllm(tmp_path):
+    """3 GRPO steps with vLLM rollout workers on a local Ray cluster and with vLLM in the trainer's process:
+    every sync checked at fp32 tolerance, the same episodes, the engine named in every metrics line."""
+    runs = {"ray": tmp_path / "ray", "local": tmp_path / "local"}
+    for mode, run_dir in runs.items():
+        extra = ["workers.ray=true", "workers.num_workers=1"] if mode == "ray" else []
+        proc = train(run_dir, *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for mode, run_dir in runs.items():
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        steps = [m for m in lines if "reward/mean" in m]
+        assert [m["step"] for m in steps] == [1, 2, 3]
+        assert all(m["sync/probe_max_abs"] < 1e-4 for m in steps), [m["sync/probe_max_abs"] for m in steps]
+        assert all(m["engine"].startswith("vllm ") and m["engine"].endswith(" cpu float32") for m in lines) or DEVICE == "cuda"
+        assert steps[0]["learner/mismatch_max_abs"] < 1e-4  # the engine sampled with the learner's logprobs
+    for step in (1, 2, 3):
+        local, remote = episodes(runs["local"], step), episodes(runs["ray"], step)
+        assert [e["token_ids"] for e in local] == [e["token_ids"] for e in remote]
+        assert [e["reward"] for e in local] == [e["reward"] for e in remote]
+        for a, b in zip(local, remote):
+            assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
+
+
+def test_vllm_engine_without_vllm_fails_at_once_and_says_how_to_install(tmp_path):
+    proc = train(tmp_path / "run", python_prelude="sys.modules['vllm'] = None")  # as on a machine without vLLM
+    assert proc.returncode != 0
+    assert "workers.engine=vllm needs vLLM" in proc.stderr and "pip install" in proc.stderr
+    assert not (tmp_path / "run" / "base_model").exists()  # failed before building any model
