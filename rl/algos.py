@@ -17,25 +17,29 @@ import torch
 # ---------------------------------------------------------------- advantages
 
 
-def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, norm_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, groups: torch.Tensor, norm_by_std: bool = True, eps: float = 1e-6, lone_score: bool = False
+) -> torch.Tensor:
     """GRPO: each episode's reward minus its group's mean, divided by the group's std when `norm_by_std`.
 
     rewards: [N] float; groups: [N] int group id of each episode (groups may differ in size).
     Returns [N]. `norm_by_std=False` is Dr.GRPO (no std division, no difficulty bias).
-    The std is the unbiased one (N-1), as in GRPO's reference implementations; a group of
-    one episode has no baseline and gets advantage 0.
+    The std is the unbiased one (N-1), as in GRPO's reference implementations. A group of
+    one episode has no baseline and gets advantage 0; `lone_score` gives it its raw reward
+    instead (verl's convention: mean 0, std 1 for a group of one).
     """
     _, index = groups.unique(return_inverse=True)  # [N] in 0..G-1
     n_groups = int(index.max()) + 1
     count = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, index, torch.ones_like(rewards))  # [G]
     mean = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, index, rewards) / count  # [G]
     centered = rewards - mean[index]  # [N]
+    lone = rewards if lone_score else torch.zeros_like(rewards)
     if not norm_by_std:
-        return torch.where(count[index] > 1, centered, torch.zeros_like(centered))
+        return torch.where(count[index] > 1, centered, lone)
     sq = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, index, centered**2)  # [G]
     std = (sq / (count - 1).clamp(min=1)).sqrt()  # [G]
     adv = centered / (std[index] + eps)
-    return torch.where(count[index] > 1, adv, torch.zeros_like(adv))
+    return torch.where(count[index] > 1, adv, lone)
 
 
 def _group_index(groups: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -55,16 +59,18 @@ def group_mean(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     return (_group_sum(rewards, index, n_groups) / _group_sum(torch.ones_like(rewards), index, n_groups))[index]
 
 
-def rloo_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+def rloo_advantages(rewards: torch.Tensor, groups: torch.Tensor, lone_score: bool = False) -> torch.Tensor:
     """RLOO: each episode's reward minus the mean of the *other* episodes of its group. [N] -> [N].
 
     Equals n / (n - 1) times the group-centered reward; the baseline never contains the episode
-    itself, so the estimator is unbiased. A group of one has no baseline and gets 0.
+    itself, so the estimator is unbiased. A group of one has no baseline and gets 0, or its raw
+    reward with `lone_score` (verl's convention).
     """
     index, n_groups = _group_index(groups)
     count = _group_sum(torch.ones_like(rewards), index, n_groups)[index]  # [N]
     mean = _group_sum(rewards, index, n_groups)[index] / count  # [N]
-    return torch.where(count > 1, (rewards - mean) * count / (count - 1).clamp(min=1), torch.zeros_like(rewards))
+    lone = rewards if lone_score else torch.zeros_like(rewards)
+    return torch.where(count > 1, (rewards - mean) * count / (count - 1).clamp(min=1), lone)
 
 
 def zero_variance_groups(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -111,6 +117,14 @@ def turn_advantages(turn_rewards: torch.Tensor, turn_mask: torch.Tensor, groups:
     action-dependent, and the gradient picks up a spurious -sum(per-turn mean reward) on every
     "take another turn" decision (plus the episode's own reward inside its mean and std).
     No std division here for the same reason: a scale computed from the episode itself biases it.
+
+    The argument holds for the loss `seq-mean-token-sum` builds: each episode's sum over its tokens
+    of A * log pi, divided by a count that does not depend on the episode. `seq-mean-token-mean`
+    divides each episode by its own length, which its actions decide (another turn, more tokens),
+    and `token-mean` divides by the batch's token count, which contains the episode's length (a
+    bias of order length / batch tokens); GSPO averages each sequence's tokens as well. AlgoConfig
+    refuses `turn` under anything but `seq-mean-token-sum`
+    (`tests/test_algorithms_turn_credit.py` measures both aggregations).
     """
     mask = turn_mask.to(turn_rewards.dtype)
     returns = (turn_rewards * mask).flip(-1).cumsum(-1).flip(-1) * mask  # [N, K] return-to-go
@@ -160,48 +174,76 @@ def gae_advantages(
     return adv, (adv + values) * mask
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the entries where mask is 1 (the batch's policy tokens); 0 elsewhere."""
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, unbiased: bool = False) -> torch.Tensor:
+    """(x - mean) / std over the entries where mask is 1 (the batch's policy tokens); 0 elsewhere. [B, T] -> [B, T].
+
+    The variance divides by n, the number of policy tokens (OpenRLHF); `unbiased` divides by n - 1 (verl).
+    """
     mask = mask.to(x.dtype)
     n = mask.sum().clamp(min=1)
     mean = (x * mask).sum() / n
-    var = (((x - mean) * mask) ** 2).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / ((n - 1).clamp(min=1) if unbiased else n)
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
 # ---------------------------------------------------------------- losses
 
+# Log-ratios beyond this are clamped before exp: a token the old policy all but never sampled
+# would otherwise weigh e^25 ~ 7e10 times its advantage (verl clamps at the same value).
+LOG_RATIO_LIMIT = 20.0
+# GSPO's objective averages over sequences, each sequence's tokens averaged: the learner aggregates it so whatever `loss_agg` says.
+GSPO_AGGREGATION = "seq-mean-token-mean"
+
+
+def _clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float, clip_ratio_c: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A), capped at -clip_ratio_c A where A < 0 (dual clip; 0 = off).
+
+    ratio, advantages: [B, T] -> (loss [B, T], clipped [B, T] bool: where a clip decided the loss, so no gradient flows).
+    """
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
+    loss = -torch.min(unclipped, clipped)
+    was_clipped = clipped < unclipped
+    if clip_ratio_c > 0:
+        # With A < 0 the loss grows with r without bound; dual clip (Ye et al. 2020) caps it at c |A|.
+        cap = -clip_ratio_c * advantages
+        dual = (advantages < 0) & (loss > cap)
+        loss = torch.where(dual, cap, loss)
+        was_clipped = was_clipped | dual
+    return loss, was_clipped
+
 
 def ppo_clip_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float, clip_ratio_c: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate, per token, with separate low/high clip ranges (DAPO's clip-higher).
 
-    All inputs [B, T]. Returns (loss [B, T], clipped [B, T] bool: where the clip was active).
-    loss = -min(r * A, clip(r, 1 - clip_low, 1 + clip_high) * A), r = exp(logprobs - old_logprobs).
+    All inputs [B, T]. Returns (loss [B, T], clipped [B, T] bool: where a clip was active).
+    loss = -min(r * A, clip(r, 1 - clip_low, 1 + clip_high) * A), r = exp(clamp(logprobs - old_logprobs, ±LOG_RATIO_LIMIT)),
+    and with `clip_ratio_c` > 1 at most clip_ratio_c * |A| on tokens with A < 0 (dual clip).
     """
-    ratio = torch.exp(logprobs - old_logprobs)
-    unclipped = ratio * advantages
-    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
-    return -torch.min(unclipped, clipped), clipped < unclipped
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
+    return _clipped_surrogate(ratio, advantages, clip_low, clip_high, clip_ratio_c)
 
 
 def gspo_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_high: float
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_high: float,
+    clip_ratio_c: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GSPO: PPO's clipped surrogate on the sequence-level ratio s = exp(mean_t (logp - old_logp)).
 
     All inputs [B, T]; advantages are per token (constant within a sequence for group estimators).
     Per token, s_t = sg(s) * exp(logp_t - sg(logp_t)): its value is s and its gradient is
     s * grad logp_t, so every token of a sequence shares one ratio and one clipping decision.
-    Returns (loss [B, T], clipped [B, T] bool).
+    The mean log-ratio is clamped to ±LOG_RATIO_LIMIT, and `clip_ratio_c` is PPO's dual clip.
+    Returns (loss [B, T], clipped [B, T] bool). GSPO's objective is the mean over sequences of
+    each sequence's token mean: aggregate this loss with GSPO_AGGREGATION (the learner does).
     """
     m = mask.to(logprobs.dtype)
     seq_log_ratio = ((logprobs - old_logprobs) * m).sum(-1) / m.sum(-1).clamp(min=1.0)  # [B]
-    ratio = torch.exp(seq_log_ratio.detach())[:, None] * torch.exp(logprobs - logprobs.detach())  # [B, T]
-    unclipped = ratio * advantages
-    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
-    return -torch.min(unclipped, clipped), clipped < unclipped
+    seq_log_ratio = seq_log_ratio.detach().clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    ratio = torch.exp(seq_log_ratio)[:, None] * torch.exp(logprobs - logprobs.detach())  # [B, T]
+    return _clipped_surrogate(ratio, advantages, clip_low, clip_high, clip_ratio_c)
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,20 +280,35 @@ def truncated_is_weight(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Te
     raise ValueError(f"unknown TIS level {level!r}: use one of {TIS_LEVELS}")
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from samples of the policy. [B, T] -> [B, T].
+KL_ESTIMATORS = ("k1", "k2", "k3", "k3+")
+K3_LIMIT = 10.0  # k3 grows as q/p: one token the policy has all but dropped would swamp the loss (verl clamps at 10 too)
 
-    k1 = log(p/q) (unbiased, high variance); k2 = (log(p/q))^2 / 2; k3 = q/p - 1 - log(q/p)
-    (unbiased and always >= 0, Schulman's low-variance estimator).
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(p || q), p the policy (which sampled the tokens), q the reference. [B, T] -> [B, T].
+
+    With r = log(p/q) on a sampled token, the value's expectation and the gradient's, under p:
+      k1  = r                        value: KL(p || q), unbiased;  gradient: 0 in expectation (E_p[grad log p] = 0)
+      k2  = r^2 / 2                  value: biased (>= 0);         gradient: grad KL(p || q), the reverse KL
+      k3  = q/p - 1 - log(q/p)       value: KL(p || q), unbiased, >= 0, low variance (Schulman);
+                                     gradient: grad KL(q || p), the forward KL
+      k3+ = k3's value, k2's gradient: the unbiased value to log or put in the reward, and the
+            reverse KL's gradient in the loss (verl's "k3+")
+    In the reward only the value counts (k1, k3 or k3+); in the loss only the gradient (k2 or k3+).
+    k3 (and k3+'s value) is clamped at K3_LIMIT.
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio
     if estimator == "k2":
         return 0.5 * log_ratio**2
-    if estimator == "k3":
-        return torch.exp(-log_ratio) - 1.0 + log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r}: use k1, k2 or k3")
+    if estimator in ("k3", "k3+"):
+        k3 = (torch.exp(-log_ratio) - 1.0 + log_ratio).clamp(max=K3_LIMIT)
+        if estimator == "k3":
+            return k3
+        k2 = 0.5 * log_ratio**2
+        return k3.detach() + k2 - k2.detach()
+    raise ValueError(f"unknown KL estimator {estimator!r}: use one of {KL_ESTIMATORS}")
 
 
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
@@ -265,6 +322,8 @@ def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens
       token-mean          sum of all token losses / tokens in the step (DAPO; long answers weigh more)
       seq-mean-token-sum  per-sequence sum, averaged over sequences (Dr.GRPO without the constant)
       seq-mean-token-mean per-sequence mean, averaged over sequences (the original GRPO)
+    The learner counts in `num_seqs` the sequences without policy tokens too, unless
+    `algo.seq_mean_skips_empty` (verl's count).
     """
     mask = mask.to(loss.dtype)
     if mode == "token-mean":

@@ -109,22 +109,23 @@ def estimate(name: str, episodes: list[Episode], algo, values: torch.Tensor | No
     groups = torch.tensor([ep.group for ep in episodes])
     totals = rewards.sum(-1)  # [B]
     if name in ("grpo", "drgrpo"):
-        return _broadcast(algos.group_advantages(totals, groups, algo.norm_by_std and name == "grpo"), mask), None
+        return _broadcast(algos.group_advantages(totals, groups, algo.norm_by_std and name == "grpo", lone_score=algo.lone_group_score), mask), None
     if name == "rloo":
-        return _broadcast(algos.rloo_advantages(totals, groups), mask), None
-    if name == "reinforce++-baseline":
-        # Subtract the group's mean total on the last token: returns of every token shift by it.
-        last = (mask * torch.arange(mask.shape[1])).argmax(-1)  # [B]
-        rewards = rewards.clone()
-        rewards[torch.arange(len(episodes)), last] -= algos.group_mean(totals, groups)
-        name = "reinforce++"
-    if name == "reinforce++":
-        return algos.masked_whiten(algos.discounted_returns(rewards, mask, algo.gamma), mask), None
+        return _broadcast(algos.rloo_advantages(totals, groups, algo.lone_group_score), mask), None
+    if name in ("reinforce++", "reinforce++-baseline"):
+        returns = algos.discounted_returns(rewards, mask, algo.gamma)  # [B, T]
+        if name == "reinforce++-baseline":
+            # The group's mean total, the same for every token of every episode of the group. Put on the
+            # last token instead, it would reach token t as gamma^(tokens after t) * mean: a baseline
+            # that the episode's own later actions (when to stop) decide, biased whenever gamma < 1.
+            # The mean includes the episode itself (OpenRLHF's convention).
+            returns = returns - _broadcast(algos.group_mean(totals, groups), mask)
+        return algos.masked_whiten(returns, mask, unbiased=algo.whiten_unbiased), None
     if name == "gae":
         if values is None:
             raise ValueError("advantage 'gae' needs critic values")
         adv, returns = algos.gae_advantages(rewards, values * mask, mask, algo.gamma, algo.lam)
-        return algos.masked_whiten(adv, mask), returns
+        return algos.masked_whiten(adv, mask, unbiased=algo.whiten_unbiased), returns
     # turn: one reward per turn, the outcome on the last turn, each turn's advantage on its tokens.
     n_turns = [len(ep.reward.process) or 1 for ep in episodes]
     turn_r = torch.zeros(len(episodes), max(n_turns), dtype=torch.float64)

@@ -38,21 +38,29 @@ class LearnerConfig:
     gradient_checkpointing: bool = False  # trade compute for activation memory on large models
 
 
+POLICY_LOSSES = ("ppo", "gspo")
+CRITICS = ("head", "separate")
+
+
 @dataclass
 class AlgoConfig:
     advantage: str = "grpo"  # estimator: grpo, drgrpo, rloo, reinforce++, reinforce++-baseline, gae (PPO critic), turn (rl/credit.py)
     norm_by_std: bool = True  # grpo divides by the group's std; False (or advantage=drgrpo) gives Dr.GRPO
+    lone_group_score: bool = False  # grpo, drgrpo, rloo: a group of one episode gets its raw total (verl) instead of advantage 0
     policy_loss: str = "ppo"  # ppo (token-level ratio) or gspo (sequence-level ratio; use small clip ranges, e.g. 3e-4/4e-4)
     clip_low: float = 0.2  # PPO clip range below 1
     clip_high: float = 0.2  # PPO clip range above 1 (DAPO's clip-higher uses 0.28)
+    clip_ratio_c: float = 3.0  # dual clip: a token with A < 0 loses at most clip_ratio_c * |A| (> 1; 0 = off)
     kl_coef: float = 0.0  # weight of KL(policy || reference); 0 loads no reference model
-    kl_estimator: str = "k3"  # k1, k2 or k3
+    kl_estimator: str = "k3+"  # k1, k2, k3 or k3+ (k3's value, k2's gradient: the reverse KL's); algos.kl_penalty says which estimates what
     kl_in_reward: bool = False  # subtract the KL penalty from the rewards (PPO/REINFORCE++ style) instead of adding it to the loss
-    loss_agg: str = "token-mean"  # token-mean, seq-mean-token-sum or seq-mean-token-mean
+    loss_agg: str = "token-mean"  # token-mean, seq-mean-token-sum or seq-mean-token-mean (gspo's policy term: always seq-mean-token-mean)
+    seq_mean_skips_empty: bool = False  # seq-mean-*: leave sequences without policy tokens out of the count (verl) instead of counting them
     tis_cap: float = 0.0  # truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
     tis_level: str = "token"  # token (one ratio per token) or sequence (product over the sequence's policy tokens)
     gamma: float = 1.0  # discount per policy token (gae, reinforce++)
     lam: float = 0.95  # GAE's lambda
+    whiten_unbiased: bool = False  # reinforce++ and gae whiten with the n - 1 variance (verl) instead of the n one (OpenRLHF)
     critic: str = "head"  # gae's value model: head (on the policy backbone) or separate (a copy of the base model)
     critic_lr: float = 0.0  # critic learning rate (0 = learner.lr)
     vf_coef: float = 0.5  # weight of the value loss (head critic: it shares the backbone's gradient)
@@ -66,9 +74,29 @@ class AlgoConfig:
     judge_advantage: str = ""  # estimator for tokens in <judge>...</judge> spans ("" = the same as the rest)
     judge_tag: str = "judge"  # tag that marks judge spans
 
+    def __post_init__(self):
+        for value, known, what in [
+            (self.loss_agg, algos.LOSS_AGGREGATIONS, "loss_agg"),
+            (self.advantage, ESTIMATORS, "advantage"),
+            (self.policy_loss, POLICY_LOSSES, "policy_loss"),
+            (self.kl_estimator, algos.KL_ESTIMATORS, "kl_estimator"),
+            (self.tis_level, algos.TIS_LEVELS, "tis_level"),
+            (self.critic, CRITICS, "critic"),
+        ] + ([(self.judge_advantage, ESTIMATORS, "judge_advantage")] if self.judge_advantage else []):
+            if value not in known:
+                raise ValueError(f"unknown {what} {value!r}: use one of {known}")
+        if self.clip_ratio_c != 0 and self.clip_ratio_c <= 1:
+            raise ValueError(f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip bounds ratios above 1, so it must be > 1 (or 0: off)")
+        if "turn" in (self.advantage, self.judge_advantage) and self.policy_loss_agg != "seq-mean-token-sum":
+            # The turn baseline is unbiased only if no episode's weight in the loss depends on its own length.
+            why = "gspo averages each sequence's tokens" if self.policy_loss == "gspo" else f"loss_agg={self.loss_agg} divides by a count that holds the episode's own length"
+            raise ValueError(f"advantage 'turn' is unbiased only under algo.loss_agg=seq-mean-token-sum with policy_loss=ppo ({why})")
 
-POLICY_LOSSES = ("ppo", "gspo")
-CRITICS = ("head", "separate")
+    @property
+    def policy_loss_agg(self) -> str:
+        """The aggregation of the policy-gradient term: GSPO's own, whatever `loss_agg` says; `loss_agg` otherwise."""
+        return algos.GSPO_AGGREGATION if self.policy_loss == "gspo" else self.loss_agg
+
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,15 +118,6 @@ def _looks_like_hub_id(path: str) -> bool:
 
 class Learner:
     def __init__(self, model_path, cfg: LearnerConfig, algo: AlgoConfig, temperature: float, ref_path=None):
-        for value, known, what in [
-            (algo.loss_agg, algos.LOSS_AGGREGATIONS, "loss_agg"),
-            (algo.advantage, ESTIMATORS, "advantage"),
-            (algo.policy_loss, POLICY_LOSSES, "policy_loss"),
-            (algo.tis_level, algos.TIS_LEVELS, "tis_level"),
-            (algo.critic, CRITICS, "critic"),
-        ] + ([(algo.judge_advantage, ESTIMATORS, "judge_advantage")] if algo.judge_advantage else []):
-            if value not in known:
-                raise ValueError(f"unknown {what} {value!r}: use one of {known}")
         self.cfg, self.algo = cfg, algo
         self.temperature = temperature
         self.device = resolve_device(cfg.device)
@@ -296,7 +315,7 @@ class Learner:
         """
         algo, mb = self.algo, self.cfg.micro_batch_size
         num_tokens = float(sum(sum(ep.loss_mask) for ep in episodes))
-        num_seqs = float(len(episodes))
+        num_seqs = float(sum(1 in ep.loss_mask for ep in episodes) if algo.seq_mean_skips_empty else len(episodes))
         zero = torch.zeros((), device=self.device)
         sums = {"loss": zero, "clip_frac": zero}
         if ref is not None:
@@ -329,9 +348,9 @@ class Learner:
                     logp = self._forward_logprobs(self.model, ids, start=first_policy_token)
             old_logp = self._pad(pick(old), 0.0, torch.float32) if old is not None else logp.detach()
             if algo.policy_loss == "gspo":
-                token_loss, clipped = algos.gspo_loss(logp, old_logp, adv, mask, algo.clip_low, algo.clip_high)
+                token_loss, clipped = algos.gspo_loss(logp, old_logp, adv, mask, algo.clip_low, algo.clip_high, algo.clip_ratio_c)
             else:
-                token_loss, clipped = algos.ppo_clip_loss(logp, old_logp, adv, algo.clip_low, algo.clip_high)
+                token_loss, clipped = algos.ppo_clip_loss(logp, old_logp, adv, algo.clip_low, algo.clip_high, algo.clip_ratio_c)
             behaviour = self._pad([ep.logprobs for ep in part], 0.0, torch.float32) if algo.tis_cap > 0 or fresh else None
             if algo.tis_cap > 0:
                 # Samples from a stale or mismatched engine: reweight them towards the old policy.
@@ -339,11 +358,11 @@ class Learner:
                 token_loss = token_loss * weight
                 sums["tis_weight"] = sums["tis_weight"] + (weight * mask).sum() / max(num_tokens, 1.0)
                 sums["tis_capped_frac"] = sums["tis_capped_frac"] + ((weight >= algo.tis_cap).float() * mask).sum() / max(num_tokens, 1.0)
+            loss = algos.aggregate_loss(token_loss, mask, algo.policy_loss_agg, num_tokens, num_seqs)
             if ref is not None:
                 kl = algos.kl_penalty(logp, self._pad(pick(ref), 0.0, torch.float32), algo.kl_estimator)
-                token_loss = token_loss + algo.kl_coef * kl
+                loss = loss + algo.kl_coef * algos.aggregate_loss(kl, mask, algo.loss_agg, num_tokens, num_seqs)
                 sums["kl_ref"] = sums["kl_ref"] + (kl.detach() * mask).sum() / max(num_tokens, 1.0)
-            loss = algos.aggregate_loss(token_loss, mask, algo.loss_agg, num_tokens, num_seqs)
             if critic:
                 values = self._values(ids, hidden)
                 v_loss, v_clipped = algos.clipped_value_loss(

@@ -1,6 +1,8 @@
 """rl/credit.py: rewards land on the right tokens, each estimator by name gives hand-computed advantages,
 observation and prompt tokens get nothing, judge spans are found and get their own estimator."""
 
+import math
+
 import pytest
 import torch
 
@@ -67,7 +69,7 @@ def test_reinforce_pp_and_gae_by_hand():
     z = ((vals - vals.mean()) / vals.std(unbiased=False)).tolist()
     adv, _ = credit.token_advantages(eps, AlgoConfig(advantage="reinforce++", gamma=1.0))
     assert adv[0].tolist() == pytest.approx([0, 0, z[0], 0, z[1]], abs=1e-6) and adv[1].tolist() == pytest.approx([0, 0, z[2], z[3]], abs=1e-6)
-    # baseline variant: the group mean total (1.5) is subtracted on each episode's last token
+    # baseline variant: the group mean total (1.5) is subtracted from every token's return
     vals = torch.tensor([1.5, 0.5, -1.5, -1.5])
     z = ((vals - vals.mean()) / vals.std(unbiased=False)).tolist()
     adv, _ = credit.token_advantages(eps, AlgoConfig(advantage="reinforce++-baseline", gamma=1.0))
@@ -81,6 +83,20 @@ def test_reinforce_pp_and_gae_by_hand():
     assert adv[0].tolist() == pytest.approx([0, 0, z[0], 0, z[1]], abs=1e-5)
 
 
+def test_reinforce_pp_baseline_does_not_depend_on_the_episode_length():
+    # Two episodes of equal reward, 2 and 5 tokens long, group mean 1, gamma 0.9. The baseline is 1 on
+    # every token of both; subtracted on the last token it would reach token t as 0.9^(tokens after t),
+    # [0.9, 1] and [0.656, 0.729, 0.81, 0.9, 1]: a baseline the episode's length decides.
+    eps = [episode(0, [2], [0.0], 1.0), episode(0, [5], [0.0], 1.0)]
+    adv, _ = credit.token_advantages(eps, AlgoConfig(advantage="reinforce++-baseline", gamma=0.9))
+    returns = torch.tensor([0.9, 1.0, 0.9**4, 0.9**3, 0.9**2, 0.9, 1.0], dtype=torch.float64)
+    z = ((returns - 1.0) - (returns - 1.0).mean()) / (returns - 1.0).std(unbiased=False)
+    assert adv[0][2:].tolist() == pytest.approx(z[:2].tolist(), abs=1e-5) and adv[1][2:].tolist() == pytest.approx(z[2:].tolist(), abs=1e-5)
+    # whiten_unbiased: verl's n - 1 variance
+    adv, _ = credit.token_advantages(eps, AlgoConfig(advantage="reinforce++-baseline", gamma=0.9, whiten_unbiased=True))
+    assert adv[1][2:].tolist() == pytest.approx((z[2:] * math.sqrt(6 / 7)).tolist(), abs=1e-5)
+
+
 def test_kl_in_reward_is_subtracted_on_policy_tokens():
     eps = [episode(0, [1, 1], [0.0, 0.0], 1.0), episode(0, [1], [0.0], 0.0)]
     kl = credit.pad([[7, 7, 0.25, 7, 0.5], [7, 7, 0.1]])  # 7s sit on prompt/observation tokens: ignored
@@ -91,7 +107,7 @@ def test_kl_in_reward_is_subtracted_on_policy_tokens():
 
 def test_turn_estimator_through_episodes():
     eps = batch()
-    adv, _ = credit.token_advantages(eps, AlgoConfig(advantage="turn"))
+    adv, _ = credit.token_advantages(eps, AlgoConfig(advantage="turn", loss_agg="seq-mean-token-sum"))
     # turn rewards (outcome on the last turn): [0, 2], [0.5], [0, 0, 0], [3]; returns [2, 2], [0.5], [0, 0, 0], [3]
     # turn 0 baselines: (0.5+0)/2, (2+0)/2, (2+0.5)/2; turn 1: 0 vs 2 each other; turn 2: none
     a0, a1 = 2 - 0.25, 2 - 0.0
@@ -99,13 +115,13 @@ def test_turn_estimator_through_episodes():
     assert adv[1].tolist() == pytest.approx([0, 0, 0.5 - 1.0, 0.5 - 1.0])
     assert adv[2].tolist() == pytest.approx([0, 0, -1.25, 0, -2.0, 0, 0.0])
     assert adv[3].tolist() == pytest.approx([0, 0, 3.0])
-    outcome_only, _ = credit.token_advantages(eps, AlgoConfig(advantage="turn", turn_outcome_only=True))
+    outcome_only, _ = credit.token_advantages(eps, AlgoConfig(advantage="turn", loss_agg="seq-mean-token-sum", turn_outcome_only=True))
     assert outcome_only[1].tolist() == pytest.approx([0, 0, -0.5, -0.5])  # 0 minus (1 + 0) / 2
 
 
 def test_unknown_estimator():
     with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
-        credit.token_advantages(batch(), AlgoConfig(advantage="ppo"))
+        credit.estimate("ppo", batch(), AlgoConfig(), None, None)
 
 
 def test_judge_spans_are_found_and_get_their_own_estimator(tiny):
@@ -124,10 +140,10 @@ def test_judge_spans_are_found_and_get_their_own_estimator(tiny):
     ep.reward = Reward([1.0, 0.0], 0.0)
     other = episode(0, [1], [0.0], 0.0)
     other.token_ids = [5] * len(other.token_ids)
-    algo = AlgoConfig(advantage="grpo", judge_advantage="turn")
+    algo = AlgoConfig(advantage="grpo", judge_advantage="turn", loss_agg="seq-mean-token-sum")
     adv, _ = credit.token_advantages([ep, other], algo, judge=[mask, [0] * len(other.token_ids)])
     grpo, _ = credit.token_advantages([ep, other], AlgoConfig(advantage="grpo"))
-    turn, _ = credit.token_advantages([ep, other], AlgoConfig(advantage="turn"))
+    turn, _ = credit.token_advantages([ep, other], AlgoConfig(advantage="turn", loss_agg="seq-mean-token-sum"))
     m = torch.tensor(mask, dtype=torch.bool)
     assert torch.equal(adv[0][m], turn[0][m]) and torch.equal(adv[0][~m], grpo[0][~m])
     assert not torch.equal(turn[0][m], grpo[0][m])  # the two estimators really differ here

@@ -1,6 +1,6 @@
 """Turn-level credit: the estimator's expected policy gradient equals the exact one when the policy
 decides how many turns an episode has, while naive per-turn-index normalization (verl RFC #7244) is
-measurably off.
+measurably off; so is the estimator itself when the loss divides each episode by its own length.
 
 Toy problem: at turns 0 and 1 the policy continues with probability sigmoid(theta_k) or stops; turn 2,
 if reached, is the last. Every turn earns a process reward of 1; the outcome is 0, 0.5 or -2 for
@@ -83,3 +83,41 @@ def test_outcome_only_rewards_reduce_to_a_leave_one_out_episode_baseline():
     groups = torch.zeros(3, dtype=torch.long)
     adv = algos.turn_advantages(rewards, turn_mask, groups)
     assert torch.allclose(adv[:, 0], algos.rloo_advantages(outcome, groups))
+
+
+TURN_TOKENS = 3  # each turn's action: its continue/stop token, then tokens the parameters do not touch
+
+
+def aggregated_gradient_samples(adv, cont, turn_mask, mode):
+    """Per group: the gradient of the learner's loss, PPO's surrogate at ratio 1 aggregated by `mode`, one
+    group per optimizer step. Each group has its own copy of theta, so one backward gives every group's. [N_GROUPS, 2]"""
+    theta = THETA.repeat(N_GROUPS, 1).requires_grad_(True)  # [N_GROUPS, 2]
+    per_episode = theta.repeat_interleave(G, 0)  # [N, 2]
+    decision_logp = torch.where(cont, torch.nn.functional.logsigmoid(per_episode), torch.nn.functional.logsigmoid(-per_episode))
+    logp = torch.zeros(len(cont), 3 * TURN_TOKENS, dtype=D)  # [N, T]
+    logp = logp.index_put((torch.arange(len(cont))[:, None], torch.tensor([0, TURN_TOKENS])), decision_logp * turn_mask[:, :2])
+    mask = turn_mask.repeat_interleave(TURN_TOKENS, 1)  # [N, T]
+    token_adv = adv.repeat_interleave(TURN_TOKENS, 1) * mask
+    loss, _ = algos.ppo_clip_loss(logp, logp.detach(), token_adv, 0.2, 0.2)
+    # The seq-mean modes divide by the group's G sequences: summed over groups, each theta copy gets its group's gradient.
+    algos.aggregate_loss(loss, mask, mode, float(mask.sum()), float(G)).backward()
+    return -theta.grad
+
+
+def test_turn_estimator_is_unbiased_under_seq_mean_token_sum_only():
+    # The learner's actual loss on token sequences: an episode with more turns has more tokens.
+    exact = exact_gradient()
+    rewards, turn_mask, score, groups = sample()
+    cont = score > 0  # score = cont - p with 0 < p < 1: positive exactly where the episode continued
+    adv = algos.turn_advantages(rewards, turn_mask, groups)
+    token_sum = aggregated_gradient_samples(adv, cont, turn_mask, "seq-mean-token-sum")
+    assert torch.allclose(token_sum, gradient_samples(adv, score))  # the loss's gradient is the estimator's
+    err, se = token_sum.mean(0) - exact, token_sum.std(0) / N_GROUPS**0.5
+    assert (err.abs() < 4 * se).all(), (err, se)
+    # seq-mean-token-mean divides each episode by its own length: not even a multiple of the exact gradient.
+    token_mean = aggregated_gradient_samples(adv, cont, turn_mask, "seq-mean-token-mean")
+    scale = float(token_mean.mean(0) @ exact / (exact @ exact))  # the best multiple
+    off = token_mean - scale * exact  # [N_GROUPS, 2]
+    off_se = off.std(0) / N_GROUPS**0.5
+    print(f"exact {exact.tolist()} token-sum {token_sum.mean(0).tolist()} token-mean {token_mean.mean(0).tolist()} off/se {(off.mean(0) / off_se).tolist()}")
+    assert (off.mean(0).abs() / off_se).max() > 15, (off.mean(0), off_se)

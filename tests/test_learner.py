@@ -1,11 +1,16 @@
 """Learner invariants with a real tiny model and real optimizer steps."""
 
+import copy
+
 import pytest
 import torch
 
 from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
+from rl import algos
 from rl.chat import TurnFormatter
+from rl.cli import main
+from rl.config import load_config
 from rl.engine import HFEngine
 from rl.learner import AlgoConfig, Learner, LearnerConfig
 from rl.rollout import RolloutConfig, rollout
@@ -170,3 +175,56 @@ def test_critic_weights_and_optimizer_are_in_the_learner_state(tiny_model_dir, b
 def test_unknown_algorithm_names(tiny_model_dir, field, value):
     with pytest.raises(ValueError, match=f"unknown {field} '{value}'"):
         Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(**{field: value}), temperature=1.0)
+
+
+def perturbed_old(learner, episodes):
+    """The learner's logprobs moved off by noise, so ratios differ from 1."""
+    gen = torch.Generator().manual_seed(1)
+    return [lp + 0.3 * torch.randn(lp.shape, generator=gen) for lp in learner.logprobs([ep.token_ids for ep in episodes])]
+
+
+def test_gspo_averages_over_sequences_whatever_loss_agg_says(tiny_model_dir, batch):
+    episodes, advantages = batch  # one advantage per sequence, sequences of different lengths
+    results = []
+    for loss_agg in algos.LOSS_AGGREGATIONS:
+        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(policy_loss="gspo", loss_agg=loss_agg), temperature=1.0)
+        old = perturbed_old(learner, episodes)
+        stats = learner.accumulate(episodes, advantages, old=old)
+        results.append((float(stats["loss"]), grads(learner)))
+    # GSPO's objective: the mean over sequences of -min(s A, clip(s) A), s = exp(mean log-ratio of the sequence).
+    expected = 0.0
+    for ep, a, lp, o in zip(episodes, advantages, learner.logprobs([ep.token_ids for ep in episodes]), old):
+        m = torch.tensor(ep.loss_mask, dtype=torch.bool)
+        s, adv = torch.exp((lp - o)[m].mean()), float(a[m][0])
+        expected += -min(s * adv, s.clamp(0.8, 1.2) * adv) / len(episodes)
+    for loss, g in results:
+        assert loss == pytest.approx(float(expected), rel=1e-5)
+        assert all(torch.allclose(g[n], results[0][1][n], rtol=1e-5, atol=1e-7) for n in g)
+
+
+def test_seq_mean_counts_sequences_without_policy_tokens_unless_told(tiny_model_dir, batch):
+    episodes, advantages = batch
+    empty = copy.deepcopy(episodes[0])
+    empty.loss_mask = [0] * len(empty.loss_mask)
+    losses = {}
+    for skips in (False, True):
+        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(loss_agg="seq-mean-token-sum", seq_mean_skips_empty=skips), temperature=1.0)
+        with_empty = episodes + [empty]
+        losses[skips] = float(learner.accumulate(with_empty, advantages + [advantages[0] * 0], old=perturbed_old(learner, with_empty))["loss"])
+    assert losses[True] == pytest.approx(losses[False] * 9 / 8, rel=1e-5) and losses[True] != 0
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["algo.advantage=turn"], "'turn' is unbiased only under algo.loss_agg=seq-mean-token-sum.*token-mean"),
+    (["algo.judge_advantage=turn", "algo.loss_agg=seq-mean-token-mean"], "'turn' is unbiased only.*seq-mean-token-mean"),
+    (["algo.advantage=turn", "algo.loss_agg=seq-mean-token-sum", "algo.policy_loss=gspo"], "gspo averages each sequence's tokens"),
+    (["algo.clip_ratio_c=0.5"], "algo.clip_ratio_c=0.5: .* must be > 1"),
+    (["algo.kl_estimator=k4"], "unknown kl_estimator 'k4'"),
+])
+def test_algorithm_combinations_are_refused_at_config_load(overrides, message, capsys):
+    with pytest.raises(ValueError, match=message):
+        load_config("configs/lookup.yaml", overrides)
+    assert main(["train", "configs/lookup.yaml", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error:") and err.count("\n") == 1  # one line, no traceback
+    assert load_config("configs/lookup.yaml", ["algo.advantage=turn", "algo.loss_agg=seq-mean-token-sum"]).algo.advantage == "turn"
