@@ -5,19 +5,24 @@
       - {name: search_judge}                       # process: one reward per judgment, on the judge's turn
       - {name: search_format, weight: 0.5}         # process: malformed turns cost a little
 
-The judge reward (ReSeek) rates each (information, judgment) pair. A judgment is
-paired only with the information of the search right before it. Its ideal value
-comes from an oracle:
+The judge reward (ReSeek) rates each (information, judgment) pair. By default
+(`pairing: adjacent`) a judgment is paired only with the information of the search
+right before it; `pairing: next` is ReSeek's code, where every information block is
+paired with the first judgment after it, so one judgment can count for several blocks.
+The ideal judgment comes from an oracle:
 
-    answer    (default) a gold answer occurs in the information (SQuAD-normalised, whole words)
-    gold_doc  a gold passage was retrieved (generated worlds name one per hop)
-    reranker  a cross-encoder scores (gold answer, information) above `threshold`
-              (optional dependency: sentence-transformers)
+    answer     (default) a gold answer occurs in the information (SQuAD-normalised, whole words)
+    substring  ReSeek's training code: a gold answer, lower-cased and stripped, is a substring
+               of the lower-cased information (so "rome" is found in "Romeo")
+    gold_doc   a gold passage was retrieved (generated worlds name one per hop)
+    reranker   a cross-encoder scores (gold answer, information) above `threshold`
+               (optional dependency: sentence-transformers)
 
 A match earns +0.3 (+`answer_bonus` when the final answer is right; ReSeek's code
 uses 0.1), a wrong Yes -0.6, a wrong No -0.3. As in ReSeek's code an episode without
-an answer gets no judge reward (`require_answer`); unlike it, a Yes is never right
-merely because the final answer is: the oracle alone decides. Farming: with ReSeek's plain sum, four
+an answer gets no judge reward (`require_answer`). By default a Yes is never right
+merely because the final answer is: the oracle alone decides; `yes_if_answer_right`
+is ReSeek's code, where a Yes in an episode whose answer is right always counts as right. Farming: with ReSeek's plain sum, four
 useless searches each judged No earn 4 x 0.3 = 1.2, more than a right answer (1.0),
 so the default aggregate is the mean over the episode's information blocks (one not
 judged counts as `unjudged`, 0 by default), which stays within [-0.6, 0.3 + bonus]
@@ -65,11 +70,23 @@ def answer_reward(metric: str = "em"):
     return fn
 
 
-def judge_pairs(trajectory: Trajectory) -> list[tuple[int, int]]:
-    """(search turn, judge turn) for each judgment that directly follows a search's information."""
+def judge_pairs(trajectory: Trajectory, pairing: str = "adjacent") -> list[tuple[int, int]]:
+    """(search turn, judge turn) pairs.
+
+    adjacent: each judgment that directly follows a search's information, with that search.
+    next (ReSeek's code): each search with the first judgment after it, wherever that is.
+    """
     turns = trajectory.turns
-    return [(t - 1, t) for t in range(1, len(turns))
-            if turns[t].info.get("action") == "judge" and turns[t - 1].info.get("action") == "search"]
+    judges = [t for t, turn in enumerate(turns) if turn.info.get("action") == "judge"]
+    searches = [t for t, turn in enumerate(turns) if turn.info.get("action") == "search"]
+    if pairing == "next":
+        return [(s, min(j for j in judges if j > s)) for s in searches if judges and judges[-1] > s]
+    return [(j - 1, j) for j in judges if j > 0 and turns[j - 1].info.get("action") == "search"]
+
+
+def substring_oracle(information: str, answers: list[str]) -> bool:
+    """ReSeek's training code: a gold answer, lower-cased and stripped, occurs in the lower-cased information."""
+    return any(a.lower().strip() in information.lower() for a in answers)
 
 
 def judgment_reward(said_yes: bool, ideal_yes: bool, answer_right: bool,
@@ -122,19 +139,25 @@ def judge_reward(
     aggregate_by: str = "mean",
     cap: float = 0.5,
     require_answer: bool = True,
+    pairing: str = "adjacent",
+    yes_if_answer_right: bool = False,
     threshold: float = 0.7,
     reranker_model: str = "BAAI/bge-reranker-v2-m3",
 ):
     """Process: ReSeek's judge reward, each judgment's share on the judge's turn.
 
     unjudged: reward for information nobody judged (on its search turn); require_answer: no
-    judge reward in an episode without an answer (ReSeek's code); threshold, reranker_model:
-    the reranker oracle's.
+    judge reward in an episode without an answer (ReSeek's code); pairing: "adjacent" or
+    ReSeek's code's "next"; yes_if_answer_right: ReSeek's code's rule that a Yes is right
+    whenever the final answer is; threshold, reranker_model: the reranker oracle's.
     """
-    if oracle not in ("answer", "gold_doc", "reranker"):
-        raise ValueError(f"oracle must be 'answer', 'gold_doc' or 'reranker', got {oracle!r}")
+    if oracle not in ("answer", "substring", "gold_doc", "reranker"):
+        raise ValueError(f"oracle must be 'answer', 'substring', 'gold_doc' or 'reranker', got {oracle!r}")
     if aggregate_by not in ("sum", "mean", "cap"):
         raise ValueError(f"aggregate_by must be 'sum', 'mean' or 'cap', got {aggregate_by!r}")
+    if pairing not in ("adjacent", "next"):
+        raise ValueError(f"pairing must be 'adjacent' or 'next', got {pairing!r}")
+    holds_answer = substring_oracle if oracle == "substring" else contains_answer
 
     def fn(trajectory: Trajectory) -> Reward:
         turns, meta = trajectory.turns, trajectory.task.metadata
@@ -144,7 +167,7 @@ def judge_reward(
         if oracle == "gold_doc" and not gold_docs:
             raise ValueError("judge oracle 'gold_doc' needs the task's gold_doc_ids (generated worlds have them)")
         searches = [t for t, turn in enumerate(turns) if turn.info.get("action") == "search"]
-        pairs = judge_pairs(trajectory)
+        pairs = judge_pairs(trajectory, pairing)
         said_yes = {s: turns[j].info["verdict"] == "yes" for s, j in pairs}  # search turn -> its judgment
 
         # The ideal judgment of each search's information, by each oracle that can be asked.
@@ -153,12 +176,12 @@ def judge_reward(
             ideals["utility"] = {}
         for s in searches:
             info = turns[s].info
-            ideals["correctness"][s] = contains_answer(info["information"], meta["answers"])
+            ideals["correctness"][s] = holds_answer(info["information"], meta["answers"])
             if oracle == "reranker":
                 ideals["utility"][s] = reranker_useful(reranker_model, threshold, meta["answers"], info["information"])
             elif gold_docs:
                 ideals["utility"][s] = bool(gold_docs & set(info["doc_ids"]))
-        chosen = ideals["correctness" if oracle == "answer" else "utility"]
+        chosen = ideals["correctness" if oracle in ("answer", "substring") else "utility"]
 
         # (turn the share goes on, search it is about): a judgment's on the judge's turn, unjudged information's on its search.
         items = [(j, s) for s, j in pairs] + [(s, s) for s in searches if s not in said_yes]
@@ -166,7 +189,8 @@ def judge_reward(
         def shares(ideal: dict[int, bool]) -> list[float]:
             if answer is None and require_answer:
                 return [0.0] * len(items)
-            raw = [judgment_reward(said_yes[s], ideal[s], answer_right, correct, wrong_yes, wrong_no, answer_bonus) if s in said_yes
+            raw = [judgment_reward(said_yes[s], ideal[s] or (yes_if_answer_right and answer_right and said_yes[s]), answer_right,
+                                   correct, wrong_yes, wrong_no, answer_bonus) if s in said_yes
                    else unjudged for _, s in items]
             return aggregate(raw, aggregate_by, cap)
 

@@ -24,7 +24,8 @@ PAPER_SETTINGS = {
     RESEEK: {
         "model.path": "Qwen/Qwen2.5-3B-Instruct",
         "env.name": "search",
-        "env.params.prompt": "reseek",
+        "env.params.prompt": "reseek_code",
+        "env.params.system": "reseek",
         "env.params.retriever": "http://127.0.0.1:8000",
         "env.params.topk": 3,
         "env.params.max_searches": 4,
@@ -80,8 +81,8 @@ PAPER_SETTINGS = {
 }
 PAPER_REWARDS = {
     RESEEK: [("search_answer", {}),
-             ("search_judge", {"oracle": "answer", "correct": 0.3, "wrong_yes": -0.6, "wrong_no": -0.3, "answer_bonus": 0.1,
-                               "aggregate_by": "sum", "require_answer": True}),
+             ("search_judge", {"oracle": "substring", "pairing": "next", "yes_if_answer_right": True, "correct": 0.3, "wrong_yes": -0.6,
+                               "wrong_no": -0.3, "answer_bonus": 0.1, "aggregate_by": "sum", "require_answer": True}),
              ("search_format", {})],
     COCOS: [("cocos", {"gamma": 0.5})],
 }

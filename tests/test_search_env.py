@@ -13,7 +13,7 @@ from envs.base import Task
 from envs.registry import get_env_spec
 from envs.search import SearchParams, load_tasks, make_env, sample_text, shared_retriever
 from envs.search.bm25 import BM25Index
-from envs.search.env import ANSWER_NOW, INVALID, SearchEnv, format_passages, parse_action
+from envs.search.env import ANSWER_NOW, INVALID, SearchEnv, format_passages, make_prompt, parse_action
 from envs.search.qa import BAMBOOGLE, load_questions
 from envs.search.world import WorldConfig, build_world, make_questions, write_world
 
@@ -250,3 +250,16 @@ def test_qa_file_without_a_corpus_needs_one(tmp_path):
     assert len(load_tasks(p, "train")) + len(load_tasks(p, "eval")) == 125
     with pytest.raises(ValueError, match="give corpus=PATH .* or retriever=URL"):
         make_env(p)
+
+
+def test_reseek_codes_system_message_and_prompt_layout_are_options(tmp_path):
+    flush, indented = make_prompt("Who?", "reseek"), make_prompt("Who?", "reseek_code")
+    assert flush.startswith("Answer the given question step by step.\nInstructions:\n1. First")
+    assert indented.startswith("Answer the given question step by step.\n    Instructions:\n    1. First") and indented.endswith("\n    Question: Who?\n")
+    assert [line.strip() for line in flush.split("\n")] == [line.strip() for line in indented.split("\n")]  # the same words
+    p = SearchParams(cache_dir=str(tmp_path), world_people=20, world_questions=50, prompt="reseek_code", system="reseek", max_tasks=2)
+    prompt = load_tasks(p, "train")[0].prompt
+    assert prompt[0] == {"role": "system", "content": "You are a helpful and harmless assistant."} and prompt[1]["role"] == "user"
+    assert isinstance(load_tasks(SearchParams(cache_dir=str(tmp_path), world_people=20, world_questions=50, max_tasks=2), "train")[0].prompt, str)
+    with pytest.raises(ValueError, match=r"system must be one of \('none', 'reseek'\), got 'harmless'"):
+        load_tasks(SearchParams(cache_dir=str(tmp_path), world_people=20, world_questions=50, system="harmless"), "train")

@@ -178,3 +178,31 @@ def test_format():
     r = fn(episode(Turn("hmm", "", {"action": "invalid", "invalid": True}), search(GOLD, ["145"]), judge("Yes")))
     assert r.process == pytest.approx([-0.2, 0.0, 0.0]) and r.outcome == pytest.approx(-0.2)  # and no answer
     assert r.components["search_format/malformed_turns"] == 1.0
+
+
+def test_reseek_codes_substring_oracle_finds_an_answer_inside_a_longer_word():
+    inside = 'Doc 1(Title: "Romeo") Romeo and Juliet is a play.\n'  # "rome" only inside "Romeo"
+    trajectory = Trajectory(Task("t", "Q", {"answers": ["Rome"], "gold_doc_ids": []}),
+                            [search(inside, ["1"]), judge("Yes"), answer("Paris")])
+    assert judge_reward(oracle="substring")(trajectory).process == pytest.approx([0.0, 0.3, 0.0])  # ReSeek's code: a right Yes
+    assert judge_reward(oracle="answer")(trajectory).process == pytest.approx([0.0, -0.6, 0.0])  # whole words: a wrong Yes
+    with pytest.raises(ValueError, match="oracle must be 'answer', 'substring'"):
+        judge_reward(oracle="substrings")
+
+
+def test_reseek_codes_pairing_lets_one_judgment_count_for_every_block_before_it():
+    trajectory = episode(search(GOLD, ["145"]), search(OTHER, ["143"]), judge("No"), answer("Fako Rediki"))
+    assert sum(judge_reward(aggregate_by="sum")(trajectory).process) == pytest.approx(0.3)  # the No is about OTHER only
+    # Paired with both: a wrong No about GOLD (-0.3) and a right one about OTHER (+0.3), both on the judge's turn.
+    r = judge_reward(aggregate_by="sum", pairing="next")(trajectory)
+    assert r.process == pytest.approx([0.0, 0.0, 0.0, 0.0]) and r.components["pairs"] == 2.0
+    with pytest.raises(ValueError, match="pairing must be 'adjacent' or 'next'"):
+        judge_reward(pairing="first")
+
+
+def test_reseek_codes_rule_that_a_yes_is_right_when_the_answer_is():
+    trajectory = episode(search(OTHER, ["143"]), judge("Yes"), answer("Fako Rediki"))
+    assert judge_reward(answer_bonus=0.1)(trajectory).process == pytest.approx([0.0, -0.6, 0.0])
+    assert judge_reward(answer_bonus=0.1, yes_if_answer_right=True)(trajectory).process == pytest.approx([0.0, 0.4, 0.0])
+    no = episode(search(OTHER, ["143"]), judge("No"), answer("Fako Rediki"))  # a No still answers to the oracle: right here
+    assert judge_reward(answer_bonus=0.1, yes_if_answer_right=True)(no).process == pytest.approx([0.0, 0.4, 0.0])

@@ -89,9 +89,9 @@ def test_search_r1_request_shapes(world, server):
     assert status == 200 and [set(d) for d in body["result"][0]] == [{"id", "contents"}] * 3
     assert body["result"][0] == [h["document"] for h in index.search([questions[0]["question"]], 3)[0]]
     assert RetrievalClient(server.removesuffix("/retrieve")).search([questions[0]["question"]], 3) == index.search([questions[0]["question"]], 3)
-    assert post(server, {"queries": "one query"}) == (400, {"error": '"queries" must be a list of strings'})
+    assert post(server, {"queries": "one query"}) == (422, {"detail": [{"type": "list_type", "loc": ["body", "queries"], "msg": '"queries" must be a list of strings'}]})
     assert post(server.replace("/retrieve", "/search"), {"queries": []})[0] == 404
-    with pytest.raises(RetrievalError, match=r"rejected the request: HTTP 400 .*topk"):
+    with pytest.raises(RetrievalError, match=r"rejected the request: HTTP 422 .*topk"):
         RetrievalClient(server).search(["q"], topk=-1)
 
 

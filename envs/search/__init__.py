@@ -49,7 +49,8 @@ class SearchParams:
     preview_words: int = 8  # hard mode: words of each passage in the preview
     max_obs_words: int = 300  # words of passage text per observation, split evenly across the passages
     score: str = "em"  # info["score"] of the answer turn: "em" or "f1"
-    prompt: str = "reseek"  # "reseek" (ReSeek's instructions, for instruct models) or "short" ("Question: ...", for tiny models)
+    prompt: str = "reseek"  # "reseek" (ReSeek's instructions, for instruct models), "reseek_code" (the same as its code lays them out: indented), or "short" ("Question: ...", for tiny models)
+    system: str = "none"  # system message: "none" (the chat template's default, e.g. Qwen's) or "reseek" ("You are a helpful and harmless assistant.")
     timeout_s: float = 10.0  # retrieval server: seconds before a request is abandoned
     retries: int = 2  # retrieval server: retries of a failed request before the episode fails
     cache_dir: str = ""  # generated worlds and BM25 indexes; "" = $SELFCORRECT_CACHE/search or ~/.cache/selfcorrect/search
@@ -117,6 +118,7 @@ def load_tasks(p: SearchParams, split: str) -> list[Task]:
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     # Reject bad options now (the trainer loads tasks first), not in every episode's make_env.
     SearchEnv(None, p.topk, p.max_searches, p.judge_mode, p.preview_words, p.max_obs_words, p.score)
+    make_prompt("", p.prompt, p.system)
     if p.retriever != "bm25" and not p.retriever.startswith(("http://", "https://")):
         raise ValueError(f"retriever must be 'bm25' or a server URL (http://host:port), got {p.retriever!r}")
     if split == "eval" and p.eval_data:
@@ -129,20 +131,24 @@ def load_tasks(p: SearchParams, split: str) -> list[Task]:
         records = records[: p.max_tasks]
     source = questions_file.parent.name if questions_file.name == "questions.jsonl" else questions_file.stem
     return [
-        Task(f"{source}-{r['id']}", make_prompt(r["question"], p.prompt),
+        Task(f"{source}-{r['id']}", make_prompt(r["question"], p.prompt, p.system),
              {"question": r["question"], "answers": r["answers"], "hops": r["hops"], "gold_doc_ids": r["gold_doc_ids"]})
         for r in records
     ]
 
 
+def prompt_text(prompt) -> str:
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+
 def sample_text(p: SearchParams) -> list[str]:
     """Prompts, answers, passages and every tag and fixed message, for a tiny model's tokenizer."""
     tasks = load_tasks(p, "train") + load_tasks(p, "eval")
-    texts = [t.prompt for t in tasks] + [" ".join(t.metadata["answers"]) for t in tasks]
+    texts = [prompt_text(t.prompt) for t in tasks] + [" ".join(t.metadata["answers"]) for t in tasks]
     corpus = corpus_path(p)
     if corpus is not None and corpus.exists():
         texts += read_corpus(corpus)[1][:5000]
-    texts += [INVALID, ANSWER_NOW, make_prompt("", p.prompt),
+    texts += [INVALID, ANSWER_NOW, prompt_text(make_prompt("", p.prompt, p.system)),
               "<think> </think> <search> </search> <information> Doc 1(Title: ) </information> <preview> </preview> "
               "<judge>Yes</judge> <judge>No</judge> <answer> </answer>"]
     return texts

@@ -1,7 +1,7 @@
 """Command line of the search environment.
 
     python -m envs.search make-world --seed 0 --out worlds/w0 [--people 60 --hops 1 2 --distractors 1 --questions 200]
-    python -m envs.search serve --corpus worlds/w0/corpus.jsonl --port 8000 [--host 127.0.0.1 --topk 3]
+    python -m envs.search serve --corpus worlds/w0/corpus.jsonl --port 8000 [--host 127.0.0.1 --topk 3 --read-timeout 30]
 
 `serve` builds (or loads from the cache) the BM25 index, prints one line
 "serving N passages on http://HOST:PORT/retrieve" once it accepts requests, and
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.add_argument("--topk", type=int, default=3, help="passages per query when a request gives no topk")
+    serve.add_argument("--read-timeout", type=float, default=30.0,
+                       help="seconds a connection may stall mid-request or stay idle before it is closed (default 30)")
     serve.add_argument("--cache-dir", default="", help="where the index is cached (default ~/.cache/selfcorrect/search)")
     args = parser.parse_args(argv)
 
@@ -53,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         index = BM25Index(args.corpus, args.cache_dir or None)
-    except (OSError, ValueError) as e:
+        server = RetrievalServer(index, args.host, args.port, args.topk, args.read_timeout)
+    except (OSError, ValueError) as e:  # a bad corpus line, a port in use
         print(f"error: {e}", file=sys.stderr)
         return 2
-    server = RetrievalServer(index, args.host, args.port, args.topk)
     host, port = server.server_address[:2]
     print(f"serving {len(index)} passages on http://{host}:{port}/retrieve", flush=True)
     try:

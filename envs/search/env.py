@@ -62,6 +62,12 @@ RESEEK_INSTRUCTIONS = (
     "After providing the <answer>, you MUST stop and generate no further text.\n\n"
     "Question: "
 )
+# ReSeek's utils/preprocess_reseek_dataset.py writes the instructions as an indented Python string, so every
+# line after the first carries four spaces; "reseek" is the same text flush left.
+RESEEK_CODE_INSTRUCTIONS = "\n".join(line if n == 0 or not line else "    " + line for n, line in enumerate(RESEEK_INSTRUCTIONS.split("\n")))
+RESEEK_SYSTEM = "You are a helpful and harmless assistant."  # ReSeek's system message (same script)
+PROMPTS = ("reseek", "reseek_code", "short")
+SYSTEMS = {"none": "", "reseek": RESEEK_SYSTEM}
 STOP_STRINGS = ["</search>", "</judge>", "</answer>"]
 _ACTION = re.compile(r"<(search|judge|answer)>(.*?)</\1>", re.S)
 
@@ -101,12 +107,14 @@ def format_passages(hits: list[Hit], max_words: int, preview_words: int = 0) -> 
     return "".join(lines)
 
 
-def make_prompt(question: str, style: str) -> str:
-    if style == "reseek":
-        return RESEEK_INSTRUCTIONS + question + "\n"
-    if style == "short":
-        return f"Question: {question}\n"
-    raise ValueError(f"prompt must be 'reseek' or 'short', got {style!r}")
+def make_prompt(question: str, style: str, system: str = "none") -> str | list[dict]:
+    """The first prompt: text, or [system, user] messages when a system message is named."""
+    if style not in PROMPTS:
+        raise ValueError(f"prompt must be one of {PROMPTS}, got {style!r}")
+    if system not in SYSTEMS:
+        raise ValueError(f"system must be one of {tuple(SYSTEMS)}, got {system!r}")
+    text = {"reseek": RESEEK_INSTRUCTIONS, "reseek_code": RESEEK_CODE_INSTRUCTIONS, "short": "Question: "}[style] + question + "\n"
+    return [{"role": "system", "content": SYSTEMS[system]}, {"role": "user", "content": text}] if SYSTEMS[system] else text
 
 
 class SearchEnv:

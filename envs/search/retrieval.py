@@ -8,10 +8,16 @@ care which one it talks to:
 
 A corpus is a JSONL file in Search-R1's format, one passage per line:
 {"id": str, "contents": "\\"Title\\"\\ntext"}.
+
+Servers written by others send less: Search-R1's BM25 server with stored raw documents
+and its web-search servers omit "id" and "score", and some give "title" and "text"
+instead of "contents". The client fills them in (`as_hit`): the id is a stable hash of
+the contents, the score None, the contents "title\\ntext".
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -28,19 +34,40 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SELFCORRECT_CACHE", Path.home() / ".cache" / "selfcorrect")) / "search"
 
 
+def as_hit(item) -> Hit:
+    """One hit of any Search-R1-style answer, as {"document": {"id", "contents", ...}, "score"}.
+
+    `item` is {"document": doc, "score": s} or a bare doc (return_scores=false); a doc has
+    "contents" ("title\\ntext") or "title" and "text", and maybe an "id". Its other fields are kept.
+    """
+    doc = item.get("document", item) if isinstance(item, dict) else None
+    if not isinstance(doc, dict):
+        raise ValueError(f"a document must be a JSON object, got {str(item)[:80]}")
+    contents = doc.get("contents")
+    if not isinstance(contents, str):
+        if not isinstance(doc.get("text"), str):
+            raise ValueError(f"a document needs a string \"contents\" or \"text\", got fields {sorted(doc)}")
+        contents = f"{doc.get('title') or ''}\n{doc['text']}"
+    # Without an id, a hash of the contents: the same passage gets the same id in every answer.
+    doc_id = doc.get("id")
+    doc_id = str(doc_id) if doc_id is not None else hashlib.sha1(contents.encode()).hexdigest()[:16]
+    score = item.get("score") if "document" in item else None
+    return {"document": {**doc, "id": doc_id, "contents": contents}, "score": score}
+
+
 def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
-    """(ids, contents) of a Search-R1 corpus JSONL file."""
+    """(ids, contents) of a Search-R1 corpus JSONL file; lines read as a server's documents are (`as_hit`)."""
     ids, contents = [], []
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="strict") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                ids.append(str(record["id"]))
-                contents.append(record["contents"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: not a corpus line {{\"id\", \"contents\"}} ({e})") from e
+                document = as_hit(json.loads(line))["document"]
+            except (json.JSONDecodeError, ValueError) as e:
+                raise ValueError(f"{path}:{n}: not a corpus line {{\"id\", \"contents\": str}} ({e})") from e
+            ids.append(document["id"])
+            contents.append(document["contents"])
     if not ids:
         raise ValueError(f"{path}: the corpus is empty")
     return ids, contents
@@ -128,10 +155,12 @@ class RetrievalClient:
                 problem = f"malformed answer ({type(e).__name__}: {e})"
         else:
             raise RetrievalError(f"retrieval server {self.url} failed {self.retries + 1} times; last: {problem}")
-        if not isinstance(result, list) or len(result) != len(queries):
+        if not isinstance(result, list) or len(result) != len(queries) or not all(isinstance(hits, list) for hits in result):
             raise RetrievalError(f"retrieval server {self.url} answered {str(result)[:100]} for {len(queries)} queries")
-        # With return_scores=false a Search-R1 server sends bare documents; accept both shapes.
-        return [[h if "document" in h else {"document": h, "score": None} for h in hits] for hits in result]
+        try:
+            return [[as_hit(h) for h in hits] for hits in result]
+        except ValueError as e:
+            raise RetrievalError(f"retrieval server {self.url} sent a malformed hit: {e}") from e
 
 
 def make_retriever(spec: str, corpus: str | Path | None, cache_dir: str | Path | None, timeout_s: float = 10.0, retries: int = 2):

@@ -39,7 +39,7 @@ class WorldConfig:
     people: int = 60  # people; cities and orgs are a quarter of this, works a half, countries a twentieth
     hops: list[int] = field(default_factory=lambda: [1, 2])  # hop counts (1-4) questions are drawn from, uniformly
     distractors: int = 0  # namesakes per person: same surname, and same occupation, birth city or birth year
-    questions: int = 200  # distinct questions to write (fewer if the world runs out)
+    questions: int = 200  # distinct questions to write (an error if the world has fewer)
     relations: list[str] = field(default_factory=list)  # relations questions may follow (RELATIONS), e.g. [born_in]; [] = all
 
 
@@ -236,10 +236,11 @@ def _answer(entities: list[Entity], e: Entity, relation: str) -> tuple[str, int 
 def make_questions(entities: list[Entity], cfg: WorldConfig) -> list[dict]:
     """Distinct questions, each following `hops` relations from a named entity to its answer."""
     rng = random.Random(cfg.seed + 1)
-    out, seen = [], set()
+    out, seen, dry = [], set(), 0
     for _ in range(cfg.questions * 20):  # bounded: small worlds may have fewer distinct questions
-        if len(out) == cfg.questions:
+        if len(out) == cfg.questions or dry == 10_000:  # a long run of draws that add nothing: the world is exhausted
             break
+        dry += 1
         hops = rng.choice(cfg.hops)
         start = rng.randrange(len(entities))
         path, relations, here = [start], [], start
@@ -267,6 +268,7 @@ def make_questions(entities: list[Entity], cfg: WorldConfig) -> list[dict]:
         if question in seen or answer.lower() in question.lower():
             continue
         seen.add(question)
+        dry = 0
         out.append({"id": f"q{len(out)}", "question": question, "answers": [answer], "hops": hops,
                     "gold_doc_ids": [entities[i].doc_id for i in path[:hops]]})
     return out
@@ -274,10 +276,14 @@ def make_questions(entities: list[Entity], cfg: WorldConfig) -> list[dict]:
 
 def write_world(cfg: WorldConfig, out: str | Path) -> Path:
     """Generate the world of `cfg` and write corpus.jsonl and questions.jsonl under `out`."""
+    entities = build_world(cfg)
+    questions = make_questions(entities, cfg)
+    if len(questions) < cfg.questions:  # checked before anything is written
+        raise ValueError(f"asked for {cfg.questions} questions, but a world of {cfg.people} people with hops {cfg.hops} gave only "
+                         f"{len(questions)} distinct ones: ask for at most {len(questions)} or more people")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    entities = build_world(cfg)
-    for filename, records in (("corpus.jsonl", corpus_records(entities)), ("questions.jsonl", make_questions(entities, cfg))):
+    for filename, records in (("corpus.jsonl", corpus_records(entities)), ("questions.jsonl", questions)):
         tmp = out / f"{filename}.{os.getpid()}.tmp"  # processes writing the same world at once do not mix their lines
         with tmp.open("w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
