@@ -21,6 +21,7 @@ BUILTIN = {
     "code": "envs.code",
     "search": "envs.search",
     "mistake": "envs.mistake",
+    "bbq": "envs.bbq",
 }
 
 
@@ -32,6 +33,8 @@ class EnvSpec:
     sample_text: Callable[[Any], list[str]]  # params -> text a tokenizer for this task is trained on
     # (params, n, seed, keep_share, hesitation) -> n scripted Trajectory demos for an SFT warm start; None = no demos
     demonstrations: Callable[[Any, int, int, float, float], list[Trajectory]] | None = None
+    # trajectories -> the env's own evaluation metrics (e.g. BBQ's bias scores); None = none beyond reward and score
+    metrics: Callable[[list[Trajectory]], dict[str, float]] | None = None
 
 
 def get_env_spec(name: str) -> EnvSpec:

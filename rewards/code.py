@@ -3,7 +3,9 @@
 The level of turn t, r_t, is the fraction of tests it passed (`n_passed / n_tests`,
 CoCoS's "fine-grained" reward), or the raw count with `count=True` (CoCoS's released
 code), or 1/0 for "all passed" (binary, as in SCoRe). A turn that did not run (no
-`n_tests` in its info) has level 0.
+`n_tests` in its info) has level 0. With `level="score"`, cocos and score_shaping read
+`info["score"]` instead (any env following envs.base's convention, e.g. bbq's 1/0 for a
+right answer), so the same accumulated rewards serve episodes without tests.
 
 Not punishing a correct first attempt. CoCoS's accumulated reward
 R = sum_t gamma^(T-t) (r_t - r_{t-1}) (r_0 = 0) equals r_T - (1 - gamma) sum_{t<T} gamma^(T-1-t) r_t:
@@ -29,8 +31,20 @@ from envs.base import Trajectory
 from rewards.base import Reward, register_reward
 
 
-def turn_levels(trajectory: Trajectory, count: bool = False, binary: bool = False) -> list[float]:
-    """r_t for each turn: fraction of tests passed, the raw count, or 1/0 for all passed."""
+LEVELS = ("tests", "score")
+
+
+def check_level(level: str) -> None:
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+
+
+def turn_levels(trajectory: Trajectory, count: bool = False, binary: bool = False, level: str = "tests") -> list[float]:
+    """r_t for each turn: fraction of tests passed, the raw count, or 1/0 for all passed; with level="score"
+    the turn's `info["score"]` (1/0 for score >= 1 when binary)."""
+    if level == "score":
+        scores = [float(turn.info.get("score", 0.0)) for turn in trajectory.turns]
+        return [float(s >= 1.0) for s in scores] if binary else scores
     levels = []
     for turn in trajectory.turns:
         passed, total = turn.info.get("n_passed", 0), turn.info.get("n_tests", 0)
@@ -80,22 +94,24 @@ def code_binary():
 
 
 @register_reward("cocos")
-def cocos(gamma: float = 0.5, count: bool = False):
+def cocos(gamma: float = 0.5, count: bool = False, level: str = "tests"):
     """CoCoS's accumulated reward, per turn as in the module docstring; the paper's R is the component "R"."""
+    check_level(level)
 
     def fn(trajectory: Trajectory) -> Reward:
-        levels = turn_levels(trajectory, count)
+        levels = turn_levels(trajectory, count, level=level)
         return Reward(cocos_turn_rewards(levels, gamma), 0.0, {"R": cocos_return(levels, gamma)})
 
     return fn
 
 
 @register_reward("score_shaping")
-def score_shaping(alpha: float = 10.0, binary: bool = True):
+def score_shaping(alpha: float = 10.0, binary: bool = True, level: str = "tests"):
     """SCoRe's stage-II shaping, per turn as in the module docstring (binary levels by default, as in SCoRe)."""
+    check_level(level)
 
     def fn(trajectory: Trajectory) -> Reward:
-        levels = turn_levels(trajectory, binary=binary)
+        levels = turn_levels(trajectory, binary=binary, level=level)
         bonus = sum(alpha * (r - prev) for prev, r in zip(levels, levels[1:]))
         return Reward(score_turn_rewards(levels, alpha), 0.0, {"bonus": bonus})
 

@@ -6,7 +6,8 @@
 
 Every env gets reward, score and length statistics; search adds EM, F1, judge accuracy
 and searches per episode (rewards/search.py), code the self-correction metrics
-Acc@t1, Acc@tT, delta, delta i->c, delta c->i, CL and CS (rewards/self_correction.py).
+Acc@t1, Acc@tT, delta, delta i->c, delta c->i, CL and CS (rewards/self_correction.py),
+and any env whose `EnvSpec` has `metrics` adds what that function computes.
 The trainer's periodic evaluations log the same metrics, under eval/.
 """
 
@@ -16,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from envs.registry import BUILTIN
+from envs.registry import BUILTIN, get_env_spec
 from rewards.search import search_metrics
 from rewards.self_correction import metrics_from_trajectories
 
@@ -25,7 +26,7 @@ TASK_METRICS = {"envs.search": search_metrics, "envs.code": metrics_from_traject
 
 def task_metrics(env_name: str, episodes) -> dict[str, float]:
     """The env's own metrics over the episodes that did not fail ({} for envs without any)."""
-    fn = TASK_METRICS.get(BUILTIN.get(env_name, env_name))
+    fn = get_env_spec(env_name).metrics or TASK_METRICS.get(BUILTIN.get(env_name, env_name))
     ok = [ep.trajectory for ep in episodes if not ep.failed]
     return fn(ok) if fn and ok else {}
 
@@ -39,7 +40,6 @@ def evaluate(cfg, checkpoint: str | Path, episodes_out: str | Path | None = None
     With `episodes_out`, every episode is written there as JSONL (the trainer's episode format).
     """
     # Imported here: rl.trainer imports this module for its periodic evaluations.
-    from envs.registry import get_env_spec
     from rewards import build_reward
     from rl.config import build_params
     from rl.learner import resolve_device
@@ -84,6 +84,7 @@ def format_table(columns: dict[str, dict[str, float]], keys: list[str] | None = 
 def main(cfg, checkpoint: str, out: str = "", samples: int = 0) -> dict[str, float]:
     """`python -m rl eval`: writes the metrics to `out` (default: eval.json beside the checkpoint) and the episodes beside them."""
     path = Path(out) if out else Path(checkpoint).parent / "eval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(cfg, checkpoint, path.with_name(path.stem + "_episodes.jsonl"), samples)
     print(format_table({Path(checkpoint).parent.name or "checkpoint": metrics}))
     path.write_text(json.dumps({"checkpoint": str(checkpoint), "samples": samples, "metrics": metrics}, indent=1))
