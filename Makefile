@@ -39,6 +39,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/spine.py
 	$(PY) benchmarks/workers.py
+	$(PY) benchmarks/vllm_engine.py
 	$(PY) benchmarks/vs_trl.py
 	$(PY) benchmarks/vs_trl.py --task lookup --new-tokens 16
 	$(PY) benchmarks/vs_trl.py --multi-turn --new-tokens 32
