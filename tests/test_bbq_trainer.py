@@ -14,7 +14,7 @@ def test_two_grpo_steps_on_bbq_questions(tmp_path):
         "env.name=bbq", "env.params={categories: 'Religion,Nationality', max_problems: 2, condition: q_if, max_turns: 2}",
         "model.tiny={layers: 2, hidden: 64, intermediate: 128, heads: 4, kv_heads: 2, vocab_size: 512}",
         "rollout={tasks_per_step: 2, group_size: 4, max_turns: 2, max_turn_tokens: 8, max_total_tokens: 1024}",
-        "algo.advantage=turn", "learner.lr=1e-3",
+        "algo.advantage=turn", "algo.loss_agg=seq-mean-token-sum", "learner.lr=1e-3",
         "reward=[{name: cocos, params: {level: score}}, {name: bbq_bias, params: {every_turn: true}}, {name: format}]",
     ]
     cfg = load_config(None, overrides)
