@@ -285,9 +285,14 @@ def _close_reload(worker) -> None:
         info = LAYERWISE_INFO.get(layer)
         if info is not None and info.can_load() and 0 < info.load_numel < info.load_numel_total and not isinstance(layer, VocabParallelEmbedding):
             partial.append(name)
+    # A tied head is the embedding's tensor, so it receives nothing by design; say so, or the close warns that
+    # it "failed to load". The CPU keeps a packed copy of it of its own: made again from the new embedding.
+    for head in model.modules():
+        info = LAYERWISE_INFO.get(head)
+        if isinstance(head, ParallelLMHead) and info is not None and info.load_numel == 0:
+            info.load_numel_total = 0
     with set_current_vllm_config(worker.vllm_config):
         finalize_layerwise_reload(model, worker.vllm_config.model_config)
-        # A tied head is the embedding's tensor, so it receives nothing, but the CPU keeps a packed copy of it of its own.
         embeddings = {id(m.weight) for m in model.modules() if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)}
         for head in model.modules():
             if isinstance(head, ParallelLMHead) and id(head.weight) in embeddings:
