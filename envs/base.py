@@ -81,3 +81,15 @@ class Env(Protocol):
     def step(self, action: str) -> StepResult:
         """Apply the agent's action; return the observation, whether the episode is over, and info."""
         ...
+
+
+def play(env: Env, task: Task, actions: list[str]) -> Trajectory:
+    """A scripted policy through a real env: `actions` in turn until the episode ends (or they run out)."""
+    env.reset(task)
+    trajectory = Trajectory(task)
+    for action in actions:
+        result = env.step(action)
+        trajectory.turns.append(Turn(action, result.observation, result.info))
+        if result.done:
+            break
+    return trajectory

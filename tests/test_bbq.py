@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from envs.base import Trajectory, Turn
+from envs.base import play as play_env
 from envs.bbq import BbqEnv, BbqParams, load_tasks
 from envs.bbq.data import CATEGORIES, DATA_DIR, LETTERS, load_questions
 from envs.bbq.grade import parse_answer
@@ -27,15 +27,7 @@ SIZES = {"Age": 3680, "Disability_status": 1556, "Nationality": 3080, "Physical_
 
 def play(task, answers, params):
     """One episode through the real env, the agent saying `answers` in turn."""
-    env = BbqEnv(params)
-    env.reset(task)
-    turns = []
-    for a in answers:
-        r = env.step(a)
-        turns.append(Turn(a, r.observation, r.info))
-        if r.done:
-            break
-    return Trajectory(task, turns)
+    return play_env(BbqEnv(params), task, answers)
 
 
 def letter(i):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from envs.base import Trajectory, Turn
+from envs.base import play as play_env
 from envs.mistake import DATA_DIR, TASKS, MistakeEnv, MistakeParams, load_records, load_tasks, parse_answer
 from envs.mistake.backtrack import backtrack, evaluate, extract_answer, gold_finder, random_finder
 from envs.registry import get_env_spec
@@ -41,15 +41,7 @@ def test_parse_answer():
 
 
 def play(task, answers, max_turns=1):
-    env = MistakeEnv(MistakeParams(max_turns=max_turns))
-    env.reset(task)
-    turns = []
-    for a in answers:
-        r = env.step(a)
-        turns.append(Turn(a, r.observation, r.info))
-        if r.done:
-            break
-    return Trajectory(task, turns)
+    return play_env(MistakeEnv(MistakeParams(max_turns=max_turns)), task, answers)
 
 
 def test_env_and_reward_on_a_real_trace():
