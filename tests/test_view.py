@@ -66,6 +66,11 @@ def test_the_page_shows_curves_filters_by_transition_and_shows_every_token(run_d
     step2 = episodes(run_dir / "episodes" / "step_000002.jsonl")
     by_transition = Counter(transition(e["trajectory"]["turns"]) for e in step2)
     assert len(by_transition) >= 2, by_transition  # the short SFT leaves first answers both right and wrong
+    for e in step2:  # what the token colours read: the learner's logprobs (same weights as the engine here) and per-token advantages
+        policy = [t for t, m in enumerate(e["loss_mask"]) if m]
+        assert len(e["learner_logprobs"]) == len(e["token_advantages"]) == len(e["token_ids"])
+        assert max(abs(e["learner_logprobs"][t] - e["logprobs"][t]) for t in policy) < 1e-3
+        assert sum(e["token_advantages"]) / len(policy) == pytest.approx(e["advantage"])
 
     task = episodes(run_dir / "eval_rl_episodes.jsonl")[-1]["trajectory"]["task"]["id"]
     for kind in sorted(by_transition)[:2]:
@@ -86,15 +91,12 @@ def test_the_page_shows_curves_filters_by_transition_and_shows_every_token(run_d
     i = max(range(len(step2)), key=lambda k: len(step2[k]["token_ids"]))
     mate = next(k for k, e in enumerate(step2) if e["group"] == step2[i]["group"] and k != i)
     shot = tmp_path / "episode.png"
-    for mode in ("advantage", "gap"):
-        dom = browse(f"{base}?step=2&episode={i}&compare={mate}&tokens={mode}")
-        episode, compare = dom.split('<div id="compare">')[0].split('<div id="episode">')[1], dom.split('<div id="compare">')[1].split('<div id="demo-section"')[0]
-        assert episode.count('<span class="tok') == len(step2[i]["token_ids"])
-        assert compare.count('<span class="tok') == len(step2[mate]["token_ids"])
-        assert episode.count('class="turn"') == len(step2[i]["trajectory"]["turns"])
-        coloured = sum(a != 0 for a in step2[i]["token_advantages"]) if mode == "advantage" else None
-        if coloured is not None:
-            assert episode.count('style="background:') == coloured
+    dom = browse(f"{base}?step=2&episode={i}&compare={mate}&tokens=advantage")
+    episode, compare = dom.split('<div id="compare">')[0].split('<div id="episode">')[1], dom.split('<div id="compare">')[1].split('<div id="demo-section"')[0]
+    assert episode.count('<span class="tok') == len(step2[i]["token_ids"])
+    assert compare.count('<span class="tok') == len(step2[mate]["token_ids"])
+    assert episode.count('class="turn"') == len(step2[i]["trajectory"]["turns"])
+    assert episode.count('style="background:') == sum(a != 0 for a in step2[i]["token_advantages"])
     browse(f"{base}?step=2&episode={i}&compare={mate}&tokens=advantage", screenshot=shot)
     assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -105,9 +107,11 @@ def test_the_html_file_is_the_same_page_without_a_server(run_dir, tmp_path):
     text = out.read_text()
     assert not re.search(r'<script[^>]+src=|<link[^>]+href="http', text)  # nothing to fetch
     step1 = episodes(run_dir / "episodes" / "step_000001.jsonl")
-    dom = browse(f"file://{out}?step=1&transition=wrong-wrong&episode=0&tokens=logprob")
+    dom = browse(f"file://{out}?step=1&transition=wrong-wrong&episode=0&tokens=gap")
     assert rows(dom) == [i for i, e in enumerate(step1) if transition(e["trajectory"]["turns"]) == "wrong-wrong"]
-    assert dom.split('<div id="compare">')[0].count('<span class="tok') == len(step1[0]["token_ids"])
+    episode = dom.split('<div id="compare">')[0]
+    assert episode.count('<span class="tok') == len(step1[0]["token_ids"])
+    assert episode.count(" gap ") == sum(step1[0]["loss_mask"])  # each sampled token's title gives its gap
     assert dom.count('class="trace scatter') == 2
 
 
