@@ -32,7 +32,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m rl demo configs/tiny_code.yaml configs/tiny_search.yaml
 
+# tests/test_view.py looks at `rl view`'s page in headless Chromium: installed here where it is missing
+# (Debian's package; CI runs as root, elsewhere through sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 test: $(STAMP)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 	$(PY) -m pytest -q
 
 # Every benchmark script, one after another (see benchmarks/README.md for the time each takes and the tables).

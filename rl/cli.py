@@ -4,6 +4,7 @@
     python -m rl sft CONFIG [key=value ...]                    # only the SFT stage: RUN_DIR/sft/model
     python -m rl eval CONFIG --checkpoint PATH [--out FILE] [--samples K]   # held-out metrics of any checkpoint, as JSON
     python -m rl demo CONFIG [CONFIG ...] [key=value ...] [--seeds 0 1 2] [--samples K]   # train each, SFT vs RL side by side
+    python -m rl view RUN_DIR [--port P] [--host H] [--html OUT]   # a web page of a run's curves and episodes
 """
 
 from __future__ import annotations
@@ -33,8 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("configs", nargs="+", help="YAML config files, then key=value overrides applied to every one")
     demo.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (in RUN_DIR/seed_N), then mean and range")
     demo.add_argument("--samples", type=int, default=4, help="also evaluate K sampled episodes per task at rollout.temperature (0: greedy only)")
+    view = sub.add_parser("view", help="serve a page of a run's curves and episodes (or write it as one file)")
+    view.add_argument("run_dir", help="a run directory")
+    view.add_argument("--port", type=int, default=8000, help="port to serve on (0: any free one)")
+    view.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    view.add_argument("--html", default="", help="write the page, with every episode inlined, to this file instead of serving")
     args = parser.parse_args(argv)
 
+    if args.command == "view":
+        from rl.view import main as view_main
+
+        try:
+            return view_main(args.run_dir, args.port, args.host, args.html)
+        except (FileNotFoundError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.command == "demo":
         configs = [c for c in args.configs if "=" not in c]
         overrides = [c for c in args.configs if "=" in c]

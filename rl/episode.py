@@ -22,6 +22,7 @@ class Episode:
     finish: str = ""  # "done" (env ended it), "max_turns", "length" (token budget), or "error"
     error: str = ""  # why the episode failed, when finish == "error"
     reward: Reward | None = None
+    learner_logprobs: list[float] = field(default_factory=list)  # the learner's logprob of each policy token before its update (logs only)
 
     @property
     def failed(self) -> bool:
@@ -50,4 +51,5 @@ class Episode:
             "finish": self.finish,
             "error": self.error,
             "reward": reward,
+            "learner_logprobs": self.learner_logprobs,
         }

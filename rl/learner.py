@@ -285,6 +285,7 @@ class Learner:
         minibatches = [list(range(k, len(episodes), n_mini)) for k in range(n_mini)]
         pick = lambda xs, mini: [xs[i] for i in mini] if xs is not None else None  # noqa: E731
         history: list[dict[str, torch.Tensor]] = []
+        seen: list[tuple[Episode, torch.Tensor]] = []  # the learner's logprobs of the sampled tokens, before any step
         for epoch in range(cfg.epochs):
             for m, mini in enumerate(minibatches):
                 stats = self.accumulate(
@@ -295,15 +296,20 @@ class Learner:
                     fresh=epoch == 0 and m == 0,
                     returns=pick(returns, mini),
                     old_values=pick(old_values, mini),
+                    seen=seen,
                 )
                 stats.update(self._optimizer_step())
                 history.append(stats)
         # Read the GPU values once, after every optimizer step has been queued.
+        for ep, logp in seen:
+            ep.learner_logprobs = logp.tolist()
         metrics = {k: float(sum(h[k] for h in history if k in h)) / sum(k in h for h in history) for k in history[0]}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
-    def accumulate(self, episodes: list[Episode], advantages: list[torch.Tensor], old=None, ref=None, fresh=False, returns=None, old_values=None) -> dict[str, torch.Tensor]:
+    def accumulate(
+        self, episodes: list[Episode], advantages: list[torch.Tensor], old=None, ref=None, fresh=False, returns=None, old_values=None, seen=None
+    ) -> dict[str, torch.Tensor]:
         """Forward and backward over one mini-batch in micro-batches; gradients add up in `.grad`.
 
         The loss is normalized by the mini-batch's token and sequence counts, so the summed
@@ -311,6 +317,7 @@ class Learner:
         of the old and reference policies (None: old = current detached, no KL). `fresh`:
         the model is still the sampling policy, so engine/learner mismatch is measured.
         `returns`/`old_values`: the critic's targets and values at sampling time (None: no critic loss).
+        `seen`: when fresh, (episode, learner logprob per token) pairs are appended to it, for the episode logs.
         Returns 0-d tensors (on the device, so nothing waits for the GPU here).
         """
         algo, mb = self.algo, self.cfg.micro_batch_size
@@ -382,6 +389,8 @@ class Learner:
                 sums["mismatch_max_abs"] = torch.maximum(sums["mismatch_max_abs"], diff.abs().max())
                 # Sequence level: |log pi_learner(seq) - log pi_sampler(seq)|, what a sequence-level TIS weight sees.
                 sums["mismatch_seq_max_abs"] = torch.maximum(sums["mismatch_seq_max_abs"], diff.sum(-1).abs().max())
+                if seen is not None:
+                    seen += [(ep, (logp[j, : len(ep.token_ids)].detach() * mask[j, : len(ep.token_ids)]).cpu()) for j, ep in enumerate(part)]
         return sums
 
     def _optimizer_step(self) -> dict[str, torch.Tensor]:

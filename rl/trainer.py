@@ -163,12 +163,15 @@ class Trainer:
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
 
-    def _write_episodes(self, step: int, episodes: list[Episode], advantages: dict[int, float]) -> None:
+    def _write_episodes(self, step: int, episodes: list[Episode], advantages: dict[int, list[float]]) -> None:
+        """One line per episode; "advantage" is the mean over its policy tokens, "token_advantages" one per token."""
         out = self.run_dir / "episodes" / f"step_{step:06d}.jsonl"
         out.parent.mkdir(exist_ok=True)
         with out.open("w") as f:
             for i, ep in enumerate(episodes):
-                f.write(json.dumps({"step": step, **ep.to_dict(), "advantage": advantages.get(i)}) + "\n")
+                adv = advantages.get(i)
+                mean = sum(adv) / max(sum(ep.loss_mask), 1) if adv is not None else None
+                f.write(json.dumps({"step": step, **ep.to_dict(), "advantage": mean, "token_advantages": adv}) + "\n")
 
     # ------------------------------------------------------------ one step
 
@@ -203,12 +206,11 @@ class Trainer:
         if sleeping:  # give the GPU memory of the engine to the learner while it updates
             self.pool.sleep().result()
         valid = [i for i, ep in enumerate(trained) if not ep.failed]
-        advantages: dict[int, float] = {}
+        advantages: dict[int, list[float]] = {}
         if valid:
             batch = [trained[i] for i in valid]
             token_adv, critic = self.credit(batch)
-            # Logged per episode: the mean advantage over its policy tokens.
-            advantages = {i: float(a.sum()) / max(sum(trained[i].loss_mask), 1) for i, a in zip(valid, token_adv)}
+            advantages = {i: a.tolist() for i, a in zip(valid, token_adv)}  # logged per token
             metrics.update({f"learner/{k}": v for k, v in self.learner.update(batch, token_adv, **critic).items()})
         t2 = time.perf_counter()
         metrics["sync/probe_max_abs"] = self.sync()

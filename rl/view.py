@@ -1,0 +1,283 @@
+"""See a run: one web page of its curves and of every episode, turn by turn and token by token.
+
+    python -m rl view runs/search                   # serves http://127.0.0.1:8000/ (loopback only)
+    python -m rl view runs/search --port 0          # any free port; the address is printed
+    python -m rl view runs/search --html run.html   # the same page as one self-contained file
+
+The page (rl/view_assets/page.html) draws with plotly.js, inlined from the plotly wheel, so
+nothing is fetched from the network, neither by the server's page nor by the static file.
+It asks this module for JSON: the run (metrics, checkpoints, demo results, files of episodes)
+and the episodes of one file, summarized; one episode in full, with its tokens decoded, is
+asked for when it is opened. So a run of many steps opens as fast as one step file reads.
+
+The run is read as the trainer writes it (rl/trainer.py): metrics.jsonl, episodes/step_N.jsonl,
+checkpoints/step_N/, sft/model/, and for `rl demo` runs demo.json and eval_{sft,rl}_episodes.jsonl.
+A line that is not JSON (a run killed mid-write) is skipped and reported on the page.
+The server answers only for files inside RUN_DIR: `..`, absolute paths and symlinks that lead
+out of it are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from functools import lru_cache
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+PAGE = Path(__file__).parent / "view_assets" / "page.html"
+RIGHT = 1.0  # a turn is right when its info["score"] reaches this: all tests passed, an exact answer
+EPISODE_FILES = re.compile(r"(episodes/step_\d+|eval_\w+_episodes)\.jsonl")  # the files of episodes the page may ask for
+
+
+class Refused(Exception):
+    """A request for something outside the run directory, or not a file of episodes."""
+
+
+# ------------------------------------------------------------ reading a run
+
+
+def read_jsonl(path: Path, root: Path) -> tuple[list[dict], list[str]]:
+    """The JSON objects of a file's lines, and one problem per line that is not one (named by file and line)."""
+    records, problems = [], []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{path.relative_to(root)}:{n}: not a JSON line ({e.msg}), skipped")
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            problems.append(f"{path.relative_to(root)}:{n}: not a JSON object, skipped")
+    return records, problems
+
+
+def metric_curves(records: list[dict]) -> dict[str, list[list[float]]]:
+    """{key: [[step, value], ...]} of every numeric metric, in step order; a later line wins for a step."""
+    curves: dict[str, dict[int, float]] = {}
+    for r in records:
+        if not isinstance(r.get("step"), int):
+            continue
+        for k, v in r.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:  # v == v: not NaN
+                curves.setdefault(k, {})[r["step"]] = float(v)
+    return {k: [[s, by_step[s]] for s in sorted(by_step)] for k, by_step in sorted(curves.items())}
+
+
+def score(turn: dict) -> float:
+    value = (turn.get("info") or {}).get("score", 0.0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def transition(turns: list[dict]) -> str:
+    """'right-wrong' and the like: the first turn's outcome, then the last's."""
+    if not turns:
+        return ""
+    word = lambda t: "right" if score(t) >= RIGHT else "wrong"  # noqa: E731
+    return f"{word(turns[0])}-{word(turns[-1])}"
+
+
+def summary(ep: dict, index: int) -> dict:
+    """What the episode table shows and filters on: no tokens, no text beyond the first action."""
+    turns = ep.get("trajectory", {}).get("turns", [])
+    task = ep.get("trajectory", {}).get("task", {})
+    reward = ep.get("reward") or {}
+    verdicts = sorted({t["info"]["verdict"] for t in turns if isinstance(t.get("info"), dict) and t["info"].get("verdict")})
+    return {
+        "index": index,
+        "task": str(task.get("id", "")),
+        "group": ep.get("group"),
+        "reward": reward.get("total"),
+        "advantage": ep.get("advantage"),
+        "turns": len(turns),
+        "tokens": len(ep.get("token_ids", [])),
+        "transition": transition(turns),
+        "verdicts": verdicts,
+        "finish": ep.get("finish", ""),
+        "first_action": (turns[0].get("action", "") if turns else "")[:120],
+    }
+
+
+class Run:
+    """A run directory, read on request; the last few episode files stay parsed."""
+
+    def __init__(self, run_dir: str | Path):
+        self.root = Path(run_dir).resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"no run directory at {str(run_dir)!r}")
+        self.decode = token_decoder(self.root)
+        self._episodes = lru_cache(maxsize=8)(self._read_episodes)
+
+    def inside(self, relative: str) -> Path:
+        """The file `relative` names, if it is inside the run directory once symlinks are followed."""
+        path = (self.root / unquote(relative).lstrip("/")).resolve() if not Path(unquote(relative)).is_absolute() else None
+        if path is None or not path.is_relative_to(self.root):
+            raise Refused(f"{relative!r} is outside the run directory")
+        return path
+
+    def info(self) -> dict:
+        """Everything the page shows first: curves, checkpoint marks, files of episodes, demo results, problems."""
+        metrics_path = self.root / "metrics.jsonl"
+        records, problems = read_jsonl(metrics_path, self.root) if metrics_path.is_file() else ([], ["no metrics.jsonl"])
+        marks = [{"step": 0, "label": "SFT"}] if (self.root / "sft" / "model").is_dir() else []
+        marks += [{"step": int(p.name.split("_")[1]), "label": "checkpoint"} for p in sorted((self.root / "checkpoints").glob("step_*"))]
+        steps = sorted(self.root.glob("episodes/step_*.jsonl"))
+        evals = sorted(p.name for p in self.root.glob("eval_*_episodes.jsonl"))
+        demo = None
+        if (self.root / "demo.json").is_file():
+            try:
+                demo = json.loads((self.root / "demo.json").read_text())
+            except json.JSONDecodeError as e:
+                problems.append(f"demo.json: not JSON ({e.msg})")
+        return {
+            "name": self.root.name,
+            "curves": metric_curves(records),
+            "marks": marks,
+            "steps": [{"step": int(p.stem.split("_")[1]), "file": str(p.relative_to(self.root))} for p in steps],
+            "eval_files": evals,
+            "demo": demo,
+            "problems": problems,
+        }
+
+    def _read_episodes(self, path: Path, mtime: float) -> tuple[list[dict], list[str]]:
+        return read_jsonl(path, self.root)  # mtime: a file rewritten since is read again
+
+    def episodes_of(self, relative: str) -> tuple[list[dict], list[str]]:
+        if not EPISODE_FILES.fullmatch(relative):
+            raise Refused(f"{relative!r} is not a file of episodes (episodes/step_N.jsonl or eval_*_episodes.jsonl)")
+        path = self.inside(relative)
+        if not path.is_file():
+            raise FileNotFoundError(f"no file {relative!r} in the run")
+        return self._episodes(path, path.stat().st_mtime)
+
+    def episodes(self, relative: str) -> dict:
+        episodes, problems = self.episodes_of(relative)
+        return {"file": relative, "episodes": [summary(ep, i) for i, ep in enumerate(episodes)], "problems": problems}
+
+    def episode(self, relative: str, index: int) -> dict:
+        """One episode in full, with each token's text."""
+        episodes, _ = self.episodes_of(relative)
+        if not 0 <= index < len(episodes):
+            raise FileNotFoundError(f"{relative!r} has no episode {index} (it has {len(episodes)})")
+        ep = dict(episodes[index])
+        ep["tokens"] = [self.decode(i) for i in ep.get("token_ids", [])]
+        ep["summary"] = summary(ep, index)
+        return ep
+
+
+def token_decoder(root: Path):
+    """id -> text with the run's tokenizer (the first tokenizer.json of the run's models); '#id' without one."""
+    candidates = [root / "base_model", root / "sft" / "model", *sorted(root.glob("checkpoints/step_*/model"), reverse=True)]
+    found = next((c / "tokenizer.json" for c in candidates if (c / "tokenizer.json").is_file()), None)
+    if found is None:
+        return lambda i: f"#{i}"
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(found))
+    return lru_cache(maxsize=None)(lambda i: tokenizer.decode([i], skip_special_tokens=False))
+
+
+# ------------------------------------------------------------ the page and the server
+
+
+def page(embedded: dict | None = None) -> str:
+    """The page, with plotly.js inlined; `embedded`: the answers to every request, for a file that needs no server."""
+    from plotly.offline import get_plotlyjs
+
+    data = json.dumps(embedded).replace("</", "<\\/") if embedded is not None else "null"  # no "</script>" inside the data
+    return PAGE.read_text().replace("/*PLOTLY*/", get_plotlyjs()).replace("/*EMBEDDED*/null", data)
+
+
+def answer(run: Run, url: str) -> dict:
+    """The JSON answer to one of the page's requests: api/run, api/episodes?file=F, api/episode?file=F&i=K."""
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    route = parts.path.strip("/")
+    if route == "api/run":
+        return run.info()
+    if route in ("api/episodes", "api/episode") and "file" not in query:
+        raise ValueError(f"{url}: needs file=")
+    if route == "api/episodes":
+        return run.episodes(query["file"])
+    if route == "api/episode":
+        if not query.get("i", "").isdigit():
+            raise ValueError(f"{url}: needs i=<episode index>")
+        return run.episode(query["file"], int(query["i"]))
+    raise FileNotFoundError(f"no such request: {parts.path}")
+
+
+def static_page(run: Run) -> str:
+    """The page with every answer it can ask for inlined: curves, all episodes, each one in full."""
+    info = run.info()
+    embedded = {"api/run": info}
+    for f in [s["file"] for s in info["steps"]] + info["eval_files"]:
+        listed = run.episodes(f)
+        embedded[f"api/episodes?file={f}"] = listed
+        for ep in listed["episodes"]:
+            embedded[f"api/episode?file={f}&i={ep['index']}"] = run.episode(f, ep["index"])
+    return page(embedded)
+
+
+def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    """A server of the page, its JSON and the run's files (under /files/); call serve_forever() on it."""
+    html = page().encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = urlsplit(self.path).path
+            try:
+                if path in ("/", "/index.html"):
+                    self.send(HTTPStatus.OK, "text/html; charset=utf-8", html)
+                elif path.startswith("/files/"):
+                    file = run.inside(path.removeprefix("/files/"))
+                    if not file.is_file():
+                        raise FileNotFoundError(f"no file {path.removeprefix('/files/')!r} in the run")
+                    kind = {".png": "image/png", ".json": "application/json", ".jsonl": "text/plain", ".yaml": "text/plain"}
+                    self.send(HTTPStatus.OK, kind.get(file.suffix, "application/octet-stream"), file.read_bytes())
+                else:
+                    self.send(HTTPStatus.OK, "application/json", json.dumps(answer(run, self.path.lstrip("/"))).encode())
+            except Refused as e:
+                self.error(HTTPStatus.FORBIDDEN, e)
+            except FileNotFoundError as e:
+                self.error(HTTPStatus.NOT_FOUND, e)
+            except ValueError as e:
+                self.error(HTTPStatus.BAD_REQUEST, e)
+
+        def error(self, status: HTTPStatus, e: Exception) -> None:
+            self.send(status, "application/json", json.dumps({"error": str(e)}).encode())
+
+        def send(self, status: HTTPStatus, kind: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args):  # one line per error, none per request
+            if args and str(args[1])[:1] in "45":
+                sys.stderr.write(f"view: {self.requestline!r}: {args[1]}\n")
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def main(run_dir: str, port: int = 8000, host: str = "127.0.0.1", html: str = "") -> int:
+    run = Run(run_dir)
+    if html:
+        Path(html).write_text(static_page(run))
+        print(f"wrote {html}")
+        return 0
+    server = make_server(run, host, port)
+    print(f"serving {run.root} at http://{server.server_address[0]}:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
