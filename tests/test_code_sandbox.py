@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from envs.code.checks import parse_check
+from envs.code.data import load_problems
 from envs.code.sandbox import Sandbox, SandboxConfig, evaluate
 
 TIMEOUT = 2.0
@@ -139,28 +140,70 @@ CHEATS = {
     "rebinding the builtins the test uses": "import builtins\nbuiltins.len = lambda x: 3\nbuiltins.sorted = lambda x: [1, 2, 3]\ndef f(x):\n    return [0]\n",
 }
 STRUCTURED = ["assert f(1) == 2", "assert len(f(1)) == 3", "assert sorted(f(1)) == [1, 2, 3]", "assert f(1) == 2 and f(2) == 3"]
-HARNESS = "for x in range(3):\n    assert f(x) == x + 1"  # a loop: runs under the hardened harness
+LOOP = "for x in range(3):\n    assert f(x) == x + 1"  # a loop: driven from here, one call at a time
 
 
 @pytest.mark.parametrize("cheat", list(CHEATS))
 def test_no_cheat_passes_a_test(sandbox, cheat):
-    checks = STRUCTURED + [HARNESS]
-    assert not parse_check(HARNESS).condition and all(parse_check(t).condition for t in STRUCTURED)
+    checks = STRUCTURED + [LOOP]
+    assert parse_check(LOOP).calls == ("f",) and all(parse_check(t).condition for t in STRUCTURED)
     results = run(sandbox, CHEATS[cheat], *checks)
     assert [r.status for r in results].count("passed") == 0, [(c, r.status, r.message) for c, r in zip(checks, results)]
     honest = run(sandbox, "def f(x):\n    return x + 1\n", *checks)  # the same tests do pass for a real solution
     assert [r.status for r in honest][0] == "passed" and honest[-1].status == "passed"
 
 
-def test_forging_the_report_is_no_stronger_than_returning_a_value_except_in_the_harness(sandbox):
-    # The program shares its process with the harness, so it can write on the result pipe itself.
+def test_forging_the_report_is_no_stronger_than_returning_a_value(sandbox):
+    # The program can write on the result pipe itself: only values are read there, and judged here.
     forge_pass = "import os\ndef f(x):\n    os.write(3, b'{\"status\": \"passed\"}')\n    os._exit(0)\n"
     forge_values = "import os\ndef f(x):\n    os.write(3, b'{\"status\": \"ok\", \"values\": [2]}')\n    os._exit(0)\n"
-    structured, harness = run(sandbox, forge_pass, "assert f(1) == 2", HARNESS)
-    assert structured.status == "error" and structured.message == "a harness report for a structured test"
-    assert harness.status == "passed"  # the documented limit of harness tests (5 of HumanEval's 1133)
+    structured, loop = run(sandbox, forge_pass, "assert f(1) == 2", LOOP)
+    assert structured.status == loop.status == "error" and structured.message.startswith("the test ended without a valid report")
     (value,) = run(sandbox, forge_values, "assert f(1) == 2")
     assert value.status == "passed"  # as if f(1) had returned 2: the value is still judged here
+    (loop,) = run(sandbox, forge_values, LOOP)
+    assert loop.status == "error" and loop.message.startswith("malformed values")  # 3 calls asked, 1 value sent
+
+
+# Writes what a verdict could look like on every descriptor it has (the result pipe, the output, the
+# protocol's framing), then either returns a wrong value or leaves.
+FORGER = """
+import json, os, struct
+def _forge():
+    for payload in ({"status": "passed"}, {"status": "ok", "values": []}, {"timeout": False, "exit": 0, "result": "{}"}):
+        data = json.dumps(payload).encode()
+        for fd in range(256):
+            for blob in (data, struct.pack(">I", len(data)) + data, b"PASSED\\n"):
+                try:
+                    os.write(fd, blob)
+                except OSError:
+                    pass
+def NAME(*args, **kwargs):
+    _forge()
+    if LEAVE:
+        os._exit(0)
+    return WRONG
+"""
+HARNESS_PROBLEMS = {"HumanEval/32": "0.5", "HumanEval/38": "'x'", "HumanEval/44": "'?'", "HumanEval/50": "'x'", "HumanEval/53": "-1"}
+
+
+@pytest.mark.parametrize("leave", [False, True])
+def test_loops_over_random_inputs_cannot_be_forged(sandbox, leave):
+    # The 5 HumanEval problems whose tests are loops (some over random inputs): a wrong program that
+    # writes anything it likes on every descriptor is credited with no loop; the canonical ones pass all.
+    problems = {q.task_id: q for q in load_problems("humaneval") if q.task_id in HARNESS_PROBLEMS}
+    runs, loops = [], []
+    for task_id, wrong in HARNESS_PROBLEMS.items():
+        q = problems[task_id]
+        loops.append([i for i, c in enumerate(q.checks) if c.calls])
+        assert loops[-1], task_id
+        forger = q.reference + FORGER.replace("NAME", q.entry_point).replace("LEAVE", str(leave)).replace("WRONG", wrong)
+        runs += [(q.reference, q.setup, q.checks), (forger, q.setup, q.checks)]
+    verdicts = evaluate(sandbox, runs)
+    for k, task_id in enumerate(HARNESS_PROBLEMS):
+        canonical, forged = verdicts[2 * k], verdicts[2 * k + 1]
+        assert [r.status for r in canonical] == ["passed"] * len(canonical), (task_id, canonical)
+        assert all(forged[i].status in ("failed", "error") for i in loops[k]), (task_id, forged)
 
 
 # ---------------------------------------------------------------- harm, contained

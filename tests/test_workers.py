@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import torch
 
 from rl.config import load_config
 from rl.trainer import Trainer
+from tests import ray_cluster as ray_cluster_of_our_own
 from tests.test_trainer import LOOKUP, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,9 +24,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield
-    ray.shutdown()
+    temp_dir = ray_cluster_of_our_own.start(num_cpus=2)
+    yield temp_dir
+    ray_cluster_of_our_own.stop(temp_dir)
+
+
+def test_two_clusters_side_by_side_share_nothing(ray_cluster):
+    # A second cluster, in another process, while ours runs: each has its own GCS, session and namespace.
+    other = subprocess.run([sys.executable, str(ROOT / "tests" / "ray_cluster.py")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert other.returncode == 0, other.stderr[-2000:]
+    theirs, ours = json.loads(other.stdout.strip().splitlines()[-1]), ray_cluster_of_our_own.describe()
+    assert theirs["gcs"] != ours["gcs"] and theirs["namespace"] != ours["namespace"]
+    assert theirs["task_namespace"] == theirs["namespace"]  # its tasks ran in its own cluster
+    assert theirs["session_dir"].startswith("/tmp/ray-") and ours["session_dir"].startswith(ray_cluster + "/")
+    assert not theirs["session_dir"].startswith(ray_cluster + "/")
+    assert ray.get(ray.remote(lambda: 1 + 1).remote()) == 2  # ours is unharmed by the other's start and stop
 
 
 def make_trainer(run_dir, *overrides):

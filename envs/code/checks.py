@@ -14,21 +14,29 @@ operators on values rebuilt with Python's own types. A value that is not plain d
 the value had, so `assert f(x)` still works. Nothing the program defines takes part
 in the comparison, so no object can fake equality, and exit codes or output never count.
 
-Everything else (a test whose last statement is not an assert, or whose holes would
-depend on a comprehension's variables) is a harness check: the sandbox runs it under
-the harness in `forkserver.py`, with each assert condition and each compared operand
-forced through a plain-data guard (`_sc_truth`, `_sc_plain`).
+Everything else (a loop of asserts, or an assert whose calls need a comprehension's
+variables) is a driven check: this process runs the test's own statements itself (with
+`random` seeded per test, so the inputs are the same on every run), and each call into
+the program becomes a question to the sandbox: evaluate `decode_cyclic('bca')` and send
+back the value, as a structured check's holes are. Calls that need an earlier call's
+value (`solution = find_zero(xs)`, then `poly(xs, solution)`) come in a later round,
+one sandbox job per round. The sandbox never runs the test's asserts, so nothing the
+program writes anywhere is taken as a verdict: only values, judged here.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import json
 import math
+import random
+import string
 import sys
 import types
 import warnings
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -51,6 +59,16 @@ _NODES = (
 )  # fmt: skip
 
 
+# Modules a driven check may import; it gets public attributes only, and `random` is its own seeded generator.
+DRIVEN_MODULES = {"math": math, "string": string, "copy": types.SimpleNamespace(copy=copy.copy, deepcopy=copy.deepcopy), "random": None}
+# Statements a driven check may use, besides the expressions of _NODES, public attributes and names.
+_STATEMENTS = (
+    ast.Module, ast.For, ast.If, ast.Assign, ast.AugAssign, ast.Assert, ast.Expr, ast.Import, ast.ImportFrom, ast.alias,
+    ast.Pass, ast.Break, ast.Continue,
+)  # fmt: skip
+MAX_ROUNDS = 8  # rounds of dependent calls a driven check may need (HumanEval's need 2)
+
+
 @dataclass(frozen=True)
 class Check:
     """A test ready to run: what the sandbox executes and what this process evaluates."""
@@ -58,8 +76,8 @@ class Check:
     source: str  # the test as written (shown to the agent)
     context: str  # statements run in the sandbox before the check (after the program and the setup)
     holes: tuple[str, ...]  # expressions the sandbox evaluates and returns as plain data
-    condition: str  # the assert's condition over _h0, _h1, ..., evaluated here ("" for a harness check)
-    harness: str  # the hardened statement run in the sandbox ("" for a structured check)
+    condition: str  # the assert's condition over _h0, _h1, ..., evaluated here ("" for a driven check)
+    calls: tuple[str, ...] = ()  # a driven check: the names whose calls go to the sandbox (the test runs here)
 
 
 @dataclass
@@ -87,16 +105,38 @@ def parse_check(source: str, shadowed: frozenset[str] = frozenset()) -> Check:
     `shadowed`: names the problem's own code defines (e.g. MBPP 126 defines `sum`); the test's
     uses of them are holes, not builtins.
     """
-    body = parse(source).body
-    if not body:
+    module = parse(source)
+    if not module.body:
         raise SyntaxError("empty test")
-    *context, last = body
+    *context, last = module.body
     context_src = "\n".join(ast.unparse(s) for s in context)
     if isinstance(last, ast.Assert):
         condition, holes = split_holes(last.test, shadowed | top_level_names(context_src))
         if condition is not None:
-            return Check(source, context_src, tuple(holes), ast.unparse(condition), "")
-    return Check(source, context_src, (), "", ast.unparse(ast.fix_missing_locations(_Harden().visit(last))))
+            return Check(source, context_src, tuple(holes), ast.unparse(condition))
+    return Check(source, "", (), "", driven_calls(module, shadowed))
+
+
+def driven_calls(module: ast.Module, shadowed: frozenset[str]) -> tuple[str, ...]:
+    """The names a driven test calls into the program; SyntaxError if it uses what this process will not run."""
+    bound = {"__builtins__"}
+    for node in ast.walk(module):
+        allowed = isinstance(node, _NODES + _STATEMENTS) or (isinstance(node, ast.Name) and not node.id.startswith("__"))
+        if isinstance(node, ast.Attribute):
+            allowed = not node.attr.startswith("_")
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            allowed = all(n in DRIVEN_MODULES for n in names) and not getattr(node, "level", 0)
+            bound |= {a.asname or a.name for a in node.names}
+        if not allowed:
+            raise SyntaxError(f"a test that is not an assert may only use plain Python statements on {sorted(DRIVEN_MODULES)}: "
+                              f"not {ast.unparse(node)[:60]!r}")  # fmt: skip
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+        if isinstance(node, ast.arg):
+            bound.add(node.arg)
+    loaded = {n.id for n in ast.walk(module) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return tuple(sorted(n for n in loaded - bound if n not in TRUSTED_NAMES or n in shadowed))
 
 
 def top_level_names(code: str) -> frozenset[str]:
@@ -172,33 +212,17 @@ def _is_module_attribute(node: ast.expr) -> bool:
     )
 
 
-class _Harden(ast.NodeTransformer):
-    """For harness checks: every assert condition and every compared operand must be plain data."""
-
-    def visit_Assert(self, node: ast.Assert) -> ast.Assert:
-        self.generic_visit(node)
-        node.test = ast.Call(ast.Name("_sc_truth", ast.Load()), [node.test], [])
-        return node
-
-    def visit_Compare(self, node: ast.Compare) -> ast.Compare:
-        self.generic_visit(node)
-        guard = lambda e: ast.Call(ast.Name("_sc_plain", ast.Load()), [e], [])  # noqa: E731
-        node.left = guard(node.left)
-        node.comparators = [guard(c) for c in node.comparators]
-        return node
-
-
 def has_holes(source: str, shadowed: frozenset[str] = frozenset()) -> bool:
     """Whether the test depends on the program at all (`assert True` does not: it tests nothing)."""
     check = parse_check(source, shadowed)
-    return bool(check.holes or check.harness)
+    return bool(check.holes or check.calls)
 
 
 # ---------------------------------------------------------------- judging
 
 
-def judge(check: Check, reply: dict) -> TestResult:
-    """The verdict on one test from the sandbox's reply (see forkserver.run_one)."""
+def read_values(reply: dict, n: int) -> list | TestResult:
+    """The `n` values of a sandbox reply (see forkserver.run_one), or the verdict when there are none to judge."""
     if "error" in reply:
         return TestResult("error", reply["error"])
     output, seconds = reply["output"], reply["seconds"]
@@ -208,25 +232,29 @@ def judge(check: Check, reply: dict) -> TestResult:
         return TestResult("error", "the test's values are too large", output, seconds)
     try:
         report = json.loads(reply["result"]) if reply["result"] else None
-        if not isinstance(report, dict) or report.get("status") not in ("ok", "passed", "failed", "error"):
+        if not isinstance(report, dict) or report.get("status") not in ("ok", "error"):
             raise ValueError
     except (ValueError, RecursionError):
         code = reply["exit"]
         how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
         return TestResult("error", f"the test ended without a valid report ({how})", output, seconds)
-    status, message = report["status"], str(report.get("message", ""))[:300]
-    if status in ("passed", "failed", "error"):
-        if check.condition and status == "passed":
-            status, message = "error", "a harness report for a structured test"
-        return TestResult(status, message, output, seconds)
-    if not check.condition:
-        return TestResult("error", "values reported for a harness test", output, seconds)
+    if report["status"] == "error":
+        return TestResult("error", str(report.get("message", ""))[:300], output, seconds)
     try:
         values = [decode(v) for v in report["values"]]
-        if len(values) != len(check.holes):
+        if len(values) != n:
             raise ValueError("wrong number of values")
     except (KeyError, TypeError, ValueError, RecursionError) as e:
         return TestResult("error", f"malformed values: {e}", output, seconds)
+    return values
+
+
+def judge(check: Check, reply: dict) -> TestResult:
+    """The verdict on one structured test from the sandbox's reply."""
+    values = read_values(reply, len(check.holes))
+    if isinstance(values, TestResult):
+        return values
+    output, seconds = reply["output"], reply["seconds"]
     try:
         ok = bool(evaluate_condition(check.condition, values))
     except Exception as e:  # e.g. comparing None with an int: an error in the test, as in plain Python
@@ -235,6 +263,137 @@ def judge(check: Check, reply: dict) -> TestResult:
         return TestResult("passed", "", output, seconds)
     got = "; ".join(f"{h} returned {_short(v)}" for h, v in zip(check.holes, values))
     return TestResult("failed", got[:300], output, seconds)
+
+
+# ---------------------------------------------------------------- driven checks
+
+
+class Drive:
+    """One driven check: its statements run here, round after round, until every call it makes has a value.
+
+        drive = Drive(check)
+        while not isinstance(need := drive.step(), TestResult):
+            drive.answer(need, reply)   # reply: the sandbox's values of the expressions in `need`
+        verdict = need
+
+    A round runs the whole test from the start with the values known so far; a call not known
+    yet returns a placeholder, and an assert that touches one is skipped for this round. The
+    round's verdict counts only once it needed no new call: then every value was plain data.
+    """
+
+    def __init__(self, check: Check):
+        self.check = check
+        tree = _SkipPending().visit(parse(check.source))
+        self.code = compile(ast.fix_missing_locations(tree), "<test>", "exec")
+        self.seed = zlib.crc32(check.source.encode())  # the same inputs on every round (and every run)
+        self.known: dict[str, object] = {}  # call expression -> its value
+        self.rounds, self.output, self.seconds = 0, "", 0.0
+
+    def step(self) -> tuple[str, ...] | TestResult:
+        """Run the test here; the calls it still needs (one round's sandbox job), or its verdict."""
+        wanted: dict[str, None] = {}
+        recent: list[tuple[str, object]] = []  # the last calls made, for a failure's message
+        rng = random.Random(self.seed)
+        rng_module = types.SimpleNamespace(Random=random.Random, **{n: getattr(rng, n) for n in _RANDOM_FUNCTIONS})
+
+        def import_(name, globals=None, locals=None, fromlist=(), level=0):
+            return rng_module if name == "random" else DRIVEN_MODULES[name]  # names checked by driven_calls
+
+        def caller(name: str):
+            def call(*args, **kwargs):
+                try:
+                    expr = f"{name}({', '.join([*map(literal, args), *(f'{k}={literal(v)}' for k, v in kwargs.items())])})"
+                except _Pending:
+                    return _Later()  # an argument is a value still to come
+                if expr not in self.known:
+                    wanted[expr] = None
+                    return _Later()
+                recent[:] = recent[-1:] + [(expr, self.known[expr])]
+                return copy.deepcopy(self.known[expr])  # the test may change what it got; a repeated call gets it afresh
+
+            return call
+
+        scope = {"__builtins__": {**TRUSTED_FUNCTIONS, "__import__": import_}, "_Pending": _Pending}
+        scope.update({name: caller(name) for name in self.check.calls})
+        try:
+            exec(self.code, scope)
+            verdict = TestResult("passed")
+        except _Pending:
+            verdict = None
+        except AssertionError:
+            verdict = TestResult("failed", "; ".join(f"{e} returned {_short(v)}" for e, v in recent)[:300])
+        except Exception as e:  # an error in the test, as in plain Python (or a value the program cannot be given)
+            verdict = TestResult("error", f"{type(e).__name__}: {e}"[:300])
+        if wanted and self.rounds < MAX_ROUNDS:
+            return tuple(wanted)
+        if wanted or verdict is None:
+            verdict = TestResult("error", f"the test needs more than {MAX_ROUNDS} rounds of calls into the program")
+        verdict.output, verdict.seconds = self.output, self.seconds
+        return verdict
+
+    def answer(self, exprs: tuple[str, ...], reply: dict) -> TestResult | None:
+        """Take the sandbox's reply for the calls `step` asked for; the verdict if it ends the test (an error, a timeout)."""
+        values = read_values(reply, len(exprs))
+        if isinstance(values, TestResult):
+            return values
+        self.known.update(zip(exprs, values))
+        self.rounds += 1
+        self.output, self.seconds = reply["output"], self.seconds + reply["seconds"]
+        return None
+
+
+_RANDOM_FUNCTIONS = ("random", "randint", "randrange", "choice", "choices", "sample", "shuffle", "uniform", "gauss", "seed")
+
+
+class _Pending(Exception):
+    """A value still to come from the sandbox was needed: the round goes on without it."""
+
+
+class _Later:
+    """What a call into the program returns in a round where its value is not known yet: any use of it is _Pending."""
+
+    def _pending(self, *args, **kwargs):
+        raise _Pending
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __hash__ = __len__ = __iter__ = __contains__ = _pending
+    __getitem__ = __float__ = __int__ = __index__ = __neg__ = __abs__ = __add__ = __radd__ = __sub__ = __rsub__ = _pending
+    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __floordiv__ = __mod__ = __pow__ = __getattr__ = __call__ = _pending
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class _SkipPending(ast.NodeTransformer):
+    """`assert c` becomes `try: assert c / except _Pending: pass`: a round checks what it can."""
+
+    def visit_Assert(self, node: ast.Assert) -> ast.Try:
+        skip = ast.ExceptHandler(ast.Name("_Pending", ast.Load()), None, [ast.Pass()])
+        return ast.Try([node], [skip], [], [])
+
+
+def literal(v, depth: int = 0) -> str:
+    """Python source that rebuilds a plain value in the sandbox (a call's argument); ValueError for anything else."""
+    if isinstance(v, _Later):
+        raise _Pending
+    if depth > 100:
+        raise ValueError("an argument nested too deep for the program")
+    t = type(v)
+    if v is None or t in (bool, int, str, bytes):
+        return repr(v)
+    if t is float:
+        return repr(v) if math.isfinite(v) else f"float('{v}')"
+    if t is complex:
+        return f"complex({literal(v.real)}, {literal(v.imag)})"
+    items = [literal(x, depth + 1) for x in v] if t in (list, tuple, set, frozenset) else []
+    if t is list:
+        return f"[{', '.join(items)}]"
+    if t is tuple:
+        return f"({''.join(x + ', ' for x in items)})"
+    if t in (set, frozenset):
+        return f"{t.__name__}([{', '.join(items)}])"
+    if t is dict:
+        return "{" + ", ".join(f"{literal(k, depth + 1)}: {literal(x, depth + 1)}" for k, x in v.items()) + "}"
+    raise ValueError(f"a {t.__name__} value cannot be passed to the program")
 
 
 @lru_cache(maxsize=65536)

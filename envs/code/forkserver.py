@@ -6,11 +6,13 @@ all the code that runs next to untrusted programs. `envs/code/sandbox.py` docume
 what the isolation guarantees; this file implements it.
 
 Protocol on stdin/stdout, each message a 4-byte big-endian length and UTF-8 JSON:
-  -> job:   {"program", "setup", "context", "exprs": [..] | null, "harness": str | null}
+  -> job:   {"program", "setup", "context", "exprs": [..]}
   <- reply: {"timeout", "exit", "seconds", "result", "result_truncated", "output"} (or {"error"})
 The server's first message is {"isolation": {...}}: what it managed to set up.
-`result` is what the child wrote on its result pipe (untrusted bytes, judged by the
-caller); `output` is its stdout and stderr, cut to `max_output_bytes`.
+`result` is what the child wrote on its result pipe: the values of `exprs` as tagged
+plain data, or an error. They are untrusted bytes: the caller judges the values (no
+report of the child's is ever a verdict); `output` is its stdout and stderr, cut to
+`max_output_bytes`.
 """
 
 import builtins
@@ -161,7 +163,6 @@ def warm_up():
         exec(compile("assert f(1) == 0", "<test>", "exec"), ns)
     except AssertionError as e:
         describe(e, "test")
-    plain(value)
 
 
 def set_limits(cfg, iso):
@@ -234,7 +235,7 @@ def report(payload):
 
 
 def run_test(job):
-    """The program, the setup, the check's context; then its expressions' values, or the harness statement's verdict."""
+    """The program, the setup, the check's context; then the values of its expressions (or the error that stopped them)."""
     module = types.ModuleType("solution")
     module.__builtins__ = builtins
     sys.modules["__main__"] = module  # the solution's namespace; this server's module is out of reach by name
@@ -244,17 +245,9 @@ def run_test(job):
         exec(compile(job["program"], "<program>", "exec"), ns)
         stage = "test"
         exec(compile(job["setup"] + "\n" + job["context"], "<setup>", "exec"), ns)
-        if job["exprs"] is not None:
-            values = [eval(compile(e, "<test>", "eval"), ns) for e in job["exprs"]]
-            return {"status": "ok", "values": [encode(v, 0, [0]) for v in values]}
-        ns["_sc_plain"], ns["_sc_truth"] = plain, truth
-        exec(compile(job["harness"], "<test>", "exec"), ns)
-        return {"status": "passed"}
-    except AssertionError as e:
-        frames = where(e)
-        failed = stage == "test" and frames and frames[-1][0] == "<test>"  # the test's own assert, not the program's
-        return {"status": "failed" if failed else "error", "message": describe(e, stage)}
-    except BaseException as e:  # SystemExit and KeyboardInterrupt too: leaving early is not passing
+        values = [eval(compile(e, "<test>", "eval"), ns) for e in job["exprs"]]
+        return {"status": "ok", "values": [encode(v, 0, [0]) for v in values]}
+    except BaseException as e:  # SystemExit and KeyboardInterrupt too: leaving early is no value
         return {"status": "error", "message": describe(e, stage)}
 
 
@@ -330,50 +323,6 @@ BASES = [
     (frozenset, lambda v: frozenset(frozenset.__iter__(v))),
     (set, lambda v: set(set.__iter__(v))),
 ]
-
-
-class Opaque:
-    """A value that is not plain data, as the harness compares it: equal only to itself, with the truth it had."""
-
-    __slots__ = ("kind", "truth")
-
-    def __init__(self, kind, truth):
-        self.kind, self.truth = kind, truth
-
-    def __bool__(self):
-        return self.truth
-
-    def __repr__(self):
-        return f"<{self.kind} object>"
-
-
-def plain(v):
-    """Harness guard around each compared operand: the value rebuilt as plain data (or an Opaque token)."""
-    return decode_plain(encode(v, 0, [0]))
-
-
-def truth(v):
-    """Harness guard around each assert's condition: the truth of the rebuilt value."""
-    return bool(plain(v))
-
-
-def decode_plain(x):
-    if type(x) is list:
-        return [decode_plain(v) for v in x]
-    if type(x) is not dict:
-        return x
-    if "$opaque" in x:
-        return Opaque(x["$opaque"], x["truth"])
-    ((tag, body),) = x.items()
-    if tag == "$int":
-        return int(body, 16)
-    if tag == "$dict":
-        return {decode_plain(k): decode_plain(v) for k, v in body}
-    if tag == "$bytes":
-        return bytes.fromhex(body)
-    if tag == "$complex":
-        return complex(*body)
-    return {"$tuple": tuple, "$set": set, "$frozenset": frozenset}[tag](decode_plain(v) for v in body)
 
 
 # ---------------------------------------------------------------- the server loop

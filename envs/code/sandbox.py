@@ -36,14 +36,13 @@ Where a test is an assert over calls into the program (all of MBPP's and all but
 HumanEval's 1133), the child only evaluates those calls and sends their values back as
 plain data (None, bool, numbers, str, bytes, list, tuple, dict, set; anything else as an
 opaque token that keeps only its truth); this process rebuilds them with its own types
-and evaluates the assert itself. Exit status, output, exit hooks, signals, rebound
-builtins and objects with a doctored __eq__ cannot make such a test pass: only values
-that satisfy the assert can. The other tests (HumanEval's loops) run inside the child
-under a hardened harness: passing takes the harness's own report after the test
-statement returned (exits and hooks are not reports), and every compared value and
-assert condition must be plain data. That harness shares the interpreter with the
-program, so a program that deliberately forges its report (writes it on the result
-pipe itself) fakes those tests; it cannot fake a structured one that way.
+and evaluates the assert itself. The other tests (HumanEval's loops, some over random
+inputs) are driven from this process: it runs the test's statements itself, draws the
+random inputs with the test's own seed, and asks the sandbox only for the values of the
+calls into the program, round by round (`checks.Drive`). No test statement runs in the
+child, and the child has no channel whose content is a verdict: exit status, output,
+exit hooks, signals, rebound builtins, objects with a doctored __eq__ and bytes written
+on any descriptor cannot make a test pass; only values that satisfy its asserts can.
 
 What nothing here guarantees
 ----------------------------
@@ -78,7 +77,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from envs.code.checks import Check, TestResult, judge
+from envs.code.checks import Check, Drive, TestResult, judge
 
 SERVER = Path(__file__).with_name("forkserver.py")
 
@@ -102,8 +101,7 @@ class Job:
     program: str  # the whole program under test
     setup: str  # test-side code run after the program (imports, fixtures)
     context: str  # statements the check needs, run after the setup
-    exprs: tuple[str, ...] | None  # expressions whose values are sent back (a structured check) ...
-    harness: str | None  # ... or a statement run under the hardened harness
+    exprs: tuple[str, ...]  # expressions whose values are sent back: a structured check's holes, a driven check's calls
 
 
 class Worker:
@@ -264,9 +262,36 @@ def close_shared() -> None:
 def evaluate(sandbox: Sandbox, runs: list[tuple[str, str, list[Check]]]) -> list[list[TestResult]]:
     """Run each (program, setup, checks), every test in its own process, all at once; verdicts per program.
 
+    A structured check is one job. A driven check is one job per round of calls it needs (see
+    checks.Drive); every check's next job goes into the same batch, so the rounds run side by side.
     A program that does not parse fails each test with the SyntaxError (callers that see many such
     programs, like the env, check with `checks.syntax_error` first and skip the sandbox).
     """
-    jobs = [Job(program, setup, c.context, c.holes if c.condition else None, c.harness or None) for program, setup, checks in runs for c in checks]
-    replies = iter(sandbox.run(jobs))
-    return [[judge(c, next(replies)) for c in checks] for _, _, checks in runs]
+    verdicts: list[list[TestResult | None]] = [[None] * len(checks) for _, _, checks in runs]
+    drives: dict[tuple[int, int], Drive] = {}
+    jobs, asked = [], []  # asked[k]: (run, check, the driven calls or None) of jobs[k]
+    for r, (program, setup, checks) in enumerate(runs):
+        for i, c in enumerate(checks):
+            if c.condition:
+                jobs.append(Job(program, setup, c.context, c.holes))
+                asked.append((r, i, None))
+            else:
+                drives[r, i] = Drive(c)
+    while True:
+        for (r, i), drive in list(drives.items()):
+            need = drive.step()
+            if isinstance(need, TestResult):
+                verdicts[r][i] = need
+                del drives[r, i]
+            else:
+                jobs.append(Job(runs[r][0], runs[r][1], "", need))
+                asked.append((r, i, need))
+        if not jobs:
+            return verdicts
+        for (r, i, need), reply in zip(asked, sandbox.run(jobs)):
+            if need is None:
+                verdicts[r][i] = judge(runs[r][2][i], reply)
+            elif (verdict := drives[r, i].answer(need, reply)) is not None:
+                verdicts[r][i] = verdict
+                del drives[r, i]
+        jobs, asked = [], []
