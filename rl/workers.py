@@ -237,8 +237,9 @@ class RayPool:
 
         self.ray = ray
         if not ray.is_initialized():
-            # A local cluster by default; `address` joins an existing one.
-            ray.init(address=cfg.address or None, include_dashboard=False, log_to_driver=False)
+            # A new local cluster by default ("local": not one that RAY_ADDRESS or a `ray start` on this
+            # machine points to, so two runs never share one by accident); `address` joins an existing one.
+            ray.init(address=cfg.address or "local", include_dashboard=False, log_to_driver=False)
         device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
         self.actor = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(RolloutWorker)
         self.args = (model_path, env_name, env_params, rollout_cfg, cfg, device)
