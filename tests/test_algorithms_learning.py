@@ -45,7 +45,8 @@ def test_kl_in_reward_judge_roles_and_gspo_run_through_the_trainer(tmp_path):
     # The wiring: KL from the reference model subtracted from the rewards (none added to the loss),
     # judge spans looked up with the tokenizer, the sequence-level loss and TIS.
     overrides = ["algo.advantage=reinforce++", "algo.kl_coef=0.1", "algo.kl_in_reward=true", "algo.judge_advantage=rloo"]
-    train(tmp_path, "steps=2", "save_every=0", "eval_every=0", "algo.policy_loss=gspo", "algo.tis_cap=2", "algo.tis_level=sequence", *overrides)
+    # seed 2: both batches hold a rewarded episode, so both updates have a gradient
+    train(tmp_path, "steps=2", "save_every=0", "eval_every=0", "seed=2", "algo.policy_loss=gspo", "algo.tis_cap=2", "algo.tis_level=sequence", *overrides)
     rows = [m for m in metrics(tmp_path) if "reward/mean" in m]
     assert len(rows) == 2 and all(m["learner/grad_norm"] > 0 and "learner/kl_ref" not in m for m in rows)
     assert all(m["learner/tis_weight"] == pytest.approx(1.0, abs=1e-3) for m in rows)  # synchronous: sampler == learner
