@@ -35,6 +35,10 @@ NAN = float("nan")
 # ------------------------------------------------------------------ specs
 
 
+def one_line(error: Exception) -> str:
+    return " ".join(str(error).split())  # YAML errors point at the column over several lines
+
+
 def spec_of(d) -> RewardSpec:
     """A RewardSpec from its YAML mapping {name, weight, params}, or a ValueError saying what is wrong."""
     if not (isinstance(d, dict) and isinstance(d.get("name"), str) and set(d) <= {"name", "weight", "params"}):
@@ -58,7 +62,7 @@ def parse_spec(text: str) -> list[RewardSpec]:
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ValueError(f"reward spec {text!r:.60} is not YAML: {' '.join(str(e).split())}") from None
+            raise ValueError(f"reward spec {text!r:.60} is not YAML ({one_line(e)})") from None
         return [spec_of(d) for d in (loaded if isinstance(loaded, list) else [loaded])]
     specs = []
     for term in text.split("+"):
@@ -71,8 +75,14 @@ def parse_spec(text: str) -> list[RewardSpec]:
             key, sep, value = pair.partition("=")
             if not sep:
                 raise ValueError(f"reward {name!r}: parameter {pair!r} is not key=value")
-            params[key.strip()] = yaml.safe_load(value.strip())
-        specs.append(RewardSpec(name, float(weight) if weight else 1.0, params))
+            try:
+                params[key.strip()] = yaml.safe_load(value.strip())
+            except yaml.YAMLError as e:
+                raise ValueError(f"reward {name!r}: parameter {pair!r}: the value is not YAML ({one_line(e)})") from None
+        try:
+            specs.append(RewardSpec(name, float(weight or 1.0), params))
+        except ValueError:
+            raise ValueError(f"reward {name!r}: weight {weight!r} is not a number") from None
     return specs
 
 

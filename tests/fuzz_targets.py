@@ -9,9 +9,12 @@ else (another exception, a traceback, a status line missing from the server) fai
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import dataclasses
 import io
 import json
+import shutil
 import socket
 import tempfile
 import threading
@@ -29,12 +32,13 @@ from envs.search.server import RetrievalServer
 from rewards import __main__ as rewards_cli
 from rewards import lab
 from rewards.base import build_reward
-from rl.config import load_config
+from rl.config import Config, load_config
 from rl.plots import read_metrics, series
 from rl.view import read_jsonl
 
 Rejected = (ValueError, FileNotFoundError)
 WORK = Path(tempfile.mkdtemp(prefix="selfcorrect_fuzz_"))  # every target's files; one folder per process
+atexit.register(shutil.rmtree, WORK, True)
 
 
 @dataclass
@@ -60,7 +64,7 @@ def run_cli(main: Callable, argv: list[str]) -> None:
             code = e.code
     text = err.getvalue()
     assert "Traceback" not in text, text
-    assert code in (0, None, 2), f"exit code {code!r}: {text}"
+    assert code in (0, 2), f"exit code {code!r}: {text}"
     if code == 2:
         assert len(text.strip().splitlines()) == 1, f"exit 2 needs one line on stderr, got {text!r}"
 
@@ -74,14 +78,10 @@ def write(name: str, data: str | bytes) -> Path:
 # ---------------------------------------------------------------- the config loader
 
 
-def config_keys(cls=None, prefix: str = "") -> list[str]:
+def config_keys(cls=Config, prefix: str = "") -> list[str]:
     """Every dotted key of the config, e.g. learner.lr."""
-    import dataclasses
-
-    from rl.config import Config
-
     out = []
-    for f in dataclasses.fields(cls or Config):
+    for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
             out += config_keys(type(default), prefix + f.name + ".")
@@ -282,10 +282,12 @@ TARGETS = [
     Target("code program extraction", st.text(max_size=60) | tagged(["[BEGIN]", "[DONE]", "[CORRECT]", "```python\n", "```", "\n"]),
            check_code_extraction),
     Target("retrieval server (socket)", http_request, check_server),
-    Target("envs.code evaluate samples file", json_lines(sample), check_code_evaluate),
+    Target("envs.code evaluate samples file", json_lines(sample), check_code_evaluate,
+           ['{"task_id": "Fuzz/0", "completion": "    return x\\n"}\n{"task_id": "Fuzz/0", "solution": "def f(x):\\n    return 0\\n"}']),
     Target("rewards score episodes file", json_lines(episode_line), check_rewards_score, ["", "[1]"]),
     Target("rewards mistakes episodes file", json_lines(episode_line), check_rewards_mistakes, [b"\x82\xebM"]),
-    Target("rewards --reward spec", reward_spec, check_reward_spec, ["{", "[1]", "{name: outcome, weight: x}"]),
+    Target("rewards --reward spec", reward_spec, check_reward_spec,
+           ["{", "[1]", "{name: outcome, weight: x}", "outcome:a=]", "e*outcome", "outcome:=2=L85ÈJ)8weight"]),
     Target("episode JSONL reader", json_lines(episode_line), check_episode_reader,
            ["", "[1]", '{"task": 1, "turns": []}', '{"task": {"id": 0, "prompt": ""}, "turns": [{"action": "", "observation": "", "info": {"score": "x"}}]}']),
     Target("metrics JSONL reader", json_lines(metrics_line), check_metrics_reader,
