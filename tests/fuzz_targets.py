@@ -183,8 +183,8 @@ def check_server(data: bytes) -> None:
     with contextlib.redirect_stderr(err):
         answer = exchange(data)
         after = exchange(GOOD)
-    first_line = data.split(b"\n", 1)[0].strip()
-    if first_line:  # a request line gets an answer; a blank one is no request at all
+    # The server reads the request line as Latin-1 text: a line of only (Unicode) spaces is no request at all.
+    if data.split(b"\n", 1)[0].decode("latin-1").split():
         assert answer[:9] in (b"HTTP/1.0 ", b"HTTP/1.1 ") and answer[9:12].isdigit(), f"answer {answer[:80]!r}"
     assert after.startswith(b"HTTP/1.1 200 "), f"a good request afterwards got {after[:80]!r}"
     assert "Traceback" not in err.getvalue(), err.getvalue()
@@ -281,7 +281,7 @@ TARGETS = [
                                                                   "</answer>", "yes", "No", " "]), check_search_action),
     Target("code program extraction", st.text(max_size=60) | tagged(["[BEGIN]", "[DONE]", "[CORRECT]", "```python\n", "```", "\n"]),
            check_code_extraction),
-    Target("retrieval server (socket)", http_request, check_server),
+    Target("retrieval server (socket)", http_request, check_server, [b"\xa0\nContent-Length: -1\r\n", b"\r\n", b"x\r\n"]),
     Target("envs.code evaluate samples file", json_lines(sample), check_code_evaluate,
            ['{"task_id": "Fuzz/0", "completion": "    return x\\n"}\n{"task_id": "Fuzz/0", "solution": "def f(x):\\n    return 0\\n"}']),
     Target("rewards score episodes file", json_lines(episode_line), check_rewards_score, ["", "[1]"]),
