@@ -1,7 +1,7 @@
 """Every input boundary as a fuzz target: one function per boundary and the inputs to draw for it.
 
 A target takes one drawn input and returns normally when the input got a defined result: a
-value, a defined penalty (an "invalid" action), or a rejection, which is an `Rejected` error
+value, a defined penalty (an "invalid" action), or a rejection, which is a `Rejected` error
 with a one-line message, or for a command line, exit code 2 and one line on stderr. Anything
 else (another exception, a traceback, a status line missing from the server) fails the target.
 `tests/test_fuzz.py` runs each with a small budget, `benchmarks/fuzz.py` with a large one.
