@@ -60,7 +60,7 @@ def cmd_mistakes(args) -> None:
         print(f"{task:<28} {a['n']:>6} {a['accuracy']:9.3f} {a['accuracy_with_mistake']:11.3f} {a['accuracy_no_mistake']:11.3f}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rewards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -92,8 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(fn=cmd_mistakes)
 
     args = parser.parse_args(argv)
-    args.fn(args)
+    try:
+        args.fn(args)
+    except (ValueError, OSError) as e:  # bad input files and specs: one line, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

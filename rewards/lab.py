@@ -35,6 +35,20 @@ NAN = float("nan")
 # ------------------------------------------------------------------ specs
 
 
+def one_line(error: Exception) -> str:
+    return " ".join(str(error).split())  # YAML errors point at the column over several lines
+
+
+def spec_of(d) -> RewardSpec:
+    """A RewardSpec from its YAML mapping {name, weight, params}, or a ValueError saying what is wrong."""
+    if not (isinstance(d, dict) and isinstance(d.get("name"), str) and set(d) <= {"name", "weight", "params"}):
+        raise ValueError(f"a reward spec is a mapping {{name, weight, params}}, got {d!r:.60}")
+    weight, params = d.get("weight", 1.0), d.get("params", {})
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not isinstance(params, dict):
+        raise ValueError(f"reward {d['name']!r}: weight must be a number and params a mapping, got {weight!r:.20} and {params!r:.20}")
+    return RewardSpec(d["name"], float(weight), params)
+
+
 def parse_spec(text: str) -> list[RewardSpec]:
     """One `--reward` argument -> the list of specs it combines.
 
@@ -45,8 +59,11 @@ def parse_spec(text: str) -> list[RewardSpec]:
     """
     text = text.strip()
     if text.startswith(("{", "[")):
-        loaded = yaml.safe_load(text)
-        return [RewardSpec(**d) for d in (loaded if isinstance(loaded, list) else [loaded])]
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"reward spec {text!r:.60} is not YAML ({one_line(e)})") from None
+        return [spec_of(d) for d in (loaded if isinstance(loaded, list) else [loaded])]
     specs = []
     for term in text.split("+"):
         m = re.fullmatch(r"\s*(?:([-0-9.eE]+)\s*\*\s*)?([\w.]+)\s*(?::(.*))?", term)
@@ -58,8 +75,14 @@ def parse_spec(text: str) -> list[RewardSpec]:
             key, sep, value = pair.partition("=")
             if not sep:
                 raise ValueError(f"reward {name!r}: parameter {pair!r} is not key=value")
-            params[key.strip()] = yaml.safe_load(value.strip())
-        specs.append(RewardSpec(name, float(weight) if weight else 1.0, params))
+            try:
+                params[key.strip()] = yaml.safe_load(value.strip())
+            except yaml.YAMLError as e:
+                raise ValueError(f"reward {name!r}: parameter {pair!r}: the value is not YAML ({one_line(e)})") from None
+        try:
+            specs.append(RewardSpec(name, float(weight or 1.0), params))
+        except ValueError:
+            raise ValueError(f"reward {name!r}: weight {weight!r} is not a number") from None
     return specs
 
 
@@ -80,21 +103,43 @@ def episode_files(path: str | Path) -> list[Path]:
 
 
 def parse_line(line: str | bytes) -> Trajectory | None:
-    """One episode line -> its Trajectory; None for a blank line or a failed rollout (never scored in training)."""
+    """One episode line -> its Trajectory; None for a blank line or a failed rollout (never scored in training).
+
+    A line that is not an episode is a ValueError saying why; the readers add the file and line.
+    """
     if not line.strip():
         return None
-    d = json.loads(line)
+    d = json.loads(line)  # bad JSON and bad UTF-8 are ValueErrors too
+    if not isinstance(d, dict):
+        raise ValueError(f"an episode must be a JSON object, got {type(d).__name__}")
     if d.get("error"):
         return None
-    return Trajectory.from_dict(d.get("trajectory", d))
+    d = d.get("trajectory", d)
+    task, turns = (d.get("task"), d.get("turns")) if isinstance(d, dict) else (None, None)
+    if not (isinstance(task, dict) and isinstance(task.get("prompt"), (str, list)) and "id" in task and isinstance(turns, list)):
+        raise ValueError('not an episode: needs "task" {"id", "prompt"} and a list of "turns"')
+    for n, turn in enumerate(turns):
+        if not (isinstance(turn, dict) and isinstance(turn.get("action"), str) and isinstance(turn.get("observation"), str)
+                and isinstance(turn.get("info", {}), dict)):
+            raise ValueError(f'turn {n}: needs a string "action" and "observation" and an "info" object')
+        score = turn.get("info", {}).get("score", 0.0)
+        if not isinstance(score, (int, float)):  # the task's verdict, read as a number by every statistic
+            raise ValueError(f'turn {n}: info "score" must be a number, got {score!r:.40}')
+    return Trajectory.from_dict(d)
 
 
 def load_trajectories(path: str | Path) -> list[Trajectory]:
     """Trajectories from the trainer's episode lines ({"trajectory": ...}) or bare Trajectory.to_dict() lines."""
     out = []
     for file in episode_files(path):
-        with open(file) as f:
-            out += filter(None, map(parse_line, f))
+        with open(file, "rb") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    trajectory = parse_line(line)
+                except ValueError as e:
+                    raise ValueError(f"{file}:{n}: {e}") from None
+                if trajectory is not None:
+                    out.append(trajectory)
     return out
 
 
@@ -268,8 +313,11 @@ def read_chunk(file: Path, start: int, end: int) -> list[Trajectory]:
             line = f.readline()
             if not line:
                 break
+            try:
+                trajectory = parse_line(line)
+            except ValueError as e:
+                raise ValueError(f"{file}, the line at byte {pos}: {e}") from None
             pos += len(line)
-            trajectory = parse_line(line)
             if trajectory is not None:
                 out.append(trajectory)
     return out
@@ -291,6 +339,8 @@ def score_files(path: str | Path, texts: list[str], workers: int = 1) -> tuple[E
     for text in texts:  # a misspelt reward fails here, before any work is started
         build_reward(parse_spec(text))
     jobs = [(f, a, b, texts) for f, a, b in chunks(episode_files(path), max(1, workers) * 4)]
+    if not jobs:
+        raise ValueError(f"{path}: no episodes (the files are empty)")
     if workers <= 1:
         results = [score_chunk(job) for job in jobs]
     else:

@@ -57,7 +57,13 @@ class Config:
     resume: str = ""  # a run directory to continue from its latest checkpoint
 
 
+def one_line(error: Exception) -> str:
+    return " ".join(str(error).split())  # YAML errors point at the column over several lines
+
+
 def _suggest(key: str, options) -> str:
+    if not isinstance(key, str):  # YAML keys can be numbers, booleans or null
+        return ""
     match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
     return f"; did you mean {match[0]!r}?" if match else ""
 
@@ -72,7 +78,7 @@ def _build(cls, data: Any, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        path = f"{where}.{key}" if where else key
+        path = f"{where}.{key}" if where else str(key)
         if key not in names:
             raise ValueError(f"unknown config key {path!r}{_suggest(key, names)}")
         kwargs[key] = _convert(hints[key], value, path)
@@ -121,14 +127,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a YAML file ({one_line(e)})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the config must be a mapping at the top level")
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        _set(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not YAML ({one_line(e)})") from None
+        _set(data, key.strip(), value)
     return _build(Config, data, "")
 
 

@@ -42,9 +42,12 @@ def read_metrics(path: str | Path) -> list[dict]:
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))  # the trainer writes NaN as the bare token NaN, which json reads
+                record = json.loads(line)  # the trainer writes NaN as the bare token NaN, which json reads
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{n}: not a JSON object")
+            records.append(record)
     if not records:
         raise ValueError(f"{path}: no metrics lines")
     return records
@@ -55,8 +58,9 @@ def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     by_step = {}
     for r in records:
         value = r.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and "step" in r:
-            by_step[int(r["step"])] = float(value)
+        step = r.get("step")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and isinstance(step, int):
+            by_step[step] = float(value)
     steps = sorted(by_step)
     return np.array(steps, dtype=float), np.array([by_step[s] for s in steps], dtype=float)
 
