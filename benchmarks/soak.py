@@ -2,10 +2,10 @@
 
 Run from the repository root:
 
-    python benchmarks/soak.py --steps 300 --kill-every 10 --seed 0
+    python benchmarks/soak.py --steps 60 --kill-every 15 --seed 0    # the README's table (2 busy cores)
 
-Every `--kill-every` steps a random rollout worker process gets SIGKILL, alternately while its
-rollout runs and after the rollout came back (before the weight sync that follows the update).
+Every `--kill-every` steps a random rollout worker process gets SIGKILL, alternately after its
+rollout came back (before the weight sync that follows the update) and while its rollout runs.
 Env steps hang at random (`--hang-prob`) and `rollout.env_timeout_s` cuts them off: those episodes
 fail and are left out. An episode is lost when it was submitted and came back neither as a result
 nor as a reported failure; the goal is 0. The table also gives the wall-time cost of recovery: the
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout without `pip install -e .`
 from rl.config import load_config  # noqa: E402
 from rl.trainer import Submission, Trainer  # noqa: E402
-from rl.workers import Later  # noqa: E402
+from tests import ray_cluster  # noqa: E402
 
 
 def count(sub: Submission, episodes: list) -> dict[str, int]:
@@ -51,8 +51,8 @@ def soak(steps: int, kill_every: int, seed: int, hang_prob: float, env_timeout_s
         "learner.lr=3e-3", "workers.ray=true", "workers.num_workers=2", f"rollout.env_timeout_s={env_timeout_s}",
         "env.name=tests.slow_env", f"env.params={{step_seconds: 0, hang_prob: {hang_prob}, hang_seed: {seed}}}",
     ]  # fmt: skip
-    if not ray.is_initialized():  # a cluster of its own; its workers import the test env from this checkout
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    # A cluster of its own (temp dir, ports, namespace) unless one runs; its workers import the test env from this checkout.
+    temp_dir = None if ray.is_initialized() else ray_cluster.start(num_cpus=2)
     trainer = Trainer(load_config(ROOT / "configs" / "lookup.yaml", overrides))
     rng = random.Random(seed)
     out = {"steps": 0, "kills": 0, "submitted": 0, "returned": 0, "failed": 0, "timeouts": 0, "lost": 0}
@@ -65,16 +65,16 @@ def soak(steps: int, kill_every: int, seed: int, hang_prob: float, env_timeout_s
             victim = rng.choice(trainer.pool.pids()) if kill else None
             t0 = time.perf_counter()
             sub = trainer.submit(step)
-            if kill and out["kills"] % 2 == 0:
+            if kill and out["kills"] % 2 == 1:
                 os.kill(victim, signal.SIGKILL)  # while its rollout runs
             episodes = sub.episodes.result()
-            if kill and out["kills"] % 2 == 1:
+            if kill and out["kills"] % 2 == 0:
                 os.kill(victim, signal.SIGKILL)  # after its rollout, before the update's weight sync
             out["kills"] += kill
             out["submitted"] += len(sub.items)
             for key, n in count(sub, episodes).items():
                 out[key] += n
-            metrics = trainer.train_step(Submission(sub.step, sub.items, Later(lambda: episodes), sub.version))
+            metrics = trainer.train_step(sub)  # reads the same episodes again: a rollout's result is kept
             trainer.log(step, metrics)
             times[kill].append(time.perf_counter() - t0)
             out["steps"] = step
@@ -83,6 +83,8 @@ def soak(steps: int, kill_every: int, seed: int, hang_prob: float, env_timeout_s
         out["restarts"] = trainer.pool.restarts
         out["wall_s"] = time.perf_counter() - start
         trainer.close()
+        if temp_dir:
+            ray_cluster.stop(temp_dir)
     median = statistics.median(times[False]) if times[False] else 0.0
     out["median_step_s"] = median
     out["recovery_s"] = sum(t - median for t in times[True])
