@@ -42,7 +42,7 @@ class WorkersConfig:
     num_workers: int = 2  # Ray actors, each with its own engine (groups are split between them)
     cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker (its torch threads)
     gpus_per_worker: float = 0.0  # GPUs Ray reserves for each worker; > 0 puts its engine on CUDA
-    max_restarts: int = 3  # dead workers replaced within one rollout before the step fails
+    max_restarts: int = 3  # dead workers replaced within one rollout (or one probe of a worker) before the step fails
     async_steps: int = 0  # 0 = synchronous; 1 = one-step-off: rollouts for step k+1 run during update k
     bucket_mb: float = 64.0  # weight-sync bucket size (one object-store object and one call per bucket)
     probe_tolerance: float = 1e-4  # largest |engine - learner| logprob on the probe batch after a sync (bf16 vLLM: ~0.05)
@@ -220,13 +220,20 @@ def _to_numpy(tensor: torch.Tensor):
 
 
 class Later:
-    """A result computed when asked for (`.result()`): Ray object refs, or a value already there."""
+    """A result computed when first asked for (`.result()`): Ray object refs, or a value already there.
+
+    Kept once computed: gathering a rollout consumes its Ray calls, and a checkpoint reads the
+    rollouts in flight before the step that trains on them reads them again.
+    """
 
     def __init__(self, get: Callable[[], Any]):
         self.get = get
+        self.done, self.value = False, None
 
     def result(self) -> Any:
-        return self.get()
+        if not self.done:
+            self.value, self.done = self.get(), True
+        return self.value
 
 
 class RayPool:
@@ -247,6 +254,7 @@ class RayPool:
         self.weight_refs: list = []  # the latest synced buckets, for workers started later
         self.workers = [self._start() for _ in range(cfg.num_workers)]
         self.restarts = 0
+        self.dead_worker = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
 
     def _start(self):
         worker = self.actor.remote(*self.args)
@@ -255,6 +263,14 @@ class RayPool:
         if self.weight_refs:
             worker.finish_sync.remote()
         return worker
+
+    def _replace(self, k: int, error: Exception, deaths: int, then: str) -> None:
+        """Start a new worker k (from the latest weights) after its `deaths`-th death in one call."""
+        if deaths > self.cfg.max_restarts:
+            raise RuntimeError(f"rollout workers died {deaths} times in one call; giving up") from error
+        print(f"rollout worker {k} died ({type(error).__name__}); starting a new one and {then}")
+        self.restarts += 1
+        self.workers[k] = self._start()
 
     def rollout(self, items: list[Item], greedy: bool = False) -> Later:
         shards = [s for s in split_by_group(items, len(self.workers)) if s]
@@ -270,13 +286,9 @@ class RayPool:
             k, shard = calls.pop(ready[0])
             try:
                 episodes = ray.get(ready[0])
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+            except self.dead_worker as e:
                 restarts_here += 1
-                if restarts_here > self.cfg.max_restarts:
-                    raise RuntimeError(f"rollout workers died {restarts_here} times in one rollout; giving up") from e
-                print(f"rollout worker {k} died ({type(e).__name__}); starting a new one and re-running its {len(shard)} episodes")
-                self.restarts += 1
-                self.workers[k] = self._start()
+                self._replace(k, e, restarts_here, f"re-running its {len(shard)} episodes")
                 calls[self.workers[k].rollout.remote([items[i] for i in shard], greedy)] = (k, shard)
                 continue
             for i, episode in zip(shard, episodes):
@@ -293,7 +305,19 @@ class RayPool:
 
     def probe(self, sequences: list[list[int]]) -> Later:
         calls = [w.probe_logprobs.remote(sequences) for w in self.workers]
-        return Later(lambda: self.ray.get(calls))
+        return Later(lambda: [self._probe_one(k, ref, sequences) for k, ref in enumerate(calls)])
+
+    def _probe_one(self, k: int, ref, sequences: list[list[int]]) -> list[list[float]]:
+        # A worker that died after its rollout (during the update or the sync) is found here, the
+        # first call after a sync that the trainer waits for; its replacement loads the synced weights.
+        deaths = 0
+        while True:
+            try:
+                return self.ray.get(ref)
+            except self.dead_worker as e:
+                deaths += 1
+                self._replace(k, e, deaths, "probing it again")
+                ref = self.workers[k].probe_logprobs.remote(sequences)
 
     def engine_names(self) -> Later:
         calls = [w.engine_name.remote() for w in self.workers]

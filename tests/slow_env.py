@@ -1,5 +1,6 @@
-"""A lookup env that sleeps in every step (time to kill a worker mid-rollout), or hangs for one task."""
+"""A lookup env that sleeps in every step (time to kill a worker mid-rollout), or hangs for one task or at random."""
 
+import random
 import time
 from dataclasses import dataclass
 
@@ -11,19 +12,26 @@ from envs.registry import EnvSpec
 class SlowParams(lookup.LookupParams):
     step_seconds: float = 0.05  # sleep in every env.step
     hang_task: str = ""  # env.step of this task sleeps for an hour
+    hang_prob: float = 0.0  # chance that an env.step sleeps for an hour
+    hang_seed: int = 0  # seeds the hang draws: each process draws the same sequence
+
+
+_draws: dict[int, random.Random] = {}  # one hang RNG per seed, shared by every env of this process
 
 
 class SlowEnv(lookup.LookupEnv):
     def __init__(self, params: SlowParams):
         super().__init__(params)
         self.params = params
+        self.rng = _draws.setdefault(params.hang_seed, random.Random(params.hang_seed))
 
     def reset(self, task):
         self.task_id = task.id
         return super().reset(task)
 
     def step(self, action):
-        time.sleep(3600 if self.task_id == self.params.hang_task else self.params.step_seconds)
+        hang = self.task_id == self.params.hang_task or (self.params.hang_prob > 0 and self.rng.random() < self.params.hang_prob)
+        time.sleep(3600 if hang else self.params.step_seconds)
         return super().step(action)
 
 
