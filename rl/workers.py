@@ -63,7 +63,7 @@ def check_engine_installed(cfg: WorkersConfig) -> None:
     if cfg.engine == "vllm" and not (cfg.ray and cfg.address) and importlib.util.find_spec("vllm") is None:
         raise ImportError(
             "workers.engine=vllm needs vLLM, which is not installed: on a CUDA machine `pip install -e '.[vllm]'`; "
-            "on a CPU-only machine `make test` installs its CPU build, or see the README's 'vLLM on the CPU'"
+            "on a CPU-only machine `make test` installs its CPU build, or see the README's 'vLLM engines, on a GPU or on the CPU'"
         )
 
 
