@@ -87,13 +87,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(cfg) -> int:
+    from rl.distributed import LearnerRankError
     from rl.trainer import Trainer
 
-    trainer = Trainer(cfg)
     try:
-        final = trainer.train()
-    finally:
-        trainer.close()
+        trainer = Trainer(cfg)
+        try:
+            final = trainer.train()
+        finally:
+            trainer.close()
+    except LearnerRankError as e:  # the checkpoints written so far stay: resume=RUN_DIR continues from the last
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     shown = ("reward/mean", "eval/reward/mean", "eval/score/first_turn", "eval/score/last_turn", "eval/em", "eval/acc_t1", "eval/acc_tT")
     summary = ", ".join(f"{k}={v:.3f}" for k, v in final.items() if k in shown)
     print(f"done: {trainer.run_dir} ({summary})")

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from rl import algos
+from rl import algos, lora
 from rl.credit import ESTIMATORS
 from rl.episode import Episode
 from rl.value import ValueHead
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # attention and MLP projections
 
 
 @dataclass
@@ -36,6 +40,20 @@ class LearnerConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cuda", "cuda:1", "cpu"
     bf16: bool = True  # bf16 autocast on CUDA; CPU always runs float32
     gradient_checkpointing: bool = False  # trade compute for activation memory on large models
+    world_size: int = 1  # learner ranks: 1 runs in this process; N > 1 shards the models over N Ray actors with FSDP2 (rl/distributed.py)
+    cpus_per_rank: float = 1.0  # CPUs Ray reserves for each learner rank (world_size > 1)
+    gpus_per_rank: float = 0.0  # GPUs Ray reserves for each learner rank; > 0 runs the ranks on CUDA with NCCL, 0 on the CPU with gloo
+    timeout_s: float = 600.0  # a learner rank (or one of its collectives) silent this long fails the step (world_size > 1)
+    lora_rank: int = 0  # LoRA adapters of this rank on `lora_targets` (0 = full fine-tuning); only the adapters train
+    lora_alpha: float = 16.0  # LoRA scale: the update is (lora_alpha / lora_rank) * B @ A
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # module names that get adapters
+    crash_rank_for_test: int = 0  # testing only: the last learner rank exits inside its N-th update (0 = never)
+
+    def __post_init__(self):
+        if self.world_size < 1:
+            raise ValueError(f"learner.world_size={self.world_size}: use 1 (one process) or more ranks")
+        if self.lora_rank < 0:
+            raise ValueError(f"learner.lora_rank={self.lora_rank}: use 0 (off) or a positive rank")
 
 
 POLICY_LOSSES = ("ppo", "gspo")
@@ -116,38 +134,59 @@ def _looks_like_hub_id(path: str) -> bool:
     return len(parts) == 2 and all(parts) and not path.startswith((".", "/", "~"))
 
 
+def minibatch_counts(episodes: list[Episode], algo: AlgoConfig) -> tuple[float, float]:
+    """(policy tokens, sequences) a mini-batch's loss is normalized by."""
+    num_tokens = float(sum(sum(ep.loss_mask) for ep in episodes))
+    num_seqs = float(sum(1 in ep.loss_mask for ep in episodes) if algo.seq_mean_skips_empty else len(episodes))
+    return num_tokens, num_seqs
+
+
 class Learner:
     def __init__(self, model_path, cfg: LearnerConfig, algo: AlgoConfig, temperature: float, ref_path=None):
         self.cfg, self.algo = cfg, algo
         self.temperature = temperature
         self.device = resolve_device(cfg.device)
-        self.model = load_model(model_path, self.device)
+        # With LoRA the adapters sit on the base model, whatever `model_path` holds (a checkpoint's merged weights).
+        model = load_model(ref_path or model_path if cfg.lora_rank else model_path, self.device)
         # Logits (the LM head and its softmax) are needed only from the first policy token on.
-        forward_args = inspect.signature(self.model.forward).parameters
+        forward_args = inspect.signature(model.forward).parameters
         self.can_skip_logits = "logits_to_keep" in forward_args
         self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed during transformers 5.x
         if cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        self.model.train()
+            model.gradient_checkpointing_enable()
+        if cfg.lora_rank:
+            model = lora.add_adapters(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        self.model = self._prepare(model.train())
         self.ref_model = None
         if algo.kl_coef > 0:
-            self.ref_model = load_model(ref_path or model_path, self.device).eval().requires_grad_(False)
+            # LoRA: the reference is the base model itself, run with the adapters off.
+            self.ref_model = lora.AdaptersOff(self.model) if cfg.lora_rank else self._prepare(load_model(ref_path or model_path, self.device).eval().requires_grad_(False))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable_params = sum(p.numel() for p in trainable)
         # One fused kernel for all parameters (CPU and CUDA have one): on a small model the per-tensor loop costs 5x more.
         self.fused_adam = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, **self.fused_adam
+            trainable, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, **self.fused_adam
         )
         warmup = cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.value_head = self.critic_model = self.critic_optimizer = None
         if algo.advantage == "gae" or algo.judge_advantage == "gae":
             if algo.critic == "separate":
-                self.critic_model = load_model(ref_path or model_path, self.device).train()
-            self.value_head = ValueHead(self.model.config.hidden_size).to(self.device)
+                self.critic_model = self._prepare(load_model(ref_path or model_path, self.device).train())
+            self.value_head = self._prepare(ValueHead(model.config.hidden_size).to(self.device))
             params = list(self.value_head.parameters()) + (list(self.critic_model.parameters()) if self.critic_model else [])
             self.critic_optimizer = torch.optim.AdamW(
                 params, lr=algo.critic_lr or cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, **self.fused_adam
             )
+
+    def _prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Each model the learner holds passes here once; a rank of the sharded learner shards it."""
+        return module
+
+    def _on_all_ranks(self, ok: bool) -> bool:
+        """Whether `ok` holds on every rank (here: the only one); ranks must agree on how many forward passes they run."""
+        return ok
 
     # ------------------------------------------------------------ batches
 
@@ -194,12 +233,11 @@ class Learner:
         one prompt pass. Same logprobs and gradients as the full forward, with fewer tokens.
         """
         prompt_len = [ep.loss_mask.index(1) if 1 in ep.loss_mask else 0 for ep in part]
-        if min(prompt_len) < 1 or self.cfg.gradient_checkpointing:  # checkpointed layers run without a KV cache
-            return None
         first_row: dict[tuple[int, ...], int] = {}
         copy_of = [first_row.setdefault(tuple(ep.token_ids[:n]), i) for i, (ep, n) in enumerate(zip(part, prompt_len))]
         distinct = sorted(first_row.values())
-        if len(distinct) == len(part):
+        shared = min(prompt_len) >= 1 and len(distinct) < len(part)
+        if not self._on_all_ranks(shared and not self.cfg.gradient_checkpointing):  # checkpointed layers run without a KV cache
             return None
         slot = {row: k for k, row in enumerate(distinct)}
         expand = torch.tensor([slot[row] for row in copy_of], device=self.device)  # [b] -> its prompt's row
@@ -260,6 +298,14 @@ class Learner:
             out += [lp[i, : len(r)] for i, r in enumerate(rows)]
         return out
 
+    def reference_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
+        """Logprobs under the reference policy of the KL term (None: no KL)."""
+        return self.logprobs(sequences, self.ref_model) if self.ref_model is not None else None
+
+    def sampling_values(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
+        """The critic's values at sampling time (None: no critic)."""
+        return self.values(sequences) if self.value_head is not None else None
+
     @torch.no_grad()
     def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
         """Float32 logprobs (no autocast, temperature 1) of each sequence, in one right-padded forward:
@@ -279,7 +325,7 @@ class Learner:
         # With one optimizer step on fresh samples, the "old" policy is the current one:
         # its logprobs are the detached current ones and no extra forward pass is needed.
         old = self.logprobs(sequences) if cfg.optim_steps_per_batch * cfg.epochs > 1 else None
-        ref = self.logprobs(sequences, self.ref_model) if self.ref_model is not None and not self.algo.kl_in_reward else None
+        ref = self.reference_logprobs(sequences) if not self.algo.kl_in_reward else None
 
         n_mini = max(1, min(cfg.optim_steps_per_batch, len(episodes)))
         minibatches = [list(range(k, len(episodes), n_mini)) for k in range(n_mini)]
@@ -305,10 +351,12 @@ class Learner:
             ep.learner_logprobs = logp.tolist()
         metrics = {k: float(sum(h[k] for h in history if k in h)) / sum(k in h for h in history) for k in history[0]}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["trainable_params"] = float(self.trainable_params)
         return metrics
 
     def accumulate(
-        self, episodes: list[Episode], advantages: list[torch.Tensor], old=None, ref=None, fresh=False, returns=None, old_values=None, seen=None
+        self, episodes: list[Episode], advantages: list[torch.Tensor], old=None, ref=None, fresh=False, returns=None, old_values=None, seen=None,
+        counts: tuple[float, float] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Forward and backward over one mini-batch in micro-batches; gradients add up in `.grad`.
 
@@ -318,11 +366,11 @@ class Learner:
         the model is still the sampling policy, so engine/learner mismatch is measured.
         `returns`/`old_values`: the critic's targets and values at sampling time (None: no critic loss).
         `seen`: when fresh, (episode, learner logprob per token) pairs are appended to it, for the episode logs.
+        `counts`: (policy tokens, sequences) to normalize by, when `episodes` are one rank's share of a mini-batch.
         Returns 0-d tensors (on the device, so nothing waits for the GPU here).
         """
         algo, mb = self.algo, self.cfg.micro_batch_size
-        num_tokens = float(sum(sum(ep.loss_mask) for ep in episodes))
-        num_seqs = float(sum(1 in ep.loss_mask for ep in episodes) if algo.seq_mean_skips_empty else len(episodes))
+        num_tokens, num_seqs = counts or minibatch_counts(episodes, algo)
         zero = torch.zeros((), device=self.device)
         sums = {"loss": zero, "clip_frac": zero}
         if ref is not None:
@@ -404,21 +452,50 @@ class Learner:
         params = [p for p in parameters if p.grad is not None]
         if not params:
             return torch.zeros((), device=self.device)
+        # Sharded gradients (DTensors): the norm is the global one, computed with a collective.
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if self.cfg.max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
-        else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.max_grad_norm, grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return grad_norm.detach()
+        return whole(grad_norm.detach())
 
     # ------------------------------------------------------------ weights and state
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self.model.named_parameters()}
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's whole weights under the base model's names (LoRA: adapters merged), one tensor at a time.
+
+        Sharded weights are gathered one by one (a collective: every rank runs this in the same order)."""
+        if self.cfg.lora_rank:
+            yield from lora.merged_weights(self.model, whole)
+        else:
+            for name, p in self.model.named_parameters():
+                yield name, whole(p.detach())
+
+    def weight_buckets(self, bucket_mb: float) -> Iterator[dict[str, torch.Tensor]]:
+        """The weights for a sync, in buckets of about `bucket_mb` MB."""
+        return bucketed(self.named_weights(), bucket_mb)
+
+    def save_model(self, path: Path) -> None:
+        """The policy as a Hugging Face model directory (LoRA: merged into the base model)."""
+        if self.cfg.lora_rank:
+            self.model.get_base_model().save_pretrained(path, state_dict=dict(self.named_weights()))
+        else:
+            self.model.save_pretrained(path)
+
+    def save_state(self, directory: Path) -> dict:
+        """What a checkpoint needs besides the model directory, as a dict for the trainer's state file."""
+        return self.state_dict()
+
+    def load_state(self, state: dict, directory: Path) -> None:
+        if state.get("world_size", 1) != 1:
+            raise ValueError(f"resume: {directory} was written by learner.world_size={state['world_size']}; resume it with that world size, not 1")
+        self.load_state_dict(state)
 
     def state_dict(self) -> dict:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.cfg.lora_rank:  # the model directory holds merged weights: the adapters are saved here
+            state["adapters"] = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
         if self.value_head is not None:
             # The critic is not part of the saved policy model: its weights travel with the optimizer state.
             state["critic"] = {"head": self.value_head.state_dict(), "optimizer": self.critic_optimizer.state_dict()}
@@ -429,8 +506,30 @@ class Learner:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.cfg.lora_rank:
+            self.model.load_state_dict(state["adapters"], strict=False)
         if self.value_head is not None:
             self.value_head.load_state_dict(state["critic"]["head"])
             if self.critic_model is not None:
                 self.critic_model.load_state_dict(state["critic"]["model"])
             self.critic_optimizer.load_state_dict(state["critic"]["optimizer"])
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor (a DTensor: it has full_tensor) gathered whole, a collective; any other tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def bucketed(named: Iterator[tuple[str, torch.Tensor]], bucket_mb: float) -> Iterator[dict[str, torch.Tensor]]:
+    """Group (name, tensor) pairs into buckets of about `bucket_mb` MB each (a tensor is never split)."""
+    limit = bucket_mb * 2**20
+    bucket: dict[str, torch.Tensor] = {}
+    size = 0
+    for name, tensor in named:
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > limit:
+            yield bucket
+            bucket, size = {}, 0
+        bucket[name] = tensor
+        size += nbytes
+    yield bucket

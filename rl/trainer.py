@@ -46,7 +46,7 @@ from rl.evaluate import task_metrics
 from rl.learner import Learner
 from rl.plots import plot_run
 from rl.sft import warm_start
-from rl.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe
+from rl.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
 
 
 class TaskSampler:
@@ -122,7 +122,16 @@ class Trainer:
 
         if cfg.workers.vllm_sleep_mode and cfg.workers.async_steps:
             raise ValueError("workers.vllm_sleep_mode needs synchronous training (workers.async_steps=0)")
-        self.learner = Learner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
+        if cfg.learner.world_size > 1:
+            from rl.distributed import ShardedLearner  # Ray and torch.distributed only when sharded
+
+            start_ray(cfg.workers, learner_cpus=cfg.learner.world_size * cfg.learner.cpus_per_rank)
+            self.learner = ShardedLearner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
+        else:
+            self.learner = Learner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
+        if cfg.learner.lora_rank or cfg.learner.world_size > 1:
+            lora = f", LoRA rank {cfg.learner.lora_rank} on {','.join(cfg.learner.lora_targets)}" if cfg.learner.lora_rank else ""
+            print(f"learner: {cfg.learner.world_size} rank(s), {self.learner.trainable_params:,} trainable parameters{lora}")
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
         if cfg.workers.ray:
             self.pool = RayPool(cfg.workers, str(policy), cfg.env.name, cfg.env.params, cfg.rollout)
@@ -136,7 +145,7 @@ class Trainer:
         self.pending: deque[Submission] = deque()
         if checkpoint:
             state = torch.load(checkpoint / "state.pt", weights_only=False)
-            self.learner.load_state_dict(state["learner"])
+            self.learner.load_state(state["learner"], checkpoint)
             self.sampler.load_state_dict(state["sampler"])
             torch.set_rng_state(state["torch_rng"])
             self.step = state["step"]
@@ -242,13 +251,11 @@ class Trainer:
         """Per-token advantages of the scored episodes (rl/credit.py), and the critic's inputs to the update."""
         algo, sequences = self.cfg.algo, [ep.token_ids for ep in batch]
         kl = values = judge = None
-        if algo.kl_in_reward and self.learner.ref_model is not None:
-            per_token = [
-                algos.kl_penalty(lp, ref, algo.kl_estimator)
-                for lp, ref in zip(self.learner.logprobs(sequences), self.learner.logprobs(sequences, self.learner.ref_model))
-            ]
+        ref = self.learner.reference_logprobs(sequences) if algo.kl_in_reward else None
+        if ref is not None:
+            per_token = [algos.kl_penalty(lp, r, algo.kl_estimator) for lp, r in zip(self.learner.logprobs(sequences), ref)]
             kl = algo.kl_coef * credit.pad(per_token)
-        old_values = self.learner.values(sequences) if self.learner.value_head is not None else None
+        old_values = self.learner.sampling_values(sequences)
         if old_values is not None:
             values = credit.pad(old_values)
         if algo.judge_advantage:
@@ -289,7 +296,7 @@ class Trainer:
     def sync(self) -> float:
         """Send the learner's weights to every engine, then check them on the probe batch."""
         if not self.cfg.workers.skip_sync_for_test:
-            self.pool.sync(self.learner.weights(), self.cfg.workers.bucket_mb)
+            self.pool.sync(self.learner.weight_buckets(self.cfg.workers.bucket_mb))
         expected = self.learner.probe_logprobs(self.probe_batch)
         return check_probe(self.pool.probe(self.probe_batch).result(), expected, self.cfg.workers.probe_tolerance)
 
@@ -306,11 +313,11 @@ class Trainer:
         final = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.learner.model.save_pretrained(tmp / "model")
+        self.learner.save_model(tmp / "model")
         self.tokenizer.save_pretrained(tmp / "model")
         state = {
             "step": self.step,
-            "learner": self.learner.state_dict(),
+            "learner": self.learner.save_state(tmp),
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             # Rollouts already made for later steps (async mode), so a resumed run trains on the same ones.
@@ -361,6 +368,8 @@ class Trainer:
 
     def close(self) -> None:
         self.pool.close()
+        if hasattr(self.learner, "close"):
+            self.learner.close()
         self.metrics_file.close()
         self.tb.close()
 

@@ -18,9 +18,11 @@ same seed gives the same episodes whichever pool runs them.
 from __future__ import annotations
 
 import importlib.util
+import math
+import os
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from envs.registry import get_env_spec
 from rl.chat import TurnFormatter
 from rl.engine import HFEngine
 from rl.episode import Episode
+from rl.learner import bucketed
 from rl.rollout import RolloutConfig, rollout
 
 Item = tuple[Task, int, int]  # (task, group, seed) of one episode
@@ -120,24 +123,12 @@ class RolloutWorker:
         self.engine.wake_up()
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()
 
 
 def buckets(weights: dict[str, torch.Tensor], bucket_mb: float) -> list[dict[str, torch.Tensor]]:
     """Split a state dict into buckets of about `bucket_mb` MB each (a tensor is never split)."""
-    limit = bucket_mb * 2**20
-    out: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, tensor in weights.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if out[-1] and size + nbytes > limit:
-            out.append({})
-            size = 0
-        out[-1][name] = tensor
-        size += nbytes
-    return out
+    return list(bucketed(iter(weights.items()), bucket_mb))
 
 
 def split_by_group(items: list[Item], n: int) -> list[list[int]]:
@@ -186,9 +177,11 @@ class LocalPool:
     def rollout(self, items: list[Item], greedy: bool = False) -> Queued:
         return self._submit(lambda: self.worker.rollout(items, greedy))
 
-    def sync(self, weights: dict[str, torch.Tensor], bucket_mb: float) -> Queued:
+    def sync(self, weight_buckets: Iterable) -> Queued:
+        """Load the learner's weights, given bucket by bucket: dicts of tensors, or Ray object refs
+        to them (the sharded learner's rank 0 puts each bucket in the object store)."""
         # A snapshot: the learner goes on changing its tensors while this call waits its turn.
-        parts = [{k: v.detach().clone() for k, v in b.items()} for b in buckets(weights, bucket_mb)]
+        parts = [_fetched(b) for b in weight_buckets]
 
         def load():
             for bucket in parts:
@@ -214,6 +207,14 @@ class LocalPool:
         self.queue.clear()
 
 
+def _fetched(bucket) -> dict:
+    if isinstance(bucket, dict):
+        return {k: v.detach().clone() for k, v in bucket.items()}
+    import ray
+
+    return ray.get(bucket)
+
+
 def _to_numpy(tensor: torch.Tensor):
     tensor = tensor.detach().cpu()
     return tensor if tensor.dtype == torch.bfloat16 else tensor.numpy()  # numpy has no bfloat16
@@ -236,6 +237,20 @@ class Later:
         return self.value
 
 
+def start_ray(cfg: WorkersConfig, learner_cpus: float = 0.0) -> None:
+    """Start or join this process's Ray cluster (once). A new local cluster by default ("local": not one that
+    RAY_ADDRESS or a `ray start` on this machine points to, so two runs never share one by accident); `address`
+    joins an existing one. A local cluster counts at least the CPUs the rollout workers and learner ranks reserve:
+    they share the machine's cores, as one process's threads would."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    reserved = learner_cpus + (cfg.num_workers * cfg.cpus_per_worker if cfg.ray else 0.0)
+    cpus = None if cfg.address else max(os.cpu_count() or 1, math.ceil(reserved))
+    ray.init(address=cfg.address or "local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+
+
 class RayPool:
     """Several workers as Ray actors; replaces a worker that dies and re-runs its unfinished episodes."""
 
@@ -243,10 +258,7 @@ class RayPool:
         import ray
 
         self.ray = ray
-        if not ray.is_initialized():
-            # A new local cluster by default ("local": not one that RAY_ADDRESS or a `ray start` on this
-            # machine points to, so two runs never share one by accident); `address` joins an existing one.
-            ray.init(address=cfg.address or "local", include_dashboard=False, log_to_driver=False)
+        start_ray(cfg)
         device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
         self.actor = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(RolloutWorker)
         self.args = (model_path, env_name, env_params, rollout_cfg, cfg, device)
@@ -295,11 +307,17 @@ class RayPool:
                 results[i] = episode
         return results
 
-    def sync(self, weights: dict[str, torch.Tensor], bucket_mb: float) -> Later:
+    def sync(self, weight_buckets: Iterable) -> Later:
+        """Send the learner's weights, bucket by bucket (dicts of tensors, or Ray object refs to them), to every worker."""
         # Each bucket goes into the object store once and every worker reads it from there, as numpy
         # arrays (zero-copy reads; a torch tensor would be pickled and copied again on every worker).
-        self.weight_refs = [self.ray.put({k: _to_numpy(v) for k, v in b.items()}) for b in buckets(weights, bucket_mb)]
-        calls = [w.update_weights.remote(ref) for w in self.workers for ref in self.weight_refs]
+        # A bucket already there (from a sharded learner's rank 0) is passed on by reference: its bytes skip this process.
+        # Each bucket is sent to the workers as soon as it exists; a worker runs its calls in order.
+        self.weight_refs, calls = [], []
+        for b in weight_buckets:
+            ref = self.ray.put({k: _to_numpy(v) for k, v in b.items()}) if isinstance(b, dict) else b
+            self.weight_refs.append(ref)
+            calls += [w.update_weights.remote(ref) for w in self.workers]
         calls += [w.finish_sync.remote() for w in self.workers]  # runs after its worker's last bucket (actor calls run in order)
         return Later(lambda: self.ray.get(calls))
 

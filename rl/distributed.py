@@ -1,0 +1,405 @@
+"""The sharded learner: `learner.world_size` ranks, each a Ray actor holding one FSDP2 shard of every model.
+
+    trainer process                       Ray actors (one placement group)
+    ShardedLearner  --- shares ------->   LearnerRank 0 .. N-1: a RankLearner (a Learner whose models
+      (driver)      <-- metrics, buckets   are sharded with torch's fully_shard over one process group:
+                                           gloo on the CPU, NCCL on CUDA)
+
+Each rank runs the ordinary `Learner` code on its share of every mini-batch. The loss is
+normalized by the mini-batch's global token and sequence counts, which the driver computes
+and sends, and FSDP2 sums the gradients over ranks (its default averages them), so N ranks
+take the step one learner takes on the whole batch. FSDP2 all-gathers and reduce-scatters
+in every forward and backward, so all ranks must run the same passes: shares are cut so that
+every rank has the same number of micro-batches (a rank short of one runs an empty,
+zero-weight one), and ranks agree before a micro-batch takes the shared-prompt path.
+
+A weight sync gathers the whole weights one bucket at a time (`DTensor.full_tensor()` on
+every rank); rank 0 puts each bucket in Ray's object store and the rollout workers read it
+from there. A rank that dies or a collective that hangs fails the step within
+`learner.timeout_s` with a one-line `LearnerRankError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+from rl.episode import PROMPT_TURN, Episode
+from rl.learner import AlgoConfig, Learner, LearnerConfig, minibatch_counts
+
+PAD = -1  # the index of a share's padding item: a two-token sequence with no policy token
+PAD_TOKENS = [0, 0]
+
+
+class LearnerRankError(RuntimeError):
+    """A learner rank died, failed, or did not answer in time."""
+
+
+def deal(lengths: list[int], micro_batch_size: int, world_size: int) -> list[list[int]]:
+    """Indices of the items for each rank, every rank with the same number of micro-batches.
+
+    The items sorted by length are cut into micro-batches (little padding, as in one learner)
+    and dealt round-robin. Only the last micro-batch can be short and it goes to a rank with
+    the most, so a rank with one fewer holds whole ones: one PAD item gives it its last.
+    Every rank gets at least one micro-batch, so every rank steps.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    micro = [order[s : s + micro_batch_size] for s in range(0, len(order), micro_batch_size)]
+    shares = [[i for m in micro[r::world_size] for i in m] for r in range(world_size)]
+    most = max(1, -(-len(micro) // world_size))
+    for share in shares:
+        if -(-len(share) // micro_batch_size) < most:
+            share.append(PAD)
+    return shares
+
+
+def combine(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One mini-batch's metrics from every rank's.
+
+    Each rank's sums run over its share, normalized by the global counts, so they add up;
+    maxima take the largest; the gradient norms are global already (the same on every rank)."""
+    out = {}
+    for key in per_rank[0]:
+        values = [m[key] for m in per_rank]
+        out[key] = max(values) if key.endswith("_max_abs") else values[0] if key.endswith("grad_norm") else sum(values)
+    return out
+
+
+# ---------------------------------------------------------------- the ranks
+
+
+class RankLearner(Learner):
+    """A Learner whose models are sharded over the default process group with FSDP2."""
+
+    def __init__(self, mesh, *args, **kwargs):
+        self.mesh = mesh
+        super().__init__(*args, **kwargs)
+
+    def _prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        # One FSDP unit per transformer block (the classes the model names as never to be split), then the rest.
+        base = module.get_base_model() if hasattr(module, "get_base_model") else module
+        blocks = set(getattr(base, "_no_split_modules", None) or [])
+        policy = MixedPrecisionPolicy()
+        if blocks and self.cfg.bf16 and self.device.type == "cuda":
+            # bf16 compute, float32 master weights and gradient reductions.
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for sub in module.modules():
+            if type(sub).__name__ in blocks:
+                fully_shard(sub, mesh=self.mesh, mp_policy=policy)
+        fully_shard(module, mesh=self.mesh, mp_policy=policy)
+        for sub in module.modules():
+            if isinstance(sub, FSDPModule):
+                # The loss is normalized by global counts: the ranks' gradients must add up, not average
+                # (as a plain sum: gloo has no pre-scaled sum).
+                sub.set_gradient_divide_factor(1.0)
+                sub.set_force_sum_reduction_for_comms(True)
+        return module
+
+    def _on_all_ranks(self, ok: bool) -> bool:
+        flag = torch.tensor([int(ok)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def critic_modules(self) -> torch.nn.Module:
+        """The critic's modules in one container, to checkpoint them with their optimizer."""
+        parts = {"head": self.value_head} | ({"model": self.critic_model} if self.critic_model is not None else {})
+        return torch.nn.ModuleDict(parts)
+
+
+def pad_episode() -> Episode:
+    # The learner reads tokens, masks and logprobs only; no trajectory goes with a padding item.
+    return Episode(None, group=PAD, seed=0, token_ids=list(PAD_TOKENS), loss_mask=[0, 0], logprobs=[0.0, 0.0], turn_ids=[PROMPT_TURN] * 2)
+
+
+class LearnerRank:
+    """One rank, as a Ray actor. Every method is a step all ranks take together (collectives inside)."""
+
+    def address(self) -> tuple[str, int]:
+        """Where rank 0 listens for the others to join its process group."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, rank: int, world_size: int, address: str, port: int, model_path: str, cfg: LearnerConfig, algo: AlgoConfig,
+              temperature: float, ref_path: str | None) -> dict:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        self.rank, self.world_size, self.cfg = rank, world_size, cfg
+        self.updates = 0
+        cuda = cfg.device == "cuda"
+        if cuda:
+            torch.cuda.set_device(0)  # Ray shows each rank only its own GPU
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size,
+            timeout=timedelta(seconds=cfg.timeout_s),
+        )
+        mesh = init_device_mesh("cuda" if cuda else "cpu", (world_size,))
+        self.learner = RankLearner(mesh, model_path, cfg, algo, temperature, ref_path)
+        return {"trainable_params": self.learner.trainable_params, "reference": self.learner.ref_model is not None,
+                "critic": self.learner.value_head is not None}
+
+    def logprobs(self, sequences: list[list[int]], reference: bool) -> list[torch.Tensor]:
+        return self.learner.reference_logprobs(sequences) if reference else self.learner.logprobs(sequences)
+
+    def values(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        return self.learner.values(sequences)
+
+    def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
+        out = self.learner.probe_logprobs(sequences)
+        return out if self.rank == 0 else None
+
+    def train_minibatch(self, share: dict, counts: tuple[float, float], fresh: bool) -> tuple[dict[str, float], list, float]:
+        """Forward and backward over this rank's share of one mini-batch, then the optimizer step.
+        Returns (metrics, the learner's logprobs of each episode of the share when fresh, learning rate)."""
+        if fresh:
+            self.updates += 1
+            if self.updates == self.cfg.crash_rank_for_test and self.rank == self.world_size - 1:
+                os._exit(1)
+        episodes = share["episodes"]
+        seen: list = []
+        stats = self.learner.accumulate(
+            episodes, share["advantages"], old=share["old"], ref=share["ref"], fresh=fresh, returns=share["returns"],
+            old_values=share["old_values"], seen=seen, counts=counts,
+        )
+        stats.update(self.learner._optimizer_step())
+        position = {id(ep): k for k, ep in enumerate(episodes)}
+        logps: list = [None] * len(episodes)
+        for ep, logp in seen:
+            logps[position[id(ep)]] = logp
+        return {k: float(v) for k, v in stats.items()}, logps, self.learner.scheduler.get_last_lr()[0]
+
+    def start_sync(self, bucket_mb: float) -> None:
+        self.buckets = self.learner.weight_buckets(bucket_mb)
+
+    def next_bucket(self) -> tuple[dict | None, bool]:
+        """The next bucket of whole weights (rank 0 returns it, into the object store; the others only gather)
+        and whether there was one."""
+        from rl.workers import _to_numpy
+
+        bucket = next(self.buckets, None)
+        if bucket is None or self.rank != 0:
+            return None, bucket is not None
+        return {k: _to_numpy(v) for k, v in bucket.items()}, True
+
+    def save_model(self, path: str, bucket_mb: float) -> None:
+        """The policy as a Hugging Face directory, written by rank 0 one gathered bucket per safetensors file."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        weight_map: dict[str, str] = {}
+        total = 0
+        for k, bucket in enumerate(self.learner.weight_buckets(bucket_mb)):
+            if self.rank == 0:
+                name = f"model-{k + 1:05d}.safetensors"
+                path.mkdir(parents=True, exist_ok=True)
+                save_file({n: t.detach().cpu().contiguous() for n, t in bucket.items()}, path / name, metadata={"format": "pt"})
+                weight_map |= dict.fromkeys(bucket, name)
+                total += sum(t.numel() * t.element_size() for t in bucket.values())
+        if self.rank == 0:
+            (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+            model = self.learner.model
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            base.config.save_pretrained(path)
+            if base.generation_config is not None:
+                base.generation_config.save_pretrained(path)
+
+    def _checkpoint_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        learner = self.learner
+        model, optimizer = get_state_dict(learner.model, learner.optimizer)
+        state = {"model": model, "optimizer": optimizer}
+        if learner.value_head is not None:
+            state["critic"], state["critic_optimizer"] = get_state_dict(learner.critic_modules(), learner.critic_optimizer)
+        return state
+
+    def save_state(self, directory: str) -> dict | None:
+        """Every rank writes its shards of the models and optimizer states (torch.distributed.checkpoint)."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._checkpoint_state(), checkpoint_id=directory)
+        return self.learner.scheduler.state_dict() if self.rank == 0 else None
+
+    def load_state(self, directory: str, scheduler: dict) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        learner = self.learner
+        state = self._checkpoint_state()
+        dcp.load(state, checkpoint_id=directory)
+        set_state_dict(learner.model, learner.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        if learner.value_head is not None:
+            set_state_dict(learner.critic_modules(), learner.critic_optimizer, model_state_dict=state["critic"], optim_state_dict=state["critic_optimizer"])
+        learner.scheduler.load_state_dict(scheduler)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+class ShardedLearner:
+    """The learner of the trainer when `learner.world_size` > 1: the calls of `Learner`, run by N rank actors."""
+
+    def __init__(self, model_path, cfg: LearnerConfig, algo: AlgoConfig, temperature: float, ref_path=None):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.ray, self.cfg, self.algo = ray, cfg, algo
+        n = cfg.world_size
+        gpus = cfg.gpus_per_rank > 0
+        self.device = torch.device("cuda" if gpus else "cpu")
+        bundle = {"CPU": cfg.cpus_per_rank} | ({"GPU": cfg.gpus_per_rank} if gpus else {})
+        self.placement = placement_group([bundle] * n, strategy="PACK")
+        self.ranks: list = []
+        try:
+            ray.get(self.placement.ready(), timeout=cfg.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(self.placement)
+            raise LearnerRankError(f"the Ray cluster could not place {n} learner ranks of {bundle} within learner.timeout_s={cfg.timeout_s:g}s") from None
+        actor = ray.remote(LearnerRank)
+        self.ranks = [
+            actor.options(
+                num_cpus=cfg.cpus_per_rank, num_gpus=cfg.gpus_per_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
+            ).remote()
+            for r in range(n)
+        ]
+        (address, port), = self._wait([self.ranks[0].address.remote()], "start")
+        rank_cfg = dataclasses.replace(cfg, device=self.device.type)
+        ref = str(ref_path) if ref_path else None
+        info = self._wait([r.setup.remote(k, n, address, port, str(model_path), rank_cfg, algo, temperature, ref) for k, r in enumerate(self.ranks)], "start")[0]
+        self.trainable_params = info["trainable_params"]
+        self.has_reference, self.has_critic = info["reference"], info["critic"]
+
+    def _wait(self, calls: list, what: str) -> list:
+        """Results of one call per rank; the first rank that dies or fails, or silence past learner.timeout_s, ends it."""
+        ray = self.ray
+        pending, deadline = list(calls), time.monotonic() + self.cfg.timeout_s
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise LearnerRankError(f"learner ranks did not finish the {what} within learner.timeout_s={self.cfg.timeout_s:g}s (a rank or a collective hangs)")
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayActorError:
+                raise LearnerRankError(f"learner rank {calls.index(ready[0])} died during the {what}; resume=RUN_DIR continues from the last checkpoint") from None
+            except ray.exceptions.RayTaskError as e:
+                cause = " ".join(str(e.cause).split())[:300]
+                raise LearnerRankError(f"learner rank {calls.index(ready[0])} failed during the {what}: {type(e.cause).__name__}: {cause}") from None
+        return ray.get(calls)
+
+    # ------------------------------------------------------------ forward passes
+
+    def _per_sequence(self, method: str, sequences: list[list[int]], **kwargs) -> list[torch.Tensor]:
+        """Run `method` on every sequence, each rank on its share; results in the order of `sequences`."""
+        shares = deal([len(s) for s in sequences], self.cfg.micro_batch_size, len(self.ranks))
+        calls = [getattr(r, method).remote([sequences[i] if i != PAD else PAD_TOKENS for i in share], **kwargs) for r, share in zip(self.ranks, shares)]
+        out: list = [None] * len(sequences)
+        for share, result in zip(shares, self._wait(calls, method)):
+            for i, tensor in zip(share, result):
+                if i != PAD:
+                    out[i] = tensor
+        return out
+
+    def logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        return self._per_sequence("logprobs", sequences, reference=False)
+
+    def reference_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
+        return self._per_sequence("logprobs", sequences, reference=True) if self.has_reference else None
+
+    def values(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        return self._per_sequence("values", sequences)
+
+    def sampling_values(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
+        return self.values(sequences) if self.has_critic else None
+
+    def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        return self._wait([r.probe_logprobs.remote(sequences) for r in self.ranks], "probe")[0]
+
+    # ------------------------------------------------------------ update
+
+    def update(
+        self, episodes: list[Episode], advantages: list[torch.Tensor], returns: list[torch.Tensor] | None = None, old_values: list[torch.Tensor] | None = None
+    ) -> dict[str, float]:
+        """`Learner.update`, sharded: each mini-batch is split between the ranks, which step together."""
+        cfg = self.cfg
+        sequences = [ep.token_ids for ep in episodes]
+        old = self.logprobs(sequences) if cfg.optim_steps_per_batch * cfg.epochs > 1 else None
+        ref = self.reference_logprobs(sequences) if not self.algo.kl_in_reward else None
+        n_mini = max(1, min(cfg.optim_steps_per_batch, len(episodes)))
+        history: list[dict[str, float]] = []
+        for epoch in range(cfg.epochs):
+            for m in range(n_mini):
+                mini = list(range(m, len(episodes), n_mini))
+                fresh = epoch == 0 and m == 0
+                counts = minibatch_counts([episodes[i] for i in mini], self.algo)
+                shares = [[mini[j] if j != PAD else PAD for j in share]
+                          for share in deal([len(sequences[i]) for i in mini], cfg.micro_batch_size, len(self.ranks))]
+                calls = [r.train_minibatch.remote(self._share(share, episodes, advantages, old, ref, returns, old_values), counts, fresh)
+                         for r, share in zip(self.ranks, shares)]
+                results = self._wait(calls, "update")
+                history.append(combine([stats for stats, _, _ in results]))
+                lr = results[0][2]
+                if fresh:
+                    for share, (_, logps, _) in zip(shares, results):
+                        for i, logp in zip(share, logps):
+                            if i != PAD:
+                                episodes[i].learner_logprobs = logp.tolist()
+        metrics = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+        metrics["lr"] = lr
+        metrics["trainable_params"] = float(self.trainable_params)
+        return metrics
+
+    @staticmethod
+    def _share(share: list[int], episodes, advantages, old, ref, returns, old_values) -> dict:
+        """What one rank needs of a mini-batch: its episodes (tokens, masks, sampling logprobs) and their per-token inputs."""
+        def pick(xs):
+            return None if xs is None else [xs[i] if i != PAD else torch.zeros(len(PAD_TOKENS)) for i in share]
+
+        light = [pad_episode() if i == PAD else Episode(None, episodes[i].group, episodes[i].seed, episodes[i].token_ids, episodes[i].loss_mask, episodes[i].logprobs)
+                 for i in share]
+        return {"episodes": light, "advantages": pick(advantages), "old": pick(old), "ref": pick(ref), "returns": pick(returns), "old_values": pick(old_values)}
+
+    # ------------------------------------------------------------ weights and state
+
+    def weight_buckets(self, bucket_mb: float) -> Iterator:
+        """Ray object refs to the whole weights, one bucket each, gathered from the shards bucket by bucket."""
+        self._wait([r.start_sync.remote(bucket_mb) for r in self.ranks], "weight sync")
+        while True:
+            calls = [r.next_bucket.options(num_returns=2).remote() for r in self.ranks]
+            more = self._wait([more for _, more in calls], "weight sync")
+            if not more[0]:
+                return
+            yield calls[0][0]
+
+    def save_model(self, path: Path) -> None:
+        self._wait([r.save_model.remote(str(path), 64.0) for r in self.ranks], "checkpoint")
+
+    def save_state(self, directory: Path) -> dict:
+        """Each rank writes its shards to DIRECTORY/dcp; the trainer's state file keeps the world size and the scheduler."""
+        scheduler = self._wait([r.save_state.remote(str(directory / "dcp")) for r in self.ranks], "checkpoint")[0]
+        return {"world_size": len(self.ranks), "scheduler": scheduler}
+
+    def load_state(self, state: dict, directory: Path) -> None:
+        saved = state.get("world_size", 1)
+        if saved != len(self.ranks):
+            raise ValueError(f"resume: {directory} was written by learner.world_size={saved}; resume it with learner.world_size={saved}, not {len(self.ranks)}")
+        self._wait([r.load_state.remote(str(directory / "dcp"), state["scheduler"]) for r in self.ranks], "resume")
+
+    def close(self) -> None:
+        for r in self.ranks:
+            self.ray.kill(r)
+        self.ray.util.remove_placement_group(self.placement)

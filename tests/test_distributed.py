@@ -1,0 +1,214 @@
+"""The sharded learner: real FSDP2 ranks (gloo) as real Ray actors, against the one-process learner; and LoRA."""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM
+
+from envs.base import Task
+from envs.lookup import LookupEnv, LookupParams
+from rl import lora
+from rl.chat import TurnFormatter
+from rl.config import load_config
+from rl.distributed import PAD, LearnerRankError, ShardedLearner, combine, deal
+from rl.engine import HFEngine
+from rl.learner import AlgoConfig, Learner, LearnerConfig
+from rl.rollout import RolloutConfig, rollout
+from rl.trainer import Trainer
+from tests import ray_cluster as ray_cluster_of_our_own
+from tests.test_trainer import LOOKUP, metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    # Logical CPUs: two learner ranks and two rollout workers at once, on whatever cores there are.
+    temp_dir = ray_cluster_of_our_own.start(num_cpus=4)
+    yield temp_dir
+    ray_cluster_of_our_own.stop(temp_dir)
+
+
+@pytest.fixture(scope="module")
+def groups(tiny):
+    """Two GRPO groups of four episodes (prompts of different lengths, multi-turn), advantages, critic targets."""
+    model, tok = tiny
+    tasks = [Task("a", "what is kalu", {"answer": "blue"}), Task("b", "what is kalu red red", {"answer": "blue"})]
+    items = [(task, g, 10 * g + k) for g, task in enumerate(tasks) for k in range(4)]
+    episodes = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(LookupParams(max_turns=3)), items, RolloutConfig(max_turn_tokens=6))
+    gen = torch.Generator().manual_seed(0)
+    advantages = [torch.randn((), generator=gen) * torch.tensor(ep.loss_mask, dtype=torch.float32) for ep in episodes]
+    returns = [torch.randn(len(ep.token_ids), generator=gen) for ep in episodes]
+    old_values = [torch.randn(len(ep.token_ids), generator=gen) * 0.1 for ep in episodes]
+    return episodes, advantages, returns, old_values
+
+
+def gathered(learner) -> dict[str, torch.Tensor]:
+    out = {}
+    for bucket in learner.weight_buckets(0.01):
+        out |= {k: torch.as_tensor(v) for k, v in (bucket if isinstance(bucket, dict) else ray.get(bucket)).items()}
+    return out
+
+
+def test_deal_gives_every_rank_the_same_number_of_micro_batches():
+    for n_items in range(0, 12):
+        for mb in (1, 2, 3, 5):
+            for world in (2, 3):
+                lengths = [(7 * i) % 11 for i in range(n_items)]
+                shares = deal(lengths, mb, world)
+                real = sorted(i for s in shares for i in s if i != PAD)
+                assert real == list(range(n_items))  # every item once
+                counts = {-(-len(s) // mb) for s in shares}
+                assert len(counts) == 1 and counts.pop() >= 1, (n_items, mb, world, shares)
+                assert all(s.count(PAD) <= 1 for s in shares)
+    assert combine([{"loss": 1.0, "mismatch_max_abs": 0.5, "grad_norm": 2.0}, {"loss": 2.0, "mismatch_max_abs": 0.7, "grad_norm": 2.0}]) == {
+        "loss": 3.0, "mismatch_max_abs": 0.7, "grad_norm": 2.0}
+
+
+@pytest.mark.parametrize("algo", [
+    AlgoConfig(kl_coef=0.1),
+    AlgoConfig(advantage="gae", critic="separate", kl_coef=0.1, clip_low=0.05, clip_high=0.05),
+], ids=["grpo", "gae-separate"])
+def test_two_ranks_take_the_step_of_one(tiny_model_dir, groups, ray_cluster, algo):
+    episodes, advantages, returns, old_values = groups
+    critic = {"returns": returns, "old_values": old_values} if algo.advantage == "gae" else {}
+    # Three micro-batches of at most 3: one rank gets two, the other one and an empty one.
+    cfg = LearnerConfig(device="cpu", lr=1e-3, micro_batch_size=3, warmup_steps=2, optim_steps_per_batch=2 if critic else 1)
+    one_eps, two_eps = copy.deepcopy(episodes), copy.deepcopy(episodes)
+    one = Learner(tiny_model_dir, cfg, algo, temperature=1.0)
+    m1 = one.update(one_eps, advantages, **critic)
+    two = ShardedLearner(tiny_model_dir, LearnerConfig(**{**cfg.__dict__, "world_size": 2}), algo, temperature=1.0)
+    try:
+        m2 = two.update(two_eps, advantages, **critic)
+        w2 = gathered(two)
+        probe = [ep.token_ids for ep in episodes[:3]]
+        p1, p2 = one.probe_logprobs(probe), two.probe_logprobs(probe)
+    finally:
+        two.close()
+    assert m1.keys() == m2.keys() and {"loss", "grad_norm", "kl_ref", "lr"} <= m1.keys()
+    for key in m1:
+        assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-6), key
+    assert m1["grad_norm"] > 0 and (m1["value_loss"] > 0 if critic else True)
+    w1 = dict(one.named_weights())
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        assert torch.allclose(w2[name], w1[name], atol=1e-5, rtol=0), name
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(p1, p2))
+    for a, b in zip(one_eps, two_eps):
+        assert b.learner_logprobs == pytest.approx(a.learner_logprobs, abs=1e-5)
+
+
+def make_trainer(run_dir, *overrides):
+    return Trainer(load_config(LOOKUP, [f"run_dir={run_dir}", "eval_every=0", "learner.lr=3e-3", *overrides]))
+
+
+def run(trainer):
+    try:
+        return trainer.train(progress=False)
+    finally:
+        trainer.close()
+
+
+def comparable(run_dir):
+    return [{k: v for k, v in m.items() if not k.startswith(("time/", "throughput/"))} for m in metrics(run_dir)]
+
+
+def test_two_ranks_with_ray_workers_train_as_one_learner(tmp_path, ray_cluster):
+    run(make_trainer(tmp_path / "one", "steps=2", "save_every=0"))
+    run(make_trainer(tmp_path / "two", "steps=2", "save_every=0", "learner.world_size=2", "workers.ray=true"))
+    one, two = [[m for m in metrics(tmp_path / d) if "reward/mean" in m] for d in ("one", "two")]
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        assert b["reward/mean"] == a["reward/mean"]  # the same episodes: the synced engines sample as the one learner's
+        for key in ("learner/loss", "learner/grad_norm", "learner/mismatch_max_abs"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+        assert b["sync/probe_max_abs"] < 1e-4
+    assert one[0]["learner/grad_norm"] > 0
+
+
+def test_a_dead_rank_fails_the_run_and_resume_continues_exactly(tmp_path, ray_cluster):
+    common = ["steps=4", "save_every=2", "learner.world_size=2", "learner.warmup_steps=3"]
+    run(make_trainer(tmp_path / "straight", *common))
+    # The last rank exits inside the third update: the CLI says so in one line and exits non-zero.
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "rl", "train", str(LOOKUP), f"run_dir={tmp_path / 'crashed'}", "eval_every=0",
+                          "learner.lr=3e-3", *common, "learner.crash_rank_for_test=3"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "error: learner rank 1 died during the update" in out.stderr
+    checkpoint = tmp_path / "crashed" / "checkpoints" / "step_000002"
+    assert sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir()) == ["step_000002"]
+    assert {"__0_0.distcp", "__1_0.distcp"} <= {p.name for p in (checkpoint / "dcp").iterdir()}  # one shard file per rank
+    assert AutoModelForCausalLM.from_pretrained(checkpoint / "model") is not None  # the gathered model: what eval and the demo read
+    with pytest.raises(ValueError, match="written by learner.world_size=2"):
+        make_trainer(tmp_path / "x", *common[:-2], f"resume={tmp_path / 'crashed'}")
+    run(make_trainer(tmp_path / "x", *common, f"resume={tmp_path / 'crashed'}"))
+    assert comparable(tmp_path / "straight") == comparable(tmp_path / "crashed")
+    final = [AutoModelForCausalLM.from_pretrained(tmp_path / d / "checkpoints" / "step_000004" / "model").state_dict() for d in ("straight", "crashed")]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def test_lora_trains_only_the_adapters_and_the_engine_serves_them_merged(tiny_model_dir, groups):
+    episodes, advantages, _, _ = groups
+    cfg = LearnerConfig(device="cpu", lr=1e-2, lora_rank=4, lora_alpha=8.0)
+    learner = Learner(tiny_model_dir, cfg, AlgoConfig(kl_coef=0.1), temperature=1.0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    targets = [m for name, m in base.named_modules() if name.rsplit(".", 1)[-1] in cfg.lora_targets]
+    assert learner.trainable_params == lora.adapter_params(learner.model) == sum(4 * (m.in_features + m.out_features) for m in targets)
+    metrics = learner.update(copy.deepcopy(episodes), advantages)
+    assert metrics["trainable_params"] == learner.trainable_params and metrics["grad_norm"] > 0
+    sequences = [ep.token_ids for ep in episodes]
+    # The KL reference is the base model: the adapters switched off, whatever they learned.
+    ref = learner.reference_logprobs(sequences)
+    expected = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(sequences)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, expected))
+    merged = dict(learner.named_weights())
+    assert merged.keys() == dict(base.named_parameters()).keys()  # the base model's names: any engine loads them
+    changed = [k for k in merged if not torch.equal(merged[k], base.state_dict()[k])]
+    assert changed and all(k.rsplit(".", 2)[-2] in cfg.lora_targets for k in changed)
+    engine = HFEngine(base, learner_tokenizer(tiny_model_dir))
+    for bucket in learner.weight_buckets(0.01):
+        engine.update_weights(bucket)
+    engine.finish_sync()
+    got, want = engine.probe_logprobs(sequences[:4]), learner.probe_logprobs(sequences[:4])
+    assert max(float((torch.tensor(g) - w[1:]).abs().max()) for g, w in zip(got, want)) < 1e-5
+
+
+def learner_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_lora_with_two_ranks_takes_the_step_of_one(tiny_model_dir, groups, ray_cluster):
+    episodes, advantages, _, _ = groups
+    cfg = LearnerConfig(device="cpu", lr=1e-2, micro_batch_size=3, lora_rank=4)
+    algo = AlgoConfig(kl_coef=0.1)
+    one = Learner(tiny_model_dir, cfg, algo, temperature=1.0)
+    m1 = one.update(copy.deepcopy(episodes), advantages)
+    two = ShardedLearner(tiny_model_dir, LearnerConfig(**{**cfg.__dict__, "world_size": 2}), algo, temperature=1.0)
+    try:
+        m2 = two.update(copy.deepcopy(episodes), advantages)
+        w2 = gathered(two)
+    finally:
+        two.close()
+    assert two.trainable_params == one.trainable_params == m2["trainable_params"]
+    for key in m1:
+        assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-6), key
+    w1 = dict(one.named_weights())
+    assert all(torch.allclose(w2[k], w1[k], atol=1e-5, rtol=0) for k in w1)
+
+
+def test_lookup_learns_with_lora(tmp_path):
+    run(make_trainer(tmp_path, "steps=3", "save_every=3", "learner.lora_rank=8", "learner.lr=1e-2"))
+    rows = [m for m in metrics(tmp_path) if "reward/mean" in m]
+    assert all(m["sync/probe_max_abs"] < 1e-4 for m in rows)
+    assert rows[0]["learner/trainable_params"] > 0
