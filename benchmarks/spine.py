@@ -37,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 from envs.base import Task, Trajectory
 from rl.engine import HFEngine, Request, SamplingParams
 from rl.episode import Episode
-from rl.learner import AlgoConfig, Learner, LearnerConfig, resolve_device
-from rl.tiny import TinyModelConfig, build_tiny_model
+from rl.config import AlgoConfig, LearnerConfig, TinyModelConfig
+from rl.learner import Learner
+from rl.model import resolve_device
+from rl.tiny import build_tiny_model
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--device", default="auto")

@@ -32,7 +32,8 @@ from transformers.utils import logging as hf_logging
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.lookup import LookupParams, sample_text
 from rl.engine import HFEngine, Request, SamplingParams
-from rl.tiny import TinyModelConfig, build_tiny_model
+from rl.config import TinyModelConfig
+from rl.tiny import build_tiny_model
 from rl.workers import buckets
 
 hf_logging.disable_progress_bar()

@@ -434,7 +434,8 @@ def compare(args) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from rl.tiny import TinyModelConfig, build_tiny_model
+    from rl.config import TinyModelConfig
+    from rl.tiny import build_tiny_model
 
     hf_logging.disable_progress_bar()
     model_dir = tempfile.mkdtemp(prefix="vs_trl-model-")
@@ -522,8 +523,10 @@ def gpu_section(args) -> None:
     from envs.base import Task, Trajectory
     from rl.engine import HFEngine, Request, SamplingParams
     from rl.episode import Episode
-    from rl.learner import AlgoConfig, Learner, LearnerConfig
-    from rl.tiny import TinyModelConfig, train_tokenizer
+    from rl.config import AlgoConfig, LearnerConfig
+    from rl.learner import Learner
+    from rl.config import TinyModelConfig
+    from rl.tiny import train_tokenizer
 
     smoke = args.gpu_smoke  # a check of this code on CPU with a 2-layer model; its figures mean nothing
     if not torch.cuda.is_available() and not smoke:

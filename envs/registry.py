@@ -10,7 +10,9 @@ Modules are imported only when chosen, so an unused env costs nothing.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -35,6 +37,20 @@ class EnvSpec:
     demonstrations: Callable[[Any, int, int, float, float], list[Trajectory]] | None = None
     # trajectories -> the env's own evaluation metrics (e.g. BBQ's bias scores); None = none beyond reward and score
     metrics: Callable[[list[Trajectory]], dict[str, float]] | None = None
+    headline: tuple[str, ...] = ()  # the metrics a summary table shows first (`rl demo`); () = reward and score
+
+
+def check_env_name(name: str) -> None:
+    """Fail on an env that is neither built in nor an importable module, without importing it."""
+    module_name = BUILTIN.get(name, name)
+    try:
+        found = importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):  # a missing parent package, or an empty or relative name
+        found = False
+    if not found:
+        close = difflib.get_close_matches(name, list(BUILTIN), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"env.name: unknown env {name!r}{hint} (built-in envs are {sorted(BUILTIN)}, or give a module path)")
 
 
 def get_env_spec(name: str) -> EnvSpec:

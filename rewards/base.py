@@ -59,15 +59,20 @@ def _closest(word: str, options) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def build_one(spec: RewardSpec) -> RewardFn:
+def check_reward_spec(spec: RewardSpec, where: str = "") -> None:
+    """Fail on an unknown reward name or parameter (before anything is built), naming the closest valid one."""
+    at = f"{where}: " if where else ""
     if spec.name not in _FACTORIES:
-        raise ValueError(f"unknown reward {spec.name!r}{_closest(spec.name, _FACTORIES)}; known: {reward_names()}")
-    factory = _FACTORIES[spec.name]
-    accepted = inspect.signature(factory).parameters
+        raise ValueError(f"{at}unknown reward {spec.name!r}{_closest(spec.name, _FACTORIES)}; known: {reward_names()}")
+    accepted = inspect.signature(_FACTORIES[spec.name]).parameters
     for key in spec.params:
         if key not in accepted:
-            raise ValueError(f"reward {spec.name!r} has no parameter {key!r}{_closest(key, accepted)}; it takes {list(accepted)}")
-    return factory(**spec.params)
+            raise ValueError(f"{at}reward {spec.name!r} has no parameter {key!r}{_closest(key, accepted)}; it takes {list(accepted)}")
+
+
+def build_one(spec: RewardSpec) -> RewardFn:
+    check_reward_spec(spec)
+    return _FACTORIES[spec.name](**spec.params)
 
 
 def build_reward(specs: list[RewardSpec | dict]) -> RewardFn:

@@ -10,8 +10,11 @@ nothing to any loss.
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import torch
+
+from rl.config import KLEstimator, LossAggregation, TISLevel
 
 
 # ---------------------------------------------------------------- advantages
@@ -259,7 +262,7 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     return 0.5 * torch.max(plain, limited), limited > plain
 
 
-TIS_LEVELS = ("token", "sequence")
+TIS_LEVELS = get_args(TISLevel)
 
 
 def truncated_is_weight(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float, mask: torch.Tensor | None = None, level: str = "token") -> torch.Tensor:
@@ -280,7 +283,7 @@ def truncated_is_weight(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Te
     raise ValueError(f"unknown TIS level {level!r}: use one of {TIS_LEVELS}")
 
 
-KL_ESTIMATORS = ("k1", "k2", "k3", "k3+")
+KL_ESTIMATORS = get_args(KLEstimator)
 K3_LIMIT = 10.0  # k3 grows as q/p: one token the policy has all but dropped would swamp the loss (verl clamps at 10 too)
 
 
@@ -311,7 +314,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     raise ValueError(f"unknown KL estimator {estimator!r}: use one of {KL_ESTIMATORS}")
 
 
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+LOSS_AGGREGATIONS = get_args(LossAggregation)
 
 
 def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: float, num_seqs: float) -> torch.Tensor:

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rl import logs
 from rl.config import load_config
 
 
@@ -64,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one progress bar: ours
+    logs.to_console()
     try:
         if args.command == "sft":
-            from rl.sft import warm_start  # heavy imports only once the config is known to be valid
+            from rl.model import starting_model  # heavy imports only once the config is known to be valid
 
-            path, timings = warm_start(cfgs[0], Path(cfgs[0].run_dir))
+            path, timings = starting_model(cfgs[0], Path(cfgs[0].run_dir))
             print(f"done: {path} ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
         elif args.command == "eval":
             from rl.evaluate import main as evaluate_main

@@ -1,9 +1,14 @@
-"""One typed config: dataclasses loaded from YAML, with `key=value` overrides.
+"""One typed config: every option of a run, as dataclasses loaded from YAML with `key=value` overrides.
 
     python -m rl train configs/lookup.yaml steps=50 learner.lr=1e-3 rollout.group_size=4
 
-Values in overrides are parsed as YAML (`reward=[{name: outcome}]` works). An
-unknown key fails with its name and the closest valid key.
+Values in overrides are parsed as YAML (`reward=[{name: outcome}]` works). An unknown key
+fails with its name and the closest valid key; a named option (a `Literal`) fails the same
+way on an unknown value, when the config loads, before any model or data is built.
+Each field's comment is its documentation.
+
+This module is a leaf of `rl/`: it imports no other module of `rl/`, nor torch or
+transformers, so a config can be checked in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -14,28 +19,212 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
-from rewards.base import RewardSpec
-from rl.learner import AlgoConfig, LearnerConfig
-from rl.rollout import RolloutConfig
-from rl.sft import SFTConfig
-from rl.tiny import TinyModelConfig
-from rl.workers import WorkersConfig
+from envs.registry import check_env_name
+from rewards.base import RewardSpec, check_reward_spec
+
+# ---------------------------------------------------------------- named options
+
+Estimator = Literal["grpo", "drgrpo", "rloo", "reinforce++", "reinforce++-baseline", "gae", "turn"]
+PolicyLoss = Literal["ppo", "gspo"]
+LossAggregation = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
+KLEstimator = Literal["k1", "k2", "k3", "k3+"]
+TISLevel = Literal["token", "sequence"]
+Critic = Literal["head", "separate"]
+EngineName = Literal["hf", "vllm"]
+VLLMDtype = Literal["auto", "float32", "bfloat16", "float16"]
+SFTSchedule = Literal["constant", "cosine"]
+ObservationRole = Literal["user", "tool", "system"]
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # attention and MLP projections
+
+
+def check_choice(value: Any, choices: tuple, name: str, where: str = "") -> None:
+    """Raise a one-line error naming the option, its closest valid value and all of them."""
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"{where + ': ' if where else ''}unknown {name} {value!r}{hint} (use one of {', '.join(map(repr, choices))})")
+
+
+class Options:
+    """A config section: its `Literal` fields are checked however it is made (from YAML or in code)."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            if typing.get_origin(hints[f.name]) is Literal:
+                check_choice(getattr(self, f.name), get_args(hints[f.name]), f.name)
+
+
+# ---------------------------------------------------------------- sections
 
 
 @dataclass
-class ModelConfig:
+class TinyModelConfig(Options):
+    layers: int = 2  # transformer blocks
+    hidden: int = 64  # hidden size
+    intermediate: int = 128  # MLP width
+    heads: int = 4  # attention heads
+    kv_heads: int = 2  # key/value heads (grouped-query attention, as in Qwen2)
+    vocab_size: int = 512  # upper bound on the BPE vocabulary trained on the task text
+    byte_alphabet: bool = True  # keep all 256 byte symbols (any text encodes); False keeps only bytes seen in the text
+    max_positions: int = 2048  # longest sequence the model accepts
+
+
+@dataclass
+class ModelConfig(Options):
     path: str = ""  # Hugging Face model directory or hub id; empty builds a tiny model for the env
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # shape of the tiny model built when path is empty
 
 
 @dataclass
-class EnvConfig:
-    name: str = "lookup"  # a built-in env (lookup) or a module path exposing ENV_SPEC
+class EnvConfig(Options):
+    name: str = "lookup"  # a built-in env (lookup, search, code, mistake, bbq) or a module path exposing ENV_SPEC
     params: dict[str, Any] = field(default_factory=dict)  # options of the env's own params dataclass
+
+
+@dataclass
+class SFTConfig(Options):
+    steps: int = 0  # optimizer steps of the warm start before RL (0 = no SFT stage)
+    data: str = "demos"  # "demos" (the env's scripted demonstrations) or a JSONL file of trajectories
+    demos: int = 2000  # demonstrations to generate when data is "demos"
+    keep_share: float = 0.4  # share of demos whose first attempt is right and kept (confidence); the rest fix a wrong one (critique)
+    hesitation: float = 0.5  # share of keep demos that doubt before the right call (AdvChain's hesitation-correction)
+    train_on_mistakes: bool = False  # also train on the wrong steps of fix demos (AdvChain trains on the whole chain)
+    env_params: dict[str, Any] = field(default_factory=dict)  # env.params overrides for the demos, e.g. other worlds than RL's
+    lr: float = 1.0e-3  # AdamW learning rate (peak, after warm-up)
+    warmup_steps: int = 20  # linear warm-up, then the schedule
+    schedule: SFTSchedule = "constant"  # learning rate after warm-up: constant, or cosine (decays to 0 at sft.steps)
+    batch_size: int = 16  # examples per optimizer step
+    max_length: int = 1024  # longest example in tokens; longer ones are left out
+    stop_score: float = 0.0  # end SFT early once greedy episodes on RL's train tasks score this much on average (0 = run all steps)
+    probe_every: int = 25  # optimizer steps between those checks (with stop_score > 0)
+    probe_tasks: int = 32  # train tasks each check plays
+
+
+@dataclass
+class RolloutConfig(Options):
+    tasks_per_step: int = 8  # distinct tasks per training step
+    group_size: int = 8  # episodes per task (GRPO's group)
+    max_turns: int = 8  # cap on agent turns per episode; the env usually ends it sooner
+    max_turn_tokens: int = 64  # longest single action, in tokens
+    max_obs_tokens: int = 256  # an observation is cut to this many tokens
+    max_total_tokens: int = 1024  # prompt + all actions and observations
+    temperature: float = 1.0  # sampling temperature (0 = greedy)
+    top_p: float = 1.0  # nucleus sampling mass
+    top_k: int = 0  # top-k sampling (0 = off)
+    observation_role: ObservationRole = "user"  # chat role of observations, for models with a chat template
+    env_timeout_s: float = 300.0  # an env.reset/env.step that takes longer fails its episode (0 = no limit)
+
+
+@dataclass
+class AlgoConfig(Options):
+    advantage: Estimator = "grpo"  # estimator, registered in rl/credit.py: grpo, drgrpo, rloo, reinforce++, reinforce++-baseline, gae (PPO critic), turn
+    norm_by_std: bool = True  # grpo divides by the group's std; False (or advantage=drgrpo) gives Dr.GRPO
+    lone_group_score: bool = False  # grpo, drgrpo, rloo: a group of one episode gets its raw total (verl) instead of advantage 0
+    policy_loss: PolicyLoss = "ppo"  # registered in rl/losses.py: ppo (token-level ratio) or gspo (sequence-level ratio; use small clip ranges, e.g. 3e-4/4e-4)
+    clip_low: float = 0.2  # PPO clip range below 1
+    clip_high: float = 0.2  # PPO clip range above 1 (DAPO's clip-higher uses 0.28)
+    clip_ratio_c: float = 3.0  # dual clip: a token with A < 0 loses at most clip_ratio_c * |A| (> 1; 0 = off)
+    kl_coef: float = 0.0  # weight of KL(policy || reference); 0 loads no reference model
+    kl_estimator: KLEstimator = "k3+"  # k1, k2, k3 or k3+ (k3's value, k2's gradient: the reverse KL's); algos.kl_penalty says which estimates what
+    kl_in_reward: bool = False  # subtract the KL penalty from the rewards (PPO/REINFORCE++ style) instead of adding it to the loss
+    loss_agg: LossAggregation = "token-mean"  # token-mean, seq-mean-token-sum or seq-mean-token-mean (gspo's policy term: always seq-mean-token-mean)
+    seq_mean_skips_empty: bool = False  # seq-mean-*: leave sequences without policy tokens out of the count (verl) instead of counting them
+    tis_cap: float = 0.0  # truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
+    tis_level: TISLevel = "token"  # token (one ratio per token) or sequence (product over the sequence's policy tokens)
+    gamma: float = 1.0  # discount per policy token (gae, reinforce++)
+    lam: float = 0.95  # GAE's lambda
+    whiten_unbiased: bool = False  # reinforce++ and gae whiten with the n - 1 variance (verl) instead of the n one (OpenRLHF)
+    critic: Critic = "head"  # gae's value model: head (on the policy backbone) or separate (a copy of the base model)
+    critic_lr: float = 0.0  # critic learning rate (0 = learner.lr)
+    vf_coef: float = 0.5  # weight of the value loss (head critic: it shares the backbone's gradient)
+    value_clip: float = 0.2  # PPO value clipping around the values at sampling time (0 = off)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and sample replacement groups
+    max_refill_rounds: int = 3  # dynamic sampling: at most this many extra rounds of sampling per step
+    overlong_max_tokens: int = 0  # DAPO soft overlong punishment at this many policy tokens (0 = off)
+    overlong_cache_tokens: int = 0  # ... ramping linearly from 0 to -overlong_coef over the last this many tokens
+    overlong_coef: float = 1.0  # ... scale of the overlong penalty
+    turn_outcome_only: bool = False  # ablation: estimators see the outcome reward only, process rewards dropped
+    judge_advantage: Estimator | Literal[""] = ""  # estimator for tokens in <judge>...</judge> spans ("" = the same as the rest)
+    judge_tag: str = "judge"  # tag that marks judge spans
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.judge_advantage:
+            check_choice(self.judge_advantage, get_args(Estimator), "judge_advantage")
+        if self.clip_ratio_c != 0 and self.clip_ratio_c <= 1:
+            raise ValueError(f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip bounds ratios above 1, so it must be > 1 (or 0: off)")
+        if "turn" in (self.advantage, self.judge_advantage) and self.policy_loss_agg != "seq-mean-token-sum":
+            # The turn baseline is unbiased only if no episode's weight in the loss depends on its own length.
+            why = "gspo averages each sequence's tokens" if self.policy_loss == "gspo" else f"loss_agg={self.loss_agg} divides by a count that holds the episode's own length"
+            raise ValueError(f"advantage 'turn' is unbiased only under algo.loss_agg=seq-mean-token-sum with policy_loss=ppo ({why})")
+
+    @property
+    def policy_loss_agg(self) -> LossAggregation:
+        """The aggregation of the policy-gradient term: GSPO's objective averages each sequence's tokens, whatever `loss_agg` says."""
+        return "seq-mean-token-mean" if self.policy_loss == "gspo" else self.loss_agg
+
+
+@dataclass
+class LearnerConfig(Options):
+    lr: float = 1e-6  # peak learning rate of AdamW
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.999  # AdamW beta2
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    warmup_steps: int = 0  # optimizer steps of linear learning-rate warm-up
+    max_grad_norm: float = 1.0  # gradient clipping by global norm (0 = off)
+    micro_batch_size: int = 8  # sequences per forward/backward pass (cut from the batch sorted by length: little padding)
+    optim_steps_per_batch: int = 1  # mini-batches (optimizer steps) per rollout batch
+    epochs: int = 1  # passes over each rollout batch
+    device: str = "auto"  # "auto" (CUDA when present), "cuda", "cuda:1", "cpu"
+    bf16: bool = True  # bf16 autocast on CUDA; CPU always runs float32
+    gradient_checkpointing: bool = False  # trade compute for activation memory on large models
+    world_size: int = 1  # learner ranks: 1 runs in this process; N > 1 shards the models over N Ray actors with FSDP2 (rl/distributed.py)
+    cpus_per_rank: float = 1.0  # CPUs Ray reserves for each learner rank (world_size > 1)
+    gpus_per_rank: float = 0.0  # GPUs Ray reserves for each learner rank; > 0 runs the ranks on CUDA with NCCL, 0 on the CPU with gloo
+    timeout_s: float = 600.0  # a learner rank (or one of its collectives) silent this long fails the step (world_size > 1)
+    lora_rank: int = 0  # LoRA adapters of this rank on `lora_targets` (0 = full fine-tuning); only the adapters train
+    lora_alpha: float = 16.0  # LoRA scale: the update is (lora_alpha / lora_rank) * B @ A
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # names of the modules that get adapters
+    crash_rank_for_test: int = 0  # testing only: the last learner rank exits inside its N-th update (0 = never)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.world_size < 1:
+            raise ValueError(f"learner.world_size={self.world_size}: use 1 (this process) or more ranks")
+        if self.lora_rank < 0:
+            raise ValueError(f"learner.lora_rank={self.lora_rank}: use 0 (off) or a positive rank")
+        if self.lora_rank and not self.lora_targets:
+            raise ValueError("learner.lora_targets is empty: name the modules that get adapters, e.g. [q_proj, v_proj]")
+
+
+@dataclass
+class WorkersConfig(Options):
+    ray: bool = False  # run rollout workers as Ray actors; False runs one worker in this process
+    address: str = ""  # Ray cluster to join ("auto", "ray://host:10001"); empty starts a local one
+    num_workers: int = 2  # Ray actors, each with its own engine (groups are split between them)
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker (its torch threads)
+    gpus_per_worker: float = 0.0  # GPUs Ray reserves for each worker; > 0 puts its engine on CUDA
+    max_restarts: int = 3  # dead workers replaced within one rollout (or one probe of a worker) before the step fails
+    async_steps: int = 0  # 0 = synchronous; 1 = one-step-off: rollouts for step k+1 run during update k
+    bucket_mb: float = 64.0  # weight-sync bucket size (one object-store object and one call per bucket)
+    probe_tolerance: float = 1e-4  # largest |engine - learner| logprob on the probe batch after a sync (bf16 vLLM: ~0.05)
+    engine: EngineName = "hf"  # hf (transformers; CPU or GPU) or vllm (GPU: pip install '.[vllm]'; CPU: see README)
+    vllm_dtype: VLLMDtype = "auto"  # weight dtype of the vLLM engine; auto: float32 on the CPU, bfloat16 on a GPU
+    vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (weights + KV cache); the learner needs the rest
+    vllm_kv_cache_mb: float = 0.0  # vLLM's KV cache per engine; 0: sized from vllm_gpu_memory_utilization on a GPU, 256 MB on the CPU
+    vllm_sleep_mode: bool = False  # free vLLM's GPU memory during each update (synchronous mode only)
+    skip_sync_for_test: bool = False  # testing only: skip weight syncs, so the probe check must fail
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.vllm_sleep_mode and self.async_steps:
+            raise ValueError("workers.vllm_sleep_mode needs synchronous training (workers.async_steps=0)")
 
 
 @dataclass
@@ -87,6 +276,9 @@ def _build(cls, data: Any, where: str):
 
 def _convert(hint, value, path: str):
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        check_choice(value, get_args(hint), path.rsplit(".", 1)[-1], path)
+        return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path)
     if origin is list:
@@ -142,7 +334,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         except yaml.YAMLError as e:
             raise ValueError(f"override {item!r}: the value is not YAML ({one_line(e)})") from None
         _set(data, key.strip(), value)
-    return _build(Config, data, "")
+    cfg = _build(Config, data, "")
+    for i, spec in enumerate(cfg.reward):
+        check_reward_spec(spec, f"reward[{i}]")
+    check_env_name(cfg.env.name)
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict:

@@ -26,6 +26,7 @@ search world's SFT (README, "Wall time of make demo").
 
 from __future__ import annotations
 
+import logging
 import contextlib
 import json
 import math
@@ -37,15 +38,14 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from envs.registry import get_env_spec
+from rl import logs
 from rl.config import load_config
 from rl.evaluate import evaluate, format_table
 from rl.trainer import Trainer, latest_checkpoint
 
-# The rows of the side-by-side table, per world: the metrics the issue names first.
-MAIN_METRICS = {
-    "search": ["em", "f1", "judge_accuracy", "searches_per_episode", "answered", "reward/mean"],
-    "code": ["acc_t1", "acc_tT", "delta", "delta_i_to_c", "delta_c_to_i", "confidence", "critique", "reward/mean"],
-}
+log = logging.getLogger(__name__)
+
 STAGES = ["model_build", "sft_data", "sft", "rollout", "learner", "sync", "eval"]
 
 
@@ -67,7 +67,7 @@ class MoreThreadsOnceFree(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if self.free.is_set() and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-            print(f"step {state.global_step}: the run beside is over, {self.threads} threads from here", flush=True)
+            log.info("sft step %d: the run beside is over, %d threads from here", state.global_step, self.threads)
 
 
 _cores_free = None  # in the spawned process: the event WarmStartBeside sets once the run beside it is over
@@ -82,7 +82,7 @@ def _warm_start(config: str, overrides: list[str], threads: int, all_threads: in
     """A run's model build and SFT, in a process of its own: the seconds each stage took."""
     from transformers.utils import logging as hf_logging
 
-    from rl.sft import warm_start
+    from rl.model import starting_model
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()
@@ -90,7 +90,8 @@ def _warm_start(config: str, overrides: list[str], threads: int, all_threads: in
     log = Path(cfg.run_dir) / "sft" / "log.txt"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        return warm_start(cfg, Path(cfg.run_dir), (MoreThreadsOnceFree(_cores_free, all_threads),))[1]
+        logs.to_console()  # the console of this process is the log file
+        return starting_model(cfg, Path(cfg.run_dir), (MoreThreadsOnceFree(_cores_free, all_threads),))[1]
 
 
 class WarmStartBeside:
@@ -140,8 +141,8 @@ def run_one(config: str, overrides: list[str], samples: int, beside: dict[str, f
 
 
 def table_keys(metrics: dict, env_name: str) -> list[str]:
-    """The env's main metrics, greedy then sampled, and pass@K: those present in `metrics`."""
-    main = MAIN_METRICS.get(env_name, ["reward/mean", "score/first_turn", "score/last_turn"])
+    """The env's headline metrics (its `EnvSpec.headline`), greedy then sampled, and pass@K: those present in `metrics`."""
+    main = list(get_env_spec(env_name).headline) or ["reward/mean", "score/first_turn", "score/last_turn"]
     keys = main + [f"sampled/{k}" for k in main] + sorted(k for k in metrics if k.startswith("pass@"))
     return [k for k in keys if k in metrics]
 

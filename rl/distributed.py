@@ -34,8 +34,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from rl.config import AlgoConfig, LearnerConfig
 from rl.episode import PROMPT_TURN, Episode
-from rl.learner import AlgoConfig, Learner, LearnerConfig, minibatch_counts
+from rl.learner import Learner, minibatch_counts
 
 PAD = -1  # the index of a share's padding item: a two-token sequence with no policy token
 PAD_TOKENS = [0, 0]
@@ -358,7 +359,7 @@ class ShardedLearner:
                         for i, logp in zip(share, logps):
                             if i != PAD:
                                 episodes[i].learner_logprobs = logp.tolist()
-        metrics = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+        metrics = {k: sum(h[k] for h in history if k in h) / sum(k in h for h in history) for k in history[0]}
         metrics["lr"] = lr
         metrics["trainable_params"] = float(self.trainable_params)
         return metrics

@@ -21,6 +21,7 @@ class Episode:
     turn_ids: list[int] = field(default_factory=list)  # PROMPT_TURN, or the turn an action/observation token belongs to
     finish: str = ""  # "done" (env ended it), "max_turns", "length" (token budget), or "error"
     error: str = ""  # why the episode failed, when finish == "error"
+    traceback: str = ""  # where it failed: the traceback of the env's or the reward's exception
     reward: Reward | None = None
     learner_logprobs: list[float] = field(default_factory=list)  # the learner's logprob of each policy token before its update (logs only)
 
@@ -50,6 +51,7 @@ class Episode:
             "turn_ids": self.turn_ids,
             "finish": self.finish,
             "error": self.error,
+            "traceback": self.traceback,
             "reward": reward,
             "learner_logprobs": self.learner_logprobs,
         }

@@ -4,11 +4,11 @@
     python -m rl eval configs/tiny_code.yaml --checkpoint runs/tiny_code/checkpoints/step_000040/model --out eval.json
     python -m rl eval configs/tiny_code.yaml --checkpoint runs/tiny_code/sft/model --samples 8   # sampled, and pass@8
 
-Every env gets reward, score and length statistics; search adds EM, F1, judge accuracy
-and searches per episode (rewards/search.py), code the self-correction metrics
-Acc@t1, Acc@tT, delta, delta i->c, delta c->i, CL and CS (rewards/self_correction.py),
-and any env whose `EnvSpec` has `metrics` adds what that function computes.
-The trainer's periodic evaluations log the same metrics, under eval/.
+Every env gets reward, score and length statistics, and each env adds the metrics its
+`EnvSpec.metrics` computes: search EM, F1, judge accuracy and searches per episode
+(envs/search/metrics.py), code the self-correction metrics Acc@t1, Acc@tT, delta,
+delta i->c, delta c->i, CL and CS (envs/code/metrics.py), BBQ its bias scores.
+The trainer's periodic evaluations log the same metrics (rl/scoring.py), under eval/.
 """
 
 from __future__ import annotations
@@ -17,21 +17,15 @@ import json
 import math
 from pathlib import Path
 
-from envs.registry import BUILTIN, get_env_spec
-from rewards.search import search_metrics
-from rewards.self_correction import metrics_from_trajectories
-
-TASK_METRICS = {"envs.search": search_metrics, "envs.code": metrics_from_trajectories}  # by env module
-
-
-def task_metrics(env_name: str, episodes) -> dict[str, float]:
-    """The env's own metrics over the episodes that did not fail ({} for envs without any)."""
-    fn = get_env_spec(env_name).metrics or TASK_METRICS.get(BUILTIN.get(env_name, env_name))
-    ok = [ep.trajectory for ep in episodes if not ep.failed]
-    return fn(ok) if fn and ok else {}
+from envs.registry import get_env_spec
+from rewards import build_reward
+from rl.config import Config, build_params
+from rl.model import resolve_device
+from rl.scoring import env_metrics, episode_metrics, eval_items, pass_at_k, report_failures, score
+from rl.workers import LocalPool
 
 
-def evaluate(cfg, checkpoint: str | Path, episodes_out: str | Path | None = None, samples: int = 0) -> dict[str, float]:
+def evaluate(cfg: Config, checkpoint: str | Path, episodes_out: str | Path | None = None, samples: int = 0) -> dict[str, float]:
     """Greedy episodes of the model at `checkpoint` on the eval tasks of `cfg`'s env, scored by its rewards.
 
     With `samples` > 0, that many episodes per task are sampled at `rollout.temperature` instead, and
@@ -39,34 +33,22 @@ def evaluate(cfg, checkpoint: str | Path, episodes_out: str | Path | None = None
     what its samples find, so pass@k above greedy accuracy is the room it has.
     With `episodes_out`, every episode is written there as JSONL (the trainer's episode format).
     """
-    # Imported here: rl.trainer imports this module for its periodic evaluations.
-    from rewards import build_reward
-    from rl.config import build_params
-    from rl.learner import resolve_device
-    from rl.trainer import episode_metrics, episode_seed
-    from rl.workers import LocalPool
-
     if samples < 0:
         raise ValueError(f"samples must be 0 (greedy) or a number of samples per task, got {samples}")
     spec = get_env_spec(cfg.env.name)
     tasks = spec.load_tasks(build_params(spec.params, cfg.env.params, "env.params"), "eval")
     pool = LocalPool(cfg.workers, str(checkpoint), cfg.env.name, cfg.env.params, cfg.rollout, str(resolve_device(cfg.learner.device)))
-    k = max(1, samples)
     try:
-        items = [(task, i, episode_seed(cfg.seed, 0, i * k + j)) for i, task in enumerate(tasks) for j in range(k)]
-        episodes = pool.rollout(items, greedy=not samples).result()
+        episodes = pool.rollout(eval_items(tasks, cfg.seed, max(1, samples)), greedy=not samples).result()
     finally:
         pool.close()
-    reward_fn = build_reward(cfg.reward)
-    for ep in episodes:
-        if not ep.failed:
-            ep.reward = reward_fn(ep.trajectory)
+    score(episodes, build_reward(cfg.reward))
+    report_failures(episodes, f"evaluation of {checkpoint}")
     if episodes_out:
         Path(episodes_out).write_text("".join(json.dumps(ep.to_dict()) + "\n" for ep in episodes))
-    metrics = {**episode_metrics(episodes), **task_metrics(cfg.env.name, episodes)}
+    metrics = {**episode_metrics(episodes), **env_metrics(spec, episodes)}
     if samples:
-        solved = [not ep.failed and ep.trajectory.turns[-1].info.get("score", 0.0) >= 1.0 for ep in episodes]
-        metrics[f"pass@{samples}"] = sum(any(solved[i * k:(i + 1) * k]) for i in range(len(tasks))) / len(tasks)
+        metrics[f"pass@{samples}"] = pass_at_k(episodes, samples)
     return metrics
 
 
@@ -81,7 +63,7 @@ def format_table(columns: dict[str, dict[str, float]], keys: list[str] | None = 
     return "\n".join(lines)
 
 
-def main(cfg, checkpoint: str, out: str = "", samples: int = 0) -> dict[str, float]:
+def main(cfg: Config, checkpoint: str, out: str = "", samples: int = 0) -> dict[str, float]:
     """`python -m rl eval`: writes the metrics to `out` (default: eval.json beside the checkpoint) and the episodes beside them."""
     path = Path(out) if out else Path(checkpoint).parent / "eval.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,128 +10,18 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import DynamicCache
 
 from rl import algos, lora
-from rl.credit import ESTIMATORS
+from rl.config import AlgoConfig, LearnerConfig
 from rl.episode import Episode
+from rl.model import load_model, resolve_device
 from rl.value import ValueHead
-
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # attention and MLP projections
-
-
-@dataclass
-class LearnerConfig:
-    lr: float = 1e-6  # peak learning rate of AdamW
-    adam_beta1: float = 0.9  # AdamW beta1
-    adam_beta2: float = 0.999  # AdamW beta2
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    warmup_steps: int = 0  # optimizer steps of linear learning-rate warm-up
-    max_grad_norm: float = 1.0  # gradient clipping by global norm (0 = off)
-    micro_batch_size: int = 8  # sequences per forward/backward pass (cut from the batch sorted by length: little padding)
-    optim_steps_per_batch: int = 1  # mini-batches (optimizer steps) per rollout batch
-    epochs: int = 1  # passes over each rollout batch
-    device: str = "auto"  # "auto" (CUDA when present), "cuda", "cuda:1", "cpu"
-    bf16: bool = True  # bf16 autocast on CUDA; CPU always runs float32
-    gradient_checkpointing: bool = False  # trade compute for activation memory on large models
-    world_size: int = 1  # learner ranks: 1 runs in this process; N > 1 shards the models over N Ray actors with FSDP2 (rl/distributed.py)
-    cpus_per_rank: float = 1.0  # CPUs Ray reserves for each learner rank (world_size > 1)
-    gpus_per_rank: float = 0.0  # GPUs Ray reserves for each learner rank; > 0 runs the ranks on CUDA with NCCL, 0 on the CPU with gloo
-    timeout_s: float = 600.0  # a learner rank (or one of its collectives) silent this long fails the step (world_size > 1)
-    lora_rank: int = 0  # LoRA adapters of this rank on `lora_targets` (0 = full fine-tuning); only the adapters train
-    lora_alpha: float = 16.0  # LoRA scale: the update is (lora_alpha / lora_rank) * B @ A
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # module names that get adapters
-    crash_rank_for_test: int = 0  # testing only: the last learner rank exits inside its N-th update (0 = never)
-
-    def __post_init__(self):
-        if self.world_size < 1:
-            raise ValueError(f"learner.world_size={self.world_size}: use 1 (one process) or more ranks")
-        if self.lora_rank < 0:
-            raise ValueError(f"learner.lora_rank={self.lora_rank}: use 0 (off) or a positive rank")
-
-
-POLICY_LOSSES = ("ppo", "gspo")
-CRITICS = ("head", "separate")
-
-
-@dataclass
-class AlgoConfig:
-    advantage: str = "grpo"  # estimator: grpo, drgrpo, rloo, reinforce++, reinforce++-baseline, gae (PPO critic), turn (rl/credit.py)
-    norm_by_std: bool = True  # grpo divides by the group's std; False (or advantage=drgrpo) gives Dr.GRPO
-    lone_group_score: bool = False  # grpo, drgrpo, rloo: a group of one episode gets its raw total (verl) instead of advantage 0
-    policy_loss: str = "ppo"  # ppo (token-level ratio) or gspo (sequence-level ratio; use small clip ranges, e.g. 3e-4/4e-4)
-    clip_low: float = 0.2  # PPO clip range below 1
-    clip_high: float = 0.2  # PPO clip range above 1 (DAPO's clip-higher uses 0.28)
-    clip_ratio_c: float = 3.0  # dual clip: a token with A < 0 loses at most clip_ratio_c * |A| (> 1; 0 = off)
-    kl_coef: float = 0.0  # weight of KL(policy || reference); 0 loads no reference model
-    kl_estimator: str = "k3+"  # k1, k2, k3 or k3+ (k3's value, k2's gradient: the reverse KL's); algos.kl_penalty says which estimates what
-    kl_in_reward: bool = False  # subtract the KL penalty from the rewards (PPO/REINFORCE++ style) instead of adding it to the loss
-    loss_agg: str = "token-mean"  # token-mean, seq-mean-token-sum or seq-mean-token-mean (gspo's policy term: always seq-mean-token-mean)
-    seq_mean_skips_empty: bool = False  # seq-mean-*: leave sequences without policy tokens out of the count (verl) instead of counting them
-    tis_cap: float = 0.0  # truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
-    tis_level: str = "token"  # token (one ratio per token) or sequence (product over the sequence's policy tokens)
-    gamma: float = 1.0  # discount per policy token (gae, reinforce++)
-    lam: float = 0.95  # GAE's lambda
-    whiten_unbiased: bool = False  # reinforce++ and gae whiten with the n - 1 variance (verl) instead of the n one (OpenRLHF)
-    critic: str = "head"  # gae's value model: head (on the policy backbone) or separate (a copy of the base model)
-    critic_lr: float = 0.0  # critic learning rate (0 = learner.lr)
-    vf_coef: float = 0.5  # weight of the value loss (head critic: it shares the backbone's gradient)
-    value_clip: float = 0.2  # PPO value clipping around the values at sampling time (0 = off)
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and sample replacement groups
-    max_refill_rounds: int = 3  # dynamic sampling: at most this many extra rounds of sampling per step
-    overlong_max_tokens: int = 0  # DAPO soft overlong punishment at this many policy tokens (0 = off)
-    overlong_cache_tokens: int = 0  # ... ramping linearly from 0 to -overlong_coef over the last this many tokens
-    overlong_coef: float = 1.0  # ... scale of the overlong penalty
-    turn_outcome_only: bool = False  # ablation: estimators see the outcome reward only, process rewards dropped
-    judge_advantage: str = ""  # estimator for tokens in <judge>...</judge> spans ("" = the same as the rest)
-    judge_tag: str = "judge"  # tag that marks judge spans
-
-    def __post_init__(self):
-        for value, known, what in [
-            (self.loss_agg, algos.LOSS_AGGREGATIONS, "loss_agg"),
-            (self.advantage, ESTIMATORS, "advantage"),
-            (self.policy_loss, POLICY_LOSSES, "policy_loss"),
-            (self.kl_estimator, algos.KL_ESTIMATORS, "kl_estimator"),
-            (self.tis_level, algos.TIS_LEVELS, "tis_level"),
-            (self.critic, CRITICS, "critic"),
-        ] + ([(self.judge_advantage, ESTIMATORS, "judge_advantage")] if self.judge_advantage else []):
-            if value not in known:
-                raise ValueError(f"unknown {what} {value!r}: use one of {known}")
-        if self.clip_ratio_c != 0 and self.clip_ratio_c <= 1:
-            raise ValueError(f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip bounds ratios above 1, so it must be > 1 (or 0: off)")
-        if "turn" in (self.advantage, self.judge_advantage) and self.policy_loss_agg != "seq-mean-token-sum":
-            # The turn baseline is unbiased only if no episode's weight in the loss depends on its own length.
-            why = "gspo averages each sequence's tokens" if self.policy_loss == "gspo" else f"loss_agg={self.loss_agg} divides by a count that holds the episode's own length"
-            raise ValueError(f"advantage 'turn' is unbiased only under algo.loss_agg=seq-mean-token-sum with policy_loss=ppo ({why})")
-
-    @property
-    def policy_loss_agg(self) -> str:
-        """The aggregation of the policy-gradient term: GSPO's own, whatever `loss_agg` says; `loss_agg` otherwise."""
-        return algos.GSPO_AGGREGATION if self.policy_loss == "gspo" else self.loss_agg
-
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_model(path: str | Path, device: torch.device) -> torch.nn.Module:
-    if not Path(path).exists() and not _looks_like_hub_id(str(path)):
-        raise FileNotFoundError(f"model path {str(path)!r} does not exist (give a Hugging Face model directory or hub id)")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-
-
-def _looks_like_hub_id(path: str) -> bool:
-    parts = path.split("/")
-    return len(parts) == 2 and all(parts) and not path.startswith((".", "/", "~"))
+from rl.workers import bucketed
 
 
 def minibatch_counts(episodes: list[Episode], algo: AlgoConfig) -> tuple[float, float]:
@@ -518,18 +408,3 @@ class Learner:
 def whole(tensor: torch.Tensor) -> torch.Tensor:
     """A sharded tensor (a DTensor: it has full_tensor) gathered whole, a collective; any other tensor as it is."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
-def bucketed(named: Iterator[tuple[str, torch.Tensor]], bucket_mb: float) -> Iterator[dict[str, torch.Tensor]]:
-    """Group (name, tensor) pairs into buckets of about `bucket_mb` MB each (a tensor is never split)."""
-    limit = bucket_mb * 2**20
-    bucket: dict[str, torch.Tensor] = {}
-    size = 0
-    for name, tensor in named:
-        nbytes = tensor.numel() * tensor.element_size()
-        if bucket and size + nbytes > limit:
-            yield bucket
-            bucket, size = {}, 0
-        bucket[name] = tensor
-        size += nbytes
-    yield bucket

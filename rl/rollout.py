@@ -12,33 +12,19 @@ from __future__ import annotations
 import signal
 import threading
 import traceback
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from envs.base import Env, Task, Trajectory, Turn
 from rl.chat import TurnFormatter
+from rl.config import RolloutConfig
 from rl.engine import Engine, Request, SamplingParams
 from rl.episode import PROMPT_TURN, Episode
 
 
-@dataclass
-class RolloutConfig:
-    tasks_per_step: int = 8  # distinct tasks per training step
-    group_size: int = 8  # episodes per task (GRPO's group)
-    max_turns: int = 8  # cap on agent turns per episode; the env usually ends it sooner
-    max_turn_tokens: int = 64  # longest single action, in tokens
-    max_obs_tokens: int = 256  # an observation is cut to this many tokens
-    max_total_tokens: int = 1024  # prompt + all actions and observations
-    temperature: float = 1.0  # sampling temperature (0 = greedy)
-    top_p: float = 1.0  # nucleus sampling mass
-    top_k: int = 0  # top-k sampling (0 = off)
-    observation_role: str = "user"  # chat role of observations, for models with a chat template
-    env_timeout_s: float = 300.0  # an env.reset/env.step that takes longer fails its episode (0 = no limit)
-
-
 def _fail(episode: Episode, where: str) -> None:
     episode.finish = "error"
-    episode.error = f"{where}: {traceback.format_exc(limit=3).strip().splitlines()[-1]}"
+    episode.traceback = traceback.format_exc().rstrip()
+    episode.error = f"{where}: {episode.traceback.splitlines()[-1]}"
 
 
 class EnvTimeout(BaseException):

@@ -18,41 +18,28 @@ numbers from its context in a sudden jump whose step varies from seed to seed (5
 675 steps in the demo's search world); stopping on what the model can do rather than
 after a fixed step count hands RL a policy that already earns reward, whatever the seed.
 
-The result is a Hugging Face directory, `run_dir/sft/model`, that RL starts from.
+The result is a Hugging Face directory, `run_dir/sft/model`, that RL starts from (rl/model.py decides
+when it is made).
 """
 
 from __future__ import annotations
 
+import logging
 import json
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
 from envs.base import Task, Trajectory, Turn
+from envs.registry import get_env_spec
 from rl.chat import TurnFormatter
+from rl.config import Config, build_params
+from rl.engine import HFEngine
+from rl.rollout import rollout
 
-
-@dataclass
-class SFTConfig:
-    steps: int = 0  # optimizer steps of the warm start before RL (0 = no SFT stage)
-    data: str = "demos"  # "demos" (the env's scripted demonstrations) or a JSONL file of trajectories
-    demos: int = 2000  # demonstrations to generate when data is "demos"
-    keep_share: float = 0.4  # share of demos whose first attempt is right and kept (confidence); the rest fix a wrong one (critique)
-    hesitation: float = 0.5  # share of keep demos that doubt before the right call (AdvChain's hesitation-correction)
-    train_on_mistakes: bool = False  # also train on the wrong steps of fix demos (AdvChain trains on the whole chain)
-    env_params: dict[str, Any] = field(default_factory=dict)  # env.params overrides for the demos, e.g. other worlds than RL's
-    lr: float = 1.0e-3  # AdamW learning rate (peak, after warm-up)
-    warmup_steps: int = 20  # linear warm-up, then the schedule
-    schedule: str = "constant"  # learning rate after warm-up: "constant", or "cosine" (decays to 0 at sft.steps)
-    batch_size: int = 16  # examples per optimizer step
-    max_length: int = 1024  # longest example in tokens; longer ones are left out
-    stop_score: float = 0.0  # end SFT early once greedy episodes on RL's train tasks score this much on average (0 = run all steps)
-    probe_every: int = 25  # optimizer steps between those checks (with stop_score > 0)
-    probe_tasks: int = 32  # train tasks each check plays
+log = logging.getLogger(__name__)
 
 
 def read_trajectories(path: str | Path) -> list[Trajectory]:
@@ -112,15 +99,12 @@ def tokenize(trajectory: Trajectory, formatter: TurnFormatter, stop_strings: lis
     return ids, mask
 
 
-def _demo_params(cfg):
-    from envs.registry import get_env_spec
-    from rl.config import build_params
-
+def _demo_params(cfg: Config):
     spec = get_env_spec(cfg.env.name)
     return spec, build_params(spec.params, {**cfg.env.params, **cfg.sft.env_params}, "sft.env_params")
 
 
-def load_trajectories(cfg) -> list[Trajectory]:
+def load_trajectories(cfg: Config) -> list[Trajectory]:
     """The SFT stage's trajectories: the env's demonstrations, or those of the `sft.data` file."""
     if cfg.sft.data != "demos":
         return read_trajectories(cfg.sft.data)
@@ -137,7 +121,7 @@ def trajectory_text(trajectory: Trajectory) -> str:
     return prompt + "".join(t.action + t.observation for t in trajectory.turns)
 
 
-def sft_examples(cfg, tokenizer, trajectories: list[Trajectory]) -> tuple[list[dict], dict[str, float]]:
+def sft_examples(cfg: Config, tokenizer, trajectories: list[Trajectory]) -> tuple[list[dict], dict[str, float]]:
     """The tokenized examples and a few statistics about them."""
     spec, params = _demo_params(cfg)
     stop_strings = spec.make_env(params).stop_strings
@@ -165,7 +149,7 @@ def sft_examples(cfg, tokenizer, trajectories: list[Trajectory]) -> tuple[list[d
     return examples, stats
 
 
-def make_trainer(cfg, model, tokenizer, examples: list[dict], work_dir: Path):
+def make_trainer(cfg: Config, model, tokenizer, examples: list[dict], work_dir: Path):
     """TRL's SFTTrainer over our tokenized examples: it turns `assistant_masks` into -100 labels."""
     from datasets import Dataset
     from transformers import Trainer
@@ -182,9 +166,7 @@ def make_trainer(cfg, model, tokenizer, examples: list[dict], work_dir: Path):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-    schedules = {"constant": "constant_with_warmup", "cosine": "cosine"}
-    if cfg.sft.schedule not in schedules:
-        raise ValueError(f"sft.schedule must be one of {sorted(schedules)}, got {cfg.sft.schedule!r}")
+    schedules = {"constant": "constant_with_warmup", "cosine": "cosine"}  # our names -> transformers'
     cuda = next(model.parameters()).is_cuda
     args = TRLConfig(
         output_dir=str(work_dir),
@@ -222,10 +204,7 @@ class ScoreStop(TrainerCallback):
     """A TRL callback: every `sft.probe_every` steps, play `sft.probe_tasks` of RL's train tasks
     greedily with the model being trained, and stop training once their mean score reaches `sft.stop_score`."""
 
-    def __init__(self, cfg, tokenizer):
-        from envs.registry import get_env_spec
-        from rl.config import build_params
-
+    def __init__(self, cfg: Config, tokenizer):
         spec = get_env_spec(cfg.env.name)
         params = build_params(spec.params, cfg.env.params, "env.params")
         self.make_env = lambda: spec.make_env(params)
@@ -234,9 +213,6 @@ class ScoreStop(TrainerCallback):
         self.scores: list[tuple[int, float]] = []  # (step, mean score) of every check
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        from rl.engine import HFEngine
-        from rl.rollout import rollout
-
         if state.global_step % self.cfg.sft.probe_every:
             return control
         engine = HFEngine(model, self.tokenizer, next(model.parameters()).device)
@@ -245,26 +221,20 @@ class ScoreStop(TrainerCallback):
         model.train()
         scores = [ep.trajectory.turns[-1].info.get("score", 0.0) if not ep.failed else 0.0 for ep in episodes]
         self.scores.append((state.global_step, sum(scores) / len(scores)))
-        print(f"sft step {state.global_step}: greedy score on {len(scores)} RL train tasks {self.scores[-1][1]:.3f}", flush=True)
+        log.info("sft step %d: greedy score on %d RL train tasks %.3f", state.global_step, len(scores), self.scores[-1][1])
         # `or`: at step sft.steps the trainer's own callback has already asked to stop; do not undo that.
         control.should_training_stop = control.should_training_stop or self.scores[-1][1] >= self.cfg.sft.stop_score
         return control
 
 
-def run_sft(cfg, init: str | Path, out: str | Path, trajectories: list[Trajectory], callbacks: tuple = ()) -> dict[str, float]:
-    """Fine-tune the model at `init` on the trajectories; save it (and its tokenizer) and its statistics beside it.
+def run_sft(cfg: Config, model, tokenizer, out: str | Path, trajectories: list[Trajectory], callbacks: tuple = ()) -> dict[str, float]:
+    """Fine-tune `model` on the trajectories; save it (and its tokenizer) to `out` and its statistics beside it.
 
     `callbacks`: more TRL trainer callbacks (the demo's, which changes the thread count mid-run).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rl.learner import resolve_device
-
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(init)
     examples, stats = sft_examples(cfg, tokenizer, trajectories)
     t1 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32).to(resolve_device(cfg.learner.device))
     out = Path(out)
     trainer = make_trainer(cfg, model, tokenizer, examples, out.parent / "trl")
     stopper = ScoreStop(cfg, tokenizer) if cfg.sft.stop_score > 0 else None
@@ -287,38 +257,3 @@ def run_sft(cfg, init: str | Path, out: str | Path, trajectories: list[Trajector
         (out.parent / "sft_probes.json").write_text(json.dumps(stopper.scores))
     (out.parent / "sft_metrics.json").write_text(json.dumps(stats, indent=1))
     return stats
-
-
-def warm_start(cfg, run_dir: Path, callbacks: tuple = ()) -> tuple[Path, dict[str, float]]:
-    """The model RL starts from, and the seconds each stage took to make it.
-
-    Without model.path a tiny model is built into run_dir/base_model, its tokenizer trained on
-    the env's text and, when there is an SFT stage, on its trajectories too (the tags and names
-    the model will read and write). With sft.steps > 0 the SFT model in run_dir/sft/model is
-    made once; a rerun or resume finds it there.
-    """
-    from envs.registry import get_env_spec
-    from rl.config import build_params
-    from rl.tiny import build_tiny_model
-
-    timings: dict[str, float] = {}
-    base = Path(cfg.model.path) if cfg.model.path else run_dir / "base_model"
-    sft_model = run_dir / "sft" / "model"
-    trajectories: list[Trajectory] = []
-    if cfg.sft.steps and not (sft_model / "config.json").exists():
-        t0 = time.perf_counter()
-        trajectories = load_trajectories(cfg)
-        timings["sft_data"] = time.perf_counter() - t0
-    if not cfg.model.path and not (base / "config.json").exists():
-        t0 = time.perf_counter()
-        spec = get_env_spec(cfg.env.name)
-        texts = spec.sample_text(build_params(spec.params, cfg.env.params, "env.params"))
-        build_tiny_model(base, texts + [trajectory_text(t) for t in trajectories[:2000]], cfg.model.tiny, cfg.seed)
-        timings["model_build"] = time.perf_counter() - t0
-    if not cfg.sft.steps:
-        return base, timings
-    if trajectories:
-        t0 = time.perf_counter()
-        run_sft(cfg, base, sft_model, trajectories, callbacks)
-        timings["sft"] = time.perf_counter() - t0
-    return sft_model, timings

@@ -15,19 +15,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from rl.config import TinyModelConfig
+
 EOS = "<|endoftext|>"
-
-
-@dataclass
-class TinyModelConfig:
-    layers: int = 2  # transformer blocks
-    hidden: int = 64  # hidden size
-    intermediate: int = 128  # MLP width
-    heads: int = 4  # attention heads
-    kv_heads: int = 2  # key/value heads (grouped-query attention, as in Qwen2)
-    vocab_size: int = 512  # upper bound on the BPE vocabulary trained on the task text
-    byte_alphabet: bool = True  # keep all 256 byte symbols (any text encodes); False keeps only bytes seen in the text
-    max_positions: int = 2048  # longest sequence the model accepts
 
 
 def train_tokenizer(texts: list[str], cfg: TinyModelConfig) -> PreTrainedTokenizerFast:

@@ -9,6 +9,7 @@ sync the engines' logprobs on a fixed probe batch must match the learner's.
 Run directory layout:
     config.yaml            the resolved config
     metrics.jsonl          one line of metrics per step (and per evaluation)
+    log.txt                what the run reported: failed episodes with the traceback of the env or reward that raised, restarts
     tb/                    TensorBoard events
     episodes/step_N.jsonl  every episode: turns as text with info, tokens, masks, logprobs, rewards
     base_model/            the tiny model built for this run (when model.path is empty)
@@ -17,12 +18,15 @@ Run directory layout:
     timings.json           seconds per stage in the last invocation: model build, SFT, rollout, learner, weight sync, eval
     checkpoints/step_N/    model/ (a Hugging Face directory) and state.pt (optimizer, scheduler,
                            task sampler, RNG, step, and in async mode the rollouts already made
-                           for the next steps); `resume=RUN_DIR` continues from the latest
+                           for the next steps); with learner.world_size > 1 the optimizer and
+                           model states are in dcp/, one shard file per rank (torch.distributed.checkpoint);
+                           `resume=RUN_DIR` continues from the latest
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import time
@@ -38,15 +42,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.registry import get_env_spec
 from rewards import build_reward
-from rl import algos, credit
+from rl import algos, credit, logs
 from rl.chat import TurnFormatter
 from rl.config import Config, build_params, to_dict
 from rl.episode import Episode
-from rl.evaluate import task_metrics
 from rl.learner import Learner
 from rl.plots import plot_run
-from rl.sft import warm_start
+from rl.scoring import env_metrics, episode_metrics, episode_seed, eval_items, report_failures, score
+from rl.model import starting_model
 from rl.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
+
+log = logging.getLogger(__name__)
 
 
 class TaskSampler:
@@ -79,10 +85,6 @@ class TaskSampler:
         self.epoch, self.pos = state["epoch"], state["pos"]
 
 
-def episode_seed(seed: int, step: int, index: int) -> int:
-    return ((seed * 1_000_003 + step) * 10_007 + index) % (2**62)
-
-
 @dataclass
 class Submission:
     """The rollouts of one training step, possibly still running."""
@@ -106,22 +108,20 @@ class Trainer:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
 
-        spec = get_env_spec(cfg.env.name)
-        self.env_params = build_params(spec.params, cfg.env.params, "env.params")
-        self.train_tasks = spec.load_tasks(self.env_params, "train")
-        self.eval_tasks = spec.load_tasks(self.env_params, "eval")
+        self.spec = get_env_spec(cfg.env.name)
+        self.env_params = build_params(self.spec.params, cfg.env.params, "env.params")
+        self.train_tasks = self.spec.load_tasks(self.env_params, "train")
+        self.eval_tasks = self.spec.load_tasks(self.env_params, "eval")
         self.reward_fn = build_reward(cfg.reward)
         check_engine_installed(cfg.workers)
 
         # The model RL starts from: the given or a freshly built tiny one, after the SFT stage if there is one.
-        base, self.timings = warm_start(cfg, self.run_dir)
+        base, self.timings = starting_model(cfg, self.run_dir)
         checkpoint = latest_checkpoint(self.run_dir) if cfg.resume else None
         if cfg.resume and checkpoint is None:
             raise FileNotFoundError(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}")
         policy = checkpoint / "model" if checkpoint else base
 
-        if cfg.workers.vllm_sleep_mode and cfg.workers.async_steps:
-            raise ValueError("workers.vllm_sleep_mode needs synchronous training (workers.async_steps=0)")
         if cfg.learner.world_size > 1:
             from rl.distributed import ShardedLearner  # Ray and torch.distributed only when sharded
 
@@ -129,9 +129,6 @@ class Trainer:
             self.learner = ShardedLearner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
         else:
             self.learner = Learner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
-        if cfg.learner.lora_rank or cfg.learner.world_size > 1:
-            lora = f", LoRA rank {cfg.learner.lora_rank} on {','.join(cfg.learner.lora_targets)}" if cfg.learner.lora_rank else ""
-            print(f"learner: {cfg.learner.world_size} rank(s), {self.learner.trainable_params:,} trainable parameters{lora}")
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
         if cfg.workers.ray:
             self.pool = RayPool(cfg.workers, str(policy), cfg.env.name, cfg.env.params, cfg.rollout)
@@ -152,6 +149,8 @@ class Trainer:
             for step, items, episodes, version in state["pending"]:
                 self.pending.append(Submission(step, items, Later(lambda episodes=episodes: episodes), version))
         self._open_logs()
+        lora = f", LoRA rank {cfg.learner.lora_rank} on {', '.join(cfg.learner.lora_targets)}" if cfg.learner.lora_rank else ""
+        log.info(f"learner: {cfg.learner.world_size} rank(s), {self.learner.trainable_params:,} trainable parameters{lora}")
 
     # ------------------------------------------------------------ logging
 
@@ -159,6 +158,7 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        self.log_file = logs.to_file(self.run_dir / "log.txt")
         metrics_path = self.run_dir / "metrics.jsonl"
         if metrics_path.exists():  # on resume, forget what came after the checkpoint
             kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= self.step]
@@ -184,15 +184,6 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
 
-    def score(self, episodes: list[Episode]) -> None:
-        for ep in episodes:
-            if ep.failed:
-                continue
-            try:
-                ep.reward = self.reward_fn(ep.trajectory)
-            except Exception as e:
-                ep.finish, ep.error = "error", f"reward: {type(e).__name__}: {e}"
-
     def submit(self, step: int) -> Submission:
         """Start the rollouts of `step` on the pool; they run behind whatever the pool is doing."""
         G = self.cfg.rollout.group_size
@@ -204,7 +195,7 @@ class Trainer:
         cfg, step = self.cfg, sub.step
         t0 = time.perf_counter()
         episodes = sub.episodes.result()
-        self.score(episodes)
+        score(episodes, self.reward_fn)
         t1 = time.perf_counter()
 
         metrics: dict[str, float] = {}
@@ -240,9 +231,7 @@ class Trainer:
                 "throughput/policy_tokens_per_s": policy_tokens / max(t3 - t0, 1e-9),
             }
         )
-        for ep in episodes:
-            if ep.failed:
-                print(f"step {step}: episode of task {ep.trajectory.task.id} failed and is left out of the update: {ep.error}")
+        report_failures(episodes, f"step {step}")
         if cfg.log_episodes:
             self._write_episodes(step, trained, advantages)
         return metrics
@@ -279,7 +268,7 @@ class Trainer:
                 base = round_ * want  # group ids and seed indices no earlier round of this step used
                 items = [(task, base + g, episode_seed(self.cfg.seed, step, (base + g) * G + j)) for g, task in enumerate(tasks) for j in range(G)]
                 batch = self.pool.rollout(items).result()
-                self.score(batch)
+                score(batch, self.reward_fn)
             ok = [ep for ep in batch if not ep.failed]
             sampled += len({ep.group for ep in batch})
             if ok:
@@ -303,10 +292,10 @@ class Trainer:
     # ------------------------------------------------------------ evaluation and checkpoints
 
     def evaluate(self) -> dict[str, float]:
-        items = [(task, i, episode_seed(self.cfg.seed, 0, i)) for i, task in enumerate(self.eval_tasks)]
-        episodes = self.pool.rollout(items, greedy=True).result()
-        self.score(episodes)
-        metrics = {**episode_metrics(episodes), **task_metrics(self.cfg.env.name, episodes)}
+        episodes = self.pool.rollout(eval_items(self.eval_tasks, self.cfg.seed), greedy=True).result()
+        score(episodes, self.reward_fn)
+        report_failures(episodes, f"evaluation at step {self.step}")
+        metrics = {**episode_metrics(episodes), **env_metrics(self.spec, episodes)}
         return {f"eval/{k}": v for k, v in metrics.items()}
 
     def save(self) -> Path:
@@ -372,23 +361,5 @@ class Trainer:
             self.learner.close()
         self.metrics_file.close()
         self.tb.close()
+        logs.detach(self.log_file)
 
-
-def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
-    """Reward, score and length statistics over the episodes that did not fail."""
-    ok = [ep for ep in episodes if not ep.failed]
-    out = {"episodes/count": float(len(episodes)), "episodes/failed": float(len(episodes) - len(ok))}
-    if not ok:
-        return out
-    totals = np.array([ep.reward.total for ep in ok])
-    out["reward/mean"] = float(totals.mean())
-    out["reward/std"] = float(totals.std())
-    for name in sorted({k for ep in ok for k in ep.reward.components}):
-        out[f"reward/{name}"] = float(np.mean([ep.reward.components.get(name, 0.0) for ep in ok]))
-    out["score/first_turn"] = float(np.mean([ep.trajectory.turns[0].info.get("score", 0.0) for ep in ok]))
-    out["score/last_turn"] = float(np.mean([ep.trajectory.turns[-1].info.get("score", 0.0) for ep in ok]))
-    out["episodes/turns"] = float(np.mean([len(ep.trajectory.turns) for ep in ok]))
-    out["episodes/policy_tokens"] = float(np.mean([sum(ep.loss_mask) for ep in ok]))
-    for finish in ("done", "max_turns", "length"):
-        out[f"episodes/finish_{finish}"] = float(np.mean([ep.finish == finish for ep in ok]))
-    return out

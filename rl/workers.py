@@ -17,12 +17,13 @@ same seed gives the same episodes whichever pool runs them.
 
 from __future__ import annotations
 
+import logging
 import importlib.util
 import math
 import os
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -30,39 +31,21 @@ import torch
 from envs.base import Task
 from envs.registry import get_env_spec
 from rl.chat import TurnFormatter
+from rl.config import RolloutConfig, WorkersConfig, build_params
 from rl.engine import HFEngine
 from rl.episode import Episode
-from rl.learner import bucketed
-from rl.rollout import RolloutConfig, rollout
+from rl.model import load_model
+from rl.rollout import rollout
+
+log = logging.getLogger(__name__)
 
 Item = tuple[Task, int, int]  # (task, group, seed) of one episode
-
-
-@dataclass
-class WorkersConfig:
-    ray: bool = False  # run rollout workers as Ray actors; False runs one worker in this process
-    address: str = ""  # Ray cluster to join ("auto", "ray://host:10001"); empty starts a local one
-    num_workers: int = 2  # Ray actors, each with its own engine (groups are split between them)
-    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker (its torch threads)
-    gpus_per_worker: float = 0.0  # GPUs Ray reserves for each worker; > 0 puts its engine on CUDA
-    max_restarts: int = 3  # dead workers replaced within one rollout (or one probe of a worker) before the step fails
-    async_steps: int = 0  # 0 = synchronous; 1 = one-step-off: rollouts for step k+1 run during update k
-    bucket_mb: float = 64.0  # weight-sync bucket size (one object-store object and one call per bucket)
-    probe_tolerance: float = 1e-4  # largest |engine - learner| logprob on the probe batch after a sync (bf16 vLLM: ~0.05)
-    engine: str = "hf"  # "hf" (transformers; CPU or GPU) or "vllm" (GPU: pip install '.[vllm]'; CPU: see README)
-    vllm_dtype: str = "auto"  # weight dtype of the vLLM engine; "auto": float32 on the CPU, bfloat16 on a GPU
-    vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (weights + KV cache); the learner needs the rest
-    vllm_kv_cache_mb: float = 0.0  # vLLM's KV cache per engine; 0: sized from vllm_gpu_memory_utilization on a GPU, 256 MB on the CPU
-    vllm_sleep_mode: bool = False  # free vLLM's GPU memory during each update (synchronous mode only)
-    skip_sync_for_test: bool = False  # testing only: skip weight syncs, so the probe check must fail
 
 
 def check_engine_installed(cfg: WorkersConfig) -> None:
     """Fail before any model is built when the chosen engine cannot run here.
 
     Workers on a cluster joined by `address` may have packages this machine lacks, so that case is left to them."""
-    if cfg.engine not in ("hf", "vllm"):
-        raise ValueError(f"unknown workers.engine {cfg.engine!r}: use 'hf' or 'vllm'")
     if cfg.engine == "vllm" and not (cfg.ray and cfg.address) and importlib.util.find_spec("vllm") is None:
         raise ImportError(
             "workers.engine=vllm needs vLLM, which is not installed: on a CUDA machine `pip install -e '.[vllm]'`; "
@@ -75,9 +58,6 @@ class RolloutWorker:
 
     def __init__(self, model_path: str, env_name: str, env_params: dict, rollout_cfg: RolloutConfig, workers_cfg: WorkersConfig, device: str):
         from transformers import AutoTokenizer
-
-        from rl.config import build_params
-        from rl.learner import load_model
 
         spec = get_env_spec(env_name)
         params = build_params(spec.params, env_params, "env.params")
@@ -124,6 +104,21 @@ class RolloutWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def bucketed(named: Iterator[tuple[str, torch.Tensor]], bucket_mb: float) -> Iterator[dict[str, torch.Tensor]]:
+    """Group (name, tensor) pairs into buckets of about `bucket_mb` MB each (a tensor is never split)."""
+    limit = bucket_mb * 2**20
+    bucket: dict[str, torch.Tensor] = {}
+    size = 0
+    for name, tensor in named:
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > limit:
+            yield bucket
+            bucket, size = {}, 0
+        bucket[name] = tensor
+        size += nbytes
+    yield bucket
 
 
 def buckets(weights: dict[str, torch.Tensor], bucket_mb: float) -> list[dict[str, torch.Tensor]]:
@@ -280,7 +275,7 @@ class RayPool:
         """Start a new worker k (from the latest weights) after its `deaths`-th death in one call."""
         if deaths > self.cfg.max_restarts:
             raise RuntimeError(f"rollout workers died {deaths} times in one call; giving up") from error
-        print(f"rollout worker {k} died ({type(error).__name__}); starting a new one and {then}")
+        log.warning("rollout worker %d died (%s); starting a new one and %s", k, type(error).__name__, then)
         self.restarts += 1
         self.workers[k] = self._start()
 

@@ -9,7 +9,7 @@ import torch
 from rewards.base import Reward
 from rl import algos, credit
 from rl.episode import PROMPT_TURN, Episode
-from rl.learner import AlgoConfig
+from rl.config import AlgoConfig
 
 
 def episode(group, turns, process, outcome, obs=1, prompt=2):

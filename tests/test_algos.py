@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rl import algos
-from rl.learner import AlgoConfig
+from rl.config import AlgoConfig
 
 
 def test_group_advantages_by_hand():

@@ -7,7 +7,7 @@ import pytest
 from envs.base import Task, Trajectory, Turn
 from rewards import build_reward
 from rewards.code import cocos_return, cocos_turn_rewards, score_turn_rewards, turn_levels
-from rewards.self_correction import edit_ratio, levenshtein, metrics_from_trajectories, self_correction_metrics
+from envs.code.metrics import edit_ratio, levenshtein, metrics_from_trajectories, self_correction_metrics
 
 
 def episode(*turns):

@@ -76,11 +76,11 @@ def test_demo_with_seeds_runs_each_seed_and_prints_the_spread(tmp_path, capsys):
 
 
 def test_eval_with_samples_adds_pass_at_k_over_each_tasks_samples(tmp_path, lookup_experts):
-    from rl.sft import warm_start
+    from rl.model import starting_model
 
     lookup = str(CONFIGS / "lookup.yaml")
     args = [lookup, f"run_dir={tmp_path}", f"sft.data={lookup_experts}", "sft.steps=5", "sft.lr=3e-3", "sft.warmup_steps=0", "sft.batch_size=8"]
-    model, _ = warm_start(load_config(args[0], args[1:]), tmp_path)  # a few SFT steps: some keys learned, not all
+    model, _ = starting_model(load_config(args[0], args[1:]), tmp_path)  # a few SFT steps: some keys learned, not all
     out = tmp_path / "eval.json"
     assert cli_main(["eval", *args, "--checkpoint", str(model), "--out", str(out), "--samples", "4"]) == 0
     saved = json.loads(out.read_text())

@@ -15,11 +15,11 @@ from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
 from rl import lora
 from rl.chat import TurnFormatter
-from rl.config import load_config
+from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, load_config
 from rl.distributed import PAD, LearnerRankError, ShardedLearner, combine, deal
 from rl.engine import HFEngine
-from rl.learner import AlgoConfig, Learner, LearnerConfig
-from rl.rollout import RolloutConfig, rollout
+from rl.learner import Learner
+from rl.rollout import rollout
 from rl.trainer import Trainer
 from tests import ray_cluster as ray_cluster_of_our_own
 from tests.test_trainer import LOOKUP, metrics
@@ -52,7 +52,7 @@ def groups(tiny):
 def gathered(learner) -> dict[str, torch.Tensor]:
     out = {}
     for bucket in learner.weight_buckets(0.01):
-        out |= {k: torch.as_tensor(v) for k, v in (bucket if isinstance(bucket, dict) else ray.get(bucket)).items()}
+        out |= {k: torch.tensor(v) for k, v in (bucket if isinstance(bucket, dict) else ray.get(bucket)).items()}
     return out
 
 

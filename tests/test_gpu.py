@@ -7,8 +7,10 @@ from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
 from rl.chat import TurnFormatter
 from rl.engine import HFEngine
-from rl.learner import AlgoConfig, Learner, LearnerConfig, load_model
-from rl.rollout import RolloutConfig, rollout
+from rl.config import AlgoConfig, LearnerConfig, RolloutConfig
+from rl.learner import Learner
+from rl.model import load_model
+from rl.rollout import rollout
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

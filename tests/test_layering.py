@@ -1,6 +1,8 @@
 """envs/ knows nothing of rl/ or rewards/; rewards/ nothing of rl/; the core never imports vLLM at module level."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,73 @@ def test_no_module_level_vllm_import():
             top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
             names = {a.name for n in top for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
             assert not any(str(x).startswith("vllm") for x in names), path
+
+
+def module_imports(package: str) -> dict[str, set[str]]:
+    """Each module of `package` -> the modules of `package` it imports, at module level or inside functions."""
+    graph = {}
+    for path in (ROOT / package).rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from rl import sft` imports rl.sft; `from rl.config import Config` imports rl.config
+                found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = {m for m in found if m != name and (m == package or m.startswith(package + "."))}
+    return {name: {m for m in deps if m in graph} for name, deps in graph.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of `graph`: every strongly connected component with more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_finds_a_cycle_through_a_function_level_import():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("package", ["rl", "rewards", "envs"])
+def test_no_import_cycles(package):
+    graph = module_imports(package)
+    assert len(graph) > 5  # the parse found the package's modules
+    assert cycles(graph) == []
+
+
+def test_the_config_is_a_leaf_that_loads_without_torch():
+    """Checking a config costs no torch or transformers import, and no module of rl/ but the config itself."""
+    assert module_imports("rl")["rl.config"] == set()
+    code = (
+        "import sys; from rl.config import load_config; load_config('configs/lookup.yaml', ['algo.advantage=gae']); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'rl')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['rl', 'rl.config']"

@@ -10,10 +10,10 @@ from envs.lookup import LookupEnv, LookupParams
 from rl import algos
 from rl.chat import TurnFormatter
 from rl.cli import main
-from rl.config import load_config
+from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, load_config
 from rl.engine import HFEngine
-from rl.learner import AlgoConfig, Learner, LearnerConfig
-from rl.rollout import RolloutConfig, rollout
+from rl.learner import Learner
+from rl.rollout import rollout
 
 
 @pytest.fixture(scope="module")

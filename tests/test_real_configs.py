@@ -13,7 +13,7 @@ import pytest
 from envs.registry import get_env_spec
 from rewards import build_reward
 from rl.config import build_params, load_config
-from rl.learner import _looks_like_hub_id
+from rl.model import looks_like_hub_id
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RESEEK, COCOS = CONFIGS / "reseek_qwen2.5-3b.yaml", CONFIGS / "cocos_qwen2.5-1.5b.yaml"
@@ -104,7 +104,7 @@ def test_config_loads_and_builds(path):
     params = env_params(cfg)  # every env.params key is a field of the env's params dataclass
     assert callable(build_reward(cfg.reward))
     model = cfg.model.path
-    assert model and (_looks_like_hub_id(model) or Path(model).is_dir())  # what load_model accepts; nothing is downloaded
+    assert model and (looks_like_hub_id(model) or Path(model).is_dir())  # what load_model accepts; nothing is downloaded
     assert cfg.rollout.max_turn_tokens < cfg.rollout.max_total_tokens
     limit = params.max_problems if cfg.env.name == "code" else params.max_tasks
     assert limit == 0  # the whole data set, as the papers train on

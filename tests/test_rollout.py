@@ -9,8 +9,9 @@ from envs.base import StepResult, Task
 from envs.lookup import LookupEnv, LookupParams, load_tasks
 from rl.chat import TurnFormatter
 from rl.engine import HFEngine, Request, SamplingParams
-from rl.learner import AlgoConfig, Learner, LearnerConfig
-from rl.rollout import RolloutConfig, rollout
+from rl.config import AlgoConfig, LearnerConfig, RolloutConfig
+from rl.learner import Learner
+from rl.rollout import rollout
 from tests.conftest import CHAT_TEMPLATE
 
 

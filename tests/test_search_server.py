@@ -23,7 +23,8 @@ from envs.search.retrieval import RetrievalClient, RetrievalError
 from envs.search.world import WorldConfig, write_world
 from rl.chat import TurnFormatter
 from rl.engine import Generation
-from rl.rollout import RolloutConfig, rollout
+from rl.config import RolloutConfig
+from rl.rollout import rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,13 +9,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.base import Task, Trajectory, Turn
 from envs.code import CodeParams
-from envs.code.demos import demonstrations as code_demos
+from envs.code import demonstrations as code_demos
 from envs.code.demos import mutants
 from envs.search import SearchParams
-from envs.search.demos import demonstrations as search_demos
+from envs.search import demonstrations as search_demos
 from rl.chat import TurnFormatter
 from rl.config import load_config
-from rl.sft import load_trajectories, make_trainer, read_trajectories, sft_examples, tokenize, trajectory_text, warm_start
+from rl.model import starting_model
+from rl.sft import load_trajectories, make_trainer, read_trajectories, sft_examples, tokenize, trajectory_text
 from tests.conftest import CHAT_TEMPLATE
 
 
@@ -167,7 +168,7 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero(tmp_path, tiny_model_d
 
 def test_warm_start_builds_a_tokenizer_on_the_demos_and_sft_learns_them(tmp_path):
     cfg = _code_cfg(tmp_path)
-    path, timings = warm_start(cfg, tmp_path / "run")
+    path, timings = starting_model(cfg, tmp_path / "run")
     assert path == tmp_path / "run" / "sft" / "model" and {"model_build", "sft_data", "sft"} <= set(timings)
     stats = json.loads((path.parent / "sft_metrics.json").read_text())
     assert stats["sft/final_loss"] < 0.6 * stats["sft/first_loss"]  # real optimizer steps on the demos
@@ -177,7 +178,7 @@ def test_warm_start_builds_a_tokenizer_on_the_demos_and_sft_learns_them(tmp_path
     tuned = AutoModelForCausalLM.from_pretrained(path)
     assert any(not torch.equal(a, b) for a, b in zip(base.parameters(), tuned.parameters()))
     # A second call finds the SFT model and trains nothing.
-    again, timings = warm_start(cfg, tmp_path / "run")
+    again, timings = starting_model(cfg, tmp_path / "run")
     assert again == path and "sft" not in timings
 
 
@@ -197,7 +198,7 @@ def test_sft_stops_at_the_first_check_where_greedy_play_on_rl_tasks_reaches_stop
     lookup = Path(__file__).resolve().parents[1] / "configs" / "lookup.yaml"
     cfg = load_config(lookup, [f"run_dir={tmp_path / 'run'}", f"sft.data={lookup_experts}", "sft.steps=300", "sft.lr=3e-3", "sft.warmup_steps=0",
                                "sft.batch_size=8", "sft.stop_score=1.0", "sft.probe_every=5"])
-    path, _ = warm_start(cfg, tmp_path / "run")
+    path, _ = starting_model(cfg, tmp_path / "run")
     probes = json.loads((path.parent / "sft_probes.json").read_text())
     steps_run = json.loads((path.parent / "sft_metrics.json").read_text())["sft/steps_run"]
     assert [step for step, _ in probes] == list(range(5, 5 * len(probes) + 1, 5))  # a check every probe_every steps
@@ -212,7 +213,7 @@ def test_sft_that_never_reaches_stop_score_runs_exactly_sft_steps(tmp_path, look
     cfg = load_config(lookup, [f"run_dir={tmp_path / 'run'}", f"sft.data={lookup_experts}", "sft.steps=10", "sft.warmup_steps=0",
                                "sft.batch_size=2", "sft.stop_score=2.0", "sft.probe_every=5"])  # a score of 2 is out of reach
     # 8 examples in batches of 2: step 10 falls inside the third epoch, where one more step could follow
-    path, _ = warm_start(cfg, tmp_path / "run")
+    path, _ = starting_model(cfg, tmp_path / "run")
     probes = json.loads((path.parent / "sft_probes.json").read_text())
     assert [step for step, _ in probes] == [5, 10]
     assert json.loads((path.parent / "sft_metrics.json").read_text())["sft/steps_run"] == 10  # the last check does not add a step

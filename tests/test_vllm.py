@@ -22,7 +22,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.lookup import LookupParams, sample_text
 from rl.engine import HFEngine, Request, SamplingParams
-from rl.tiny import TinyModelConfig, build_tiny_model
+from rl.config import TinyModelConfig
+from rl.tiny import build_tiny_model
 from rl.vllm_engine import _generation
 from rl.workers import buckets
 

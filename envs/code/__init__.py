@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from envs.base import Task
-from envs.code import data, synthetic
+from envs.code import data, demos, synthetic
 from envs.code.env import DONE, PROMPTS, CodeEnv, first_prompt, retry_request
+from envs.code.metrics import metrics_from_trajectories
 from envs.code.sandbox import SandboxConfig
 from envs.registry import EnvSpec
-from envs.code.demos import demonstrations
 
 
 @dataclass
@@ -85,4 +85,14 @@ def sample_text(p: CodeParams) -> list[str]:
     return out
 
 
-ENV_SPEC = EnvSpec(CodeParams, make_env, load_tasks, sample_text, demonstrations)
+def demonstrations(p: CodeParams, n: int, seed: int, keep_share: float, hesitation: float) -> list:
+    """Keep and fix pairs on the train problems (envs/code/demos.py). `hesitation` has no separate
+    shape here: every keep pair already overrules the env's doubt."""
+    problems_and_references = [(to_task(q, p.prompt), q.reference.strip()) for q in problems(p, "train")]
+    return demos.demonstrations(make_env(p), problems_and_references, p.max_turns, n, seed, keep_share)
+
+
+ENV_SPEC = EnvSpec(
+    CodeParams, make_env, load_tasks, sample_text, demonstrations, metrics=metrics_from_trajectories,
+    headline=("acc_t1", "acc_tT", "delta", "delta_i_to_c", "delta_c_to_i", "confidence", "critique", "reward/mean"),
+)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 import random
 
-from envs.base import Trajectory, Turn
+from envs.base import Task, Trajectory, Turn
 from envs.code.env import DONE
 
 _SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Add, ast.Mod: ast.FloorDiv, ast.FloorDiv: ast.Mod,
@@ -56,24 +56,18 @@ def play(env, task, attempts: list[str], mistakes: list[bool]) -> Trajectory:
     return trajectory
 
 
-def demonstrations(p, n: int, seed: int, keep_share: float, hesitation: float) -> list[Trajectory]:
-    """`n` demos drawn from the keep pair and the failing-mutant fix pairs of each train problem.
-
-    `hesitation` has no separate shape here: every keep pair already overrules the env's doubt.
-    """
-    from envs.code import make_env, problems, to_task
-
-    if p.max_turns < 2:
+def demonstrations(env, problems: list[tuple[Task, str]], max_turns: int, n: int, seed: int, keep_share: float) -> list[Trajectory]:
+    """`n` demos drawn from the keep pair and the failing-mutant fix pairs of each (task, reference program)."""
+    if max_turns < 2:
         raise ValueError("code demos are keep/fix pairs: they need max_turns >= 2")
-    env, rng = make_env(p), random.Random(seed)
+    rng = random.Random(seed)
     keeps, fixes = [], []
-    for q in problems(p, "train"):
-        task, right = to_task(q, p.prompt), q.reference.strip()
-        keep = play(env, task, [right] * p.max_turns, [False] * p.max_turns)
+    for task, right in problems:
+        keep = play(env, task, [right] * max_turns, [False] * max_turns)
         if keep.turns[-1].info["score"] != 1.0:
             continue  # a reference that fails its own tests teaches nothing
         keeps.append(keep)
-        played = [play(env, task, [wrong] + [right] * (p.max_turns - 1), [True] + [False] * (p.max_turns - 1)) for wrong in mutants(right)]
+        played = [play(env, task, [wrong] + [right] * (max_turns - 1), [True] + [False] * (max_turns - 1)) for wrong in mutants(right)]
         failing = [fix for fix in played if fix.turns[0].info["score"] < 1.0]
         if failing:
             fixes.append(failing)  # grouped by problem, so a problem with many mutants is not drawn more often

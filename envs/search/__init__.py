@@ -28,10 +28,11 @@ from pathlib import Path
 
 from envs.base import Task
 from envs.registry import EnvSpec
-from envs.search.demos import demonstrations
+from envs.search import demos
 from envs.search.env import ANSWER_NOW, INVALID, SearchEnv, make_prompt
+from envs.search.metrics import search_metrics
 from envs.search.qa import BAMBOOGLE, load_questions
-from envs.search.retrieval import default_cache_dir, make_retriever, read_corpus
+from envs.search.retrieval import RetrievalClient, default_cache_dir, read_corpus
 from envs.search.world import WorldConfig, write_world
 
 
@@ -90,6 +91,19 @@ def _questions_and_corpus(data: str, p: SearchParams) -> tuple[Path, Path | None
 
 def corpus_path(p: SearchParams) -> Path | None:
     return Path(p.corpus) if p.corpus else _questions_and_corpus(p.data, p)[1]
+
+
+def make_retriever(spec: str, corpus: str | Path | None, cache_dir: str | Path | None, timeout_s: float = 10.0, retries: int = 2):
+    """`spec` "bm25" gives a local BM25Index over `corpus`; an http(s) URL gives a RetrievalClient."""
+    if spec.startswith(("http://", "https://")):
+        return RetrievalClient(spec, timeout_s, retries)
+    if spec != "bm25":
+        raise ValueError(f"retriever must be 'bm25' or a server URL (http://host:port), got {spec!r}")
+    if not corpus:
+        raise ValueError("retriever 'bm25' needs a corpus JSONL file")
+    from envs.search.bm25 import BM25Index  # bm25s and numpy load only when used (rewards import this package)
+
+    return BM25Index(corpus, cache_dir)
 
 
 _RETRIEVERS: dict[tuple, object] = {}  # one index or client per process, shared by every env
@@ -154,4 +168,12 @@ def sample_text(p: SearchParams) -> list[str]:
     return texts
 
 
-ENV_SPEC = EnvSpec(SearchParams, make_env, load_tasks, sample_text, demonstrations)
+def demonstrations(p: SearchParams, n: int, seed: int, keep_share: float, hesitation: float) -> list:
+    """Scripted keep and fix episodes on the train questions (envs/search/demos.py)."""
+    return demos.demonstrations(make_env(p), load_tasks(p, "train"), corpus_path(p), p.demo_reasoning, n, seed, keep_share, hesitation)
+
+
+ENV_SPEC = EnvSpec(
+    SearchParams, make_env, load_tasks, sample_text, demonstrations, metrics=search_metrics,
+    headline=("em", "f1", "judge_accuracy", "searches_per_episode", "answered", "reward/mean"),
+)

@@ -34,10 +34,8 @@ from envs.search.retrieval import read_corpus, split_contents
 _DOC_HEADER = re.compile(r"Doc \d+\(Title: [^\n]*?\) ")  # "Doc 1(Title: "X") " before each passage
 
 
-def _titles(p) -> dict[str, str]:
-    from envs.search import corpus_path  # the package imports this module's caller, not the reverse
-
-    ids, contents = read_corpus(corpus_path(p))
+def _titles(corpus) -> dict[str, str]:
+    ids, contents = read_corpus(corpus)
     return {i: split_contents(c)[0].strip('"') for i, c in zip(ids, contents)}
 
 
@@ -92,14 +90,12 @@ def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | 
     return trajectory if info["score"] == 1.0 else None
 
 
-def demonstrations(p, n: int, seed: int, keep_share: float, hesitation: float) -> list[Trajectory]:
-    """`n` demos on the train questions of `p`, a `keep_share` of them keep-shaped (module docstring)."""
-    from envs.search import load_tasks, make_env
-
-    tasks = [t for t in load_tasks(p, "train") if t.metadata.get("gold_doc_ids")]
+def demonstrations(env, tasks: list[Task], corpus, reasoning: bool, n: int, seed: int, keep_share: float, hesitation: float) -> list[Trajectory]:
+    """`n` demos on the train `tasks` (played in `env`, titles read from `corpus`), a `keep_share` of them keep-shaped (module docstring)."""
+    tasks = [t for t in tasks if t.metadata.get("gold_doc_ids")]
     if not tasks:
         raise ValueError("search demos need questions with gold_doc_ids (a generated world or a world directory)")
-    titles, env, rng = _titles(p), make_env(p), random.Random(seed)
+    titles, rng = _titles(corpus), random.Random(seed)
     by_word = _by_word(titles)
     out: list[Trajectory] = []
     for _ in range(4 * n):  # bounded: retrieval misses skip a question
@@ -107,7 +103,7 @@ def demonstrations(p, n: int, seed: int, keep_share: float, hesitation: float) -
             break
         task = tasks[rng.randrange(len(tasks))]
         fix_hop = rng.randrange(len(task.metadata["gold_doc_ids"])) if rng.random() >= keep_share else None
-        trajectory = play(env, task, titles, by_word, fix_hop, fix_hop is None and rng.random() < hesitation, p.demo_reasoning, rng)
+        trajectory = play(env, task, titles, by_word, fix_hop, fix_hop is None and rng.random() < hesitation, reasoning, rng)
         if trajectory is not None:
             out.append(trajectory)
     return out

@@ -1,4 +1,4 @@
-"""Retrieval: the corpus format, a client for Search-R1's retrieval server API, and the choice of retriever.
+"""Retrieval: the corpus format and a client for Search-R1's retrieval server API.
 
 The local BM25 index (bm25.py) and the client here answer a batch of queries in the
 same shape, the one Search-R1's `/retrieve` returns, so the environment does not
@@ -161,16 +161,3 @@ class RetrievalClient:
             return [[as_hit(h) for h in hits] for hits in result]
         except ValueError as e:
             raise RetrievalError(f"retrieval server {self.url} sent a malformed hit: {e}") from e
-
-
-def make_retriever(spec: str, corpus: str | Path | None, cache_dir: str | Path | None, timeout_s: float = 10.0, retries: int = 2):
-    """`spec` "bm25" gives a local BM25Index over `corpus`; an http(s) URL gives a RetrievalClient."""
-    if spec.startswith(("http://", "https://")):
-        return RetrievalClient(spec, timeout_s, retries)
-    if spec != "bm25":
-        raise ValueError(f"retriever must be 'bm25' or a server URL (http://host:port), got {spec!r}")
-    if not corpus:
-        raise ValueError("retriever 'bm25' needs a corpus JSONL file")
-    from envs.search.bm25 import BM25Index  # bm25s and numpy load only when used (rewards import this package)
-
-    return BM25Index(corpus, cache_dir)

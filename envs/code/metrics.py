@@ -16,7 +16,7 @@ a = correct at turn 1 and b = correct at the last turn:
   edit_distance         mean Levenshtein(y1, yT) / (len(y1) + len(yT)) over the programs (SCoRe, Fig. 4)
   identical             share of last attempts identical to the first (collapse to "no edit")
 
-    python -m rewards.self_correction runs/x/episodes/step_000100.jsonl   # from the trainer's episode logs
+    python -m envs.code.metrics runs/x/episodes/step_000100.jsonl   # from the trainer's episode logs
 """
 
 from __future__ import annotations

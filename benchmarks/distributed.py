@@ -1,0 +1,200 @@
+"""The sharded learner: memory per rank, update and weight-sync time at world_size 1 and 2, and LoRA.
+
+Run from the repository root:
+
+    python benchmarks/distributed.py                  # a ~100M-parameter Qwen2-shaped model (built from a config)
+    python benchmarks/distributed.py --hidden 256 --layers 2 --steps 1   # a quick look
+
+Every learner runs in its own Ray actor(s) with one CPU each, so each process's peak RSS is its own:
+world_size 1 is a plain `Learner` in one actor, world_size 2 a `ShardedLearner` (FSDP2 over gloo).
+
+Tables:
+  memory       per rank: the model state (parameters + gradients + AdamW's two moments, counted from the
+               tensors each rank holds after a step) and the process's peak RSS; the goal is a per-rank
+               model state of at most 0.55x one rank's at world_size 2
+  update       seconds per update (median of --steps, after one untimed) and the share of it the ranks
+               spend inside collectives (gloo all-gathers and reduce-scatters, from torch.profiler)
+  weight sync  seconds to send the whole weights to one Ray rollout worker and load them (64 MB buckets)
+  LoRA         trainable parameters, model state, peak RSS and update time against full fine-tuning
+"""
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as hf_logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
+from envs.base import Task, Trajectory
+from envs.lookup import LookupParams, sample_text
+from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, TinyModelConfig, WorkersConfig
+from rl.distributed import ShardedLearner
+from rl.episode import Episode
+from rl.learner import Learner
+from rl.tiny import train_tokenizer
+from rl.workers import RayPool
+
+hf_logging.disable_progress_bar()
+
+
+def build_model(out: Path, hidden: int, layers: int) -> Path:
+    """A Qwen2-shaped model of the given size, initialised from a config (no download), and a small tokenizer."""
+    tokenizer = train_tokenizer(sample_text(LookupParams()), TinyModelConfig(vocab_size=512))
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 256), tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def batch(n: int, length: int, vocab: int) -> tuple[list[Episode], list[torch.Tensor]]:
+    """n episodes of `length` tokens, the second half sampled by the policy, in GRPO groups of 4."""
+    gen = torch.Generator().manual_seed(0)
+    episodes, advantages = [], []
+    for i in range(n):
+        mask = [0] * (length // 2) + [1] * (length - length // 2)
+        ids = torch.randint(1, vocab, (length,), generator=gen).tolist()
+        episodes.append(Episode(Trajectory(Task(f"t{i}", "")), group=i // 4, seed=i, token_ids=ids, loss_mask=mask, logprobs=[0.0] * length))
+        advantages.append(torch.randn((), generator=gen) * torch.tensor(mask, dtype=torch.float32))
+    return episodes, advantages
+
+
+def model_state_bytes(learner) -> int:
+    """Bytes of the parameters, gradients and optimizer state this process holds (its shards, when sharded)."""
+    def local(t):
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    params = [p for p in learner.model.parameters()]
+    total = sum(local(p).numel() * local(p).element_size() for p in params)
+    total += sum(local(p).numel() * local(p).element_size() for p in params if p.requires_grad)  # a gradient each, between steps
+    for state in learner.optimizer.state.values():
+        total += sum(local(v).numel() * local(v).element_size() for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
+    return total
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+COLLECTIVES = ("c10d::", "gloo:", "nccl:")
+
+
+def collective_seconds(prof) -> float:
+    return sum(e.cpu_time_total for e in prof.key_averages() if e.key.startswith(COLLECTIVES)) / 1e6
+
+
+@ray.remote(num_cpus=2)
+def one_rank(model_dir: str, cfg: LearnerConfig, episodes, advantages, steps: int) -> dict:
+    """world_size 1: a plain Learner in a fresh process."""
+    learner = Learner(model_dir, cfg, AlgoConfig(), temperature=1.0)
+    times = []
+    for k in range(steps + 1):
+        start = time.perf_counter()
+        learner.update(episodes, advantages)
+        times.append(time.perf_counter() - start)
+    return {"update_s": statistics.median(times[1:]), "state": model_state_bytes(learner), "rss": peak_rss(),
+            "trainable": learner.trainable_params, "learner": None}
+
+
+def sharded(model_dir: str, cfg: LearnerConfig, episodes, advantages, steps: int) -> dict:
+    """world_size 2: a ShardedLearner; memory and collectives read inside each rank actor."""
+    learner = ShardedLearner(model_dir, cfg, AlgoConfig(), temperature=1.0)
+    times, comm = [], []
+    for k in range(steps + 1):
+        ray.get([r.__ray_call__.remote(start_profile) for r in learner.ranks])
+        start = time.perf_counter()
+        learner.update(episodes, advantages)
+        times.append(time.perf_counter() - start)
+        comm.append(max(ray.get([r.__ray_call__.remote(stop_profile) for r in learner.ranks])))
+    inside = ray.get([r.__ray_call__.remote(lambda rank: (model_state_bytes(rank.learner), peak_rss())) for r in learner.ranks])
+    return {"update_s": statistics.median(times[1:]), "collective_share": statistics.median(c / t for c, t in zip(comm[1:], times[1:])),
+            "state": max(s for s, _ in inside), "rss": max(r for _, r in inside), "trainable": learner.trainable_params, "learner": learner}
+
+
+def start_profile(rank) -> None:
+    rank.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    rank.profiler.__enter__()
+
+
+def stop_profile(rank) -> float:
+    rank.profiler.__exit__(None, None, None)
+    return collective_seconds(rank.profiler)
+
+
+def sync_seconds(model_dir: str, learner, bucket_mb: float = 64.0) -> float:
+    """One weight sync into one Ray rollout worker (the same path as training: object store, then load)."""
+    pool = RayPool(WorkersConfig(ray=True, num_workers=1), model_dir, "lookup", {}, RolloutConfig())
+    try:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            pool.sync(learner.weight_buckets(bucket_mb)).result()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[1:])
+    finally:
+        pool.close()
+
+
+def gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--sequences", type=int, default=8, help="episodes per update")
+    parser.add_argument("--length", type=int, default=64, help="tokens per episode")
+    parser.add_argument("--steps", type=int, default=2, help="timed updates per configuration (after one untimed)")
+    parser.add_argument("--lora-rank", type=int, default=16)
+    args = parser.parse_args()
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(build_model(Path(tmp) / "model", args.hidden, args.layers))
+        n_params = sum(p.numel() for p in Qwen2ForCausalLM.from_pretrained(model_dir).parameters())
+        episodes, advantages = batch(args.sequences, args.length, 500)
+        base = LearnerConfig(device="cpu", lr=1e-5, micro_batch_size=2)
+        print(f"model: {n_params / 1e6:.1f}M parameters (hidden {args.hidden}, {args.layers} layers); update: {args.sequences} x {args.length} tokens, "
+              f"micro-batches of {base.micro_batch_size}, AdamW float32, CPU")
+
+        one = ray.get(one_rank.remote(model_dir, base, episodes, advantages, args.steps))
+        two = sharded(model_dir, LearnerConfig(**{**base.__dict__, "world_size": 2}), episodes, advantages, args.steps)
+        sync_two = sync_seconds(model_dir, two["learner"])
+        two["learner"].close()
+        local = Learner(model_dir, base, AlgoConfig(), temperature=1.0)  # in this process, as the trainer holds it
+        sync_one = sync_seconds(model_dir, local)
+        del local
+        lora_cfg = LearnerConfig(**{**base.__dict__, "lora_rank": args.lora_rank, "lora_alpha": 2.0 * args.lora_rank})
+        lora = ray.get(one_rank.remote(model_dir, lora_cfg, episodes, advantages, args.steps))
+
+    print("\nmemory per rank (model state = parameters + gradients + AdamW moments)")
+    print(f"{'world_size':<12}{'model state':>14}{'x one rank':>12}{'peak RSS':>12}")
+    print(f"{1:<12}{gb(one['state']):>14}{1.0:>12.2f}{gb(one['rss']):>12}")
+    print(f"{2:<12}{gb(two['state']):>14}{two['state'] / one['state']:>12.2f}{gb(two['rss']):>12}")
+    print("\nupdate (seconds per step)")
+    print(f"{'world_size':<12}{'update s':>10}{'x one rank':>12}{'in collectives':>16}")
+    print(f"{1:<12}{one['update_s']:>10.2f}{1.0:>12.2f}{'-':>16}")
+    print(f"{2:<12}{two['update_s']:>10.2f}{two['update_s'] / one['update_s']:>12.2f}{two['collective_share']:>15.0%}")
+    print("\nweight sync to one Ray rollout worker (64 MB buckets)")
+    print(f"{'world_size':<12}{'sync s':>10}")
+    print(f"{1:<12}{sync_one:>10.2f}")
+    print(f"{2:<12}{sync_two:>10.2f}")
+    print(f"\nLoRA rank {args.lora_rank} (attention and MLP projections) against full fine-tuning, world_size 1")
+    print(f"{'':<16}{'trainable':>14}{'model state':>14}{'peak RSS':>12}{'update s':>10}")
+    print(f"{'full':<16}{one['trainable']:>14,}{gb(one['state']):>14}{gb(one['rss']):>12}{one['update_s']:>10.2f}")
+    print(f"{'LoRA':<16}{lora['trainable']:>14,}{gb(lora['state']):>14}{gb(lora['rss']):>12}{lora['update_s']:>10.2f}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
