@@ -24,7 +24,11 @@ def add_adapters(model: torch.nn.Module, rank: int, alpha: float, targets: list[
     if missing:
         raise ValueError(f"learner.lora_targets: the model has no module named {missing} (it has e.g. {sorted(present)[:8]})")
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none")
-    return get_peft_model(model, config)
+    # A is drawn at random (B starts at 0): the same draw in every process, so each rank of a sharded
+    # learner keeps its shard of one and the same tensor, and a resumed run rebuilds the same model.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return get_peft_model(model, config)
 
 
 def adapter_params(model: torch.nn.Module) -> int:

@@ -1,10 +1,6 @@
 """The sharded learner: real FSDP2 ranks (gloo) as real Ray actors, against the one-process learner; and LoRA."""
 
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import ray
@@ -15,16 +11,15 @@ from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
 from rl import lora
 from rl.chat import TurnFormatter
+from rl.cli import main
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, load_config
-from rl.distributed import PAD, LearnerRankError, ShardedLearner, combine, deal
+from rl.distributed import PAD, ShardedLearner, combine, deal
 from rl.engine import HFEngine
 from rl.learner import Learner
 from rl.rollout import rollout
 from rl.trainer import Trainer
 from tests import ray_cluster as ray_cluster_of_our_own
 from tests.test_trainer import LOOKUP, metrics
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -132,15 +127,13 @@ def test_two_ranks_with_ray_workers_train_as_one_learner(tmp_path, ray_cluster):
     assert one[0]["learner/grad_norm"] > 0
 
 
-def test_a_dead_rank_fails_the_run_and_resume_continues_exactly(tmp_path, ray_cluster):
+def test_a_dead_rank_fails_the_run_and_resume_continues_exactly(tmp_path, ray_cluster, capsys):
     common = ["steps=4", "save_every=2", "learner.world_size=2", "learner.warmup_steps=3"]
     run(make_trainer(tmp_path / "straight", *common))
-    # The last rank exits inside the third update: the CLI says so in one line and exits non-zero.
-    env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "rl", "train", str(LOOKUP), f"run_dir={tmp_path / 'crashed'}", "eval_every=0",
-                          "learner.lr=3e-3", *common, "learner.crash_rank_for_test=3"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert out.returncode == 1, out.stderr[-2000:]
-    assert "error: learner rank 1 died during the update" in out.stderr
+    # The last rank exits inside the third update: `rl train` says so in one line and exits non-zero.
+    code = main(["train", str(LOOKUP), f"run_dir={tmp_path / 'crashed'}", "eval_every=0", "learner.lr=3e-3", *common, "learner.crash_rank_for_test=3"])
+    err = capsys.readouterr().err
+    assert code == 1 and "error: learner rank 1 died during the update; resume=RUN_DIR continues" in err, err[-2000:]
     checkpoint = tmp_path / "crashed" / "checkpoints" / "step_000002"
     assert sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir()) == ["step_000002"]
     assert {"__0_0.distcp", "__1_0.distcp"} <= {p.name for p in (checkpoint / "dcp").iterdir()}  # one shard file per rank
