@@ -73,8 +73,10 @@ def test_deal_gives_every_rank_the_same_number_of_micro_batches():
 def test_two_ranks_take_the_step_of_one(tiny_model_dir, groups, ray_cluster, algo):
     episodes, advantages, returns, old_values = groups
     critic = {"returns": returns, "old_values": old_values} if algo.advantage == "gae" else {}
-    # Three micro-batches of at most 3: one rank gets two, the other one and an empty one.
-    cfg = LearnerConfig(device="cpu", lr=1e-3, micro_batch_size=3, warmup_steps=2, optim_steps_per_batch=2 if critic else 1)
+    # Three micro-batches of at most 3: one rank gets two, the other one and an empty one. grpo takes the
+    # shared-prompt forward (GRPO groups); gae two mini-batches and gradient checkpointing.
+    cfg = LearnerConfig(device="cpu", lr=1e-3, micro_batch_size=3, warmup_steps=2, optim_steps_per_batch=2 if critic else 1,
+                        gradient_checkpointing=bool(critic))
     one_eps, two_eps = copy.deepcopy(episodes), copy.deepcopy(episodes)
     one = Learner(tiny_model_dir, cfg, algo, temperature=1.0)
     m1 = one.update(one_eps, advantages, **critic)
@@ -100,7 +102,8 @@ def test_two_ranks_take_the_step_of_one(tiny_model_dir, groups, ray_cluster, alg
 
 
 def make_trainer(run_dir, *overrides):
-    return Trainer(load_config(LOOKUP, [f"run_dir={run_dir}", "eval_every=0", "learner.lr=3e-3", *overrides]))
+    # seed 2: the first batch holds a rewarded episode, so the first update moves the weights
+    return Trainer(load_config(LOOKUP, [f"run_dir={run_dir}", "eval_every=0", "learner.lr=3e-3", "seed=2", *overrides]))
 
 
 def run(trainer):
@@ -131,7 +134,7 @@ def test_a_dead_rank_fails_the_run_and_resume_continues_exactly(tmp_path, ray_cl
     common = ["steps=4", "save_every=2", "learner.world_size=2", "learner.warmup_steps=3"]
     run(make_trainer(tmp_path / "straight", *common))
     # The last rank exits inside the third update: `rl train` says so in one line and exits non-zero.
-    code = main(["train", str(LOOKUP), f"run_dir={tmp_path / 'crashed'}", "eval_every=0", "learner.lr=3e-3", *common, "learner.crash_rank_for_test=3"])
+    code = main(["train", str(LOOKUP), f"run_dir={tmp_path / 'crashed'}", "eval_every=0", "learner.lr=3e-3", "seed=2", *common, "learner.crash_rank_for_test=3"])
     err = capsys.readouterr().err
     assert code == 1 and "error: learner rank 1 died during the update; resume=RUN_DIR continues" in err, err[-2000:]
     checkpoint = tmp_path / "crashed" / "checkpoints" / "step_000002"
