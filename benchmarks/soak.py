@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python benchmarks/soak.py --steps 60 --kill-every 15 --seed 0    # the README's table (2 busy cores)
+    python benchmarks/soak.py --steps 300 --kill-every 25 --seed 0   # the README's table
 
 Every `--kill-every` steps a random rollout worker process gets SIGKILL, alternately after its
 rollout came back (before the weight sync that follows the update) and while its rollout runs.

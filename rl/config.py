@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +51,22 @@ def check_choice(value: Any, choices: tuple, name: str, where: str = "") -> None
     raise ValueError(f"{where + ': ' if where else ''}unknown {name} {value!r}{hint} (use one of {', '.join(map(repr, choices))})")
 
 
+# Names registered beyond the built-in ones, per named option: `rl.credit.register_estimator("x")` adds
+# "x" to "advantage" and "judge_advantage", `rl.losses.register_policy_loss("y")` adds "y" to "policy_loss".
+_REGISTERED: dict[str, list[str]] = {}
+
+
+def allow(option: str, name: str) -> None:
+    """Accept `name` as a value of `option` from now on (a registry calls this when a user registers a function)."""
+    if name not in _REGISTERED.setdefault(option, []):
+        _REGISTERED[option].append(name)
+
+
+def choices(hint, option: str) -> tuple:
+    """The values a named option accepts: its `Literal`'s, then those registered since."""
+    return get_args(hint) + tuple(n for n in _REGISTERED.get(option, []) if n not in get_args(hint))
+
+
 class Options:
     """A config section: its `Literal` fields are checked however it is made (from YAML or in code)."""
 
@@ -57,7 +74,7 @@ class Options:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             if typing.get_origin(hints[f.name]) is Literal:
-                check_choice(getattr(self, f.name), get_args(hints[f.name]), f.name)
+                check_choice(getattr(self, f.name), choices(hints[f.name], f.name), f.name)
 
 
 # ---------------------------------------------------------------- sections
@@ -156,7 +173,7 @@ class AlgoConfig(Options):
     def __post_init__(self):
         super().__post_init__()
         if self.judge_advantage:
-            check_choice(self.judge_advantage, get_args(Estimator), "judge_advantage")
+            check_choice(self.judge_advantage, choices(Estimator, "advantage"), "judge_advantage")
         if self.clip_ratio_c != 0 and self.clip_ratio_c <= 1:
             raise ValueError(f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip bounds ratios above 1, so it must be > 1 (or 0: off)")
         if "turn" in (self.advantage, self.judge_advantage) and self.policy_loss_agg != "seq-mean-token-sum":
@@ -229,6 +246,7 @@ class WorkersConfig(Options):
 
 @dataclass
 class Config:
+    imports: list[str] = field(default_factory=list)  # modules imported before the rest is checked: your estimators, losses, rewards (e.g. mypkg.losses)
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)  # supervised warm start before RL (off unless sft.steps > 0)
@@ -277,7 +295,7 @@ def _build(cls, data: Any, where: str):
 def _convert(hint, value, path: str):
     origin = typing.get_origin(hint)
     if origin is Literal:
-        check_choice(value, get_args(hint), path.rsplit(".", 1)[-1], path)
+        check_choice(value, choices(hint, path.rsplit(".", 1)[-1]), path.rsplit(".", 1)[-1], path)
         return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path)
@@ -334,11 +352,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         except yaml.YAMLError as e:
             raise ValueError(f"override {item!r}: the value is not YAML ({one_line(e)})") from None
         _set(data, key.strip(), value)
+    import_user_modules(data.get("imports") or [])
     cfg = _build(Config, data, "")
     for i, spec in enumerate(cfg.reward):
         check_reward_spec(spec, f"reward[{i}]")
     check_env_name(cfg.env.name)
     return cfg
+
+
+def import_user_modules(modules) -> None:
+    """Import the config's `imports`, so what they register is known when the rest of the config is checked."""
+    if not isinstance(modules, list):
+        raise ValueError(f"imports: expected a list of module names, got {modules!r}")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"imports: cannot import {name!r} ({one_line(e)})") from None
 
 
 def to_dict(cfg: Config) -> dict:

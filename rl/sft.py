@@ -158,10 +158,10 @@ def make_trainer(cfg: Config, model, tokenizer, examples: list[dict], work_dir: 
 
     class CPUSFTTrainer(SFTTrainer):
         """Off the GPU, the loss is the model's own cross-entropy over the full logits, the same mean over
-        the assistant tokens. TRL's fused LM head runs in torch tiles there (its kernel is Triton): a
-        search-world SFT step took 0.31-0.36 s with it and 0.26-0.27 s without (README). On CPU it only
-        saves memory, and a model that trains on a CPU is small. TRL's entropy and token-accuracy
-        logs, which come from the fused head, are left out."""
+        the assistant tokens. TRL's fused LM head runs in torch tiles there (its kernel is Triton), which
+        is slower than the plain loss (docs/experiments.md); it only saves memory, and a model that
+        trains on a CPU is small. TRL's entropy and token-accuracy logs, which come from the fused
+        head, are left out."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)

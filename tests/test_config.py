@@ -42,3 +42,69 @@ def test_shipped_configs_load():
 
     for path in Path(__file__).resolve().parents[1].glob("configs/*.yaml"):
         load_config(path)
+
+
+def named_options():
+    """(dotted key, valid values) of every Literal option of the config."""
+    import dataclasses
+    import typing
+
+    from rl.config import Config, choices
+
+    out = []
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            elif typing.get_origin(hints[f.name]) is typing.Literal:
+                out.append((prefix + f.name, choices(hints[f.name], f.name)))
+
+    walk(Config, "")
+    return out
+
+
+def test_every_named_option_is_typed():
+    keys = {key for key, _ in named_options()}
+    assert {"algo.advantage", "algo.policy_loss", "algo.loss_agg", "algo.kl_estimator", "algo.tis_level", "algo.critic",
+            "workers.engine", "sft.schedule", "rollout.observation_role"} <= keys
+
+
+@pytest.mark.parametrize("key, valid", named_options())
+def test_an_unknown_named_option_fails_at_load_with_the_closest_value(key, valid):
+    typo = valid[-1] + "x"  # one letter off the last valid value
+    with pytest.raises(ValueError) as err:
+        load_config(None, [f"{key}={typo}"])
+    assert f"{key}: unknown {key.split('.')[-1]} {typo!r}; did you mean {valid[-1]!r}?" in str(err.value)
+    section, name = key.split(".")
+    assert getattr(getattr(load_config(None, [f"{key}={valid[0]}"]), section), name) == valid[0]
+
+
+def test_a_bad_option_stops_the_cli_before_any_model_or_data_is_built(tmp_path, capsys):
+    from rl.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "configs/lookup.yaml", "algo.advantage=grpoo", f"run_dir={run_dir}"]) == 2
+    assert "did you mean 'grpo'?" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("env.name=serch", "env.name: unknown env 'serch'; did you mean 'search'?"),
+    ("reward=[{name: outcom}]", "reward[0]: unknown reward 'outcom' (did you mean 'outcome'?)"),
+    ("imports=[no_such_module_here]", "imports: cannot import 'no_such_module_here'"),
+])
+def test_env_reward_and_import_names_are_checked_at_load(override, message):
+    with pytest.raises(ValueError) as err:
+        load_config("configs/lookup.yaml", [override])
+    assert message in str(err.value)
+
+
+def test_a_registered_name_becomes_a_valid_option(tmp_path, monkeypatch):
+    """A module named in `imports` registers a name; the config then accepts it (and only then)."""
+    (tmp_path / "my_names.py").write_text("from rl.config import allow\nallow('advantage', 'grpo_mine')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="unknown advantage 'grpo_mine'"):
+        load_config(None, ["algo.advantage=grpo_mine"])
+    assert load_config(None, ["imports=[my_names]", "algo.advantage=grpo_mine"]).algo.advantage == "grpo_mine"

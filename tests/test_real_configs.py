@@ -18,7 +18,7 @@ from rl.model import looks_like_hub_id
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RESEEK, COCOS = CONFIGS / "reseek_qwen2.5-3b.yaml", CONFIGS / "cocos_qwen2.5-1.5b.yaml"
 
-# Dotted key -> the value the notes give (docs/search_agents.md, docs/self_correction.md); env.params.* are read
+# Dotted key -> the papers' value, as docs/search_agents.md and docs/self_correction.md give it; env.params.* are read
 # from the env's built params dataclass.
 PAPER_SETTINGS = {
     RESEEK: {

@@ -1,6 +1,7 @@
 """Search rewards, computed by hand: answer EM/F1, ReSeek's judge reward and its pairing, farming, format."""
 
 import json
+import math
 
 import pytest
 
@@ -206,3 +207,22 @@ def test_reseek_codes_rule_that_a_yes_is_right_when_the_answer_is():
     assert judge_reward(answer_bonus=0.1, yes_if_answer_right=True)(trajectory).process == pytest.approx([0.0, 0.4, 0.0])
     no = episode(search(OTHER, ["143"]), judge("No"), answer("Fako Rediki"))  # a No still answers to the oracle: right here
     assert judge_reward(answer_bonus=0.1, yes_if_answer_right=True)(no).process == pytest.approx([0.0, 0.4, 0.0])
+
+
+def test_recovery_false_rejection_and_research_after_no_counted_by_hand():
+    from envs.search.metrics import search_metrics
+
+    miss, hit = search("nothing useful", ["7"]), search("Fako Rediki founded it", ["145"])
+    episodes = [
+        episode(miss, judge("No"), hit, judge("Yes"), answer("Fako Rediki")),  # missed first, searched again, recovered
+        episode(miss, judge("No"), answer("Someone Else")),  # missed first, answered without searching again: not recovered
+        episode(hit, judge("No"), hit, judge("Yes"), answer("Fako Rediki")),  # a useful block rejected, then searched again
+        episode(hit, judge("Yes"), answer("Fako Rediki")),  # right at the first search: not in the recovery count
+    ]
+    m = search_metrics(episodes)
+    assert m["recovery"] == 1 / 2  # of the two episodes whose first search missed, one ends right
+    assert m["false_rejection"] == 1 / 4  # useful blocks judged: 4 (episode 1: 1, episode 3: 2, episode 4: 1); one "No"
+    assert m["research_after_no"] == 2 / 3  # three "No"s; a search followed the first and the third
+    assert m["judge_accuracy"] == 5 / 6 and m["em"] == 3 / 4  # six judgments, the rejected useful block the one wrong
+    none = search_metrics([episode(hit, judge("Yes"), answer("Fako Rediki"))])
+    assert math.isnan(none["recovery"]) and math.isnan(none["research_after_no"]) and none["false_rejection"] == 0.0

@@ -67,6 +67,21 @@ def test_failing_env_episodes_are_left_out_and_the_run_goes_on(tmp_path):
     failed = [e for e in logged if e["finish"] == "error"]
     assert len(failed) == 8 and all("the environment broke" in e["error"] and e["advantage"] is None for e in failed)
     assert trainer.step == 2
+    log = (tmp_path / "log.txt").read_text()  # the run's log: each failed episode with the env's traceback
+    assert log.count("scoring: step 1: episode of task lookup-titi failed") == 8
+    assert "Traceback" in log and 'flaky_env.py", line' in log and "RuntimeError: the environment broke" in log
+
+
+def test_a_reward_that_raises_fails_its_episodes_and_the_log_has_its_traceback(tmp_path):
+    train(tmp_path, "steps=1", "save_every=0", "eval_every=0", "imports=[tests.flaky_reward]",
+          "reward=[{name: outcome}, {name: broken_on_titi}]")
+    logged = [json.loads(l) for l in (tmp_path / "episodes" / "step_000001.jsonl").read_text().splitlines()]
+    failed = [e for e in logged if e["finish"] == "error"]
+    assert failed and {e["trajectory"]["task"]["id"] for e in failed} == {"lookup-titi"}
+    assert all(e["error"] == "reward: KeyError: 'no such key'" and 'flaky_reward.py", line' in e["traceback"] for e in failed)
+    assert len(failed) < len(logged)  # the other tasks' episodes were scored and trained on
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("scoring: step 1: episode of task lookup-titi failed") == len(failed) and "KeyError: 'no such key'" in log
 
 
 def test_episode_files_keep_what_rewards_need(tmp_path):

@@ -94,5 +94,5 @@ def demonstrations(p: CodeParams, n: int, seed: int, keep_share: float, hesitati
 
 ENV_SPEC = EnvSpec(
     CodeParams, make_env, load_tasks, sample_text, demonstrations, metrics=metrics_from_trajectories,
-    headline=("acc_t1", "acc_tT", "delta", "delta_i_to_c", "delta_c_to_i", "confidence", "critique", "reward/mean"),
+    headline=("acc_t1", "acc_tT", "delta", "delta_i_to_c", "delta_c_to_i", "identical", "confidence", "critique", "reward/mean"),
 )

@@ -175,5 +175,5 @@ def demonstrations(p: SearchParams, n: int, seed: int, keep_share: float, hesita
 
 ENV_SPEC = EnvSpec(
     SearchParams, make_env, load_tasks, sample_text, demonstrations, metrics=search_metrics,
-    headline=("em", "f1", "judge_accuracy", "searches_per_episode", "answered", "reward/mean"),
+    headline=("em", "f1", "judge_accuracy", "recovery", "false_rejection", "research_after_no", "searches_per_episode", "answered", "reward/mean"),
 )
