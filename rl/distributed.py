@@ -268,7 +268,7 @@ class ShardedLearner:
         try:
             ray.get(self.placement.ready(), timeout=cfg.timeout_s)
         except ray.exceptions.GetTimeoutError:
-            ray.util.remove_placement_group(self.placement)
+            self.close()
             raise LearnerRankError(f"the Ray cluster could not place {n} learner ranks of {bundle} within learner.timeout_s={cfg.timeout_s:g}s") from None
         actor = ray.remote(LearnerRank)
         self.ranks = [
@@ -278,10 +278,14 @@ class ShardedLearner:
             ).remote()
             for r in range(n)
         ]
-        (address, port), = self._wait([self.ranks[0].address.remote()], "start")
         rank_cfg = dataclasses.replace(cfg, device=self.device.type)
         ref = str(ref_path) if ref_path else None
-        info = self._wait([r.setup.remote(k, n, address, port, str(model_path), rank_cfg, algo, temperature, ref) for k, r in enumerate(self.ranks)], "start")[0]
+        try:
+            (address, port), = self._wait([self.ranks[0].address.remote()], "start")
+            info = self._wait([r.setup.remote(k, n, address, port, str(model_path), rank_cfg, algo, temperature, ref) for k, r in enumerate(self.ranks)], "start")[0]
+        except LearnerRankError:
+            self.close()  # no trainer exists yet to do it
+            raise
         self.trainable_params = info["trainable_params"]
         self.has_reference, self.has_critic = info["reference"], info["critic"]
 

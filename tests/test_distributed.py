@@ -208,3 +208,18 @@ def test_lookup_learns_with_lora(tmp_path):
     rows = [m for m in metrics(tmp_path) if "reward/mean" in m]
     assert all(m["sync/probe_max_abs"] < 1e-4 for m in rows)
     assert rows[0]["learner/trainable_params"] > 0
+
+
+@pytest.mark.parametrize("override,message", [
+    ("learner.world_size=0", "learner.world_size=0: use 1"),
+    ("learner.lora_rank=-1", "learner.lora_rank=-1: use 0"),
+    ("learner.lora_targets=[]", "learner.lora_targets is empty"),
+])
+def test_bad_sharding_and_lora_options_fail_at_config_load(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(LOOKUP, ["learner.lora_rank=4", override] if "targets" in override else [override])
+
+
+def test_unknown_lora_target_names_the_modules_there_are(tiny_model_dir):
+    with pytest.raises(ValueError, match=r"learner.lora_targets: the model has no module named \['qproj'\]"):
+        Learner(tiny_model_dir, LearnerConfig(device="cpu", lora_rank=4, lora_targets=["qproj", "v_proj"]), AlgoConfig(), temperature=1.0)
