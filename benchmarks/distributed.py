@@ -144,8 +144,8 @@ def sync_seconds(model_dir: str, learner, bucket_mb: float = 64.0) -> float:
         pool.close()
 
 
-def gb(n: float) -> str:
-    return f"{n / 2**30:.2f} GB"
+def mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB"
 
 
 def main() -> None:
@@ -161,8 +161,10 @@ def main() -> None:
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_model(Path(tmp) / "model", args.hidden, args.layers))
-        n_params = sum(p.numel() for p in Qwen2ForCausalLM.from_pretrained(model_dir).parameters())
-        episodes, advantages = batch(args.sequences, args.length, 500)
+        model = Qwen2ForCausalLM.from_pretrained(model_dir)
+        n_params, vocab = sum(p.numel() for p in model.parameters()), model.config.vocab_size
+        del model
+        episodes, advantages = batch(args.sequences, args.length, vocab)
         base = LearnerConfig(device="cpu", lr=1e-5, micro_batch_size=2)
         print(f"model: {n_params / 1e6:.1f}M parameters (hidden {args.hidden}, {args.layers} layers); update: {args.sequences} x {args.length} tokens, "
               f"micro-batches of {base.micro_batch_size}, AdamW float32, CPU")
@@ -179,8 +181,8 @@ def main() -> None:
 
     print("\nmemory per rank (model state = parameters + gradients + AdamW moments)")
     print(f"{'world_size':<12}{'model state':>14}{'x one rank':>12}{'peak RSS':>12}")
-    print(f"{1:<12}{gb(one['state']):>14}{1.0:>12.2f}{gb(one['rss']):>12}")
-    print(f"{2:<12}{gb(two['state']):>14}{two['state'] / one['state']:>12.2f}{gb(two['rss']):>12}")
+    print(f"{1:<12}{mb(one['state']):>14}{1.0:>12.2f}{mb(one['rss']):>12}")
+    print(f"{2:<12}{mb(two['state']):>14}{two['state'] / one['state']:>12.2f}{mb(two['rss']):>12}")
     print("\nupdate (seconds per step)")
     print(f"{'world_size':<12}{'update s':>10}{'x one rank':>12}{'in collectives':>16}")
     print(f"{1:<12}{one['update_s']:>10.2f}{1.0:>12.2f}{'-':>16}")
@@ -191,8 +193,8 @@ def main() -> None:
     print(f"{2:<12}{sync_two:>10.2f}")
     print(f"\nLoRA rank {args.lora_rank} (attention and MLP projections) against full fine-tuning, world_size 1")
     print(f"{'':<16}{'trainable':>14}{'model state':>14}{'peak RSS':>12}{'update s':>10}")
-    print(f"{'full':<16}{one['trainable']:>14,}{gb(one['state']):>14}{gb(one['rss']):>12}{one['update_s']:>10.2f}")
-    print(f"{'LoRA':<16}{lora['trainable']:>14,}{gb(lora['state']):>14}{gb(lora['rss']):>12}{lora['update_s']:>10.2f}")
+    print(f"{'full':<16}{one['trainable']:>14,}{mb(one['state']):>14}{mb(one['rss']):>12}{one['update_s']:>10.2f}")
+    print(f"{'LoRA':<16}{lora['trainable']:>14,}{mb(lora['state']):>14}{mb(lora['rss']):>12}{lora['update_s']:>10.2f}")
     ray.shutdown()
 
 

@@ -203,11 +203,15 @@ def test_lora_with_two_ranks_takes_the_step_of_one(tiny_model_dir, groups, ray_c
     assert all(torch.allclose(w2[k], w1[k], atol=1e-5, rtol=0) for k in w1)
 
 
-def test_lookup_learns_with_lora(tmp_path):
+def test_lookup_trains_with_lora_and_the_engine_follows_the_merged_weights(tmp_path):
     run(make_trainer(tmp_path, "steps=3", "save_every=3", "learner.lora_rank=8", "learner.lr=1e-2"))
     rows = [m for m in metrics(tmp_path) if "reward/mean" in m]
-    assert all(m["sync/probe_max_abs"] < 1e-4 for m in rows)
-    assert rows[0]["learner/trainable_params"] > 0
+    assert all(m["sync/probe_max_abs"] < 1e-4 for m in rows)  # the engine runs the merged weights
+    assert rows[0]["learner/trainable_params"] == 2 * 8 * (128 + 96 + 96 + 128 + 192 + 192 + 192)  # lookup.yaml's shape: 2 layers
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base_model").state_dict()
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "step_000003" / "model").state_dict()
+    changed = {k for k in base if not torch.equal(base[k], saved[k])}
+    assert changed and all(k.rsplit(".", 2)[-2] in LearnerConfig().lora_targets for k in changed)  # merged into the targets only
 
 
 @pytest.mark.parametrize("override,message", [
