@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import importlib.util
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
