@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from rl import algos
+from rl.config import AlgoConfig
 from rl.episode import Episode
 from rl.registry import Registry
 from rl.tensors import pad
-
-if TYPE_CHECKING:
-    from rl.config import AlgoConfig
 
 
 def turn_end_positions(ep: Episode) -> dict[int, int]:
@@ -33,7 +30,7 @@ def turn_end_positions(ep: Episode) -> dict[int, int]:
     return {turn: t for t, (turn, m) in enumerate(zip(ep.turn_ids, ep.loss_mask)) if m}
 
 
-def episode_rewards(ep: Episode, algo) -> tuple[list[float], float]:
+def episode_rewards(ep: Episode, algo: AlgoConfig) -> tuple[list[float], float]:
     """(process rewards by turn, outcome plus overlong penalty) as the estimators see them."""
     process = [0.0] * len(ep.reward.process) if algo.turn_outcome_only else list(ep.reward.process)
     outcome = ep.reward.outcome
@@ -43,7 +40,7 @@ def episode_rewards(ep: Episode, algo) -> tuple[list[float], float]:
     return process, outcome
 
 
-def token_rewards(episodes: list[Episode], algo) -> torch.Tensor:
+def token_rewards(episodes: list[Episode], algo: AlgoConfig) -> torch.Tensor:
     """[B, T] float64: every reward on the last sampled token of the turn (or episode) that earned it."""
     rows = []
     for ep in episodes:

@@ -13,15 +13,12 @@ so summing micro-batches gives the mini-batch's loss and metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 
 from rl import algos
+from rl.config import AlgoConfig
 from rl.registry import Registry
-
-if TYPE_CHECKING:
-    from rl.config import AlgoConfig
 
 
 @dataclass
