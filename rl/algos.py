@@ -194,8 +194,6 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, unbias
 # Log-ratios beyond this are clamped before exp: a token the old policy all but never sampled
 # would otherwise weigh e^25 ~ 7e10 times its advantage (verl clamps at the same value).
 LOG_RATIO_LIMIT = 20.0
-# GSPO's objective averages over sequences, each sequence's tokens averaged: the learner aggregates it so whatever `loss_agg` says.
-GSPO_AGGREGATION = "seq-mean-token-mean"
 
 
 def _clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float, clip_ratio_c: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,7 +238,7 @@ def gspo_loss(
     s * grad logp_t, so every token of a sequence shares one ratio and one clipping decision.
     The mean log-ratio is clamped to ±LOG_RATIO_LIMIT, and `clip_ratio_c` is PPO's dual clip.
     Returns (loss [B, T], clipped [B, T] bool). GSPO's objective is the mean over sequences of
-    each sequence's token mean: aggregate this loss with GSPO_AGGREGATION (the learner does).
+    each sequence's token mean: aggregate this loss with seq-mean-token-mean (AlgoConfig.policy_loss_agg; rl/losses.py does).
     """
     m = mask.to(logprobs.dtype)
     seq_log_ratio = ((logprobs - old_logprobs) * m).sum(-1) / m.sum(-1).clamp(min=1.0)  # [B]

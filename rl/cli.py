@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from rl import logs
-from rl.config import load_config
+from rl.config import Config, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train(cfg) -> int:
+def _train(cfg: Config) -> int:
     from rl.distributed import LearnerRankError
     from rl.trainer import Trainer
 

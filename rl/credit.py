@@ -1,5 +1,8 @@
 """Credit assignment: from scored episodes to one advantage per token, by the estimator named in `algo.advantage`.
 
+Each estimator is one function registered by name (`@register_estimator("grpo")`) in ESTIMATORS,
+all with one signature: `fn(batch: CreditInputs, algo) -> (advantages [B, T], value targets [B, T] or None)`.
+
 Rewards are dense: the process reward of turn k sits on the last token the policy sampled in
 turn k, the outcome (plus DAPO's overlong penalty and, with `kl_in_reward`, minus the KL
 penalty) on its last sampled token. Group estimators (grpo, drgrpo, rloo) use each episode's
@@ -11,21 +14,15 @@ an advantage from the rewards of that turn and after it (`algos.turn_advantages`
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 
 from rl import algos
+from rl.config import AlgoConfig
 from rl.episode import Episode
-
-ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce++", "reinforce++-baseline", "gae", "turn")
-
-
-def pad(rows: list, value: float = 0.0, dtype=torch.float64) -> torch.Tensor:
-    """Right-pad lists or 1-D tensors into one [B, T] tensor."""
-    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=dtype)
-    return out
+from rl.registry import Registry
+from rl.tensors import pad
 
 
 def turn_end_positions(ep: Episode) -> dict[int, int]:
@@ -33,7 +30,7 @@ def turn_end_positions(ep: Episode) -> dict[int, int]:
     return {turn: t for t, (turn, m) in enumerate(zip(ep.turn_ids, ep.loss_mask)) if m}
 
 
-def episode_rewards(ep: Episode, algo) -> tuple[list[float], float]:
+def episode_rewards(ep: Episode, algo: AlgoConfig) -> tuple[list[float], float]:
     """(process rewards by turn, outcome plus overlong penalty) as the estimators see them."""
     process = [0.0] * len(ep.reward.process) if algo.turn_outcome_only else list(ep.reward.process)
     outcome = ep.reward.outcome
@@ -43,7 +40,7 @@ def episode_rewards(ep: Episode, algo) -> tuple[list[float], float]:
     return process, outcome
 
 
-def token_rewards(episodes: list[Episode], algo) -> torch.Tensor:
+def token_rewards(episodes: list[Episode], algo: AlgoConfig) -> torch.Tensor:
     """[B, T] float64: every reward on the last sampled token of the turn (or episode) that earned it."""
     rows = []
     for ep in episodes:
@@ -90,67 +87,115 @@ def judge_mask(ep: Episode, tokenizer, tag: str = "judge") -> list[int]:
     return out
 
 
-def _broadcast(per_episode: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return per_episode[:, None] * mask  # [B] -> [B, T]
+@dataclass
+class CreditInputs:
+    """What an estimator reads about a batch of B episodes, padded to [B, T] (T: the longest episode)."""
+
+    rewards: torch.Tensor  # [B, T] float64: each reward on the token that earned it (token_rewards), minus the KL penalty when it is in the reward
+    mask: torch.Tensor  # [B, T] float64: 1 on the tokens the policy sampled
+    groups: torch.Tensor  # [B] group id of each episode (its task's GRPO group)
+    turn_ids: torch.Tensor  # [B, T] long: the turn of each token (PROMPT_TURN on the prompt, 0 on padding)
+    turns: torch.Tensor  # [B] long: turns of each episode, as its process rewards count them (at least 1)
+    values: torch.Tensor | None = None  # [B, T] critic values at sampling time (gae)
 
 
-def estimate(name: str, episodes: list[Episode], algo, values: torch.Tensor | None, kl: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Advantages [B, T] (0 off policy tokens) by estimator `name`, and value targets [B, T] for gae.
+# One function per estimator: fn(batch: CreditInputs, algo) -> (advantages [B, T], 0 off policy tokens; value targets [B, T] or None).
+ESTIMATORS = Registry("advantage estimator", "advantage")
+register_estimator = ESTIMATORS.register
 
-    values: [B, T] critic values at sampling time (gae only); kl: [B, T] per-token KL penalty
-    already multiplied by its coefficient, subtracted from the rewards (None: KL not in the reward).
-    """
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}: use one of {ESTIMATORS}")
+
+def credit_inputs(episodes: list[Episode], algo: AlgoConfig, values: torch.Tensor | None = None, kl: torch.Tensor | None = None) -> CreditInputs:
+    """values: [B, T] critic values at sampling time; kl: [B, T] per-token KL penalty already multiplied
+    by its coefficient, subtracted from the rewards on policy tokens (None: KL not in the reward)."""
     mask = pad([ep.loss_mask for ep in episodes])  # [B, T]
     rewards = token_rewards(episodes, algo)  # [B, T]
     if kl is not None:
         rewards = rewards - kl * mask
-    groups = torch.tensor([ep.group for ep in episodes])
-    totals = rewards.sum(-1)  # [B]
-    if name in ("grpo", "drgrpo"):
-        return _broadcast(algos.group_advantages(totals, groups, algo.norm_by_std and name == "grpo", lone_score=algo.lone_group_score), mask), None
-    if name == "rloo":
-        return _broadcast(algos.rloo_advantages(totals, groups, algo.lone_group_score), mask), None
-    if name in ("reinforce++", "reinforce++-baseline"):
-        returns = algos.discounted_returns(rewards, mask, algo.gamma)  # [B, T]
-        if name == "reinforce++-baseline":
-            # The group's mean total, the same for every token of every episode of the group. Put on the
-            # last token instead, it would reach token t as gamma^(tokens after t) * mean: a baseline
-            # that the episode's own later actions (when to stop) decide, biased whenever gamma < 1.
-            # The mean includes the episode itself (OpenRLHF's convention).
-            returns = returns - _broadcast(algos.group_mean(totals, groups), mask)
-        return algos.masked_whiten(returns, mask, unbiased=algo.whiten_unbiased), None
-    if name == "gae":
-        if values is None:
-            raise ValueError("advantage 'gae' needs critic values")
-        adv, returns = algos.gae_advantages(rewards, values * mask, mask, algo.gamma, algo.lam)
-        return algos.masked_whiten(adv, mask, unbiased=algo.whiten_unbiased), returns
-    # turn: one reward per turn, the outcome on the last turn, each turn's advantage on its tokens.
-    n_turns = [len(ep.reward.process) or 1 for ep in episodes]
-    turn_r = torch.zeros(len(episodes), max(n_turns), dtype=torch.float64)
-    turn_m = torch.zeros_like(turn_r)
-    for b, ep in enumerate(episodes):
-        turn_m[b, : n_turns[b]] = 1
-        for t in range(len(ep.token_ids)):  # every reward lands on the turn of the token that carries it
-            if rewards[b, t] != 0:
-                turn_r[b, min(max(ep.turn_ids[t], 0), n_turns[b] - 1)] += rewards[b, t]
-    adv = algos.turn_advantages(turn_r, turn_m, groups)  # [B, K]
-    out = torch.zeros_like(mask)
-    for b, ep in enumerate(episodes):
-        for t, (turn, m) in enumerate(zip(ep.turn_ids, ep.loss_mask)):
-            if m:
-                out[b, t] = adv[b, min(turn, n_turns[b] - 1)]
-    return out, None
+    return CreditInputs(
+        rewards=rewards,
+        mask=mask,
+        groups=torch.tensor([ep.group for ep in episodes]),
+        turn_ids=pad([ep.turn_ids for ep in episodes], 0, torch.long),
+        turns=torch.tensor([len(ep.reward.process) or 1 for ep in episodes]),
+        values=values,
+    )
+
+
+def _broadcast(per_episode: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return per_episode[:, None] * mask  # [B] -> [B, T]
+
+
+@register_estimator("grpo")
+def grpo(batch: CreditInputs, algo: AlgoConfig) -> tuple[torch.Tensor, None]:
+    """Each episode's total minus its group's mean, divided by the group's std when `algo.norm_by_std`."""
+    adv = algos.group_advantages(batch.rewards.sum(-1), batch.groups, algo.norm_by_std, lone_score=algo.lone_group_score)  # [B]
+    return _broadcast(adv, batch.mask), None
+
+
+@register_estimator("drgrpo")
+def drgrpo(batch: CreditInputs, algo: AlgoConfig) -> tuple[torch.Tensor, None]:
+    """Dr.GRPO: GRPO without the division by the group's std."""
+    adv = algos.group_advantages(batch.rewards.sum(-1), batch.groups, False, lone_score=algo.lone_group_score)  # [B]
+    return _broadcast(adv, batch.mask), None
+
+
+@register_estimator("rloo")
+def rloo(batch: CreditInputs, algo: AlgoConfig) -> tuple[torch.Tensor, None]:
+    """Each episode's total minus the mean of the other episodes of its group."""
+    return _broadcast(algos.rloo_advantages(batch.rewards.sum(-1), batch.groups, algo.lone_group_score), batch.mask), None
+
+
+@register_estimator("reinforce++")
+def reinforce_pp(batch: CreditInputs, algo: AlgoConfig) -> tuple[torch.Tensor, None]:
+    """Discounted return-to-go of every policy token, whitened over the batch."""
+    returns = algos.discounted_returns(batch.rewards, batch.mask, algo.gamma)  # [B, T]
+    return algos.masked_whiten(returns, batch.mask, unbiased=algo.whiten_unbiased), None
+
+
+@register_estimator("reinforce++-baseline")
+def reinforce_pp_baseline(batch: CreditInputs, algo: AlgoConfig) -> tuple[torch.Tensor, None]:
+    """REINFORCE++'s returns minus the group's mean total, whitened over the batch.
+
+    The baseline is the same for every token of every episode of the group. Put on the last token
+    instead, it would reach token t as gamma^(tokens after t) * mean: a baseline that the episode's
+    own later actions (when to stop) decide, biased whenever gamma < 1. The mean includes the
+    episode itself (OpenRLHF's convention).
+    """
+    returns = algos.discounted_returns(batch.rewards, batch.mask, algo.gamma)  # [B, T]
+    returns = returns - _broadcast(algos.group_mean(batch.rewards.sum(-1), batch.groups), batch.mask)
+    return algos.masked_whiten(returns, batch.mask, unbiased=algo.whiten_unbiased), None
+
+
+@register_estimator("gae")
+def gae(batch: CreditInputs, algo: AlgoConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over policy tokens with the critic's values, whitened; the un-whitened advantages plus values are the critic's targets."""
+    if batch.values is None:
+        raise ValueError("advantage 'gae' needs critic values")
+    adv, returns = algos.gae_advantages(batch.rewards, batch.values * batch.mask, batch.mask, algo.gamma, algo.lam)
+    return algos.masked_whiten(adv, batch.mask, unbiased=algo.whiten_unbiased), returns
+
+
+@register_estimator("turn")
+def turn_level(batch: CreditInputs, algo: AlgoConfig) -> tuple[torch.Tensor, None]:
+    """One reward per turn (the outcome on the last turn), each turn's advantage (algos.turn_advantages) on its tokens."""
+    turn_of = batch.turn_ids.clamp(min=0).minimum(batch.turns[:, None] - 1)  # [B, T]: the turn a token's reward and advantage belong to
+    turn_r = torch.zeros(len(batch.turns), int(batch.turns.max()), dtype=torch.float64)  # [B, K]
+    for b, t in batch.rewards.nonzero().tolist():  # in token order: each turn's rewards add up in the order they were earned
+        turn_r[b, int(turn_of[b, t])] += batch.rewards[b, t]
+    turn_m = (torch.arange(turn_r.shape[1]) < batch.turns[:, None]).to(turn_r.dtype)  # [B, K]
+    adv = algos.turn_advantages(turn_r, turn_m, batch.groups)  # [B, K]
+    return torch.where(batch.mask.bool(), adv.gather(1, turn_of), 0.0), None
 
 
 def token_advantages(
-    episodes: list[Episode], algo, values: torch.Tensor | None = None, kl: torch.Tensor | None = None, judge: list[list[int]] | None = None
+    episodes: list[Episode], algo: AlgoConfig, values: torch.Tensor | None = None, kl: torch.Tensor | None = None, judge: list[list[int]] | None = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Per-token float32 advantages of each episode (and gae's value targets), judge spans by their own estimator."""
-    adv, returns = estimate(algo.advantage, episodes, algo, values, kl)
+    """Per-token float32 advantages of each episode by the estimator `algo.advantage` (and gae's value targets),
+    judge spans by `algo.judge_advantage`. values, kl: [B, T], as `credit_inputs` takes them."""
+    batch = credit_inputs(episodes, algo, values, kl)
+    adv, returns = ESTIMATORS[algo.advantage](batch, algo)
     if algo.judge_advantage and judge is not None:
-        judge_adv, judge_returns = estimate(algo.judge_advantage, episodes, algo, values, kl)
+        judge_adv, judge_returns = ESTIMATORS[algo.judge_advantage](batch, algo)
         role = pad(judge)
         adv = role * judge_adv + (1 - role) * adv
         returns = returns if returns is not None else judge_returns  # the critic learns whenever one role uses it

@@ -40,7 +40,7 @@ from transformers import TrainerCallback
 
 from envs.registry import get_env_spec
 from rl import logs
-from rl.config import load_config
+from rl.config import Config, load_config
 from rl.evaluate import evaluate, format_table
 from rl.trainer import Trainer, latest_checkpoint
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 STAGES = ["model_build", "sft_data", "sft", "rollout", "learner", "sync", "eval"]
 
 
-def evaluate_both_ways(cfg, checkpoint: Path, run_dir: Path, name: str, samples: int) -> dict[str, float]:
+def evaluate_both_ways(cfg: Config, checkpoint: Path, run_dir: Path, name: str, samples: int) -> dict[str, float]:
     """Greedy metrics, then (with `samples` > 0) the sampled ones under "sampled/" and pass@samples."""
     metrics = evaluate(cfg, checkpoint, run_dir / f"eval_{name}_episodes.jsonl")
     if samples:

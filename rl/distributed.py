@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from rl import algos
 from rl.config import AlgoConfig, LearnerConfig
 from rl.episode import PROMPT_TURN, Episode
 from rl.learner import Learner, minibatch_counts
@@ -153,16 +154,16 @@ class LearnerRank:
                 "critic": self.learner.value_head is not None}
 
     def logprobs(self, sequences: list[list[int]], reference: bool) -> list[torch.Tensor]:
-        return self.learner.reference_logprobs(sequences) if reference else self.learner.logprobs(sequences)
+        return self.learner.logprobs(sequences, self.learner.ref_model if reference else None)
 
-    def values(self, sequences: list[list[int]]) -> list[torch.Tensor]:
-        return self.learner.values(sequences)
+    def sampling_values(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        return self.learner.sampling_values(sequences)
 
     def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
         out = self.learner.probe_logprobs(sequences)
         return out if self.rank == 0 else None
 
-    def train_minibatch(self, share: dict, counts: tuple[float, float], fresh: bool) -> tuple[dict[str, float], list, float]:
+    def train_minibatch(self, share: dict, counts: dict[str, float], fresh: bool) -> tuple[dict[str, float], list, float]:
         """Forward and backward over this rank's share of one mini-batch, then the optimizer step.
         Returns (metrics, the learner's logprobs of each episode of the share when fresh, learning rate)."""
         if fresh:
@@ -322,14 +323,18 @@ class ShardedLearner:
     def logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
         return self._per_sequence("logprobs", sequences, reference=False)
 
-    def reference_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
+    def _reference_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
         return self._per_sequence("logprobs", sequences, reference=True) if self.has_reference else None
 
-    def values(self, sequences: list[list[int]]) -> list[torch.Tensor]:
-        return self._per_sequence("values", sequences)
+    def kl_to_reference(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
+        """Per-token KL penalty (`algo.kl_estimator`) of the policy to the reference; None without a reference."""
+        reference = self._reference_logprobs(sequences)
+        if reference is None:
+            return None
+        return [algos.kl_penalty(lp, ref, self.algo.kl_estimator) for lp, ref in zip(self.logprobs(sequences), reference)]
 
     def sampling_values(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
-        return self.values(sequences) if self.has_critic else None
+        return self._per_sequence("sampling_values", sequences) if self.has_critic else None
 
     def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
         return self._wait([r.probe_logprobs.remote(sequences) for r in self.ranks], "probe")[0]
@@ -343,7 +348,7 @@ class ShardedLearner:
         cfg = self.cfg
         sequences = [ep.token_ids for ep in episodes]
         old = self.logprobs(sequences) if cfg.optim_steps_per_batch * cfg.epochs > 1 else None
-        ref = self.reference_logprobs(sequences) if not self.algo.kl_in_reward else None
+        ref = self._reference_logprobs(sequences) if not self.algo.kl_in_reward else None
         n_mini = max(1, min(cfg.optim_steps_per_batch, len(episodes)))
         history: list[dict[str, float]] = []
         for epoch in range(cfg.epochs):

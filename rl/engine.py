@@ -14,12 +14,13 @@ distribution, a known small bias shared with every peer system.)
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from transformers import DynamicCache
+
+from rl.tensors import distinct_rows, forward_args
 
 
 @dataclass
@@ -99,11 +100,10 @@ class HFEngine:
         # (cache, tokens each row holds, first column of each row) of the last generate: the next turn of
         # the same episodes continues from it. Dropped by a weight update.
         self._previous = None
-        # transformers renamed `past_key_values` to `cache` during 5.x; take whichever this version has.
-        forward_args = inspect.signature(model.forward).parameters
-        self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        args = forward_args(model)
+        self.cache_arg = args.cache
         # Only the last position's logits are sampled from: skip the LM head on the rest of the prompt.
-        self.last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
+        self.last_logits_only = {"logits_to_keep": 1} if args.logits_to_keep else {}
 
     @torch.no_grad()
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
@@ -209,12 +209,9 @@ class HFEngine:
             attention = None  # no row is padded: plain causal attention, and no mask to build at every step
         cache = DynamicCache()
         # A GRPO group repeats one prompt: prefill each distinct prompt once, then give every row its copy.
-        first_row: dict[tuple[int, ...], int] = {}
-        copy_of = [first_row.setdefault(tuple(r.prompt_ids), i) for i, r in enumerate(requests)]
-        distinct = sorted(first_row.values())
+        distinct, copy_of = distinct_rows([tuple(r.prompt_ids) for r in requests])
         if len(distinct) < batch:
-            slot = {row: k for k, row in enumerate(distinct)}
-            expand = torch.tensor([slot[row] for row in copy_of], device=self.device)
+            expand = torch.tensor(copy_of, device=self.device)
             logits = self._forward(input_ids[distinct], attention if attention is None else attention[distinct], positions[distinct], cache)[expand]
             cache.reorder_cache(expand)
         else:

@@ -1,4 +1,4 @@
-"""The learner: recomputes logprobs on the training sequences and takes PPO-clipped policy-gradient steps.
+"""The learner: recomputes logprobs on the training sequences and takes policy-gradient steps on rl/losses.py's loss.
 
 One optimizer step per mini-batch, each split into micro-batches whose gradients
 accumulate; the loss is normalized by the token/sequence counts of the whole
@@ -8,27 +8,26 @@ Master weights stay float32; on CUDA the forward pass runs under bf16 autocast.
 
 from __future__ import annotations
 
-import inspect
-import itertools
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from transformers import DynamicCache
 
-from rl import algos, lora
+from rl import algos, lora, losses
 from rl.config import AlgoConfig, LearnerConfig
 from rl.episode import Episode
+from rl.losses import LossInputs
 from rl.model import load_model, resolve_device
+from rl.tensors import autocast, distinct_rows, forward_args, pad
 from rl.value import ValueHead
 from rl.workers import bucketed
 
 
-def minibatch_counts(episodes: list[Episode], algo: AlgoConfig) -> tuple[float, float]:
-    """(policy tokens, sequences) a mini-batch's loss is normalized by."""
-    num_tokens = float(sum(sum(ep.loss_mask) for ep in episodes))
-    num_seqs = float(sum(1 in ep.loss_mask for ep in episodes) if algo.seq_mean_skips_empty else len(episodes))
-    return num_tokens, num_seqs
+def minibatch_counts(episodes: list[Episode], algo: AlgoConfig) -> dict[str, float]:
+    """The mini-batch's policy tokens and sequences, which every loss term divides by."""
+    num_seqs = sum(1 in ep.loss_mask for ep in episodes) if algo.seq_mean_skips_empty else len(episodes)
+    return {"num_tokens": float(sum(sum(ep.loss_mask) for ep in episodes)), "num_seqs": float(num_seqs)}
 
 
 class Learner:
@@ -39,9 +38,8 @@ class Learner:
         # With LoRA the adapters sit on the base model, whatever `model_path` holds (a checkpoint's merged weights).
         model = load_model(ref_path or model_path if cfg.lora_rank else model_path, self.device)
         # Logits (the LM head and its softmax) are needed only from the first policy token on.
-        forward_args = inspect.signature(model.forward).parameters
-        self.can_skip_logits = "logits_to_keep" in forward_args
-        self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed during transformers 5.x
+        args = forward_args(model)
+        self.can_skip_logits, self.cache_arg = args.logits_to_keep, args.cache
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if cfg.lora_rank:
@@ -80,33 +78,15 @@ class Learner:
 
     # ------------------------------------------------------------ batches
 
-    def _pad(self, rows: list, value: float, dtype: torch.dtype) -> torch.Tensor:
-        """Right-pad lists or 1-D tensors into one [B, T] tensor on the device.
-
-        One host tensor for all rows (not one per row), so padding stays off the critical path.
-        """
-        lengths = torch.tensor([len(r) for r in rows])
-        if isinstance(rows[0], torch.Tensor):
-            flat = torch.cat(rows).to(dtype)
-        else:
-            flat = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=dtype)
-        out = torch.full((len(rows), int(lengths.max())), value, dtype=dtype)
-        out[torch.arange(out.shape[1]) < lengths[:, None]] = flat
-        if self.device.type == "cuda":
-            return out.pin_memory().to(self.device, non_blocking=True)
-        return out
-
     def _forward_logprobs(self, model, token_ids: torch.Tensor, bf16: bool | None = None, temperature: float | None = None,
                           hidden: bool = False, start: int = 1):
         """[B, T] float32 logprobs of right-padded `token_ids` (padding only follows real tokens,
         and attention is causal, so no real token ever sees padding: no attention mask is needed).
         Columns before `start` (prompt tokens no loss reads) are 0, and their logits are not computed.
         hidden=True: also the last hidden states [B, T, H] (for the value head)."""
-        if bf16 is None:
-            bf16 = self.cfg.bf16 and self.device.type == "cuda"
         start = max(1, start) if self.can_skip_logits and model is self.model else 1
         keep = {"logits_to_keep": token_ids.shape[1] - start + 1} if start > 1 else {}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(self.device, self.cfg.bf16 if bf16 is None else bf16):
             out = model(input_ids=token_ids, use_cache=False, output_hidden_states=hidden, **keep)
         # out.logits covers positions start-1 .. T-1: the logits that predict tokens start .. T-1 (and one past the end).
         lp = algos.token_logprobs(out.logits, token_ids[:, start - 1 :], self.temperature if temperature is None else temperature)
@@ -123,14 +103,11 @@ class Learner:
         one prompt pass. Same logprobs and gradients as the full forward, with fewer tokens.
         """
         prompt_len = [ep.loss_mask.index(1) if 1 in ep.loss_mask else 0 for ep in part]
-        first_row: dict[tuple[int, ...], int] = {}
-        copy_of = [first_row.setdefault(tuple(ep.token_ids[:n]), i) for i, (ep, n) in enumerate(zip(part, prompt_len))]
-        distinct = sorted(first_row.values())
+        distinct, copy_of = distinct_rows([tuple(ep.token_ids[:n]) for ep, n in zip(part, prompt_len)])
         shared = min(prompt_len) >= 1 and len(distinct) < len(part)
         if not self._on_all_ranks(shared and not self.cfg.gradient_checkpointing):  # checkpointed layers run without a KV cache
             return None
-        slot = {row: k for k, row in enumerate(distinct)}
-        expand = torch.tensor([slot[row] for row in copy_of], device=self.device)  # [b] -> its prompt's row
+        expand = torch.tensor(copy_of, device=self.device)  # [b] -> its prompt's row
         longest = max(prompt_len)
         prompt_ids = torch.zeros((len(distinct), longest), dtype=torch.long)
         prompt_attention = torch.zeros((len(distinct), longest), dtype=torch.long)
@@ -139,12 +116,12 @@ class Learner:
             prompt_ids[k, longest - n :] = torch.tensor(part[row].token_ids[:n])
             prompt_attention[k, longest - n :] = 1
         prompt_ids, prompt_attention = prompt_ids.to(self.device), prompt_attention.to(self.device)
-        rest_ids = self._pad([ep.token_ids[n:] for ep, n in zip(part, prompt_len)], 0, torch.long)  # [b, C], right-padded
+        rest_ids = pad([ep.token_ids[n:] for ep, n in zip(part, prompt_len)], 0, torch.long, self.device)  # [b, C], right-padded
         offsets = torch.tensor(prompt_len, device=self.device)[:, None]  # [b, 1]
         rest_positions = offsets + torch.arange(rest_ids.shape[1], device=self.device)  # [b, C]
         cache = DynamicCache()
         keep_last = {"logits_to_keep": 1} if self.can_skip_logits else {}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16 and self.device.type == "cuda"):
+        with autocast(self.device, self.cfg.bf16):
             prompt_out = self.model(input_ids=prompt_ids, attention_mask=prompt_attention, position_ids=(prompt_attention.cumsum(-1) - 1).clamp(min=0),
                                     use_cache=True, **{self.cache_arg: cache}, **keep_last)
             cache.reorder_cache(expand)  # index_select: differentiable, so the copies' gradients sum into the prompt
@@ -161,21 +138,32 @@ class Learner:
     def _values(self, token_ids: torch.Tensor, policy_hidden: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T] critic values; `policy_hidden`: the policy's last hidden states when the head shares its backbone."""
         if self.critic_model is not None:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16 and self.device.type == "cuda"):
+            with autocast(self.device, self.cfg.bf16):
                 policy_hidden = self.critic_model(input_ids=token_ids, use_cache=False, output_hidden_states=True).hidden_states[-1]
         return self.value_head(policy_hidden)
 
     @torch.no_grad()
-    def values(self, sequences: list[list[int]]) -> list[torch.Tensor]:
-        """Critic value at every token of every sequence (the values at sampling time), on CPU."""
+    def sampling_values(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
+        """The critic's value at every token of every sequence (the values at sampling time), on CPU; None without a critic."""
+        if self.value_head is None:
+            return None
         out = []
         for start in range(0, len(sequences), self.cfg.micro_batch_size):
             rows = sequences[start : start + self.cfg.micro_batch_size]
-            ids = self._pad(rows, 0, torch.long)
+            ids = pad(rows, 0, torch.long, self.device)
             hidden = self._forward_logprobs(self.model, ids, hidden=True)[1] if self.critic_model is None else None
             v = self._values(ids, hidden).cpu()
             out += [v[i, : len(r)] for i, r in enumerate(rows)]
         return out
+
+    @torch.no_grad()
+    def kl_to_reference(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
+        """Per-token KL penalty (`algo.kl_estimator`) of the current policy to the reference on every sequence, on CPU;
+        None without a reference model (`algo.kl_coef` 0)."""
+        if self.ref_model is None:
+            return None
+        policy, reference = self.logprobs(sequences), self.logprobs(sequences, self.ref_model)
+        return [algos.kl_penalty(lp, ref, self.algo.kl_estimator) for lp, ref in zip(policy, reference)]
 
     @torch.no_grad()
     def logprobs(self, sequences: list[list[int]], model=None) -> list[torch.Tensor]:
@@ -184,23 +172,15 @@ class Learner:
         out = []
         for start in range(0, len(sequences), self.cfg.micro_batch_size):
             rows = sequences[start : start + self.cfg.micro_batch_size]
-            lp = self._forward_logprobs(model, self._pad(rows, 0, torch.long)).cpu()
+            lp = self._forward_logprobs(model, pad(rows, 0, torch.long, self.device)).cpu()
             out += [lp[i, : len(r)] for i, r in enumerate(rows)]
         return out
-
-    def reference_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
-        """Logprobs under the reference policy of the KL term (None: no KL)."""
-        return self.logprobs(sequences, self.ref_model) if self.ref_model is not None else None
-
-    def sampling_values(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
-        """The critic's values at sampling time (None: no critic)."""
-        return self.values(sequences) if self.value_head is not None else None
 
     @torch.no_grad()
     def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
         """Float32 logprobs (no autocast, temperature 1) of each sequence, in one right-padded forward:
         the reference an engine must match after a weight sync, computed as the engines' `probe_logprobs` do."""
-        lp = self._forward_logprobs(self.model, self._pad(sequences, 0, torch.long), bf16=False, temperature=1.0).cpu()
+        lp = self._forward_logprobs(self.model, pad(sequences, 0, torch.long, self.device), bf16=False, temperature=1.0).cpu()
         return [lp[i, : len(ids)] for i, ids in enumerate(sequences)]
 
     # ------------------------------------------------------------ update
@@ -208,14 +188,14 @@ class Learner:
     def update(
         self, episodes: list[Episode], advantages: list[torch.Tensor], returns: list[torch.Tensor] | None = None, old_values: list[torch.Tensor] | None = None
     ) -> dict[str, float]:
-        """PPO-clipped policy-gradient steps on `episodes`; advantages[i] is per token of episode i.
+        """Policy-gradient steps on `episodes`; advantages[i] is per token of episode i.
         With a critic, returns[i] / old_values[i] are its per-token targets and values at sampling time."""
         cfg = self.cfg
         sequences = [ep.token_ids for ep in episodes]
         # With one optimizer step on fresh samples, the "old" policy is the current one:
         # its logprobs are the detached current ones and no extra forward pass is needed.
         old = self.logprobs(sequences) if cfg.optim_steps_per_batch * cfg.epochs > 1 else None
-        ref = self.reference_logprobs(sequences) if not self.algo.kl_in_reward else None
+        ref = self.logprobs(sequences, self.ref_model) if self.ref_model is not None and not self.algo.kl_in_reward else None
 
         n_mini = max(1, min(cfg.optim_steps_per_batch, len(episodes)))
         minibatches = [list(range(k, len(episodes), n_mini)) for k in range(n_mini)]
@@ -246,90 +226,67 @@ class Learner:
 
     def accumulate(
         self, episodes: list[Episode], advantages: list[torch.Tensor], old=None, ref=None, fresh=False, returns=None, old_values=None, seen=None,
-        counts: tuple[float, float] | None = None,
+        counts: dict[str, float] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Forward and backward over one mini-batch in micro-batches; gradients add up in `.grad`.
 
-        The loss is normalized by the mini-batch's token and sequence counts, so the summed
-        gradient does not depend on the micro-batch size. `old`/`ref`: per-episode logprobs
-        of the old and reference policies (None: old = current detached, no KL). `fresh`:
-        the model is still the sampling policy, so engine/learner mismatch is measured.
-        `returns`/`old_values`: the critic's targets and values at sampling time (None: no critic loss).
-        `seen`: when fresh, (episode, learner logprob per token) pairs are appended to it, for the episode logs.
-        `counts`: (policy tokens, sequences) to normalize by, when `episodes` are one rank's share of a mini-batch.
-        Returns 0-d tensors (on the device, so nothing waits for the GPU here).
+        Per episode: `old`/`ref` logprobs (None: old = current detached, no KL term), the critic's
+        `returns`/`old_values` (None: no value term). `fresh`: the model is still the sampling policy,
+        so the engine/learner mismatch is measured and (episode, learner logprobs) pairs go to `seen`.
+        `counts`: what to normalize by when `episodes` are one rank's share of a mini-batch (minibatch_counts).
+        Returns 0-d tensors on the device, so nothing waits for the GPU here.
         """
-        algo, mb = self.algo, self.cfg.micro_batch_size
-        num_tokens, num_seqs = counts or minibatch_counts(episodes, algo)
-        zero = torch.zeros((), device=self.device)
-        sums = {"loss": zero, "clip_frac": zero}
-        if ref is not None:
-            sums["kl_ref"] = zero
-        if algo.tis_cap > 0:
-            sums["tis_weight"], sums["tis_capped_frac"] = zero, zero
-        if fresh:
-            sums["mismatch_kl"], sums["mismatch_max_abs"], sums["mismatch_seq_max_abs"] = zero, zero, zero
         critic = returns is not None and self.value_head is not None
-        if critic:
-            sums["value_loss"], sums["value_clip_frac"] = zero, zero
-        # Micro-batches of episodes of similar length, so little compute goes to padding (search episodes
-        # run from one search to several: padded to the longest, two thirds of a batch was padding). The
-        # loss is normalized by the mini-batch's totals, so the grouping changes no gradient.
-        by_length = sorted(range(len(episodes)), key=lambda i: len(episodes[i].token_ids))
-        for start in range(0, len(episodes), mb):
-            rows = by_length[start : start + mb]
+        per_episode = {"advantages": advantages, "mask": [ep.loss_mask for ep in episodes], "old_logprobs": old, "ref_logprobs": ref,
+                       "sampler_logprobs": [ep.logprobs for ep in episodes] if self.algo.tis_cap > 0 or fresh else None,
+                       "returns": returns if critic else None, "old_values": old_values if critic else None}
+        counts = counts or minibatch_counts(episodes, self.algo)
+        totals: dict[str, torch.Tensor] = {}
+        for rows in self._micro_batches(episodes):
             part = [episodes[i] for i in rows]
-            pick = lambda xs: [xs[i] for i in rows]  # noqa: E731
-            ids = self._pad([ep.token_ids for ep in part], 0, torch.long)  # [b, T]
-            mask = self._pad([ep.loss_mask for ep in part], 0, torch.float32)
-            adv = self._pad(pick(advantages), 0.0, torch.float32)
-            hidden = None
-            first_policy_token = min((ep.loss_mask.index(1) for ep in part if 1 in ep.loss_mask), default=1)
-            if critic and self.critic_model is None:
-                logp, hidden = self._forward_logprobs(self.model, ids, hidden=True, start=first_policy_token)
-            else:
-                logp = self._shared_prompt_logprobs(part, ids.shape[1])
-                if logp is None:
-                    logp = self._forward_logprobs(self.model, ids, start=first_policy_token)
-            old_logp = self._pad(pick(old), 0.0, torch.float32) if old is not None else logp.detach()
-            if algo.policy_loss == "gspo":
-                token_loss, clipped = algos.gspo_loss(logp, old_logp, adv, mask, algo.clip_low, algo.clip_high, algo.clip_ratio_c)
-            else:
-                token_loss, clipped = algos.ppo_clip_loss(logp, old_logp, adv, algo.clip_low, algo.clip_high, algo.clip_ratio_c)
-            behaviour = self._pad([ep.logprobs for ep in part], 0.0, torch.float32) if algo.tis_cap > 0 or fresh else None
-            if algo.tis_cap > 0:
-                # Samples from a stale or mismatched engine: reweight them towards the old policy.
-                weight = algos.truncated_is_weight(old_logp, behaviour, algo.tis_cap, mask, algo.tis_level)
-                token_loss = token_loss * weight
-                sums["tis_weight"] = sums["tis_weight"] + (weight * mask).sum() / max(num_tokens, 1.0)
-                sums["tis_capped_frac"] = sums["tis_capped_frac"] + ((weight >= algo.tis_cap).float() * mask).sum() / max(num_tokens, 1.0)
-            loss = algos.aggregate_loss(token_loss, mask, algo.policy_loss_agg, num_tokens, num_seqs)
-            if ref is not None:
-                kl = algos.kl_penalty(logp, self._pad(pick(ref), 0.0, torch.float32), algo.kl_estimator)
-                loss = loss + algo.kl_coef * algos.aggregate_loss(kl, mask, algo.loss_agg, num_tokens, num_seqs)
-                sums["kl_ref"] = sums["kl_ref"] + (kl.detach() * mask).sum() / max(num_tokens, 1.0)
-            if critic:
-                values = self._values(ids, hidden)
-                v_loss, v_clipped = algos.clipped_value_loss(
-                    values, self._pad(pick(old_values), 0.0, torch.float32), self._pad(pick(returns), 0.0, torch.float32), algo.value_clip
-                )
-                v_loss = algos.aggregate_loss(v_loss, mask, algo.loss_agg, num_tokens, num_seqs)
-                loss = loss + algo.vf_coef * v_loss
-                sums["value_loss"] = sums["value_loss"] + v_loss.detach()
-                sums["value_clip_frac"] = sums["value_clip_frac"] + (v_clipped.float() * mask).sum() / max(num_tokens, 1.0)
+            logp, values = self._forward(part, critic)
+            inputs = self._loss_inputs(rows, per_episode, counts, logp, values)
+            loss, metrics = losses.total_loss(inputs, self.algo)
             loss.backward()
-            sums["loss"] = sums["loss"] + loss.detach()
-            sums["clip_frac"] = sums["clip_frac"] + (clipped.float() * mask).sum() / max(num_tokens, 1.0)
             if fresh:
-                diff = (logp.detach() - behaviour) * mask
-                # k3 estimate of KL(sampler || learner) on sampled tokens: the engine/learner mismatch.
-                sums["mismatch_kl"] = sums["mismatch_kl"] + ((torch.exp(diff) - 1 - diff) * mask).sum() / max(num_tokens, 1.0)
-                sums["mismatch_max_abs"] = torch.maximum(sums["mismatch_max_abs"], diff.abs().max())
-                # Sequence level: |log pi_learner(seq) - log pi_sampler(seq)|, what a sequence-level TIS weight sees.
-                sums["mismatch_seq_max_abs"] = torch.maximum(sums["mismatch_seq_max_abs"], diff.sum(-1).abs().max())
+                metrics |= losses.mismatch_metrics(inputs)
                 if seen is not None:
-                    seen += [(ep, (logp[j, : len(ep.token_ids)].detach() * mask[j, : len(ep.token_ids)]).cpu()) for j, ep in enumerate(part)]
-        return sums
+                    seen += [(ep, (logp[j, : len(ep.token_ids)].detach() * inputs.mask[j, : len(ep.token_ids)]).cpu()) for j, ep in enumerate(part)]
+            totals = losses.add_metrics(totals, metrics)
+        return totals
+
+    def _micro_batches(self, episodes: list[Episode]) -> list[list[int]]:
+        """Indices of `episodes`, micro_batch_size at a time, sorted by length.
+
+        Episodes of similar length share a micro-batch, so little compute goes to padding (search episodes
+        run from one search to several: padded to the longest, two thirds of a batch was padding). The
+        loss is normalized by the mini-batch's totals, so the grouping changes no gradient.
+        """
+        by_length = sorted(range(len(episodes)), key=lambda i: len(episodes[i].token_ids))
+        return [by_length[start : start + self.cfg.micro_batch_size] for start in range(0, len(episodes), self.cfg.micro_batch_size)]
+
+    def _forward(self, part: list[Episode], critic: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logprobs [b, T], the critic's values [b, T] or None) of a micro-batch, with autograd.
+
+        The head critic reads the policy's hidden states, so it takes the plain forward; otherwise
+        a prompt shared by several episodes runs once.
+        """
+        ids = pad([ep.token_ids for ep in part], 0, torch.long, self.device)  # [b, T]
+        first_policy_token = min((ep.loss_mask.index(1) for ep in part if 1 in ep.loss_mask), default=1)
+        if critic and self.critic_model is None:
+            logp, hidden = self._forward_logprobs(self.model, ids, hidden=True, start=first_policy_token)
+            return logp, self._values(ids, hidden)
+        logp = self._shared_prompt_logprobs(part, ids.shape[1])
+        if logp is None:
+            logp = self._forward_logprobs(self.model, ids, start=first_policy_token)
+        return logp, (self._values(ids) if critic else None)
+
+    def _loss_inputs(self, rows: list[int], per_episode: dict, counts: dict[str, float], logp: torch.Tensor, values: torch.Tensor | None) -> LossInputs:
+        """The micro-batch `rows`: each list of `per_episode` (LossInputs' field -> one entry per episode of the
+        mini-batch, or None) cut to these rows and padded to [b, T] on the device."""
+        padded = {k: pad([v[i] for i in rows], 0.0, torch.float32, self.device) for k, v in per_episode.items() if v is not None}
+        padded.setdefault("old_logprobs", logp.detach())  # one optimizer step on fresh samples: the old policy is the current one
+        return LossInputs(logprobs=logp, values=values, **padded, **counts)
 
     def _optimizer_step(self) -> dict[str, torch.Tensor]:
         out = {"grad_norm": self._step(self.model.parameters(), self.optimizer)}

@@ -8,7 +8,6 @@ normal Hugging Face directory, which the rest of the code loads with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch

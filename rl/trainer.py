@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from envs.registry import get_env_spec
 from rewards import build_reward
@@ -47,9 +47,10 @@ from rl.chat import TurnFormatter
 from rl.config import Config, build_params, to_dict
 from rl.episode import Episode
 from rl.learner import Learner
+from rl.model import starting_model
 from rl.plots import plot_run
 from rl.scoring import env_metrics, episode_metrics, episode_seed, eval_items, report_failures, score
-from rl.model import starting_model
+from rl.tensors import pad
 from rl.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
 
 log = logging.getLogger(__name__)
@@ -239,17 +240,12 @@ class Trainer:
     def credit(self, batch: list[Episode]) -> tuple[list[torch.Tensor], dict]:
         """Per-token advantages of the scored episodes (rl/credit.py), and the critic's inputs to the update."""
         algo, sequences = self.cfg.algo, [ep.token_ids for ep in batch]
-        kl = values = judge = None
-        ref = self.learner.reference_logprobs(sequences) if algo.kl_in_reward else None
-        if ref is not None:
-            per_token = [algos.kl_penalty(lp, r, algo.kl_estimator) for lp, r in zip(self.learner.logprobs(sequences), ref)]
-            kl = algo.kl_coef * credit.pad(per_token)
-        old_values = self.learner.sampling_values(sequences)
-        if old_values is not None:
-            values = credit.pad(old_values)
-        if algo.judge_advantage:
-            judge = [credit.judge_mask(ep, self.tokenizer, algo.judge_tag) for ep in batch]
-        token_adv, returns = credit.token_advantages(batch, algo, values, kl, judge)
+        kl = self.learner.kl_to_reference(sequences) if algo.kl_in_reward else None  # per episode; None without a reference model
+        old_values = self.learner.sampling_values(sequences)  # per episode; None without a critic
+        judge = [credit.judge_mask(ep, self.tokenizer, algo.judge_tag) for ep in batch] if algo.judge_advantage else None
+        token_adv, returns = credit.token_advantages(
+            batch, algo, pad(old_values) if old_values is not None else None, algo.kl_coef * pad(kl) if kl is not None else None, judge
+        )
         return token_adv, ({"returns": returns, "old_values": old_values} if returns is not None else {})
 
     def dynamic_sampling(self, step: int, episodes: list[Episode], metrics: dict[str, float]) -> list[Episode]:

@@ -22,7 +22,6 @@ import importlib.util
 import math
 import os
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np

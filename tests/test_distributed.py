@@ -163,7 +163,7 @@ def test_lora_trains_only_the_adapters_and_the_engine_serves_them_merged(tiny_mo
     assert metrics["trainable_params"] == learner.trainable_params and metrics["grad_norm"] > 0
     sequences = [ep.token_ids for ep in episodes]
     # The KL reference is the base model: the adapters switched off, whatever they learned.
-    ref = learner.reference_logprobs(sequences)
+    ref = learner.logprobs(sequences, learner.ref_model)
     expected = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(sequences)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, expected))
     merged = dict(learner.named_weights())

@@ -14,6 +14,7 @@ from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, load_config
 from rl.engine import HFEngine
 from rl.learner import Learner
 from rl.rollout import rollout
+from rl.tensors import pad
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,8 @@ def test_shared_prompt_forward_gives_the_full_forward_logprobs_and_gradients(tin
         stats = learner.accumulate(episodes, advantages, old=old)
         results.append((stats, grads(learner)))
     shared = learner._shared_prompt_logprobs(episodes, max(len(ep.token_ids) for ep in episodes))
-    full = learner._forward_logprobs(learner.model, learner._pad([ep.token_ids for ep in episodes], 0, torch.long))
-    mask = learner._pad([ep.loss_mask for ep in episodes], 0, torch.float32)
+    full = learner._forward_logprobs(learner.model, pad([ep.token_ids for ep in episodes], 0, torch.long))
+    mask = pad([ep.loss_mask for ep in episodes], 0, torch.float32)
     assert shared is not None and torch.allclose(shared * mask, full * mask, atol=1e-5)
     (s1, g1), (s8, g8) = results
     assert float(s1["loss"]) == pytest.approx(float(s8["loss"]), rel=1e-5, abs=1e-7)
@@ -159,7 +160,7 @@ def test_critic_weights_and_optimizer_are_in_the_learner_state(tiny_model_dir, b
     episodes, advantages = batch
     algo = AlgoConfig(advantage="gae")
     learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-2), algo, temperature=1.0)
-    values = learner.values([ep.token_ids for ep in episodes])
+    values = learner.sampling_values([ep.token_ids for ep in episodes])
     assert all((v == 0).all() for v in values)  # the head starts at V = 0
     returns = [torch.ones(len(ep.token_ids)) for ep in episodes]
     metrics = learner.update(episodes, advantages, returns=returns, old_values=values)

@@ -1,0 +1,124 @@
+"""rl/losses.py and the registries: the loss is the sum of its named terms, and an estimator or policy loss
+registered by name is the one a real learner update uses."""
+
+import inspect
+from typing import get_args
+
+import pytest
+import torch
+
+from envs.base import Task
+from envs.lookup import LookupEnv, LookupParams
+from rewards.base import Reward
+from rl import algos, credit
+from rl.chat import TurnFormatter
+from rl.credit import ESTIMATORS, register_estimator
+from rl.engine import HFEngine
+from rl.config import AlgoConfig, Estimator, LearnerConfig, PolicyLoss, RolloutConfig
+from rl.learner import Learner
+from rl.losses import POLICY_LOSSES, LossInputs, register_policy_loss, total_loss
+from rl.rollout import rollout
+
+
+@pytest.fixture(scope="module")
+def episodes(tiny):
+    """Eight scored lookup episodes of different lengths; episode i's outcome is i / 8."""
+    model, tok = tiny
+    items = [(Task(f"t{i}", "what is kalu" + " red" * i, {"answer": "blue"}), i // 4, i) for i in range(8)]
+    eps = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(LookupParams(max_turns=3)), items, RolloutConfig(max_turn_tokens=6))
+    for i, ep in enumerate(eps):
+        ep.reward = Reward([0.0] * len(ep.trajectory.turns), i / 8)
+    assert len({len(ep.token_ids) for ep in eps}) > 1
+    return eps
+
+
+@pytest.fixture
+def toy_policy_loss():
+    """Vanilla policy gradient, -A log pi on every policy token, summed and divided by the mini-batch's sequences."""
+
+    @register_policy_loss("toy-pg")
+    def toy_pg(inputs: LossInputs, algo):
+        loss = -(inputs.advantages * inputs.logprobs * inputs.mask).sum() / inputs.num_seqs
+        return loss, {"toy_token_share": inputs.mask.sum() / inputs.num_tokens}
+
+    yield toy_pg
+    del POLICY_LOSSES["toy-pg"]
+
+
+@pytest.fixture
+def toy_estimator():
+    """Each episode's raw total on every one of its policy tokens: REINFORCE without a baseline."""
+
+    @register_estimator("toy-total")
+    def toy_total(batch: credit.CreditInputs, algo):
+        return batch.rewards.sum(-1)[:, None] * batch.mask, None
+
+    yield toy_total
+    del ESTIMATORS["toy-total"]
+
+
+def test_registries_hold_every_name_and_refuse_unknown_ones():
+    assert tuple(ESTIMATORS) == ("grpo", "drgrpo", "rloo", "reinforce++", "reinforce++-baseline", "gae", "turn")
+    assert tuple(POLICY_LOSSES) == ("ppo", "gspo")
+    with pytest.raises(ValueError, match=r"^unknown policy loss 'cispo': use one of \('ppo', 'gspo'\)$"):
+        POLICY_LOSSES["cispo"]
+    with pytest.raises(ValueError, match=r"unknown policy_loss 'cispo'; did you mean 'gspo'\? \(use one of 'ppo', 'gspo'\)$"):
+        AlgoConfig(policy_loss="cispo")  # the config lists the registry's names
+    assert get_args(Estimator) == tuple(ESTIMATORS) and get_args(PolicyLoss) == tuple(POLICY_LOSSES)  # the typed names are the built-ins
+    with pytest.raises(ValueError, match="advantage estimator 'grpo' registered twice"):
+        register_estimator("grpo")(lambda batch, algo: None)
+    assert ESTIMATORS["grpo"] is credit.grpo  # the failed registration changed nothing
+
+
+def test_a_registered_policy_loss_is_the_one_the_learner_uses(tiny_model_dir, episodes, toy_policy_loss):
+    gen = torch.Generator().manual_seed(0)
+    advantages = [torch.randn((), generator=gen) * torch.tensor(ep.loss_mask, dtype=torch.float32) for ep in episodes]
+    learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=3, lr=1e-2), AlgoConfig(policy_loss="toy-pg"), temperature=1.0)
+    before = learner.logprobs([ep.token_ids for ep in episodes])
+    expected = -sum(float((a * lp * torch.tensor(ep.loss_mask)).sum()) for a, lp, ep in zip(advantages, before, episodes)) / len(episodes)
+    metrics = learner.update(episodes, advantages)
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-5) and expected != 0
+    assert metrics["toy_token_share"] == pytest.approx(1.0)  # three micro-batches, summed: every policy token seen once
+    assert "clip_frac" not in metrics  # PPO's term did not run
+    after = learner.logprobs([ep.token_ids for ep in episodes])
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))  # its gradient took the step
+
+
+def test_a_registered_estimator_is_usable_by_name_through_credit_and_the_learner(tiny_model_dir, episodes, toy_estimator):
+    algo = AlgoConfig(advantage="toy-total")
+    advantages, returns = credit.token_advantages(episodes, algo)
+    assert returns is None
+    for i, (a, ep) in enumerate(zip(advantages, episodes)):
+        assert torch.equal(a, (i / 8) * torch.tensor(ep.loss_mask, dtype=torch.float32))
+    metrics = Learner(tiny_model_dir, LearnerConfig(device="cpu"), algo, temperature=1.0).update(episodes, advantages)
+    # PPO on fresh samples: every ratio is 1, so the token-mean loss is minus the mean advantage over policy tokens.
+    num_tokens = sum(sum(ep.loss_mask) for ep in episodes)
+    assert metrics["loss"] == pytest.approx(-sum(i / 8 * sum(ep.loss_mask) for i, ep in enumerate(episodes)) / num_tokens, rel=1e-6)
+
+
+def test_total_loss_is_the_tis_weighted_policy_loss_plus_kl_and_value_terms():
+    gen = torch.Generator().manual_seed(3)
+    r = lambda: torch.randn(2, 5, generator=gen)  # noqa: E731
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=torch.float32)
+    logprobs, old, sampler, ref = r() - 2, r() - 2, r() - 2, r() - 2
+    values, old_values, returns, advantages = r(), r(), r(), r() * mask
+    inputs = LossInputs(logprobs, old, advantages, mask, num_tokens=12.0, num_seqs=4.0, sampler_logprobs=sampler, ref_logprobs=ref,
+                        values=values, old_values=old_values, returns=returns)
+    algo = AlgoConfig(advantage="gae", tis_cap=1.5, kl_coef=0.3, vf_coef=0.7, loss_agg="seq-mean-token-sum")
+    loss, metrics = total_loss(inputs, algo)
+    weight = algos.truncated_is_weight(old, sampler, 1.5, mask)
+    token_loss, clipped = algos.ppo_clip_loss(logprobs, old, advantages, algo.clip_low, algo.clip_high, algo.clip_ratio_c)
+    per_seq_sum = lambda x: float((x * mask).sum()) / 4.0  # noqa: E731  seq-mean-token-sum over the mini-batch's 4 sequences
+    value_loss = per_seq_sum(algos.clipped_value_loss(values, old_values, returns, algo.value_clip)[0])
+    expected = per_seq_sum(token_loss * weight) + 0.3 * per_seq_sum(algos.kl_penalty(logprobs, ref, "k3+")) + 0.7 * value_loss
+    assert float(loss) == pytest.approx(expected, rel=1e-6) and float(metrics["loss"]) == float(loss)
+    assert float(metrics["value_loss"]) == pytest.approx(value_loss, rel=1e-6)
+    assert float(metrics["tis_weight"]) == pytest.approx(float((weight * mask).sum()) / 12.0, rel=1e-6)
+    assert float(metrics["clip_frac"]) == pytest.approx(float((clipped * mask).sum()) / 12.0)
+    assert {"kl_ref", "tis_capped_frac", "value_clip_frac"} <= metrics.keys()
+    without = LossInputs(logprobs, old, advantages, mask, num_tokens=12.0, num_seqs=4.0, sampler_logprobs=sampler)
+    assert set(total_loss(without, AlgoConfig())[1]) == {"loss", "clip_frac"}  # no reference, no critic, no TIS: the policy term alone
+
+
+def test_accumulate_reads_as_a_short_story():
+    assert len(inspect.getsource(Learner.accumulate).splitlines()) < 40
