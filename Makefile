@@ -43,6 +43,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/spine.py
 	$(PY) benchmarks/workers.py
+	$(PY) benchmarks/distributed.py
 	$(PY) benchmarks/vllm_engine.py
 	$(PY) benchmarks/vs_trl.py
 	$(PY) benchmarks/vs_trl.py --task lookup --new-tokens 16

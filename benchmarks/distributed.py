@@ -101,8 +101,7 @@ def one_rank(model_dir: str, cfg: LearnerConfig, episodes, advantages, steps: in
         start = time.perf_counter()
         learner.update(episodes, advantages)
         times.append(time.perf_counter() - start)
-    return {"update_s": statistics.median(times[1:]), "state": model_state_bytes(learner), "rss": peak_rss(),
-            "trainable": learner.trainable_params, "learner": None}
+    return {"update_s": statistics.median(times[1:]), "state": model_state_bytes(learner), "rss": peak_rss(), "trainable": learner.trainable_params}
 
 
 def sharded(model_dir: str, cfg: LearnerConfig, episodes, advantages, steps: int) -> dict:

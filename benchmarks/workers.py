@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 from envs.lookup import LookupEnv, LookupParams, load_tasks, sample_text
 from rl.config import RolloutConfig, TinyModelConfig, WorkersConfig
 from rl.tiny import build_tiny_model
-from rl.workers import LocalPool, RayPool, RolloutWorker
+from rl.workers import LocalPool, RayPool, RolloutWorker, buckets
 
 hf_logging.disable_progress_bar()
 ROLLOUT = RolloutConfig(max_turn_tokens=8, max_total_tokens=64, env_timeout_s=0)
@@ -109,11 +109,11 @@ def main() -> None:
         model_dir = build(tmp, name, layers, hidden, vocab)
         weights = dict(AutoModelForCausalLM.from_pretrained(model_dir).named_parameters())
         pool = RayPool(WorkersConfig(ray=True, num_workers=2), model_dir, "lookup", {"max_turns": 2}, ROLLOUT)
-        pool.sync(weights, 64.0).result()  # warm-up: workers started, first transfer
+        pool.sync(buckets(weights, 64.0)).result()  # warm-up: workers started, first transfer
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            pool.sync(weights, 64.0).result()
+            pool.sync(buckets(weights, 64.0)).result()
             times.append(time.perf_counter() - start)
         t = statistics.median(times)
         n_params = sum(p.numel() for p in weights.values())
