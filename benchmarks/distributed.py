@@ -92,7 +92,7 @@ def collective_seconds(prof) -> float:
     return sum(e.cpu_time_total for e in prof.key_averages() if e.key.startswith(COLLECTIVES)) / 1e6
 
 
-@ray.remote(num_cpus=2)
+@ray.remote(num_cpus=2, max_calls=1)  # a fresh process each: its peak RSS is its own
 def one_rank(model_dir: str, cfg: LearnerConfig, episodes, advantages, steps: int) -> dict:
     """world_size 1: a plain Learner in a fresh process."""
     learner = Learner(model_dir, cfg, AlgoConfig(), temperature=1.0)
