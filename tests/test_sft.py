@@ -75,6 +75,19 @@ def test_code_demos_keep_right_code_and_fix_wrong_code_in_the_sandbox():
         assert d.turns[0].info["score"] < 1.0 and d.turns[1].info["score"] == 1.0  # the sandbox said so
 
 
+def test_code_demos_end_where_the_env_ends_and_show_its_feedback():
+    # With stop_when_correct a right first attempt is the whole episode; a fix sees the failing asserts first.
+    p = CodeParams(synthetic_problems=12, feedback="tests", stop_when_correct=True)
+    demos = code_demos(p, 60, seed=1, keep_share=0.4, hesitation=0.5)
+    keeps = [d for d in demos if d.turns[0].info["demo"] == "expert"]
+    fixes = [d for d in demos if d.turns[0].info["demo"] == "mistake"]
+    assert keeps and fixes
+    assert all(len(d.turns) == 1 and d.turns[0].info["score"] == 1.0 and d.turns[0].observation == "" for d in keeps)
+    for d in fixes:
+        assert len(d.turns) == 2 and d.turns[1].info["score"] == 1.0
+        assert d.turns[0].observation.startswith("\n\nRunning the code above on the tests gave:\nassert ")
+
+
 def _trajectory():
     return Trajectory(Task("t", "Question: where?\n"), [
         Turn("<search>wrong</search>", "\n<information>bad</information>\n", {"demo": "mistake"}),

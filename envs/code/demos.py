@@ -53,6 +53,8 @@ def play(env, task, attempts: list[str], mistakes: list[bool]) -> Trajectory:
         action = code.strip() + "\n" + DONE
         result = env.step(action)
         trajectory.turns.append(Turn(action, result.observation, dict(result.info, demo="mistake" if mistake else "expert")))
+        if result.done:  # with stop_when_correct a right attempt ends the episode, as it does in a rollout
+            break
     return trajectory
 
 
