@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from envs.base import Task, Trajectory, Turn
 from envs.code import CodeParams
 from envs.code import demonstrations as code_demos
-from envs.code.demos import mutants
+from envs.code.demos import misnamed, mutants
 from envs.search import SearchParams
 from envs.search import demonstrations as search_demos
 from rl.chat import TurnFormatter
@@ -64,6 +64,13 @@ def test_code_mutants_change_one_thing():
     assert all(ast.parse(m) for m in found) and program not in found
 
 
+def test_code_mutants_can_miscopy_the_function_name():
+    program = "def plus_80_all(x):\n    return [v + 80 for v in x]"
+    assert misnamed("plus_80_all") == ["plus_80_al", "plus_81_all"] and misnamed("f") == []
+    renamed = set(mutants(program, names=True)) - set(mutants(program))
+    assert renamed == {"def plus_80_al(x):\n    return [v + 80 for v in x]", "def plus_81_all(x):\n    return [v + 80 for v in x]"}
+
+
 def test_code_demos_keep_right_code_and_fix_wrong_code_in_the_sandbox():
     demos = code_demos(CodeParams(synthetic_problems=12), 60, seed=1, keep_share=0.4, hesitation=0.5)
     keeps = [d for d in demos if d.turns[0].info["demo"] == "expert"]
@@ -73,6 +80,20 @@ def test_code_demos_keep_right_code_and_fix_wrong_code_in_the_sandbox():
         assert [t.info["score"] for t in d.turns] == [1.0, 1.0] and d.turns[0].action == d.turns[1].action
     for d in fixes:
         assert d.turns[0].info["score"] < 1.0 and d.turns[1].info["score"] == 1.0  # the sandbox said so
+
+
+def test_code_demos_end_where_the_env_ends_and_show_its_feedback():
+    # With stop_when_correct a right first attempt is the whole episode; a fix sees the failing asserts first.
+    p = CodeParams(synthetic_problems=12, feedback="tests", stop_when_correct=True, demo_wrong_names=True)
+    demos = code_demos(p, 60, seed=1, keep_share=0.4, hesitation=0.5)
+    keeps = [d for d in demos if d.turns[0].info["demo"] == "expert"]
+    fixes = [d for d in demos if d.turns[0].info["demo"] == "mistake"]
+    assert keeps and fixes
+    assert all(len(d.turns) == 1 and d.turns[0].info["score"] == 1.0 and d.turns[0].observation == "" for d in keeps)
+    for d in fixes:
+        assert len(d.turns) == 2 and d.turns[1].info["score"] == 1.0
+        assert d.turns[0].observation.startswith("\n\nRunning the code above on the tests gave:\nassert ")
+    assert any("NameError" in d.turns[0].observation for d in fixes)  # a miscopied name: the asserts cannot call it
 
 
 def _trajectory():

@@ -38,6 +38,7 @@ class CodeParams:
     max_processes: int = 8  # processes and threads a test may run at once
     workers: int = 0  # sandbox worker processes, shared by all envs of the process (0 = one per CPU core)
     cache_verdicts: bool = True  # a program already run on a task's tests reuses its verdicts (deterministic tests); False runs each attempt
+    demo_wrong_names: bool = False  # SFT fix demos also start from a miscopied function name (a NameError: a tiny model's commonest mistake)
 
 
 def sandbox_config(p: CodeParams) -> SandboxConfig:
@@ -89,7 +90,7 @@ def demonstrations(p: CodeParams, n: int, seed: int, keep_share: float, hesitati
     """Keep and fix pairs on the train problems (envs/code/demos.py). `hesitation` has no separate
     shape here: every keep pair already overrules the env's doubt."""
     problems_and_references = [(to_task(q, p.prompt), q.reference.strip()) for q in problems(p, "train")]
-    return demos.demonstrations(make_env(p), problems_and_references, p.max_turns, n, seed, keep_share)
+    return demos.demonstrations(make_env(p), problems_and_references, p.max_turns, n, seed, keep_share, p.demo_wrong_names)
 
 
 ENV_SPEC = EnvSpec(

@@ -7,7 +7,8 @@ The confidence/critique format (CCT) with AdvChain's two corrections:
     fix   turn 1 is a buggy program, and the rewrite is the reference (temptation-correction).
 
 Bugs are small mutations of the reference (a flipped operator or comparison, a constant
-off by one), kept only when the sandbox shows that they fail a test. Wrong first
+off by one; optionally a miscopied function name, the mistake a tiny model makes most),
+kept only when the sandbox shows that they fail a test. Wrong first
 attempts carry info["demo"] = "mistake", so a trainer can keep them as context
 without learning to make them.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import random
+import re
 
 from envs.base import Task, Trajectory, Turn
 from envs.code.env import DONE
@@ -24,8 +26,18 @@ _SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Add, ast.Mod: ast.Fl
           ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq}
 
 
-def mutants(program: str) -> list[str]:
-    """Programs that differ from `program` by one operator, comparison or integer constant."""
+def misnamed(name: str) -> list[str]:
+    """Miscopies of a function's name: its last character dropped, its first number plus one."""
+    out = [name[:-1]] if len(name) > 1 else []
+    number = re.search(r"\d+", name)
+    if number:
+        out.append(name[: number.start()] + str(int(number.group()) + 1) + name[number.end() :])
+    return out
+
+
+def mutants(program: str, names: bool = False) -> list[str]:
+    """Programs that differ from `program` by one operator, comparison or integer constant,
+    and with `names` also by the name of one function it defines (the tests then fail to call it)."""
     tree = ast.parse(program)
     sites = [n for n in ast.walk(tree) if isinstance(n, (ast.BinOp, ast.Compare))
              or (isinstance(n, ast.Constant) and type(n.value) is int)]
@@ -43,6 +55,11 @@ def mutants(program: str) -> list[str]:
         else:
             continue
         out.append(ast.unparse(copy))
+    for i, node in enumerate(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        for wrong in misnamed(node.name) if names else []:
+            copy = ast.parse(program)
+            [n for n in ast.walk(copy) if isinstance(n, ast.FunctionDef)][i].name = wrong
+            out.append(ast.unparse(copy))
     return sorted(set(out) - {ast.unparse(tree)})
 
 
@@ -53,11 +70,15 @@ def play(env, task, attempts: list[str], mistakes: list[bool]) -> Trajectory:
         action = code.strip() + "\n" + DONE
         result = env.step(action)
         trajectory.turns.append(Turn(action, result.observation, dict(result.info, demo="mistake" if mistake else "expert")))
+        if result.done:  # with stop_when_correct a right attempt ends the episode, as it does in a rollout
+            break
     return trajectory
 
 
-def demonstrations(env, problems: list[tuple[Task, str]], max_turns: int, n: int, seed: int, keep_share: float) -> list[Trajectory]:
-    """`n` demos drawn from the keep pair and the failing-mutant fix pairs of each (task, reference program)."""
+def demonstrations(env, problems: list[tuple[Task, str]], max_turns: int, n: int, seed: int, keep_share: float,
+                   wrong_names: bool = False) -> list[Trajectory]:
+    """`n` demos drawn from the keep pair and the failing-mutant fix pairs of each (task, reference program);
+    `wrong_names` adds the mutants whose function name is miscopied."""
     if max_turns < 2:
         raise ValueError("code demos are keep/fix pairs: they need max_turns >= 2")
     rng = random.Random(seed)
@@ -67,7 +88,7 @@ def demonstrations(env, problems: list[tuple[Task, str]], max_turns: int, n: int
         if keep.turns[-1].info["score"] != 1.0:
             continue  # a reference that fails its own tests teaches nothing
         keeps.append(keep)
-        played = [play(env, task, [wrong] + [right] * (max_turns - 1), [True] + [False] * (max_turns - 1)) for wrong in mutants(right)]
+        played = [play(env, task, [wrong] + [right] * (max_turns - 1), [True] + [False] * (max_turns - 1)) for wrong in mutants(right, wrong_names)]
         failing = [fix for fix in played if fix.turns[0].info["score"] < 1.0]
         if failing:
             fixes.append(failing)  # grouped by problem, so a problem with many mutants is not drawn more often
