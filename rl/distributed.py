@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from rl import algos
-from rl.config import AlgoConfig, LearnerConfig
+from rl.config import AlgoConfig, LearnerConfig, import_user_modules
 from rl.episode import PROMPT_TURN, Episode
 from rl.learner import Learner, minibatch_counts
 
@@ -136,8 +136,10 @@ class LearnerRank:
         return ray.util.get_node_ip_address(), port
 
     def setup(self, rank: int, world_size: int, address: str, port: int, model_path: str, cfg: LearnerConfig, algo: AlgoConfig,
-              temperature: float, ref_path: str | None) -> dict:
+              temperature: float, ref_path: str | None, imports: list[str]) -> dict:
         from torch.distributed.device_mesh import init_device_mesh
+
+        import_user_modules(imports)  # the config's own modules: the estimators and losses they register run here too
 
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.updates = 0
@@ -254,7 +256,7 @@ class LearnerRank:
 class ShardedLearner:
     """The learner of the trainer when `learner.world_size` > 1: the calls of `Learner`, run by N rank actors."""
 
-    def __init__(self, model_path, cfg: LearnerConfig, algo: AlgoConfig, temperature: float, ref_path=None):
+    def __init__(self, model_path, cfg: LearnerConfig, algo: AlgoConfig, temperature: float, ref_path=None, imports: list[str] = ()):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -283,7 +285,7 @@ class ShardedLearner:
         ref = str(ref_path) if ref_path else None
         try:
             (address, port), = self._wait([self.ranks[0].address.remote()], "start")
-            info = self._wait([r.setup.remote(k, n, address, port, str(model_path), rank_cfg, algo, temperature, ref) for k, r in enumerate(self.ranks)], "start")[0]
+            info = self._wait([r.setup.remote(k, n, address, port, str(model_path), rank_cfg, algo, temperature, ref, list(imports)) for k, r in enumerate(self.ranks)], "start")[0]
         except LearnerRankError:
             self.close()  # no trainer exists yet to do it
             raise

@@ -127,7 +127,7 @@ class Trainer:
             from rl.distributed import ShardedLearner  # Ray and torch.distributed only when sharded
 
             start_ray(cfg.workers, learner_cpus=cfg.learner.world_size * cfg.learner.cpus_per_rank)
-            self.learner = ShardedLearner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
+            self.learner = ShardedLearner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base, imports=cfg.imports)
         else:
             self.learner = Learner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
         self.tokenizer = AutoTokenizer.from_pretrained(policy)

@@ -118,8 +118,10 @@ def comparable(run_dir):
 
 
 def test_two_ranks_with_ray_workers_train_as_one_learner(tmp_path, ray_cluster):
-    run(make_trainer(tmp_path / "one", "steps=2", "save_every=0"))
-    run(make_trainer(tmp_path / "two", "steps=2", "save_every=0", "learner.world_size=2", "workers.ray=true"))
+    # A policy loss from a user module: the ranks import the config's `imports` too.
+    user_loss = ["imports=[tests.registered_loss]", "algo.policy_loss=ppo_from_a_user_module"]
+    run(make_trainer(tmp_path / "one", "steps=2", "save_every=0", *user_loss))
+    run(make_trainer(tmp_path / "two", "steps=2", "save_every=0", "learner.world_size=2", "workers.ray=true", *user_loss))
     one, two = [[m for m in metrics(tmp_path / d) if "reward/mean" in m] for d in ("one", "two")]
     assert len(one) == len(two) == 2
     for a, b in zip(one, two):
