@@ -208,6 +208,7 @@ class LearnerConfig(Options):
     lora_rank: int = 0  # LoRA adapters of this rank on `lora_targets` (0 = full fine-tuning); only the adapters train
     lora_alpha: float = 16.0  # LoRA scale: the update is (lora_alpha / lora_rank) * B @ A
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # names of the modules that get adapters
+    lora_modules_to_save: list[str] = field(default_factory=list)  # modules trained whole beside the adapters (peft's modules_to_save), e.g. [embed_tokens]; a tied head stays tied
     crash_rank_for_test: int = 0  # testing only: the last learner rank exits inside its N-th update (0 = never)
 
     def __post_init__(self):

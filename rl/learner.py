@@ -43,7 +43,7 @@ class Learner:
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if cfg.lora_rank:
-            model = lora.add_adapters(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+            model = lora.add_adapters(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_modules_to_save)
         self.model = self._prepare(model.train())
         self.ref_model = None
         if algo.kl_coef > 0:

@@ -15,15 +15,21 @@ import torch
 ADAPTER = "default"  # peft's name for the one adapter
 
 
-def add_adapters(model: torch.nn.Module, rank: int, alpha: float, targets: list[str]) -> torch.nn.Module:
-    """Wrap `model` in a peft model with LoRA adapters of `rank` on the modules named in `targets`; only they train."""
+def add_adapters(model: torch.nn.Module, rank: int, alpha: float, targets: list[str], whole: list[str] = ()) -> torch.nn.Module:
+    """Wrap `model` in a peft model with LoRA adapters of `rank` on the modules named in `targets`; only they
+    train, and the modules named in `whole` (peft's modules_to_save: a trained copy beside the frozen original)."""
     from peft import LoraConfig, get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = sorted(set(targets) - present)
-    if missing:
-        raise ValueError(f"learner.lora_targets: the model has no module named {missing} (it has e.g. {sorted(present)[:8]})")
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none")
+    for key, names in (("lora_targets", targets), ("lora_modules_to_save", whole)):
+        missing = sorted(set(names) - present)
+        if missing:
+            raise ValueError(f"learner.{key}: the model has no module named {missing} (it has e.g. {sorted(present)[:8]})")
+    # ensure_weight_tying: a trained copy of tied input embeddings is the LM head's weight too, as in the base model.
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=list(targets), modules_to_save=list(whole) or None,
+        ensure_weight_tying=bool(whole), lora_dropout=0.0, bias="none",
+    )
     # A is drawn at random (B starts at 0): the same draw in every process, so each rank of a sharded
     # learner keeps its shard of one and the same tensor, and a resumed run rebuilds the same model.
     with torch.random.fork_rng():
@@ -54,7 +60,10 @@ def merged_weights(model: torch.nn.Module, whole: Callable[[torch.Tensor], torch
     """
     base = model.get_base_model()
     for name, param in base.named_parameters():
-        if ".lora_A." in name or ".lora_B." in name:
+        if ".lora_A." in name or ".lora_B." in name or ".original_module." in name:
+            continue  # a module trained whole is served from its trained copy (below)
+        if f".modules_to_save.{ADAPTER}." in name:
+            yield name.replace(f".modules_to_save.{ADAPTER}", ""), whole(param.detach())
             continue
         if ".base_layer." not in name:
             yield name, whole(param.detach())

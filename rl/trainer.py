@@ -151,6 +151,8 @@ class Trainer:
                 self.pending.append(Submission(step, items, Later(lambda episodes=episodes: episodes), version))
         self._open_logs()
         lora = f", LoRA rank {cfg.learner.lora_rank} on {', '.join(cfg.learner.lora_targets)}" if cfg.learner.lora_rank else ""
+        if cfg.learner.lora_rank and cfg.learner.lora_modules_to_save:
+            lora += f", trained whole: {', '.join(cfg.learner.lora_modules_to_save)}"
         log.info(f"learner: {cfg.learner.world_size} rank(s), {self.learner.trainable_params:,} trainable parameters{lora}")
 
     # ------------------------------------------------------------ logging

@@ -180,6 +180,32 @@ def test_lora_trains_only_the_adapters_and_the_engine_serves_them_merged(tiny_mo
     assert max(float((torch.tensor(g) - w[1:]).abs().max()) for g, w in zip(got, want)) < 1e-5
 
 
+def test_lora_trains_named_modules_whole_and_a_tied_head_follows_them(tiny_model_dir, groups):
+    # A random tiny model's frozen embeddings and norm cap every logit far below what a table needs: its tied
+    # embeddings are trained whole beside the adapters (peft's modules_to_save), and the head stays tied to them.
+    episodes, advantages, _, _ = groups
+    cfg = LearnerConfig(device="cpu", lr=1e-2, lora_rank=4, lora_modules_to_save=["embed_tokens"])
+    learner = Learner(tiny_model_dir, cfg, AlgoConfig(kl_coef=0.1), temperature=1.0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    embed = base.get_input_embeddings().weight
+    assert learner.trainable_params == lora.adapter_params(learner.model) + embed.numel()
+    learner.update(copy.deepcopy(episodes), advantages)
+    sequences = [ep.token_ids for ep in episodes]
+    expected = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(sequences)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(learner.logprobs(sequences, learner.ref_model), expected))
+    merged = dict(learner.named_weights())
+    assert merged.keys() == dict(base.named_parameters()).keys()
+    assert (merged["model.embed_tokens.weight"] - embed).abs().max() > 1e-3  # the trained copy is what engines get
+    engine = HFEngine(base, learner_tokenizer(tiny_model_dir))
+    for bucket in learner.weight_buckets(0.01):
+        engine.update_weights(bucket)
+    engine.finish_sync()
+    got, want = engine.probe_logprobs(sequences[:4]), learner.probe_logprobs(sequences[:4])
+    assert max(float((torch.tensor(g) - w[1:]).abs().max()) for g, w in zip(got, want)) < 1e-5  # the engine's head is tied to it too
+    with pytest.raises(ValueError, match=r"learner.lora_modules_to_save: the model has no module named \['embed'\]"):
+        Learner(tiny_model_dir, LearnerConfig(device="cpu", lora_rank=4, lora_modules_to_save=["embed"]), AlgoConfig(), temperature=1.0)
+
+
 def learner_tokenizer(path):
     from transformers import AutoTokenizer
 
@@ -205,15 +231,22 @@ def test_lora_with_two_ranks_takes_the_step_of_one(tiny_model_dir, groups, ray_c
     assert all(torch.allclose(w2[k], w1[k], atol=1e-5, rtol=0) for k in w1)
 
 
-def test_lookup_trains_with_lora_and_the_engine_follows_the_merged_weights(tmp_path):
-    run(make_trainer(tmp_path, "steps=3", "save_every=3", "learner.lora_rank=8", "learner.lr=1e-2"))
-    rows = [m for m in metrics(tmp_path) if "reward/mean" in m]
+def test_lookup_trains_with_lora_resumes_exactly_and_the_engine_follows_the_merged_weights(tmp_path):
+    lora_run = ["learner.lora_rank=8", "learner.lora_modules_to_save=[embed_tokens]", "learner.lr=1e-2", "save_every=2"]
+    run(make_trainer(tmp_path / "straight", "steps=4", *lora_run))
+    run(make_trainer(tmp_path / "resumed", "steps=2", *lora_run))
+    run(make_trainer(tmp_path / "resumed", "steps=4", *lora_run, f"resume={tmp_path / 'resumed'}"))
+    rows, resumed = [[m for m in comparable(tmp_path / d) if "reward/mean" in m] for d in ("straight", "resumed")]
+    assert len(rows) == 4 and rows == resumed  # the adapters and the trained copy resume (the first half's final eval aside)
     assert all(m["sync/probe_max_abs"] < 1e-4 for m in rows)  # the engine runs the merged weights
-    assert rows[0]["learner/trainable_params"] == 2 * 8 * (128 + 96 + 96 + 128 + 192 + 192 + 192)  # lookup.yaml's shape: 2 layers
-    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base_model").state_dict()
-    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "step_000003" / "model").state_dict()
-    changed = {k for k in base if not torch.equal(base[k], saved[k])}
-    assert changed and all(k.rsplit(".", 2)[-2] in LearnerConfig().lora_targets for k in changed)  # merged into the targets only
+    adapters = 2 * 8 * (128 + 96 + 96 + 128 + 192 + 192 + 192)  # lookup.yaml's shape: 2 layers
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "base_model").state_dict()
+    assert rows[0]["learner/trainable_params"] == adapters + base["model.embed_tokens.weight"].numel()
+    saved = [AutoModelForCausalLM.from_pretrained(tmp_path / d / "checkpoints" / "step_000004" / "model").state_dict() for d in ("straight", "resumed")]
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
+    changed = {k for k in base if not torch.equal(base[k], saved[0][k])}
+    assert "model.embed_tokens.weight" in changed
+    assert all(k.rsplit(".", 2)[-2] in LearnerConfig().lora_targets for k in changed - {"model.embed_tokens.weight", "lm_head.weight"})
 
 
 @pytest.mark.parametrize("override,message", [
