@@ -117,26 +117,22 @@ def comparable(run_dir):
     return [{k: v for k, v in m.items() if not k.startswith(("time/", "throughput/"))} for m in metrics(run_dir)]
 
 
-def test_two_ranks_with_ray_workers_train_as_one_learner(tmp_path, ray_cluster):
+def test_two_ranks_train_as_one_learner_a_dead_rank_fails_the_run_and_resume_continues_exactly(tmp_path, ray_cluster, capsys):
     # A policy loss from a user module: the ranks import the config's `imports` too.
-    user_loss = ["imports=[tests.registered_loss]", "algo.policy_loss=ppo_from_a_user_module"]
-    run(make_trainer(tmp_path / "one", "steps=2", "save_every=0", *user_loss))
-    run(make_trainer(tmp_path / "two", "steps=2", "save_every=0", "learner.world_size=2", "workers.ray=true", *user_loss))
-    one, two = [[m for m in metrics(tmp_path / d) if "reward/mean" in m] for d in ("one", "two")]
-    assert len(one) == len(two) == 2
-    for a, b in zip(one, two):
+    common = ["steps=4", "save_every=2", "learner.warmup_steps=3", "imports=[tests.registered_loss]", "algo.policy_loss=ppo_from_a_user_module"]
+    sharded = [*common, "learner.world_size=2", "workers.ray=true"]
+    run(make_trainer(tmp_path / "one", *common[1:], "steps=2"))
+    run(make_trainer(tmp_path / "straight", *sharded))
+    one, two = [[m for m in metrics(tmp_path / d) if "reward/mean" in m] for d in ("one", "straight")]
+    assert len(one) == 2 and len(two) == 4
+    for a, b in zip(one, two):  # the first two steps of the sharded run are the one-process run's
         assert b["reward/mean"] == a["reward/mean"]  # the same episodes: the synced engines sample as the one learner's
         for key in ("learner/loss", "learner/grad_norm", "learner/mismatch_max_abs"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
-        assert b["sync/probe_max_abs"] < 1e-4
-    assert one[0]["learner/grad_norm"] > 0
+    assert one[0]["learner/grad_norm"] > 0 and all(m["sync/probe_max_abs"] < 1e-4 for m in two)
 
-
-def test_a_dead_rank_fails_the_run_and_resume_continues_exactly(tmp_path, ray_cluster, capsys):
-    common = ["steps=4", "save_every=2", "learner.world_size=2", "learner.warmup_steps=3"]
-    run(make_trainer(tmp_path / "straight", *common))
     # The last rank exits inside the third update: `rl train` says so in one line and exits non-zero.
-    code = main(["train", str(LOOKUP), f"run_dir={tmp_path / 'crashed'}", "eval_every=0", "learner.lr=3e-3", "seed=2", *common, "learner.crash_rank_for_test=3"])
+    code = main(["train", str(LOOKUP), f"run_dir={tmp_path / 'crashed'}", "eval_every=0", "learner.lr=3e-3", "seed=2", *sharded, "learner.crash_rank_for_test=3"])
     err = capsys.readouterr().err
     assert code == 1 and "error: learner rank 1 died during the update; resume=RUN_DIR continues" in err, err[-2000:]
     checkpoint = tmp_path / "crashed" / "checkpoints" / "step_000002"
@@ -144,8 +140,8 @@ def test_a_dead_rank_fails_the_run_and_resume_continues_exactly(tmp_path, ray_cl
     assert {"__0_0.distcp", "__1_0.distcp"} <= {p.name for p in (checkpoint / "dcp").iterdir()}  # one shard file per rank
     assert AutoModelForCausalLM.from_pretrained(checkpoint / "model") is not None  # the gathered model: what eval and the demo read
     with pytest.raises(ValueError, match="written by learner.world_size=2"):
-        make_trainer(tmp_path / "x", *common[:-2], f"resume={tmp_path / 'crashed'}")
-    run(make_trainer(tmp_path / "x", *common, f"resume={tmp_path / 'crashed'}"))
+        make_trainer(tmp_path / "x", *common, f"resume={tmp_path / 'crashed'}")
+    run(make_trainer(tmp_path / "x", *sharded, f"resume={tmp_path / 'crashed'}"))
     assert comparable(tmp_path / "straight") == comparable(tmp_path / "crashed")
     final = [AutoModelForCausalLM.from_pretrained(tmp_path / d / "checkpoints" / "step_000004" / "model").state_dict() for d in ("straight", "crashed")]
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
