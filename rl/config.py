@@ -167,6 +167,7 @@ class AlgoConfig(Options):
     overlong_cache_tokens: int = 0  # ... ramping linearly from 0 to -overlong_coef over the last this many tokens
     overlong_coef: float = 1.0  # ... scale of the overlong penalty
     turn_outcome_only: bool = False  # ablation: estimators see the outcome reward only, process rewards dropped
+    learn_from_turn: int = 1  # policy tokens of earlier turns get advantage 0 (SCoRe's stage I: 2 trains the correction while the first attempt stays the start's, held by kl_coef)
     judge_advantage: Estimator | Literal[""] = ""  # estimator for tokens in <judge>...</judge> spans ("" = the same as the rest)
     judge_tag: str = "judge"  # tag that marks judge spans
 
@@ -176,6 +177,8 @@ class AlgoConfig(Options):
             check_choice(self.judge_advantage, choices(Estimator, "advantage"), "judge_advantage")
         if self.clip_ratio_c != 0 and self.clip_ratio_c <= 1:
             raise ValueError(f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip bounds ratios above 1, so it must be > 1 (or 0: off)")
+        if self.learn_from_turn < 1:
+            raise ValueError(f"algo.learn_from_turn={self.learn_from_turn}: turns count from 1 (1 trains every turn)")
         if "turn" in (self.advantage, self.judge_advantage) and self.policy_loss_agg != "seq-mean-token-sum":
             # The turn baseline is unbiased only if no episode's weight in the loss depends on its own length.
             why = "gspo averages each sequence's tokens" if self.policy_loss == "gspo" else f"loss_agg={self.loss_agg} divides by a count that holds the episode's own length"

@@ -199,5 +199,8 @@ def token_advantages(
         role = pad(judge)
         adv = role * judge_adv + (1 - role) * adv
         returns = returns if returns is not None else judge_returns  # the critic learns whenever one role uses it
+    if algo.learn_from_turn > 1:
+        # Earlier turns' tokens (turn ids count from 0) get no policy gradient; the critic still learns their values.
+        adv = adv * (batch.turn_ids >= algo.learn_from_turn - 1)
     cut = lambda x: [x[b, : len(ep.token_ids)].float() for b, ep in enumerate(episodes)]  # noqa: E731
     return cut(adv), (cut(returns) if returns is not None else None)

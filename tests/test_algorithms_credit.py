@@ -118,6 +118,13 @@ def test_turn_estimator_through_episodes():
     assert adv[3].tolist() == pytest.approx([0, 0, 3.0])
     outcome_only, _ = credit.token_advantages(eps, AlgoConfig(advantage="turn", loss_agg="seq-mean-token-sum", turn_outcome_only=True))
     assert outcome_only[1].tolist() == pytest.approx([0, 0, -0.5, -0.5])  # 0 minus (1 + 0) / 2
+    # learn_from_turn=2: the first turn's tokens get nothing, later turns keep their advantages.
+    later, _ = credit.token_advantages(eps, AlgoConfig(advantage="turn", loss_agg="seq-mean-token-sum", learn_from_turn=2))
+    assert later[0].tolist() == pytest.approx([0, 0, 0, 0, a1, a1])
+    assert later[2].tolist() == pytest.approx([0, 0, 0, 0, -2.0, 0, 0.0])
+    assert not later[1].any() and not later[3].any()  # one-turn episodes: nothing to learn from
+    with pytest.raises(ValueError, match="algo.learn_from_turn=0: turns count from 1"):
+        AlgoConfig(learn_from_turn=0)
 
 
 def test_unknown_estimator():
