@@ -167,7 +167,7 @@ class AlgoConfig(Options):
     overlong_cache_tokens: int = 0  # ... ramping linearly from 0 to -overlong_coef over the last this many tokens
     overlong_coef: float = 1.0  # ... scale of the overlong penalty
     turn_outcome_only: bool = False  # ablation: estimators see the outcome reward only, process rewards dropped
-    learn_from_turn: int = 1  # policy tokens of earlier turns get advantage 0 (SCoRe's stage I: 2 trains the correction while the first attempt stays the start's, held by kl_coef)
+    learn_from_turn: int = 1  # policy tokens of earlier turns get advantage 0 (2: SCoRe's stage I, training the correction; without kl_coef the first attempt still drifts)
     judge_advantage: Estimator | Literal[""] = ""  # estimator for tokens in <judge>...</judge> spans ("" = the same as the rest)
     judge_tag: str = "judge"  # tag that marks judge spans
 
