@@ -33,6 +33,7 @@ Estimator = Literal["grpo", "drgrpo", "rloo", "reinforce++", "reinforce++-baseli
 PolicyLoss = Literal["ppo", "gspo"]
 LossAggregation = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
 KLEstimator = Literal["k1", "k2", "k3", "k3+"]
+KLTurns = Literal["all", "first"]
 TISLevel = Literal["token", "sequence"]
 Critic = Literal["head", "separate"]
 EngineName = Literal["hf", "vllm"]
@@ -168,6 +169,7 @@ class AlgoConfig(Options):
     overlong_coef: float = 1.0  # ... scale of the overlong penalty
     turn_outcome_only: bool = False  # ablation: estimators see the outcome reward only, process rewards dropped
     learn_from_turn: int = 1  # policy tokens of earlier turns get advantage 0 (2: SCoRe's stage I, training the correction; without kl_coef the first attempt still drifts)
+    kl_turns: KLTurns = "all"  # the tokens the KL term covers: all policy tokens, or the first turn's only (SCoRe: the first attempt held near the reference while the correction learns; with learn_from_turn=2, SCoRe's stage I)
     judge_advantage: Estimator | Literal[""] = ""  # estimator for tokens in <judge>...</judge> spans ("" = the same as the rest)
     judge_tag: str = "judge"  # tag that marks judge spans
 
@@ -179,6 +181,9 @@ class AlgoConfig(Options):
             raise ValueError(f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip bounds ratios above 1, so it must be > 1 (or 0: off)")
         if self.learn_from_turn < 1:
             raise ValueError(f"algo.learn_from_turn={self.learn_from_turn}: turns count from 1 (1 trains every turn)")
+        if self.kl_turns == "first" and (self.kl_coef <= 0 or self.kl_in_reward):
+            raise ValueError(f"algo.kl_turns=first pulls the first turn to the reference in the loss: it needs kl_coef > 0 (got {self.kl_coef}) "
+                             f"and kl_in_reward=false")
         if "turn" in (self.advantage, self.judge_advantage) and self.policy_loss_agg != "seq-mean-token-sum":
             # The turn baseline is unbiased only if no episode's weight in the loss depends on its own length.
             why = "gspo averages each sequence's tokens" if self.policy_loss == "gspo" else f"loss_agg={self.loss_agg} divides by a count that holds the episode's own length"

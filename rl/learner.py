@@ -30,6 +30,11 @@ def minibatch_counts(episodes: list[Episode], algo: AlgoConfig) -> dict[str, flo
     return {"num_tokens": float(sum(sum(ep.loss_mask) for ep in episodes)), "num_seqs": float(num_seqs)}
 
 
+def first_turn_mask(ep: Episode) -> list[float]:
+    """1 on the policy tokens of the first turn (turn id 0), else 0: what `algo.kl_turns=first` pulls to the reference."""
+    return [float(m == 1 and turn == 0) for m, turn in zip(ep.loss_mask, ep.turn_ids)]
+
+
 class Learner:
     def __init__(self, model_path, cfg: LearnerConfig, algo: AlgoConfig, temperature: float, ref_path=None):
         self.cfg, self.algo = cfg, algo
@@ -239,7 +244,8 @@ class Learner:
         critic = returns is not None and self.value_head is not None
         per_episode = {"advantages": advantages, "mask": [ep.loss_mask for ep in episodes], "old_logprobs": old, "ref_logprobs": ref,
                        "sampler_logprobs": [ep.logprobs for ep in episodes] if self.algo.tis_cap > 0 or fresh else None,
-                       "returns": returns if critic else None, "old_values": old_values if critic else None}
+                       "returns": returns if critic else None, "old_values": old_values if critic else None,
+                       "kl_mask": [first_turn_mask(ep) for ep in episodes] if ref is not None and self.algo.kl_turns == "first" else None}
         counts = counts or minibatch_counts(episodes, self.algo)
         totals: dict[str, torch.Tensor] = {}
         for rows in self._micro_batches(episodes):

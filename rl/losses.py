@@ -37,6 +37,7 @@ class LossInputs:
     old_values: torch.Tensor | None = None  # [b, T] the critic's values at sampling time
     returns: torch.Tensor | None = None  # [b, T] the critic's targets
     policy_weight: torch.Tensor | None = None  # [b, T] weight of each token's policy loss (TIS; None: 1), applied before aggregation
+    kl_mask: torch.Tensor | None = None  # [b, T] 1 on the policy tokens the KL term covers (algo.kl_turns; None: all of them)
 
 
 def policy_token_mean(x: torch.Tensor, inputs: LossInputs) -> torch.Tensor:
@@ -101,9 +102,11 @@ def tis_metrics(weight: torch.Tensor, inputs: LossInputs, algo: AlgoConfig) -> d
 
 
 def kl_term(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """KL(policy || reference) by `algo.kl_estimator`, aggregated by `algo.loss_agg` (weighted by kl_coef in total_loss)."""
+    """KL(policy || reference) by `algo.kl_estimator` on the tokens of `inputs.kl_mask`, aggregated by `algo.loss_agg` (weighted by kl_coef in total_loss)."""
     kl = algos.kl_penalty(inputs.logprobs, inputs.ref_logprobs, algo.kl_estimator)  # [b, T]
-    return aggregate(kl, inputs, algo.loss_agg), {"kl_ref": policy_token_mean(kl.detach(), inputs)}
+    covered = kl if inputs.kl_mask is None else kl * inputs.kl_mask
+    # kl_ref is the drift of every policy token, covered or not: with kl_turns=first it shows the later turns moving.
+    return aggregate(covered, inputs, algo.loss_agg), {"kl_ref": policy_token_mean(kl.detach(), inputs)}
 
 
 def value_term(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

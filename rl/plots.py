@@ -5,7 +5,10 @@
 reward.png: `reward/mean` (bold, with a +-`reward/std` band) and each named reward's
 contribution `reward/<name>` against the step, each as a faint raw line under a
 trailing moving average. eval.png: the main evaluation metrics against the step, with
-`eval/searches_per_episode` on a second y-axis (a count, not a rate in [0, 1]).
+`eval/searches_per_episode` on a second y-axis (a count, not a rate in [0, 1]); where the
+env reports `eval/acc_by_turn/k` (code), a second panel holds the per-turn accuracy curve
+of each evaluation, light to dark as training goes on: a curve that rises with the turn is
+a model that corrects itself.
 
 It only reads the file, so it works during a run as well as after one. Evaluation lines
 may share a step's line or come as a line of their own with the same step; every line is
@@ -22,6 +25,7 @@ import math
 import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -31,6 +35,7 @@ EVAL_MAIN = ("eval/reward/mean", "eval/em", "eval/f1", "eval/judge_accuracy", "e
              "eval/delta", "eval/score/first_turn", "eval/score/last_turn")
 EVAL_TASK = ("eval/em", "eval/f1", "eval/acc_t1", "eval/acc_tT")  # when present, score/* repeat them
 EVAL_SECOND_AXIS = "eval/searches_per_episode"
+BY_TURN = "eval/acc_by_turn/"  # + k: accuracy at turn k
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -89,14 +94,39 @@ def eval_keys(keys) -> list[str]:
     return [k for k in EVAL_MAIN if k in keys and not (task and k.startswith("eval/score/"))]
 
 
-def _new_figure(title: str) -> tuple[Figure, object]:
-    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+def _new_figure(title: str, panels: int = 1) -> tuple[Figure, object]:
+    """A figure FIGSIZE wide per panel; the first panel's axes (against the step) are returned, the others are fig.axes[1:]."""
+    fig = Figure(figsize=(FIGSIZE[0] * panels, FIGSIZE[1]), dpi=DPI)
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    ax = axes[0]
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)
     return fig, ax
+
+
+def by_turn_curves(records: list[dict]) -> list[tuple[int, list[float]]]:
+    """(step, [accuracy at turn 1, 2, ...]) of each evaluation that reports `eval/acc_by_turn/k`, in step order."""
+    turns = sorted({int(k.removeprefix(BY_TURN)) for r in records for k in r if k.startswith(BY_TURN)})
+    by_step = {}
+    for k in turns:
+        for step, value in zip(*series(records, f"{BY_TURN}{k}")):
+            by_step.setdefault(int(step), {})[k] = value
+    return [(step, [acc[k] for k in sorted(acc)]) for step, acc in sorted(by_step.items())]
+
+
+def _by_turn_panel(ax, curves: list[tuple[int, list[float]]]) -> None:
+    cmap = matplotlib.colormaps["viridis"]
+    for i, (step, accuracy) in enumerate(curves):
+        shade = 0.15 + 0.7 * i / max(len(curves) - 1, 1)  # light (early) to dark (late)
+        ax.plot(range(1, len(accuracy) + 1), accuracy, marker="o", markersize=4, linewidth=1.4, color=cmap(1 - shade), label=f"step {step}")
+    ax.set_title("accuracy by turn")
+    ax.set_xlabel("turn")
+    ax.set_ylabel("accuracy")
+    ax.set_xticks(range(1, max(len(a) for _, a in curves) + 1))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best", framealpha=0.8)
 
 
 def reward_figure(records: list[dict], title: str) -> Figure | None:
@@ -128,14 +158,18 @@ def reward_figure(records: list[dict], title: str) -> Figure | None:
 
 
 def eval_figure(records: list[dict], title: str) -> Figure | None:
-    """The main evaluation metrics against the step (searches per episode on a second axis), or None without any."""
+    """The main evaluation metrics against the step (searches per episode on a second axis; accuracy by turn in a
+    second panel when reported), or None without any."""
     keys = {k for r in records for k in r}
     curves = [(k, *series(records, k)) for k in eval_keys(keys)]
     curves = [(k, x, y) for k, x, y in curves if len(x)]
     sx, sy = series(records, EVAL_SECOND_AXIS)
+    turn_curves = by_turn_curves(records)
     if not curves and not len(sx):
         return None
-    fig, ax = _new_figure(title)
+    fig, ax = _new_figure(title, panels=2 if turn_curves else 1)
+    if turn_curves:
+        _by_turn_panel(fig.axes[1], turn_curves)
     for i, (key, x, y) in enumerate(curves):
         ax.plot(x, y, marker="o", markersize=4, linewidth=1.4, color=f"C{i}", label=key.removeprefix("eval/"))
     ax.set_ylabel("metric")

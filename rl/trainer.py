@@ -223,6 +223,7 @@ class Trainer:
 
         self.step = step
         metrics.update(episode_metrics(episodes))
+        metrics.update({f"train/{k}": v for k, v in env_metrics(self.spec, episodes).items()})  # Acc@t1, EM, recovery ... of the step's own samples
         policy_tokens = sum(sum(ep.loss_mask) for ep in episodes)
         metrics.update(
             {

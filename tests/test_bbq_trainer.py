@@ -1,8 +1,11 @@
-"""The BBQ env plugs into the real trainer: GRPO steps of a tiny model on a few questions, bias scores in its evaluation."""
+"""The BBQ env plugs into the real trainer: GRPO steps of a tiny model on a few questions, bias scores in its training logs and evaluation."""
 
 import json
 
+import pytest
+
 from envs.base import Trajectory
+from envs.registry import get_env_spec
 from rewards import build_reward
 from rl.config import load_config
 from rl.trainer import Trainer
@@ -33,6 +36,8 @@ def test_two_grpo_steps_on_bbq_questions(tmp_path):
         invalid = sum(t["info"]["invalid"] for e in logged for t in e["trajectory"]["turns"]) / len(logged)
         assert m["reward/format"] == -invalid  # each unreadable answer costs the format penalty, and nothing crashed
         assert "reward/bbq_bias/biased_last" in m and "reward/cocos/R" in m
+        own = get_env_spec("bbq").metrics([Trajectory.from_dict(e["trajectory"]) for e in logged])  # the step's samples, under train/
+        assert own and {f"train/{k}": v for k, v in own.items()} == pytest.approx({k: m[k] for k in m if k.startswith("train/")}, nan_ok=True)
     final = next(m for m in rows if "eval/reward/mean" in m)  # the env's own metrics, through the generic hook
     assert {"eval/s_amb_t1", "eval/s_dis_tT", "eval/delta_s_amb", "eval/Religion/acc_ambig_tT"} <= final.keys()
     assert final["eval/episodes/count"] == 4.0  # 2 held-out questions of each category

@@ -80,6 +80,11 @@ def test_metrics_from_logged_episodes():
     eps = [episode((0, 2, "def f(): return 0"), (2, 2, "def f(): return 1")), episode((2, 2, "x"), (2, 2, "x"))]
     m = metrics_from_trajectories(eps)
     assert m["acc_t1"] == 0.5 and m["acc_tT"] == 1.0 and m["delta_i_to_c"] == 0.5 and m["identical"] == 0.5
+    # Per-turn accuracy: an episode that stopped early (right at once) counts with its last attempt at later turns.
+    eps = [episode((0, 2), (1, 2), (2, 2)), episode((2, 2)), episode((0, 2), (2, 2)), episode((1, 2), (0, 2), (0, 2))]
+    m = metrics_from_trajectories(eps)
+    assert [m[f"acc_by_turn/{k}"] for k in (1, 2, 3)] == [0.25, 0.5, 0.75] and "acc_by_turn/4" not in m
+    assert m["acc_by_turn/1"] == m["acc_t1"] and m["acc_by_turn/3"] == m["acc_tT"]
 
 
 def test_levenshtein_by_hand():

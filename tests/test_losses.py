@@ -15,7 +15,7 @@ from rl.chat import TurnFormatter
 from rl.credit import ESTIMATORS, register_estimator
 from rl.engine import HFEngine
 from rl.config import AlgoConfig, Estimator, LearnerConfig, PolicyLoss, RolloutConfig
-from rl.learner import Learner
+from rl.learner import Learner, first_turn_mask
 from rl.losses import POLICY_LOSSES, LossInputs, register_policy_loss, total_loss
 from rl.rollout import rollout
 
@@ -119,6 +119,27 @@ def test_total_loss_is_the_tis_weighted_policy_loss_plus_kl_and_value_terms():
     assert {"kl_ref", "tis_capped_frac", "value_clip_frac"} <= metrics.keys()
     without = LossInputs(logprobs, old, advantages, mask, num_tokens=12.0, num_seqs=4.0, sampler_logprobs=sampler)
     assert set(total_loss(without, AlgoConfig())[1]) == {"loss", "clip_frac"}  # no reference, no critic, no TIS: the policy term alone
+
+
+def test_kl_on_the_first_turn_pulls_only_the_first_attempt_to_the_reference(episodes):
+    # SCoRe: the first attempt is held near the reference; later turns learn freely.
+    ep = episodes[5]
+    assert ep.turn_ids.count(1) and any(m and t == 0 for m, t in zip(ep.loss_mask, ep.turn_ids))
+    first = first_turn_mask(ep)
+    assert first == [float(m == 1 and t == 0) for m, t in zip(ep.loss_mask, ep.turn_ids)] and 0 < sum(first) < sum(ep.loss_mask)
+    gen = torch.Generator().manual_seed(4)
+    logprobs, ref = torch.randn(1, len(ep.token_ids), generator=gen) - 2, torch.randn(1, len(ep.token_ids), generator=gen) - 2
+    mask, kl_mask = torch.tensor([ep.loss_mask], dtype=torch.float32), torch.tensor([first])
+    zero = torch.zeros_like(logprobs)
+    algo = AlgoConfig(advantage="turn", loss_agg="seq-mean-token-sum", kl_coef=0.5, learn_from_turn=2, kl_turns="first")
+    inputs = LossInputs(logprobs, logprobs, zero, mask, num_tokens=float(mask.sum()), num_seqs=1.0, ref_logprobs=ref, kl_mask=kl_mask)
+    loss, metrics = total_loss(inputs, algo)
+    kl = algos.kl_penalty(logprobs, ref, "k3+")
+    assert float(loss) == pytest.approx(0.5 * float((kl * kl_mask).sum()), rel=1e-6)  # advantages 0: the loss is the KL term alone
+    assert float(metrics["kl_ref"]) == pytest.approx(float((kl * mask).sum() / mask.sum()), rel=1e-6)  # the drift of every token
+    for bad in ({"kl_coef": 0.0}, {"kl_in_reward": True}):
+        with pytest.raises(ValueError, match="algo.kl_turns=first"):
+            AlgoConfig(**{"kl_coef": 0.5, "kl_turns": "first"} | bad)
 
 
 def test_accumulate_reads_as_a_short_story():

@@ -81,6 +81,21 @@ def test_eval_figure_keeps_task_metrics_and_puts_searches_on_a_second_axis(searc
     assert list(judge.get_xdata()) == [20, 30, 40]  # the NaN at step 10 is skipped
 
 
+def test_eval_figure_draws_the_per_turn_accuracy_of_each_evaluation_in_a_second_panel(tmp_path):
+    lines = [train_line(s) for s in range(1, 21)]
+    lines += [{"step": step, "eval/acc_t1": 0.2 + step / 100, "eval/acc_tT": 0.25 + step / 50, "eval/acc_by_turn/1": 0.2 + step / 100,
+               "eval/acc_by_turn/2": 0.25 + step / 50} for step in (10, 20)]
+    lines[0].update({"eval/acc_by_turn/1": 0.2, "eval/acc_by_turn/2": float("nan")})  # step 1: the second turn's point is missing
+    write_metrics(tmp_path, lines)
+    fig = eval_figure(read_metrics(tmp_path / "metrics.jsonl"), "t")
+    by_step, by_turn = fig.axes
+    assert by_step.get_xlabel() == "step" and by_turn.get_xlabel() == "turn"
+    curves = {line.get_label(): (list(line.get_xdata()), pytest.approx(list(line.get_ydata()))) for line in by_turn.get_lines()}
+    assert curves == {"step 1": ([1], [0.2]), "step 10": ([1, 2], [0.3, 0.45]), "step 20": ([1, 2], [0.4, 0.65])}
+    plot_run(tmp_path)
+    assert matplotlib.image.imread(tmp_path / "eval.png").shape[:2] == (450, 1600)  # two panels side by side
+
+
 def test_key_selection():
     keys = ["reward/mean", "reward/std", "reward/cocos", "reward/cocos/R", "reward/search_answer", "eval/reward/mean", "learner/loss"]
     assert reward_keys(keys) == ["reward/cocos", "reward/search_answer"]

@@ -11,7 +11,7 @@ import pytest
 
 from envs.base import Task
 from envs.registry import get_env_spec
-from envs.search import SearchParams, load_tasks, make_env, sample_text, shared_retriever
+from envs.search import SearchParams, corpus_path, load_tasks, make_env, sample_text, shared_retriever
 from envs.search.bm25 import BM25Index
 from envs.search.env import ANSWER_NOW, INVALID, SearchEnv, format_passages, make_prompt, parse_action
 from envs.search.qa import BAMBOOGLE, load_questions
@@ -68,6 +68,32 @@ def test_questions_can_be_limited_to_some_relations():
     assert any(q["hops"] == 2 for q in questions)  # "Where was the mentor of X born?"
     with pytest.raises(ValueError, match="unknown relations"):
         build_world(WorldConfig(relations=["born"]))
+
+
+def test_a_world_by_occupation_makes_the_first_search_miss_for_a_reason_the_question_fixes(tmp_path):
+    # "Where was Rutaru the poet born?": the surname alone finds either Rutaru; the occupation picks the right one.
+    p = SearchParams(cache_dir=str(tmp_path), world_people=60, world_hops=[1], world_distractors=1, world_questions=80,
+                     world_relations=["born_in", "birth_year"], world_by_occupation=True, topk=1, max_obs_words=12)
+    env, tasks = make_env(p), load_tasks(p, "train") + load_tasks(p, "eval")
+    docs = {r["id"]: r["contents"] for r in read_jsonl(corpus_path(p))}
+    misses = 0
+    for task in tasks:
+        gold = task.metadata["gold_doc_ids"][0]
+        title, question = docs[gold].split("\n")[0].strip('"'), task.metadata["question"]
+        surname, occupation = title.split(" ")[1], docs[gold].split(" is a ")[1].split(".")[0]
+        assert title not in question and f" {surname} the {occupation} " in question
+        env.reset(task)
+        first = env.step(f"<search> {surname} </search>").info
+        if gold not in first["doc_ids"]:
+            misses += 1
+            assert f"is a {occupation}." not in first["information"]  # what came back says it is someone else
+        env.reset(task)
+        second = env.step(f"<search> {surname} the {occupation} </search>").info
+        assert second["doc_ids"] == [gold] and task.metadata["answers"][0] in second["information"]
+    assert 0.3 < misses / len(tasks) < 0.7, misses
+    people = [e for e in build_world(WorldConfig(seed=0, people=10, distractors=2, by_occupation=True)) if e.kind == "person"]
+    original, namesakes = people[0], people[1:3]
+    assert all(d.name.split(" ")[1] == original.name.split(" ")[1] and d.facts["occupation"] != original.facts["occupation"] for d in namesakes)
 
 
 def test_distractors_share_a_surname_and_an_attribute():

@@ -55,6 +55,24 @@ def test_search_demos_without_reasoning_judge_at_once(tmp_path):
     assert {j for j in judges if "<think>" in j} and all(j.startswith("<think>Is this ") for j in judges if "<think>" in j)
 
 
+def test_search_demos_by_occupation_search_the_surname_then_add_the_occupation(tmp_path):
+    # "Where was Rutaru the poet born?": the surname first; a namesake's passage is judged No, then the whole phrase.
+    params = SearchParams(cache_dir=str(tmp_path), prompt="short", world_people=60, world_distractors=1, world_hops=[1], world_questions=150,
+                          world_relations=["born_in", "birth_year"], world_by_occupation=True, topk=1, max_obs_words=12, demo_reasoning=False)
+    demos = search_demos(params, 80, seed=0, keep_share=0.4, hesitation=0.0)
+    assert len(demos) == 80
+    shapes = {tuple(t.info["action"] for t in d.turns) for d in demos}
+    assert shapes == {("search", "judge", "answer"), ("search", "judge", "search", "judge", "answer")}  # the retriever decides
+    for d in demos:
+        question, (first, judge) = d.task.metadata["question"], d.turns[:2]
+        surname = first.info["query"]
+        assert f" was {surname} the " in question and all(t.info["demo"] == "expert" for t in d.turns)  # every turn is learned
+        assert (judge.info["verdict"] == "yes") == first.info["gold_doc_retrieved"]
+        if len(d.turns) == 5:
+            occupation = question.split(f" {surname} the ")[1].split(" ")[0]
+            assert d.turns[2].info["query"] == f"{surname} the {occupation}" and d.turns[2].info["gold_doc_retrieved"]
+
+
 def test_code_mutants_change_one_thing():
     program = "def f(x):\n    return [v + 3 for v in x if v > 2]"
     found = mutants(program)

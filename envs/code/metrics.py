@@ -15,6 +15,8 @@ a = correct at turn 1 and b = correct at the last turn:
   better, worse         share of pairs whose pass count went up / down (CoCoS)
   edit_distance         mean Levenshtein(y1, yT) / (len(y1) + len(yT)) over the programs (SCoRe, Fig. 4)
   identical             share of last attempts identical to the first (collapse to "no edit")
+  acc_by_turn/k         share correct at turn k, k = 1 .. the longest episode; an episode that ended
+                        earlier counts with its last attempt (the per-turn accuracy curve)
 
     python -m envs.code.metrics runs/x/episodes/step_000100.jsonl   # from the trainer's episode logs
 """
@@ -75,11 +77,18 @@ def self_correction_metrics(
     return out
 
 
+def by_turn_accuracy(trajectories: list[Trajectory]) -> dict[str, float]:
+    """acc_by_turn/k for k = 1 .. the longest episode (module docstring)."""
+    correct = lambda info: info.get("n_tests", 0) > 0 and info.get("n_passed", 0) == info["n_tests"]  # noqa: E731
+    longest = max((len(t.turns) for t in trajectories), default=0)
+    return {f"acc_by_turn/{k}": _mean([correct(t.turns[min(k, len(t.turns)) - 1].info) for t in trajectories]) for k in range(1, longest + 1)}
+
+
 def metrics_from_trajectories(trajectories: list[Trajectory]) -> dict[str, float]:
     """The metrics from code episodes' first and last turns (their `info`: n_passed, n_tests, code)."""
     ts = [t for t in trajectories if t.turns]
     first, last = [t.turns[0].info for t in ts], [t.turns[-1].info for t in ts]
-    return self_correction_metrics(
+    return by_turn_accuracy(ts) | self_correction_metrics(
         [i.get("n_passed", 0) for i in first],
         [i.get("n_passed", 0) for i in last],
         [i.get("n_tests", 0) for i in first],

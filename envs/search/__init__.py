@@ -61,6 +61,7 @@ class SearchParams:
     world_distractors: int = 0  # data "world": namesakes per person (shared surname and one attribute)
     world_questions: int = 200  # data "world": distinct questions to generate
     world_relations: list[str] = field(default_factory=list)  # data "world": relations questions may follow, e.g. [born_in]; [] = all
+    world_by_occupation: bool = False  # data "world": name people as "Rutaru the poet", namesakes share only the surname (envs/search/world.py)
     demo_reasoning: bool = True  # scripted SFT demos restate the sentence they rely on in a <think> before judging (ReSeek)
 
 
@@ -70,7 +71,8 @@ def _cache(p: SearchParams) -> Path:
 
 def world_dir(p: SearchParams) -> Path:
     """The generated world of `p`'s knobs, written once under the cache directory."""
-    cfg = WorldConfig(p.world_seed, p.world_people, list(p.world_hops), p.world_distractors, p.world_questions, list(p.world_relations))
+    cfg = WorldConfig(p.world_seed, p.world_people, list(p.world_hops), p.world_distractors, p.world_questions, list(p.world_relations),
+                      p.world_by_occupation)
     key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
     out = _cache(p) / "worlds" / key
     if not (out / "questions.jsonl").exists():

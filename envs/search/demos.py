@@ -13,6 +13,12 @@ in the two shapes of the confidence/critique format, with AdvChain's corrections
           world has one), its information is judged No, and the right search follows
           (AdvChain's temptation-correction).
 
+Where the question names a person by surname and occupation ("Rutaru the novelist", a
+`by_occupation` world), the expert searches the surname alone; when a namesake's passage
+comes back it judges No and searches the question's whole phrase. Both queries copy the
+question from the same word on, which a tiny model learns as soon as it copies names. Whether that first
+search misses is up to the retriever, so the demos hold both shapes without a fix_hop.
+
 Queries and answers sit between spaces, as in Search-R1's "<search> query </search>": a
 name then starts with the same space-prefixed token as in the question or the passage it
 is copied from, so copying it is a token-for-token copy.
@@ -54,6 +60,16 @@ def _tempting(right: str, titles: dict[str, str], by_word: dict, avoid: set[str]
     return rng.choice(namesakes) if namesakes else rng.choice(sorted(t for i, t in titles.items() if i not in avoid))
 
 
+def occupation_before(title: str, question: str) -> str:
+    """The occupation when `question` names the person `title` as "<surname> the <occupation>" (a `by_occupation`
+    world), else ""."""
+    parts = title.split(" ")
+    if len(parts) != 2 or title in question:
+        return ""
+    found = re.search(rf"\b{re.escape(parts[1])} the (\w+)\b", question)
+    return found.group(1) if found else ""
+
+
 def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | None, hesitate: bool, reasoning: bool,
          rng: random.Random) -> Trajectory | None:
     """One scripted episode, or None when the agent could not have seen what it needs (it would be guessing)."""
@@ -67,14 +83,23 @@ def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | 
         return info
 
     gold = task.metadata["gold_doc_ids"]
+    question = task.metadata["question"]
     for hop, doc_id in enumerate(gold):
-        if hop == fix_hop:
+        detail = occupation_before(titles[doc_id], question)
+        if detail:
+            surname = titles[doc_id].split(" ")[1]
+            info = act(f"<search> {surname} </search>")
+            if doc_id not in info["doc_ids"]:
+                act((f"<think>This is not {surname} the {detail}.</think>" if reasoning else "") + "<judge>No</judge>")
+                info = act(f"<search> {surname} the {detail} </search>")
+        elif hop == fix_hop:
             wrong = _tempting(titles[doc_id], titles, by_word, set(gold), rng)
             info = act(f"<search> {wrong} </search>", mistake=True)
             if set(gold) & set(info["doc_ids"]) or contains_answer(info["information"], task.metadata["answers"]):
                 return None  # the "wrong" search found what was needed after all: not a mistake to correct
             act((f"<think>{wrong} is not {titles[doc_id]}.</think>" if reasoning else "") + "<judge>No</judge>")
-        info = act(f"<search> {titles[doc_id]} </search>")
+        if not detail:
+            info = act(f"<search> {titles[doc_id]} </search>")
         # What the next step needs must be in what the agent saw (observations are cut to max_obs_words).
         needed = [task.metadata["answers"][0]] if hop == len(gold) - 1 else [titles[gold[hop + 1]]]
         if doc_id not in info["doc_ids"] or not contains_answer(info["information"], needed):
@@ -84,7 +109,8 @@ def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | 
         sentence = next((s for s in re.split(r"(?<=\.) ", text) if contains_answer(s, needed)), None)
         if sentence is None:  # only the passage's title names it: nothing to restate
             return None
-        thought = (f"Is this {titles[doc_id]}? Yes. " if hesitate else "") + (sentence.strip() if reasoning else "")
+        named = f"{titles[doc_id].split(' ')[1]} the {detail}" if detail else titles[doc_id]  # as the question names it
+        thought = (f"Is this {named}? Yes. " if hesitate else "") + (sentence.strip() if reasoning else "")
         act((f"<think>{thought.strip()}</think>" if thought else "") + "<judge>Yes</judge>")
     info = act(f"<answer> {task.metadata['answers'][0]} </answer>")
     return trajectory if info["score"] == 1.0 else None

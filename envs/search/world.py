@@ -18,6 +18,13 @@ relations ("Where was the founder of Venmira Press born?") needs h passages: the
 imperfect: namesakes (people sharing a surname, and an occupation or a birth city
 or year with the original) and organisations named after their founders.
 
+With `by_occupation`, a question names a person as "Rutaru the novelist" and each
+namesake shares the surname alone, with another occupation: a search for the surname
+finds either person (topk 1: about half the time the namesake), the passage's first
+sentence says whose it is ("... is a poet"), and a search for the whole phrase
+finds the right one. A first search that misses is common, and what fixes it is in
+the question: the world where a JUDGE "No" and a re-plan pay.
+
     python -m envs.search make-world --seed 0 --out worlds/w0 --people 60 --hops 1 2 --distractors 1
 
 writes corpus.jsonl (Search-R1's format: {"id", "contents": "\"Title\"\\ntext"}) and
@@ -29,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +49,7 @@ class WorldConfig:
     distractors: int = 0  # namesakes per person: same surname, and same occupation, birth city or birth year
     questions: int = 200  # distinct questions to write (an error if the world has fewer)
     relations: list[str] = field(default_factory=list)  # relations questions may follow (RELATIONS), e.g. [born_in]; [] = all
+    by_occupation: bool = False  # questions name a person as "<surname> the <occupation>", and namesakes share only the surname (module docstring)
 
 
 _CONSONANTS = "bdfgklmnprstvz"
@@ -168,8 +177,11 @@ def build_world(cfg: WorldConfig) -> list[Entity]:
             # A namesake shares the surname and one attribute, so neither alone finds the right passage.
             facts = {"born_in": rng.choice(cities), "birth_year": rng.randint(1850, 2005),
                      "occupation": rng.choice(_OCCUPATIONS), "topic": rng.choice(_TOPICS)}
-            shared = ("occupation", "born_in", "birth_year")[d % 3]
-            facts[shared] = original.facts[shared]
+            if cfg.by_occupation:  # only the surname is shared: the occupation in the question tells them apart
+                facts["occupation"] = rng.choice([o for o in _OCCUPATIONS if o != original.facts["occupation"]])
+            else:
+                shared = ("occupation", "born_in", "birth_year")[d % 3]
+                facts[shared] = original.facts[shared]
             name = names.fresh(lambda extra: _word(rng, 2 + extra) + " " + surname)
             people.append(len(entities))
             entities.append(Entity("person", name, facts))
@@ -233,10 +245,25 @@ def _answer(entities: list[Entity], e: Entity, relation: str) -> tuple[str, int 
     return entities[value].name, value
 
 
+def _surname_and_occupation(e: Entity) -> tuple[str, str]:
+    return e.name.split(" ")[1], e.facts["occupation"]
+
+
+def referent(e: Entity, people_like: Counter) -> str:
+    """How a `by_occupation` question names `e`: "Rutaru the novelist" for a person, "" when `people_like`
+    (people by surname and occupation) says another person has both (the question would be ambiguous);
+    other kinds by name."""
+    if e.kind != "person":
+        return e.name
+    surname, occupation = _surname_and_occupation(e)
+    return "" if people_like[surname, occupation] > 1 else f"{surname} the {occupation}"
+
+
 def make_questions(entities: list[Entity], cfg: WorldConfig) -> list[dict]:
     """Distinct questions, each following `hops` relations from a named entity to its answer."""
     rng = random.Random(cfg.seed + 1)
     out, seen, dry = [], set(), 0
+    people_like = Counter(_surname_and_occupation(e) for e in entities if e.kind == "person")
     for _ in range(cfg.questions * 20):  # bounded: small worlds may have fewer distinct questions
         if len(out) == cfg.questions or dry == 10_000:  # a long run of draws that add nothing: the world is exhausted
             break
@@ -261,7 +288,9 @@ def make_questions(entities: list[Entity], cfg: WorldConfig) -> list[dict]:
         if len(relations) != hops:
             continue
         answer, _ = _answer(entities, entities[path[hops - 1]], relations[-1])
-        phrase = entities[start].name
+        phrase = referent(entities[start], people_like) if cfg.by_occupation else entities[start].name
+        if not phrase:
+            continue
         for relation in relations[:-1]:
             phrase = _PHRASES[relation].format(phrase)
         question = _QUESTIONS[relations[-1]].format(phrase)
