@@ -15,9 +15,9 @@ in the two shapes of the confidence/critique format, with AdvChain's corrections
 
 Where the question names a person by surname and occupation ("Rutaru the novelist", a
 `by_occupation` world), the expert searches the surname alone; when a namesake's passage
-comes back it judges No and searches the question's whole phrase. Both queries copy the
-question from the same word on, which a tiny model learns as soon as it copies names. Whether that first
-search misses is up to the retriever, so the demos hold both shapes without a fix_hop.
+comes back it judges No and searches the question's whole phrase (both queries copy the
+question from the same word on). Whether that first search misses is up to the
+retriever, so the demos hold both shapes without a fix_hop.
 
 Queries and answers sit between spaces, as in Search-R1's "<search> query </search>": a
 name then starts with the same space-prefixed token as in the question or the passage it
