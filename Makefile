@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m rl demo configs/tiny_code.yaml configs/tiny_search.yaml
+	$(PY) -m rl demo configs/tiny_code_feedback.yaml configs/tiny_search.yaml
 
 # tests/test_view.py looks at `rl view`'s page in headless Chromium: installed here where it is missing
 # (Debian's package; CI runs as root, elsewhere through sudo).

@@ -22,7 +22,9 @@ A match earns +0.3 (+`answer_bonus` when the final answer is right; ReSeek's cod
 uses 0.1), a wrong Yes -0.6, a wrong No -0.3. As in ReSeek's code an episode without
 an answer gets no judge reward (`require_answer`). By default a Yes is never right
 merely because the final answer is: the oracle alone decides; `yes_if_answer_right`
-is ReSeek's code, where a Yes in an episode whose answer is right always counts as right. Farming: with ReSeek's plain sum, four
+is ReSeek's code, where a Yes in an episode whose answer is right always counts as right.
+`rate_empty: false` leaves searches that returned nothing out of the reward: a No on an
+empty result is always right, and a policy that garbles its queries collects it. Farming: with ReSeek's plain sum, four
 useless searches each judged No earn 4 x 0.3 = 1.2, more than a right answer (1.0),
 so the default aggregate is the mean over the episode's information blocks (one not
 judged counts as `unjudged`, 0 by default), which stays within [-0.6, 0.3 + bonus]
@@ -121,6 +123,7 @@ def judge_reward(
     require_answer: bool = True,
     pairing: str = "adjacent",
     yes_if_answer_right: bool = False,
+    rate_empty: bool = True,
     threshold: float = 0.7,
     reranker_model: str = "BAAI/bge-reranker-v2-m3",
 ):
@@ -129,7 +132,9 @@ def judge_reward(
     unjudged: reward for information nobody judged (on its search turn); require_answer: no
     judge reward in an episode without an answer (ReSeek's code); pairing: "adjacent" or
     ReSeek's code's "next"; yes_if_answer_right: ReSeek's code's rule that a Yes is right
-    whenever the final answer is; threshold, reranker_model: the reranker oracle's.
+    whenever the final answer is; rate_empty: whether a search that returned no passage is rated at all
+    (a garbled query returns one at will, and a No on it is always right: a policy farms it);
+    threshold, reranker_model: the reranker oracle's.
     """
     if oracle not in ("answer", "substring", "gold_doc", "reranker"):
         raise ValueError(f"oracle must be 'answer', 'substring', 'gold_doc' or 'reranker', got {oracle!r}")
@@ -146,8 +151,8 @@ def judge_reward(
         gold_docs = set(meta.get("gold_doc_ids") or [])
         if oracle == "gold_doc" and not gold_docs:
             raise ValueError("judge oracle 'gold_doc' needs the task's gold_doc_ids (generated worlds have them)")
-        searches = [t for t, turn in enumerate(turns) if turn.info.get("action") == "search"]
-        pairs = judge_pairs(trajectory, pairing)
+        searches = [t for t, turn in enumerate(turns) if turn.info.get("action") == "search" and (rate_empty or turn.info["doc_ids"])]
+        pairs = [(s, j) for s, j in judge_pairs(trajectory, pairing) if s in searches]
         said_yes = {s: turns[j].info["verdict"] == "yes" for s, j in pairs}  # search turn -> its judgment
 
         # The ideal judgment of each search's information, by each oracle that can be asked.

@@ -1,7 +1,7 @@
 """The main job: for each world, a tiny model is built, warm-started by SFT, trained by RL, and
 both checkpoints are evaluated on the same held-out tasks.
 
-    python -m rl demo configs/tiny_search.yaml configs/tiny_code.yaml
+    python -m rl demo configs/tiny_code_feedback.yaml configs/tiny_search.yaml   # what `make demo` runs
     python -m rl demo configs/tiny_code.yaml steps=4 sft.steps=10      # overrides apply to every config
     python -m rl demo configs/tiny_code.yaml --seeds 0 1 2             # one run per seed, then mean and range
     python -m rl demo configs/tiny_code.yaml --samples 0               # greedy evaluation only
@@ -42,6 +42,7 @@ from envs.registry import get_env_spec
 from rl import logs
 from rl.config import Config, load_config
 from rl.evaluate import evaluate, format_table
+from rl.model import starting_path
 from rl.trainer import Trainer, latest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def run_one(config: str, overrides: list[str], samples: int, beside: dict[str, f
         trainer.close()
     run_dir = trainer.run_dir
     rl_model = latest_checkpoint(run_dir) / "model"
-    sft_model = run_dir / "sft" / "model" if cfg.sft.steps else run_dir / "base_model"
+    sft_model = starting_path(cfg, run_dir)  # without an SFT stage, "sft" is the model RL started from
     t0 = time.perf_counter()
     results = {name: evaluate_both_ways(cfg, path, run_dir, name, samples) for name, path in (("sft", sft_model), ("rl", rl_model))}
     timings = {**trainer.timings, "final_eval": time.perf_counter() - t0, "total": time.perf_counter() - start}

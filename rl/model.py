@@ -40,6 +40,14 @@ def looks_like_hub_id(path: str) -> bool:
     return len(parts) == 2 and all(parts) and not path.startswith((".", "/", "~"))
 
 
+def starting_path(cfg: Config, run_dir: Path) -> Path:
+    """Where the model RL starts from is (or will be): the SFT stage's output when there is one, else `model.path`
+    or the tiny base model."""
+    if cfg.sft.steps:
+        return run_dir / "sft" / "model"
+    return Path(cfg.model.path) if cfg.model.path else run_dir / "base_model"
+
+
 def starting_model(cfg: Config, run_dir: Path, callbacks: tuple = ()) -> tuple[Path, dict[str, float]]:
     """The model RL starts from, and the seconds each stage took to make it.
 
@@ -53,7 +61,7 @@ def starting_model(cfg: Config, run_dir: Path, callbacks: tuple = ()) -> tuple[P
 
     timings: dict[str, float] = {}
     base = Path(cfg.model.path) if cfg.model.path else run_dir / "base_model"
-    sft_model = run_dir / "sft" / "model"
+    sft_model = starting_path(cfg, run_dir)
     trajectories: list[Trajectory] = []
     if cfg.sft.steps and not (sft_model / "config.json").exists():
         t0 = time.perf_counter()
@@ -66,7 +74,7 @@ def starting_model(cfg: Config, run_dir: Path, callbacks: tuple = ()) -> tuple[P
         build_tiny_model(base, texts + [sft.trajectory_text(t) for t in trajectories[:2000]], cfg.model.tiny, cfg.seed)
         timings["model_build"] = time.perf_counter() - t0
     if not cfg.sft.steps:
-        return base, timings
+        return sft_model, timings
     if trajectories:
         t0 = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(base)

@@ -189,6 +189,23 @@ def test_soft_episode_search_judge_answer(world):
     json.dumps([first.info, judged.info, second.info, done.info])  # episodes are logged as JSON
 
 
+def test_new_passages_never_shows_a_passage_twice_and_brings_the_next_in_rank_order(world):
+    out, index, _ = world
+    q = read_jsonl(out / "questions.jsonl")[0]
+    ranked = [h["document"]["id"] for h in index.search([q["question"]], 4)[0]]
+    env = SearchEnv(index, topk=2, new_passages=True)
+    env.reset(task_for(q))
+    assert env.step(f"<search>{q['question']}</search>").info["doc_ids"] == ranked[:2]
+    env.step("<judge>No</judge>")
+    assert env.step(f"<search>{q['question']}</search>").info["doc_ids"] == ranked[2:4]  # the same query, the next page
+    env.reset(task_for(q))  # a new episode has seen nothing
+    assert env.step(f"<search>{q['question']}</search>").info["doc_ids"] == ranked[:2]
+    plain = SearchEnv(index, topk=2)
+    plain.reset(task_for(q))
+    plain.step(f"<search>{q['question']}</search>")
+    assert plain.step(f"<search>{q['question']}</search>").info["doc_ids"] == ranked[:2]  # without it: the same passages again
+
+
 def test_hard_mode_shows_a_preview_and_only_a_yes_releases_the_information(world):
     out, index, _ = world
     q = read_jsonl(out / "questions.jsonl")[0]

@@ -121,6 +121,16 @@ def test_no_judge_reward_without_an_answer_by_default():
     assert judge_reward(require_answer=False)(trajectory).process == pytest.approx([0.0, 0.3])
 
 
+def test_rate_empty_false_leaves_searches_that_found_nothing_out_of_the_judge_reward():
+    nothing = "No passage matches the query.\n"
+    garbled = episode(search(nothing, []), judge("No"), search(OTHER, ["143"]), judge("Yes"), answer("Leba Pupuki"))
+    assert judge_reward()(garbled).process == pytest.approx([0.0, 0.15, 0.0, -0.3, 0.0])  # mean of +0.3 (the easy No) and -0.6
+    skipped = judge_reward(rate_empty=False)(garbled)
+    assert skipped.process == pytest.approx([0.0, 0.0, 0.0, -0.6, 0.0]) and skipped.components["pairs"] == 1.0
+    only_empty = episode(search(nothing, []), judge("No"), answer("Leba Pupuki"))
+    assert judge_reward(rate_empty=False)(only_empty).process == [0.0, 0.0, 0.0]
+
+
 DEFAULT_REWARD = [{"name": "search_answer"}, {"name": "search_judge"}, {"name": "search_format"}]
 
 

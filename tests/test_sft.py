@@ -15,7 +15,7 @@ from envs.search import SearchParams
 from envs.search import demonstrations as search_demos
 from rl.chat import TurnFormatter
 from rl.config import load_config
-from rl.model import starting_model
+from rl.model import starting_model, starting_path
 from rl.sft import load_trajectories, make_trainer, read_trajectories, sft_examples, tokenize, trajectory_text
 from tests.conftest import CHAT_TEMPLATE
 
@@ -71,6 +71,25 @@ def test_search_demos_by_occupation_search_the_surname_then_add_the_occupation(t
         if len(d.turns) == 5:
             occupation = question.split(f" {surname} the ")[1].split(" ")[0]
             assert d.turns[2].info["query"] == f"{surname} the {occupation}" and d.turns[2].info["gold_doc_retrieved"]
+
+
+@pytest.mark.parametrize("judge_mode", ["soft", "hard"])
+def test_search_demos_by_occupation_repeat_the_surname_where_shown_passages_are_skipped(tmp_path, judge_mode):
+    # With new_passages the same query brings the next passage: after a No the expert searches the surname again.
+    params = SearchParams(cache_dir=str(tmp_path), prompt="short", world_people=60, world_distractors=1, world_hops=[1], world_questions=150,
+                          world_relations=["born_in", "birth_year"], world_by_occupation=True, new_passages=True, topk=1,
+                          max_obs_words=12, demo_reasoning=False, judge_mode=judge_mode)
+    demos = search_demos(params, 60, seed=0, keep_share=0.4, hesitation=0.0)
+    corrected = [d for d in demos if len(d.turns) == 5]
+    assert len(demos) == 60 and corrected
+    for d in corrected:
+        first, judge, second = d.turns[:3]
+        assert judge.info["verdict"] == "no" and second.info["query"] == first.info["query"]
+        assert second.info["gold_doc_retrieved"] and second.info["doc_ids"] != first.info["doc_ids"]
+    if judge_mode == "hard":  # a No releases nothing; the Yes releases the passage the answer is copied from
+        for d in demos:
+            judges = [t for t in d.turns if t.info["action"] == "judge"]
+            assert all(t.observation == "" for t in judges[:-1]) and d.turns[-1].action.split()[1] in judges[-1].observation
 
 
 def test_code_mutants_change_one_thing():
@@ -219,6 +238,10 @@ def test_warm_start_builds_a_tokenizer_on_the_demos_and_sft_learns_them(tmp_path
     # A second call finds the SFT model and trains nothing.
     again, timings = starting_model(cfg, tmp_path / "run")
     assert again == path and "sft" not in timings
+    # A run from that model without SFT starts from it and builds nothing (`rl demo` evaluates it as "sft").
+    reuse = _code_cfg(tmp_path, f"model.path={path}", "sft.steps=0")
+    assert starting_model(reuse, tmp_path / "again") == (path, {}) and starting_path(reuse, tmp_path / "again") == path
+    assert not (tmp_path / "again").exists()
 
 
 def test_trajectory_text_is_what_the_model_reads_and_writes():

@@ -50,6 +50,7 @@ class SearchParams:
     preview_words: int = 8  # hard mode: words of each passage in the preview
     max_obs_words: int = 300  # words of passage text per observation, split evenly across the passages
     score: str = "em"  # info["score"] of the answer turn: "em" or "f1"
+    new_passages: bool = False  # a search skips passages the episode has already shown (the next ones in rank order): a search repeated after a No brings the next passage
     prompt: str = "reseek"  # "reseek" (ReSeek's instructions, for instruct models), "reseek_code" (the same as its code lays them out: indented), or "short" ("Question: ...", for tiny models)
     system: str = "none"  # system message: "none" (the chat template's default, e.g. Qwen's) or "reseek" ("You are a helpful and harmless assistant.")
     timeout_s: float = 10.0  # retrieval server: seconds before a request is abandoned
@@ -122,7 +123,7 @@ def shared_retriever(p: SearchParams):
 
 
 def make_env(p: SearchParams) -> SearchEnv:
-    return SearchEnv(shared_retriever(p), p.topk, p.max_searches, p.judge_mode, p.preview_words, p.max_obs_words, p.score)
+    return SearchEnv(shared_retriever(p), p.topk, p.max_searches, p.judge_mode, p.preview_words, p.max_obs_words, p.score, p.new_passages)
 
 
 def _held_out(question_id: str, fraction: float) -> bool:

@@ -16,8 +16,10 @@ in the two shapes of the confidence/critique format, with AdvChain's corrections
 Where the question names a person by surname and occupation ("Rutaru the novelist", a
 `by_occupation` world), the expert searches the surname alone; when a namesake's passage
 comes back it judges No and searches the question's whole phrase (both queries copy the
-question from the same word on). Whether that first search misses is up to the
-retriever, so the demos hold both shapes without a fix_hop.
+question from the same word on); where the env skips passages already shown
+(`new_passages`), it repeats the surname instead, the cheapest query that brings the
+next passage. Whether that first search misses is up to the retriever, so the demos
+hold both shapes without a fix_hop.
 
 Queries and answers sit between spaces, as in Search-R1's "<search> query </search>": a
 name then starts with the same space-prefixed token as in the question or the passage it
@@ -91,7 +93,7 @@ def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | 
             info = act(f"<search> {surname} </search>")
             if doc_id not in info["doc_ids"]:
                 act((f"<think>This is not {surname} the {detail}.</think>" if reasoning else "") + "<judge>No</judge>")
-                info = act(f"<search> {surname} the {detail} </search>")
+                info = act(f"<search> {surname if env.new_passages else surname + ' the ' + detail} </search>")
         elif hop == fix_hop:
             wrong = _tempting(titles[doc_id], titles, by_word, set(gold), rng)
             info = act(f"<search> {wrong} </search>", mistake=True)

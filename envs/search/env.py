@@ -11,6 +11,10 @@ followed by exactly one of:
                               block to be about); it does not use up a search.
     <answer>text</answer>     ends the episode; info["score"] is EM (or F1) against the gold answers.
 
+With `new_passages`, a search skips the passages this episode has already shown and
+returns the next ones in the retriever's order: searching again after a No brings
+something new, as the next page of results does for a person.
+
 Anything else (no complete action, an empty query, a judgment that is not Yes/No or
 follows no information) gets the fixed INVALID message and uses up a search, so an
 episode has at most 2 * max_searches + 1 turns. Once the budget is spent the
@@ -123,7 +127,7 @@ class SearchEnv:
     stop_strings = STOP_STRINGS
 
     def __init__(self, retriever, topk: int = 3, max_searches: int = 4, judge_mode: str = "soft",
-                 preview_words: int = 8, max_obs_words: int = 300, score: str = "em"):
+                 preview_words: int = 8, max_obs_words: int = 300, score: str = "em", new_passages: bool = False):
         if judge_mode not in ("soft", "hard"):
             raise ValueError(f"judge_mode must be 'soft' or 'hard', got {judge_mode!r}")
         if score not in ("em", "f1"):
@@ -132,12 +136,14 @@ class SearchEnv:
             raise ValueError(f"topk must be >= 1 and max_searches >= 0, got {topk} and {max_searches}")
         self.retriever, self.topk, self.max_searches = retriever, topk, max_searches
         self.judge_mode, self.preview_words, self.max_obs_words, self.score = judge_mode, preview_words, max_obs_words, score
+        self.new_passages = new_passages
 
     def reset(self, task: Task):
         self.answers = task.metadata["answers"]
         self.gold_doc_ids = set(task.metadata.get("gold_doc_ids") or [])
         self.searches_left = self.max_searches
         self.pending: dict | None = None  # the last search, while a judgment of it is still allowed
+        self.shown: set[str] = set()  # ids of the passages searches have returned (new_passages skips them)
         self.turn = 0
         return task.prompt
 
@@ -162,8 +168,12 @@ class SearchEnv:
         return self._search(content, turn, budget_note)
 
     def _search(self, query: str, turn: int, budget_note: str) -> StepResult:
-        hits = self.retriever.search([query], self.topk)[0]
+        if self.new_passages:  # ask for enough to have topk left after the shown ones are dropped
+            hits = [h for h in self.retriever.search([query], self.topk + len(self.shown))[0] if h["document"]["id"] not in self.shown][: self.topk]
+        else:
+            hits = self.retriever.search([query], self.topk)[0]
         ids = [h["document"]["id"] for h in hits]
+        self.shown.update(ids)
         information = format_passages(hits, self.max_obs_words)
         if self.judge_mode == "soft":
             observation, shown = f"\n\n<information>{information}</information>\n\n", "information"
