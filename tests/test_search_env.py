@@ -306,3 +306,14 @@ def test_reseek_codes_system_message_and_prompt_layout_are_options(tmp_path):
     assert isinstance(load_tasks(SearchParams(cache_dir=str(tmp_path), world_people=20, world_questions=50, max_tasks=2), "train")[0].prompt, str)
     with pytest.raises(ValueError, match=r"system must be one of \('none', 'reseek'\), got 'harmless'"):
         load_tasks(SearchParams(cache_dir=str(tmp_path), world_people=20, world_questions=50, system="harmless"), "train")
+
+
+def test_a_generated_world_is_cached_per_config_and_per_generator_code(tmp_path, monkeypatch):
+    import envs.search
+
+    p = SearchParams(cache_dir=str(tmp_path), world_people=10, world_hops=[1], world_questions=5)
+    first = envs.search.world_dir(p)
+    assert envs.search.world_dir(p) == first and (first / "questions.jsonl").exists()  # found, not written again
+    monkeypatch.setattr(envs.search, "_generator_source", lambda: "other generator code")
+    other = envs.search.world_dir(p)
+    assert other != first and (other / "corpus.jsonl").exists()  # another generator's world is not reused

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from envs.base import Task
 from envs.registry import EnvSpec
-from envs.search import demos
+from envs.search import demos, world
 from envs.search.env import ANSWER_NOW, INVALID, SearchEnv, make_prompt
 from envs.search.metrics import search_metrics
 from envs.search.qa import BAMBOOGLE, load_questions
@@ -70,11 +70,18 @@ def _cache(p: SearchParams) -> Path:
     return Path(p.cache_dir) if p.cache_dir else default_cache_dir()
 
 
+def _generator_source() -> str:
+    return Path(world.__file__).read_text(encoding="utf-8")
+
+
 def world_dir(p: SearchParams) -> Path:
-    """The generated world of `p`'s knobs, written once under the cache directory."""
+    """The generated world of `p`'s knobs, written once under the cache directory.
+
+    The cache key covers the generator's code too: a world written by other code is not reused.
+    """
     cfg = WorldConfig(p.world_seed, p.world_people, list(p.world_hops), p.world_distractors, p.world_questions, list(p.world_relations),
                       p.world_by_occupation)
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256((json.dumps(dataclasses.asdict(cfg), sort_keys=True) + _generator_source()).encode()).hexdigest()[:16]
     out = _cache(p) / "worlds" / key
     if not (out / "questions.jsonl").exists():
         write_world(cfg, out)
