@@ -24,8 +24,8 @@ an answer gets no judge reward (`require_answer`). By default a Yes is never rig
 merely because the final answer is: the oracle alone decides; `yes_if_answer_right`
 is ReSeek's code, where a Yes in an episode whose answer is right always counts as right.
 `rate_empty: false` leaves searches that returned nothing out of the reward: a No on an
-empty result is always right, and a policy that garbles its queries collects it. Farming: with ReSeek's plain sum, four
-useless searches each judged No earn 4 x 0.3 = 1.2, more than a right answer (1.0),
+empty result is always right, and a policy that garbles its queries collects it.
+Farming: with ReSeek's plain sum, four useless searches each judged No earn 4 x 0.3 = 1.2, more than a right answer (1.0),
 so the default aggregate is the mean over the episode's information blocks (one not
 judged counts as `unjudged`, 0 by default), which stays within [-0.6, 0.3 + bonus]
 however many searches are made; "cap" clips the sum to +-cap instead, "sum" is ReSeek's.
