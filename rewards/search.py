@@ -4,6 +4,7 @@
       - {name: search_answer}                      # outcome: EM of the last answer (metric: f1 for F1)
       - {name: search_judge}                       # process: one reward per judgment, on the judge's turn
       - {name: search_format, weight: 0.5}         # process: malformed turns cost a little
+      - {name: search_found}                       # process: the search that finds a gold passage, first or after right Nos
 
 The judge reward (ReSeek) rates each (information, judgment) pair. By default
 (`pairing: adjacent`) a judgment is paired only with the information of the search
@@ -42,7 +43,7 @@ from __future__ import annotations
 import re
 
 from envs.base import Trajectory
-from envs.search.metrics import judge_pairs, last_answer
+from envs.search.metrics import judge_pairs, last_answer, useful
 from envs.search.qa import contains_answer, exact_match, f1_score
 from rewards.base import Reward, register_reward
 
@@ -208,5 +209,35 @@ def format_reward(penalty: float = 0.2, require_think: bool = False):
         bad = [bool(t.info.get("invalid")) or not well_formed(t.action, require_think) for t in trajectory.turns]
         answered = last_answer(trajectory) is not None
         return Reward([-penalty if b else 0.0 for b in bad], 0.0 if answered else -penalty, {"malformed_turns": float(sum(bad))})
+
+    return fn
+
+
+@register_reward("search_found")
+def found_reward(bonus: float = 0.5):
+    """Process: `bonus` on the turn of the search that brings what the question needs (the `useful` oracle:
+    a gold passage where the task names them), when it is the episode's first search or every search
+    before it brought passages and was judged No rightly; at most once an episode.
+
+    It pays a search that finds, and a re-search after a right No exactly as much as a first search
+    that finds: a correction earns its reward on the turn that makes it, long before the answer, and
+    missing on purpose gains nothing. A search that returned nothing never leads up to it (a garbled
+    query returns nothing at will), nor does a No on useful passages or a search left unjudged.
+    """
+
+    def fn(trajectory: Trajectory) -> Reward:
+        turns, meta = trajectory.turns, trajectory.task.metadata
+        gold_docs, answers = set(meta.get("gold_doc_ids") or []), meta["answers"]
+        verdicts = {s: turns[j].info["verdict"] for s, j in judge_pairs(trajectory)}
+        process = [0.0] * len(turns)
+        for t, turn in enumerate(turns):
+            if turn.info.get("action") != "search":
+                continue
+            if useful(turn.info, gold_docs, answers):
+                process[t] = bonus
+                break
+            if not turn.info["doc_ids"] or verdicts.get(t) != "no":  # the path to a paid search is broken
+                break
+        return Reward(process, 0.0, {"found": float(any(process))})
 
     return fn

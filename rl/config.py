@@ -90,6 +90,7 @@ class TinyModelConfig(Options):
     kv_heads: int = 2  # key/value heads (grouped-query attention, as in Qwen2)
     vocab_size: int = 512  # upper bound on the BPE vocabulary trained on the task text
     byte_alphabet: bool = True  # keep all 256 byte symbols (any text encodes); False keeps only bytes seen in the text
+    whole: list[str] = field(default_factory=list)  # strings encoded as one token each, e.g. an env's tags: "<search>" then gives a copy of what followed it one place to look
     max_positions: int = 2048  # longest sequence the model accepts
 
 

@@ -96,6 +96,38 @@ def test_a_world_by_occupation_makes_the_first_search_miss_for_a_reason_the_ques
     assert all(d.name.split(" ")[1] == original.name.split(" ")[1] and d.facts["occupation"] != original.facts["occupation"] for d in namesakes)
 
 
+def test_a_world_in_sections_makes_half_the_name_searches_bring_the_section_that_does_not_answer(tmp_path):
+    # An article split in two under one title: "life" states the birth, "career" does not; the name's search brings
+    # either first, and with new_passages the same search brings the other.
+    p = SearchParams(cache_dir=str(tmp_path), world_people=60, world_hops=[1], world_distractors=1, world_questions=80,
+                     world_relations=["born_in", "birth_year"], world_sections=True, new_passages=True, topk=1, max_obs_words=12)
+    env, tasks = make_env(p), load_tasks(p, "train") + load_tasks(p, "eval")
+    docs = {r["id"]: r["contents"] for r in read_jsonl(corpus_path(p))}
+    misses = 0
+    for task in tasks:
+        gold, answer = task.metadata["gold_doc_ids"][0], task.metadata["answers"][0]
+        title = docs[gold].split("\n")[0].strip('"')
+        assert title in task.metadata["question"] and docs[gold + "-career"].startswith(f'"{title}"\n{title} is a ')
+        assert " born " not in docs[gold + "-career"] and answer not in docs[gold + "-career"]
+        env.reset(task)
+        first = env.step(f"<search> {title} </search>").info
+        assert first["doc_ids"] in ([gold], [gold + "-career"])
+        if first["doc_ids"] != [gold]:
+            misses += 1
+            assert not first["answer_in_information"]
+            second = env.step(f"<search> {title} </search>").info
+            assert second["doc_ids"] == [gold] and second["answer_in_information"]
+    assert 0.3 < misses / len(tasks) < 0.7, misses
+    mentor = make_questions(build_world(WorldConfig(seed=0, people=20, hops=[1], relations=["mentor"], questions=5, sections=True)),
+                            WorldConfig(seed=0, people=20, hops=[1], relations=["mentor"], questions=5, sections=True))
+    assert all(q["gold_doc_ids"][0].endswith("-career") for q in mentor)  # the mentor is a career fact
+
+
+def test_sections_leave_the_rest_of_the_world_as_it_was():
+    plain, split = (build_world(WorldConfig(seed=3, people=20, distractors=1, sections=s)) for s in (False, True))
+    assert [(e.name, {k: v for k, v in e.facts.items() if k != "lead"}) for e in split] == [(e.name, e.facts) for e in plain]
+
+
 def test_distractors_share_a_surname_and_an_attribute():
     entities = build_world(WorldConfig(seed=0, people=10, distractors=2))
     people = [e for e in entities if e.kind == "person"]

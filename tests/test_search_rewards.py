@@ -11,7 +11,7 @@ from envs.search.env import SearchEnv
 from envs.search.qa import exact_match, f1_score
 from envs.search.world import WorldConfig, write_world
 from rewards import build_reward
-from rewards.search import aggregate, judge_reward, last_answer, well_formed
+from rewards.search import aggregate, found_reward, judge_reward, last_answer, well_formed
 
 GOLD = 'Doc 1(Title: "Fiku Guild") Fiku Guild is an organization founded in 1733 by Fako Rediki.\n'  # holds the answer
 OTHER = 'Doc 1(Title: "Pupuki Guild") Pupuki Guild is an organization founded in 1915 by Leba Pupuki.\n'  # does not
@@ -129,6 +129,20 @@ def test_rate_empty_false_leaves_searches_that_found_nothing_out_of_the_judge_re
     assert skipped.process == pytest.approx([0.0, 0.0, 0.0, -0.6, 0.0]) and skipped.components["pairs"] == 1.0
     only_empty = episode(search(nothing, []), judge("No"), answer("Leba Pupuki"))
     assert judge_reward(rate_empty=False)(only_empty).process == [0.0, 0.0, 0.0]
+
+
+def test_found_pays_the_search_that_finds_first_or_after_right_nos_and_nothing_else():
+    fn = found_reward(bonus=0.5)
+    assert fn(episode(search(GOLD, ["145"]), judge("Yes"), answer("Fako Rediki"))).process == [0.5, 0.0, 0.0]
+    recovered = episode(search(OTHER, ["143"]), judge("No"), search(GOLD, ["145"]), judge("Yes"), answer("x"))
+    assert fn(recovered).process == [0.0, 0.0, 0.5, 0.0, 0.0]  # paid on the re-search, whatever the answer
+    twice = episode(search(GOLD, ["145"]), judge("No"), search(GOLD, ["145"]), judge("Yes"), answer("Fako Rediki"))
+    assert fn(twice).process == [0.5, 0.0, 0.0, 0.0, 0.0]  # once an episode
+    nothing = "No passage matches the query.\n"
+    for broken in (episode(search(nothing, []), judge("No"), search(GOLD, ["145"]), answer("Fako Rediki")),  # garbled first
+                   episode(search(OTHER, ["143"]), judge("Yes"), search(GOLD, ["145"]), answer("Fako Rediki")),  # wrong Yes
+                   episode(search(OTHER, ["143"]), search(GOLD, ["145"]), answer("Fako Rediki"))):  # not judged
+        assert sum(fn(broken).process) == 0.0 and fn(broken).components["found"] == 0.0
 
 
 DEFAULT_REWARD = [{"name": "search_answer"}, {"name": "search_judge"}, {"name": "search_format"}]

@@ -92,6 +92,21 @@ def test_search_demos_by_occupation_repeat_the_surname_where_shown_passages_are_
             assert all(t.observation == "" for t in judges[:-1]) and d.turns[-1].action.split()[1] in judges[-1].observation
 
 
+def test_search_demos_in_sections_judge_the_wrong_section_no_and_search_the_name_again(tmp_path):
+    params = SearchParams(cache_dir=str(tmp_path), prompt="short", world_people=60, world_distractors=1, world_hops=[1], world_questions=150,
+                          world_relations=["born_in", "birth_year"], world_sections=True, new_passages=True, topk=1,
+                          max_obs_words=12, demo_reasoning=False)
+    demos = search_demos(params, 60, seed=0, keep_share=1.0, hesitation=0.0)
+    shapes = [tuple(t.info["action"] for t in d.turns) for d in demos]
+    assert len(demos) == 60 and set(shapes) == {("search", "judge", "answer"), ("search", "judge", "search", "judge", "answer")}
+    for d in demos:
+        if len(d.turns) == 5:
+            first, judge, second = d.turns[:3]
+            assert first.info["doc_ids"][0].endswith("-career") and judge.info["verdict"] == "no"
+            assert second.info["query"] == first.info["query"] and second.info["gold_doc_retrieved"]
+        assert all(t.info["demo"] == "expert" for t in d.turns) and d.turns[-1].info["score"] == 1.0
+
+
 def test_code_mutants_change_one_thing():
     program = "def f(x):\n    return [v + 3 for v in x if v > 2]"
     found = mutants(program)

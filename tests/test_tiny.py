@@ -24,3 +24,18 @@ def test_model_loads_and_runs(tiny_model_dir):
     assert model.config.vocab_size == len(tok)
     logits = model(torch.tensor([tok.encode("what is kalu")])).logits
     assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()
+
+
+def test_whole_strings_are_one_token_each_after_a_reload(tmp_path):
+    from rl.config import TinyModelConfig
+    from rl.tiny import build_tiny_model
+
+    tags = ["<search>", "</search>", "<judge>", "</judge>"]
+    text = "Question: Where was Boma Dabelo born?\n<search> Boma Dabelo </search>\n\n<judge>No</judge><search> Dabelo </search>"
+    build_tiny_model(tmp_path, [text] * 10, TinyModelConfig(vocab_size=300, whole=tags), seed=0)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text and tok.decode(ids, skip_special_tokens=True) == text  # kept in the text rollouts decode
+    pieces = [tok.decode([i]) for i in ids]
+    assert pieces.count("<search>") == 2 and all(pieces.count(t) >= 1 for t in tags)
+    assert [tok.decode([i]) for i in tok.encode("<judge>Yes</judge>", add_special_tokens=False)][0] == "<judge>"

@@ -63,6 +63,7 @@ class SearchParams:
     world_questions: int = 200  # data "world": distinct questions to generate
     world_relations: list[str] = field(default_factory=list)  # data "world": relations questions may follow, e.g. [born_in]; [] = all
     world_by_occupation: bool = False  # data "world": name people as "Rutaru the poet", namesakes share only the surname (envs/search/world.py)
+    world_sections: bool = False  # data "world": a person's article is two passages under one title, life and career (envs/search/world.py)
     demo_reasoning: bool = True  # scripted SFT demos restate the sentence they rely on in a <think> before judging (ReSeek)
 
 
@@ -80,7 +81,7 @@ def world_dir(p: SearchParams) -> Path:
     The cache key covers the generator's code too: a world written by other code is not reused.
     """
     cfg = WorldConfig(p.world_seed, p.world_people, list(p.world_hops), p.world_distractors, p.world_questions, list(p.world_relations),
-                      p.world_by_occupation)
+                      p.world_by_occupation, p.world_sections)
     key = hashlib.sha256((json.dumps(dataclasses.asdict(cfg), sort_keys=True) + _generator_source()).encode()).hexdigest()[:16]
     out = _cache(p) / "worlds" / key
     if not (out / "questions.jsonl").exists():

@@ -19,7 +19,10 @@ comes back it judges No and searches the question's whole phrase (both queries c
 question from the same word on); where the env skips passages already shown
 (`new_passages`), it repeats the surname instead, the cheapest query that brings the
 next passage. Whether that first search misses is up to the retriever, so the demos
-hold both shapes without a fix_hop.
+hold both shapes without a fix_hop. The same holds where an article is split into
+sections (a `sections` world with `new_passages`): when the name's search brings a
+section that does not state what the question asks, the expert judges No and repeats
+the search, which brings the next section.
 
 Queries and answers sit between spaces, as in Search-R1's "<search> query </search>": a
 name then starts with the same space-prefixed token as in the question or the passage it
@@ -102,6 +105,9 @@ def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | 
             act((f"<think>{wrong} is not {titles[doc_id]}.</think>" if reasoning else "") + "<judge>No</judge>")
         if not detail:
             info = act(f"<search> {titles[doc_id]} </search>")
+            if doc_id not in info["doc_ids"] and env.new_passages:  # another section of the article came first: the next one
+                act(("<think>This does not say what the question asks.</think>" if reasoning else "") + "<judge>No</judge>")
+                info = act(f"<search> {titles[doc_id]} </search>")
         # What the next step needs must be in what the agent saw (observations are cut to max_obs_words).
         needed = [task.metadata["answers"][0]] if hop == len(gold) - 1 else [titles[gold[hop + 1]]]
         if doc_id not in info["doc_ids"] or not contains_answer(info["information"], needed):

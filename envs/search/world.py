@@ -25,6 +25,12 @@ sentence says whose it is ("... is a poet"), and a search for the whole phrase
 finds the right one. A first search that misses is common, and what fixes it is in
 the question: the world where a JUDGE "No" and a re-plan pay.
 
+With `sections`, a person's article is split as a real corpus splits long articles
+into chunks: two passages under the same title, "life" (where and when born) and
+"career" (occupation, topic, mentor). A search for the name brings either first, by
+BM25's order (the life section about half the time); a career section never holds a
+birthplace or a birth year, and the next search for the name brings the other section.
+
     python -m envs.search make-world --seed 0 --out worlds/w0 --people 60 --hops 1 2 --distractors 1
 
 writes corpus.jsonl (Search-R1's format: {"id", "contents": "\"Title\"\\ntext"}) and
@@ -50,6 +56,7 @@ class WorldConfig:
     questions: int = 200  # distinct questions to write (an error if the world has fewer)
     relations: list[str] = field(default_factory=list)  # relations questions may follow (RELATIONS), e.g. [born_in]; [] = all
     by_occupation: bool = False  # questions name a person as "<surname> the <occupation>", and namesakes share only the surname (module docstring)
+    sections: bool = False  # a person's article is two passages under one title, life and career (module docstring)
 
 
 _CONSONANTS = "bdfgklmnprstvz"
@@ -207,6 +214,10 @@ def build_world(cfg: WorldConfig) -> list[Entity]:
                             + (f" of {_word(rng, 2)}" if extra or rng.random() < 0.7 else ""))
         entities.append(Entity("work", title, {"author": rng.choice(people), "publisher": rng.choice(orgs),
                                                "year": rng.randint(1880, 2020), "genre": rng.choice(_GENRES)}))
+    if cfg.sections:  # drawn last, from a stream of its own: the rest of the world is the one without sections
+        lead = random.Random(cfg.seed + 2)
+        for p in people:
+            entities[p].facts["lead"] = lead.choice(["life", "career"])
     for i, e in enumerate(entities):
         e.doc_id = str(i)
     return entities
@@ -233,8 +244,37 @@ def passage(entities: list[Entity], e: Entity) -> str:
     return f"{name} is a {f['genre']} by {ref('author')}, published in {f['year']} by {ref('publisher')}."
 
 
-def corpus_records(entities: list[Entity]) -> list[dict]:
-    return [{"id": e.doc_id, "contents": f'"{e.name}"\n{passage(entities, e)}'} for e in entities]
+CAREER = "-career"  # doc id suffix of a person's career section (`sections`); the life section keeps the entity's id
+_CAREER_RELATIONS = {"mentor"}  # what a career section states that a question can ask
+
+
+def sections(entities: list[Entity], e: Entity) -> tuple[str, str]:
+    """(life, career): a person's passage split in two, each naming the person in full, as chunks of one article do."""
+    f, name = e.facts, e.name
+    life = f"{name} was born in {entities[f['born_in']].name} in {f['birth_year']}."
+    # The full name once more in the section drawn to lead ranks it first for a search of the name.
+    again = name if f["lead"] == "career" else f"The {f['occupation']}"
+    career = f"{name} is a {f['occupation']}. {again} worked on {f['topic']}."
+    if "mentor" in f:
+        career += f" {again} studied under {entities[f['mentor']].name}."
+    return life, career
+
+
+def corpus_records(entities: list[Entity], split: bool = False) -> list[dict]:
+    """One record per entity; with `split`, a person's two sections (`sections`) under one title."""
+    out = []
+    for e in entities:
+        if split and e.kind == "person":
+            life, career = sections(entities, e)
+            out += [{"id": e.doc_id, "contents": f'"{e.name}"\n{life}'}, {"id": e.doc_id + CAREER, "contents": f'"{e.name}"\n{career}'}]
+        else:
+            out.append({"id": e.doc_id, "contents": f'"{e.name}"\n{passage(entities, e)}'})
+    return out
+
+
+def gold_doc(e: Entity, relation: str, split: bool) -> str:
+    """The passage that states `relation` of `e`: with `split`, a person's life or career section."""
+    return e.doc_id + CAREER if split and e.kind == "person" and relation in _CAREER_RELATIONS else e.doc_id
 
 
 def _answer(entities: list[Entity], e: Entity, relation: str) -> tuple[str, int | None]:
@@ -299,7 +339,7 @@ def make_questions(entities: list[Entity], cfg: WorldConfig) -> list[dict]:
         seen.add(question)
         dry = 0
         out.append({"id": f"q{len(out)}", "question": question, "answers": [answer], "hops": hops,
-                    "gold_doc_ids": [entities[i].doc_id for i in path[:hops]]})
+                    "gold_doc_ids": [gold_doc(entities[i], r, cfg.sections) for i, r in zip(path, relations)]})
     return out
 
 
@@ -312,7 +352,7 @@ def write_world(cfg: WorldConfig, out: str | Path) -> Path:
                          f"{len(questions)} distinct ones: ask for at most {len(questions)} or more people")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for filename, records in (("corpus.jsonl", corpus_records(entities)), ("questions.jsonl", questions)):
+    for filename, records in (("corpus.jsonl", corpus_records(entities, cfg.sections)), ("questions.jsonl", questions)):
         tmp = out / f"{filename}.{os.getpid()}.tmp"  # processes writing the same world at once do not mix their lines
         with tmp.open("w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
