@@ -15,7 +15,7 @@ from envs.search import SearchParams, corpus_path, load_tasks, make_env, sample_
 from envs.search.bm25 import BM25Index
 from envs.search.env import ANSWER_NOW, INVALID, SearchEnv, format_passages, make_prompt, parse_action
 from envs.search.qa import BAMBOOGLE, load_questions
-from envs.search.world import WorldConfig, build_world, make_questions, write_world
+from envs.search.world import CAREER, WorldConfig, build_world, make_questions, write_world
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,11 +107,12 @@ def test_a_world_in_sections_makes_half_the_name_searches_bring_the_section_that
     for task in tasks:
         gold, answer = task.metadata["gold_doc_ids"][0], task.metadata["answers"][0]
         title = docs[gold].split("\n")[0].strip('"')
-        assert title in task.metadata["question"] and docs[gold + "-career"].startswith(f'"{title}"\n{title} is a ')
-        assert " born " not in docs[gold + "-career"] and answer not in docs[gold + "-career"]
+        career = docs[gold + CAREER]
+        assert title in task.metadata["question"] and career.startswith(f'"{title}"\n{title} is a ')
+        assert " born " not in career and answer not in career
         env.reset(task)
         first = env.step(f"<search> {title} </search>").info
-        assert first["doc_ids"] in ([gold], [gold + "-career"])
+        assert first["doc_ids"] in ([gold], [gold + CAREER])
         if first["doc_ids"] != [gold]:
             misses += 1
             assert not first["answer_in_information"]
@@ -120,7 +121,7 @@ def test_a_world_in_sections_makes_half_the_name_searches_bring_the_section_that
     assert 0.3 < misses / len(tasks) < 0.7, misses
     mentor = make_questions(build_world(WorldConfig(seed=0, people=20, hops=[1], relations=["mentor"], questions=5, sections=True)),
                             WorldConfig(seed=0, people=20, hops=[1], relations=["mentor"], questions=5, sections=True))
-    assert all(q["gold_doc_ids"][0].endswith("-career") for q in mentor)  # the mentor is a career fact
+    assert all(q["gold_doc_ids"][0].endswith(CAREER) for q in mentor)  # the mentor is a career fact
 
 
 def test_sections_leave_the_rest_of_the_world_as_it_was():

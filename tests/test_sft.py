@@ -13,6 +13,7 @@ from envs.code import demonstrations as code_demos
 from envs.code.demos import misnamed, mutants
 from envs.search import SearchParams
 from envs.search import demonstrations as search_demos
+from envs.search.world import CAREER
 from rl.chat import TurnFormatter
 from rl.config import load_config
 from rl.model import starting_model, starting_path
@@ -102,7 +103,7 @@ def test_search_demos_in_sections_judge_the_wrong_section_no_and_search_the_name
     for d in demos:
         if len(d.turns) == 5:
             first, judge, second = d.turns[:3]
-            assert first.info["doc_ids"][0].endswith("-career") and judge.info["verdict"] == "no"
+            assert first.info["doc_ids"][0].endswith(CAREER) and judge.info["verdict"] == "no"
             assert second.info["query"] == first.info["query"] and second.info["gold_doc_retrieved"]
         assert all(t.info["demo"] == "expert" for t in d.turns) and d.turns[-1].info["score"] == 1.0
 

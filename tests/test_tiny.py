@@ -5,6 +5,9 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rl.config import TinyModelConfig
+from rl.tiny import build_tiny_model
+
 
 def test_tokenizer_round_trip_through_autotokenizer(tiny_model_dir):
     assert json.loads((tiny_model_dir / "config.json").read_text())["model_type"] == "qwen2"
@@ -27,9 +30,6 @@ def test_model_loads_and_runs(tiny_model_dir):
 
 
 def test_whole_strings_are_one_token_each_after_a_reload(tmp_path):
-    from rl.config import TinyModelConfig
-    from rl.tiny import build_tiny_model
-
     tags = ["<search>", "</search>", "<judge>", "</judge>"]
     text = "Question: Where was Boma Dabelo born?\n<search> Boma Dabelo </search>\n\n<judge>No</judge><search> Dabelo </search>"
     build_tiny_model(tmp_path, [text] * 10, TinyModelConfig(vocab_size=300, whole=tags), seed=0)
