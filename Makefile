@@ -19,6 +19,8 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test bench clean
 
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
 # uv installs the rest in seconds where pip takes minutes on 2 cores; pip is the fallback where uv
 # cannot reach an index (uv reads no pip.conf).
 $(STAMP): pyproject.toml Makefile
@@ -30,13 +32,14 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
+	command -v bwrap >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q bubblewrap; }
 	$(PY) -m rl demo configs/tiny_code_feedback.yaml configs/tiny_search.yaml
 
-# tests/test_view.py looks at `rl view`'s page in headless Chromium: installed here where it is missing
-# (Debian's package; CI runs as root, elsewhere through sudo).
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# tests/test_view.py looks at `rl view`'s page in headless Chromium, and the code sandbox jails programs with
+# bubblewrap: both installed here where they are missing (Debian's packages; CI runs as root, elsewhere through sudo).
 test: $(STAMP)
-	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+	command -v chromium >/dev/null && command -v bwrap >/dev/null || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium bubblewrap; }
 	$(PY) -m pytest -q
 
 # Every benchmark script, one after another (see benchmarks/README.md for the time each takes and the tables).

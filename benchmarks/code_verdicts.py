@@ -46,13 +46,13 @@ def wrong_program(q) -> str:
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--sample", type=int, default=0, help="besides the loop-test problems, this many seeded others per data set (0 = all)")
 p.add_argument("--workers", type=int, default=2)
-p.add_argument("--timeout", type=float, default=20.0, help="per test, seconds (MBPP 123 takes seconds on a busy machine)")
+p.add_argument("--timeout", type=float, default=20.0, help="per program, seconds (MBPP 123 takes seconds on a busy machine)")
 p.add_argument("--seed", type=int, default=0)
 args = p.parse_args()
 
 print(f"{'data set':<10} {'tasks':>6} {'tests':>6} {'canonical pass':>15} {'wrong credited':>15} {'seconds':>8}")
 failures = 0
-with Sandbox(SandboxConfig(timeout_s=args.timeout, workers=args.workers)) as sandbox:
+with Sandbox(SandboxConfig(timeout_s=args.timeout, program_timeout_s=args.timeout, workers=args.workers)) as sandbox:
     for name in ("humaneval", "mbpp"):
         problems = load_problems(name)
         if args.sample:
@@ -60,8 +60,8 @@ with Sandbox(SandboxConfig(timeout_s=args.timeout, workers=args.workers)) as san
             others = [q for q in problems if q not in loops]
             problems = loops + random.Random(args.seed).sample(others, min(args.sample, len(others)))
         start = time.monotonic()
-        canonical = evaluate(sandbox, [(q.reference, q.setup, q.checks) for q in problems])
-        wrong = evaluate(sandbox, [(wrong_program(q), q.setup, q.checks) for q in problems])
+        canonical = evaluate(sandbox, [(q.reference, q.setup, q.checks, q.reference) for q in problems])
+        wrong = evaluate(sandbox, [(wrong_program(q), q.setup, q.checks, q.reference) for q in problems])
         seconds = time.monotonic() - start
         passing = [all(r.status == "passed" for r in rs) for rs in canonical]
         credited = [all(r.status == "passed" for r in rs) for rs in wrong]

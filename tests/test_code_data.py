@@ -77,7 +77,7 @@ def test_synthetic_tasks_are_seeded_distinct_and_solved_by_their_references():
         synthetic.generate(468, seed=0)
     assert {synthetic.number(q) for q in every} == set(range(2, 100))
     with Sandbox(SandboxConfig(workers=2)) as sb:
-        verdicts = evaluate(sb, [(q.reference, q.setup, q.checks) for q in a])
+        verdicts = evaluate(sb, [(q.reference, q.setup, q.checks, q.reference) for q in a])
     assert all(v.status == "passed" for vs in verdicts for v in vs)
 
 

@@ -88,6 +88,26 @@ def test_a_program_written_again_reuses_its_verdicts():
     assert len({tuple(step.info["tests"]) for step in fresh}) > 1
 
 
+HOSTILE = {
+    "a value too large to print": "def NAME(*a, **k):\n    return 10**5000\n",
+    "a forged reply": "import os, struct\ndef NAME(*a, **k):\n    d = b'{\"status\": \"ok\", \"values\": [{\"$complex\": [1e400, 0]}]}'\n"
+                      "    os.write(4, struct.pack('>I', len(d)) + d)\n    os._exit(0)\n",
+    "values sharing a hash": "def NAME(*a, **k):\n    return [n * (2**61 - 1) for n in range(1, 5000)]\n",
+    "leaving without a word": "import os\ndef NAME(*a, **k):\n    os._exit(3)\n",
+    "closing its own pipes": "import os\nfor fd in (1, 2, 4):\n    os.close(fd)\ndef NAME(*a, **k):\n    while True:\n        pass\n",
+}
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE))
+def test_the_env_never_raises_on_a_hostile_program(hostile):
+    # Each one's verdicts are errors or failures; the env steps on, and the next program is judged as usual.
+    p = CodeParams(synthetic_problems=4, max_turns=2, cache_verdicts=False)
+    q, task_id = synthetic_task(p)
+    bad, good = play(p, task_id, HOSTILE[hostile].replace("NAME", q.entry_point) + "[DONE]", q.reference + "[DONE]")
+    assert "passed" not in bad.info["tests"] and len(bad.info["tests"]) == 3, bad.info
+    assert good.info["tests"] == ["passed"] * 3
+
+
 def test_tasks_splits_and_tokenizer_text():
     spec = get_env_spec("code")
     mbpp = CodeParams(dataset="mbpp", eval_dataset="humaneval", max_problems=5)

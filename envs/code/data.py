@@ -49,11 +49,12 @@ class Problem:
     entry_point: str = ""  # the function under test, where the data set names it
     source: str = ""  # which data set it came from
     names: list[str] = field(default_factory=list)  # names the reference and setup define (tests' uses of them are not builtins)
+    helpers: list[str] = field(default_factory=list)  # functions the prompt gives besides the entry point: the reference answers the tests' calls
 
     @cached_property
     def checks(self) -> list[Check]:
-        shadowed = frozenset(self.names)
-        return [parse_check(t, shadowed) for t in self.tests]
+        shadowed, helpers = frozenset(self.names), frozenset(self.helpers)
+        return [parse_check(t, shadowed, helpers) for t in self.tests]
 
 
 def defined_names(*code: str) -> list[str]:
@@ -104,7 +105,8 @@ def humaneval_problem(r: dict) -> Problem:
     reference = r["prompt"] + r["canonical_solution"]
     setup, tests = split_humaneval_test(r["test"], r["entry_point"])
     tests = [t for t in tests if has_holes(t, frozenset(defined_names(reference, setup)))]
-    return Problem(str(r["task_id"]), r["prompt"], tests, setup, reference, r["entry_point"], "humaneval", defined_names(reference, setup))
+    helpers = [name for name in re.findall(r"^def (\w+)\(", r["prompt"], re.M) if name != r["entry_point"]]  # (a prompt may end mid-function)
+    return Problem(str(r["task_id"]), r["prompt"], tests, setup, reference, r["entry_point"], "humaneval", defined_names(reference, setup), helpers)
 
 
 def mbpp_problem(r: dict) -> Problem:

@@ -81,7 +81,7 @@ _verdicts: OrderedDict[tuple, list[TestResult]] = OrderedDict()
 _verdicts_lock = threading.Lock()  # envs of one process step in several threads
 
 
-def run_tests(sandbox_cfg: SandboxConfig, code: str, setup: str, checks: list[Check], key: tuple | None) -> list[TestResult]:
+def run_tests(sandbox_cfg: SandboxConfig, code: str, setup: str, checks: list[Check], reference: str, key: tuple | None) -> list[TestResult]:
     """The verdict of each check on `code`; with a `key` (the task's tests), a program already run on them is not run again."""
     if key is not None:
         key = (sandbox_cfg, code, setup, key)
@@ -89,7 +89,7 @@ def run_tests(sandbox_cfg: SandboxConfig, code: str, setup: str, checks: list[Ch
             if key in _verdicts:
                 _verdicts.move_to_end(key)
                 return _verdicts[key]
-    results = evaluate(shared_sandbox(sandbox_cfg), [(code, setup, checks)])[0]
+    results = evaluate(shared_sandbox(sandbox_cfg), [(code, setup, checks, reference)])[0]
     if key is not None:
         with _verdicts_lock:
             _verdicts[key] = results
@@ -114,8 +114,9 @@ class CodeEnv:
 
     def reset(self, task: Task) -> str:
         m = task.metadata
-        shadowed = frozenset(m.get("names", []))
-        self.checks = [parse_check(t, shadowed) for t in m["tests"]]
+        shadowed, helpers = frozenset(m.get("names", [])), frozenset(m.get("helpers", []))
+        self.checks = [parse_check(t, shadowed, helpers) for t in m["tests"]]
+        self.reference = m.get("reference", "")
         self.tests_key = (tuple(m["tests"]), shadowed) if self.cache_verdicts else None
         self.setup = m.get("setup", "")
         self.turn = 0
@@ -128,7 +129,7 @@ class CodeEnv:
         if malformed:  # a failed attempt, not run at all
             results = [TestResult("error", malformed) for _ in self.checks]
         else:
-            results = run_tests(self.sandbox_cfg, code, self.setup, self.checks, self.tests_key)
+            results = run_tests(self.sandbox_cfg, code, self.setup, self.checks, self.reference, self.tests_key)
         n_passed = sum(r.status == "passed" for r in results)
         info = {
             "score": n_passed / len(results),

