@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	command -v bwrap >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q bubblewrap; }
-	$(PY) -m rl demo configs/tiny_code_feedback.yaml configs/tiny_search.yaml
+	$(PY) -m rl demo configs/tiny_code_feedback.yaml configs/tiny_search.yaml overwrite=true
 
 # tests/test_view.py looks at `rl view`'s page in headless Chromium, and the code sandbox jails programs with
 # bubblewrap: both installed here where they are missing (Debian's packages; CI runs as root, elsewhere through sudo).

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from envs.base import Trajectory
 
@@ -65,9 +66,27 @@ def check_reward_spec(spec: RewardSpec, where: str = "") -> None:
     if spec.name not in _FACTORIES:
         raise ValueError(f"{at}unknown reward {spec.name!r}{_closest(spec.name, _FACTORIES)}; known: {reward_names()}")
     accepted = inspect.signature(_FACTORIES[spec.name]).parameters
-    for key in spec.params:
+    try:
+        hints = typing.get_type_hints(_FACTORIES[spec.name])
+    except Exception:  # an annotation that does not resolve here: the defaults' types still check
+        hints = {}
+    for key, value in spec.params.items():
         if key not in accepted:
             raise ValueError(f"{at}reward {spec.name!r} has no parameter {key!r}{_closest(key, accepted)}; it takes {list(accepted)}")
+        _check_type(value, hints.get(key, type(accepted[key].default)), f"{at}reward {spec.name!r} parameter {key!r}")
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    """A parameter's value against its annotation (or its default's type): numbers, strings, bools, Literal choices."""
+    if typing.get_origin(hint) is Literal:
+        if value not in typing.get_args(hint):
+            raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(repr, typing.get_args(hint)))}{_closest(str(value), map(str, typing.get_args(hint)))}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+    elif hint in (int, str, bool, list, dict):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
 
 
 def build_one(spec: RewardSpec) -> RewardFn:

@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import inspect
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from envs.registry import check_env_name
+from envs.registry import check_env_name, get_env_spec
 from rewards.base import RewardSpec, check_reward_spec
 
 # ---------------------------------------------------------------- named options
@@ -271,7 +274,23 @@ class Config:
     save_every: int = 50  # checkpoint every N steps (and at the end); 0 = only at the end
     eval_every: int = 0  # greedy evaluation on the env's eval tasks every N steps (0 = only at the end)
     log_episodes: bool = True  # write every episode of every step to run_dir/episodes/
-    resume: str = ""  # a run directory to continue from its latest checkpoint
+    resume: str = ""  # a run directory to continue from its latest checkpoint, or RUN_DIR@STEP from an earlier one
+    overwrite: bool = False  # start over in a run_dir that holds a run (removes that run whole); without it such a run_dir is refused
+    threads: int = 0  # torch threads of the trainer's process (its learner, and its engine without Ray); 0: see trainer_threads
+    log_level: Literal["info", "debug"] = "info"  # debug: the libraries' own logs too (vLLM, Ray, transformers); info keeps them to warnings
+
+
+def trainer_threads(cfg: Config) -> int:
+    """`threads`, or its default: 1 for a tiny model (its matrices are too small to split; a second thread only waits,
+    and on a busy machine it spins against the other processes: benchmarks/threads.py), else the cores that Ray
+    workers leave (each of them runs `workers.cpus_per_worker` threads)."""
+    if cfg.threads:
+        return cfg.threads
+    if not cfg.model.path:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    beside = cfg.workers.num_workers * cfg.workers.cpus_per_worker if cfg.workers.ray else 0
+    return max(1, int(cores - beside))
 
 
 def one_line(error: Exception) -> str:
@@ -367,6 +386,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     for i, spec in enumerate(cfg.reward):
         check_reward_spec(spec, f"reward[{i}]")
     check_env_name(cfg.env.name)
+    build_params(get_env_spec(cfg.env.name).params, cfg.env.params, "env.params")  # every key and value, now
     return cfg
 
 
@@ -388,3 +408,36 @@ def to_dict(cfg: Config) -> dict:
 def build_params(cls, params: dict, where: str):
     """Build an env's params dataclass from the config's free-form dict, with the same key checks."""
     return _build(cls, params, where)
+
+
+def describe(cfg: Config) -> str:
+    """The resolved config as YAML, each option with its one-line doc (`python -m rl config CONFIG`)."""
+    lines: list[str] = []
+    _describe(cfg, "", lines)
+    return "\n".join(lines)
+
+
+def _describe(section: Any, pad: str, lines: list[str]) -> None:
+    docs = field_docs(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        doc = f"  # {docs[f.name]}" if docs.get(f.name) else ""
+        if isinstance(section, EnvConfig) and f.name == "params":  # the env's own params, resolved, with their docs
+            value = build_params(get_env_spec(section.name).params, value, "env.params")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:{doc}")
+            _describe(value, pad + "  ", lines)
+            continue
+        plain = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value] if isinstance(value, list) else value
+        text = yaml.safe_dump(plain, default_flow_style=True, width=1 << 20).strip().removesuffix("...").strip()
+        lines.append(f"{pad}{f.name}: {text}{doc}")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The comment beside each field of a dataclass, as written in its source."""
+    docs = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+): [^#]*?  # (.*)$", line)
+        if match:
+            docs[match.group(1)] = match.group(2)
+    return docs

@@ -43,7 +43,8 @@ from rl import logs
 from rl.config import Config, load_config
 from rl.evaluate import evaluate, format_table
 from rl.model import starting_path
-from rl.trainer import Trainer, latest_checkpoint
+from rl.run_dir import checkpoints, plan_run, start_over
+from rl.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def run_one(config: str, overrides: list[str], samples: int, beside: dict[str, f
     finally:
         trainer.close()
     run_dir = trainer.run_dir
-    rl_model = latest_checkpoint(run_dir) / "model"
+    rl_model = checkpoints(run_dir)[trainer.step] / "model"
     sft_model = starting_path(cfg, run_dir)  # without an SFT stage, "sft" is the model RL started from
     t0 = time.perf_counter()
     results = {name: evaluate_both_ways(cfg, path, run_dir, name, samples) for name, path in (("sft", sft_model), ("rl", rl_model))}
@@ -183,6 +184,11 @@ def main(configs: list[str], overrides: list[str], seeds: list[int] | None = Non
     run_dirs = [str(Path(load_config(c, o).run_dir).resolve()) for c, o in runs]
     if len(set(run_dirs)) < len(runs):
         raise ValueError(f"the demo's runs need run directories of their own; these are shared: {sorted({d for d in run_dirs if run_dirs.count(d) > 1})}")
+    for config, run_overrides in runs:  # every run's directory checked (and cleared with overwrite=true) before any work
+        cfg = load_config(config, run_overrides)
+        run_dir, _ = plan_run(cfg.run_dir, cfg.resume, cfg.overwrite)
+        if cfg.overwrite:
+            start_over(run_dir)  # now, not when its run starts: its SFT may be made beside the run before it
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = torch.get_num_threads()
     results, next_warm_start = [], None

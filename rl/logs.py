@@ -6,6 +6,7 @@ Modules log through `logging.getLogger(__name__)`; the loggers of the three laye
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,3 +45,16 @@ def to_console() -> None:
         _console = logging.StreamHandler(sys.stderr)
         _console.setFormatter(logging.Formatter("%(message)s"))
     attach(_console)
+
+
+LIBRARIES = ("vllm", "ray", "transformers", "torch", "urllib3", "filelock")
+
+
+def quiet_libraries(level: str) -> None:
+    """The libraries' own logs at WARNING and above unless `log_level=debug`; vLLM reads its level from the
+    environment, which Ray actors and spawned processes inherit, so it is set there before vLLM is imported."""
+    if level == "debug":
+        return
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)

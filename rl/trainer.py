@@ -20,7 +20,8 @@ Run directory layout:
                            task sampler, RNG, step, and in async mode the rollouts already made
                            for the next steps); with learner.world_size > 1 the optimizer and
                            model states are in dcp/, one shard file per rank (torch.distributed.checkpoint);
-                           `resume=RUN_DIR` continues from the latest
+                           `resume=RUN_DIR` continues from the latest, `resume=RUN_DIR@STEP` from
+                           an earlier one (the later steps' files move to abandoned/from_step_N/)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from rl.episode import Episode
 from rl.learner import Learner
 from rl.model import starting_model
 from rl.plots import plot_run
+from rl.run_dir import abandon_after, load_failed, plan_run, start_over
 from rl.scoring import env_metrics, episode_metrics, episode_seed, eval_items, report_failures, score
 from rl.tensors import pad
 from rl.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
@@ -96,15 +98,12 @@ class Submission:
     version: int  # updates applied to the weights the engines sample with
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
-    return ckpts[-1] if ckpts else None
-
-
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.run_dir = Path(cfg.resume or cfg.run_dir)
+        self.run_dir, checkpoint = plan_run(cfg.run_dir, cfg.resume, cfg.overwrite)
+        if cfg.overwrite:
+            start_over(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -118,9 +117,6 @@ class Trainer:
 
         # The model RL starts from: the given or a freshly built tiny one, after the SFT stage if there is one.
         base, self.timings = starting_model(cfg, self.run_dir)
-        checkpoint = latest_checkpoint(self.run_dir) if cfg.resume else None
-        if cfg.resume and checkpoint is None:
-            raise FileNotFoundError(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}")
         policy = checkpoint / "model" if checkpoint else base
 
         if cfg.learner.world_size > 1:
@@ -140,9 +136,13 @@ class Trainer:
         self.probe_batch = [formatter.prompt_ids(t.prompt) for t in self.train_tasks[:4]]
         self.sampler = TaskSampler(len(self.train_tasks), cfg.seed)
         self.step = 0
+        self.stop_requested = False  # set (by Ctrl-C in the CLI) to end `train` after the current step, with a checkpoint
         self.pending: deque[Submission] = deque()
         if checkpoint:
-            state = torch.load(checkpoint / "state.pt", weights_only=False)
+            try:
+                state = torch.load(checkpoint / "state.pt", weights_only=False)
+            except Exception as e:  # truncated or damaged: say which file, and which checkpoints there are besides
+                raise load_failed(checkpoint / "state.pt", e) from None
             self.learner.load_state(state["learner"], checkpoint)
             self.sampler.load_state_dict(state["sampler"])
             torch.set_rng_state(state["torch_rng"])
@@ -150,6 +150,8 @@ class Trainer:
             for step, items, episodes, version in state["pending"]:
                 self.pending.append(Submission(step, items, Later(lambda episodes=episodes: episodes), version))
         self._open_logs()
+        if checkpoint:
+            abandon_after(self.run_dir, self.step)  # an earlier checkpoint: the later steps' files go aside (said in log.txt)
         lora = f", LoRA rank {cfg.learner.lora_rank} on {', '.join(cfg.learner.lora_targets)}" if cfg.learner.lora_rank else ""
         if cfg.learner.lora_rank and cfg.learner.lora_modules_to_save:
             lora += f", trained whole: {', '.join(cfg.learner.lora_modules_to_save)}"
@@ -322,7 +324,7 @@ class Trainer:
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step")
         last: dict[str, float] = {}
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and not self.stop_requested:
             # Keep the rollouts of the next `async_steps` steps running while the learner works.
             next_step = self.pending[-1].step + 1 if self.pending else self.step + 1
             while next_step <= cfg.steps and len(self.pending) <= cfg.workers.async_steps:
@@ -334,12 +336,14 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 last.update(self._timed_evaluate())
             self.log(self.step, last)
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps or self.stop_requested:
                 self.save()
                 plot_run(self.run_dir)
             bar.update(1)
             bar.set_postfix(reward=f"{last.get('reward/mean', float('nan')):.3f}", tok_s=f"{last['throughput/policy_tokens_per_s']:.0f}")
         bar.close()
+        if self.stop_requested:
+            return last  # stopped early: the final evaluation belongs to the end of the run
         if not cfg.eval_every or self.step % cfg.eval_every:
             final_eval = self._timed_evaluate()
             self.log(self.step, final_eval)

@@ -81,6 +81,7 @@ which stop strings are matched with. vLLM's CPU attention needs a head size of
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -89,6 +90,12 @@ import torch
 from rl.engine import Generation, Request, SamplingParams
 
 CPU_KV_CACHE_BYTES = 256 * 2**20  # the CPU engine's KV cache when none is given: 256 MiB
+
+
+def _rotary_reload_notice(record: logging.LogRecord) -> bool:
+    """vLLM warns "RotaryEmbedding: Failed to load weights" at every weight sync: the rotary tables are computed
+    from the config, never loaded, so a sync has none to give. The probe after each sync checks the weights."""
+    return "RotaryEmbedding: Failed to load weights" not in record.getMessage()
 
 
 class VLLMEngine:
@@ -108,6 +115,8 @@ class VLLMEngine:
         from vllm import LLM
         from vllm.platforms import current_platform
         from vllm.v1.engine.core_client import InprocClient
+
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_rotary_reload_notice)
 
         self.on_cpu = current_platform.is_cpu()
         if self.on_cpu:

@@ -64,10 +64,10 @@ def test_splits_hold_out_whole_templates():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"condition": "q+if"}, "condition must be one of"),
+    ({"condition": "q+if"}, "unknown condition 'q\\+if'; did you mean 'q_if'"),
     ({"condition": "q", "max_turns": 2}, "a revision turn needs an instruction"),
     ({"categories": "Age,Gender"}, "unknown category 'Gender'"),
-    ({"contexts": "ambiguous"}, "contexts must be one of"),
+    ({"contexts": "ambiguous"}, "unknown contexts 'ambiguous'; did you mean 'ambig'"),
     ({"max_turns": 3}, "max_turns must be 1"),
 ])
 def test_named_options_are_checked_when_the_params_are_built(params, message):

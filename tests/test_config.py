@@ -77,8 +77,10 @@ def test_an_unknown_named_option_fails_at_load_with_the_closest_value(key, valid
     with pytest.raises(ValueError) as err:
         load_config(None, [f"{key}={typo}"])
     assert f"{key}: unknown {key.split('.')[-1]} {typo!r}; did you mean {valid[-1]!r}?" in str(err.value)
-    section, name = key.split(".")
-    assert getattr(getattr(load_config(None, [f"{key}={valid[0]}"]), section), name) == valid[0]
+    value = load_config(None, [f"{key}={valid[0]}"])
+    for name in key.split("."):
+        value = getattr(value, name)
+    assert value == valid[0]
 
 
 def test_a_bad_option_stops_the_cli_before_any_model_or_data_is_built(tmp_path, capsys):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from envs.base import StepResult, Task
 from envs.bbq.data import CATEGORIES, LETTERS, load_questions
@@ -45,8 +46,8 @@ CONTEXTS = ("all", "ambig", "disambig")
 @dataclass
 class BbqParams:
     categories: str = "all"  # comma-separated BBQ categories (envs/bbq/data.py CATEGORIES), or "all"
-    contexts: str = "all"  # ambig, disambig, or all
-    condition: str = "q_if"  # the paper's prompt condition: q, q_if, q_if_cot (with 2 turns, what turn 2 asks)
+    contexts: Literal["ambig", "disambig", "all"] = "all"  # ambig, disambig, or all
+    condition: Literal["q", "q_if", "q_if_cot"] = "q_if"  # the paper's prompt condition: q, q_if, q_if_cot (with 2 turns, what turn 2 asks)
     max_turns: int = 2  # 1: one answer under `condition`; 2: answer under q, then revise under `condition`
     eval_fraction: float = 0.2  # share of each category's question templates held out (1.0: every question is eval)
     max_problems: int = 0  # keep only the first N questions of each category and split (0 = all)

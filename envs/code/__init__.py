@@ -11,6 +11,7 @@ episode), `demos` (keep and fix pairs for an SFT warm start). `python -m envs.co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 from functools import lru_cache
 
 from envs.base import Task
@@ -30,8 +31,8 @@ class CodeParams:
     seed: int = 0  # seed of the synthetic tasks
     synthetic_max_k: int = 0  # keep only synthetic tasks whose number is at most this (0 = all), e.g. SFT demos on small numbers
     max_turns: int = 2  # attempts per episode (CoCoS trains with 2)
-    prompt: str = "cocos"  # "cocos": CoCoS's MBPP prompt and rewrite request; "short": the task alone and a one-line request (tiny models)
-    feedback: str = "none"  # "none": CoCoS, no execution feedback; "tests": failing asserts and errors shown before each retry
+    prompt: Literal["cocos", "short"] = "cocos"  # "cocos": CoCoS's MBPP prompt and rewrite request; "short": the task alone and a one-line request (tiny models)
+    feedback: Literal["none", "tests"] = "none"  # "none": CoCoS, no execution feedback; "tests": failing asserts and errors shown before each retry
     stop_when_correct: bool = False  # end the episode once every test passes (CoCoS always plays every turn)
     timeout_s: float = 3.0  # wall-clock limit per test (CoCoS: 3 s)
     program_timeout_s: float = 10.0  # wall-clock limit of one program's run through all its tests

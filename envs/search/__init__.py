@@ -25,6 +25,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from envs.base import Task
 from envs.registry import EnvSpec
@@ -46,13 +47,13 @@ class SearchParams:
     retriever: str = "bm25"  # "bm25" (local index over corpus) or a Search-R1 retrieval server URL, e.g. http://127.0.0.1:8000
     topk: int = 3  # passages per search
     max_searches: int = 4  # searches (invalid actions count too) before one answer-only turn is forced
-    judge_mode: str = "soft"  # "soft": information stays in context; "hard": a preview until <judge>Yes</judge> releases it
+    judge_mode: Literal["soft", "hard"] = "soft"  # "soft": information stays in context; "hard": a preview until <judge>Yes</judge> releases it
     preview_words: int = 8  # hard mode: words of each passage in the preview
     max_obs_words: int = 300  # words of passage text per observation, split evenly across the passages
-    score: str = "em"  # info["score"] of the answer turn: "em" or "f1"
+    score: Literal["em", "f1"] = "em"  # info["score"] of the answer turn: "em" or "f1"
     new_passages: bool = False  # a search skips passages the episode has already shown (the next ones in rank order): a search repeated after a No brings the next passage
-    prompt: str = "reseek"  # "reseek" (ReSeek's instructions, for instruct models), "reseek_code" (the same as its code lays them out: indented), or "short" ("Question: ...", for tiny models)
-    system: str = "none"  # system message: "none" (the chat template's default, e.g. Qwen's) or "reseek" ("You are a helpful and harmless assistant.")
+    prompt: Literal["reseek", "reseek_code", "short"] = "reseek"  # "reseek" (ReSeek's instructions, for instruct models), "reseek_code" (the same as its code lays them out: indented), or "short" ("Question: ...", for tiny models)
+    system: Literal["none", "reseek"] = "none"  # system message: "none" (the chat template's default, e.g. Qwen's) or "reseek" ("You are a helpful and harmless assistant.")
     timeout_s: float = 10.0  # retrieval server: seconds before a request is abandoned
     retries: int = 2  # retrieval server: retries of a failed request before the episode fails
     cache_dir: str = ""  # generated worlds and BM25 indexes; "" = $SELFCORRECT_CACHE/search or ~/.cache/selfcorrect/search
