@@ -52,6 +52,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/vs_trl.py --task lookup --new-tokens 16
 	$(PY) benchmarks/vs_trl.py --multi-turn --new-tokens 32
 	$(PY) benchmarks/code_sandbox.py
+	$(PY) benchmarks/code_verdicts.py
+	$(PY) benchmarks/threads.py --steps 60
 	$(PY) benchmarks/retrieval.py
 	$(PY) benchmarks/reward_lab.py
 

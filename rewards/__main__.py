@@ -1,9 +1,11 @@
 """The reward lab on the command line (no GPU, no torch).
 
-    python -m rewards score EPISODES [--reward SPEC ...] [--out DIR]     re-score episodes, compare specs
+    python -m rewards score EPISODES... [--reward SPEC ...] [--out DIR]  re-score episodes, compare specs
     python -m rewards prefs-demo [--out DIR]                             partial-return vs regret fits on synthetic data
     python -m rewards fit PREFS.jsonl --features score,invalid --out M.json   learn a reward from preferences
-    python -m rewards mistakes EPISODES                                   mistake-location accuracy per task
+    python -m rewards mistakes EPISODES...                                mistake-location accuracy per task
+
+EPISODES: episode files or run directories, as many as wanted; their episodes are pooled.
 
 A SPEC is what a config's `reward:` list holds, as YAML ('{name: outcome, weight: 2}', or a
 list of such) or short ('outcome + 0.5*format:penalty=2'); see rewards.lab.parse_spec.
@@ -22,6 +24,8 @@ from rewards import lab, mistake, preferences
 
 
 def cmd_score(args) -> None:
+    for line in lab.env_warnings(args.episodes, args.reward):  # the scores still come: a reward may be tried on purpose
+        print(f"warning: {line}", file=sys.stderr)
     t0 = time.perf_counter()
     episodes, scored = lab.score_files(args.episodes, args.reward, args.workers)
     rep = lab.report(episodes, scored)
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="re-score recorded episodes under reward specs")
-    p.add_argument("episodes", help="an episodes JSONL file or a run directory")
+    p.add_argument("episodes", nargs="+", help="episodes JSONL files or run directories, pooled")
     p.add_argument("--reward", action="append", required=True, help="a reward spec; repeat to compare")
     p.add_argument("--out", default="reward_lab", help="folder for report.json and the PNG plots")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that load and score")
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("mistakes", help="accuracy of mistake location per task (envs/mistake episodes)")
-    p.add_argument("episodes", help="an episodes JSONL file or a run directory")
+    p.add_argument("episodes", nargs="+", help="episodes JSONL files or run directories, pooled")
     p.set_defaults(fn=cmd_mistakes)
 
     args = parser.parse_args(argv)

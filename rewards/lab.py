@@ -12,6 +12,11 @@ A spec is what a training config's `reward:` list holds (see rewards/base.py); o
 command line it is written either as YAML/JSON or as a short form (see `parse_spec`).
 
     python -m rewards score runs/x/episodes/ --reward outcome --reward 'outcome + 0.5*format:penalty=2'
+    python -m rewards score runs/a runs/b/episodes/step_000100.jsonl --reward outcome   # several paths, pooled
+
+A reward written for one env (rewards/search.py: search episodes) reads what that env
+writes in `info`; on another env's episodes it quietly scores nothing. `env_warnings` names
+such a pair, from the env in the run's config.yaml.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 import yaml
 
 from envs.base import Trajectory
-from rewards.base import RewardSpec, build_reward
+from envs.registry import BUILTIN
+from rewards.base import RewardSpec, build_one, build_reward
 
 NAN = float("nan")
 
@@ -89,6 +95,10 @@ def parse_spec(text: str) -> list[RewardSpec]:
 # ------------------------------------------------------------------ episodes
 
 
+def as_list(paths: str | Path | list[str | Path]) -> list[str | Path]:
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
 def episode_files(path: str | Path) -> list[Path]:
     """A JSONL file, or the *.jsonl of a folder: a run directory's episodes/ (not its metrics), in name order."""
     path = Path(path)
@@ -128,10 +138,19 @@ def parse_line(line: str | bytes) -> Trajectory | None:
     return Trajectory.from_dict(d)
 
 
-def load_trajectories(path: str | Path) -> list[Trajectory]:
-    """Trajectories from the trainer's episode lines ({"trajectory": ...}) or bare Trajectory.to_dict() lines."""
+def unique_files(paths: list[str | Path]) -> dict[Path, str]:
+    """Each episode file under `paths` once -> the path it was found under (a run directory and one of its files overlap)."""
+    found: dict[Path, tuple[Path, str]] = {}
+    for path in paths:
+        for file in episode_files(path):
+            found.setdefault(file.resolve(), (file, str(path)))
+    return dict(found.values())
+
+
+def load_trajectories(paths: str | Path | list[str | Path]) -> list[Trajectory]:
+    """Trajectories from the trainer's episode lines ({"trajectory": ...}) or bare Trajectory.to_dict() lines, path after path."""
     out = []
-    for file in episode_files(path):
+    for file in unique_files(as_list(paths)):
         with open(file, "rb") as f:
             for n, line in enumerate(f, 1):
                 try:
@@ -151,6 +170,55 @@ def task_outcome(trajectory: Trajectory) -> float:
 def search_count(trajectory: Trajectory) -> int:
     """Searches made: turns the env tagged info["action"] == "search" (envs/search); 0 for other envs."""
     return sum(t.info.get("action") == "search" for t in trajectory.turns)
+
+
+# ------------------------------------------------------------------ envs
+
+
+def episodes_env(path: str | Path) -> str | None:
+    """The env whose episodes `path` holds: env.name in the config.yaml of the run it belongs to; None outside a run.
+
+    `path` is a run directory, its episodes/ folder, one of their files, or a run's eval_*_episodes.jsonl.
+    """
+    run = Path(path) if Path(path).is_dir() else Path(path).parent
+    if run.name == "episodes":
+        run = run.parent
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    env = config.get("env") if isinstance(config, dict) else None
+    return env.get("name") if isinstance(env, dict) and isinstance(env.get("name"), str) else None
+
+
+def reward_env(spec: RewardSpec) -> str | None:
+    """The env a reward is written for: the built-in env its module is named after (rewards/search.py: search).
+
+    None for a reward of any env: rewards/generic.py's, a learned one, one registered outside rewards/, and
+    rewards/code.py's with `level: score`, which read info["score"], the score every env writes (envs/base.py).
+    """
+    if spec.params.get("level") == "score":
+        return None
+    module = getattr(build_one(spec), "__module__", "") or ""
+    package, _, name = module.partition(".")
+    return name if package == "rewards" and name in BUILTIN else None
+
+
+def env_warnings(paths: str | Path | list[str | Path], texts: list[str]) -> list[str]:
+    """One line for each reward written for another env than the episodes under `paths` (as their runs' config.yaml says)."""
+    envs: dict[str, list[str]] = {}
+    for path in as_list(paths):
+        env = episodes_env(path)
+        if env is not None:
+            envs.setdefault(env, []).append(str(path))
+    lines = []
+    for name, wanted in dict.fromkeys((s.name, reward_env(s)) for text in texts for s in parse_spec(text)):
+        for env, where in envs.items():
+            if wanted is not None and env != wanted:
+                lines.append(f"reward {name!r} is written for {wanted} episodes, but {', '.join(where)} "
+                             f"{'holds' if len(where) == 1 else 'hold'} {env} episodes (env.name in the run's config.yaml): "
+                             f"its scores there mean nothing")
+    return lines
 
 
 # ------------------------------------------------------------------ statistics
@@ -246,6 +314,7 @@ class Episodes:
     task: np.ndarray  # task_outcome
     turns: np.ndarray  # number of agent turns
     searches: np.ndarray  # search_count
+    sources: dict[str, int] = field(default_factory=dict)  # how many episodes were read under each path given
 
     @staticmethod
     def of(trajectories: list[Trajectory]) -> "Episodes":
@@ -268,7 +337,12 @@ class Scores:
 def score(trajectories: list[Trajectory], label: str, specs: list[RewardSpec]) -> Scores:
     """Re-score every trajectory with the reward built from `specs`, as the trainer would."""
     fn = build_reward(specs)
-    rewards = [fn(t) for t in trajectories]
+    rewards = []
+    for t in trajectories:
+        try:
+            rewards.append(fn(t))
+        except Exception as e:  # a reward that cannot read an episode (another env's, a bad parameter): which one, and why
+            raise ValueError(f"reward {label!r} failed on the episode of task {t.task.id!r}: {type(e).__name__}: {e}") from None
     names = sorted({k for r in rewards for k in r.components})
     return Scores(
         label,
@@ -327,65 +401,92 @@ def score_chunk(job: tuple[Path, int, int, list[str]]) -> tuple[Episodes, list[S
     """Load one byte range and score it under every spec (runs in a worker process)."""
     file, start, end, texts = job
     trajectories = read_chunk(file, start, end)
-    return Episodes.of(trajectories), [score(trajectories, text, parse_spec(text)) for text in texts]
+    try:
+        return Episodes.of(trajectories), [score(trajectories, text, parse_spec(text)) for text in texts]
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
 
 
-def score_files(path: str | Path, texts: list[str], workers: int = 1) -> tuple[Episodes, list[Scores]]:
-    """Load and score every episode under `path` with each spec text, over `workers` processes.
+def score_files(paths: str | Path | list[str | Path], texts: list[str], workers: int = 1) -> tuple[Episodes, list[Scores]]:
+    """Load and score every episode under `paths` (files or run directories) with each spec text, over `workers` processes.
 
     Work is split by byte ranges, so a worker parses only its own lines and sends back arrays,
-    never trajectories. Results are in file order whatever the number of workers.
+    never trajectories. Results are in the order of the paths and of their files whatever the number of workers.
     """
+    paths = as_list(paths)
     for text in texts:  # a misspelt reward fails here, before any work is started
         build_reward(parse_spec(text))
-    jobs = [(f, a, b, texts) for f, a, b in chunks(episode_files(path), max(1, workers) * 4)]
+    files = unique_files(paths)
+    jobs = [(f, a, b, texts) for f, a, b in chunks(list(files), max(1, workers) * 4)]
     if not jobs:
-        raise ValueError(f"{path}: no episodes (the files are empty)")
+        raise ValueError(f"{', '.join(map(str, paths))}: no episodes (the files are empty)")
     if workers <= 1:
         results = [score_chunk(job) for job in jobs]
     else:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(score_chunk, jobs))
     episodes = Episodes(*(np.concatenate([getattr(e, k) for e, _ in results]) for k in ("task", "turns", "searches")))
+    episodes.sources = dict.fromkeys(map(str, paths), 0)
+    for (file, *_), (e, _) in zip(jobs, results):
+        episodes.sources[files[file]] += len(e.task)
     return episodes, [concat([r[i] for _, r in results]) for i in range(len(texts))]
 
 
 def report(episodes: Episodes, scored: list[Scores]) -> dict:
-    """All statistics as one JSON-ready dict: per spec, and Kendall tau between every pair of specs."""
+    """All statistics as one JSON-ready dict: per spec, and Kendall tau between every pair of specs.
+
+    The farming statistics over searches are left out when no episode searched (every env but search).
+    """
     specs = {}
     for s in scored:
+        farming = {"corr_turns": pearson(s.total, episodes.turns), "mean_by_turns": mean_by_count(s.total, episodes.turns)}
+        if episodes.searches.any():
+            farming |= {"corr_searches": pearson(s.total, episodes.searches), "mean_by_searches": mean_by_count(s.total, episodes.searches)}
         specs[s.label] = {
             "total": summary(s.total),
             "outcome": summary(s.outcome),
             "components": {k: summary(v[~np.isnan(v)]) for k, v in s.components.items()},
             "per_turn": per_turn(s.process),
             "corr_task_outcome": pearson(s.total, episodes.task),
-            "farming": {
-                "corr_turns": pearson(s.total, episodes.turns),
-                "corr_searches": pearson(s.total, episodes.searches),
-                "mean_by_turns": mean_by_count(s.total, episodes.turns),
-                "mean_by_searches": mean_by_count(s.total, episodes.searches) if episodes.searches.any() else {},
-            },
+            "farming": farming,
         }
     tau = {f"{a.label} | {b.label}": kendall_tau(a.total, b.total)
            for i, a in enumerate(scored) for b in scored[i + 1:]}
-    return {"episodes": len(episodes.task), "task_outcome": summary(episodes.task), "specs": specs, "kendall_tau": tau}
+    return {"episodes": len(episodes.task), "sources": episodes.sources, "task_outcome": summary(episodes.task),
+            "specs": specs, "kendall_tau": tau}
 
 
 def format_table(rep: dict) -> str:
-    """The terminal view of a report: one row per spec, then tau between specs."""
-    head = f"{'spec':<40} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'r(task)':>8} {'r(turns)':>8} {'r(search)':>9}"
-    lines = [f"{rep['episodes']} episodes, task outcome mean {rep['task_outcome']['mean']:.4f}", head, "-" * len(head)]
+    """The terminal view of a report: one row per spec, then tau between specs.
+
+    The r(search) column is left out when the report has no search statistics (no episode searched);
+    a correlation with a constant side has no value and reads '-'.
+    """
+    blank = []
+
+    def corr(x: float, width: int = 8, digits: int = 3) -> str:
+        if math.isnan(x):
+            blank.append(x)
+            return f"{'-':>{width}}"
+        return f"{x:{width}.{digits}f}"
+
+    searches = any("corr_searches" in s["farming"] for s in rep["specs"].values())
+    head = f"{'spec':<40} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'r(task)':>8} {'r(turns)':>8}" + (f" {'r(search)':>9}" if searches else "")
+    sources = rep.get("sources", {})
+    read = f" ({', '.join(f'{path}: {n}' for path, n in sources.items())})" if len(sources) > 1 else ""
+    lines = [f"{rep['episodes']} episodes{read}, task outcome mean {rep['task_outcome']['mean']:.4f}", head, "-" * len(head)]
     for label, s in rep["specs"].items():
         t, f = s["total"], s["farming"]
-        lines.append(f"{label[:40]:<40} {t['mean']:8.4f} {t['std']:8.4f} {t['min']:8.4f} {t['max']:8.4f} "
-                     f"{s['corr_task_outcome']:8.3f} {f['corr_turns']:8.3f} {f['corr_searches']:9.3f}")
+        row = f"{label[:40]:<40} {t['mean']:8.4f} {t['std']:8.4f} {t['min']:8.4f} {t['max']:8.4f} {corr(s['corr_task_outcome'])} {corr(f['corr_turns'])}"
+        lines.append(row + (f" {corr(f['corr_searches'], 9)}" if searches else ""))
         for name, c in s["components"].items():
             lines.append(f"  {name[:38]:<38} {c['mean']:8.4f} {c['std']:8.4f} {c['min']:8.4f} {c['max']:8.4f}")
         turn_means = " ".join(f"{p['mean']:.3f}" for p in s["per_turn"][:12])
         lines.append(f"  per-turn process mean: {turn_means}")
     for pair, tau in rep["kendall_tau"].items():
-        lines.append(f"Kendall tau  {pair}: {tau:.4f}")
+        lines.append(f"Kendall tau  {pair}: {corr(tau, 0, 4)}")
+    if blank:
+        lines.append("-: no correlation, one side is constant")
     return "\n".join(lines)
 
 

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     view.add_argument("run_dir", help="a run directory")
     view.add_argument("--port", type=int, default=8000, help="port to serve on (0: any free one)")
     view.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    view.add_argument("--html", default="", help="write the page, with every episode inlined, to this file instead of serving")
+    view.add_argument("--html", default="", help="write the page to this file instead of serving: every curve, and the episodes of 10 steps at most (the page says what it left out)")
     args = parser.parse_args(argv)
 
     if args.command == "view":

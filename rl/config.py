@@ -281,9 +281,10 @@ class Config:
 
 
 def trainer_threads(cfg: Config) -> int:
-    """`threads`, or its default: 1 for a tiny model (its matrices are too small to split; a second thread only waits,
-    and on a busy machine it spins against the other processes: benchmarks/threads.py), else the cores that Ray
-    workers leave (each of them runs `workers.cpus_per_worker` threads)."""
+    """`threads`, or its default: 1 for a tiny model, else the cores that Ray workers leave (each of them runs
+    `workers.cpus_per_worker` threads). A tiny model's matrices are too small for threads to pay much: on 2 cores a
+    second thread gains a fifth idle, and beside busy processes its threads spin waiting for each other and the
+    run is several times slower (benchmarks/threads.py)."""
     if cfg.threads:
         return cfg.threads
     if not cfg.model.path:
@@ -387,6 +388,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         check_reward_spec(spec, f"reward[{i}]")
     check_env_name(cfg.env.name)
     build_params(get_env_spec(cfg.env.name).params, cfg.env.params, "env.params")  # every key and value, now
+    if cfg.sft.steps and cfg.sft.data != "demos" and not Path(cfg.sft.data).is_file():
+        raise ValueError(f"sft.data: no file {cfg.sft.data!r} (a JSONL of trajectories, or \"demos\" for the env's demonstrations)")
     return cfg
 
 

@@ -1,4 +1,4 @@
-"""See a run: one web page of its curves and of every episode, turn by turn and token by token.
+"""See a run: one web page of its summary, its curves and every episode, turn by turn and token by token.
 
     python -m rl view runs/search                   # serves http://127.0.0.1:8000/ (loopback only)
     python -m rl view runs/search --port 0          # any free port; the address is printed
@@ -6,20 +6,30 @@
 
 The page (rl/view_assets/page.html) draws with plotly.js, inlined from the plotly wheel, so
 nothing is fetched from the network, neither by the server's page nor by the static file.
-It asks this module for JSON: the run (metrics, checkpoints, demo results, files of episodes)
-and the episodes of one file, summarized; one episode in full, with its tokens decoded, is
-asked for when it is opened. So a run of many steps opens as fast as one step file reads.
+It asks this module for JSON: the run (summary, metrics, checkpoints, demo results, files of
+episodes) and the episodes of one file, summarized; one episode in full, with its tokens
+decoded, is asked for when it is opened. So a run of many steps opens as fast as one step file reads.
 
-The run is read as the trainer writes it (rl/trainer.py): metrics.jsonl, episodes/step_N.jsonl,
-checkpoints/step_N/, sft/model/, and for `rl demo` runs demo.json and eval_{sft,rl}_episodes.jsonl.
-A line that is not JSON (a run killed mid-write) is skipped and reported on the page.
+The run is read as the trainer writes it (rl/trainer.py): config.yaml, metrics.jsonl,
+timings.json, episodes/step_N.jsonl, checkpoints/step_N/, sft/model/, and for `rl demo` runs
+demo.json and eval_{sft,rl}_episodes.jsonl. A line that is not JSON (a run killed mid-write)
+is skipped and reported on the page. A folder holding none of config.yaml, metrics.jsonl and
+episodes/ is not a run: an error names it, and nothing is served or written.
 The server answers only for files inside RUN_DIR: `..`, absolute paths and symlinks that lead
 out of it are refused.
+
+A file written with --html holds every step's metrics but the episodes of HTML_STEPS steps
+at most (evenly spaced, the last included) and of each such file only its first episodes
+within HTML_FILE_BYTES: a long run's page stays a few MB beside plotly.js, where inlining
+every episode grows by about 100 kB a step for the lookup world and by megabytes for long
+episodes. The page says what it left out; the server always has everything.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import sys
 from functools import lru_cache
@@ -28,9 +38,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import yaml
+
 PAGE = Path(__file__).parent / "view_assets" / "page.html"
 RIGHT = 1.0  # a turn is right when its info["score"] reaches this: all tests passed, an exact answer
 EPISODE_FILES = re.compile(r"(episodes/step_\d+|eval_\w+_episodes)\.jsonl")  # the files of episodes the page may ask for
+RUN_FILES = ("config.yaml", "metrics.jsonl", "episodes")  # a run's record: a folder with none of them holds nothing to show
+HTML_STEPS = 10  # step files whose episodes a --html page holds
+HTML_FILE_BYTES = 1_000_000  # JSON of the episodes a --html page holds per file (at least one episode)
 
 
 class Refused(Exception):
@@ -104,6 +119,105 @@ def summary(ep: dict, index: int) -> dict:
     }
 
 
+def number(v) -> bool:
+    """A finite int or float: what the page can show as a metric (JSON has no NaN, a bool is not a metric)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def pick(d, *keys):
+    """d[k1][k2]...; None where a level is missing (a config written by an older version, or hand-edited)."""
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def flow(value) -> str:
+    """A value as one line of YAML, as a config would write it: {num_keys: 8, max_turns: 2}."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip()
+
+
+def config_facts(config: dict, last_step: int) -> list[list[str]]:
+    """The few settings that say what a run is, as [label, text]: env, model, reward, algorithm, steps."""
+    facts = []
+    if pick(config, "env", "name"):
+        facts.append(["env", f"{pick(config, 'env', 'name')} {flow(pick(config, 'env', 'params') or {})}"])
+    if isinstance(config.get("model"), dict):
+        facts.append(["model", pick(config, "model", "path") or "a tiny model built for the run (base_model/)"])
+    if isinstance(config.get("reward"), list):
+        terms = []
+        for spec in config["reward"]:
+            weight, params = pick(spec, "weight"), pick(spec, "params")
+            terms.append(f"{'' if weight in (None, 1) else f'{weight}*'}{pick(spec, 'name')}{f' {flow(params)}' if params else ''}")
+        facts.append(["reward", " + ".join(terms)])
+    if pick(config, "sft", "steps"):
+        facts.append(["SFT", f"{pick(config, 'sft', 'steps')} steps on {pick(config, 'sft', 'data')}"])
+    if pick(config, "algo", "advantage"):
+        facts.append(["algorithm", str(pick(config, "algo", "advantage"))])
+    if isinstance(config.get("steps"), int):
+        facts.append(["steps", f"{last_step} of {config['steps']}"])
+    return facts
+
+
+def run_summary(root: Path, records: list[dict], demo: dict | None, problems: list[str]) -> dict:
+    """What the page shows first: the run's config, how far it went, its last evaluation and the time it took."""
+    config_text, config = "", {}
+    if (root / "config.yaml").is_file():
+        config_text = (root / "config.yaml").read_text(errors="replace")
+        try:
+            config = yaml.safe_load(config_text)
+        except yaml.YAMLError as e:
+            problems.append(f"config.yaml: not YAML ({' '.join(str(e).split())})")
+        config = config if isinstance(config, dict) else {}
+    steps = [r for r in records if isinstance(r.get("step"), int)]
+    evaluations = [r for r in steps if any(k.startswith("eval/") for k in r)]
+    final_eval = None
+    if evaluations:  # the trainer evaluates once more after the last step: the last line with eval/ keys is the final one
+        last = evaluations[-1]
+        final_eval = {"step": last["step"],
+                      "metrics": {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/") and number(v)}}
+
+    # `rl demo` measures the whole run, total included; the trainer writes its stages of the last invocation only.
+    stages, source = (demo or {}).get("timings"), "demo.json: the whole rl demo run"
+    if not isinstance(stages, dict) and (root / "timings.json").is_file():
+        stages, source = None, "timings.json: the last invocation of rl train"
+        try:
+            stages = json.loads((root / "timings.json").read_text())
+        except json.JSONDecodeError as e:
+            problems.append(f"timings.json: not JSON ({e.msg})")
+    stages = {k: v for k, v in stages.items() if number(v)} if isinstance(stages, dict) else {}
+    # A step's time/* keys are its consecutive stages (rollout wait, update, sync): their sum is the step's wall time.
+    step_seconds = {r["step"]: sum(v for k, v in r.items() if k.startswith("time/") and number(v))
+                    for r in steps if any(k.startswith("time/") for k in r)}
+    return {
+        "config": config_text,
+        "facts": config_facts(config, steps[-1]["step"] if steps else 0),
+        "final_eval": final_eval,
+        "time": {"stages": stages, "source": source} if stages else None,
+        "step_time": {"steps": len(step_seconds), "seconds": sum(step_seconds.values())} if step_seconds else None,
+    }
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` holds a run: its config, its metrics or its episodes (a model alone is no run to show)."""
+    return any((folder / name).exists() for name in RUN_FILES)
+
+
+def runs_near(folder: str | Path) -> str:
+    """'; did you mean runs/a, runs/b?': the runs inside `folder` or the one above it (`rl view runs`, `rl view runs/x/episodes`)."""
+    folder = Path(folder)
+    near = [folder / p.name for p in sorted(folder.iterdir()) if p.is_dir() and holds_run(p)]
+    if holds_run(folder.resolve().parent):
+        near.append(Path(os.path.normpath(folder / "..")))
+    return f"; did you mean {', '.join(map(str, near[:5]))}{', ...' if len(near) > 5 else ''}?" if near else ""
+
+
+def evenly(items: list, k: int) -> list:
+    """k of `items`, evenly spaced, the first and the last included; all of them when there are no more than k."""
+    if len(items) <= k:
+        return items
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
 class Run:
     """A run directory, read on request; the last few episode files stay parsed."""
 
@@ -111,6 +225,8 @@ class Run:
         self.root = Path(run_dir).resolve()
         if not self.root.is_dir():
             raise FileNotFoundError(f"no run directory at {str(run_dir)!r}")
+        if not holds_run(self.root):
+            raise FileNotFoundError(f"{str(run_dir)!r} holds no run: no config.yaml, metrics.jsonl or episodes/ in it{runs_near(run_dir)}")
         self.decode = token_decoder(self.root)
         self._episodes = lru_cache(maxsize=8)(self._read_episodes)
 
@@ -122,7 +238,7 @@ class Run:
         return path
 
     def info(self) -> dict:
-        """Everything the page shows first: curves, checkpoint marks, files of episodes, demo results, problems."""
+        """Everything the page shows first: the summary, curves, checkpoint marks, files of episodes, demo results, problems."""
         metrics_path = self.root / "metrics.jsonl"
         records, problems = read_jsonl(metrics_path, self.root) if metrics_path.is_file() else ([], ["no metrics.jsonl"])
         marks = [{"step": 0, "label": "SFT"}] if (self.root / "sft" / "model").is_dir() else []
@@ -137,12 +253,14 @@ class Run:
                 problems.append(f"demo.json: not JSON ({e.msg})")
         return {
             "name": self.root.name,
+            "summary": run_summary(self.root, records, demo, problems),
             "curves": metric_curves(records),
             "marks": marks,
             "steps": [{"step": int(p.stem.split("_")[1]), "file": str(p.relative_to(self.root))} for p in steps],
             "eval_files": evals,
             "demo": demo,
             "problems": problems,
+            "left_out": [],  # what a --html file does not hold, one line each
         }
 
     def _read_episodes(self, path: Path, mtime: float) -> tuple[list[dict], list[str]]:
@@ -213,14 +331,30 @@ def answer(run: Run, url: str) -> dict:
 
 
 def static_page(run: Run) -> str:
-    """The page with every answer it can ask for inlined: curves, all episodes, each one in full."""
+    """The page with the answers it can ask for inlined: every curve, and the episodes of HTML_STEPS steps, bounded in size."""
     info = run.info()
+    steps = evenly(info["steps"], HTML_STEPS)
+    if len(steps) < len(info["steps"]):
+        info["left_out"].append(f"This file holds the episodes of {len(steps)} of the {len(info['steps'])} steps "
+                                f"({', '.join(str(s['step']) for s in steps)}); `python -m rl view {run.root}` serves them all.")
+    info["steps"] = steps
     embedded = {"api/run": info}
-    for f in [s["file"] for s in info["steps"]] + info["eval_files"]:
+    cut = []
+    for f in [s["file"] for s in steps] + info["eval_files"]:
         listed = run.episodes(f)
-        embedded[f"api/episodes?file={f}"] = listed
+        kept, size = [], 0
         for ep in listed["episodes"]:
-            embedded[f"api/episode?file={f}&i={ep['index']}"] = run.episode(f, ep["index"])
+            full = run.episode(f, ep["index"])
+            size += len(json.dumps(full))
+            if kept and size > HTML_FILE_BYTES:
+                break
+            kept.append(ep)
+            embedded[f"api/episode?file={f}&i={ep['index']}"] = full
+        if len(kept) < len(listed["episodes"]):
+            cut.append(f"{f}: {len(kept)} of {len(listed['episodes'])}")
+        embedded[f"api/episodes?file={f}"] = {**listed, "episodes": kept, "left_out": len(listed["episodes"]) - len(kept)}
+    if cut:
+        info["left_out"].append(f"Of these files it holds the first episodes, {HTML_FILE_BYTES / 1e6:g} MB of each at most: {'; '.join(cut)}.")
     return page(embedded)
 
 

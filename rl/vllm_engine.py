@@ -84,6 +84,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 import torch
 
@@ -112,6 +113,8 @@ class VLLMEngine:
         **llm_kwargs,  # passed to vllm.LLM, e.g. enforce_eager=True
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core and worker in this process
+        # vLLM's own use of a deprecated torch name, twice per import: nothing a user of ours can change.
+        warnings.filterwarnings("ignore", message="`torch.distributed.reduce_op` is deprecated", category=FutureWarning)
         from vllm import LLM
         from vllm.platforms import current_platform
         from vllm.v1.engine.core_client import InprocClient

@@ -117,6 +117,7 @@ def test_cli_writes_table_json_and_plots(episode_file, tmp_path, capsys):
     main(["score", str(episode_file), "--reward", "outcome", "--reward", "{name: outcome, weight: 2}", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "Kendall tau  outcome | {name: outcome, weight: 2}: 1.0000" in printed
+    assert "r(search)" in printed.splitlines()[1]  # these episodes search (info action), so the column applies
     rep = json.loads((out / "report.json").read_text())
     assert rep["episodes"] == 4 and rep["specs"]["{name: outcome, weight: 2}"]["total"]["mean"] == 1.0
     pytest.importorskip("matplotlib")

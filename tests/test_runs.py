@@ -98,6 +98,7 @@ BAD = {
     "an env option that does not exist": (["env.params.feedback=test"], "unknown feedback 'test'; did you mean 'tests'?"),
     "a resume without a checkpoint": (["resume=configs"], "no checkpoint in configs/checkpoints"),
     "a resume step that is not a number": (["resume=runs@last"], "the step after '@' must be a number"),
+    "an SFT data file that is not there": (["sft.steps=5", "sft.data=nowhere.jsonl"], "sft.data: no file 'nowhere.jsonl'"),
 }
 
 
@@ -146,3 +147,7 @@ def test_the_config_command_prints_every_option_with_its_doc():
     assert "  params:" in out and "num_keys: 8" in out  # the env's own params, resolved
     code, out, _ = cli("train", "--help")
     assert code == 0 and "python -m rl config CONFIG" in out
+    console = Path(sys.executable).with_name("selfcorrect")  # the package's console script: the same program, its own name
+    if console.exists():
+        out = subprocess.run([str(console), "train", "--help"], capture_output=True, text=True, timeout=60).stdout
+        assert out.startswith("usage: selfcorrect train") and "selfcorrect config CONFIG" in out

@@ -8,21 +8,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from rl.config import load_config
-from rl.trainer import Trainer
+from tests.lookup_runs import train_lookup
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOKUP = ROOT / "configs" / "lookup.yaml"
 
 
-def train(run_dir, *overrides):
-    cfg = load_config(LOOKUP, [f"run_dir={run_dir}", *overrides])
-    trainer = Trainer(cfg)
-    try:
-        trainer.train(progress=False)
-    finally:
-        trainer.close()
-    return trainer
+train = train_lookup
 
 
 def metrics(run_dir):
