@@ -1,7 +1,7 @@
 """The main job: for each world, a tiny model is built, warm-started by SFT, trained by RL, and
 both checkpoints are evaluated on the same held-out tasks.
 
-    python -m rl demo configs/tiny_code_feedback.yaml configs/tiny_search.yaml   # what `make demo` runs
+    python -m rl demo configs/tiny_code_feedback.yaml configs/tiny_search.yaml overwrite=true   # what `make demo` runs
     python -m rl demo configs/tiny_code.yaml steps=4 sft.steps=10      # overrides apply to every config
     python -m rl demo configs/tiny_code.yaml --seeds 0 1 2             # one run per seed, then mean and range
     python -m rl demo configs/tiny_code.yaml --samples 0               # greedy evaluation only

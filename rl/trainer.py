@@ -102,9 +102,6 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.run_dir, checkpoint = plan_run(cfg.run_dir, cfg.resume, cfg.overwrite)
-        if cfg.overwrite:
-            start_over(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
 
@@ -114,6 +111,9 @@ class Trainer:
         self.eval_tasks = self.spec.load_tasks(self.env_params, "eval")
         self.reward_fn = build_reward(cfg.reward)
         check_engine_installed(cfg.workers)
+        if cfg.overwrite:  # only now that the env's data and the rewards are known to load: a run that fails them writes nothing
+            start_over(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
 
         # The model RL starts from: the given or a freshly built tiny one, after the SFT stage if there is one.
         base, self.timings = starting_model(cfg, self.run_dir)

@@ -117,9 +117,10 @@ def test_a_failing_sft_beside_a_run_stops_the_demo_with_its_error_after_that_run
     text = (CONFIGS / "lookup.yaml").read_text()
     good, broken = tmp_path / "good.yaml", tmp_path / "broken.yaml"
     good.write_text(text.replace("run_dir: runs/lookup", f"run_dir: {tmp_path / 'good'}"))
+    (tmp_path / "garbled.jsonl").write_text("not a trajectory\n")  # there, so the config loads; unreadable, so the SFT fails
     broken.write_text(text.replace("run_dir: runs/lookup", f"run_dir: {tmp_path / 'broken'}")
-                      + f"sft: {{steps: 5, data: {tmp_path / 'missing.jsonl'}}}\n")
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+                      + f"sft: {{steps: 5, data: {tmp_path / 'garbled.jsonl'}}}\n")
+    with pytest.raises(ValueError, match="garbled.jsonl"):
         demo_main([str(good), str(broken)], ["steps=2", "eval_every=0", "save_every=0"], samples=0)
     assert json.loads((tmp_path / "good" / "demo.json").read_text())["rl"]["episodes/count"] > 0  # the run before it is kept
 

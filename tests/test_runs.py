@@ -115,6 +115,12 @@ def test_bad_input_fails_before_torch_is_imported_and_nothing_is_written(bad, tm
     assert not run.exists()
 
 
+def test_data_that_does_not_load_leaves_no_run_directory(tmp_path):
+    run = tmp_path / "run"
+    code, _, err = cli("train", str(ROOT / "configs" / "tiny_code.yaml"), f"run_dir={run}", "env.params.dataset=nowhere.jsonl", "sft.steps=0")
+    assert code == 2 and "no problems 'nowhere.jsonl'" in err and not run.exists()
+
+
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_the_line_that_continues(tmp_path):
     run = tmp_path / "run"
     proc = cli("train", LOOKUP, "steps=500", "save_every=0", f"run_dir={run}", *FAST, wait=False)
