@@ -185,7 +185,7 @@ def test_the_server_answers_only_for_the_run_and_on_loopback(run_dir, server, re
 
 
 def metrics(run_dir) -> list[dict]:
-    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def section(dom: str, start: str, end: str) -> str:
