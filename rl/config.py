@@ -255,6 +255,8 @@ class WorkersConfig(Options):
         super().__post_init__()
         if self.vllm_sleep_mode and self.async_steps:
             raise ValueError("workers.vllm_sleep_mode needs synchronous training (workers.async_steps=0)")
+        if self.vllm_sleep_mode and self.engine != "vllm":
+            raise ValueError(f"workers.vllm_sleep_mode is vLLM's: it needs workers.engine=vllm (the engine is {self.engine!r})")
 
 
 @dataclass

@@ -99,6 +99,7 @@ BAD = {
     "a resume without a checkpoint": (["resume=configs"], "no checkpoint in configs/checkpoints"),
     "a resume step that is not a number": (["resume=runs@last"], "the step after '@' must be a number"),
     "an SFT data file that is not there": (["sft.steps=5", "sft.data=nowhere.jsonl"], "sft.data: no file 'nowhere.jsonl'"),
+    "vLLM's sleep mode with another engine": (["workers.vllm_sleep_mode=true"], "workers.vllm_sleep_mode is vLLM's: it needs workers.engine=vllm"),
 }
 
 
