@@ -20,11 +20,12 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")  # any of these makes a directory a run's
+RUN_FILES = ("config.yaml", "metrics.jsonl", "episodes", "checkpoints")  # any of these makes a directory a run's (a model alone is not)
 _STEP = re.compile(r"step_(\d+)")
 
 
 def holds_run(path: Path) -> bool:
+    """Whether `path` holds a run: its config, metrics, episodes or checkpoints (what `rl view` shows and `rl train` protects)."""
     return any((path / name).exists() for name in RUN_FILES)
 
 

@@ -13,8 +13,8 @@ decoded, is asked for when it is opened. So a run of many steps opens as fast as
 The run is read as the trainer writes it (rl/trainer.py): config.yaml, metrics.jsonl,
 timings.json, episodes/step_N.jsonl, checkpoints/step_N/, sft/model/, and for `rl demo` runs
 demo.json and eval_{sft,rl}_episodes.jsonl. A line that is not JSON (a run killed mid-write)
-is skipped and reported on the page. A folder holding none of config.yaml, metrics.jsonl and
-episodes/ is not a run: an error names it, and nothing is served or written.
+is skipped and reported on the page. A folder holding none of config.yaml, metrics.jsonl,
+episodes/ and checkpoints/ is not a run: an error names it, and nothing is served or written.
 The server answers only for files inside RUN_DIR: `..`, absolute paths and symlinks that lead
 out of it are refused.
 
@@ -40,10 +40,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
+from rl.run_dir import holds_run
+
 PAGE = Path(__file__).parent / "view_assets" / "page.html"
 RIGHT = 1.0  # a turn is right when its info["score"] reaches this: all tests passed, an exact answer
 EPISODE_FILES = re.compile(r"(episodes/step_\d+|eval_\w+_episodes)\.jsonl")  # the files of episodes the page may ask for
-RUN_FILES = ("config.yaml", "metrics.jsonl", "episodes")  # a run's record: a folder with none of them holds nothing to show
 HTML_STEPS = 10  # step files whose episodes a --html page holds
 HTML_FILE_BYTES = 1_000_000  # JSON of the episodes a --html page holds per file (at least one episode)
 
@@ -197,11 +198,6 @@ def run_summary(root: Path, records: list[dict], demo: dict | None, problems: li
     }
 
 
-def holds_run(folder: Path) -> bool:
-    """Whether `folder` holds a run: its config, its metrics or its episodes (a model alone is no run to show)."""
-    return any((folder / name).exists() for name in RUN_FILES)
-
-
 def runs_near(folder: str | Path) -> str:
     """'; did you mean runs/a, runs/b?': the runs inside `folder` or the one above it (`rl view runs`, `rl view runs/x/episodes`)."""
     folder = Path(folder)
@@ -226,7 +222,7 @@ class Run:
         if not self.root.is_dir():
             raise FileNotFoundError(f"no run directory at {str(run_dir)!r}")
         if not holds_run(self.root):
-            raise FileNotFoundError(f"{str(run_dir)!r} holds no run: no config.yaml, metrics.jsonl or episodes/ in it{runs_near(run_dir)}")
+            raise FileNotFoundError(f"{str(run_dir)!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or checkpoints/ in it{runs_near(run_dir)}")
         self.decode = token_decoder(self.root)
         self._episodes = lru_cache(maxsize=8)(self._read_episodes)
 

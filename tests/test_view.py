@@ -263,14 +263,14 @@ def test_a_folder_that_holds_no_run_is_one_line_and_exit_2_with_nothing_written(
     out = tmp_path / "page.html"
     assert cli_main(["view", str(configs), "--html", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {str(configs)!r} holds no run: no config.yaml, metrics.jsonl or episodes/ in it\n"
+    assert err == f"error: {str(configs)!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or checkpoints/ in it\n"
     assert not out.exists() and sorted(p.name for p in configs.iterdir()) == before
 
     # Served, it fails the same way before it listens; a run's episodes/ folder points at the run.
     done = subprocess.run([sys.executable, "-m", "rl", "view", str(run_dir / "episodes"), "--port", "0"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == f"error: {str(run_dir / 'episodes')!r} holds no run: no config.yaml, metrics.jsonl or episodes/ in it; did you mean {run_dir}?\n"
+    assert done.stderr == f"error: {str(run_dir / 'episodes')!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or checkpoints/ in it; did you mean {run_dir}?\n"
 
 
 def test_the_html_file_of_a_long_run_holds_some_of_its_episodes_and_says_which(long_run, tmp_path, monkeypatch):

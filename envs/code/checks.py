@@ -492,8 +492,7 @@ def decode_all(tagged: list) -> list:
             return {hashable(decode(k, depth + 1)): decode(v, depth + 1) for k, v in body}
         containers = {"$tuple": tuple, "$set": set, "$frozenset": frozenset}
         if tag in containers and type(body) is list:
-            items = [decode(v, depth + 1) for v in body]
-            return hashable(containers[tag](items)) if tag != "$set" else set(items)
+            return hashable(containers[tag](decode(v, depth + 1) for v in body))  # (a set is not hashable: it passes as it is)
         raise ValueError(f"unknown tag {_text(tag)[:40]!r}")
 
     return [decode(v, 0) for v in tagged]

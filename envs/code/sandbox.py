@@ -187,6 +187,7 @@ class Worker:
     count = 0
 
     def __init__(self, cfg: SandboxConfig):
+        self.cfg = cfg
         Worker.count += 1
         memory = (cfg.memory_mb + cfg.max_file_mb + WORKER_MEMORY_MB) * 2**20
         self.cgroup = Cgroup(f"selfcorrect-sandbox-{os.getpid()}-{Worker.count}", memory, cfg.max_processes + WORKER_PROCESSES)
@@ -224,6 +225,11 @@ class Worker:
                 os.close(fd)
             raise OSError("the sandbox worker could not fork a session")
         return Session(*fds)
+
+    def restart(self) -> None:
+        """A fresh jail in place of a dead one (the same object: the pool and the runs in flight keep it)."""
+        self.close()
+        self.__init__(self.cfg)
 
     def close(self) -> None:
         self.sock.close()
@@ -405,13 +411,11 @@ class Sandbox:
         return None
 
     def _spawn(self, w: Worker) -> Session:
-        """A session from this worker; a worker that cannot give one is replaced (once) by a fresh jail."""
+        """A session from this worker; a worker that cannot give one restarts (once) in a fresh jail."""
         try:
             return w.spawn()
         except OSError:
-            fresh = Worker(self.cfg)
-            w.close()
-            w.__dict__.update(fresh.__dict__)  # the same slot in the pool and in `active`, a new jail
+            w.restart()
             return w.spawn()
 
     def _wait(self, active: dict, results: list) -> None:
