@@ -95,12 +95,11 @@ def abandon_after(run_dir: Path, step: int) -> None:
     log.info(f"resumed at step {step}: {len(later)} later checkpoints and episode files moved to {aside}")
 
 
-def load_failed(checkpoint: Path, error: Exception) -> ValueError:
-    """The error for a checkpoint file that does not load: which file, and which other checkpoints there are."""
-    step_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    others = {s: p for s, p in checkpoints(step_dir.parent.parent).items() if p != step_dir}
+def load_failed(file: Path, error: Exception) -> ValueError:
+    """The error for a checkpoint's file (RUN_DIR/checkpoints/step_N/FILE) that does not load: which one, and the run's other checkpoints."""
+    others = {s: p for s, p in checkpoints(file.parent.parent.parent).items() if p != file.parent}
     choice = f"; resume=DIR@STEP picks another: {_listing(others)}" if others else ""
-    return ValueError(f"checkpoint {checkpoint} does not load ({type(error).__name__}: {' '.join(str(error).split())[:200]}){choice}")
+    return ValueError(f"checkpoint {file} does not load ({type(error).__name__}: {' '.join(str(error).split())[:200]}){choice}")
 
 
 def _listing(found: dict[int, Path]) -> str:

@@ -101,7 +101,7 @@ class SandboxConfig:
 # ---------------------------------------------------------------- the jail
 
 
-def jail_command(cfg: SandboxConfig) -> list[str]:
+def jail_command() -> list[str]:
     """bubblewrap's arguments: a read-only root of the system, the interpreter and its standard library."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -191,16 +191,16 @@ class Worker:
         Worker.count += 1
         memory = (cfg.memory_mb + cfg.max_file_mb + WORKER_MEMORY_MB) * 2**20
         self.cgroup = Cgroup(f"selfcorrect-sandbox-{os.getpid()}-{Worker.count}", memory, cfg.max_processes + WORKER_PROCESSES)
+        self.sock, theirs = socket.socketpair()
         server_cfg = {
             "program_timeout_s": cfg.program_timeout_s,
             "memory_mb": cfg.memory_mb,
             "max_file_mb": cfg.max_file_mb,
             "max_processes": cfg.max_processes,
+            "socket_fd": theirs.fileno(),
         }
-        self.sock, theirs = socket.socketpair()
-        server_cfg["socket_fd"] = theirs.fileno()
         self.proc = subprocess.Popen(
-            [*self.cgroup.join_command(), *jail_command(cfg), json.dumps(server_cfg)],
+            [*self.cgroup.join_command(), *jail_command(), json.dumps(server_cfg)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=[theirs.fileno()],
             env={}, cwd="/", start_new_session=True,
         )  # fmt: skip
