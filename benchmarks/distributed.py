@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 from envs.base import Task, Trajectory
 from envs.lookup import LookupParams, sample_text
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, TinyModelConfig, WorkersConfig
-from rl.distributed import ShardedLearner
+from rl.learn.sharding import ShardedLearner
 from rl.episode import Episode
-from rl.learner import Learner
-from rl.tiny import train_tokenizer
-from rl.workers import RayPool
+from rl.learn.learner import Learner
+from rl.run.tiny import train_tokenizer
+from rl.rollout.workers import RayPool
 
 hf_logging.disable_progress_bar()
 

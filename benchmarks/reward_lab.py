@@ -6,7 +6,7 @@ Run from the repository root:
     python benchmarks/reward_lab.py --episodes 10000 --tokens 512 --workers 1
 
 It writes trainer-format episode lines (envs/search turns: search with information, judge,
-answer; `--tokens` ids, mask, logprobs and turn ids per episode, as rl/trainer.py records them)
+answer; `--tokens` ids, mask, logprobs and turn ids per episode, as rl/run/trainer.py records them)
 to a temporary file, then times what `python -m rewards score` does: load, score under each spec,
 and the statistics (Kendall tau between every pair of specs included), for two sets of three
 specs: the search rewards and the generic ones. Plots are not timed.

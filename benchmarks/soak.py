@@ -29,7 +29,7 @@ import ray
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout without `pip install -e .`
 from rl.config import load_config  # noqa: E402
-from rl.trainer import Submission, Trainer  # noqa: E402
+from rl.run.trainer import Submission, Trainer  # noqa: E402
 from tests import ray_cluster  # noqa: E402
 
 

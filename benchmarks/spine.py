@@ -9,12 +9,12 @@ Run from the repository root:
 Rows of the table (median seconds over --iters timed calls, after 2 warm-up calls each,
 ours and baseline alternating; ratio = ours / baseline; PASS when ratio <= target):
 
-  learner update mb=M  rl.learner.Learner.update on --batch episodes with micro_batch_size M, against a
+  learner update mb=M  rl.learn.learner.Learner.update on --batch episodes with micro_batch_size M, against a
                        bare torch loop on a second copy of the same model: pre-padded micro-batches,
                        forward, gather - logsumexp logprobs, PPO clipped loss, token-mean, backward,
                        clip_grad_norm_, AdamW step, zero_grad. Target 1.15. The first row uses
                        M = --batch (one micro-batch), the second M = --micro (gradient accumulation).
-  engine generate      rl.engine.HFEngine.generate on --prompts random prompts against model.generate
+  engine generate      rl.rollout.engine.HFEngine.generate on --prompts random prompts against model.generate
                        (do_sample, temperature 1, top_p 1, top_k 0) on the same left-padded batch and
                        the same model object. Target 1.1. generate never stops early (min_new_tokens);
                        our engine may stop a row at EOS, so the generated-token counts of both sides are
@@ -35,12 +35,12 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.base import Task, Trajectory
-from rl.engine import HFEngine, Request, SamplingParams
+from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.episode import Episode
 from rl.config import AlgoConfig, LearnerConfig, TinyModelConfig
-from rl.learner import Learner
+from rl.learn.learner import Learner
 from rl.model import resolve_device
-from rl.tiny import build_tiny_model
+from rl.run.tiny import build_tiny_model
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--device", default="auto")

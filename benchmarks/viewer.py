@@ -3,7 +3,7 @@ and one episode in full, over HTTP from a server on loopback (what a browser ask
 
     python benchmarks/viewer.py                      # 10,000 episodes: 125 steps of 80, then one step of 10,000
 
-The run is synthetic, in the trainer's format (rl/trainer.py): lookup-like episodes of two turns, 40 tokens each.
+The run is synthetic, in the trainer's format (rl/run/trainer.py): lookup-like episodes of two turns, 40 tokens each.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from rl.view import Run, make_server
+from rl.view.page import Run, make_server
 
 
 def episode(step: int, i: int, rng: random.Random) -> dict:

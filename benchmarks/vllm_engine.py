@@ -31,10 +31,10 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.lookup import LookupParams, sample_text
-from rl.engine import HFEngine, Request, SamplingParams
+from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.config import TinyModelConfig
-from rl.tiny import build_tiny_model
-from rl.workers import buckets
+from rl.run.tiny import build_tiny_model
+from rl.weights import buckets
 
 hf_logging.disable_progress_bar()
 SIZES = {  # name: (layers, width, MLP width, heads, kv heads)
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from rl.vllm_engine import VLLMEngine
+    from rl.rollout.vllm_engine import VLLMEngine
 
     threads = [1, 2] if DEVICE == "cpu" else [torch.get_num_threads()]
     generation, sync = [], []

@@ -8,7 +8,7 @@ Run from the repository root:
     python benchmarks/vs_trl.py --runs 5 --steps 10
     python benchmarks/vs_trl.py --gpu           # only the GPU section (needs CUDA; under 3 minutes on an H100)
 
-Single-turn comparison. One tiny Qwen2-shaped model directory (rl.tiny, built once on the task's text)
+Single-turn comparison. One tiny Qwen2-shaped model directory (rl.run.tiny, built once on the task's text)
 is loaded by both systems. Each run is a fresh subprocess (ours, TRL, ours, TRL, ...), so each has its own
 peak-RSS figure and neither warms the other's caches. Both do, per optimizer step: sample --tasks prompts
 x --group completions of up to --new-tokens tokens (temperature 1, top_p 1, top_k 0, stop only at EOS),
@@ -60,10 +60,10 @@ sandbox runs little (benchmarks/code_sandbox.py measures it); the comparison is 
 
 GPU section (--gpu): a ~0.5B-parameter Qwen2-shaped model (Qwen2-0.5B's shape: 24 layers, hidden 896,
 MLP 4864, 14 heads, 2 KV heads, vocab 151936, tied embeddings) built from a config (no download).
-  learner   rl.learner.Learner.update (bf16 autocast, float32 master weights) on --gpu-batch sequences of
+  learner   rl.learn.learner.Learner.update (bf16 autocast, float32 master weights) on --gpu-batch sequences of
             --gpu-seq tokens; tokens/s counts every token of every sequence; MFU = 6 * params * tokens/s /
             peak, peak = 989 TFLOP/s (H100/H200 SXM dense bf16).
-  decode    rl.engine.HFEngine.generate, bf16 weights, --gpu-prompts prompts x --gpu-new-tokens tokens (no
+  decode    rl.rollout.engine.HFEngine.generate, bf16 weights, --gpu-prompts prompts x --gpu-new-tokens tokens (no
             early stop); decode steps/s against the memory-bandwidth bound HBM bandwidth / bytes read per
             step (all weights + the KV cache at mid-generation), bandwidth 3.35 TB/s (H100 SXM) or
             4.8 TB/s (H200).
@@ -186,7 +186,7 @@ def peak_rss_mb() -> float:
 
 def run_ours(args) -> dict:
     from rl.config import load_config
-    from rl.trainer import Trainer
+    from rl.run.trainer import Trainer
 
     run_dir = tempfile.mkdtemp(prefix="vs_trl-ours-")
     if args.multi_turn:
@@ -435,7 +435,7 @@ def compare(args) -> None:
     from transformers.utils import logging as hf_logging
 
     from rl.config import TinyModelConfig
-    from rl.tiny import build_tiny_model
+    from rl.run.tiny import build_tiny_model
 
     hf_logging.disable_progress_bar()
     model_dir = tempfile.mkdtemp(prefix="vs_trl-model-")
@@ -521,12 +521,12 @@ def gpu_section(args) -> None:
     from transformers.utils import logging as hf_logging
 
     from envs.base import Task, Trajectory
-    from rl.engine import HFEngine, Request, SamplingParams
+    from rl.rollout.engine import HFEngine, Request, SamplingParams
     from rl.episode import Episode
     from rl.config import AlgoConfig, LearnerConfig
-    from rl.learner import Learner
+    from rl.learn.learner import Learner
     from rl.config import TinyModelConfig
-    from rl.tiny import train_tokenizer
+    from rl.run.tiny import train_tokenizer
 
     smoke = args.gpu_smoke  # a check of this code on CPU with a 2-layer model; its figures mean nothing
     if not torch.cuda.is_available() and not smoke:

@@ -28,8 +28,9 @@ from transformers.utils import logging as hf_logging
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.lookup import LookupEnv, LookupParams, load_tasks, sample_text
 from rl.config import RolloutConfig, TinyModelConfig, WorkersConfig
-from rl.tiny import build_tiny_model
-from rl.workers import LocalPool, RayPool, RolloutWorker, buckets
+from rl.run.tiny import build_tiny_model
+from rl.rollout.workers import LocalPool, RayPool, RolloutWorker
+from rl.weights import buckets
 
 hf_logging.disable_progress_bar()
 ROLLOUT = RolloutConfig(max_turn_tokens=8, max_total_tokens=64, env_timeout_s=0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rl import logs
 from rl.config import Config, describe, load_config, trainer_threads
-from rl.run_dir import plan_run
+from rl.run.run_dir import plan_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "view":
-        from rl.view import main as view_main
+        from rl.view.page import main as view_main
 
         try:
             return view_main(args.run_dir, args.port, args.host, args.html)
@@ -80,16 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     logs.quiet_libraries(cfgs[0].log_level)
     try:
         if args.command == "sft":
-            from rl.model import starting_model  # heavy imports only once the config is known to be valid
+            from rl.run.start import starting_model  # heavy imports only once the config is known to be valid
 
             path, timings = starting_model(cfgs[0], Path(cfgs[0].run_dir))
             print(f"done: {path} ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
         elif args.command == "eval":
-            from rl.evaluate import main as evaluate_main
+            from rl.run.evaluate import main as evaluate_main
 
             evaluate_main(cfgs[0], args.checkpoint, args.out, args.samples)
         elif args.command == "demo":
-            from rl.demo import main as demo_main
+            from rl.run.demo import main as demo_main
 
             demo_main(configs, overrides, args.seeds, args.samples)
         else:
@@ -107,8 +107,8 @@ def _train(cfg: Config, command: list[str]) -> int:
     """Train; a first Ctrl-C ends the run after the current step with a checkpoint, a second one at once."""
     import torch
 
-    from rl.distributed import LearnerRankError
-    from rl.trainer import Trainer
+    from rl.learn.sharding import LearnerRankError
+    from rl.run.trainer import Trainer
 
     torch.set_num_threads(trainer_threads(cfg))
     try:

@@ -55,8 +55,8 @@ def check_choice(value: Any, choices: tuple, name: str, where: str = "") -> None
     raise ValueError(f"{where + ': ' if where else ''}unknown {name} {value!r}{hint} (use one of {', '.join(map(repr, choices))})")
 
 
-# Names registered beyond the built-in ones, per named option: `rl.credit.register_estimator("x")` adds
-# "x" to "advantage" and "judge_advantage", `rl.losses.register_policy_loss("y")` adds "y" to "policy_loss".
+# Names registered beyond the built-in ones, per named option: `rl.learn.credit.register_estimator("x")` adds
+# "x" to "advantage" and "judge_advantage", `rl.learn.losses.register_policy_loss("y")` adds "y" to "policy_loss".
 _REGISTERED: dict[str, list[str]] = {}
 
 
@@ -145,10 +145,10 @@ class RolloutConfig(Options):
 
 @dataclass
 class AlgoConfig(Options):
-    advantage: Estimator = "grpo"  # estimator, registered in rl/credit.py: grpo, drgrpo, rloo, reinforce++, reinforce++-baseline, gae (PPO critic), turn
+    advantage: Estimator = "grpo"  # estimator, registered in rl/learn/credit.py: grpo, drgrpo, rloo, reinforce++, reinforce++-baseline, gae (PPO critic), turn
     norm_by_std: bool = True  # grpo divides by the group's std; False (or advantage=drgrpo) gives Dr.GRPO
     lone_group_score: bool = False  # grpo, drgrpo, rloo: a group of one episode gets its raw total (verl) instead of advantage 0
-    policy_loss: PolicyLoss = "ppo"  # registered in rl/losses.py: ppo (token-level ratio) or gspo (sequence-level ratio; use small clip ranges, e.g. 3e-4/4e-4)
+    policy_loss: PolicyLoss = "ppo"  # registered in rl/learn/losses.py: ppo (token-level ratio) or gspo (sequence-level ratio; use small clip ranges, e.g. 3e-4/4e-4)
     clip_low: float = 0.2  # PPO clip range below 1
     clip_high: float = 0.2  # PPO clip range above 1 (DAPO's clip-higher uses 0.28)
     clip_ratio_c: float = 3.0  # dual clip: a token with A < 0 loses at most clip_ratio_c * |A| (> 1; 0 = off)
@@ -213,7 +213,7 @@ class LearnerConfig(Options):
     device: str = "auto"  # "auto" (CUDA when present), "cuda", "cuda:1", "cpu"
     bf16: bool = True  # bf16 autocast on CUDA; CPU always runs float32
     gradient_checkpointing: bool = False  # trade compute for activation memory on large models
-    world_size: int = 1  # learner ranks: 1 runs in this process; N > 1 shards the models over N Ray actors with FSDP2 (rl/distributed.py)
+    world_size: int = 1  # learner ranks: 1 runs in this process; N > 1 shards the models over N Ray actors with FSDP2 (rl/learn/sharding.py)
     cpus_per_rank: float = 1.0  # CPUs Ray reserves for each learner rank (world_size > 1)
     gpus_per_rank: float = 0.0  # GPUs Ray reserves for each learner rank; > 0 runs the ranks on CUDA with NCCL, 0 on the CPU with gloo
     timeout_s: float = 600.0  # a learner rank (or one of its collectives) silent this long fails the step (world_size > 1)

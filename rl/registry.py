@@ -1,4 +1,4 @@
-"""Functions by name: the advantage estimators (rl/credit.py) and the policy losses (rl/losses.py)."""
+"""Functions by name: the advantage estimators (rl/learn/credit.py) and the policy losses (rl/learn/losses.py)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from envs.base import Trajectory, Turn
 from envs.lookup import LookupParams, load_tasks, sample_text
 from rl.config import TinyModelConfig
-from rl.tiny import build_tiny_model
+from rl.run.tiny import build_tiny_model
 
 LOOKUP_TINY = TinyModelConfig(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab_size=128, byte_alphabet=False)
 # A chat template in the style of ChatML, using the tiny tokenizer's EOS as the end-of-turn token.

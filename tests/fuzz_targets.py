@@ -33,8 +33,8 @@ from rewards import __main__ as rewards_cli
 from rewards import lab
 from rewards.base import build_reward
 from rl.config import Config, load_config
-from rl.plots import read_metrics, series
-from rl.view import read_jsonl
+from rl.view.plots import read_metrics, series
+from rl.view.page import read_jsonl
 
 Rejected = (ValueError, FileNotFoundError)
 WORK = Path(tempfile.mkdtemp(prefix="selfcorrect_fuzz_"))  # every target's files; one folder per process

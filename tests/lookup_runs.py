@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from rl.config import load_config
-from rl.trainer import Trainer
+from rl.run.trainer import Trainer
 
 LOOKUP = Path(__file__).resolve().parents[1] / "configs" / "lookup.yaml"
 

@@ -2,6 +2,6 @@
 
 Every process that computes the loss must have imported this module, learner ranks included."""
 
-from rl.losses import ppo, register_policy_loss
+from rl.learn.losses import ppo, register_policy_loss
 
 register_policy_loss("ppo_from_a_user_module")(ppo)

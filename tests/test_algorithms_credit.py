@@ -1,4 +1,4 @@
-"""rl/credit.py: rewards land on the right tokens, each estimator by name gives hand-computed advantages,
+"""rl/learn/credit.py: rewards land on the right tokens, each estimator by name gives hand-computed advantages,
 observation and prompt tokens get nothing, judge spans are found and get their own estimator."""
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rewards.base import Reward
-from rl import algos, credit
+from rl.learn import algos, credit
 from rl.config import AlgoConfig
 from rl.episode import PROMPT_TURN, Episode
 from rl.tensors import pad

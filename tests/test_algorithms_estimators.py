@@ -1,4 +1,4 @@
-"""The new estimators and losses of rl/algos.py against numbers computed by hand or in float64 numpy."""
+"""The new estimators and losses of rl/learn/algos.py against numbers computed by hand or in float64 numpy."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl import algos
+from rl.learn import algos
 
 D = torch.float64
 

@@ -11,7 +11,7 @@ sampled groups of 4 episodes.
 
 import torch
 
-from rl import algos
+from rl.learn import algos
 
 D = torch.float64
 THETA = torch.tensor([0.3, -0.2], dtype=D)

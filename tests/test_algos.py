@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl import algos
+from rl.learn import algos
 from rl.config import AlgoConfig
 
 

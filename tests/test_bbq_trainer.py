@@ -8,7 +8,7 @@ from envs.base import Trajectory
 from envs.registry import get_env_spec
 from rewards import build_reward
 from rl.config import load_config
-from rl.trainer import Trainer
+from rl.run.trainer import Trainer
 
 
 def test_two_grpo_steps_on_bbq_questions(tmp_path):

@@ -10,7 +10,7 @@ from envs.code.env import REQUEST, extract_code, first_prompt
 from envs.registry import get_env_spec
 from rewards import build_reward
 from rl.config import load_config
-from rl.trainer import Trainer
+from rl.run.trainer import Trainer
 
 ADD = "def add_7(x):\n    return x + 7"
 

@@ -11,7 +11,7 @@ import yaml
 
 from rl.cli import main as cli_main
 from rl.config import load_config
-from rl.demo import main as demo_main, seed_summary
+from rl.run.demo import main as demo_main, seed_summary
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -76,7 +76,7 @@ def test_demo_with_seeds_runs_each_seed_and_prints_the_spread(tmp_path, capsys):
 
 
 def test_eval_with_samples_adds_pass_at_k_over_each_tasks_samples(tmp_path, lookup_experts):
-    from rl.model import starting_model
+    from rl.run.start import starting_model
 
     lookup = str(CONFIGS / "lookup.yaml")
     args = [lookup, f"run_dir={tmp_path}", f"sft.data={lookup_experts}", "sft.steps=5", "sft.lr=3e-3", "sft.warmup_steps=0", "sft.batch_size=8"]
@@ -134,7 +134,7 @@ def test_demo_runs_need_run_directories_of_their_own(tmp_path):
 def test_sft_beside_a_run_takes_every_thread_once_the_run_is_over():
     from transformers import TrainerState
 
-    from rl.demo import MoreThreadsOnceFree
+    from rl.run.demo import MoreThreadsOnceFree
 
     before, free = torch.get_num_threads(), threading.Event()
     callback = MoreThreadsOnceFree(free, before + 1)

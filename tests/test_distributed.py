@@ -9,15 +9,15 @@ from transformers import AutoModelForCausalLM
 
 from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
-from rl import lora
-from rl.chat import TurnFormatter
+from rl.learn import lora
+from rl.rollout.chat import TurnFormatter
 from rl.cli import main
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, load_config
-from rl.distributed import PAD, ShardedLearner, combine, deal
-from rl.engine import HFEngine
-from rl.learner import Learner
-from rl.rollout import rollout
-from rl.trainer import Trainer
+from rl.learn.sharding import PAD, ShardedLearner, combine, deal
+from rl.rollout.engine import HFEngine
+from rl.learn.learner import Learner
+from rl.rollout.loop import rollout
+from rl.run.trainer import Trainer
 from tests import ray_cluster as ray_cluster_of_our_own
 from tests.test_trainer import LOOKUP, metrics
 

@@ -5,12 +5,12 @@ import torch
 
 from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
-from rl.chat import TurnFormatter
-from rl.engine import HFEngine
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.engine import HFEngine
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig
-from rl.learner import Learner
+from rl.learn.learner import Learner
 from rl.model import load_model
-from rl.rollout import rollout
+from rl.rollout.loop import rollout
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -57,7 +57,7 @@ def test_lookup_learns_on_gpu(tmp_path):
 
 def test_sharded_bf16_step_on_gpu(tiny_model_dir, gpu_batch):
     """FSDP2 ranks over NCCL (one GPU each; as many as there are, up to 2), bf16 compute, float32 master weights."""
-    from rl.distributed import ShardedLearner
+    from rl.learn.sharding import ShardedLearner
     from tests import ray_cluster
 
     episodes, advantages = gpu_batch

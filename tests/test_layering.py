@@ -45,7 +45,7 @@ def module_imports(package: str) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 found |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # `from rl import sft` imports rl.sft; `from rl.config import Config` imports rl.config
+                # `from rl.run import sft` imports rl.run.sft; `from rl.config import Config` imports rl.config
                 found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
         graph[name] = {m for m in found if m != name and (m == package or m.startswith(package + "."))}
     return {name: {m for m in deps if m in graph} for name, deps in graph.items()}

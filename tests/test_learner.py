@@ -7,13 +7,13 @@ import torch
 
 from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
-from rl import algos
-from rl.chat import TurnFormatter
+from rl.learn import algos
+from rl.rollout.chat import TurnFormatter
 from rl.cli import main
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, load_config
-from rl.engine import HFEngine
-from rl.learner import Learner
-from rl.rollout import rollout
+from rl.rollout.engine import HFEngine
+from rl.learn.learner import Learner
+from rl.rollout.loop import rollout
 from rl.tensors import pad
 
 

@@ -1,4 +1,4 @@
-"""rl/losses.py and the registries: the loss is the sum of its named terms, and an estimator or policy loss
+"""rl/learn/losses.py and the registries: the loss is the sum of its named terms, and an estimator or policy loss
 registered by name is the one a real learner update uses."""
 
 import inspect
@@ -10,14 +10,14 @@ import torch
 from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
 from rewards.base import Reward
-from rl import algos, credit
-from rl.chat import TurnFormatter
-from rl.credit import ESTIMATORS, register_estimator
-from rl.engine import HFEngine
+from rl.learn import algos, credit
+from rl.rollout.chat import TurnFormatter
+from rl.learn.credit import ESTIMATORS, register_estimator
+from rl.rollout.engine import HFEngine
 from rl.config import AlgoConfig, Estimator, LearnerConfig, PolicyLoss, RolloutConfig
-from rl.learner import Learner, first_turn_mask
-from rl.losses import POLICY_LOSSES, LossInputs, register_policy_loss, total_loss
-from rl.rollout import rollout
+from rl.learn.learner import Learner, first_turn_mask
+from rl.learn.losses import POLICY_LOSSES, LossInputs, register_policy_loss, total_loss
+from rl.rollout.loop import rollout
 
 
 @pytest.fixture(scope="module")

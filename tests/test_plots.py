@@ -1,4 +1,4 @@
-"""Run plots (rl/plots.py): the PNGs written from a metrics.jsonl, which curves they hold, and the errors."""
+"""Run plots (rl/view/plots.py): the PNGs written from a metrics.jsonl, which curves they hold, and the errors."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from rl.plots import eval_figure, eval_keys, main, moving_average, plot_run, read_metrics, reward_figure, reward_keys, series
+from rl.view.plots import eval_figure, eval_keys, main, moving_average, plot_run, read_metrics, reward_figure, reward_keys, series
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,11 +7,11 @@ import torch
 
 from envs.base import StepResult, Task
 from envs.lookup import LookupEnv, LookupParams, load_tasks
-from rl.chat import TurnFormatter
-from rl.engine import HFEngine, Request, SamplingParams
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig
-from rl.learner import Learner
-from rl.rollout import rollout
+from rl.learn.learner import Learner
+from rl.rollout.loop import rollout
 from tests.conftest import CHAT_TEMPLATE
 
 

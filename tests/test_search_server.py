@@ -21,10 +21,10 @@ from envs.search.bm25 import BM25Index
 from envs.search.env import SearchEnv
 from envs.search.retrieval import RetrievalClient, RetrievalError
 from envs.search.world import WorldConfig, write_world
-from rl.chat import TurnFormatter
-from rl.engine import Generation
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.engine import Generation
 from rl.config import RolloutConfig
-from rl.rollout import rollout
+from rl.rollout.loop import rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 

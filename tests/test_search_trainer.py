@@ -6,7 +6,7 @@ from pathlib import Path
 from envs.base import Trajectory
 from rewards import build_reward
 from rl.config import load_config
-from rl.trainer import Trainer
+from rl.run.trainer import Trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "search.yaml"
 

@@ -14,10 +14,10 @@ from envs.code.demos import misnamed, mutants
 from envs.search import SearchParams
 from envs.search import demonstrations as search_demos
 from envs.search.world import CAREER
-from rl.chat import TurnFormatter
+from rl.rollout.chat import TurnFormatter
 from rl.config import load_config
-from rl.model import starting_model, starting_path
-from rl.sft import load_trajectories, make_trainer, read_trajectories, sft_examples, tokenize, trajectory_text
+from rl.run.start import starting_model, starting_path
+from rl.run.sft import load_trajectories, make_trainer, read_trajectories, sft_examples, tokenize, trajectory_text
 from tests.conftest import CHAT_TEMPLATE
 
 

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rl.config import TinyModelConfig
-from rl.tiny import build_tiny_model
+from rl.run.tiny import build_tiny_model
 
 
 def test_tokenizer_round_trip_through_autotokenizer(tiny_model_dir):

@@ -17,10 +17,10 @@ from plotly.offline import get_plotlyjs
 
 from envs.base import Trajectory, Turn
 from envs.lookup import LookupParams, load_tasks
-from rl import view
+from rl.view import page as view
 from rl.cli import main as cli_main
-from rl.demo import run_one
-from rl.view import Run, make_server, transition
+from rl.run.demo import run_one
+from rl.view.page import Run, make_server, transition
 from tests.lookup_runs import train_lookup
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,11 +21,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.lookup import LookupParams, sample_text
-from rl.engine import HFEngine, Request, SamplingParams
+from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.config import TinyModelConfig
-from rl.tiny import build_tiny_model
-from rl.vllm_engine import _generation
-from rl.workers import buckets
+from rl.run.tiny import build_tiny_model
+from rl.rollout.vllm_engine import _generation
+from rl.weights import buckets
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
@@ -65,7 +65,7 @@ def hf(models):
 
 @pytest.fixture(scope="module")
 def engine(models):
-    from rl.vllm_engine import VLLMEngine
+    from rl.rollout.vllm_engine import VLLMEngine
 
     eng = VLLMEngine(str(models.a), models.tok, enable_sleep_mode=DEVICE == "cuda", seed=0, max_model_len=256, enforce_eager=True)
     yield eng

@@ -15,7 +15,7 @@ import ray
 import torch
 
 from rl.config import load_config
-from rl.trainer import Trainer
+from rl.run.trainer import Trainer
 from tests import ray_cluster as ray_cluster_of_our_own
 from tests.test_trainer import LOOKUP, metrics
 

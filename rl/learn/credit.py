@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rl import algos
+from rl.learn import algos
 from rl.config import AlgoConfig
 from rl.episode import Episode
 from rl.registry import Registry

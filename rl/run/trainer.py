@@ -1,6 +1,6 @@
 """The training loop: sample tasks, roll out G episodes each, score, compute advantages, update, sync weights, log.
 
-Rollouts run on a worker pool (`rl/workers.py`): one worker in this process, or
+Rollouts run on a worker pool (`rl/rollout/workers.py`): one worker in this process, or
 Ray actors. With `workers.async_steps=1` the rollouts of step k+1 run while the
 learner does step k (one-step-off); each episode keeps its sampling logprobs, so
 the learner can correct for the one-step lag (`algo.tis_cap`). After each weight
@@ -43,17 +43,18 @@ from transformers import AutoTokenizer
 
 from envs.registry import get_env_spec
 from rewards import build_reward
-from rl import algos, credit, logs
-from rl.chat import TurnFormatter
+from rl import logs
+from rl.learn import algos, credit
+from rl.rollout.chat import TurnFormatter
 from rl.config import Config, build_params, to_dict
 from rl.episode import Episode
-from rl.learner import Learner
-from rl.model import starting_model
-from rl.plots import plot_run
-from rl.run_dir import abandon_after, load_failed, plan_run, start_over
-from rl.scoring import env_metrics, episode_metrics, episode_seed, eval_items, report_failures, score
+from rl.learn.learner import Learner
+from rl.run.start import starting_model
+from rl.view.plots import plot_run
+from rl.run.run_dir import abandon_after, load_failed, plan_run, start_over
+from rl.run.scoring import env_metrics, episode_metrics, episode_seed, eval_items, report_failures, score
 from rl.tensors import pad
-from rl.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
+from rl.rollout.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Trainer:
         policy = checkpoint / "model" if checkpoint else base
 
         if cfg.learner.world_size > 1:
-            from rl.distributed import ShardedLearner  # Ray and torch.distributed only when sharded
+            from rl.learn.sharding import ShardedLearner  # Ray and torch.distributed only when sharded
 
             start_ray(cfg.workers, learner_cpus=cfg.learner.world_size * cfg.learner.cpus_per_rank)
             self.learner = ShardedLearner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base, imports=cfg.imports)
@@ -243,7 +244,7 @@ class Trainer:
         return metrics
 
     def credit(self, batch: list[Episode]) -> tuple[list[torch.Tensor], dict]:
-        """Per-token advantages of the scored episodes (rl/credit.py), and the critic's inputs to the update."""
+        """Per-token advantages of the scored episodes (rl/learn/credit.py), and the critic's inputs to the update."""
         algo, sequences = self.cfg.algo, [ep.token_ids for ep in batch]
         kl = self.learner.kl_to_reference(sequences) if algo.kl_in_reward else None  # per episode; None without a reference model
         old_values = self.learner.sampling_values(sequences)  # per episode; None without a critic

@@ -34,10 +34,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from rl import algos
+from rl.learn import algos
 from rl.config import AlgoConfig, LearnerConfig, import_user_modules
 from rl.episode import PROMPT_TURN, Episode
-from rl.learner import Learner, minibatch_counts
+from rl.learn.learner import Learner, minibatch_counts
+from rl.weights import to_numpy
 
 PAD = -1  # the index of a share's padding item: a two-token sequence with no policy token
 PAD_TOKENS = [0, 0]
@@ -191,12 +192,10 @@ class LearnerRank:
     def next_bucket(self) -> tuple[dict | None, bool]:
         """The next bucket of whole weights (rank 0 returns it, into the object store; the others only gather)
         and whether there was one."""
-        from rl.workers import _to_numpy
-
         bucket = next(self.buckets, None)
         if bucket is None or self.rank != 0:
             return None, bucket is not None
-        return {k: _to_numpy(v) for k, v in bucket.items()}, True
+        return {k: to_numpy(v) for k, v in bucket.items()}, True
 
     def save_model(self, path: str, bucket_mb: float) -> None:
         """The policy as a Hugging Face directory, written by rank 0 one gathered bucket per safetensors file."""

@@ -12,7 +12,7 @@ Choices:
   The constructor checks that it got an in-process engine. Rollout workers on Ray
   each hold one engine in their own process.
 - Logprobs: `logprobs_mode="processed_logprobs"` returns log softmax(logits / T),
-  the convention of rl/engine.py, when top_p = 1 and top_k = 0 (the default
+  the convention of rl/rollout/engine.py, when top_p = 1 and top_k = 0 (the default
   "raw_logprobs" ignores the temperature). Greedy (T = 0) gives log softmax(logits),
   as HFEngine does. One difference is left: with top_p < 1 or top_k > 0, vLLM's
   processed logprob is taken over the truncated, renormalised distribution, so it
@@ -88,7 +88,7 @@ import warnings
 
 import torch
 
-from rl.engine import Generation, Request, SamplingParams
+from rl.rollout.engine import Generation, Request, SamplingParams
 
 CPU_KV_CACHE_BYTES = 256 * 2**20  # the CPU engine's KV cache when none is given: 256 MiB
 

@@ -238,7 +238,7 @@ def gspo_loss(
     s * grad logp_t, so every token of a sequence shares one ratio and one clipping decision.
     The mean log-ratio is clamped to ±LOG_RATIO_LIMIT, and `clip_ratio_c` is PPO's dual clip.
     Returns (loss [B, T], clipped [B, T] bool). GSPO's objective is the mean over sequences of
-    each sequence's token mean: aggregate this loss with seq-mean-token-mean (AlgoConfig.policy_loss_agg; rl/losses.py does).
+    each sequence's token mean: aggregate this loss with seq-mean-token-mean (AlgoConfig.policy_loss_agg; rl/learn/losses.py does).
     """
     m = mask.to(logprobs.dtype)
     seq_log_ratio = ((logprobs - old_logprobs) * m).sum(-1) / m.sum(-1).clamp(min=1.0)  # [B]

@@ -15,9 +15,9 @@ import traceback
 from typing import Any, Callable
 
 from envs.base import Env, Task, Trajectory, Turn
-from rl.chat import TurnFormatter
+from rl.rollout.chat import TurnFormatter
 from rl.config import RolloutConfig
-from rl.engine import Engine, Request, SamplingParams
+from rl.rollout.engine import Engine, Request, SamplingParams
 from rl.episode import PROMPT_TURN, Episode
 
 

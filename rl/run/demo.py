@@ -41,10 +41,10 @@ from transformers import TrainerCallback
 from envs.registry import get_env_spec
 from rl import logs
 from rl.config import Config, load_config
-from rl.evaluate import evaluate, format_table
-from rl.model import starting_path
-from rl.run_dir import checkpoints, plan_run, start_over
-from rl.trainer import Trainer
+from rl.run.evaluate import evaluate, format_table
+from rl.run.start import starting_path
+from rl.run.run_dir import checkpoints, plan_run, start_over
+from rl.run.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _warm_start(config: str, overrides: list[str], threads: int, all_threads: in
     """A run's model build and SFT, in a process of its own: the seconds each stage took."""
     from transformers.utils import logging as hf_logging
 
-    from rl.model import starting_model
+    from rl.run.start import starting_model
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()

@@ -4,13 +4,13 @@
     python -m rl view runs/search --port 0          # any free port; the address is printed
     python -m rl view runs/search --html run.html   # the same page as one self-contained file
 
-The page (rl/view_assets/page.html) draws with plotly.js, inlined from the plotly wheel, so
+The page (rl/view/assets/page.html) draws with plotly.js, inlined from the plotly wheel, so
 nothing is fetched from the network, neither by the server's page nor by the static file.
 It asks this module for JSON: the run (summary, metrics, checkpoints, demo results, files of
 episodes) and the episodes of one file, summarized; one episode in full, with its tokens
 decoded, is asked for when it is opened. So a run of many steps opens as fast as one step file reads.
 
-The run is read as the trainer writes it (rl/trainer.py): config.yaml, metrics.jsonl,
+The run is read as the trainer writes it (rl/run/trainer.py): config.yaml, metrics.jsonl,
 timings.json, episodes/step_N.jsonl, checkpoints/step_N/, sft/model/, and for `rl demo` runs
 demo.json and eval_{sft,rl}_episodes.jsonl. A line that is not JSON (a run killed mid-write)
 is skipped and reported on the page. A folder holding none of config.yaml, metrics.jsonl,
@@ -40,9 +40,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-from rl.run_dir import holds_run
+from rl.run.run_dir import holds_run
 
-PAGE = Path(__file__).parent / "view_assets" / "page.html"
+PAGE = Path(__file__).parent / "assets" / "page.html"
 RIGHT = 1.0  # a turn is right when its info["score"] reaches this: all tests passed, an exact answer
 EPISODE_FILES = re.compile(r"(episodes/step_\d+|eval_\w+_episodes)\.jsonl")  # the files of episodes the page may ask for
 HTML_STEPS = 10  # step files whose episodes a --html page holds

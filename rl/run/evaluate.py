@@ -8,7 +8,7 @@ Every env gets reward, score and length statistics, and each env adds the metric
 `EnvSpec.metrics` computes: search EM, F1, judge accuracy and searches per episode
 (envs/search/metrics.py), code the self-correction metrics Acc@t1, Acc@tT, delta,
 delta i->c, delta c->i, CL and CS (envs/code/metrics.py), BBQ its bias scores.
-The trainer's periodic evaluations log the same metrics (rl/scoring.py), under eval/.
+The trainer's periodic evaluations log the same metrics (rl/run/scoring.py), under eval/.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from envs.registry import get_env_spec
 from rewards import build_reward
 from rl.config import Config, build_params
 from rl.model import resolve_device
-from rl.scoring import env_metrics, episode_metrics, eval_items, pass_at_k, report_failures, score
-from rl.workers import LocalPool
+from rl.run.scoring import env_metrics, episode_metrics, eval_items, pass_at_k, report_failures, score
+from rl.rollout.workers import LocalPool
 
 
 def evaluate(cfg: Config, checkpoint: str | Path, episodes_out: str | Path | None = None, samples: int = 0) -> dict[str, float]:

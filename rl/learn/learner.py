@@ -1,4 +1,4 @@
-"""The learner: recomputes logprobs on the training sequences and takes policy-gradient steps on rl/losses.py's loss.
+"""The learner: recomputes logprobs on the training sequences and takes policy-gradient steps on rl/learn/losses.py's loss.
 
 One optimizer step per mini-batch, each split into micro-batches whose gradients
 accumulate; the loss is normalized by the token/sequence counts of the whole
@@ -14,14 +14,14 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache
 
-from rl import algos, lora, losses
+from rl.learn import algos, lora, losses
 from rl.config import AlgoConfig, LearnerConfig
 from rl.episode import Episode
-from rl.losses import LossInputs
+from rl.learn.losses import LossInputs
 from rl.model import load_model, resolve_device
 from rl.tensors import autocast, distinct_rows, forward_args, pad
-from rl.value import ValueHead
-from rl.workers import bucketed
+from rl.learn.value import ValueHead
+from rl.weights import bucketed
 
 
 def minibatch_counts(episodes: list[Episode], algo: AlgoConfig) -> dict[str, float]:

@@ -8,7 +8,7 @@ see envs/*/demos.py: keep and fix pairs, AdvChain's corrections) or a JSONL file
 trajectories (the trainer's episode logs, `Trajectory.to_dict` lines, or chat
 "messages": the first user turn is the prompt, each assistant message an action and
 the message after it its observation). Each is tokenized exactly as the rollout would
-see it (rl/chat.py: the prompt rendered once, actions and observations appended), and
+see it (rl/rollout/chat.py: the prompt rendered once, actions and observations appended), and
 the loss covers the actions only: TRL builds the labels from our `assistant_masks`.
 A demo's wrong steps ("mistake" turns) stay context unless `sft.train_on_mistakes`.
 
@@ -34,10 +34,10 @@ from transformers import TrainerCallback
 
 from envs.base import Task, Trajectory, Turn
 from envs.registry import get_env_spec
-from rl.chat import TurnFormatter
+from rl.rollout.chat import TurnFormatter
 from rl.config import Config, build_params
-from rl.engine import HFEngine
-from rl.rollout import rollout
+from rl.rollout.engine import HFEngine
+from rl.rollout.loop import rollout
 
 log = logging.getLogger(__name__)
 

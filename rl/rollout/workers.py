@@ -22,19 +22,20 @@ import importlib.util
 import math
 import os
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from envs.base import Task
 from envs.registry import get_env_spec
-from rl.chat import TurnFormatter
+from rl.rollout.chat import TurnFormatter
 from rl.config import RolloutConfig, WorkersConfig, build_params
-from rl.engine import HFEngine
+from rl.rollout.engine import HFEngine
 from rl.episode import Episode
 from rl.model import load_model
-from rl.rollout import rollout
+from rl.rollout.loop import rollout
+from rl.weights import to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class RolloutWorker:
         self.cfg = rollout_cfg
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         if workers_cfg.engine == "vllm":
-            from rl.vllm_engine import VLLMEngine  # only now: vLLM is an optional extra
+            from rl.rollout.vllm_engine import VLLMEngine  # only now: vLLM is an optional extra
 
             self.engine = VLLMEngine(
                 model_path,
@@ -103,26 +104,6 @@ class RolloutWorker:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-def bucketed(named: Iterator[tuple[str, torch.Tensor]], bucket_mb: float) -> Iterator[dict[str, torch.Tensor]]:
-    """Group (name, tensor) pairs into buckets of about `bucket_mb` MB each (a tensor is never split)."""
-    limit = bucket_mb * 2**20
-    bucket: dict[str, torch.Tensor] = {}
-    size = 0
-    for name, tensor in named:
-        nbytes = tensor.numel() * tensor.element_size()
-        if bucket and size + nbytes > limit:
-            yield bucket
-            bucket, size = {}, 0
-        bucket[name] = tensor
-        size += nbytes
-    yield bucket
-
-
-def buckets(weights: dict[str, torch.Tensor], bucket_mb: float) -> list[dict[str, torch.Tensor]]:
-    """Split a state dict into buckets of about `bucket_mb` MB each (a tensor is never split)."""
-    return list(bucketed(iter(weights.items()), bucket_mb))
 
 
 def split_by_group(items: list[Item], n: int) -> list[list[int]]:
@@ -207,11 +188,6 @@ def _fetched(bucket) -> dict:
     import ray
 
     return ray.get(bucket)
-
-
-def _to_numpy(tensor: torch.Tensor):
-    tensor = tensor.detach().cpu()
-    return tensor if tensor.dtype == torch.bfloat16 else tensor.numpy()  # numpy has no bfloat16
 
 
 class Later:
@@ -309,7 +285,7 @@ class RayPool:
         # Each bucket is sent to the workers as soon as it exists; a worker runs its calls in order.
         self.weight_refs, calls = [], []
         for b in weight_buckets:
-            ref = self.ray.put({k: _to_numpy(v) for k, v in b.items()}) if isinstance(b, dict) else b
+            ref = self.ray.put({k: to_numpy(v) for k, v in b.items()}) if isinstance(b, dict) else b
             self.weight_refs.append(ref)
             calls += [w.update_weights.remote(ref) for w in self.workers]
         calls += [w.finish_sync.remote() for w in self.workers]  # runs after its worker's last bucket (actor calls run in order)

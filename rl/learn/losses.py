@@ -5,7 +5,7 @@
          + vf_coef * value loss (when there is a critic)
 
 The policy loss is chosen by name (`algo.policy_loss`) from POLICY_LOSSES; each one aggregates
-its own per-token loss. The math lives in rl/algos.py; this module only composes it. Every
+its own per-token loss. The math lives in rl/learn/algos.py; this module only composes it. Every
 term divides by the token/sequence counts of the whole mini-batch (`num_tokens`, `num_seqs`),
 so summing micro-batches gives the mini-batch's loss and metrics.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rl import algos
+from rl.learn import algos
 from rl.config import AlgoConfig
 from rl.registry import Registry
 

@@ -1,6 +1,6 @@
 """PNG plots of a run, read back from its metrics.jsonl: the training reward and the evaluations.
 
-    python -m rl.plots runs/search          # writes runs/search/reward.png and eval.png, prints their paths
+    python -m rl.view.plots runs/search          # writes runs/search/reward.png and eval.png, prints their paths
 
 reward.png: `reward/mean` (bold, with a +-`reward/std` band) and each named reward's
 contribution `reward/<name>` against the step, each as a faint raw line under a
@@ -203,7 +203,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m rl.plots RUN_DIR", file=sys.stderr)
+        print("usage: python -m rl.view.plots RUN_DIR", file=sys.stderr)
         return 2
     try:
         paths = plot_run(args[0])

@@ -1,0 +1,1 @@
+"""Learning: RL math, credit assignment, losses, the learner for one rank or many, LoRA, the critic."""

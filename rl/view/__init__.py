@@ -1,0 +1,1 @@
+"""Viewing runs: plots and the `rl view` page."""
