@@ -221,7 +221,6 @@ class LearnerConfig(Options):
     lora_alpha: float = 16.0  # LoRA scale: the update is (lora_alpha / lora_rank) * B @ A
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # names of the modules that get adapters
     lora_modules_to_save: list[str] = field(default_factory=list)  # modules trained whole beside the adapters (peft's modules_to_save), e.g. [embed_tokens]; a tied head stays tied
-    crash_rank_for_test: int = 0  # testing only: the last learner rank exits inside its N-th update (0 = never)
 
     def __post_init__(self):
         super().__post_init__()
@@ -249,7 +248,6 @@ class WorkersConfig(Options):
     vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (weights + KV cache); the learner needs the rest
     vllm_kv_cache_mb: float = 0.0  # vLLM's KV cache per engine; 0: sized from vllm_gpu_memory_utilization on a GPU, 256 MB on the CPU
     vllm_sleep_mode: bool = False  # free vLLM's GPU memory during each update (synchronous mode only)
-    skip_sync_for_test: bool = False  # testing only: skip weight syncs, so the probe check must fail
 
     def __post_init__(self):
         super().__post_init__()

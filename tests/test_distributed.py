@@ -132,7 +132,7 @@ def test_two_ranks_train_as_one_learner_a_dead_rank_fails_the_run_and_resume_con
     assert one[0]["learner/grad_norm"] > 0 and all(m["sync/probe_max_abs"] < 1e-4 for m in two)
 
     # The last rank exits inside the third update: `rl train` says so in one line and exits non-zero.
-    code = main(["train", str(LOOKUP), f"run_dir={tmp_path / 'crashed'}", "eval_every=0", "learner.lr=3e-3", "seed=2", *sharded, "learner.crash_rank_for_test=3"])
+    code = main(["train", str(LOOKUP), f"run_dir={tmp_path / 'crashed'}", "eval_every=0", "learner.lr=3e-3", "seed=2", *sharded, "algo.policy_loss=ppo_that_kills_the_last_rank_in_update_3"])
     err = capsys.readouterr().err
     assert code == 1 and "error: learner rank 1 died during the update; resume=RUN_DIR continues" in err, err[-2000:]
     checkpoint = tmp_path / "crashed" / "checkpoints" / "step_000002"

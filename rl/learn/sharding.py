@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import socket
 import time
 from datetime import timedelta
@@ -143,7 +142,6 @@ class LearnerRank:
         import_user_modules(imports)  # the config's own modules: the estimators and losses they register run here too
 
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
-        self.updates = 0
         cuda = cfg.device == "cuda"
         if cuda:
             torch.cuda.set_device(0)  # Ray shows each rank only its own GPU
@@ -169,10 +167,6 @@ class LearnerRank:
     def train_minibatch(self, share: dict, counts: dict[str, float], fresh: bool) -> tuple[dict[str, float], list, float]:
         """Forward and backward over this rank's share of one mini-batch, then the optimizer step.
         Returns (metrics, the learner's logprobs of each episode of the share when fresh, learning rate)."""
-        if fresh:
-            self.updates += 1
-            if self.updates == self.cfg.crash_rank_for_test and self.rank == self.world_size - 1:
-                os._exit(1)
         episodes = share["episodes"]
         seen: list = []
         stats = self.learner.accumulate(

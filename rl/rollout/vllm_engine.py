@@ -58,8 +58,8 @@ Choices:
   with a no-op for the whole process and lowers torch's thread count; the
   constructor restores both, since the process may also hold a learner or an
   SFT trainer that chooses its own threads. Sleep mode does not exist on the CPU.
-- Sleep mode (CUDA, `enable_sleep_mode=True`): `sleep(level)` frees the KV cache
-  and either offloads the weights to CPU (level 1) or discards them (level 2).
+- Sleep mode (CUDA, `enable_sleep_mode=True`): `sleep()` frees the KV cache
+  and offloads the weights to CPU.
   Peer systems have shipped a bug where the weights were silently not synced
   after a sleep: a sync written while the weights were asleep was lost or
   overwritten by the CPU copy on wake-up. Here `update_weights` first wakes the
@@ -153,7 +153,7 @@ class VLLMEngine:
         self.repacked_layers = [] if self.on_cpu else sorted(methods - IN_PLACE_METHODS)
         self.enable_sleep_mode = enable_sleep_mode
         self.asleep: set[str] = set()  # vLLM memory tags now asleep: "weights", "kv_cache"
-        self.weights_lost = ""  # why the weights are not whole (a level-2 sleep, a sync refused), until a sync finishes
+        self.weights_lost = ""  # why the weights are not whole (a sync refused), until a sync finishes
         self.sync_open = False  # a sync has loaded buckets and finish_sync() has not run yet
 
     def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]:
@@ -214,15 +214,12 @@ class VLLMEngine:
 
         return f"vllm {vllm.__version__} {'cpu' if self.on_cpu else 'cuda'} {str(self.dtype).removeprefix('torch.')}"
 
-    def probe_logprobs(self, sequences: list[list[int]], prompt_lens: list[int] | None = None) -> list[list[float]]:
-        """Logprobs of seq[prompt_len:] given the tokens before them (default prompt_len 1: every token after the first).
+    def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Logprobs of every token of each sequence after the first, given the tokens before it.
 
         These are log softmax(logits) at temperature 1 (vLLM's prompt logprobs skip the
         sampling processors), for comparing engine and learner after a weight sync.
         """
-        prompt_lens = [1] * len(sequences) if prompt_lens is None else prompt_lens
-        if any(not 1 <= p <= len(s) for s, p in zip(sequences, prompt_lens, strict=True)):
-            raise ValueError("probe_logprobs: every prompt_len must be in 1..len(sequence)")
         if not sequences:
             return []
         self._check_ready()
@@ -232,15 +229,14 @@ class VLLMEngine:
         prompts = [TokensPrompt(prompt_token_ids=list(s)) for s in sequences]
         outputs = self.llm.generate(prompts, VLLMSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)
         # prompt_logprobs[j] maps the token at position j to its logprob given positions < j (entry 0 is None).
-        return [[out.prompt_logprobs[j][s[j]].logprob for j in range(p, len(s))] for out, s, p in zip(outputs, sequences, prompt_lens)]
+        return [[out.prompt_logprobs[j][s[j]].logprob for j in range(1, len(s))] for out, s in zip(outputs, sequences)]
 
-    def sleep(self, level: int = 1) -> None:
-        """Free the KV cache and offload (level 1) or discard (level 2) the weights."""
+    def sleep(self) -> None:
+        """Free the KV cache and offload the weights to the CPU (vLLM's level 1: they come back on wake_up)."""
         if not self.enable_sleep_mode:
             raise RuntimeError("sleep() needs VLLMEngine(enable_sleep_mode=True)")
         if "weights" not in self.asleep:
-            self.llm.sleep(level=level)
-            self.weights_lost = "sleep(level=2) discarded the weights" if level >= 2 else ""
+            self.llm.sleep(level=1)
         self.asleep = {"weights", "kv_cache"}
 
     def wake_up(self) -> None:

@@ -97,7 +97,7 @@ class RolloutWorker:
         return self.engine.describe()
 
     def sleep(self) -> None:
-        self.engine.sleep(level=1)
+        self.engine.sleep()
 
     def wake_up(self) -> None:
         self.engine.wake_up()

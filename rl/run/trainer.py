@@ -286,8 +286,7 @@ class Trainer:
 
     def sync(self) -> float:
         """Send the learner's weights to every engine, then check them on the probe batch."""
-        if not self.cfg.workers.skip_sync_for_test:
-            self.pool.sync(self.learner.weight_buckets(self.cfg.workers.bucket_mb))
+        self.pool.sync(self.learner.weight_buckets(self.cfg.workers.bucket_mb))
         expected = self.learner.probe_logprobs(self.probe_batch)
         return check_probe(self.pool.probe(self.probe_batch).result(), expected, self.cfg.workers.probe_tolerance)
 
