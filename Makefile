@@ -40,6 +40,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	command -v chromium >/dev/null && command -v bwrap >/dev/null || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium bubblewrap; }
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 # Every benchmark script, one after another (see benchmarks/README.md for the time each takes and the tables).

@@ -34,8 +34,10 @@ from transformers.utils import logging as hf_logging
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.base import Task, Trajectory
 from envs.lookup import LookupParams, sample_text
-from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, TinyModelConfig, WorkersConfig
+from rl.config import AlgoConfig, EnvConfig, LearnerConfig, RolloutConfig, TinyModelConfig, WorkersConfig
 from rl.learn.sharding import ShardedLearner
+from rewards.base import Reward
+from rl.batch import Batch
 from rl.episode import Episode
 from rl.learn.learner import Learner
 from rl.run.tiny import train_tokenizer
@@ -56,16 +58,16 @@ def build_model(out: Path, hidden: int, layers: int) -> Path:
     return out
 
 
-def batch(n: int, length: int, vocab: int) -> tuple[list[Episode], list[torch.Tensor]]:
-    """n episodes of `length` tokens, the second half sampled by the policy, in GRPO groups of 4."""
+def batch(n: int, length: int, vocab: int) -> Batch:
+    """n episodes of `length` tokens, the second half sampled by the policy, in GRPO groups of 4, with random rewards."""
     gen = torch.Generator().manual_seed(0)
-    episodes, advantages = [], []
+    episodes = []
     for i in range(n):
         mask = [0] * (length // 2) + [1] * (length - length // 2)
         ids = torch.randint(1, vocab, (length,), generator=gen).tolist()
-        episodes.append(Episode(Trajectory(Task(f"t{i}", "")), group=i // 4, seed=i, token_ids=ids, loss_mask=mask, logprobs=[0.0] * length))
-        advantages.append(torch.randn((), generator=gen) * torch.tensor(mask, dtype=torch.float32))
-    return episodes, advantages
+        reward = Reward(process=[], outcome=float(torch.randn((), generator=gen)))
+        episodes.append(Episode(Trajectory(Task(f"t{i}", "")), group=i // 4, seed=i, token_ids=ids, loss_mask=mask, logprobs=[0.0] * length, reward=reward))
+    return Batch.from_episodes(episodes)
 
 
 def model_state_bytes(learner) -> int:
@@ -93,25 +95,25 @@ def collective_seconds(prof) -> float:
 
 
 @ray.remote(num_cpus=2, max_calls=1)  # a fresh process each: its peak RSS is its own
-def one_rank(model_dir: str, cfg: LearnerConfig, episodes, advantages, steps: int) -> dict:
+def one_rank(model_dir: str, cfg: LearnerConfig, batch: Batch, steps: int) -> dict:
     """world_size 1: a plain Learner in a fresh process."""
     learner = Learner(model_dir, cfg, AlgoConfig(), temperature=1.0)
     times = []
     for k in range(steps + 1):
         start = time.perf_counter()
-        learner.update(episodes, advantages)
+        learner.update(batch)
         times.append(time.perf_counter() - start)
     return {"update_s": statistics.median(times[1:]), "state": model_state_bytes(learner), "rss": peak_rss(), "trainable": learner.trainable_params}
 
 
-def sharded(model_dir: str, cfg: LearnerConfig, episodes, advantages, steps: int) -> dict:
+def sharded(model_dir: str, cfg: LearnerConfig, batch: Batch, steps: int) -> dict:
     """world_size 2: a ShardedLearner; memory and collectives read inside each rank actor."""
     learner = ShardedLearner(model_dir, cfg, AlgoConfig(), temperature=1.0)
     times, comm = [], []
     for k in range(steps + 1):
         ray.get([r.__ray_call__.remote(start_profile) for r in learner.ranks])
         start = time.perf_counter()
-        learner.update(episodes, advantages)
+        learner.update(batch)
         times.append(time.perf_counter() - start)
         comm.append(max(ray.get([r.__ray_call__.remote(stop_profile) for r in learner.ranks])))
     inside = ray.get([r.__ray_call__.remote(lambda rank: (model_state_bytes(rank.learner), peak_rss())) for r in learner.ranks])
@@ -131,7 +133,7 @@ def stop_profile(rank) -> float:
 
 def sync_seconds(model_dir: str, learner, bucket_mb: float = 64.0) -> float:
     """One weight sync into one Ray rollout worker (the same path as training: object store, then load)."""
-    pool = RayPool(WorkersConfig(ray=True, num_workers=1), model_dir, "lookup", {}, RolloutConfig())
+    pool = RayPool(WorkersConfig(ray=True, num_workers=1), model_dir, EnvConfig("lookup"), RolloutConfig())
     try:
         times = []
         for _ in range(3):
@@ -163,20 +165,20 @@ def main() -> None:
         model = Qwen2ForCausalLM.from_pretrained(model_dir)
         n_params, vocab = sum(p.numel() for p in model.parameters()), model.config.vocab_size
         del model
-        episodes, advantages = batch(args.sequences, args.length, vocab)
+        updates = batch(args.sequences, args.length, vocab)
         base = LearnerConfig(device="cpu", lr=1e-5, micro_batch_size=2)
         print(f"model: {n_params / 1e6:.1f}M parameters (hidden {args.hidden}, {args.layers} layers); update: {args.sequences} x {args.length} tokens, "
               f"micro-batches of {base.micro_batch_size}, AdamW float32, CPU")
 
-        one = ray.get(one_rank.remote(model_dir, base, episodes, advantages, args.steps))
-        two = sharded(model_dir, LearnerConfig(**{**base.__dict__, "world_size": 2}), episodes, advantages, args.steps)
+        one = ray.get(one_rank.remote(model_dir, base, updates, args.steps))
+        two = sharded(model_dir, LearnerConfig(**{**base.__dict__, "world_size": 2}), updates, args.steps)
         sync_two = sync_seconds(model_dir, two["learner"])
         two["learner"].close()
         local = Learner(model_dir, base, AlgoConfig(), temperature=1.0)  # in this process, as the trainer holds it
         sync_one = sync_seconds(model_dir, local)
         del local
         lora_cfg = LearnerConfig(**{**base.__dict__, "lora_rank": args.lora_rank, "lora_alpha": 2.0 * args.lora_rank})
-        lora = ray.get(one_rank.remote(model_dir, lora_cfg, episodes, advantages, args.steps))
+        lora = ray.get(one_rank.remote(model_dir, lora_cfg, updates, args.steps))
 
     print("\nmemory per rank (model state = parameters + gradients + AdamW moments)")
     print(f"{'world_size':<12}{'model state':>14}{'x one rank':>12}{'peak RSS':>12}")

@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python benchmarks/soak.py --steps 300 --kill-every 25 --seed 0   # the README's table
+    python benchmarks/soak.py --steps 300 --kill-every 25 --seed 0   # benchmarks/README.md's table
 
 Every `--kill-every` steps a random rollout worker process gets SIGKILL, alternately after its
 rollout came back (before the weight sync that follows the update) and while its rollout runs.
@@ -11,7 +11,7 @@ fail and are left out. An episode is lost when it was submitted and came back ne
 nor as a reported failure; the goal is 0. The table also gives the wall-time cost of recovery: the
 time of the steps that had a kill, minus the median time of the steps that had none.
 
-(A sharded learner, whose ranks could be killed too, does not exist yet: only rollout workers die here.)
+(Learner ranks are not killed here: tests/test_distributed.py kills one and resumes the run.)
 """
 
 import argparse

@@ -36,6 +36,8 @@ from transformers.utils import logging as hf_logging
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.base import Task, Trajectory
 from rl.rollout.engine import HFEngine, Request, SamplingParams
+from rewards.base import Reward
+from rl.batch import Batch
 from rl.episode import Episode
 from rl.config import AlgoConfig, LearnerConfig, TinyModelConfig
 from rl.learn.learner import Learner
@@ -110,8 +112,10 @@ for i in range(args.batch):
     ep.token_ids = [rng.randrange(vocab) for _ in range(n)]
     ep.loss_mask = [0] * (n - n_policy) + [1] * n_policy
     ep.logprobs = [0.0] * (n - n_policy) + [-rng.random() * 5 for _ in range(n_policy)]
+    ep.reward = Reward(process=[], outcome=rng.gauss(0, 1))
     episodes.append(ep)
     advantages.append(torch.tensor(ep.loss_mask, dtype=torch.float32) * torch.randn(()))
+updates = Batch.from_episodes(episodes)  # the learner computes its GRPO advantages from the rewards, as in a run
 algo = AlgoConfig()  # PPO clip 0.2/0.2, token-mean, no KL
 num_tokens = float(sum(sum(ep.loss_mask) for ep in episodes))
 
@@ -151,7 +155,7 @@ for mb in (args.batch, args.micro):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lcfg.lr, betas=(lcfg.adam_beta1, lcfg.adam_beta2), weight_decay=lcfg.weight_decay)
     micro_batches = padded_micro_batches(mb)
-    t_ours, t_base = bench(lambda: learner.update(episodes, advantages), lambda: bare_update(model, optimizer, micro_batches))
+    t_ours, t_base = bench(lambda: learner.update(updates), lambda: bare_update(model, optimizer, micro_batches))
     rows.append((f"learner update mb={mb}", t_ours, t_base, 1.15, ""))
     del learner, model, optimizer
 

@@ -279,7 +279,7 @@ def run_trl(args) -> dict:
             return final_score
     elif args.task == "lookup":
         tasks = bench_tasks(BenchParams("lookup"), "train")
-        # Our TaskSampler takes --tasks distinct tasks per step; TRL's sampler takes --tasks distinct prompts per batch.
+        # Our TaskOrder takes --tasks distinct tasks per step; TRL's sampler takes --tasks distinct prompts per batch.
         dataset = Dataset.from_list([{"prompt": t.prompt, "answer": t.metadata["answer"]} for t in tasks])
         rollout_func = None
 
@@ -522,6 +522,8 @@ def gpu_section(args) -> None:
 
     from envs.base import Task, Trajectory
     from rl.rollout.engine import HFEngine, Request, SamplingParams
+    from rewards.base import Reward
+    from rl.batch import Batch
     from rl.episode import Episode
     from rl.config import AlgoConfig, LearnerConfig
     from rl.learn.learner import Learner
@@ -564,16 +566,17 @@ def gpu_section(args) -> None:
     # learner
     learner = Learner(model_dir, LearnerConfig(lr=1e-6, micro_batch_size=args.gpu_micro, device=dev.type), AlgoConfig(), temperature=1.0)
     n_params = sum(p.numel() for p in learner.model.parameters())
-    episodes, advantages = [], []
+    episodes = []
     for i in range(args.gpu_batch):
         n = args.gpu_seq
         ep = Episode(trajectory=Trajectory(Task(id=str(i), prompt="")), group=i // 8, seed=i)
         ep.token_ids = [rng.randrange(vocab) for _ in range(n)]
         ep.loss_mask = [0] * (n // 4) + [1] * (n - n // 4)
         ep.logprobs = [0.0] * (n // 4) + [-rng.random() * 5 for _ in range(n - n // 4)]
+        ep.reward = Reward(process=[], outcome=rng.random())
         episodes.append(ep)
-        advantages.append(torch.tensor(ep.loss_mask, dtype=torch.float32) * torch.randn(()))
-    t_learn = timed(lambda: learner.update(episodes, advantages))
+    updates = Batch.from_episodes(episodes)
+    t_learn = timed(lambda: learner.update(updates))
     learn_tokens = args.gpu_batch * args.gpu_seq
     learn_tok_s = learn_tokens / t_learn
     mfu = 6 * n_params * learn_tok_s / PEAK_BF16_FLOPS

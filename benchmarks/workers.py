@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.lookup import LookupEnv, LookupParams, load_tasks, sample_text
-from rl.config import RolloutConfig, TinyModelConfig, WorkersConfig
+from rl.config import EnvConfig, RolloutConfig, TinyModelConfig, WorkersConfig
 from rl.run.tiny import build_tiny_model
 from rl.rollout.workers import LocalPool, RayPool, RolloutWorker
 from rl.weights import buckets
@@ -58,7 +58,7 @@ def rollout_rate(pool, repeats: int = 5) -> tuple[float, float]:
 
 def overhead_share(model_dir: str) -> float:
     """Time generate and env.step inside one in-process worker; the rest of the wall time is overhead."""
-    worker = RolloutWorker(model_dir, "lookup", {"max_turns": 2}, ROLLOUT, WorkersConfig(), "cpu")
+    worker = RolloutWorker(model_dir, EnvConfig("lookup", {"max_turns": 2}), ROLLOUT, WorkersConfig(), "cpu")
     spent = {"inside": 0.0}
     generate = worker.engine.generate
 
@@ -92,12 +92,12 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
 
     print(f"{'rollout':<22}{'episodes/s':>12}{'tokens/s':>12}")
-    local = LocalPool(WorkersConfig(), small, "lookup", {"max_turns": 2}, ROLLOUT, "cpu")
+    local = LocalPool(WorkersConfig(), small, EnvConfig("lookup", {"max_turns": 2}), ROLLOUT, "cpu")
     eps, tok = rollout_rate(local)
     print(f"{'in process':<22}{eps:>12.1f}{tok:>12.0f}")
     local.close()
     for n in (1, 2):
-        pool = RayPool(WorkersConfig(ray=True, num_workers=n), small, "lookup", {"max_turns": 2}, ROLLOUT)
+        pool = RayPool(WorkersConfig(ray=True, num_workers=n), small, EnvConfig("lookup", {"max_turns": 2}), ROLLOUT)
         eps, tok = rollout_rate(pool)
         print(f"{f'ray, {n} worker(s)':<22}{eps:>12.1f}{tok:>12.0f}")
         pool.close()
@@ -109,7 +109,7 @@ def main() -> None:
     for name, layers, hidden, vocab in [("tiny", 2, 64, 256), ("10M", 4, 320, 4096), ("50M", 8, 640, 8192), ("100M", 12, 768, 16384)]:
         model_dir = build(tmp, name, layers, hidden, vocab)
         weights = dict(AutoModelForCausalLM.from_pretrained(model_dir).named_parameters())
-        pool = RayPool(WorkersConfig(ray=True, num_workers=2), model_dir, "lookup", {"max_turns": 2}, ROLLOUT)
+        pool = RayPool(WorkersConfig(ray=True, num_workers=2), model_dir, EnvConfig("lookup", {"max_turns": 2}), ROLLOUT)
         pool.sync(buckets(weights, 64.0)).result()  # warm-up: workers started, first transfer
         times = []
         for _ in range(3):

@@ -8,6 +8,7 @@ Convention for `info`: an environment that can judge an action writes
 `info["score"]` (a float in [0, 1], e.g. the fraction of unit tests passed or
 whether the answer is right) and may flag a malformed action with
 `info["invalid"] = True`. The generic rewards in `rewards/` read these keys.
+A turn is right (solved) when its score reaches SOLVED: `solved(turn.info)`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from typing import Any, Protocol, Union
 
 Message = dict  # {"role": "user" | "system" | "assistant", "content": str}
 Prompt = Union[str, list[Message]]
+SOLVED = 1.0  # the info["score"] of a right turn: all tests passed, an exact answer
+
+
+def solved(info: dict) -> bool:
+    """Whether the env judged the turn right: its info["score"] reaches SOLVED (a missing or non-numeric score
+    does not)."""
+    score = info.get("score", 0.0)
+    return isinstance(score, (int, float)) and score >= SOLVED
 
 
 @dataclass

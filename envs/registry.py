@@ -10,13 +10,13 @@ Modules are imported only when chosen, so an unused env costs nothing.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from envs.base import Env, Task, Trajectory
+from envs.names import did_you_mean
 
 BUILTIN = {
     "lookup": "envs.lookup",
@@ -48,9 +48,8 @@ def check_env_name(name: str) -> None:
     except (ImportError, ValueError):  # a missing parent package, or an empty or relative name
         found = False
     if not found:
-        close = difflib.get_close_matches(name, list(BUILTIN), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"env.name: unknown env {name!r}{hint} (built-in envs are {sorted(BUILTIN)}, or give a module path)")
+        raise ValueError(f"env.name: unknown env {name!r}{did_you_mean(name, BUILTIN)} "
+                         f"(built-in envs are {sorted(BUILTIN)}, or give a module path)")
 
 
 def get_env_spec(name: str) -> EnvSpec:
@@ -58,7 +57,8 @@ def get_env_spec(name: str) -> EnvSpec:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        raise ValueError(f"unknown env {name!r}: built-in envs are {sorted(BUILTIN)}, or give a module path ({e})") from e
+        raise ValueError(f"unknown env {name!r}: built-in envs are {sorted(BUILTIN)}, "
+                         f"or give a module path ({e})") from e
     if not hasattr(module, "ENV_SPEC"):
         raise ValueError(f"module {module_name!r} has no ENV_SPEC")
     return module.ENV_SPEC

@@ -8,13 +8,13 @@ training and for offline re-scoring, so swapping a reward is a config change.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from envs.base import Trajectory
+from envs.names import Registry, did_you_mean
 
 
 @dataclass
@@ -29,23 +29,13 @@ class Reward:
 
 
 RewardFn = Callable[[Trajectory], Reward]
-_FACTORIES: dict[str, Callable[..., RewardFn]] = {}
-
-
-def register_reward(name: str):
-    """Decorator: register `factory(**params) -> RewardFn` under `name`."""
-
-    def deco(factory):
-        if name in _FACTORIES:
-            raise ValueError(f"reward {name!r} registered twice")
-        _FACTORIES[name] = factory
-        return factory
-
-    return deco
+# name -> factory(**params) -> RewardFn; `@register_reward("name")` adds one.
+REWARDS = Registry("reward")
+register_reward = REWARDS.register
 
 
 def reward_names() -> list[str]:
-    return sorted(_FACTORIES)
+    return sorted(REWARDS)
 
 
 @dataclass
@@ -55,24 +45,21 @@ class RewardSpec:
     params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the reward's factory
 
 
-def _closest(word: str, options) -> str:
-    match = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 def check_reward_spec(spec: RewardSpec, where: str = "") -> None:
     """Fail on an unknown reward name or parameter (before anything is built), naming the closest valid one."""
     at = f"{where}: " if where else ""
-    if spec.name not in _FACTORIES:
-        raise ValueError(f"{at}unknown reward {spec.name!r}{_closest(spec.name, _FACTORIES)}; known: {reward_names()}")
-    accepted = inspect.signature(_FACTORIES[spec.name]).parameters
+    if spec.name not in REWARDS:
+        hint = did_you_mean(spec.name, REWARDS, parenthesised=True)
+        raise ValueError(f"{at}unknown reward {spec.name!r}{hint}; known: {reward_names()}")
+    accepted = inspect.signature(REWARDS[spec.name]).parameters
     try:
-        hints = typing.get_type_hints(_FACTORIES[spec.name])
+        hints = typing.get_type_hints(REWARDS[spec.name])
     except Exception:  # an annotation that does not resolve here: the defaults' types still check
         hints = {}
     for key, value in spec.params.items():
         if key not in accepted:
-            raise ValueError(f"{at}reward {spec.name!r} has no parameter {key!r}{_closest(key, accepted)}; it takes {list(accepted)}")
+            hint = did_you_mean(key, accepted, parenthesised=True)
+            raise ValueError(f"{at}reward {spec.name!r} has no parameter {key!r}{hint}; it takes {list(accepted)}")
         _check_type(value, hints.get(key, type(accepted[key].default)), f"{at}reward {spec.name!r} parameter {key!r}")
 
 
@@ -80,7 +67,9 @@ def _check_type(value: Any, hint: Any, where: str) -> None:
     """A parameter's value against its annotation (or its default's type): numbers, strings, bools, Literal choices."""
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
-            raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(repr, typing.get_args(hint)))}{_closest(str(value), map(str, typing.get_args(hint)))}")
+            options = typing.get_args(hint)
+            raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(repr, options))}"
+                             f"{did_you_mean(str(value), options, parenthesised=True)}")
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}: expected a number, got {value!r}")
@@ -91,7 +80,7 @@ def _check_type(value: Any, hint: Any, where: str) -> None:
 
 def build_one(spec: RewardSpec) -> RewardFn:
     check_reward_spec(spec)
-    return _FACTORIES[spec.name](**spec.params)
+    return REWARDS[spec.name](**spec.params)
 
 
 def build_reward(specs: list[RewardSpec | dict]) -> RewardFn:

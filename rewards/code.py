@@ -27,7 +27,7 @@ The paper's R is still logged, as the component "R".
 
 from __future__ import annotations
 
-from envs.base import Trajectory
+from envs.base import Trajectory, solved
 from rewards.base import Reward, register_reward
 
 
@@ -41,10 +41,11 @@ def check_level(level: str) -> None:
 
 def turn_levels(trajectory: Trajectory, count: bool = False, binary: bool = False, level: str = "tests") -> list[float]:
     """r_t for each turn: fraction of tests passed, the raw count, or 1/0 for all passed; with level="score"
-    the turn's `info["score"]` (1/0 for score >= 1 when binary)."""
+    the turn's `info["score"]` (1/0 for solved, envs.base.solved, when binary)."""
     if level == "score":
-        scores = [float(turn.info.get("score", 0.0)) for turn in trajectory.turns]
-        return [float(s >= 1.0) for s in scores] if binary else scores
+        if binary:
+            return [float(solved(turn.info)) for turn in trajectory.turns]
+        return [float(turn.info.get("score", 0.0)) for turn in trajectory.turns]
     levels = []
     for turn in trajectory.turns:
         passed, total = turn.info.get("n_passed", 0), turn.info.get("n_tests", 0)

@@ -21,7 +21,6 @@ such a pair, from the env in the run's config.yaml.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +31,7 @@ import numpy as np
 import yaml
 
 from envs.base import Trajectory
+from envs.jsonl import loads, numbered_jsonl
 from envs.registry import BUILTIN
 from rewards.base import RewardSpec, build_one, build_reward
 
@@ -51,7 +51,8 @@ def spec_of(d) -> RewardSpec:
         raise ValueError(f"a reward spec is a mapping {{name, weight, params}}, got {d!r:.60}")
     weight, params = d.get("weight", 1.0), d.get("params", {})
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not isinstance(params, dict):
-        raise ValueError(f"reward {d['name']!r}: weight must be a number and params a mapping, got {weight!r:.20} and {params!r:.20}")
+        raise ValueError(f"reward {d['name']!r}: weight must be a number and params a mapping, "
+                         f"got {weight!r:.20} and {params!r:.20}")
     return RewardSpec(d["name"], float(weight), params)
 
 
@@ -84,7 +85,8 @@ def parse_spec(text: str) -> list[RewardSpec]:
             try:
                 params[key.strip()] = yaml.safe_load(value.strip())
             except yaml.YAMLError as e:
-                raise ValueError(f"reward {name!r}: parameter {pair!r}: the value is not YAML ({one_line(e)})") from None
+                why = one_line(e)
+                raise ValueError(f"reward {name!r}: parameter {pair!r}: the value is not YAML ({why})") from None
         try:
             specs.append(RewardSpec(name, float(weight or 1.0), params))
         except ValueError:
@@ -119,18 +121,24 @@ def parse_line(line: str | bytes) -> Trajectory | None:
     """
     if not line.strip():
         return None
-    d = json.loads(line)  # bad JSON and bad UTF-8 are ValueErrors too
+    return episode_trajectory(loads(line))  # bad JSON and bad UTF-8 are ValueErrors too (envs.jsonl.BadLine)
+
+
+def episode_trajectory(d) -> Trajectory | None:
+    """One episode line's JSON value -> its Trajectory; None for a failed rollout; a ValueError saying why it is
+    not one."""
     if not isinstance(d, dict):
         raise ValueError(f"an episode must be a JSON object, got {type(d).__name__}")
     if d.get("error"):
         return None
     d = d.get("trajectory", d)
     task, turns = (d.get("task"), d.get("turns")) if isinstance(d, dict) else (None, None)
-    if not (isinstance(task, dict) and isinstance(task.get("prompt"), (str, list)) and "id" in task and isinstance(turns, list)):
+    if not (isinstance(task, dict) and isinstance(task.get("prompt"), (str, list)) and "id" in task
+            and isinstance(turns, list)):
         raise ValueError('not an episode: needs "task" {"id", "prompt"} and a list of "turns"')
     for n, turn in enumerate(turns):
-        if not (isinstance(turn, dict) and isinstance(turn.get("action"), str) and isinstance(turn.get("observation"), str)
-                and isinstance(turn.get("info", {}), dict)):
+        if not (isinstance(turn, dict) and isinstance(turn.get("action"), str)
+                and isinstance(turn.get("observation"), str) and isinstance(turn.get("info", {}), dict)):
             raise ValueError(f'turn {n}: needs a string "action" and "observation" and an "info" object')
         score = turn.get("info", {}).get("score", 0.0)
         if not isinstance(score, (int, float)):  # the task's verdict, read as a number by every statistic
@@ -139,7 +147,8 @@ def parse_line(line: str | bytes) -> Trajectory | None:
 
 
 def unique_files(paths: list[str | Path]) -> dict[Path, str]:
-    """Each episode file under `paths` once -> the path it was found under (a run directory and one of its files overlap)."""
+    """Each episode file under `paths` once -> the path it was found under (a run directory and one of its files
+    overlap)."""
     found: dict[Path, tuple[Path, str]] = {}
     for path in paths:
         for file in episode_files(path):
@@ -148,17 +157,17 @@ def unique_files(paths: list[str | Path]) -> dict[Path, str]:
 
 
 def load_trajectories(paths: str | Path | list[str | Path]) -> list[Trajectory]:
-    """Trajectories from the trainer's episode lines ({"trajectory": ...}) or bare Trajectory.to_dict() lines, path after path."""
+    """Trajectories from the trainer's episode lines ({"trajectory": ...}) or bare Trajectory.to_dict() lines, path
+    after path."""
     out = []
     for file in unique_files(as_list(paths)):
-        with open(file, "rb") as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    trajectory = parse_line(line)
-                except ValueError as e:
-                    raise ValueError(f"{file}:{n}: {e}") from None
-                if trajectory is not None:
-                    out.append(trajectory)
+        for n, d in numbered_jsonl(file):  # a line that is not JSON: envs.jsonl.BadLine names the file and line
+            try:
+                trajectory = episode_trajectory(d)
+            except ValueError as e:
+                raise ValueError(f"{file}:{n}: {e}") from None
+            if trajectory is not None:
+                out.append(trajectory)
     return out
 
 
@@ -205,7 +214,8 @@ def reward_env(spec: RewardSpec) -> str | None:
 
 
 def env_warnings(paths: str | Path | list[str | Path], texts: list[str]) -> list[str]:
-    """One line for each reward written for another env than the episodes under `paths` (as their runs' config.yaml says)."""
+    """One line for each reward written for another env than the episodes under `paths` (as their runs'
+    config.yaml says)."""
     envs: dict[str, list[str]] = {}
     for path in as_list(paths):
         env = episodes_env(path)
@@ -216,7 +226,8 @@ def env_warnings(paths: str | Path | list[str | Path], texts: list[str]) -> list
         for env, where in envs.items():
             if wanted is not None and env != wanted:
                 lines.append(f"reward {name!r} is written for {wanted} episodes, but {', '.join(where)} "
-                             f"{'holds' if len(where) == 1 else 'hold'} {env} episodes (env.name in the run's config.yaml): "
+                             f"{'holds' if len(where) == 1 else 'hold'} {env} episodes "
+                             f"(env.name in the run's config.yaml): "
                              f"its scores there mean nothing")
     return lines
 
@@ -228,7 +239,8 @@ def summary(x: np.ndarray) -> dict[str, float]:
     """n, mean, std (population, ddof=0), min, max of x; nan statistics when x is empty."""
     if len(x) == 0:
         return {"n": 0, "mean": NAN, "std": NAN, "min": NAN, "max": NAN}
-    return {"n": int(len(x)), "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
+    return {"n": int(len(x)), "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()),
+            "max": float(x.max())}
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -341,8 +353,9 @@ def score(trajectories: list[Trajectory], label: str, specs: list[RewardSpec]) -
     for t in trajectories:
         try:
             rewards.append(fn(t))
-        except Exception as e:  # a reward that cannot read an episode (another env's, a bad parameter): which one, and why
-            raise ValueError(f"reward {label!r} failed on the episode of task {t.task.id!r}: {type(e).__name__}: {e}") from None
+        except Exception as e:  # a reward that cannot read an episode (another env's, a bad parameter): which, and why
+            raise ValueError(f"reward {label!r} failed on the episode of task {t.task.id!r}: "
+                             f"{type(e).__name__}: {e}") from None
     names = sorted({k for r in rewards for k in r.components})
     return Scores(
         label,
@@ -407,8 +420,10 @@ def score_chunk(job: tuple[Path, int, int, list[str]]) -> tuple[Episodes, list[S
         raise ValueError(f"{file}: {e}") from None
 
 
-def score_files(paths: str | Path | list[str | Path], texts: list[str], workers: int = 1) -> tuple[Episodes, list[Scores]]:
-    """Load and score every episode under `paths` (files or run directories) with each spec text, over `workers` processes.
+def score_files(paths: str | Path | list[str | Path], texts: list[str],
+                workers: int = 1) -> tuple[Episodes, list[Scores]]:
+    """Load and score every episode under `paths` (files or run directories) with each spec text, over `workers`
+    processes.
 
     Work is split by byte ranges, so a worker parses only its own lines and sends back arrays,
     never trajectories. Results are in the order of the paths and of their files whatever the number of workers.
@@ -439,9 +454,11 @@ def report(episodes: Episodes, scored: list[Scores]) -> dict:
     """
     specs = {}
     for s in scored:
-        farming = {"corr_turns": pearson(s.total, episodes.turns), "mean_by_turns": mean_by_count(s.total, episodes.turns)}
+        farming = {"corr_turns": pearson(s.total, episodes.turns),
+                   "mean_by_turns": mean_by_count(s.total, episodes.turns)}
         if episodes.searches.any():
-            farming |= {"corr_searches": pearson(s.total, episodes.searches), "mean_by_searches": mean_by_count(s.total, episodes.searches)}
+            farming |= {"corr_searches": pearson(s.total, episodes.searches),
+                        "mean_by_searches": mean_by_count(s.total, episodes.searches)}
         specs[s.label] = {
             "total": summary(s.total),
             "outcome": summary(s.outcome),
@@ -471,13 +488,16 @@ def format_table(rep: dict) -> str:
         return f"{x:{width}.{digits}f}"
 
     searches = any("corr_searches" in s["farming"] for s in rep["specs"].values())
-    head = f"{'spec':<40} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'r(task)':>8} {'r(turns)':>8}" + (f" {'r(search)':>9}" if searches else "")
+    head = (f"{'spec':<40} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'r(task)':>8} {'r(turns)':>8}"
+            + (f" {'r(search)':>9}" if searches else ""))
     sources = rep.get("sources", {})
     read = f" ({', '.join(f'{path}: {n}' for path, n in sources.items())})" if len(sources) > 1 else ""
-    lines = [f"{rep['episodes']} episodes{read}, task outcome mean {rep['task_outcome']['mean']:.4f}", head, "-" * len(head)]
+    lines = [f"{rep['episodes']} episodes{read}, task outcome mean {rep['task_outcome']['mean']:.4f}", head,
+             "-" * len(head)]
     for label, s in rep["specs"].items():
         t, f = s["total"], s["farming"]
-        row = f"{label[:40]:<40} {t['mean']:8.4f} {t['std']:8.4f} {t['min']:8.4f} {t['max']:8.4f} {corr(s['corr_task_outcome'])} {corr(f['corr_turns'])}"
+        row = (f"{label[:40]:<40} {t['mean']:8.4f} {t['std']:8.4f} {t['min']:8.4f} {t['max']:8.4f} "
+               f"{corr(s['corr_task_outcome'])} {corr(f['corr_turns'])}")
         lines.append(row + (f" {corr(f['corr_searches'], 9)}" if searches else ""))
         for name, c in s["components"].items():
             lines.append(f"  {name[:38]:<38} {c['mean']:8.4f} {c['std']:8.4f} {c['min']:8.4f} {c['max']:8.4f}")

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from envs.base import Trajectory
+from envs.jsonl import read_jsonl
 from rewards.base import Reward, register_reward
 from rewards.lab import kendall_tau
 
@@ -196,7 +197,8 @@ def fit_partial_return(mdp: GridMDP, s1: Segments, s2: Segments, labels: np.ndar
     return fit_logistic(discounted_features(mdp, s1) - discounted_features(mdp, s2), labels, l2)
 
 
-def fit_regret(mdp: GridMDP, s1: Segments, s2: Segments, labels: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndarray:
+def fit_regret(mdp: GridMDP, s1: Segments, s2: Segments, labels: np.ndarray, l2: float = 1e-3,
+               iters: int = 50) -> np.ndarray:
     """Reward weights under the regret model.
 
     Starts from the partial-return fit. Each step linearises A(s) = w . G_w(s) at the current
@@ -256,7 +258,8 @@ def demo(n_pairs: int = 3000, seed: int = 0, mdp: GridMDP | None = None) -> dict
         s1, s2, labels = synthesize(mdp, model, n_pairs, seed=seed + 1)
         fits = {"partial_return": fit_partial_return(mdp, s1, s2, labels), "regret": fit_regret(mdp, s1, s2, labels)}
         out["data"][model] = {
-            name: {"w": w.round(4).tolist(), "advantage_tau": advantage_tau(mdp, w), "policy_regret": policy_regret(mdp, w)}
+            name: {"w": w.round(4).tolist(), "advantage_tau": advantage_tau(mdp, w),
+                   "policy_regret": policy_regret(mdp, w)}
             for name, w in fits.items()
         }
     return out
@@ -268,8 +271,10 @@ def format_demo(results: dict) -> str:
     for data, fits in results["data"].items():
         for fit, r in fits.items():
             lines.append(f"{data:<16} {fit:<16} {r['advantage_tau']:8.4f} {r['policy_regret']:8.4f}  {r['w']}")
-    lines.append("tau(A*): Kendall tau-b between the true A* and the fit's A*, over live (state, action); regret: mean value\n"
-                 "lost by acting greedily on the fit. Partial-return w is the reward r = w . phi; regret w is a reward too,\n"
+    lines.append("tau(A*): Kendall tau-b between the true A* and the fit's A*, over live (state, action); "
+                 "regret: mean value\n"
+                 "lost by acting greedily on the fit. Partial-return w is the reward r = w . phi; "
+                 "regret w is a reward too,\n"
                  "but what the preferences pinned down is its optimal advantage A*_w (hence its free 'goal' weight).")
     return "\n".join(lines)
 
@@ -291,13 +296,10 @@ def fit_trajectory_preferences(path: str, keys: list[str], means: str = "reward"
     as a shaped reward in the advantage case.
     """
     diffs, labels = [], []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                d = json.loads(line)
-                a, b = (Trajectory.from_dict(d[k].get("trajectory", d[k])) for k in ("a", "b"))
-                diffs.append(turn_features(a, keys).sum(0) - turn_features(b, keys).sum(0))
-                labels.append(float(d["label"]))
+    for d in read_jsonl(path):
+        a, b = (Trajectory.from_dict(d[k].get("trajectory", d[k])) for k in ("a", "b"))
+        diffs.append(turn_features(a, keys).sum(0) - turn_features(b, keys).sum(0))
+        labels.append(float(d["label"]))
     w = fit_logistic(np.array(diffs), np.array(labels), l2)
     return {"kind": "linear_turn", "features": keys, "weights": w.tolist(), "means": means, "pairs": len(labels)}
 

@@ -13,8 +13,8 @@ transformers, so a config can be checked in a fraction of a second.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-import difflib
 import importlib
 import inspect
 import os
@@ -27,13 +27,28 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from envs.names import did_you_mean
 from envs.registry import check_env_name, get_env_spec
 from rewards.base import RewardSpec, check_reward_spec
 
 # ---------------------------------------------------------------- named options
 
-Estimator = Literal["grpo", "drgrpo", "rloo", "reinforce++", "reinforce++-baseline", "gae", "turn"]
-PolicyLoss = Literal["ppo", "gspo"]
+
+
+def registrations(module: str, decorator: str) -> dict[str, dict[str, Any]]:
+    """name -> declarations of each `@decorator("name", key=value, ...)` in rl/`module`, read from its source.
+
+    The built-in estimators and policy losses are named once, where they are registered; reading the source
+    instead of importing it keeps a config check free of torch."""
+    tree = ast.parse((Path(__file__).parent / module).read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == decorator]
+    return {c.args[0].value: {k.arg: ast.literal_eval(k.value) for k in c.keywords} for c in calls}
+
+
+ESTIMATORS = registrations("learn/credit.py", "register_estimator")
+POLICY_LOSSES = registrations("learn/losses.py", "register_policy_loss")
+Estimator = Literal[tuple(ESTIMATORS)]  # in the order registered: the first is the default
+PolicyLoss = Literal[tuple(POLICY_LOSSES)]
 LossAggregation = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
 KLEstimator = Literal["k1", "k2", "k3", "k3+"]
 KLTurns = Literal["all", "first"]
@@ -50,25 +65,30 @@ def check_choice(value: Any, choices: tuple, name: str, where: str = "") -> None
     """Raise a one-line error naming the option, its closest valid value and all of them."""
     if value in choices:
         return
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"{where + ': ' if where else ''}unknown {name} {value!r}{hint} (use one of {', '.join(map(repr, choices))})")
+    hint = did_you_mean(str(value), choices, cutoff=0.5)
+    at = f"{where}: " if where else ""
+    raise ValueError(f"{at}unknown {name} {value!r}{hint} (use one of {', '.join(map(repr, choices))})")
 
 
-# Names registered beyond the built-in ones, per named option: `rl.learn.credit.register_estimator("x")` adds
-# "x" to "advantage" and "judge_advantage", `rl.learn.losses.register_policy_loss("y")` adds "y" to "policy_loss".
-_REGISTERED: dict[str, list[str]] = {}
+# Names registered beyond the built-in ones, per named option, with what each declares: `register_estimator("x")`
+# (rl/learn/credit.py) adds "x" to "advantage" and "judge_advantage", `register_policy_loss("y")` (rl/learn/losses.py)
+# adds "y" to "policy_loss".
+_REGISTERED: dict[str, dict[str, dict[str, Any]]] = {"advantage": ESTIMATORS, "policy_loss": POLICY_LOSSES}
 
 
-def allow(option: str, name: str) -> None:
+def allow(option: str, name: str, **declarations: Any) -> None:
     """Accept `name` as a value of `option` from now on (a registry calls this when a user registers a function)."""
-    if name not in _REGISTERED.setdefault(option, []):
-        _REGISTERED[option].append(name)
+    _REGISTERED.setdefault(option, {}).setdefault(name, declarations)
 
 
 def choices(hint, option: str) -> tuple:
     """The values a named option accepts: its `Literal`'s, then those registered since."""
-    return get_args(hint) + tuple(n for n in _REGISTERED.get(option, []) if n not in get_args(hint))
+    return get_args(hint) + tuple(n for n in _REGISTERED.get(option, {}) if n not in get_args(hint))
+
+
+def declares(option: str, name: str, what: str) -> Any:
+    """What the function registered as `name` for `option` declared about itself (False when it said nothing)."""
+    return _REGISTERED[option].get(name, {}).get(what, False)
 
 
 class Options:
@@ -93,7 +113,7 @@ class TinyModelConfig(Options):
     kv_heads: int = 2  # key/value heads (grouped-query attention, as in Qwen2)
     vocab_size: int = 512  # upper bound on the BPE vocabulary trained on the task text
     byte_alphabet: bool = True  # keep all 256 byte symbols (any text encodes); False keeps only bytes seen in the text
-    whole: list[str] = field(default_factory=list)  # strings encoded as one token each, e.g. an env's tags: "<search>" then gives a copy of what followed it one place to look
+    single_tokens: list[str] = field(default_factory=list)  # strings encoded as one token each, e.g. an env's tags: "<search>" then gives a copy of what followed it one place to look
     max_positions: int = 2048  # longest sequence the model accepts
 
 
@@ -107,6 +127,12 @@ class ModelConfig(Options):
 class EnvConfig(Options):
     name: str = "lookup"  # a built-in env (lookup, search, code, mistake, bbq) or a module path exposing ENV_SPEC
     params: dict[str, Any] = field(default_factory=dict)  # options of the env's own params dataclass
+
+    def resolve(self, overrides: dict | None = None, where: str = "env.params"):
+        """(the env's EnvSpec, its params dataclass built from `params`, updated by `overrides`): every user of the
+        env (trainer, workers, SFT, evaluation) gets them here, with the same key and value checks."""
+        spec = get_env_spec(self.name)
+        return spec, build_params(spec.params, {**self.params, **(overrides or {})}, where)
 
 
 @dataclass
@@ -124,8 +150,8 @@ class SFTConfig(Options):
     batch_size: int = 16  # examples per optimizer step
     max_length: int = 1024  # longest example in tokens; longer ones are left out
     stop_score: float = 0.0  # end SFT early once greedy episodes on RL's train tasks score this much on average (0 = run all steps)
-    probe_every: int = 25  # optimizer steps between those checks (with stop_score > 0)
-    probe_tasks: int = 32  # train tasks each check plays
+    check_every: int = 25  # optimizer steps between those checks (with stop_score > 0)
+    check_tasks: int = 32  # train tasks each check plays
 
 
 @dataclass
@@ -145,10 +171,10 @@ class RolloutConfig(Options):
 
 @dataclass
 class AlgoConfig(Options):
-    advantage: Estimator = "grpo"  # estimator, registered in rl/learn/credit.py: grpo, drgrpo, rloo, reinforce++, reinforce++-baseline, gae (PPO critic), turn
+    advantage: Estimator = get_args(Estimator)[0]  # estimator, registered in rl/learn/credit.py: grpo, drgrpo, rloo, reinforce++, reinforce++-baseline, gae (PPO critic), turn
     norm_by_std: bool = True  # grpo divides by the group's std; False (or advantage=drgrpo) gives Dr.GRPO
     lone_group_score: bool = False  # grpo, drgrpo, rloo: a group of one episode gets its raw total (verl) instead of advantage 0
-    policy_loss: PolicyLoss = "ppo"  # registered in rl/learn/losses.py: ppo (token-level ratio) or gspo (sequence-level ratio; use small clip ranges, e.g. 3e-4/4e-4)
+    policy_loss: PolicyLoss = get_args(PolicyLoss)[0]  # registered in rl/learn/losses.py: ppo (token-level ratio) or gspo (sequence-level ratio; use small clip ranges, e.g. 3e-4/4e-4)
     clip_low: float = 0.2  # PPO clip range below 1
     clip_high: float = 0.2  # PPO clip range above 1 (DAPO's clip-higher uses 0.28)
     clip_ratio_c: float = 3.0  # dual clip: a token with A < 0 loses at most clip_ratio_c * |A| (> 1; 0 = off)
@@ -188,15 +214,12 @@ class AlgoConfig(Options):
         if self.kl_turns == "first" and (self.kl_coef <= 0 or self.kl_in_reward):
             raise ValueError(f"algo.kl_turns=first pulls the first turn to the reference in the loss: it needs kl_coef > 0 (got {self.kl_coef}) "
                              f"and kl_in_reward=false")
-        if "turn" in (self.advantage, self.judge_advantage) and self.policy_loss_agg != "seq-mean-token-sum":
-            # The turn baseline is unbiased only if no episode's weight in the loss depends on its own length.
-            why = "gspo averages each sequence's tokens" if self.policy_loss == "gspo" else f"loss_agg={self.loss_agg} divides by a count that holds the episode's own length"
-            raise ValueError(f"advantage 'turn' is unbiased only under algo.loss_agg=seq-mean-token-sum with policy_loss=ppo ({why})")
-
-    @property
-    def policy_loss_agg(self) -> LossAggregation:
-        """The aggregation of the policy-gradient term: GSPO's objective averages each sequence's tokens, whatever `loss_agg` says."""
-        return "seq-mean-token-mean" if self.policy_loss == "gspo" else self.loss_agg
+        sequence_level = declares("policy_loss", self.policy_loss, "sequence_level")
+        for name in (self.advantage, self.judge_advantage):
+            if declares("advantage", name, "requires_token_sum") and (sequence_level or self.loss_agg != "seq-mean-token-sum"):
+                # Such a baseline is unbiased only if no episode's weight in the loss depends on its own length.
+                why = f"{self.policy_loss} averages each sequence's tokens" if sequence_level else f"loss_agg={self.loss_agg} divides by a count that holds the episode's own length"
+                raise ValueError(f"advantage {name!r} is unbiased only under algo.loss_agg=seq-mean-token-sum with a token-level policy loss ({why})")
 
 
 @dataclass
@@ -243,7 +266,7 @@ class WorkersConfig(Options):
     async_steps: int = 0  # 0 = synchronous; 1 = one-step-off: rollouts for step k+1 run during update k
     bucket_mb: float = 64.0  # weight-sync bucket size (one object-store object and one call per bucket)
     probe_tolerance: float = 1e-4  # largest |engine - learner| logprob on the probe batch after a sync (bf16 vLLM: ~0.05)
-    engine: EngineName = "hf"  # hf (transformers; CPU or GPU) or vllm (GPU: pip install '.[vllm]'; CPU: see README)
+    engine: EngineName = "hf"  # hf (transformers; CPU or GPU) or vllm (GPU: pip install '.[vllm]'; CPU: docs/vllm.md)
     vllm_dtype: VLLMDtype = "auto"  # weight dtype of the vLLM engine; auto: float32 on the CPU, bfloat16 on a GPU
     vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (weights + KV cache); the learner needs the rest
     vllm_kv_cache_mb: float = 0.0  # vLLM's KV cache per engine; 0: sized from vllm_gpu_memory_utilization on a GPU, 256 MB on the CPU
@@ -299,10 +322,7 @@ def one_line(error: Exception) -> str:
 
 
 def _suggest(key: str, options) -> str:
-    if not isinstance(key, str):  # YAML keys can be numbers, booleans or null
-        return ""
-    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-    return f"; did you mean {match[0]!r}?" if match else ""
+    return did_you_mean(key, options, cutoff=0.5)  # "" for a key that is not text (YAML keys can be numbers or null)
 
 
 def _build(cls, data: Any, where: str):
@@ -387,7 +407,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     for i, spec in enumerate(cfg.reward):
         check_reward_spec(spec, f"reward[{i}]")
     check_env_name(cfg.env.name)
-    build_params(get_env_spec(cfg.env.name).params, cfg.env.params, "env.params")  # every key and value, now
+    cfg.env.resolve()  # every key and value of the env's params, now
     if cfg.sft.steps and cfg.sft.data != "demos" and not Path(cfg.sft.data).is_file():
         raise ValueError(f"sft.data: no file {cfg.sft.data!r} (a JSONL of trajectories, or \"demos\" for the env's demonstrations)")
     return cfg
@@ -426,7 +446,7 @@ def _describe(section: Any, pad: str, lines: list[str]) -> None:
         value = getattr(section, f.name)
         doc = f"  # {docs[f.name]}" if docs.get(f.name) else ""
         if isinstance(section, EnvConfig) and f.name == "params":  # the env's own params, resolved, with their docs
-            value = build_params(get_env_spec(section.name).params, value, "env.params")
+            value = section.resolve()[1]
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:{doc}")
             _describe(value, pad + "  ", lines)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from envs.base import Trajectory
+from envs.base import Task, Trajectory
 from rewards.base import Reward
 
 PROMPT_TURN = -1  # turn index of the task prompt's tokens
+
+
+class Item(NamedTuple):
+    """What one episode is asked to play: everything a worker needs to make it, and nothing else."""
+
+    task: Task
+    group: int  # the task's GRPO group in this step (episodes of a group share a baseline)
+    seed: int  # the episode's sampling seed (rl.run.scoring.episode_seed)
 
 
 @dataclass
@@ -23,7 +32,6 @@ class Episode:
     error: str = ""  # why the episode failed, when finish == "error"
     traceback: str = ""  # where it failed: the traceback of the env's or the reward's exception
     reward: Reward | None = None
-    learner_logprobs: list[float] = field(default_factory=list)  # the learner's logprob of each policy token before its update (logs only)
 
     @property
     def failed(self) -> bool:
@@ -53,5 +61,24 @@ class Episode:
             "error": self.error,
             "traceback": self.traceback,
             "reward": reward,
-            "learner_logprobs": self.learner_logprobs,
         }
+
+    @staticmethod
+    def from_dict(d: dict) -> "Episode":
+        """The episode `to_dict` wrote (a line of a run's episodes/step_N.jsonl); keys written beside it are ignored,
+        and the reward's "total" is computed again from its parts."""
+        r = d.get("reward")
+        reward = None if r is None else Reward(list(r["process"]), r["outcome"], dict(r.get("components", {})))
+        return Episode(
+            trajectory=Trajectory.from_dict(d["trajectory"]),
+            group=d["group"],
+            seed=d["seed"],
+            token_ids=list(d.get("token_ids", [])),
+            loss_mask=list(d.get("loss_mask", [])),
+            logprobs=list(d.get("logprobs", [])),
+            turn_ids=list(d.get("turn_ids", [])),
+            finish=d.get("finish", ""),
+            error=d.get("error", ""),
+            traceback=d.get("traceback", ""),
+            reward=reward,
+        )

@@ -1,7 +1,5 @@
 """The sharded learner: real FSDP2 ranks (gloo) as real Ray actors, against the one-process learner; and LoRA."""
 
-import copy
-
 import pytest
 import ray
 import torch
@@ -9,11 +7,13 @@ from transformers import AutoModelForCausalLM
 
 from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
+from rewards.base import Reward
+from rl.batch import PAD_ROW, Batch
 from rl.learn import lora
 from rl.rollout.chat import TurnFormatter
 from rl.cli import main
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, load_config
-from rl.learn.sharding import PAD, ShardedLearner, combine, deal
+from rl.learn.sharding import ShardedLearner, combine
 from rl.rollout.engine import HFEngine
 from rl.learn.learner import Learner
 from rl.rollout.loop import rollout
@@ -32,16 +32,26 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def groups(tiny):
-    """Two GRPO groups of four episodes (prompts of different lengths, multi-turn), advantages, critic targets."""
+    """Two GRPO groups of four episodes (prompts of different lengths, multi-turn), scored at random: a random
+    reward for every turn and a random outcome, so every estimator (and a critic) has something to learn."""
     model, tok = tiny
     tasks = [Task("a", "what is kalu", {"answer": "blue"}), Task("b", "what is kalu red red", {"answer": "blue"})]
     items = [(task, g, 10 * g + k) for g, task in enumerate(tasks) for k in range(4)]
     episodes = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(LookupParams(max_turns=3)), items, RolloutConfig(max_turn_tokens=6))
     gen = torch.Generator().manual_seed(0)
-    advantages = [torch.randn((), generator=gen) * torch.tensor(ep.loss_mask, dtype=torch.float32) for ep in episodes]
-    returns = [torch.randn(len(ep.token_ids), generator=gen) for ep in episodes]
-    old_values = [torch.randn(len(ep.token_ids), generator=gen) * 0.1 for ep in episodes]
-    return episodes, advantages, returns, old_values
+    for ep in episodes:
+        ep.reward = Reward(torch.randn(len(ep.trajectory.turns), generator=gen).tolist(), float(torch.randn((), generator=gen)))
+    return episodes
+
+
+def of_lengths(lengths: list[int]) -> Batch:
+    """A batch of episodes of these lengths (all that `Batch.shares` reads), any number of them, none included."""
+    n, width = len(lengths), max(lengths, default=0)
+    zeros = torch.zeros(n, width)
+    return Batch(token_ids=zeros.long(), lengths=torch.tensor(lengths, dtype=torch.long), loss_mask=zeros, turn_ids=zeros.long(),
+                 groups=torch.zeros(n, dtype=torch.long), sampler_logprobs=zeros, policy_version=zeros.long(),
+                 process_rewards=torch.zeros(n, 1, dtype=torch.float64), turns=torch.zeros(n, dtype=torch.long),
+                 outcome_rewards=torch.zeros(n, dtype=torch.float64))
 
 
 def gathered(learner) -> dict[str, torch.Tensor]:
@@ -51,17 +61,17 @@ def gathered(learner) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_deal_gives_every_rank_the_same_number_of_micro_batches():
+def test_shares_give_every_rank_the_same_number_of_micro_batches():
     for n_items in range(0, 12):
         for mb in (1, 2, 3, 5):
             for world in (2, 3):
                 lengths = [(7 * i) % 11 for i in range(n_items)]
-                shares = deal(lengths, mb, world)
-                real = sorted(i for s in shares for i in s if i != PAD)
+                shares = of_lengths(lengths).shares(world, mb)
+                real = sorted(i for s in shares for i in s if i != PAD_ROW)
                 assert real == list(range(n_items))  # every item once
                 counts = {-(-len(s) // mb) for s in shares}
                 assert len(counts) == 1 and counts.pop() >= 1, (n_items, mb, world, shares)
-                assert all(s.count(PAD) <= 1 for s in shares)
+                assert all(s.count(PAD_ROW) <= 1 for s in shares)
     assert combine([{"loss": 1.0, "mismatch_max_abs": 0.5, "grad_norm": 2.0}, {"loss": 2.0, "mismatch_max_abs": 0.7, "grad_norm": 2.0}]) == {
         "loss": 3.0, "mismatch_max_abs": 0.7, "grad_norm": 2.0}
 
@@ -71,18 +81,18 @@ def test_deal_gives_every_rank_the_same_number_of_micro_batches():
     AlgoConfig(advantage="gae", critic="separate", kl_coef=0.1, clip_low=0.05, clip_high=0.05),
 ], ids=["grpo", "gae-separate"])
 def test_two_ranks_take_the_step_of_one(tiny_model_dir, groups, ray_cluster, algo):
-    episodes, advantages, returns, old_values = groups
-    critic = {"returns": returns, "old_values": old_values} if algo.advantage == "gae" else {}
+    episodes = groups
+    critic = algo.advantage == "gae"
     # Three micro-batches of at most 3: one rank gets two, the other one and an empty one. grpo takes the
     # shared-prompt forward (GRPO groups); gae two mini-batches and gradient checkpointing.
     cfg = LearnerConfig(device="cpu", lr=1e-3, micro_batch_size=3, warmup_steps=2, optim_steps_per_batch=2 if critic else 1,
                         gradient_checkpointing=bool(critic))
-    one_eps, two_eps = copy.deepcopy(episodes), copy.deepcopy(episodes)
+    one_batch, two_batch = Batch.from_episodes(episodes), Batch.from_episodes(episodes)
     one = Learner(tiny_model_dir, cfg, algo, temperature=1.0)
-    m1 = one.update(one_eps, advantages, **critic)
+    m1 = one.update(one_batch)
     two = ShardedLearner(tiny_model_dir, LearnerConfig(**{**cfg.__dict__, "world_size": 2}), algo, temperature=1.0)
     try:
-        m2 = two.update(two_eps, advantages, **critic)
+        m2 = two.update(two_batch)
         w2 = gathered(two)
         probe = [ep.token_ids for ep in episodes[:3]]
         p1, p2 = one.probe_logprobs(probe), two.probe_logprobs(probe)
@@ -97,8 +107,13 @@ def test_two_ranks_take_the_step_of_one(tiny_model_dir, groups, ray_cluster, alg
     for name in w1:
         assert torch.allclose(w2[name], w1[name], atol=1e-5, rtol=0), name
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(p1, p2))
-    for a, b in zip(one_eps, two_eps):
-        assert b.learner_logprobs == pytest.approx(a.learner_logprobs, abs=1e-5)
+    # What the update filled in: the same credit (from the same reference and critic passes), the same learner logprobs
+    # (NaN outside the first mini-batch).
+    assert one_batch.advantages.abs().sum() > 0
+    for name in ("ref_logprobs", "critic_values", "advantages", "returns", "old_logprobs", "learner_logprobs"):
+        a, b = getattr(one_batch, name), getattr(two_batch, name)
+        assert (a is None) == (b is None), name
+        assert a is None or torch.allclose(b, a, atol=1e-5, equal_nan=True), name
 
 
 def make_trainer(run_dir, *overrides):
@@ -151,18 +166,18 @@ def test_two_ranks_train_as_one_learner_a_dead_rank_fails_the_run_and_resume_con
 
 
 def test_lora_trains_only_the_adapters_and_the_engine_serves_them_merged(tiny_model_dir, groups):
-    episodes, advantages, _, _ = groups
+    episodes = groups
     cfg = LearnerConfig(device="cpu", lr=1e-2, lora_rank=4, lora_alpha=8.0)
     learner = Learner(tiny_model_dir, cfg, AlgoConfig(kl_coef=0.1), temperature=1.0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     targets = [m for name, m in base.named_modules() if name.rsplit(".", 1)[-1] in cfg.lora_targets]
     assert learner.trainable_params == lora.adapter_params(learner.model) == sum(4 * (m.in_features + m.out_features) for m in targets)
-    metrics = learner.update(copy.deepcopy(episodes), advantages)
+    metrics = learner.update(Batch.from_episodes(episodes))
     assert metrics["trainable_params"] == learner.trainable_params and metrics["grad_norm"] > 0
     sequences = [ep.token_ids for ep in episodes]
     # The KL reference is the base model: the adapters switched off, whatever they learned.
-    ref = learner.logprobs(sequences, learner.ref_model)
-    expected = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(sequences)
+    ref = learner.reference_logprobs(Batch.from_episodes(episodes))
+    expected = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(Batch.from_episodes(episodes))
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, expected))
     merged = dict(learner.named_weights())
     assert merged.keys() == dict(base.named_parameters()).keys()  # the base model's names: any engine loads them
@@ -179,16 +194,16 @@ def test_lora_trains_only_the_adapters_and_the_engine_serves_them_merged(tiny_mo
 def test_lora_trains_named_modules_whole_and_a_tied_head_follows_them(tiny_model_dir, groups):
     # A random tiny model's frozen embeddings and norm cap every logit far below what a table needs: its tied
     # embeddings are trained whole beside the adapters (peft's modules_to_save), and the head stays tied to them.
-    episodes, advantages, _, _ = groups
+    episodes = groups
     cfg = LearnerConfig(device="cpu", lr=1e-2, lora_rank=4, lora_modules_to_save=["embed_tokens"])
     learner = Learner(tiny_model_dir, cfg, AlgoConfig(kl_coef=0.1), temperature=1.0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     embed = base.get_input_embeddings().weight
     assert learner.trainable_params == lora.adapter_params(learner.model) + embed.numel()
-    learner.update(copy.deepcopy(episodes), advantages)
+    learner.update(Batch.from_episodes(episodes))
     sequences = [ep.token_ids for ep in episodes]
-    expected = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(sequences)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(learner.logprobs(sequences, learner.ref_model), expected))
+    expected = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(Batch.from_episodes(episodes))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(learner.reference_logprobs(Batch.from_episodes(episodes)), expected))
     merged = dict(learner.named_weights())
     assert merged.keys() == dict(base.named_parameters()).keys()
     assert (merged["model.embed_tokens.weight"] - embed).abs().max() > 1e-3  # the trained copy is what engines get
@@ -209,14 +224,14 @@ def learner_tokenizer(path):
 
 
 def test_lora_with_two_ranks_takes_the_step_of_one(tiny_model_dir, groups, ray_cluster):
-    episodes, advantages, _, _ = groups
+    episodes = groups
     cfg = LearnerConfig(device="cpu", lr=1e-2, micro_batch_size=3, lora_rank=4)
     algo = AlgoConfig(kl_coef=0.1)
     one = Learner(tiny_model_dir, cfg, algo, temperature=1.0)
-    m1 = one.update(copy.deepcopy(episodes), advantages)
+    m1 = one.update(Batch.from_episodes(episodes))
     two = ShardedLearner(tiny_model_dir, LearnerConfig(**{**cfg.__dict__, "world_size": 2}), algo, temperature=1.0)
     try:
-        m2 = two.update(copy.deepcopy(episodes), advantages)
+        m2 = two.update(Batch.from_episodes(episodes))
         w2 = gathered(two)
     finally:
         two.close()

@@ -103,3 +103,47 @@ def test_the_config_is_a_leaf_that_loads_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['rl', 'rl.config']"
+
+
+def test_learning_and_rollouts_import_nothing_of_each_other():
+    """rl/learn (the math and the learner) and rl/rollout (engines and episodes) meet only in rl/run, through the Batch."""
+    graph = module_imports("rl")
+    for source, target in (("rl.learn", "rl.rollout"), ("rl.rollout", "rl.learn")):
+        crossing = {(m, d) for m, deps in graph.items() if m.startswith(source) for d in deps if d.startswith(target)}
+        assert crossing == set(), crossing
+
+
+def names_tested(path: Path) -> list[tuple[int, str]]:
+    """(line, value) of every string a module's code compares with or looks up: `x == "gae"`, `"turn" in (a, b)`,
+    `ESTIMATORS["gae"]`, a `case "gae":`. Docstrings, messages and labels are not tests of a name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+        elif isinstance(node, ast.Subscript):
+            parts = [node.slice]
+        elif isinstance(node, ast.MatchValue):
+            parts = [node.value]
+        else:
+            continue
+        found += [(n.lineno, n.value) for part in parts for n in ast.walk(part) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    return found
+
+
+def test_no_estimator_or_loss_is_recognized_by_its_name():
+    """What an estimator or a loss needs (a critic, a token sum, its own aggregation) is declared where it is registered;
+    no code of rl/ names one, so a function a user registers can need what a built-in does."""
+    from rl.config import ESTIMATORS, POLICY_LOSSES
+
+    names = set(ESTIMATORS) | set(POLICY_LOSSES)
+    assert {"grpo", "gae", "turn", "ppo", "gspo"} <= names  # read from the registrations themselves
+    found = [(str(path.relative_to(ROOT)), line, value) for path in (ROOT / "rl").rglob("*.py")
+             for line, value in names_tested(path) if value in names]
+    assert found == []
+
+
+def test_the_name_check_sees_a_name_in_code(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text('def f(algo, registry):\n    """grpo in a docstring is fine."""\n    print("turn")\n'
+                    '    return algo.advantage == "gae" or "turn" in (algo.advantage,) or registry["gspo"]\n')
+    assert names_tested(path) == [(4, "gae"), (4, "turn"), (4, "gspo")]

@@ -7,6 +7,8 @@ import torch
 
 from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
+from rewards.base import Reward
+from rl.batch import Batch
 from rl.learn import algos
 from rl.rollout.chat import TurnFormatter
 from rl.cli import main
@@ -25,9 +27,33 @@ def batch(tiny):
     items = [(Task(f"t{i}", "what is kalu" + " red" * i, {"answer": "blue"}), i, i) for i in range(8)]
     episodes = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6))
     gen = torch.Generator().manual_seed(0)
-    advantages = [torch.randn((), generator=gen) * torch.tensor(ep.loss_mask, dtype=torch.float32) for ep in episodes]
+    scores = [torch.randn((), generator=gen) for _ in episodes]
+    advantages = [a * torch.tensor(ep.loss_mask, dtype=torch.float32) for a, ep in zip(scores, episodes)]
+    # Each episode is alone in its group (group i): with algo.lone_group_score, GRPO gives it its outcome as its
+    # advantage, so an update that assigns credit itself reproduces `advantages`.
+    for a, ep in zip(scores, episodes):
+        ep.reward = Reward([0.0] * len(ep.trajectory.turns), float(a))
     assert len(episodes) == 8 and len({len(ep.token_ids) for ep in episodes}) > 1
     return episodes, advantages
+
+
+def rows(tensor, episodes):
+    """A [B, T] tensor as one row per episode, cut to its tokens."""
+    return [tensor[i, : len(ep.token_ids)] for i, ep in enumerate(episodes)]
+
+
+def as_batch(episodes, advantages, old=None, ref=None, returns=None, critic_values=None):
+    """The episodes as a Batch, with the per-episode (per-token) inputs of the loss padded onto it."""
+    batch = Batch.from_episodes(episodes)
+    on = lambda xs: None if xs is None else pad(list(xs), 0, torch.float32)  # noqa: E731
+    batch.advantages, batch.old_logprobs, batch.ref_logprobs = on(advantages), on(old), on(ref)
+    batch.returns, batch.critic_values = on(returns), on(critic_values)
+    return batch
+
+
+def accumulate(learner, episodes, advantages, fresh=False, **per_token):
+    batch = as_batch(episodes, advantages, **per_token)
+    return learner.accumulate(batch, batch.counts(learner.algo.seq_mean_skips_empty), fresh=fresh)
 
 
 def grads(learner):
@@ -41,10 +67,10 @@ def test_micro_batch_1x8_equals_8x1(tiny_model_dir, batch, loss_agg):
     results = []
     for micro in (1, 8):
         learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), algo, temperature=1.0)
-        ref = learner.logprobs([ep.token_ids for ep in episodes], learner.ref_model)
+        ref = rows(learner.reference_logprobs(Batch.from_episodes(episodes)), episodes)
         # Take the old policy slightly off the current one, so ratios differ from 1 and clipping can act.
         old = [lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(1)) for lp in ref]
-        stats = learner.accumulate(episodes, advantages, old=old, ref=ref)
+        stats = accumulate(learner, episodes, advantages, old=old, ref=ref)
         results.append((stats, grads(learner)))
     (s1, g1), (s8, g8) = results
     assert float(s1["loss"]) == pytest.approx(float(s8["loss"]), rel=1e-5, abs=1e-7)
@@ -63,8 +89,8 @@ def test_length_sorted_micro_batches_keep_each_episode_with_its_own_data(tiny_mo
         order = list(order)
         learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), AlgoConfig(), temperature=1.0)
         old = [lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(i))
-               for i, lp in enumerate(learner.logprobs([ep.token_ids for ep in episodes]))]
-        stats = learner.accumulate([episodes[i] for i in order], [advantages[i] for i in order], old=[old[i] for i in order])
+               for i, lp in enumerate(rows(learner.logprobs(Batch.from_episodes(episodes)), episodes))]
+        stats = accumulate(learner, [episodes[i] for i in order], [advantages[i] for i in order], old=[old[i] for i in order])
         results.append((float(stats["loss"]), grads(learner)))
     (loss, reference), *others = results
     for other_loss, other in others:
@@ -85,13 +111,13 @@ def test_shared_prompt_forward_gives_the_full_forward_logprobs_and_gradients(tin
     results = []
     for micro in (1, 8):  # one episode per micro-batch: nothing to share; all eight: two prompt passes for eight episodes
         learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), AlgoConfig(), temperature=0.7)
-        old = [lp + 0.2 for lp in learner.logprobs([ep.token_ids for ep in episodes])]
-        stats = learner.accumulate(episodes, advantages, old=old)
+        old = [lp + 0.2 for lp in rows(learner.logprobs(Batch.from_episodes(episodes)), episodes)]
+        stats = accumulate(learner, episodes, advantages, old=old)
         results.append((stats, grads(learner)))
-    shared = learner._shared_prompt_logprobs(episodes, max(len(ep.token_ids) for ep in episodes))
-    full = learner._forward_logprobs(learner.model, pad([ep.token_ids for ep in episodes], 0, torch.long))
+    shared = learner._shared_prompt_logprobs(Batch.from_episodes(episodes), entropy=False)
+    full = learner._forward_logprobs(learner.model, pad([ep.token_ids for ep in episodes], 0, torch.long))[0]
     mask = pad([ep.loss_mask for ep in episodes], 0, torch.float32)
-    assert shared is not None and torch.allclose(shared * mask, full * mask, atol=1e-5)
+    assert shared is not None and torch.allclose(shared[0] * mask, full * mask, atol=1e-5)
     (s1, g1), (s8, g8) = results
     assert float(s1["loss"]) == pytest.approx(float(s8["loss"]), rel=1e-5, abs=1e-7)
     for name in g1:
@@ -100,9 +126,13 @@ def test_shared_prompt_forward_gives_the_full_forward_logprobs_and_gradients(tin
 
 def test_update_steps_the_optimizer_and_reports_first_ratio_one(tiny_model_dir, batch):
     episodes, advantages = batch
-    learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-3, warmup_steps=4), AlgoConfig(), temperature=1.0)
+    learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-3, warmup_steps=4), AlgoConfig(lone_group_score=True), temperature=1.0)
     before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
-    metrics = learner.update(episodes, advantages)
+    batch = Batch.from_episodes(episodes)
+    metrics = learner.update(batch)
+    assert torch.equal(batch.advantages, pad(advantages, 0, torch.float32))  # the credit the update assigned: the fixture's
+    policy = batch.loss_mask.bool()  # the learner's logprobs before its step: the engine's
+    assert (batch.learner_logprobs[policy] - batch.sampler_logprobs[policy]).abs().max() < 1e-4
     assert metrics["mismatch_max_abs"] < 1e-4  # the engine's logprobs are the learner's: ratio 1
     assert metrics["clip_frac"] == 0.0
     assert metrics["grad_norm"] > 0 and metrics["lr"] == pytest.approx(1e-3 * 2 / 4)  # warm-up: step 1 of 4 done
@@ -113,8 +143,10 @@ def test_update_steps_the_optimizer_and_reports_first_ratio_one(tiny_model_dir, 
 def test_several_mini_batches_recompute_old_logprobs(tiny_model_dir, batch):
     episodes, advantages = batch
     cfg = LearnerConfig(device="cpu", lr=1e-2, optim_steps_per_batch=2, epochs=2)
-    learner = Learner(tiny_model_dir, cfg, AlgoConfig(clip_low=0.01, clip_high=0.01), temperature=1.0)
-    metrics = learner.update(episodes, advantages)
+    learner = Learner(tiny_model_dir, cfg, AlgoConfig(clip_low=0.01, clip_high=0.01, lone_group_score=True), temperature=1.0)
+    batch = Batch.from_episodes(episodes)
+    metrics = learner.update(batch)
+    assert torch.equal(batch.advantages, pad(advantages, 0, torch.float32))
     # After the first optimizer step the policy has moved away from the recomputed old one: clipping shows.
     assert metrics["clip_frac"] > 0
     assert learner.scheduler.last_epoch == 4
@@ -140,8 +172,8 @@ def test_critic_gspo_and_sequence_tis_are_micro_batch_invariant(tiny_model_dir, 
     results = []
     for micro in (1, 8):
         learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), algo, temperature=1.0)
-        old = [lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(1)) for lp in learner.logprobs([ep.token_ids for ep in episodes])]
-        stats = learner.accumulate(episodes, advantages, old=old, fresh=True, returns=returns, old_values=old_values)
+        old = [lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(1)) for lp in rows(learner.logprobs(Batch.from_episodes(episodes)), episodes)]
+        stats = accumulate(learner, episodes, advantages, fresh=True, old=old, returns=returns, critic_values=old_values)
         g = grads(learner) | {f"head.{n}": p.grad.clone() for n, p in learner.value_head.named_parameters()}
         if critic == "separate":
             g |= {f"critic.{n}": p.grad.clone() for n, p in learner.critic_model.named_parameters() if p.grad is not None}
@@ -157,13 +189,16 @@ def test_critic_gspo_and_sequence_tis_are_micro_batch_invariant(tiny_model_dir, 
 
 
 def test_critic_weights_and_optimizer_are_in_the_learner_state(tiny_model_dir, batch):
-    episodes, advantages = batch
-    algo = AlgoConfig(advantage="gae")
+    episodes, _ = batch
+    # gamma = lam = 1, an outcome of 1 and process rewards of 0: with V = 0 the critic's targets are 1 on every policy token.
+    algo = AlgoConfig(advantage="gae", gamma=1.0, lam=1.0)
     learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-2), algo, temperature=1.0)
-    values = learner.sampling_values([ep.token_ids for ep in episodes])
-    assert all((v == 0).all() for v in values)  # the head starts at V = 0
-    returns = [torch.ones(len(ep.token_ids)) for ep in episodes]
-    metrics = learner.update(episodes, advantages, returns=returns, old_values=values)
+    batch = Batch.from_episodes(episodes)
+    batch.outcome_rewards = torch.ones(len(episodes), dtype=torch.float64)
+    values = learner.sampling_values(batch)
+    assert values.shape == batch.token_ids.shape and (values == 0).all()  # the head starts at V = 0
+    metrics = learner.update(batch)
+    assert torch.equal(batch.critic_values, values) and torch.equal(batch.returns, batch.loss_mask)  # the values and targets it used
     assert metrics["critic_grad_norm"] > 0 and metrics["value_loss"] == pytest.approx(0.5)
     state = learner.state_dict()
     fresh = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-2), algo, temperature=1.0)
@@ -181,7 +216,7 @@ def test_unknown_algorithm_names(tiny_model_dir, field, value):
 def perturbed_old(learner, episodes):
     """The learner's logprobs moved off by noise, so ratios differ from 1."""
     gen = torch.Generator().manual_seed(1)
-    return [lp + 0.3 * torch.randn(lp.shape, generator=gen) for lp in learner.logprobs([ep.token_ids for ep in episodes])]
+    return [lp + 0.3 * torch.randn(lp.shape, generator=gen) for lp in rows(learner.logprobs(Batch.from_episodes(episodes)), episodes)]
 
 
 def test_gspo_averages_over_sequences_whatever_loss_agg_says(tiny_model_dir, batch):
@@ -190,11 +225,11 @@ def test_gspo_averages_over_sequences_whatever_loss_agg_says(tiny_model_dir, bat
     for loss_agg in algos.LOSS_AGGREGATIONS:
         learner = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(policy_loss="gspo", loss_agg=loss_agg), temperature=1.0)
         old = perturbed_old(learner, episodes)
-        stats = learner.accumulate(episodes, advantages, old=old)
+        stats = accumulate(learner, episodes, advantages, old=old)
         results.append((float(stats["loss"]), grads(learner)))
     # GSPO's objective: the mean over sequences of -min(s A, clip(s) A), s = exp(mean log-ratio of the sequence).
     expected = 0.0
-    for ep, a, lp, o in zip(episodes, advantages, learner.logprobs([ep.token_ids for ep in episodes]), old):
+    for ep, a, lp, o in zip(episodes, advantages, rows(learner.logprobs(Batch.from_episodes(episodes)), episodes), old):
         m = torch.tensor(ep.loss_mask, dtype=torch.bool)
         s, adv = torch.exp((lp - o)[m].mean()), float(a[m][0])
         expected += -min(s * adv, s.clamp(0.8, 1.2) * adv) / len(episodes)
@@ -211,7 +246,7 @@ def test_seq_mean_counts_sequences_without_policy_tokens_unless_told(tiny_model_
     for skips in (False, True):
         learner = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(loss_agg="seq-mean-token-sum", seq_mean_skips_empty=skips), temperature=1.0)
         with_empty = episodes + [empty]
-        losses[skips] = float(learner.accumulate(with_empty, advantages + [advantages[0] * 0], old=perturbed_old(learner, with_empty))["loss"])
+        losses[skips] = float(accumulate(learner, with_empty, advantages + [advantages[0] * 0], old=perturbed_old(learner, with_empty))["loss"])
     assert losses[True] == pytest.approx(losses[False] * 9 / 8, rel=1e-5) and losses[True] != 0
 
 
@@ -229,3 +264,23 @@ def test_algorithm_combinations_are_refused_at_config_load(overrides, message, c
     err = capsys.readouterr().err
     assert err.startswith("config error:") and err.count("\n") == 1  # one line, no traceback
     assert load_config("configs/lookup.yaml", ["algo.advantage=turn", "algo.loss_agg=seq-mean-token-sum"]).algo.advantage == "turn"
+
+
+def test_the_logged_entropy_is_the_policys_on_its_sampled_tokens_whichever_forward_computes_it(tiny_model_dir, tiny):
+    """Four episodes of one prompt: the prompt runs once (the shared-prompt forward), or, with gradient
+    checkpointing, each episode runs whole. Both log the mean entropy over policy tokens of the distributions
+    the tokens were drawn from."""
+    model, tok = tiny
+    items = [(Task("t", "what is kalu", {"answer": "blue"}), 0, seed) for seed in range(4)]
+    episodes = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(LookupParams(max_turns=2)), items, RolloutConfig(max_turn_tokens=6))
+    batch = as_batch(episodes, [torch.zeros(len(ep.token_ids)) for ep in episodes])
+    logged = []
+    for checkpointing in (False, True):
+        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", gradient_checkpointing=checkpointing), AlgoConfig(), temperature=0.7)
+        assert (learner._shared_prompt_logprobs(batch, entropy=False) is None) == checkpointing
+        logged.append(float(learner.accumulate(batch, batch.counts(False), fresh=True)["entropy"]))
+    with torch.no_grad():
+        entropy = algos.token_entropy(learner.model(input_ids=batch.token_ids).logits, 0.7)  # [B, T], every position
+    expected = float((entropy * batch.loss_mask).sum() / batch.loss_mask.sum())
+    assert logged == pytest.approx([expected, expected], rel=1e-5)
+    assert 0 < expected < float(torch.log(torch.tensor(float(learner.model.config.vocab_size))))

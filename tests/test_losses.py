@@ -2,6 +2,7 @@
 registered by name is the one a real learner update uses."""
 
 import inspect
+from dataclasses import replace
 from typing import get_args
 
 import pytest
@@ -10,12 +11,13 @@ import torch
 from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
 from rewards.base import Reward
+from rl.batch import Batch
 from rl.learn import algos, credit
 from rl.rollout.chat import TurnFormatter
 from rl.learn.credit import ESTIMATORS, register_estimator
 from rl.rollout.engine import HFEngine
 from rl.config import AlgoConfig, Estimator, LearnerConfig, PolicyLoss, RolloutConfig
-from rl.learn.learner import Learner, first_turn_mask
+from rl.learn.learner import Learner
 from rl.learn.losses import POLICY_LOSSES, LossInputs, register_policy_loss, total_loss
 from rl.rollout.loop import rollout
 
@@ -38,8 +40,8 @@ def toy_policy_loss():
 
     @register_policy_loss("toy-pg")
     def toy_pg(inputs: LossInputs, algo):
-        loss = -(inputs.advantages * inputs.logprobs * inputs.mask).sum() / inputs.num_seqs
-        return loss, {"toy_token_share": inputs.mask.sum() / inputs.num_tokens}
+        loss = -(inputs.advantages * inputs.policy_logprobs * inputs.loss_mask).sum() / inputs.num_seqs
+        return loss, {"toy_token_share": inputs.loss_mask.sum() / inputs.num_tokens}
 
     yield toy_pg
     del POLICY_LOSSES["toy-pg"]
@@ -50,8 +52,8 @@ def toy_estimator():
     """Each episode's raw total on every one of its policy tokens: REINFORCE without a baseline."""
 
     @register_estimator("toy-total")
-    def toy_total(batch: credit.CreditInputs, algo):
-        return batch.rewards.sum(-1)[:, None] * batch.mask, None
+    def toy_total(batch: Batch, rewards: torch.Tensor, algo):
+        return rewards.sum(-1)[:, None] * batch.loss_mask.double(), None
 
     yield toy_total
     del ESTIMATORS["toy-total"]
@@ -67,31 +69,40 @@ def test_registries_hold_every_name_and_refuse_unknown_ones():
         AlgoConfig(policy_loss="cispo")  # the config lists the registry's names
     assert get_args(Estimator) == tuple(ESTIMATORS)[:7] and get_args(PolicyLoss) == tuple(POLICY_LOSSES)[:2]  # the typed names are the built-ins
     with pytest.raises(ValueError, match="advantage estimator 'grpo' registered twice"):
-        register_estimator("grpo")(lambda batch, algo: None)
+        register_estimator("grpo")(lambda batch, rewards, algo: None)
     assert ESTIMATORS["grpo"] is credit.grpo  # the failed registration changed nothing
 
 
 def test_a_registered_policy_loss_is_the_one_the_learner_uses(tiny_model_dir, episodes, toy_policy_loss):
+    # Each episode alone in its group, scored a random outcome: with lone_group_score, GRPO's advantage is that outcome.
     gen = torch.Generator().manual_seed(0)
-    advantages = [torch.randn((), generator=gen) * torch.tensor(ep.loss_mask, dtype=torch.float32) for ep in episodes]
-    learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=3, lr=1e-2), AlgoConfig(policy_loss="toy-pg"), temperature=1.0)
-    before = learner.logprobs([ep.token_ids for ep in episodes])
-    expected = -sum(float((a * lp * torch.tensor(ep.loss_mask)).sum()) for a, lp, ep in zip(advantages, before, episodes)) / len(episodes)
-    metrics = learner.update(episodes, advantages)
+    scored = [replace(ep, group=i, reward=Reward(ep.reward.process, float(torch.randn((), generator=gen)))) for i, ep in enumerate(episodes)]
+    algo = AlgoConfig(policy_loss="toy-pg", lone_group_score=True)
+    advantages, _ = credit.advantages(Batch.from_episodes(scored), algo)  # [B, T]: what the update assigns
+    assert all(a[m.bool()].unique().numel() == 1 for a, m in zip(advantages, Batch.from_episodes(scored).loss_mask))
+    learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=3, lr=1e-2), algo, temperature=1.0)
+    batch = Batch.from_episodes(scored)
+    before = learner.logprobs(batch)  # [B, T]
+    expected = -float((advantages * before * batch.loss_mask).sum()) / len(episodes)
+    metrics = learner.update(batch)
+    assert torch.equal(batch.advantages, advantages)
     assert metrics["loss"] == pytest.approx(expected, rel=1e-5) and expected != 0
     assert metrics["toy_token_share"] == pytest.approx(1.0)  # three micro-batches, summed: every policy token seen once
     assert "clip_frac" not in metrics  # PPO's term did not run
-    after = learner.logprobs([ep.token_ids for ep in episodes])
+    after = learner.logprobs(batch)
     assert any(not torch.equal(a, b) for a, b in zip(before, after))  # its gradient took the step
 
 
 def test_a_registered_estimator_is_usable_by_name_through_credit_and_the_learner(tiny_model_dir, episodes, toy_estimator):
     algo = AlgoConfig(advantage="toy-total")
-    advantages, returns = credit.token_advantages(episodes, algo)
+    advantages, returns = credit.advantages(Batch.from_episodes(episodes), algo)
     assert returns is None
-    for i, (a, ep) in enumerate(zip(advantages, episodes)):
-        assert torch.equal(a, (i / 8) * torch.tensor(ep.loss_mask, dtype=torch.float32))
-    metrics = Learner(tiny_model_dir, LearnerConfig(device="cpu"), algo, temperature=1.0).update(episodes, advantages)
+    for i, ep in enumerate(episodes):
+        assert torch.equal(advantages[i, : len(ep.token_ids)], (i / 8) * torch.tensor(ep.loss_mask, dtype=torch.float32))
+        assert not advantages[i, len(ep.token_ids) :].any()  # 0 on the padding
+    batch = Batch.from_episodes(episodes)
+    metrics = Learner(tiny_model_dir, LearnerConfig(device="cpu"), algo, temperature=1.0).update(batch)  # the update assigns credit by name
+    assert torch.equal(batch.advantages, advantages)
     # PPO on fresh samples: every ratio is 1, so the token-mean loss is minus the mean advantage over policy tokens.
     num_tokens = sum(sum(ep.loss_mask) for ep in episodes)
     assert metrics["loss"] == pytest.approx(-sum(i / 8 * sum(ep.loss_mask) for i, ep in enumerate(episodes)) / num_tokens, rel=1e-6)
@@ -102,15 +113,15 @@ def test_total_loss_is_the_tis_weighted_policy_loss_plus_kl_and_value_terms():
     r = lambda: torch.randn(2, 5, generator=gen)  # noqa: E731
     mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=torch.float32)
     logprobs, old, sampler, ref = r() - 2, r() - 2, r() - 2, r() - 2
-    values, old_values, returns, advantages = r(), r(), r(), r() * mask
+    values, critic_values, returns, advantages = r(), r(), r(), r() * mask
     inputs = LossInputs(logprobs, old, advantages, mask, num_tokens=12.0, num_seqs=4.0, sampler_logprobs=sampler, ref_logprobs=ref,
-                        values=values, old_values=old_values, returns=returns)
+                        values=values, critic_values=critic_values, returns=returns)
     algo = AlgoConfig(advantage="gae", tis_cap=1.5, kl_coef=0.3, vf_coef=0.7, loss_agg="seq-mean-token-sum")
     loss, metrics = total_loss(inputs, algo)
     weight = algos.truncated_is_weight(old, sampler, 1.5, mask)
     token_loss, clipped = algos.ppo_clip_loss(logprobs, old, advantages, algo.clip_low, algo.clip_high, algo.clip_ratio_c)
     per_seq_sum = lambda x: float((x * mask).sum()) / 4.0  # noqa: E731  seq-mean-token-sum over the mini-batch's 4 sequences
-    value_loss = per_seq_sum(algos.clipped_value_loss(values, old_values, returns, algo.value_clip)[0])
+    value_loss = per_seq_sum(algos.clipped_value_loss(values, critic_values, returns, algo.value_clip)[0])
     expected = per_seq_sum(token_loss * weight) + 0.3 * per_seq_sum(algos.kl_penalty(logprobs, ref, "k3+")) + 0.7 * value_loss
     assert float(loss) == pytest.approx(expected, rel=1e-6) and float(metrics["loss"]) == float(loss)
     assert float(metrics["value_loss"]) == pytest.approx(value_loss, rel=1e-6)
@@ -125,7 +136,7 @@ def test_kl_on_the_first_turn_pulls_only_the_first_attempt_to_the_reference(epis
     # SCoRe: the first attempt is held near the reference; later turns learn freely.
     ep = episodes[5]
     assert ep.turn_ids.count(1) and any(m and t == 0 for m, t in zip(ep.loss_mask, ep.turn_ids))
-    first = first_turn_mask(ep)
+    first = Batch.from_episodes([ep]).first_turn_mask()[0].tolist()
     assert first == [float(m == 1 and t == 0) for m, t in zip(ep.loss_mask, ep.turn_ids)] and 0 < sum(first) < sum(ep.loss_mask)
     gen = torch.Generator().manual_seed(4)
     logprobs, ref = torch.randn(1, len(ep.token_ids), generator=gen) - 2, torch.randn(1, len(ep.token_ids), generator=gen) - 2

@@ -7,6 +7,7 @@ import torch
 
 from envs.base import StepResult, Task
 from envs.lookup import LookupEnv, LookupParams, load_tasks
+from rl.batch import Batch
 from rl.rollout.chat import TurnFormatter
 from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig
@@ -117,9 +118,10 @@ def test_learner_logprobs_match_sampling_logprobs(tiny, tiny_model_dir):
     items = [(t, i, i) for i, t in enumerate(load_tasks(params, "train"))]
     episodes = rollout(engine, formatter, lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6, temperature=0.8))
     learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=3), AlgoConfig(), temperature=0.8)
-    recomputed = learner.logprobs([ep.token_ids for ep in episodes])
+    recomputed = learner.logprobs(Batch.from_episodes(episodes))  # [B, T]
     n_policy = 0
     for ep, lp in zip(episodes, recomputed):
+        lp = lp[: len(ep.token_ids)]
         mask = torch.tensor(ep.loss_mask, dtype=torch.bool)
         diff = (lp[mask] - torch.tensor(ep.logprobs)[mask]).abs()
         assert diff.max() < 1e-4
@@ -139,8 +141,9 @@ def test_later_turns_continue_the_cached_keys_and_values(tiny, tiny_model_dir, m
     items = [(t, g, 10 * g + k) for g, t in enumerate(tasks) for k in range(3)]  # groups: shared prompts, then diverging
     episodes = rollout(engine, formatter, lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=5))
     assert len(continued) == 4 and continued[0] is None and all(c is not None for c in continued[1:])
-    recomputed = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs([ep.token_ids for ep in episodes])
+    recomputed = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(Batch.from_episodes(episodes))
     for ep, lp in zip(episodes, recomputed):
+        lp = lp[: len(ep.token_ids)]
         mask = torch.tensor(ep.loss_mask, dtype=torch.bool)
         assert (lp[mask] - torch.tensor(ep.logprobs)[mask]).abs().max() < 1e-4
     engine.update_weights({})  # a weight update drops the cache: the next call starts afresh

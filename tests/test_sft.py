@@ -275,13 +275,13 @@ def test_sft_stops_at_the_first_check_where_greedy_play_on_rl_tasks_reaches_stop
 
     lookup = Path(__file__).resolve().parents[1] / "configs" / "lookup.yaml"
     cfg = load_config(lookup, [f"run_dir={tmp_path / 'run'}", f"sft.data={lookup_experts}", "sft.steps=300", "sft.lr=3e-3", "sft.warmup_steps=0",
-                               "sft.batch_size=8", "sft.stop_score=1.0", "sft.probe_every=5"])
+                               "sft.batch_size=8", "sft.stop_score=1.0", "sft.check_every=5"])
     path, _ = starting_model(cfg, tmp_path / "run")
-    probes = json.loads((path.parent / "sft_probes.json").read_text())
+    checks = json.loads((path.parent / "sft_checks.json").read_text())
     steps_run = json.loads((path.parent / "sft_metrics.json").read_text())["sft/steps_run"]
-    assert [step for step, _ in probes] == list(range(5, 5 * len(probes) + 1, 5))  # a check every probe_every steps
-    assert probes[-1][1] == 1.0 and all(score < 1.0 for _, score in probes[:-1])  # stopped at the first that reached it
-    assert steps_run == probes[-1][0] < 300
+    assert [step for step, _ in checks] == list(range(5, 5 * len(checks) + 1, 5))  # a check every check_every steps
+    assert checks[-1][1] == 1.0 and all(score < 1.0 for _, score in checks[:-1])  # stopped at the first that reached it
+    assert steps_run == checks[-1][0] < 300
 
 
 def test_sft_that_never_reaches_stop_score_runs_exactly_sft_steps(tmp_path, lookup_experts):
@@ -289,9 +289,9 @@ def test_sft_that_never_reaches_stop_score_runs_exactly_sft_steps(tmp_path, look
 
     lookup = Path(__file__).resolve().parents[1] / "configs" / "lookup.yaml"
     cfg = load_config(lookup, [f"run_dir={tmp_path / 'run'}", f"sft.data={lookup_experts}", "sft.steps=10", "sft.warmup_steps=0",
-                               "sft.batch_size=2", "sft.stop_score=2.0", "sft.probe_every=5"])  # a score of 2 is out of reach
+                               "sft.batch_size=2", "sft.stop_score=2.0", "sft.check_every=5"])  # a score of 2 is out of reach
     # 8 examples in batches of 2: step 10 falls inside the third epoch, where one more step could follow
     path, _ = starting_model(cfg, tmp_path / "run")
-    probes = json.loads((path.parent / "sft_probes.json").read_text())
-    assert [step for step, _ in probes] == [5, 10]
+    checks = json.loads((path.parent / "sft_checks.json").read_text())
+    assert [step for step, _ in checks] == [5, 10]
     assert json.loads((path.parent / "sft_metrics.json").read_text())["sft/steps_run"] == 10  # the last check does not add a step

@@ -23,8 +23,10 @@ from envs.base import Task, Trajectory, Turn
 from envs.bbq.data import CATEGORIES, load_questions
 from envs.bbq.grade import judge
 from envs.bbq.metrics import bbq_metrics
+from envs.jsonl import BadLine, numbered_jsonl
 
-COLUMNS = ["acc_ambig_tT", "acc_disambig_tT", "s_amb_t1", "s_amb_tT", "delta_s_amb", "s_dis_t1", "s_dis_tT", "delta_s_dis", "invalid_tT"]
+COLUMNS = ["acc_ambig_tT", "acc_disambig_tT", "s_amb_t1", "s_amb_tT", "delta_s_amb", "s_dis_t1", "s_dis_tT",
+           "delta_s_dis", "invalid_tT"]
 
 
 def _answers_of(row) -> tuple[str, int, list[str]]:
@@ -50,21 +52,19 @@ def read_answers(path: str) -> list[Trajectory]:
     """Every line of `path` graded as an episode; ValueError names the file and line of the first bad one."""
     questions = {(c, q["example_id"]): q for c in CATEGORIES for q in load_questions(c)}
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    try:
+        for n, row in numbered_jsonl(path):
             try:
-                category, example_id, answers = _answers_of(json.loads(line))
+                category, example_id, answers = _answers_of(row)
                 if (category, example_id) not in questions:
                     raise ValueError(f"{category} has no question with example_id {example_id}")
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: not JSON ({e.msg})") from None
             except ValueError as e:
                 raise ValueError(f"{path} line {n}: {e}") from None
             q = questions[(category, example_id)]
             task = Task(f"bbq-{category}-{example_id}", "", q)
             out.append(Trajectory(task, [Turn(a, "", judge(q, a)) for a in answers]))
+    except BadLine as e:  # this command's wording: "line N"
+        raise ValueError(f"{path} line {e.line}: not JSON ({e.reason})") from None
     if not out:
         raise ValueError(f"{path}: no answers")
     return out
@@ -81,7 +81,8 @@ def category_table(trajectories: list[Trajectory], metrics: dict[str, float]) ->
         counts[t.task.metadata["category"] + "/"] = counts.get(t.task.metadata["category"] + "/", 0) + 1
     lines = ["| category | n | " + " | ".join(COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
     for scope in sorted(k for k in counts if k) + [""]:
-        lines.append(f"| {scope[:-1] or 'all'} | {counts[scope]} | " + " | ".join(_cell(metrics[scope + c]) for c in COLUMNS) + " |")
+        cells = " | ".join(_cell(metrics[scope + c]) for c in COLUMNS)
+        lines.append(f"| {scope[:-1] or 'all'} | {counts[scope]} | {cells} |")
     return "\n".join(lines)
 
 
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envs.bbq", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="accuracy and bias scores of answers files, per category")
-    ev.add_argument("--answers", action="append", required=True, help="an answers JSONL file; repeat to compare conditions")
+    ev.add_argument("--answers", action="append", required=True,
+                    help="an answers JSONL file; repeat to compare conditions")
     ev.add_argument("--out", default="bbq_eval", help="folder for metrics.json and tables.md")
     args = parser.parse_args(argv)
 

@@ -10,10 +10,10 @@ ambiguous context `label` is always `unknown`.
 
 from __future__ import annotations
 
-import gzip
-import json
 from functools import lru_cache
 from pathlib import Path
+
+from envs.jsonl import numbered_jsonl
 
 DATA_DIR = Path(__file__).parent / "data"
 CATEGORIES = ["Age", "Disability_status", "Nationality", "Physical_appearance", "Religion", "Sexual_orientation"]
@@ -62,12 +62,9 @@ def load_questions(category: str) -> tuple[dict, ...]:
         raise ValueError(f"bbq: unknown category {category!r}; categories are {CATEGORIES}")
     path = DATA_DIR / f"{category}.jsonl.gz"
     out = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append(to_question(json.loads(line)))
-            except (ValueError, KeyError, StopIteration) as e:
-                raise ValueError(f"{path.name} line {n}: {type(e).__name__}: {e}") from None
+    for n, record in numbered_jsonl(path):  # gzipped
+        try:
+            out.append(to_question(record))
+        except (ValueError, KeyError, StopIteration) as e:
+            raise ValueError(f"{path.name} line {n}: {type(e).__name__}: {e}") from None
     return tuple(out)

@@ -27,6 +27,7 @@ from functools import cached_property
 from pathlib import Path
 
 from envs.code.checks import Check, has_holes, parse_check, top_level_names
+from envs.jsonl import parse_jsonl
 
 DATA = Path(__file__).with_name("data")
 FILES = {
@@ -48,8 +49,10 @@ class Problem:
     reference: str = ""  # a whole program that passes (the data set's canonical solution)
     entry_point: str = ""  # the function under test, where the data set names it
     source: str = ""  # which data set it came from
-    names: list[str] = field(default_factory=list)  # names the reference and setup define (tests' uses of them are not builtins)
-    helpers: list[str] = field(default_factory=list)  # functions the prompt gives besides the entry point: the reference answers the tests' calls
+    # names the reference and setup define (tests' uses of them are not builtins)
+    names: list[str] = field(default_factory=list)
+    # functions the prompt gives besides the entry point: the reference answers the tests' calls
+    helpers: list[str] = field(default_factory=list)
 
     @cached_property
     def checks(self) -> list[Check]:
@@ -87,13 +90,7 @@ def read_records(path: str | Path) -> list[dict]:
         numbered = list(enumerate(records, 1))
         where = "record"
     else:
-        numbered = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    numbered.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from e
+        numbered = list(parse_jsonl(text.splitlines(), path))
         where = "line"
     for n, record in numbered:
         if not isinstance(record, dict):
@@ -105,18 +102,22 @@ def humaneval_problem(r: dict) -> Problem:
     reference = r["prompt"] + r["canonical_solution"]
     setup, tests = split_humaneval_test(r["test"], r["entry_point"])
     tests = [t for t in tests if has_holes(t, frozenset(defined_names(reference, setup)))]
-    helpers = [name for name in re.findall(r"^def (\w+)\(", r["prompt"], re.M) if name != r["entry_point"]]  # (a prompt may end mid-function)
-    return Problem(str(r["task_id"]), r["prompt"], tests, setup, reference, r["entry_point"], "humaneval", defined_names(reference, setup), helpers)
+    # (a prompt may end mid-function)
+    helpers = [name for name in re.findall(r"^def (\w+)\(", r["prompt"], re.M) if name != r["entry_point"]]
+    return Problem(str(r["task_id"]), r["prompt"], tests, setup, reference, r["entry_point"], "humaneval",
+                   defined_names(reference, setup), helpers)
 
 
 def mbpp_problem(r: dict) -> Problem:
     setup = r.get("test_setup_code", "")
-    return Problem(str(r["task_id"]), r["text"], list(r["test_list"]), setup, r["code"], "", "mbpp", defined_names(r["code"], setup))
+    return Problem(str(r["task_id"]), r["text"], list(r["test_list"]), setup, r["code"], "", "mbpp",
+                   defined_names(r["code"], setup))
 
 
 def sanitized_problem(r: dict) -> Problem:
     setup = "\n".join(r.get("test_imports", []))
-    return Problem(str(r["task_id"]), r["prompt"], list(r["test_list"]), setup, r["code"], "", "mbpp-sanitized", defined_names(r["code"], setup))
+    return Problem(str(r["task_id"]), r["prompt"], list(r["test_list"]), setup, r["code"], "", "mbpp-sanitized",
+                   defined_names(r["code"], setup))
 
 
 def to_problem(record: dict) -> Problem:
@@ -134,7 +135,8 @@ def load_problems(name_or_path: str) -> list[Problem]:
     """`humaneval`, `mbpp`, `mbpp-sanitized` (the copies shipped here), or a path to a file in one of their schemas."""
     path = FILES.get(name_or_path, Path(name_or_path))
     if not path.exists():
-        raise FileNotFoundError(f"no problems {name_or_path!r}: use one of {sorted(FILES)} or a path to a JSON/JSONL file")
+        raise FileNotFoundError(f"no problems {name_or_path!r}: use one of {sorted(FILES)} "
+                                "or a path to a JSON/JSONL file")
     problems = []
     for n, record in enumerate(read_records(path), 1):
         try:

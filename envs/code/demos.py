@@ -19,7 +19,7 @@ import ast
 import random
 import re
 
-from envs.base import Task, Trajectory, Turn
+from envs.base import Task, Trajectory, Turn, solved
 from envs.code.env import DONE
 
 _SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Add, ast.Mod: ast.FloorDiv, ast.FloorDiv: ast.Mod,
@@ -69,7 +69,8 @@ def play(env, task, attempts: list[str], mistakes: list[bool]) -> Trajectory:
     for code, mistake in zip(attempts, mistakes):
         action = code.strip() + "\n" + DONE
         result = env.step(action)
-        trajectory.turns.append(Turn(action, result.observation, dict(result.info, demo="mistake" if mistake else "expert")))
+        info = dict(result.info, demo="mistake" if mistake else "expert")
+        trajectory.turns.append(Turn(action, result.observation, info))
         if result.done:  # with stop_when_correct a right attempt ends the episode, as it does in a rollout
             break
     return trajectory
@@ -85,11 +86,12 @@ def demonstrations(env, problems: list[tuple[Task, str]], max_turns: int, n: int
     keeps, fixes = [], []
     for task, right in problems:
         keep = play(env, task, [right] * max_turns, [False] * max_turns)
-        if keep.turns[-1].info["score"] != 1.0:
+        if not solved(keep.turns[-1].info):
             continue  # a reference that fails its own tests teaches nothing
         keeps.append(keep)
-        played = [play(env, task, [wrong] + [right] * (max_turns - 1), [True] + [False] * (max_turns - 1)) for wrong in mutants(right, wrong_names)]
-        failing = [fix for fix in played if fix.turns[0].info["score"] < 1.0]
+        played = [play(env, task, [wrong] + [right] * (max_turns - 1), [True] + [False] * (max_turns - 1))
+                  for wrong in mutants(right, wrong_names)]
+        failing = [fix for fix in played if not solved(fix.turns[0].info)]
         if failing:
             fixes.append(failing)  # grouped by problem, so a problem with many mutants is not drawn more often
     if not keeps:

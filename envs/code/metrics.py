@@ -23,10 +23,10 @@ a = correct at turn 1 and b = correct at the last turn:
 
 from __future__ import annotations
 
-import json
 import sys
 
 from envs.base import Trajectory
+from envs.jsonl import read_jsonl
 
 NAN = float("nan")
 
@@ -53,7 +53,8 @@ def edit_ratio(a: str, b: str) -> float:
 
 
 def self_correction_metrics(
-    first_passed: list[int], last_passed: list[int], n_tests: list[int], first_code: list[str] | None = None, last_code: list[str] | None = None
+    first_passed: list[int], last_passed: list[int], n_tests: list[int], first_code: list[str] | None = None,
+    last_code: list[str] | None = None
 ) -> dict[str, float]:
     """The metrics of the module docstring, one entry per episode in each list."""
     a = [p == n and n > 0 for p, n in zip(first_passed, n_tests)]
@@ -81,7 +82,8 @@ def by_turn_accuracy(trajectories: list[Trajectory]) -> dict[str, float]:
     """acc_by_turn/k for k = 1 .. the longest episode (module docstring)."""
     correct = lambda info: info.get("n_tests", 0) > 0 and info.get("n_passed", 0) == info["n_tests"]  # noqa: E731
     longest = max((len(t.turns) for t in trajectories), default=0)
-    return {f"acc_by_turn/{k}": _mean([correct(t.turns[min(k, len(t.turns)) - 1].info) for t in trajectories]) for k in range(1, longest + 1)}
+    return {f"acc_by_turn/{k}": _mean([correct(t.turns[min(k, len(t.turns)) - 1].info) for t in trajectories])
+            for k in range(1, longest + 1)}
 
 
 def metrics_from_trajectories(trajectories: list[Trajectory]) -> dict[str, float]:
@@ -98,7 +100,7 @@ def metrics_from_trajectories(trajectories: list[Trajectory]) -> dict[str, float
 
 
 def main(paths: list[str]) -> None:
-    trajectories = [Trajectory.from_dict(json.loads(line)["trajectory"]) for p in paths for line in open(p) if line.strip()]
+    trajectories = [Trajectory.from_dict(episode["trajectory"]) for p in paths for episode in read_jsonl(p)]
     for key, value in metrics_from_trajectories(trajectories).items():
         print(f"{key:>14}  {value:.4f}")
 

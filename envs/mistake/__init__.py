@@ -16,7 +16,6 @@ data/LICENSE; provenance and checksums in data/SOURCE.md).
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from envs.base import StepResult, Task
+from envs.jsonl import read_jsonl
 from envs.registry import EnvSpec
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -48,8 +48,7 @@ def load_records(task: str) -> tuple[dict, ...]:
     """The traces of one task, as in the data files: input, steps, answer, target, mistake_index."""
     if task not in TASKS:
         raise ValueError(f"mistake: unknown task {task!r}; tasks are {TASKS}")
-    with open(DATA_DIR / f"{task}.jsonl") as f:
-        return tuple(json.loads(line) for line in f if line.strip())
+    return tuple(read_jsonl(DATA_DIR / f"{task}.jsonl"))
 
 
 def task_names(p: MistakeParams) -> list[str]:
@@ -111,7 +110,8 @@ class MistakeEnv:
         valid, predicted = parse_answer(action)
         gold = self.meta["mistake_index"]
         right = valid and predicted == gold
-        info = {"score": float(right), "invalid": not valid, "predicted": predicted, "gold": gold, "task": self.meta["task"]}
+        info = {"score": float(right), "invalid": not valid, "predicted": predicted, "gold": gold,
+                "task": self.meta["task"]}
         if right or self.turn >= self.max_turns:
             return StepResult("", True, info)
         return StepResult(RETRY, False, info)

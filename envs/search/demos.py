@@ -37,7 +37,7 @@ from __future__ import annotations
 import random
 import re
 
-from envs.base import Task, Trajectory, Turn
+from envs.base import Task, Trajectory, Turn, solved
 from envs.search.qa import contains_answer
 from envs.search.retrieval import read_corpus, split_contents
 
@@ -105,8 +105,10 @@ def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | 
             act((f"<think>{wrong} is not {titles[doc_id]}.</think>" if reasoning else "") + "<judge>No</judge>")
         if not detail:
             info = act(f"<search> {titles[doc_id]} </search>")
-            if doc_id not in info["doc_ids"] and env.new_passages:  # another section of the article came first: the next one
-                act(("<think>This does not say what the question asks.</think>" if reasoning else "") + "<judge>No</judge>")
+            # another section of the article came first: the next one
+            if doc_id not in info["doc_ids"] and env.new_passages:
+                act(("<think>This does not say what the question asks.</think>" if reasoning else "")
+                    + "<judge>No</judge>")
                 info = act(f"<search> {titles[doc_id]} </search>")
         # What the next step needs must be in what the agent saw (observations are cut to max_obs_words).
         needed = [task.metadata["answers"][0]] if hop == len(gold) - 1 else [titles[gold[hop + 1]]]
@@ -121,11 +123,13 @@ def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | 
         thought = (f"Is this {named}? Yes. " if hesitate else "") + (sentence.strip() if reasoning else "")
         act((f"<think>{thought.strip()}</think>" if thought else "") + "<judge>Yes</judge>")
     info = act(f"<answer> {task.metadata['answers'][0]} </answer>")
-    return trajectory if info["score"] == 1.0 else None
+    return trajectory if solved(info) else None
 
 
-def demonstrations(env, tasks: list[Task], corpus, reasoning: bool, n: int, seed: int, keep_share: float, hesitation: float) -> list[Trajectory]:
-    """`n` demos on the train `tasks` (played in `env`, titles read from `corpus`), a `keep_share` of them keep-shaped (module docstring)."""
+def demonstrations(env, tasks: list[Task], corpus, reasoning: bool, n: int, seed: int, keep_share: float,
+                   hesitation: float) -> list[Trajectory]:
+    """`n` demos on the train `tasks` (played in `env`, titles read from `corpus`), a `keep_share` of them
+    keep-shaped (module docstring)."""
     tasks = [t for t in tasks if t.metadata.get("gold_doc_ids")]
     if not tasks:
         raise ValueError("search demos need questions with gold_doc_ids (a generated world or a world directory)")
@@ -137,7 +141,8 @@ def demonstrations(env, tasks: list[Task], corpus, reasoning: bool, n: int, seed
             break
         task = tasks[rng.randrange(len(tasks))]
         fix_hop = rng.randrange(len(task.metadata["gold_doc_ids"])) if rng.random() >= keep_share else None
-        trajectory = play(env, task, titles, by_word, fix_hop, fix_hop is None and rng.random() < hesitation, reasoning, rng)
+        hesitate = fix_hop is None and rng.random() < hesitation
+        trajectory = play(env, task, titles, by_word, fix_hop, hesitate, reasoning, rng)
         if trajectory is not None:
             out.append(trajectory)
     return out

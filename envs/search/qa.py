@@ -16,11 +16,12 @@ scored against its best-matching gold answer.
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections import Counter
 from pathlib import Path
+
+from envs.jsonl import read_jsonl
 
 BAMBOOGLE = Path(__file__).parent / "data" / "bamboogle" / "test.jsonl"
 _PUNCTUATION = set(string.punctuation)
@@ -68,7 +69,8 @@ def _answers(record: dict) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if value is None or not len(value):
-        raise ValueError("no answers (expected 'answers', 'golden_answers', 'answer' or reward_model.ground_truth.target)")
+        raise ValueError("no answers (expected 'answers', 'golden_answers', 'answer' "
+                         "or reward_model.ground_truth.target)")
     return [str(v) for v in value]
 
 
@@ -88,8 +90,7 @@ def _read_records(path: Path) -> list[dict]:
         except ImportError as e:
             raise ImportError(f"reading {path} needs pyarrow (pip install pyarrow)") from e
         return pq.read_table(path).to_pylist()
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(path)
 
 
 def load_questions(path: str | Path) -> list[dict]:

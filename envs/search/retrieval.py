@@ -27,6 +27,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from envs.jsonl import BadLine, numbered_jsonl
+
 Hit = dict  # {"document": {"id": str, "contents": str}, "score": float}
 
 
@@ -58,16 +60,17 @@ def as_hit(item) -> Hit:
 def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
     """(ids, contents) of a Search-R1 corpus JSONL file; lines read as a server's documents are (`as_hit`)."""
     ids, contents = [], []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    what = 'not a corpus line {"id", "contents": str}'
+    try:
+        for n, record in numbered_jsonl(path):
             try:
-                document = as_hit(json.loads(line))["document"]
-            except (json.JSONDecodeError, ValueError) as e:
-                raise ValueError(f"{path}:{n}: not a corpus line {{\"id\", \"contents\": str}} ({e})") from e
+                document = as_hit(record)["document"]
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: {what} ({e})") from e
             ids.append(document["id"])
             contents.append(document["contents"])
+    except BadLine as e:
+        raise ValueError(f"{path}:{e.line}: {what} (not JSON: {e.reason})") from None
     if not ids:
         raise ValueError(f"{path}: the corpus is empty")
     return ids, contents
@@ -104,7 +107,8 @@ class RetrievalClient:
         self._idle: list[http.client.HTTPConnection] = []  # open connections no request is using
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self.last_search_ms: float | None = None  # the server's own search time in the last answer (Server-Timing), if sent
+        # the server's own search time in the last answer (Server-Timing), if sent
+        self.last_search_ms: float | None = None
 
     def _post(self, body: bytes) -> tuple[int, bytes]:
         """(status, body) of one POST, on an idle kept-open connection or a new one."""
@@ -140,7 +144,8 @@ class RetrievalClient:
             try:
                 status, data = self._post(body)
             except (OSError, http.client.HTTPException) as e:
-                problem = f"timed out after {self.timeout_s:g} s" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+                timed_out = isinstance(e, TimeoutError)
+                problem = f"timed out after {self.timeout_s:g} s" if timed_out else f"{type(e).__name__}: {e}"
                 continue
             if status >= 400:
                 detail = f"HTTP {status} {data[:300].decode(errors='replace')}"
@@ -155,7 +160,8 @@ class RetrievalClient:
                 problem = f"malformed answer ({type(e).__name__}: {e})"
         else:
             raise RetrievalError(f"retrieval server {self.url} failed {self.retries + 1} times; last: {problem}")
-        if not isinstance(result, list) or len(result) != len(queries) or not all(isinstance(hits, list) for hits in result):
+        if (not isinstance(result, list) or len(result) != len(queries)
+                or not all(isinstance(hits, list) for hits in result)):
             raise RetrievalError(f"retrieval server {self.url} answered {str(result)[:100]} for {len(queries)} queries")
         try:
             return [[as_hit(h) for h in hits] for hits in result]

@@ -238,7 +238,7 @@ def gspo_loss(
     s * grad logp_t, so every token of a sequence shares one ratio and one clipping decision.
     The mean log-ratio is clamped to ±LOG_RATIO_LIMIT, and `clip_ratio_c` is PPO's dual clip.
     Returns (loss [B, T], clipped [B, T] bool). GSPO's objective is the mean over sequences of
-    each sequence's token mean: aggregate this loss with seq-mean-token-mean (AlgoConfig.policy_loss_agg; rl/learn/losses.py does).
+    each sequence's token mean: aggregate this loss with seq-mean-token-mean (rl/learn/losses.py does, whatever algo.loss_agg says).
     """
     m = mask.to(logprobs.dtype)
     seq_log_ratio = ((logprobs - old_logprobs) * m).sum(-1) / m.sum(-1).clamp(min=1.0)  # [B]
@@ -347,3 +347,17 @@ def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: f
         logits = logits / temperature
     picked = logits.gather(-1, token_ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)  # [B, T-1]
     return torch.cat([picked.new_zeros(picked.shape[0], 1), picked], dim=1)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of the distribution each token was drawn from, aligned as token_logprobs. logits: [B, T, V] -> [B, T].
+
+    Column 0 (no context) is 0. H = logsumexp(z) - sum softmax(z) z, no gradient: a metric (cleanRL logs it too)
+    that shows the policy collapsing to near-deterministic tokens before the reward says so.
+    """
+    with torch.no_grad():
+        z = logits[:, :-1].float()
+        if temperature not in (0.0, 1.0):
+            z = z / temperature
+        entropy = z.logsumexp(-1) - (z.softmax(-1) * z).sum(-1)  # [B, T-1]
+    return torch.cat([entropy.new_zeros(entropy.shape[0], 1), entropy], dim=1)

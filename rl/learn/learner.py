@@ -1,9 +1,13 @@
 """The learner: recomputes logprobs on the training sequences and takes policy-gradient steps on rl/learn/losses.py's loss.
 
-One optimizer step per mini-batch, each split into micro-batches whose gradients
-accumulate; the loss is normalized by the token/sequence counts of the whole
-mini-batch, so micro-batch size changes speed and memory, never the result.
-Master weights stay float32; on CUDA the forward pass runs under bf16 autocast.
+One update loop (`UpdateLoop.update`) for a world of one and for N ranks: the reference's and the
+critic's passes, credit assignment (rl/learn/credit.py), then one optimizer step per mini-batch,
+each split into micro-batches whose gradients accumulate. The loss is normalized by the token and
+sequence counts of the whole mini-batch, so micro-batch size (and the number of ranks) changes
+speed and memory, never the result. `Learner` runs it in this process; rl/learn/sharding.py's
+`ShardedLearner` runs the same loop with each mini-batch split between FSDP2 ranks, each rank a
+`Learner` whose models are sharded. Master weights stay float32; on CUDA the forward pass runs
+under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -14,28 +18,65 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache
 
-from rl.learn import algos, lora, losses
+from rl.batch import Batch
 from rl.config import AlgoConfig, LearnerConfig
-from rl.episode import Episode
+from rl.learn import algos, credit, lora, losses
 from rl.learn.losses import LossInputs
+from rl.learn.value import ValueHead
 from rl.model import load_model, resolve_device
 from rl.tensors import autocast, distinct_rows, forward_args, pad
-from rl.learn.value import ValueHead
 from rl.weights import bucketed
 
 
-def minibatch_counts(episodes: list[Episode], algo: AlgoConfig) -> dict[str, float]:
-    """The mini-batch's policy tokens and sequences, which every loss term divides by."""
-    num_seqs = sum(1 in ep.loss_mask for ep in episodes) if algo.seq_mean_skips_empty else len(episodes)
-    return {"num_tokens": float(sum(sum(ep.loss_mask) for ep in episodes)), "num_seqs": float(num_seqs)}
+class UpdateLoop:
+    """The update of both learners. A learner provides the passes (`logprobs`, `reference_logprobs`,
+    `sampling_values`: [B, T] on the CPU, or None), `train_minibatch` and `lr`; this loop is the rest."""
+
+    cfg: LearnerConfig
+    algo: AlgoConfig
+    trainable_params: int
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """Assign credit on `batch` and take `learner.optim_steps_per_batch` x `learner.epochs` optimizer steps.
+
+        Fills the batch's ref_logprobs, critic_values, advantages, returns and learner_logprobs; returns the metrics.
+        """
+        cfg, algo = self.cfg, self.algo
+        # With one optimizer step on fresh samples, the "old" policy is the current one: its logprobs are each
+        # micro-batch's detached current ones and no extra pass is needed.
+        several_steps = cfg.optim_steps_per_batch * cfg.epochs > 1
+        ref = self.reference_logprobs(batch)
+        kl_in_reward = ref is not None and algo.kl_in_reward
+        policy = self.logprobs(batch) if several_steps or kl_in_reward else None
+        kl = algo.kl_coef * algos.kl_penalty(policy, ref, algo.kl_estimator).double() if kl_in_reward else None
+        batch.critic_values = self.sampling_values(batch)
+        batch.advantages, batch.returns = credit.advantages(batch, algo, kl)
+        batch.old_logprobs = policy if several_steps else None
+        batch.ref_logprobs = None if kl_in_reward else ref
+
+        batch.learner_logprobs = torch.full(batch.token_ids.shape, float("nan"))
+        history: list[dict] = []
+        for epoch in range(cfg.epochs):
+            for m, rows in enumerate(batch.minibatches(cfg.optim_steps_per_batch)):
+                mini = batch.select(rows)
+                fresh = epoch == 0 and m == 0  # the policy still samples as the engine did
+                stats, seen = self.train_minibatch(mini, mini.counts(algo.seq_mean_skips_empty), fresh)
+                history.append(stats)
+                if seen is not None:
+                    batch.learner_logprobs[rows, : seen.shape[1]] = seen
+        # Sum the metrics once, after every optimizer step has been queued: nothing waited for the GPU before.
+        metrics = {k: float(sum(h[k] for h in history if k in h)) / sum(k in h for h in history) for k in history[0]}
+        metrics["lr"] = self.lr()
+        metrics["trainable_params"] = float(self.trainable_params)
+        return metrics
+
+    def close(self) -> None:
+        """Let go of what the learner holds beyond this process (ranks, placement): nothing, in a world of one."""
 
 
-def first_turn_mask(ep: Episode) -> list[float]:
-    """1 on the policy tokens of the first turn (turn id 0), else 0: what `algo.kl_turns=first` pulls to the reference."""
-    return [float(m == 1 and turn == 0) for m, turn in zip(ep.loss_mask, ep.turn_ids)]
+class Learner(UpdateLoop):
+    """The learner of a world of one, and each rank of a sharded one (whose `_prepare` shards every model)."""
 
-
-class Learner:
     def __init__(self, model_path, cfg: LearnerConfig, algo: AlgoConfig, temperature: float, ref_path=None):
         self.cfg, self.algo = cfg, algo
         self.temperature = temperature
@@ -64,7 +105,7 @@ class Learner:
         warmup = cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.value_head = self.critic_model = self.critic_optimizer = None
-        if algo.advantage == "gae" or algo.judge_advantage == "gae":
+        if any(name and credit.ESTIMATORS.declares(name, "needs_values") for name in (algo.advantage, algo.judge_advantage)):
             if algo.critic == "separate":
                 self.critic_model = self._prepare(load_model(ref_path or model_path, self.device).train())
             self.value_head = self._prepare(ValueHead(model.config.hidden_size).to(self.device))
@@ -84,31 +125,37 @@ class Learner:
     # ------------------------------------------------------------ batches
 
     def _forward_logprobs(self, model, token_ids: torch.Tensor, bf16: bool | None = None, temperature: float | None = None,
-                          hidden: bool = False, start: int = 1):
-        """[B, T] float32 logprobs of right-padded `token_ids` (padding only follows real tokens,
-        and attention is causal, so no real token ever sees padding: no attention mask is needed).
-        Columns before `start` (prompt tokens no loss reads) are 0, and their logits are not computed.
-        hidden=True: also the last hidden states [B, T, H] (for the value head)."""
+                          hidden: bool = False, start: int = 1, entropy: bool = False):
+        """([B, T] float32 logprobs of right-padded `token_ids`, the last hidden states [B, T, H] when `hidden`
+        (for the value head), the entropy [B, T] of each token's distribution when `entropy`; else None).
+
+        Padding only follows real tokens, and attention is causal, so no real token ever sees padding: no
+        attention mask is needed. Columns before `start` (prompt tokens no loss reads) are 0, and their logits
+        are not computed."""
         start = max(1, start) if self.can_skip_logits and model is self.model else 1
         keep = {"logits_to_keep": token_ids.shape[1] - start + 1} if start > 1 else {}
+        temperature = self.temperature if temperature is None else temperature
         with autocast(self.device, self.cfg.bf16 if bf16 is None else bf16):
             out = model(input_ids=token_ids, use_cache=False, output_hidden_states=hidden, **keep)
         # out.logits covers positions start-1 .. T-1: the logits that predict tokens start .. T-1 (and one past the end).
-        lp = algos.token_logprobs(out.logits, token_ids[:, start - 1 :], self.temperature if temperature is None else temperature)
-        lp = torch.nn.functional.pad(lp, (start - 1, 0))  # [B, T]
-        return (lp, out.hidden_states[-1]) if hidden else lp
+        lp = torch.nn.functional.pad(algos.token_logprobs(out.logits, token_ids[:, start - 1 :], temperature), (start - 1, 0))  # [B, T]
+        ent = torch.nn.functional.pad(algos.token_entropy(out.logits, temperature), (start - 1, 0)) if entropy else None
+        return lp, (out.hidden_states[-1] if hidden else None), ent
 
-    def _shared_prompt_logprobs(self, part: list[Episode], width: int) -> torch.Tensor | None:
-        """[b, width] logprobs of the episodes' tokens, as _forward_logprobs gives them (0 on prompt columns),
-        computing each distinct prompt once; None when no prompt repeats in `part`.
+    def _shared_prompt_logprobs(self, part: Batch, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """([b, T] logprobs of the micro-batch's tokens, and with `entropy` their distributions' entropy, as
+        _forward_logprobs gives them, 0 on prompt columns), computing each distinct prompt once; None when no
+        prompt repeats in `part`.
 
         A GRPO group's episodes share their prompt. The prompt runs once, left-padded, with its
         keys/values kept in the autograd graph; they are copied to every episode of its group and
         the rest of each episode runs on top of them, so the gradients of all copies add up in the
         one prompt pass. Same logprobs and gradients as the full forward, with fewer tokens.
         """
-        prompt_len = [ep.loss_mask.index(1) if 1 in ep.loss_mask else 0 for ep in part]
-        distinct, copy_of = distinct_rows([tuple(ep.token_ids[:n]) for ep, n in zip(part, prompt_len)])
+        has_policy = part.loss_mask.any(-1)
+        prompt_len = torch.where(has_policy, part.loss_mask.argmax(-1), 0).tolist()  # the first policy token of each row
+        tokens = [part.rows(i) for i in range(len(part))]
+        distinct, copy_of = distinct_rows([tuple(ids[:n]) for ids, n in zip(tokens, prompt_len)])
         shared = min(prompt_len) >= 1 and len(distinct) < len(part)
         if not self._on_all_ranks(shared and not self.cfg.gradient_checkpointing):  # checkpointed layers run without a KV cache
             return None
@@ -118,10 +165,10 @@ class Learner:
         prompt_attention = torch.zeros((len(distinct), longest), dtype=torch.long)
         for k, row in enumerate(distinct):
             n = prompt_len[row]
-            prompt_ids[k, longest - n :] = torch.tensor(part[row].token_ids[:n])
+            prompt_ids[k, longest - n :] = torch.tensor(tokens[row][:n])
             prompt_attention[k, longest - n :] = 1
         prompt_ids, prompt_attention = prompt_ids.to(self.device), prompt_attention.to(self.device)
-        rest_ids = pad([ep.token_ids[n:] for ep, n in zip(part, prompt_len)], 0, torch.long, self.device)  # [b, C], right-padded
+        rest_ids = pad([ids[n:] for ids, n in zip(tokens, prompt_len)], 0, torch.long, self.device)  # [b, C], right-padded
         offsets = torch.tensor(prompt_len, device=self.device)[:, None]  # [b, 1]
         rest_positions = offsets + torch.arange(rest_ids.shape[1], device=self.device)  # [b, C]
         cache = DynamicCache()
@@ -137,8 +184,11 @@ class Learner:
         if self.temperature not in (0.0, 1.0):
             logits = logits / self.temperature
         rest_logp = logits.gather(-1, rest_ids[..., None])[..., 0] - logits.logsumexp(-1)  # [b, C]
-        column = torch.arange(width, device=self.device) - offsets  # [b, width]: index into rest, < 0 on the prompt
-        return rest_logp.gather(1, column.clamp(0, rest_ids.shape[1] - 1)) * (column >= 0)
+        column = torch.arange(part.width, device=self.device) - offsets  # [b, T]: index into rest, < 0 on the prompt
+        to_columns = lambda x: x.gather(1, column.clamp(0, rest_ids.shape[1] - 1)) * (column >= 0)  # noqa: E731  [b, C] -> [b, T]
+        # token_entropy drops its input's last position and puts 0 first: give it one position more, as token_logprobs' logits.
+        ent = algos.token_entropy(torch.cat([logits, logits[:, -1:]], dim=1))[:, 1:] if entropy else None
+        return to_columns(rest_logp), (to_columns(ent) if entropy else None)
 
     def _values(self, token_ids: torch.Tensor, policy_hidden: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T] critic values; `policy_hidden`: the policy's last hidden states when the head shares its backbone."""
@@ -147,152 +197,118 @@ class Learner:
                 policy_hidden = self.critic_model(input_ids=token_ids, use_cache=False, output_hidden_states=True).hidden_states[-1]
         return self.value_head(policy_hidden)
 
+    # ------------------------------------------------------------ passes without gradient
+
+    def _per_chunk(self, batch: Batch, run) -> torch.Tensor:
+        """[B, T] float32 on the CPU: `run(token_ids [b, t])` -> [b, t] on `micro_batch_size` episodes at a time, in order."""
+        out = torch.zeros(batch.token_ids.shape)
+        for start in range(0, len(batch), self.cfg.micro_batch_size):
+            rows = slice(start, start + self.cfg.micro_batch_size)
+            width = int(batch.lengths[rows].max())
+            chunk = run(batch.token_ids[rows, :width].to(self.device)).cpu()
+            out[rows, :width] = chunk * (torch.arange(width) < batch.lengths[rows, None])
+        return out
+
     @torch.no_grad()
-    def sampling_values(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
-        """The critic's value at every token of every sequence (the values at sampling time), on CPU; None without a critic."""
+    def logprobs(self, batch: Batch, model=None) -> torch.Tensor:
+        """[B, T] logprob of every token under the current (or given) model, on the CPU."""
+        return self._per_chunk(batch, lambda ids: self._forward_logprobs(model or self.model, ids)[0])
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: Batch) -> torch.Tensor | None:
+        """[B, T] logprobs under the reference model; None without one (`algo.kl_coef` 0)."""
+        return None if self.ref_model is None else self.logprobs(batch, self.ref_model)
+
+    @torch.no_grad()
+    def sampling_values(self, batch: Batch) -> torch.Tensor | None:
+        """[B, T] the critic's value at every token before the update (the values at sampling time); None without a critic."""
         if self.value_head is None:
             return None
-        out = []
-        for start in range(0, len(sequences), self.cfg.micro_batch_size):
-            rows = sequences[start : start + self.cfg.micro_batch_size]
-            ids = pad(rows, 0, torch.long, self.device)
-            hidden = self._forward_logprobs(self.model, ids, hidden=True)[1] if self.critic_model is None else None
-            v = self._values(ids, hidden).cpu()
-            out += [v[i, : len(r)] for i, r in enumerate(rows)]
-        return out
 
-    @torch.no_grad()
-    def kl_to_reference(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
-        """Per-token KL penalty (`algo.kl_estimator`) of the current policy to the reference on every sequence, on CPU;
-        None without a reference model (`algo.kl_coef` 0)."""
-        if self.ref_model is None:
-            return None
-        policy, reference = self.logprobs(sequences), self.logprobs(sequences, self.ref_model)
-        return [algos.kl_penalty(lp, ref, self.algo.kl_estimator) for lp, ref in zip(policy, reference)]
+        def values(ids):
+            hidden = self._forward_logprobs(self.model, ids, hidden=True)[1] if self.critic_model is None else None  # head: the policy's
+            return self._values(ids, hidden).float()
 
-    @torch.no_grad()
-    def logprobs(self, sequences: list[list[int]], model=None) -> list[torch.Tensor]:
-        """Logprob of every token of every sequence under the current (or given) model, on CPU."""
-        model = model or self.model
-        out = []
-        for start in range(0, len(sequences), self.cfg.micro_batch_size):
-            rows = sequences[start : start + self.cfg.micro_batch_size]
-            lp = self._forward_logprobs(model, pad(rows, 0, torch.long, self.device)).cpu()
-            out += [lp[i, : len(r)] for i, r in enumerate(rows)]
-        return out
+        return self._per_chunk(batch, values)
 
     @torch.no_grad()
     def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
         """Float32 logprobs (no autocast, temperature 1) of each sequence, in one right-padded forward:
         the reference an engine must match after a weight sync, computed as the engines' `probe_logprobs` do."""
-        lp = self._forward_logprobs(self.model, pad(sequences, 0, torch.long, self.device), bf16=False, temperature=1.0).cpu()
+        lp = self._forward_logprobs(self.model, pad(sequences, 0, torch.long, self.device), bf16=False, temperature=1.0)[0].cpu()
         return [lp[i, : len(ids)] for i, ids in enumerate(sequences)]
 
-    # ------------------------------------------------------------ update
+    # ------------------------------------------------------------ one mini-batch
 
-    def update(
-        self, episodes: list[Episode], advantages: list[torch.Tensor], returns: list[torch.Tensor] | None = None, old_values: list[torch.Tensor] | None = None
-    ) -> dict[str, float]:
-        """Policy-gradient steps on `episodes`; advantages[i] is per token of episode i.
-        With a critic, returns[i] / old_values[i] are its per-token targets and values at sampling time."""
-        cfg = self.cfg
-        sequences = [ep.token_ids for ep in episodes]
-        # With one optimizer step on fresh samples, the "old" policy is the current one:
-        # its logprobs are the detached current ones and no extra forward pass is needed.
-        old = self.logprobs(sequences) if cfg.optim_steps_per_batch * cfg.epochs > 1 else None
-        ref = self.logprobs(sequences, self.ref_model) if self.ref_model is not None and not self.algo.kl_in_reward else None
+    def train_minibatch(self, mini: Batch, counts: tuple[float, float], fresh: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Forward and backward over `mini` in micro-batches (gradients add up in `.grad`), then the optimizer step.
 
-        n_mini = max(1, min(cfg.optim_steps_per_batch, len(episodes)))
-        minibatches = [list(range(k, len(episodes), n_mini)) for k in range(n_mini)]
-        pick = lambda xs, mini: [xs[i] for i in mini] if xs is not None else None  # noqa: E731
-        history: list[dict[str, torch.Tensor]] = []
-        seen: list[tuple[Episode, torch.Tensor]] = []  # the learner's logprobs of the sampled tokens, before any step
-        for epoch in range(cfg.epochs):
-            for m, mini in enumerate(minibatches):
-                stats = self.accumulate(
-                    [episodes[i] for i in mini],
-                    [advantages[i] for i in mini],
-                    old=pick(old, mini),
-                    ref=pick(ref, mini),
-                    fresh=epoch == 0 and m == 0,
-                    returns=pick(returns, mini),
-                    old_values=pick(old_values, mini),
-                    seen=seen,
-                )
-                stats.update(self._optimizer_step())
-                history.append(stats)
-        # Read the GPU values once, after every optimizer step has been queued.
-        for ep, logp in seen:
-            ep.learner_logprobs = logp.tolist()
-        metrics = {k: float(sum(h[k] for h in history if k in h)) / sum(k in h for h in history) for k in history[0]}
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
-        metrics["trainable_params"] = float(self.trainable_params)
-        return metrics
-
-    def accumulate(
-        self, episodes: list[Episode], advantages: list[torch.Tensor], old=None, ref=None, fresh=False, returns=None, old_values=None, seen=None,
-        counts: dict[str, float] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Forward and backward over one mini-batch in micro-batches; gradients add up in `.grad`.
-
-        Per episode: `old`/`ref` logprobs (None: old = current detached, no KL term), the critic's
-        `returns`/`old_values` (None: no value term). `fresh`: the model is still the sampling policy,
-        so the engine/learner mismatch is measured and (episode, learner logprobs) pairs go to `seen`.
-        `counts`: what to normalize by when `episodes` are one rank's share of a mini-batch (minibatch_counts).
-        Returns 0-d tensors on the device, so nothing waits for the GPU here.
+        `counts`: the whole mini-batch's (policy tokens, sequences), which the loss divides by (a rank holds a share
+        of it). `fresh`: the model is still the sampling policy, so the engine/learner mismatch is measured and the
+        learner's logprobs of the sampled tokens come back ([b, T] on the CPU; else None).
+        Metrics are 0-d tensors on the device, so nothing waits for the GPU here.
         """
-        critic = returns is not None and self.value_head is not None
-        per_episode = {"advantages": advantages, "mask": [ep.loss_mask for ep in episodes], "old_logprobs": old, "ref_logprobs": ref,
-                       "sampler_logprobs": [ep.logprobs for ep in episodes] if self.algo.tis_cap > 0 or fresh else None,
-                       "returns": returns if critic else None, "old_values": old_values if critic else None,
-                       "kl_mask": [first_turn_mask(ep) for ep in episodes] if ref is not None and self.algo.kl_turns == "first" else None}
-        counts = counts or minibatch_counts(episodes, self.algo)
+        stats = self.accumulate(mini, counts, fresh)
+        seen = stats.pop("learner_logprobs", None)
+        return stats | self._optimizer_step(), seen
+
+    def accumulate(self, mini: Batch, counts: tuple[float, float], fresh: bool = False) -> dict[str, torch.Tensor]:
+        """Forward and backward over `mini` in micro-batches; gradients add up in `.grad` (see train_minibatch).
+        With `fresh`, "learner_logprobs" holds the learner's [b, T] logprobs of the policy tokens, on the CPU."""
+        critic = mini.returns is not None and self.value_head is not None
         totals: dict[str, torch.Tensor] = {}
-        for rows in self._micro_batches(episodes):
-            part = [episodes[i] for i in rows]
-            logp, values = self._forward(part, critic)
-            inputs = self._loss_inputs(rows, per_episode, counts, logp, values)
+        seen = torch.zeros(mini.token_ids.shape) if fresh else None
+        for rows in mini.micro_batches(self.cfg.micro_batch_size):
+            part = mini.select(rows)
+            logp, values, entropy = self._forward(part, critic, entropy=fresh)
+            inputs = self._loss_inputs(part, counts, logp, values if critic else None, fresh)
             loss, metrics = losses.total_loss(inputs, self.algo)
             loss.backward()
             if fresh:
-                metrics |= losses.mismatch_metrics(inputs)
-                if seen is not None:
-                    seen += [(ep, (logp[j, : len(ep.token_ids)].detach() * inputs.mask[j, : len(ep.token_ids)]).cpu()) for j, ep in enumerate(part)]
+                metrics |= losses.mismatch_metrics(inputs) | {"entropy": losses.policy_token_mean(entropy, inputs)}
+                seen[rows, : part.width] = (logp.detach() * inputs.loss_mask).cpu()
             totals = losses.add_metrics(totals, metrics)
-        return totals
+        return totals | ({"learner_logprobs": seen} if fresh else {})
 
-    def _micro_batches(self, episodes: list[Episode]) -> list[list[int]]:
-        """Indices of `episodes`, micro_batch_size at a time, sorted by length.
-
-        Episodes of similar length share a micro-batch, so little compute goes to padding (search episodes
-        run from one search to several: padded to the longest, two thirds of a batch was padding). The
-        loss is normalized by the mini-batch's totals, so the grouping changes no gradient.
-        """
-        by_length = sorted(range(len(episodes)), key=lambda i: len(episodes[i].token_ids))
-        return [by_length[start : start + self.cfg.micro_batch_size] for start in range(0, len(episodes), self.cfg.micro_batch_size)]
-
-    def _forward(self, part: list[Episode], critic: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logprobs [b, T], the critic's values [b, T] or None) of a micro-batch, with autograd.
+    def _forward(self, part: Batch, critic: bool, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(logprobs [b, T], the critic's values [b, T] or None, with `entropy` the policy's entropy [b, T] or None)
+        of a micro-batch, with autograd (the entropy has none).
 
         The head critic reads the policy's hidden states, so it takes the plain forward; otherwise
         a prompt shared by several episodes runs once.
         """
-        ids = pad([ep.token_ids for ep in part], 0, torch.long, self.device)  # [b, T]
-        first_policy_token = min((ep.loss_mask.index(1) for ep in part if 1 in ep.loss_mask), default=1)
+        ids = part.token_ids.to(self.device)  # [b, T]
+        has_policy = part.loss_mask.any(-1)
+        first_policy_token = int(part.loss_mask.argmax(-1)[has_policy].min()) if has_policy.any() else 1
         if critic and self.critic_model is None:
-            logp, hidden = self._forward_logprobs(self.model, ids, hidden=True, start=first_policy_token)
-            return logp, self._values(ids, hidden)
-        logp = self._shared_prompt_logprobs(part, ids.shape[1])
-        if logp is None:
-            logp = self._forward_logprobs(self.model, ids, start=first_policy_token)
-        return logp, (self._values(ids) if critic else None)
+            logp, hidden, ent = self._forward_logprobs(self.model, ids, hidden=True, start=first_policy_token, entropy=entropy)
+            return logp, self._values(ids, hidden), ent
+        shared = self._shared_prompt_logprobs(part, entropy)
+        logp, _, ent = self._forward_logprobs(self.model, ids, start=first_policy_token, entropy=entropy) if shared is None else (shared[0], None, shared[1])
+        return logp, (self._values(ids) if critic else None), ent
 
-    def _loss_inputs(self, rows: list[int], per_episode: dict, counts: dict[str, float], logp: torch.Tensor, values: torch.Tensor | None) -> LossInputs:
-        """The micro-batch `rows`: each list of `per_episode` (LossInputs' field -> one entry per episode of the
-        mini-batch, or None) cut to these rows and padded to [b, T] on the device."""
-        padded = {k: pad([v[i] for i in rows], 0.0, torch.float32, self.device) for k, v in per_episode.items() if v is not None}
-        padded.setdefault("old_logprobs", logp.detach())  # one optimizer step on fresh samples: the old policy is the current one
-        return LossInputs(logprobs=logp, values=values, **padded, **counts)
+    def _loss_inputs(self, part: Batch, counts: tuple[float, float], logp: torch.Tensor, values: torch.Tensor | None, fresh: bool) -> LossInputs:
+        """The micro-batch `part` on the device, as the loss reads it."""
+        algo = self.algo
+        on_device = lambda x: None if x is None else x.to(self.device, torch.float32)  # noqa: E731
+        kl_first = part.ref_logprobs is not None and algo.kl_turns == "first"
+        return LossInputs(
+            policy_logprobs=logp,
+            old_logprobs=on_device(part.old_logprobs) if part.old_logprobs is not None else logp.detach(),
+            advantages=on_device(part.advantages),
+            loss_mask=on_device(part.loss_mask),
+            num_tokens=counts[0],
+            num_seqs=counts[1],
+            sampler_logprobs=on_device(part.sampler_logprobs) if algo.tis_cap > 0 or fresh else None,
+            ref_logprobs=on_device(part.ref_logprobs),
+            values=values,
+            critic_values=on_device(part.critic_values) if values is not None else None,
+            returns=on_device(part.returns) if values is not None else None,
+            kl_mask=on_device(part.first_turn_mask()) if kl_first else None,
+        )
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
 
     def _optimizer_step(self) -> dict[str, torch.Tensor]:
         out = {"grad_norm": self._step(self.model.parameters(), self.optimizer)}
@@ -311,7 +327,7 @@ class Learner:
             torch.nn.utils.clip_grads_with_norm_(params, self.cfg.max_grad_norm, grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return whole(grad_norm.detach())
+        return gathered(grad_norm.detach())
 
     # ------------------------------------------------------------ weights and state
 
@@ -320,10 +336,10 @@ class Learner:
 
         Sharded weights are gathered one by one (a collective: every rank runs this in the same order)."""
         if self.cfg.lora_rank:
-            yield from lora.merged_weights(self.model, whole)
+            yield from lora.merged_weights(self.model, gathered)
         else:
             for name, p in self.model.named_parameters():
-                yield name, whole(p.detach())
+                yield name, gathered(p.detach())
 
     def weight_buckets(self, bucket_mb: float) -> Iterator[dict[str, torch.Tensor]]:
         """The weights for a sync, in buckets of about `bucket_mb` MB."""
@@ -368,6 +384,6 @@ class Learner:
             self.critic_optimizer.load_state_dict(state["critic"]["optimizer"])
 
 
-def whole(tensor: torch.Tensor) -> torch.Tensor:
+def gathered(tensor: torch.Tensor) -> torch.Tensor:
     """A sharded tensor (a DTensor: it has full_tensor) gathered whole, a collective; any other tensor as it is."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor

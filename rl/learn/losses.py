@@ -25,16 +25,16 @@ from rl.registry import Registry
 class LossInputs:
     """One micro-batch of b sequences, right-padded to T tokens; all [b, T] tensors are float32 on the learner's device."""
 
-    logprobs: torch.Tensor  # [b, T] the learner's logprob of each token, with autograd (0 on the prompt)
-    old_logprobs: torch.Tensor  # [b, T] the policy's before this update (PPO's ratio denominator), no autograd
+    policy_logprobs: torch.Tensor  # [b, T] the policy's logprob of each token as it steps, with autograd (0 on the prompt)
+    old_logprobs: torch.Tensor  # [b, T] the learner's before this update (PPO's ratio denominator), no autograd
     advantages: torch.Tensor  # [b, T] 0 off policy tokens
-    mask: torch.Tensor  # [b, T] 1 on the tokens the policy sampled
+    loss_mask: torch.Tensor  # [b, T] 1 on the tokens the policy sampled
     num_tokens: float  # policy tokens in the whole mini-batch
     num_seqs: float  # sequences in the whole mini-batch (those without policy tokens left out with algo.seq_mean_skips_empty)
     sampler_logprobs: torch.Tensor | None = None  # [b, T] the engine's logprobs at sampling time (TIS, mismatch metrics)
     ref_logprobs: torch.Tensor | None = None  # [b, T] the reference model's (None: no KL term)
-    values: torch.Tensor | None = None  # [b, T] the critic's values, with autograd (None: no value term)
-    old_values: torch.Tensor | None = None  # [b, T] the critic's values at sampling time
+    values: torch.Tensor | None = None  # [b, T] the critic's values as it steps, with autograd (None: no value term)
+    critic_values: torch.Tensor | None = None  # [b, T] the critic's values before the update (value clipping's anchor)
     returns: torch.Tensor | None = None  # [b, T] the critic's targets
     policy_weight: torch.Tensor | None = None  # [b, T] weight of each token's policy loss (TIS; None: 1), applied before aggregation
     kl_mask: torch.Tensor | None = None  # [b, T] 1 on the policy tokens the KL term covers (algo.kl_turns; None: all of them)
@@ -42,12 +42,12 @@ class LossInputs:
 
 def policy_token_mean(x: torch.Tensor, inputs: LossInputs) -> torch.Tensor:
     """Sum of `x` [b, T] over policy tokens, divided by the mini-batch's policy tokens -> 0-d."""
-    return (x * inputs.mask).sum() / max(inputs.num_tokens, 1.0)
+    return (x * inputs.loss_mask).sum() / max(inputs.num_tokens, 1.0)
 
 
 def aggregate(token_loss: torch.Tensor, inputs: LossInputs, mode: str) -> torch.Tensor:
     """A per-token loss [b, T] reduced by `mode` (algos.LOSS_AGGREGATIONS) with the mini-batch's counts -> 0-d."""
-    return algos.aggregate_loss(token_loss, inputs.mask, mode, inputs.num_tokens, inputs.num_seqs)
+    return algos.aggregate_loss(token_loss, inputs.loss_mask, mode, inputs.num_tokens, inputs.num_seqs)
 
 
 def weighted(token_loss: torch.Tensor, inputs: LossInputs) -> torch.Tensor:
@@ -58,25 +58,27 @@ def weighted(token_loss: torch.Tensor, inputs: LossInputs) -> torch.Tensor:
 # ---------------------------------------------------------------- policy losses
 
 # One function per policy loss: fn(inputs: LossInputs, algo) -> (loss: 0-d tensor, metrics: dict[str, 0-d tensor]).
-POLICY_LOSSES = Registry("policy loss", "policy_loss")
+# A loss registered with sequence_level=True weighs each sequence as a whole (one ratio per sequence, a mean of its
+# tokens), whatever `algo.loss_agg` says: the config then refuses the estimators that are unbiased only under a token sum.
+POLICY_LOSSES = Registry("policy loss", "policy_loss", ("sequence_level",))
 register_policy_loss = POLICY_LOSSES.register
 
 
 @register_policy_loss("ppo")
 def ppo(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate on each token's ratio, aggregated by `algo.loss_agg`."""
-    token_loss, clipped = algos.ppo_clip_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, algo.clip_low, algo.clip_high, algo.clip_ratio_c)
+    token_loss, clipped = algos.ppo_clip_loss(inputs.policy_logprobs, inputs.old_logprobs, inputs.advantages, algo.clip_low, algo.clip_high, algo.clip_ratio_c)
     loss = aggregate(weighted(token_loss, inputs), inputs, algo.loss_agg)
     return loss, {"clip_frac": policy_token_mean(clipped.float(), inputs)}
 
 
-@register_policy_loss("gspo")
+@register_policy_loss("gspo", sequence_level=True)
 def gspo(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO: the clipped surrogate on each sequence's ratio, a mean over sequences of token means whatever `algo.loss_agg` says."""
     token_loss, clipped = algos.gspo_loss(
-        inputs.logprobs, inputs.old_logprobs, inputs.advantages, inputs.mask, algo.clip_low, algo.clip_high, algo.clip_ratio_c
+        inputs.policy_logprobs, inputs.old_logprobs, inputs.advantages, inputs.loss_mask, algo.clip_low, algo.clip_high, algo.clip_ratio_c
     )
-    loss = aggregate(weighted(token_loss, inputs), inputs, algo.policy_loss_agg)  # GSPO's own: seq-mean-token-mean
+    loss = aggregate(weighted(token_loss, inputs), inputs, "seq-mean-token-mean")  # GSPO's objective, whatever algo.loss_agg says
     return loss, {"clip_frac": policy_token_mean(clipped.float(), inputs)}
 
 
@@ -90,7 +92,7 @@ def tis_weight(inputs: LossInputs, algo: AlgoConfig) -> torch.Tensor | None:
     """
     if algo.tis_cap <= 0:
         return None
-    return algos.truncated_is_weight(inputs.old_logprobs, inputs.sampler_logprobs, algo.tis_cap, inputs.mask, algo.tis_level)
+    return algos.truncated_is_weight(inputs.old_logprobs, inputs.sampler_logprobs, algo.tis_cap, inputs.loss_mask, algo.tis_level)
 
 
 def tis_metrics(weight: torch.Tensor, inputs: LossInputs, algo: AlgoConfig) -> dict[str, torch.Tensor]:
@@ -103,7 +105,7 @@ def tis_metrics(weight: torch.Tensor, inputs: LossInputs, algo: AlgoConfig) -> d
 
 def kl_term(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """KL(policy || reference) by `algo.kl_estimator` on the tokens of `inputs.kl_mask`, aggregated by `algo.loss_agg` (weighted by kl_coef in total_loss)."""
-    kl = algos.kl_penalty(inputs.logprobs, inputs.ref_logprobs, algo.kl_estimator)  # [b, T]
+    kl = algos.kl_penalty(inputs.policy_logprobs, inputs.ref_logprobs, algo.kl_estimator)  # [b, T]
     covered = kl if inputs.kl_mask is None else kl * inputs.kl_mask
     # kl_ref is the drift of every policy token, covered or not: with kl_turns=first it shows the later turns moving.
     return aggregate(covered, inputs, algo.loss_agg), {"kl_ref": policy_token_mean(kl.detach(), inputs)}
@@ -111,7 +113,7 @@ def kl_term(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[st
 
 def value_term(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The critic's clipped value loss, aggregated by `algo.loss_agg` (weighted by vf_coef in total_loss)."""
-    token_loss, clipped = algos.clipped_value_loss(inputs.values, inputs.old_values, inputs.returns, algo.value_clip)
+    token_loss, clipped = algos.clipped_value_loss(inputs.values, inputs.critic_values, inputs.returns, algo.value_clip)
     loss = aggregate(token_loss, inputs, algo.loss_agg)
     return loss, {"value_loss": loss.detach(), "value_clip_frac": policy_token_mean(clipped.float(), inputs)}
 
@@ -138,7 +140,7 @@ def mismatch_metrics(inputs: LossInputs) -> dict[str, torch.Tensor]:
     token gap; mismatch_seq_max_abs: the largest |log pi_learner(seq) - log pi_sampler(seq)|, what a
     sequence-level TIS weight sees.
     """
-    diff = (inputs.logprobs.detach() - inputs.sampler_logprobs) * inputs.mask  # [b, T]
+    diff = (inputs.policy_logprobs.detach() - inputs.sampler_logprobs) * inputs.loss_mask  # [b, T]
     return {
         "mismatch_kl": policy_token_mean(torch.exp(diff) - 1 - diff, inputs),
         "mismatch_max_abs": diff.abs().max(),

@@ -1,11 +1,13 @@
 """The sharded learner: `learner.world_size` ranks, each a Ray actor holding one FSDP2 shard of every model.
 
     trainer process                       Ray actors (one placement group)
-    ShardedLearner  --- shares ------->   LearnerRank 0 .. N-1: a RankLearner (a Learner whose models
+    ShardedLearner  --- shares ------->   LearnerRank 0 .. N-1: an FSDPLearner (a Learner whose models
       (driver)      <-- metrics, buckets   are sharded with torch's fully_shard over one process group:
                                            gloo on the CPU, NCCL on CUDA)
 
-Each rank runs the ordinary `Learner` code on its share of every mini-batch. The loss is
+The driver runs the update loop of the in-process learner (`UpdateLoop`): only its passes and
+its mini-batch step deal the batch's rows to the ranks (`Batch.shares`) and put the results back
+in place. Each rank runs the ordinary `Learner` code on its share of every mini-batch. The loss is
 normalized by the mini-batch's global token and sequence counts, which the driver computes
 and sends, and FSDP2 sums the gradients over ranks (its default averages them), so N ranks
 take the step one learner takes on the whole batch. FSDP2 all-gathers and reduce-scatters
@@ -33,36 +35,14 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from rl.learn import algos
+from rl.batch import PAD_ROW, Batch
 from rl.config import AlgoConfig, LearnerConfig, import_user_modules
-from rl.episode import PROMPT_TURN, Episode
-from rl.learn.learner import Learner, minibatch_counts
+from rl.learn.learner import Learner, UpdateLoop
 from rl.weights import to_numpy
-
-PAD = -1  # the index of a share's padding item: a two-token sequence with no policy token
-PAD_TOKENS = [0, 0]
 
 
 class LearnerRankError(RuntimeError):
     """A learner rank died, failed, or did not answer in time."""
-
-
-def deal(lengths: list[int], micro_batch_size: int, world_size: int) -> list[list[int]]:
-    """Indices of the items for each rank, every rank with the same number of micro-batches.
-
-    The items sorted by length are cut into micro-batches (little padding, as in one learner)
-    and dealt round-robin. Only the last micro-batch can be short and it goes to a rank with
-    the most, so a rank with one fewer holds whole ones: one PAD item gives it its last.
-    Every rank gets at least one micro-batch, so every rank steps.
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    micro = [order[s : s + micro_batch_size] for s in range(0, len(order), micro_batch_size)]
-    shares = [[i for m in micro[r::world_size] for i in m] for r in range(world_size)]
-    most = max(1, -(-len(micro) // world_size))
-    for share in shares:
-        if -(-len(share) // micro_batch_size) < most:
-            share.append(PAD)
-    return shares
 
 
 def combine(per_rank: list[dict[str, float]]) -> dict[str, float]:
@@ -80,7 +60,7 @@ def combine(per_rank: list[dict[str, float]]) -> dict[str, float]:
 # ---------------------------------------------------------------- the ranks
 
 
-class RankLearner(Learner):
+class FSDPLearner(Learner):
     """A Learner whose models are sharded over the default process group with FSDP2."""
 
     def __init__(self, mesh, *args, **kwargs):
@@ -118,11 +98,6 @@ class RankLearner(Learner):
         return torch.nn.ModuleDict(parts)
 
 
-def pad_episode() -> Episode:
-    # The learner reads tokens, masks and logprobs only; no trajectory goes with a padding item.
-    return Episode(None, group=PAD, seed=0, token_ids=list(PAD_TOKENS), loss_mask=[0, 0], logprobs=[0.0, 0.0], turn_ids=[PROMPT_TURN] * 2)
-
-
 class LearnerRank:
     """One rank, as a Ray actor. Every method is a step all ranks take together (collectives inside)."""
 
@@ -150,35 +125,24 @@ class LearnerRank:
             timeout=timedelta(seconds=cfg.timeout_s),
         )
         mesh = init_device_mesh("cuda" if cuda else "cpu", (world_size,))
-        self.learner = RankLearner(mesh, model_path, cfg, algo, temperature, ref_path)
+        self.learner = FSDPLearner(mesh, model_path, cfg, algo, temperature, ref_path)
         return {"trainable_params": self.learner.trainable_params, "reference": self.learner.ref_model is not None,
                 "critic": self.learner.value_head is not None}
 
-    def logprobs(self, sequences: list[list[int]], reference: bool) -> list[torch.Tensor]:
-        return self.learner.logprobs(sequences, self.learner.ref_model if reference else None)
+    def logprobs(self, share: Batch, reference: bool) -> torch.Tensor:
+        return self.learner.logprobs(share, self.learner.ref_model if reference else None)
 
-    def sampling_values(self, sequences: list[list[int]]) -> list[torch.Tensor]:
-        return self.learner.sampling_values(sequences)
+    def sampling_values(self, share: Batch) -> torch.Tensor:
+        return self.learner.sampling_values(share)
 
     def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
         out = self.learner.probe_logprobs(sequences)
         return out if self.rank == 0 else None
 
-    def train_minibatch(self, share: dict, counts: dict[str, float], fresh: bool) -> tuple[dict[str, float], list, float]:
-        """Forward and backward over this rank's share of one mini-batch, then the optimizer step.
-        Returns (metrics, the learner's logprobs of each episode of the share when fresh, learning rate)."""
-        episodes = share["episodes"]
-        seen: list = []
-        stats = self.learner.accumulate(
-            episodes, share["advantages"], old=share["old"], ref=share["ref"], fresh=fresh, returns=share["returns"],
-            old_values=share["old_values"], seen=seen, counts=counts,
-        )
-        stats.update(self.learner._optimizer_step())
-        position = {id(ep): k for k, ep in enumerate(episodes)}
-        logps: list = [None] * len(episodes)
-        for ep, logp in seen:
-            logps[position[id(ep)]] = logp
-        return {k: float(v) for k, v in stats.items()}, logps, self.learner.scheduler.get_last_lr()[0]
+    def train_minibatch(self, share: Batch, counts: tuple[float, float], fresh: bool) -> tuple[dict[str, float], torch.Tensor | None, float]:
+        """`Learner.train_minibatch` on this rank's share; also the learning rate after the step."""
+        stats, seen = self.learner.train_minibatch(share, counts, fresh)
+        return {k: float(v) for k, v in stats.items()}, seen, self.learner.lr()
 
     def start_sync(self, bucket_mb: float) -> None:
         self.buckets = self.learner.weight_buckets(bucket_mb)
@@ -246,7 +210,7 @@ class LearnerRank:
 # ---------------------------------------------------------------- the driver
 
 
-class ShardedLearner:
+class ShardedLearner(UpdateLoop):
     """The learner of the trainer when `learner.world_size` > 1: the calls of `Learner`, run by N rank actors."""
 
     def __init__(self, model_path, cfg: LearnerConfig, algo: AlgoConfig, temperature: float, ref_path=None, imports: list[str] = ()):
@@ -302,81 +266,45 @@ class ShardedLearner:
                 raise LearnerRankError(f"learner rank {calls.index(ready[0])} failed during the {what}: {type(e.cause).__name__}: {cause}") from None
         return ray.get(calls)
 
-    # ------------------------------------------------------------ forward passes
+    # ------------------------------------------------------------ passes and steps, each rank on its share
 
-    def _per_sequence(self, method: str, sequences: list[list[int]], **kwargs) -> list[torch.Tensor]:
-        """Run `method` on every sequence, each rank on its share; results in the order of `sequences`."""
-        shares = deal([len(s) for s in sequences], self.cfg.micro_batch_size, len(self.ranks))
-        calls = [getattr(r, method).remote([sequences[i] if i != PAD else PAD_TOKENS for i in share], **kwargs) for r, share in zip(self.ranks, shares)]
-        out: list = [None] * len(sequences)
-        for share, result in zip(shares, self._wait(calls, method)):
-            for i, tensor in zip(share, result):
-                if i != PAD:
-                    out[i] = tensor
+    def _on_shares(self, method: str, batch: Batch, **kwargs) -> torch.Tensor:
+        """[B, T]: `method` run by every rank on its share of `batch`, each row back in its place."""
+        shares = batch.shares(len(self.ranks), self.cfg.micro_batch_size)
+        results = self._wait([getattr(r, method).remote(batch.select(share), **kwargs) for r, share in zip(self.ranks, shares)], method)
+        out = torch.zeros(batch.token_ids.shape)
+        for share, result in zip(shares, results):
+            for row, i in enumerate(share):
+                if i != PAD_ROW:
+                    out[i, : result.shape[1]] = result[row]
         return out
 
-    def logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
-        return self._per_sequence("logprobs", sequences, reference=False)
+    def logprobs(self, batch: Batch) -> torch.Tensor:
+        return self._on_shares("logprobs", batch, reference=False)
 
-    def _reference_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
-        return self._per_sequence("logprobs", sequences, reference=True) if self.has_reference else None
+    def reference_logprobs(self, batch: Batch) -> torch.Tensor | None:
+        return self._on_shares("logprobs", batch, reference=True) if self.has_reference else None
 
-    def kl_to_reference(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
-        """Per-token KL penalty (`algo.kl_estimator`) of the policy to the reference; None without a reference."""
-        reference = self._reference_logprobs(sequences)
-        if reference is None:
-            return None
-        return [algos.kl_penalty(lp, ref, self.algo.kl_estimator) for lp, ref in zip(self.logprobs(sequences), reference)]
-
-    def sampling_values(self, sequences: list[list[int]]) -> list[torch.Tensor] | None:
-        return self._per_sequence("sampling_values", sequences) if self.has_critic else None
+    def sampling_values(self, batch: Batch) -> torch.Tensor | None:
+        return self._on_shares("sampling_values", batch) if self.has_critic else None
 
     def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
         return self._wait([r.probe_logprobs.remote(sequences) for r in self.ranks], "probe")[0]
 
-    # ------------------------------------------------------------ update
+    def train_minibatch(self, mini: Batch, counts: tuple[float, float], fresh: bool) -> tuple[dict[str, float], torch.Tensor | None]:
+        """`Learner.train_minibatch`, sharded: the mini-batch is split between the ranks, which step together."""
+        shares = mini.shares(len(self.ranks), self.cfg.micro_batch_size)
+        results = self._wait([r.train_minibatch.remote(mini.select(share), counts, fresh) for r, share in zip(self.ranks, shares)], "update")
+        self.last_lr = results[0][2]
+        seen = torch.zeros(mini.token_ids.shape) if fresh else None
+        for share, (_, share_seen, _) in zip(shares, results):
+            for row, i in enumerate(share):
+                if fresh and i != PAD_ROW:
+                    seen[i, : share_seen.shape[1]] = share_seen[row]
+        return combine([stats for stats, _, _ in results]), seen
 
-    def update(
-        self, episodes: list[Episode], advantages: list[torch.Tensor], returns: list[torch.Tensor] | None = None, old_values: list[torch.Tensor] | None = None
-    ) -> dict[str, float]:
-        """`Learner.update`, sharded: each mini-batch is split between the ranks, which step together."""
-        cfg = self.cfg
-        sequences = [ep.token_ids for ep in episodes]
-        old = self.logprobs(sequences) if cfg.optim_steps_per_batch * cfg.epochs > 1 else None
-        ref = self._reference_logprobs(sequences) if not self.algo.kl_in_reward else None
-        n_mini = max(1, min(cfg.optim_steps_per_batch, len(episodes)))
-        history: list[dict[str, float]] = []
-        for epoch in range(cfg.epochs):
-            for m in range(n_mini):
-                mini = list(range(m, len(episodes), n_mini))
-                fresh = epoch == 0 and m == 0
-                counts = minibatch_counts([episodes[i] for i in mini], self.algo)
-                shares = [[mini[j] if j != PAD else PAD for j in share]
-                          for share in deal([len(sequences[i]) for i in mini], cfg.micro_batch_size, len(self.ranks))]
-                calls = [r.train_minibatch.remote(self._share(share, episodes, advantages, old, ref, returns, old_values), counts, fresh)
-                         for r, share in zip(self.ranks, shares)]
-                results = self._wait(calls, "update")
-                history.append(combine([stats for stats, _, _ in results]))
-                lr = results[0][2]
-                if fresh:
-                    for share, (_, logps, _) in zip(shares, results):
-                        for i, logp in zip(share, logps):
-                            if i != PAD:
-                                episodes[i].learner_logprobs = logp.tolist()
-        metrics = {k: sum(h[k] for h in history if k in h) / sum(k in h for h in history) for k in history[0]}
-        metrics["lr"] = lr
-        metrics["trainable_params"] = float(self.trainable_params)
-        return metrics
-
-    @staticmethod
-    def _share(share: list[int], episodes, advantages, old, ref, returns, old_values) -> dict:
-        """What one rank needs of a mini-batch: its episodes (tokens, masks, sampling logprobs) and their per-token inputs."""
-        def pick(xs):
-            return None if xs is None else [xs[i] if i != PAD else torch.zeros(len(PAD_TOKENS)) for i in share]
-
-        light = [pad_episode() if i == PAD else Episode(None, episodes[i].group, episodes[i].seed, episodes[i].token_ids, episodes[i].loss_mask, episodes[i].logprobs)
-                 for i in share]
-        return {"episodes": light, "advantages": pick(advantages), "old": pick(old), "ref": pick(ref), "returns": pick(returns), "old_values": pick(old_values)}
+    def lr(self) -> float:
+        return self.last_lr
 
     # ------------------------------------------------------------ weights and state
 

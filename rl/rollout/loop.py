@@ -14,11 +14,11 @@ import threading
 import traceback
 from typing import Any, Callable
 
-from envs.base import Env, Task, Trajectory, Turn
+from envs.base import Env, Trajectory, Turn
 from rl.rollout.chat import TurnFormatter
 from rl.config import RolloutConfig
 from rl.rollout.engine import Engine, Request, SamplingParams
-from rl.episode import PROMPT_TURN, Episode
+from rl.episode import PROMPT_TURN, Episode, Item
 
 
 def _fail(episode: Episode, where: str) -> None:
@@ -75,13 +75,13 @@ def rollout(
     engine: Engine,
     formatter: TurnFormatter,
     make_env: Callable[[], Env],
-    tasks: list[tuple[Task, int, int]],  # (task, group, seed) per episode
+    items: list[Item],  # one per episode
     cfg: RolloutConfig,
     greedy: bool = False,
 ) -> list[Episode]:
     tokenizer = formatter.tokenizer
     episodes, envs = [], []
-    for task, group, seed in tasks:
+    for task, group, seed in items:
         episode = Episode(Trajectory(task), group, seed)
         env = None
         try:

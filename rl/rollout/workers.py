@@ -27,20 +27,15 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from envs.base import Task
-from envs.registry import get_env_spec
 from rl.rollout.chat import TurnFormatter
-from rl.config import RolloutConfig, WorkersConfig, build_params
+from rl.config import EnvConfig, RolloutConfig, WorkersConfig
 from rl.rollout.engine import HFEngine
-from rl.episode import Episode
+from rl.episode import Episode, Item
 from rl.model import load_model
 from rl.rollout.loop import rollout
 from rl.weights import to_numpy
 
 log = logging.getLogger(__name__)
-
-Item = tuple[Task, int, int]  # (task, group, seed) of one episode
-
 
 def check_engine_installed(cfg: WorkersConfig) -> None:
     """Fail before any model is built when the chosen engine cannot run here.
@@ -49,18 +44,17 @@ def check_engine_installed(cfg: WorkersConfig) -> None:
     if cfg.engine == "vllm" and not (cfg.ray and cfg.address) and importlib.util.find_spec("vllm") is None:
         raise ImportError(
             "workers.engine=vllm needs vLLM, which is not installed: on a CUDA machine `pip install -e '.[vllm]'`; "
-            "on a CPU-only machine `make test` installs its CPU build, or see the README's 'vLLM engines, on a GPU or on the CPU'"
+            "on a CPU-only machine `make test` installs its CPU build, or see docs/vllm.md"
         )
 
 
 class RolloutWorker:
     """An engine and a way to make environments; the same class runs locally or as a Ray actor."""
 
-    def __init__(self, model_path: str, env_name: str, env_params: dict, rollout_cfg: RolloutConfig, workers_cfg: WorkersConfig, device: str):
+    def __init__(self, model_path: str, env: EnvConfig, rollout_cfg: RolloutConfig, workers_cfg: WorkersConfig, device: str):
         from transformers import AutoTokenizer
 
-        spec = get_env_spec(env_name)
-        params = build_params(spec.params, env_params, "env.params")
+        spec, params = env.resolve()
         self.make_env = lambda: spec.make_env(params)
         self.cfg = rollout_cfg
         tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -130,8 +124,8 @@ class Queued:
 class LocalPool:
     """One worker in this process; calls run in the order they were made, when a result is needed."""
 
-    def __init__(self, cfg: WorkersConfig, model_path: str, env_name: str, env_params: dict, rollout_cfg: RolloutConfig, device: str):
-        self.worker = RolloutWorker(model_path, env_name, env_params, rollout_cfg, cfg, device)
+    def __init__(self, cfg: WorkersConfig, model_path: str, env: EnvConfig, rollout_cfg: RolloutConfig, device: str):
+        self.worker = RolloutWorker(model_path, env, rollout_cfg, cfg, device)
         self.queue: deque[Queued] = deque()
         self.restarts = 0
 
@@ -224,14 +218,14 @@ def start_ray(cfg: WorkersConfig, learner_cpus: float = 0.0) -> None:
 class RayPool:
     """Several workers as Ray actors; replaces a worker that dies and re-runs its unfinished episodes."""
 
-    def __init__(self, cfg: WorkersConfig, model_path: str, env_name: str, env_params: dict, rollout_cfg: RolloutConfig):
+    def __init__(self, cfg: WorkersConfig, model_path: str, env: EnvConfig, rollout_cfg: RolloutConfig):
         import ray
 
         self.ray = ray
         start_ray(cfg)
         device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
         self.actor = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(RolloutWorker)
-        self.args = (model_path, env_name, env_params, rollout_cfg, cfg, device)
+        self.args = (model_path, env, rollout_cfg, cfg, device)
         self.cfg = cfg
         self.weight_refs: list = []  # the latest synced buckets, for workers started later
         self.workers = [self._start() for _ in range(cfg.num_workers)]

@@ -17,15 +17,15 @@ import json
 import math
 from pathlib import Path
 
-from envs.registry import get_env_spec
 from rewards import build_reward
-from rl.config import Config, build_params
+from rl.config import Config
 from rl.model import resolve_device
-from rl.run.scoring import env_metrics, episode_metrics, eval_items, pass_at_k, report_failures, score
+from rl.run.scoring import env_metrics, episode_metrics, eval_items, pass_at_k, report_failures, reward_episodes
 from rl.rollout.workers import LocalPool
 
 
-def evaluate(cfg: Config, checkpoint: str | Path, episodes_out: str | Path | None = None, samples: int = 0) -> dict[str, float]:
+def evaluate(cfg: Config, checkpoint: str | Path, episodes_out: str | Path | None = None,
+             samples: int = 0) -> dict[str, float]:
     """Greedy episodes of the model at `checkpoint` on the eval tasks of `cfg`'s env, scored by its rewards.
 
     With `samples` > 0, that many episodes per task are sampled at `rollout.temperature` instead, and
@@ -35,14 +35,14 @@ def evaluate(cfg: Config, checkpoint: str | Path, episodes_out: str | Path | Non
     """
     if samples < 0:
         raise ValueError(f"samples must be 0 (greedy) or a number of samples per task, got {samples}")
-    spec = get_env_spec(cfg.env.name)
-    tasks = spec.load_tasks(build_params(spec.params, cfg.env.params, "env.params"), "eval")
-    pool = LocalPool(cfg.workers, str(checkpoint), cfg.env.name, cfg.env.params, cfg.rollout, str(resolve_device(cfg.learner.device)))
+    spec, params = cfg.env.resolve()
+    tasks = spec.load_tasks(params, "eval")
+    pool = LocalPool(cfg.workers, str(checkpoint), cfg.env, cfg.rollout, str(resolve_device(cfg.learner.device)))
     try:
         episodes = pool.rollout(eval_items(tasks, cfg.seed, max(1, samples)), greedy=not samples).result()
     finally:
         pool.close()
-    score(episodes, build_reward(cfg.reward))
+    reward_episodes(episodes, build_reward(cfg.reward))
     report_failures(episodes, f"evaluation of {checkpoint}")
     if episodes_out:
         Path(episodes_out).write_text("".join(json.dumps(ep.to_dict()) + "\n" for ep in episodes))
@@ -64,7 +64,8 @@ def format_table(columns: dict[str, dict[str, float]], keys: list[str] | None = 
 
 
 def main(cfg: Config, checkpoint: str, out: str = "", samples: int = 0) -> dict[str, float]:
-    """`python -m rl eval`: writes the metrics to `out` (default: eval.json beside the checkpoint) and the episodes beside them."""
+    """`python -m rl eval`: writes the metrics to `out` (default: eval.json beside the checkpoint) and the episodes
+    beside them."""
     path = Path(out) if out else Path(checkpoint).parent / "eval.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(cfg, checkpoint, path.with_name(path.stem + "_episodes.jsonl"), samples)

@@ -3,11 +3,11 @@
 Training and evaluation (the trainer's periodic evaluations, `rl eval`, `rl demo`) use the
 same functions, so a metric means the same thing wherever it is logged:
 
-    score(episodes, reward_fn)       every episode that did not fail gets its `Reward`
-    episode_metrics(episodes)        reward, score, turns, length and finish statistics
-    env_metrics(spec, episodes)      what the env's `EnvSpec.metrics` computes (EM, Acc@t1, bias scores ...)
-    pass_at_k(episodes, k)           share of tasks that one of their k sampled episodes solves
-    episode_seed(seed, step, index)  the sampling seed of one episode: a run is reproducible whatever runs it
+    reward_episodes(episodes, reward_fn)  every episode that did not fail gets its `Reward`
+    episode_metrics(episodes)             reward, score, turns, length and finish statistics
+    env_metrics(spec, episodes)           what the env's `EnvSpec.metrics` computes (EM, Acc@t1, bias scores ...)
+    pass_at_k(episodes, k)                share of tasks that one of their k sampled episodes solves
+    episode_seed(seed, step, index)       the sampling seed of one episode: a run is reproducible whatever runs it
 
 An env or reward function that raises fails only its episode, which is then left out of the
 update; `report_failures` puts its traceback in the run's log with the task it happened on.
@@ -20,9 +20,10 @@ import traceback
 
 import numpy as np
 
+from envs.base import solved
 from envs.registry import EnvSpec
 from rewards import RewardFn
-from rl.episode import Episode
+from rl.episode import Episode, Item
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +32,23 @@ def episode_seed(seed: int, step: int, index: int) -> int:
     return ((seed * 1_000_003 + step) * 10_007 + index) % (2**62)
 
 
-def score(episodes: list[Episode], reward_fn: RewardFn) -> None:
+def reward_episodes(episodes: list[Episode], reward_fn: RewardFn) -> None:
     for ep in episodes:
         if ep.failed:
             continue
         try:
             ep.reward = reward_fn(ep.trajectory)
         except Exception as e:  # user code: the episode fails, the run goes on, the traceback is kept
-            ep.finish, ep.error, ep.traceback = "error", f"reward: {type(e).__name__}: {e}", traceback.format_exc().rstrip()
+            ep.finish, ep.error = "error", f"reward: {type(e).__name__}: {e}"
+            ep.traceback = traceback.format_exc().rstrip()
 
 
 def report_failures(episodes: list[Episode], where: str) -> None:
     """Log each failed episode with its task, its error and the traceback of the user code that raised."""
     for ep in episodes:
         if ep.failed:
-            log.warning("%s: episode of task %s failed and is left out: %s\n%s", where, ep.trajectory.task.id, ep.error, ep.traceback)
+            log.warning("%s: episode of task %s failed and is left out: %s\n%s", where, ep.trajectory.task.id, ep.error,
+                        ep.traceback)
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
@@ -68,6 +71,14 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     return out
 
 
+SCORE_HEADLINE = ("reward/mean", "score/first_turn", "score/last_turn")  # what episode_metrics gives every env
+
+
+def headline(spec: EnvSpec) -> list[str]:
+    """The metrics a summary shows first: the env's `headline`, or reward and score for an env without one."""
+    return list(spec.headline or SCORE_HEADLINE)
+
+
 def env_metrics(spec: EnvSpec, episodes: list[Episode]) -> dict[str, float]:
     """The env's own metrics over the episodes that did not fail ({} for envs without any)."""
     ok = [ep.trajectory for ep in episodes if not ep.failed]
@@ -75,14 +86,15 @@ def env_metrics(spec: EnvSpec, episodes: list[Episode]) -> dict[str, float]:
 
 
 def pass_at_k(episodes: list[Episode], k: int) -> float:
-    """Share of tasks that at least one of their `k` episodes solves (last-turn score 1).
+    """Share of tasks that at least one of their `k` episodes solves (its last turn is solved: envs.base.solved).
 
     `episodes` holds k consecutive episodes per task, in task order."""
-    solved = [not ep.failed and ep.trajectory.turns[-1].info.get("score", 0.0) >= 1.0 for ep in episodes]
+    right = [not ep.failed and solved(ep.trajectory.turns[-1].info) for ep in episodes]
     n_tasks = len(episodes) // k
-    return sum(any(solved[i * k : (i + 1) * k]) for i in range(n_tasks)) / max(n_tasks, 1)
+    return sum(any(right[i * k : (i + 1) * k]) for i in range(n_tasks)) / max(n_tasks, 1)
 
 
 def eval_items(tasks: list, seed: int, k: int = 1) -> list[tuple]:
-    """(task, group, seed) of `k` episodes per held-out task: the same seeds in training's evaluations and in `rl eval`."""
-    return [(task, i, episode_seed(seed, 0, i * k + j)) for i, task in enumerate(tasks) for j in range(k)]
+    """(task, group, seed) of `k` episodes per held-out task: the same seeds in training's evaluations and in
+    `rl eval`."""
+    return [Item(task, i, episode_seed(seed, 0, i * k + j)) for i, task in enumerate(tasks) for j in range(k)]

@@ -33,10 +33,11 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from envs.base import Task, Trajectory, Turn
-from envs.registry import get_env_spec
+from envs.jsonl import numbered_jsonl
 from rl.rollout.chat import TurnFormatter
-from rl.config import Config, build_params
+from rl.config import Config
 from rl.rollout.engine import HFEngine
+from rl.episode import Item
 from rl.rollout.loop import rollout
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,16 @@ log = logging.getLogger(__name__)
 def read_trajectories(path: str | Path) -> list[Trajectory]:
     """Trajectories from a JSONL file of episodes, trajectories or chat messages (module docstring)."""
     out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if "messages" in record:
-                    out.append(_from_messages(record["messages"], f"{Path(path).stem}-{n}"))
-                else:
-                    out.append(Trajectory.from_dict(record.get("trajectory", record)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{n}: not a trajectory, episode or messages line ({e})") from e
+    for n, record in numbered_jsonl(path):
+        try:
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            if "messages" in record:
+                out.append(_from_messages(record["messages"], f"{Path(path).stem}-{n}"))
+            else:
+                out.append(Trajectory.from_dict(record.get("trajectory", record)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{n}: not a trajectory, episode or messages line ({e})") from e
     if not out:
         raise ValueError(f"{path}: no trajectories")
     return out
@@ -69,7 +68,8 @@ def _from_messages(messages: list[dict], task_id: str) -> Trajectory:
     turns = []
     for i in range(first, len(messages)):
         if messages[i]["role"] == "assistant":
-            after = messages[i + 1]["content"] if i + 1 < len(messages) and messages[i + 1]["role"] != "assistant" else ""
+            answered = i + 1 < len(messages) and messages[i + 1]["role"] != "assistant"
+            after = messages[i + 1]["content"] if answered else ""
             turns.append(Turn(messages[i]["content"], after))
     return Trajectory(Task(task_id, messages[:first]), turns)
 
@@ -100,8 +100,7 @@ def tokenize(trajectory: Trajectory, formatter: TurnFormatter, stop_strings: lis
 
 
 def _demo_params(cfg: Config):
-    spec = get_env_spec(cfg.env.name)
-    return spec, build_params(spec.params, {**cfg.env.params, **cfg.sft.env_params}, "sft.env_params")
+    return cfg.env.resolve(cfg.sft.env_params, "sft.env_params")
 
 
 def load_trajectories(cfg: Config) -> list[Trajectory]:
@@ -110,7 +109,8 @@ def load_trajectories(cfg: Config) -> list[Trajectory]:
         return read_trajectories(cfg.sft.data)
     spec, params = _demo_params(cfg)
     if spec.demonstrations is None:
-        raise ValueError(f"env {cfg.env.name!r} has no scripted demonstrations: give sft.data=PATH of a trajectories JSONL")
+        raise ValueError(f"env {cfg.env.name!r} has no scripted demonstrations: "
+                         "give sft.data=PATH of a trajectories JSONL")
     return spec.demonstrations(params, cfg.sft.demos, cfg.seed, cfg.sft.keep_share, cfg.sft.hesitation)
 
 
@@ -142,7 +142,8 @@ def sft_examples(cfg: Config, tokenizer, trajectories: list[Trajectory]) -> tupl
         "sft/actions_over_turn_limit": float(sum(len(tokenizer.encode(t.action, add_special_tokens=False)) > limit
                                                  for tr in trajectories for t in tr.turns)),
         "sft/too_long": float(too_long),
-        "sft/fix_share": sum(any(t.info.get("demo") == "mistake" for t in tr.turns) for tr in trajectories) / len(trajectories),
+        "sft/fix_share": sum(any(t.info.get("demo") == "mistake" for t in tr.turns) for tr in trajectories)
+        / len(trajectories),
         "sft/mean_tokens": sum(len(e["input_ids"]) for e in examples) / len(examples),
         "sft/mean_loss_tokens": sum(sum(e["assistant_masks"]) for e in examples) / len(examples),
     }
@@ -188,7 +189,8 @@ def make_trainer(cfg: Config, model, tokenizer, examples: list[dict], work_dir: 
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
-        # transformers 5.20 renamed gradient_checkpointing to activation_checkpointing (vLLM pins < 5.20); TRL turns it on by default
+        # transformers 5.20 renamed gradient_checkpointing to activation_checkpointing (vLLM pins < 5.20);
+        # TRL turns it on by default
         **{_checkpointing_field(TRLConfig): cfg.learner.gradient_checkpointing},
     )
     trainer_class = SFTTrainer if cuda else CPUSFTTrainer
@@ -201,33 +203,35 @@ def _checkpointing_field(config_class) -> str:
 
 
 class ScoreStop(TrainerCallback):
-    """A TRL callback: every `sft.probe_every` steps, play `sft.probe_tasks` of RL's train tasks
+    """A TRL callback: every `sft.check_every` steps, play `sft.check_tasks` of RL's train tasks
     greedily with the model being trained, and stop training once their mean score reaches `sft.stop_score`."""
 
     def __init__(self, cfg: Config, tokenizer):
-        spec = get_env_spec(cfg.env.name)
-        params = build_params(spec.params, cfg.env.params, "env.params")
+        spec, params = cfg.env.resolve()
         self.make_env = lambda: spec.make_env(params)
-        self.tasks = spec.load_tasks(params, "train")[: cfg.sft.probe_tasks]
+        self.tasks = spec.load_tasks(params, "train")[: cfg.sft.check_tasks]
         self.cfg, self.tokenizer = cfg, tokenizer
         self.scores: list[tuple[int, float]] = []  # (step, mean score) of every check
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.cfg.sft.probe_every:
+        if state.global_step % self.cfg.sft.check_every:
             return control
         engine = HFEngine(model, self.tokenizer, next(model.parameters()).device)
-        items = [(task, i, i) for i, task in enumerate(self.tasks)]
-        episodes = rollout(engine, TurnFormatter(self.tokenizer, self.cfg.rollout.observation_role), self.make_env, items, self.cfg.rollout, greedy=True)
+        items = [Item(task, i, i) for i, task in enumerate(self.tasks)]
+        formatter = TurnFormatter(self.tokenizer, self.cfg.rollout.observation_role)
+        episodes = rollout(engine, formatter, self.make_env, items, self.cfg.rollout, greedy=True)
         model.train()
         scores = [ep.trajectory.turns[-1].info.get("score", 0.0) if not ep.failed else 0.0 for ep in episodes]
         self.scores.append((state.global_step, sum(scores) / len(scores)))
-        log.info("sft step %d: greedy score on %d RL train tasks %.3f", state.global_step, len(scores), self.scores[-1][1])
+        log.info("sft step %d: greedy score on %d RL train tasks %.3f", state.global_step, len(scores),
+                 self.scores[-1][1])
         # `or`: at step sft.steps the trainer's own callback has already asked to stop; do not undo that.
         control.should_training_stop = control.should_training_stop or self.scores[-1][1] >= self.cfg.sft.stop_score
         return control
 
 
-def run_sft(cfg: Config, model, tokenizer, out: str | Path, trajectories: list[Trajectory], callbacks: tuple = ()) -> dict[str, float]:
+def run_sft(cfg: Config, model, tokenizer, out: str | Path, trajectories: list[Trajectory],
+            callbacks: tuple = ()) -> dict[str, float]:
     """Fine-tune `model` on the trajectories; save it (and its tokenizer) to `out` and its statistics beside it.
 
     `callbacks`: more TRL trainer callbacks (the demo's, which changes the thread count mid-run).
@@ -253,7 +257,7 @@ def run_sft(cfg: Config, model, tokenizer, out: str | Path, trajectories: list[T
         "time/sft_train": time.perf_counter() - t1,
     })
     if stopper:
-        stats["sft/probe_score"] = stopper.scores[-1][1] if stopper.scores else float("nan")
-        (out.parent / "sft_probes.json").write_text(json.dumps(stopper.scores))
+        stats["sft/check_score"] = stopper.scores[-1][1] if stopper.scores else float("nan")
+        (out.parent / "sft_checks.json").write_text(json.dumps(stopper.scores))
     (out.parent / "sft_metrics.json").write_text(json.dumps(stats, indent=1))
     return stats

@@ -17,8 +17,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from envs.base import Trajectory
-from envs.registry import get_env_spec
-from rl.config import Config, build_params
+from rl.config import Config
 from rl.model import load_model, resolve_device
 
 
@@ -51,8 +50,8 @@ def starting_model(cfg: Config, run_dir: Path, callbacks: tuple = ()) -> tuple[P
         timings["sft_data"] = time.perf_counter() - t0
     if not cfg.model.path and not (base / "config.json").exists():
         t0 = time.perf_counter()
-        spec = get_env_spec(cfg.env.name)
-        texts = spec.sample_text(build_params(spec.params, cfg.env.params, "env.params"))
+        spec, params = cfg.env.resolve()
+        texts = spec.sample_text(params)
         build_tiny_model(base, texts + [sft.trajectory_text(t) for t in trajectories[:2000]], cfg.model.tiny, cfg.seed)
         timings["model_build"] = time.perf_counter() - t0
     if not cfg.sft.steps:

@@ -28,7 +28,7 @@ def train_tokenizer(texts: list[str], cfg: TinyModelConfig) -> PreTrainedTokeniz
         vocab_size=cfg.vocab_size, special_tokens=[EOS], initial_alphabet=alphabet, show_progress=False
     )
     tok.train_from_iterator(texts, trainer)
-    tok.add_tokens(cfg.whole)  # matched before the byte-level split, so each is one token wherever it occurs
+    tok.add_tokens(cfg.single_tokens)  # matched before the byte-level split, so each is one token wherever it occurs
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
 
 

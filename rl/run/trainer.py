@@ -13,11 +13,11 @@ Run directory layout:
     tb/                    TensorBoard events
     episodes/step_N.jsonl  every episode: turns as text with info, tokens, masks, logprobs, rewards
     base_model/            the tiny model built for this run (when model.path is empty)
-    sft/model/             the SFT warm start RL begins from (when sft.steps > 0); sft/sft_metrics.json, sft/sft_probes.json
+    sft/model/             the SFT warm start RL begins from (when sft.steps > 0); sft/sft_metrics.json, sft/sft_checks.json
     reward.png, eval.png   reward (total and per component) and the eval metrics against steps
     timings.json           seconds per stage in the last invocation: model build, SFT, rollout, learner, weight sync, eval
     checkpoints/step_N/    model/ (a Hugging Face directory) and state.pt (optimizer, scheduler,
-                           task sampler, RNG, step, and in async mode the rollouts already made
+                           task order, RNG, step, and in async mode the rollouts already made
                            for the next steps); with learner.world_size > 1 the optimizer and
                            model states are in dcp/, one shard file per rank (torch.distributed.checkpoint);
                            `resume=RUN_DIR` continues from the latest, `resume=RUN_DIR@STEP` from
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -41,25 +42,25 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
-from envs.registry import get_env_spec
+from envs.jsonl import read_jsonl
 from rewards import build_reward
 from rl import logs
 from rl.learn import algos, credit
 from rl.rollout.chat import TurnFormatter
-from rl.config import Config, build_params, to_dict
-from rl.episode import Episode
+from rl.config import Config, to_dict
+from rl.batch import Batch
+from rl.episode import Episode, Item
 from rl.learn.learner import Learner
 from rl.run.start import starting_model
 from rl.view.plots import plot_run
 from rl.run.run_dir import abandon_after, load_failed, plan_run, start_over
-from rl.run.scoring import env_metrics, episode_metrics, episode_seed, eval_items, report_failures, score
-from rl.tensors import pad
+from rl.run.scoring import env_metrics, episode_metrics, episode_seed, eval_items, report_failures, reward_episodes
 from rl.rollout.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
 
 log = logging.getLogger(__name__)
 
 
-class TaskSampler:
+class TaskOrder:
     """Tasks in a fresh seeded shuffle each epoch; its whole state is (epoch, position)."""
 
     def __init__(self, n_tasks: int, seed: int):
@@ -94,7 +95,7 @@ class Submission:
     """The rollouts of one training step, possibly still running."""
 
     step: int
-    items: list  # (task, group, seed) per episode
+    items: list[Item]  # one per episode
     episodes: Any  # .result() -> list[Episode] (a pool's future)
     version: int  # updates applied to the weights the engines sample with
 
@@ -106,8 +107,7 @@ class Trainer:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
 
-        self.spec = get_env_spec(cfg.env.name)
-        self.env_params = build_params(self.spec.params, cfg.env.params, "env.params")
+        self.spec, self.env_params = cfg.env.resolve()
         self.train_tasks = self.spec.load_tasks(self.env_params, "train")
         self.eval_tasks = self.spec.load_tasks(self.env_params, "eval")
         self.reward_fn = build_reward(cfg.reward)
@@ -129,13 +129,13 @@ class Trainer:
             self.learner = Learner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
         if cfg.workers.ray:
-            self.pool = RayPool(cfg.workers, str(policy), cfg.env.name, cfg.env.params, cfg.rollout)
+            self.pool = RayPool(cfg.workers, str(policy), cfg.env, cfg.rollout)
         else:
-            self.pool = LocalPool(cfg.workers, str(policy), cfg.env.name, cfg.env.params, cfg.rollout, str(self.learner.device))
+            self.pool = LocalPool(cfg.workers, str(policy), cfg.env, cfg.rollout, str(self.learner.device))
         self.engine = ", ".join(sorted(set(self.pool.engine_names().result())))  # e.g. "vllm 0.32.0 cpu float32"
         formatter = TurnFormatter(self.tokenizer, cfg.rollout.observation_role)
         self.probe_batch = [formatter.prompt_ids(t.prompt) for t in self.train_tasks[:4]]
-        self.sampler = TaskSampler(len(self.train_tasks), cfg.seed)
+        self.task_order = TaskOrder(len(self.train_tasks), cfg.seed)
         self.step = 0
         self.stop_requested = False  # set (by Ctrl-C in the CLI) to end `train` after the current step, with a checkpoint
         self.pending: deque[Submission] = deque()
@@ -145,7 +145,7 @@ class Trainer:
             except Exception as e:  # truncated or damaged: say which file, and which checkpoints there are besides
                 raise load_failed(checkpoint / "state.pt", e) from None
             self.learner.load_state(state["learner"], checkpoint)
-            self.sampler.load_state_dict(state["sampler"])
+            self.task_order.load_state_dict(state["task_order"])
             torch.set_rng_state(state["torch_rng"])
             self.step = state["step"]
             for step, items, episodes, version in state["pending"]:
@@ -167,8 +167,8 @@ class Trainer:
         self.log_file = logs.to_file(self.run_dir / "log.txt")
         metrics_path = self.run_dir / "metrics.jsonl"
         if metrics_path.exists():  # on resume, forget what came after the checkpoint
-            kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= self.step]
-            metrics_path.write_text("".join(l + "\n" for l in kept))
+            kept = [row for row in read_jsonl(metrics_path) if row["step"] <= self.step]
+            metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         self.metrics_file = metrics_path.open("a")
         self.tb = SummaryWriter(self.run_dir / "tb", purge_step=self.step + 1)
 
@@ -178,30 +178,35 @@ class Trainer:
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
 
-    def _write_episodes(self, step: int, episodes: list[Episode], advantages: dict[int, list[float]]) -> None:
-        """One line per episode; "advantage" is the mean over its policy tokens, "token_advantages" one per token."""
+    def _write_episodes(self, step: int, episodes: list[Episode], row: dict[int, int], batch: Batch | None) -> None:
+        """One line per episode; "advantage" is the mean over its policy tokens, "token_advantages" one per token,
+        "learner_logprobs" the learner's logprob of each token before its update (the first mini-batch's episodes).
+        `row`: the batch row of each episode that trained (failed ones did not)."""
         out = self.run_dir / "episodes" / f"step_{step:06d}.jsonl"
         out.parent.mkdir(exist_ok=True)
         with out.open("w") as f:
             for i, ep in enumerate(episodes):
-                adv = advantages.get(i)
+                adv = batch.per_episode(batch.advantages, row[i]) if i in row else None
+                learner = batch.per_episode(batch.learner_logprobs, row[i]) if i in row else []
                 mean = sum(adv) / max(sum(ep.loss_mask), 1) if adv is not None else None
-                f.write(json.dumps({"step": step, **ep.to_dict(), "advantage": mean, "token_advantages": adv}) + "\n")
+                learner = [] if learner and math.isnan(learner[0]) else learner  # NaN: not in the first mini-batch
+                line = {"step": step, **ep.to_dict(), "learner_logprobs": learner, "advantage": mean, "token_advantages": adv}
+                f.write(json.dumps(line) + "\n")
 
     # ------------------------------------------------------------ one step
 
     def submit(self, step: int) -> Submission:
         """Start the rollouts of `step` on the pool; they run behind whatever the pool is doing."""
         G = self.cfg.rollout.group_size
-        tasks = [self.train_tasks[i] for i in self.sampler.take(self.cfg.rollout.tasks_per_step)]
-        items = [(task, g, episode_seed(self.cfg.seed, step, g * G + j)) for g, task in enumerate(tasks) for j in range(G)]
+        tasks = [self.train_tasks[i] for i in self.task_order.take(self.cfg.rollout.tasks_per_step)]
+        items = [Item(task, g, episode_seed(self.cfg.seed, step, g * G + j)) for g, task in enumerate(tasks) for j in range(G)]
         return Submission(step, items, self.pool.rollout(items), version=self.step)
 
     def train_step(self, sub: Submission) -> dict[str, float]:
         cfg, step = self.cfg, sub.step
         t0 = time.perf_counter()
         episodes = sub.episodes.result()
-        score(episodes, self.reward_fn)
+        reward_episodes(episodes, self.reward_fn)
         t1 = time.perf_counter()
 
         metrics: dict[str, float] = {}
@@ -212,12 +217,10 @@ class Trainer:
         if sleeping:  # give the GPU memory of the engine to the learner while it updates
             self.pool.sleep().result()
         valid = [i for i, ep in enumerate(trained) if not ep.failed]
-        advantages: dict[int, list[float]] = {}
+        batch = None
         if valid:
-            batch = [trained[i] for i in valid]
-            token_adv, critic = self.credit(batch)
-            advantages = {i: a.tolist() for i, a in zip(valid, token_adv)}  # logged per token
-            metrics.update({f"learner/{k}": v for k, v in self.learner.update(batch, token_adv, **critic).items()})
+            batch = self.make_batch([trained[i] for i in valid], sub.version)
+            metrics.update({f"learner/{k}": v for k, v in self.learner.update(batch).items()})
         t2 = time.perf_counter()
         metrics["sync/probe_max_abs"] = self.sync()
         if sleeping:
@@ -240,19 +243,14 @@ class Trainer:
         )
         report_failures(episodes, f"step {step}")
         if cfg.log_episodes:
-            self._write_episodes(step, trained, advantages)
+            self._write_episodes(step, trained, dict(zip(valid, range(len(valid)))), batch)
         return metrics
 
-    def credit(self, batch: list[Episode]) -> tuple[list[torch.Tensor], dict]:
-        """Per-token advantages of the scored episodes (rl/learn/credit.py), and the critic's inputs to the update."""
-        algo, sequences = self.cfg.algo, [ep.token_ids for ep in batch]
-        kl = self.learner.kl_to_reference(sequences) if algo.kl_in_reward else None  # per episode; None without a reference model
-        old_values = self.learner.sampling_values(sequences)  # per episode; None without a critic
-        judge = [credit.judge_mask(ep, self.tokenizer, algo.judge_tag) for ep in batch] if algo.judge_advantage else None
-        token_adv, returns = credit.token_advantages(
-            batch, algo, pad(old_values) if old_values is not None else None, algo.kl_coef * pad(kl) if kl is not None else None, judge
-        )
-        return token_adv, ({"returns": returns, "old_values": old_values} if returns is not None else {})
+    def make_batch(self, episodes: list[Episode], version: int) -> Batch:
+        """The scored episodes as the learner takes them (with the judge spans when `algo.judge_advantage` credits them apart)."""
+        algo = self.cfg.algo
+        judge = [credit.judge_mask(ep, self.tokenizer, algo.judge_tag) for ep in episodes] if algo.judge_advantage else None
+        return Batch.from_episodes(episodes, version, judge)
 
     def dynamic_sampling(self, step: int, episodes: list[Episode], metrics: dict[str, float]) -> list[Episode]:
         """DAPO: drop groups whose rewards are all equal (no signal) and sample replacement groups, at most
@@ -263,21 +261,21 @@ class Trainer:
         """
         G, want = self.cfg.rollout.group_size, self.cfg.rollout.tasks_per_step
         kept: list[Episode] = []
-        batch, sampled = episodes, 0
+        sampled_now, sampled = episodes, 0
         for round_ in range(self.cfg.algo.max_refill_rounds + 1):
             if round_:
-                tasks = [self.train_tasks[i] for i in self.sampler.take(want - len(kept) // G)]
+                tasks = [self.train_tasks[i] for i in self.task_order.take(want - len(kept) // G)]
                 base = round_ * want  # group ids and seed indices no earlier round of this step used
-                items = [(task, base + g, episode_seed(self.cfg.seed, step, (base + g) * G + j)) for g, task in enumerate(tasks) for j in range(G)]
-                batch = self.pool.rollout(items).result()
-                score(batch, self.reward_fn)
-            ok = [ep for ep in batch if not ep.failed]
-            sampled += len({ep.group for ep in batch})
+                items = [Item(task, base + g, episode_seed(self.cfg.seed, step, (base + g) * G + j)) for g, task in enumerate(tasks) for j in range(G)]
+                sampled_now = self.pool.rollout(items).result()
+                reward_episodes(sampled_now, self.reward_fn)
+            ok = [ep for ep in sampled_now if not ep.failed]
+            sampled += len({ep.group for ep in sampled_now})
             if ok:
                 flat = algos.zero_variance_groups(torch.tensor([ep.reward.total for ep in ok]), torch.tensor([ep.group for ep in ok]))
                 informative = {ep.group for ep, z in zip(ok, flat.tolist()) if not z}
                 for g in sorted(informative)[: want - len(kept) // G]:
-                    kept += [ep for ep in batch if ep.group == g]
+                    kept += [ep for ep in sampled_now if ep.group == g]
             if len(kept) // G >= want:
                 break
         metrics["dapo/sampled_groups"] = float(sampled)
@@ -294,7 +292,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         episodes = self.pool.rollout(eval_items(self.eval_tasks, self.cfg.seed), greedy=True).result()
-        score(episodes, self.reward_fn)
+        reward_episodes(episodes, self.reward_fn)
         report_failures(episodes, f"evaluation at step {self.step}")
         metrics = {**episode_metrics(episodes), **env_metrics(self.spec, episodes)}
         return {f"eval/{k}": v for k, v in metrics.items()}
@@ -308,7 +306,7 @@ class Trainer:
         state = {
             "step": self.step,
             "learner": self.learner.save_state(tmp),
-            "sampler": self.sampler.state_dict(),
+            "task_order": self.task_order.state_dict(),
             "torch_rng": torch.get_rng_state(),
             # Rollouts already made for later steps (async mode), so a resumed run trains on the same ones.
             "pending": [(p.step, p.items, p.episodes.result(), p.version) for p in self.pending],
@@ -360,8 +358,7 @@ class Trainer:
 
     def close(self) -> None:
         self.pool.close()
-        if hasattr(self.learner, "close"):
-            self.learner.close()
+        self.learner.close()
         self.metrics_file.close()
         self.tb.close()
         logs.detach(self.log_file)

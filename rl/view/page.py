@@ -40,11 +40,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
+from envs.base import solved
+from envs.jsonl import BadLine, numbered_jsonl
 from rl.run.run_dir import holds_run
 
 PAGE = Path(__file__).parent / "assets" / "page.html"
-RIGHT = 1.0  # a turn is right when its info["score"] reaches this: all tests passed, an exact answer
-EPISODE_FILES = re.compile(r"(episodes/step_\d+|eval_\w+_episodes)\.jsonl")  # the files of episodes the page may ask for
+# the files of episodes the page may ask for
+EPISODE_FILES = re.compile(r"(episodes/step_\d+|eval_\w+_episodes)\.jsonl")
 HTML_STEPS = 10  # step files whose episodes a --html page holds
 HTML_FILE_BYTES = 1_000_000  # JSON of the episodes a --html page holds per file (at least one episode)
 
@@ -57,20 +59,19 @@ class Refused(Exception):
 
 
 def read_jsonl(path: Path, root: Path) -> tuple[list[dict], list[str]]:
-    """The JSON objects of a file's lines, and one problem per line that is not one (named by file and line)."""
+    """The JSON objects of a file's lines, and one problem per line that is not one (named by file and line):
+    such a line (a run killed mid-write) is skipped, and bytes that are not UTF-8 are read as U+FFFD."""
     records, problems = [], []
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{path.relative_to(root)}:{n}: not a JSON line ({e.msg}), skipped")
-            continue
+    where = path.relative_to(root)
+
+    def skip(bad: BadLine) -> None:
+        problems.append(f"{where}:{bad.line}: not a JSON line ({bad.msg}), skipped")
+
+    for n, record in numbered_jsonl(path, on_bad=skip, errors="replace"):
         if isinstance(record, dict):
             records.append(record)
         else:
-            problems.append(f"{path.relative_to(root)}:{n}: not a JSON object, skipped")
+            problems.append(f"{where}:{n}: not a JSON object, skipped")
     return records, problems
 
 
@@ -86,16 +87,11 @@ def metric_curves(records: list[dict]) -> dict[str, list[list[float]]]:
     return {k: [[s, by_step[s]] for s in sorted(by_step)] for k, by_step in sorted(curves.items())}
 
 
-def score(turn: dict) -> float:
-    value = (turn.get("info") or {}).get("score", 0.0)
-    return float(value) if isinstance(value, (int, float)) else 0.0
-
-
 def transition(turns: list[dict]) -> str:
-    """'right-wrong' and the like: the first turn's outcome, then the last's."""
+    """'right-wrong' and the like: the first turn's outcome, then the last's (right: envs.base.solved)."""
     if not turns:
         return ""
-    word = lambda t: "right" if score(t) >= RIGHT else "wrong"  # noqa: E731
+    word = lambda t: "right" if solved(t.get("info") or {}) else "wrong"  # noqa: E731
     return f"{word(turns[0])}-{word(turns[-1])}"
 
 
@@ -104,7 +100,8 @@ def summary(ep: dict, index: int) -> dict:
     turns = ep.get("trajectory", {}).get("turns", [])
     task = ep.get("trajectory", {}).get("task", {})
     reward = ep.get("reward") or {}
-    verdicts = sorted({t["info"]["verdict"] for t in turns if isinstance(t.get("info"), dict) and t["info"].get("verdict")})
+    verdicts = sorted({t["info"]["verdict"] for t in turns
+                       if isinstance(t.get("info"), dict) and t["info"].get("verdict")})
     return {
         "index": index,
         "task": str(task.get("id", "")),
@@ -148,7 +145,8 @@ def config_facts(config: dict, last_step: int) -> list[list[str]]:
         terms = []
         for spec in config["reward"]:
             weight, params = pick(spec, "weight"), pick(spec, "params")
-            terms.append(f"{'' if weight in (None, 1) else f'{weight}*'}{pick(spec, 'name')}{f' {flow(params)}' if params else ''}")
+            times = "" if weight in (None, 1) else f"{weight}*"
+            terms.append(f"{times}{pick(spec, 'name')}{f' {flow(params)}' if params else ''}")
         facts.append(["reward", " + ".join(terms)])
     if pick(config, "sft", "steps"):
         facts.append(["SFT", f"{pick(config, 'sft', 'steps')} steps on {pick(config, 'sft', 'data')}"])
@@ -172,10 +170,11 @@ def run_summary(root: Path, records: list[dict], demo: dict | None, problems: li
     steps = [r for r in records if isinstance(r.get("step"), int)]
     evaluations = [r for r in steps if any(k.startswith("eval/") for k in r)]
     final_eval = None
-    if evaluations:  # the trainer evaluates once more after the last step: the last line with eval/ keys is the final one
+    if evaluations:  # the trainer evaluates once more after the last step: the last line with eval/ keys is the final
         last = evaluations[-1]
         final_eval = {"step": last["step"],
-                      "metrics": {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/") and number(v)}}
+                      "metrics": {k.removeprefix("eval/"): v for k, v in last.items()
+                                  if k.startswith("eval/") and number(v)}}
 
     # `rl demo` measures the whole run, total included; the trainer writes its stages of the last invocation only.
     stages, source = (demo or {}).get("timings"), "demo.json: the whole rl demo run"
@@ -199,7 +198,8 @@ def run_summary(root: Path, records: list[dict], demo: dict | None, problems: li
 
 
 def runs_near(folder: str | Path) -> str:
-    """'; did you mean runs/a, runs/b?': the runs inside `folder` or the one above it (`rl view runs`, `rl view runs/x/episodes`)."""
+    """'; did you mean runs/a, runs/b?': the runs inside `folder` or the one above it (`rl view runs`,
+    `rl view runs/x/episodes`)."""
     folder = Path(folder)
     near = [folder / p.name for p in sorted(folder.iterdir()) if p.is_dir() and holds_run(p)]
     if holds_run(folder.resolve().parent):
@@ -222,23 +222,28 @@ class Run:
         if not self.root.is_dir():
             raise FileNotFoundError(f"no run directory at {str(run_dir)!r}")
         if not holds_run(self.root):
-            raise FileNotFoundError(f"{str(run_dir)!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or checkpoints/ in it{runs_near(run_dir)}")
+            raise FileNotFoundError(f"{str(run_dir)!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or "
+                                    f"checkpoints/ in it{runs_near(run_dir)}")
         self.decode = token_decoder(self.root)
         self._episodes = lru_cache(maxsize=8)(self._read_episodes)
 
     def inside(self, relative: str) -> Path:
         """The file `relative` names, if it is inside the run directory once symlinks are followed."""
-        path = (self.root / unquote(relative).lstrip("/")).resolve() if not Path(unquote(relative)).is_absolute() else None
+        name = unquote(relative)
+        path = (self.root / name.lstrip("/")).resolve() if not Path(name).is_absolute() else None
         if path is None or not path.is_relative_to(self.root):
             raise Refused(f"{relative!r} is outside the run directory")
         return path
 
     def info(self) -> dict:
-        """Everything the page shows first: the summary, curves, checkpoint marks, files of episodes, demo results, problems."""
+        """Everything the page shows first: the summary, curves, checkpoint marks, files of episodes, demo results,
+        problems."""
         metrics_path = self.root / "metrics.jsonl"
-        records, problems = read_jsonl(metrics_path, self.root) if metrics_path.is_file() else ([], ["no metrics.jsonl"])
+        records, problems = (read_jsonl(metrics_path, self.root) if metrics_path.is_file()
+                             else ([], ["no metrics.jsonl"]))
         marks = [{"step": 0, "label": "SFT"}] if (self.root / "sft" / "model").is_dir() else []
-        marks += [{"step": int(p.name.split("_")[1]), "label": "checkpoint"} for p in sorted((self.root / "checkpoints").glob("step_*"))]
+        marks += [{"step": int(p.name.split("_")[1]), "label": "checkpoint"}
+                  for p in sorted((self.root / "checkpoints").glob("step_*"))]
         steps = sorted(self.root.glob("episodes/step_*.jsonl"))
         evals = sorted(p.name for p in self.root.glob("eval_*_episodes.jsonl"))
         demo = None
@@ -287,7 +292,8 @@ class Run:
 
 def token_decoder(root: Path):
     """id -> text with the run's tokenizer (the first tokenizer.json of the run's models); '#id' without one."""
-    candidates = [root / "base_model", root / "sft" / "model", *sorted(root.glob("checkpoints/step_*/model"), reverse=True)]
+    candidates = [root / "base_model", root / "sft" / "model",
+                  *sorted(root.glob("checkpoints/step_*/model"), reverse=True)]
     found = next((c / "tokenizer.json" for c in candidates if (c / "tokenizer.json").is_file()), None)
     if found is None:
         return lambda i: f"#{i}"
@@ -304,7 +310,8 @@ def page(embedded: dict | None = None) -> str:
     """The page, with plotly.js inlined; `embedded`: the answers to every request, for a file that needs no server."""
     from plotly.offline import get_plotlyjs
 
-    data = json.dumps(embedded).replace("</", "<\\/") if embedded is not None else "null"  # no "</script>" inside the data
+    # no "</script>" inside the data
+    data = json.dumps(embedded).replace("</", "<\\/") if embedded is not None else "null"
     return PAGE.read_text().replace("/*PLOTLY*/", get_plotlyjs()).replace("/*EMBEDDED*/null", data)
 
 
@@ -327,12 +334,14 @@ def answer(run: Run, url: str) -> dict:
 
 
 def static_page(run: Run) -> str:
-    """The page with the answers it can ask for inlined: every curve, and the episodes of HTML_STEPS steps, bounded in size."""
+    """The page with the answers it can ask for inlined: every curve, and the episodes of HTML_STEPS steps, bounded
+    in size."""
     info = run.info()
     steps = evenly(info["steps"], HTML_STEPS)
     if len(steps) < len(info["steps"]):
         info["left_out"].append(f"This file holds the episodes of {len(steps)} of the {len(info['steps'])} steps "
-                                f"({', '.join(str(s['step']) for s in steps)}); `python -m rl view {run.root}` serves them all.")
+                                f"({', '.join(str(s['step']) for s in steps)}); "
+                                f"`python -m rl view {run.root}` serves them all.")
     info["steps"] = steps
     embedded = {"api/run": info}
     cut = []
@@ -348,9 +357,11 @@ def static_page(run: Run) -> str:
             embedded[f"api/episode?file={f}&i={ep['index']}"] = full
         if len(kept) < len(listed["episodes"]):
             cut.append(f"{f}: {len(kept)} of {len(listed['episodes'])}")
-        embedded[f"api/episodes?file={f}"] = {**listed, "episodes": kept, "left_out": len(listed["episodes"]) - len(kept)}
+        embedded[f"api/episodes?file={f}"] = {**listed, "episodes": kept,
+                                              "left_out": len(listed["episodes"]) - len(kept)}
     if cut:
-        info["left_out"].append(f"Of these files it holds the first episodes, {HTML_FILE_BYTES / 1e6:g} MB of each at most: {'; '.join(cut)}.")
+        info["left_out"].append(f"Of these files it holds the first episodes, {HTML_FILE_BYTES / 1e6:g} MB of each "
+                                f"at most: {'; '.join(cut)}.")
     return page(embedded)
 
 
@@ -368,10 +379,12 @@ def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000) -> Threadin
                     file = run.inside(path.removeprefix("/files/"))
                     if not file.is_file():
                         raise FileNotFoundError(f"no file {path.removeprefix('/files/')!r} in the run")
-                    kind = {".png": "image/png", ".json": "application/json", ".jsonl": "text/plain", ".yaml": "text/plain"}
+                    kind = {".png": "image/png", ".json": "application/json", ".jsonl": "text/plain",
+                            ".yaml": "text/plain"}
                     self.send(HTTPStatus.OK, kind.get(file.suffix, "application/octet-stream"), file.read_bytes())
                 else:
-                    self.send(HTTPStatus.OK, "application/json", json.dumps(answer(run, self.path.lstrip("/"))).encode())
+                    body = json.dumps(answer(run, self.path.lstrip("/"))).encode()
+                    self.send(HTTPStatus.OK, "application/json", body)
             except Refused as e:
                 self.error(HTTPStatus.FORBIDDEN, e)
             except FileNotFoundError as e:
@@ -403,7 +416,8 @@ def main(run_dir: str, port: int = 8000, host: str = "127.0.0.1", html: str = ""
         print(f"wrote {html}")
         return 0
     server = make_server(run, host, port)
-    print(f"serving {run.root} at http://{server.server_address[0]}:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
+    address = ":".join(map(str, server.server_address[:2]))
+    print(f"serving {run.root} at http://{address}/ (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -4,11 +4,12 @@
 
 reward.png: `reward/mean` (bold, with a +-`reward/std` band) and each named reward's
 contribution `reward/<name>` against the step, each as a faint raw line under a
-trailing moving average. eval.png: the main evaluation metrics against the step, with
-`eval/searches_per_episode` on a second y-axis (a count, not a rate in [0, 1]); where the
-env reports `eval/acc_by_turn/k` (code), a second panel holds the per-turn accuracy curve
-of each evaluation, light to dark as training goes on: a curve that rises with the turn is
-a model that corrects itself.
+trailing moving average. eval.png: the main evaluation metrics against the step (the reward
+and the first of the headline metrics, `EnvSpec.headline`, of the env named in the run's
+config.yaml), with `eval/searches_per_episode` on a second y-axis (a count, not a rate in
+[0, 1]); where the env reports `eval/acc_by_turn/k` (code), a second panel holds the
+per-turn accuracy curve of each evaluation, light to dark as training goes on: a curve that
+rises with the turn is a model that corrects itself.
 
 It only reads the file, so it works during a run as well as after one. Evaluation lines
 may share a step's line or come as a line of their own with the same step; every line is
@@ -20,21 +21,25 @@ at every checkpoint leaves nothing behind.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
+from functools import lru_cache, partial
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from envs.jsonl import numbered_jsonl
+from envs.registry import BUILTIN, get_env_spec
+
 FIGSIZE, DPI = (8.0, 4.5), 100  # 800 x 450 pixels: readable at a glance, small on disk
-EVAL_MAIN = ("eval/reward/mean", "eval/em", "eval/f1", "eval/judge_accuracy", "eval/acc_t1", "eval/acc_tT",
-             "eval/delta", "eval/score/first_turn", "eval/score/last_turn")
-EVAL_TASK = ("eval/em", "eval/f1", "eval/acc_t1", "eval/acc_tT")  # when present, score/* repeat them
-EVAL_SECOND_AXIS = "eval/searches_per_episode"
+EVAL_REWARD = "eval/reward/mean"  # drawn first, for every env
+EVAL_SCORES = ("eval/score/first_turn", "eval/score/last_turn")  # drawn when no headline metric of the env is there
+PLOTTED = 3  # the env's first headline metrics (EnvSpec.headline) drawn: more curves on one axis are hard to tell apart
+EVAL_SECOND_AXIS = "eval/searches_per_episode"  # a count, not a rate in [0, 1]: on an axis of its own
 BY_TURN = "eval/acc_by_turn/"  # + k: accuracy at turn k
 
 
@@ -44,15 +49,10 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file at {str(path)!r}")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                record = json.loads(line)  # the trainer writes NaN as the bare token NaN, which json reads
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{n}: not a JSON object")
-            records.append(record)
+    for n, record in numbered_jsonl(path):  # the trainer writes NaN as the bare token NaN, which json reads
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{n}: not a JSON object")
+        records.append(record)
     if not records:
         raise ValueError(f"{path}: no metrics lines")
     return records
@@ -64,14 +64,16 @@ def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     for r in records:
         value = r.get(key)
         step = r.get("step")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and isinstance(step, int):
+        if (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and isinstance(step, int)):
             by_step[step] = float(value)
     steps = sorted(by_step)
     return np.array(steps, dtype=float), np.array([by_step[s] for s in steps], dtype=float)
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """Mean of each value and the `window - 1` before it (fewer at the start, so the curve starts where the data does)."""
+    """Mean of each value and the `window - 1` before it (fewer at the start, so the curve starts where the data
+    does)."""
     csum = np.concatenate([[0.0], np.cumsum(values)])
     end = np.arange(1, len(values) + 1)
     start = np.maximum(end - window, 0)
@@ -84,18 +86,41 @@ def smoothing_window(n: int) -> int:
 
 def reward_keys(keys) -> list[str]:
     """The named rewards' contributions: `reward/<name>` with exactly one slash, not mean or std."""
-    return sorted(k for k in keys if k.startswith("reward/") and k.count("/") == 1 and k not in ("reward/mean", "reward/std"))
+    return sorted(k for k in keys
+                  if k.startswith("reward/") and k.count("/") == 1 and k not in ("reward/mean", "reward/std"))
 
 
-def eval_keys(keys) -> list[str]:
-    """The main evaluation metrics present, in EVAL_MAIN's order; score/* left out when task metrics say the same."""
+def headline_keys(headline) -> list[str]:
+    """The eval/ keys of the first PLOTTED metrics of an env's headline, beside the reward and the second axis."""
+    return [k for k in (f"eval/{m}" for m in headline) if k not in (EVAL_REWARD, EVAL_SECOND_AXIS)][:PLOTTED]
+
+
+@lru_cache(maxsize=1)
+def builtin_headline_keys() -> tuple[str, ...]:
+    """headline_keys of every built-in env: what a metrics file of an unknown env may hold."""
+    return tuple(dict.fromkeys(k for name in BUILTIN for k in headline_keys(get_env_spec(name).headline)))
+
+
+def run_headline(run_dir: Path) -> tuple[str, ...] | None:
+    """The headline of the run's env (env.name in its config.yaml); None when that cannot be read."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        return tuple(get_env_spec(config["env"]["name"]).headline)
+    except Exception:  # no config, not YAML, no env name, an env module that does not import here
+        return None
+
+
+def eval_keys(keys, headline: tuple[str, ...] | None = None) -> list[str]:
+    """The main evaluation metrics present: the reward, the first PLOTTED of the env's `headline` metrics (of any
+    built-in env's when `headline` is None: the env is not known), and the scores when none of those is there."""
     keys = set(keys)
-    task = any(k in keys for k in EVAL_TASK)
-    return [k for k in EVAL_MAIN if k in keys and not (task and k.startswith("eval/score/"))]
+    task = [k for k in (builtin_headline_keys() if headline is None else headline_keys(headline)) if k in keys]
+    return [k for k in [EVAL_REWARD, *task, *(() if task else EVAL_SCORES)] if k in keys]
 
 
 def _new_figure(title: str, panels: int = 1) -> tuple[Figure, object]:
-    """A figure FIGSIZE wide per panel; the first panel's axes (against the step) are returned, the others are fig.axes[1:]."""
+    """A figure FIGSIZE wide per panel; the first panel's axes (against the step) are returned, the others are
+    fig.axes[1:]."""
     fig = Figure(figsize=(FIGSIZE[0] * panels, FIGSIZE[1]), dpi=DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, panels, squeeze=False)[0]
@@ -120,7 +145,8 @@ def _by_turn_panel(ax, curves: list[tuple[int, list[float]]]) -> None:
     cmap = matplotlib.colormaps["viridis"]
     for i, (step, accuracy) in enumerate(curves):
         shade = 0.15 + 0.7 * i / max(len(curves) - 1, 1)  # light (early) to dark (late)
-        ax.plot(range(1, len(accuracy) + 1), accuracy, marker="o", markersize=4, linewidth=1.4, color=cmap(1 - shade), label=f"step {step}")
+        ax.plot(range(1, len(accuracy) + 1), accuracy, marker="o", markersize=4, linewidth=1.4, color=cmap(1 - shade),
+                label=f"step {step}")
     ax.set_title("accuracy by turn")
     ax.set_xlabel("turn")
     ax.set_ylabel("accuracy")
@@ -143,25 +169,28 @@ def reward_figure(records: list[dict], title: str) -> Figure | None:
         smooth = moving_average(y, smoothing_window(len(y)))
         if len(y) > 1 and not np.allclose(smooth, y):  # the raw points, faint, under their trend
             ax.plot(x, y, color=color, linewidth=0.8, alpha=0.25)
-        ax.plot(x, smooth, color=color, linewidth=2.5 if main else 1.4, label=key.split("/", 1)[1], zorder=3 if main else 2)
+        ax.plot(x, smooth, color=color, linewidth=2.5 if main else 1.4, label=key.split("/", 1)[1],
+                zorder=3 if main else 2)
         if main:
             sx, sy = series(records, "reward/std")
             if len(sx):
                 std = dict(zip(sx, sy))
                 both = np.array([s in std for s in x])
-                mean, spread = smooth[both], moving_average(np.array([std[s] for s in x[both]]), smoothing_window(int(both.sum())))
-                ax.fill_between(x[both], mean - spread, mean + spread, color=color, alpha=0.12, linewidth=0, label="mean ± std")
+                mean = smooth[both]
+                spread = moving_average(np.array([std[s] for s in x[both]]), smoothing_window(int(both.sum())))
+                ax.fill_between(x[both], mean - spread, mean + spread, color=color, alpha=0.12, linewidth=0,
+                                label="mean ± std")
     ax.set_ylabel("reward per episode")
     ax.legend(fontsize=8, loc="best", framealpha=0.8)
     fig.tight_layout()
     return fig
 
 
-def eval_figure(records: list[dict], title: str) -> Figure | None:
-    """The main evaluation metrics against the step (searches per episode on a second axis; accuracy by turn in a
-    second panel when reported), or None without any."""
+def eval_figure(records: list[dict], title: str, headline: tuple[str, ...] | None = None) -> Figure | None:
+    """The main evaluation metrics (`eval_keys`) against the step (searches per episode on a second axis; accuracy
+    by turn in a second panel when reported), or None without any."""
     keys = {k for r in records for k in r}
-    curves = [(k, *series(records, k)) for k in eval_keys(keys)]
+    curves = [(k, *series(records, k)) for k in eval_keys(keys, headline)]
     curves = [(k, x, y) for k, x, y in curves if len(x)]
     sx, sy = series(records, EVAL_SECOND_AXIS)
     turn_curves = by_turn_curves(records)
@@ -190,9 +219,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     """Write reward.png and eval.png into `run_dir` from its metrics.jsonl; return the paths written."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
+    headline = run_headline(run_dir)
     written = []
     for name, make, title in [("reward.png", reward_figure, f"Training reward: {run_dir.name}"),
-                              ("eval.png", eval_figure, f"Evaluation (greedy): {run_dir.name}")]:
+                              ("eval.png", partial(eval_figure, headline=headline),
+                               f"Evaluation (greedy): {run_dir.name}")]:
         fig = make(records, title)
         if fig is not None:
             fig.savefig(run_dir / name)
