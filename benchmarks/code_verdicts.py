@@ -39,14 +39,25 @@ def NAME(*args, **kwargs):
 
 
 def wrong_program(q) -> str:
-    names = [q.entry_point] if q.entry_point else [f.name for f in parse(q.reference).body if isinstance(f, ast.FunctionDef)]
+    names = (
+        [q.entry_point]
+        if q.entry_point
+        else [f.name for f in parse(q.reference).body if isinstance(f, ast.FunctionDef)]
+    )
     return q.reference + "".join(WRONG.replace("NAME", n) for n in names)
 
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-p.add_argument("--sample", type=int, default=0, help="besides the loop-test problems, this many seeded others per data set (0 = all)")
+p.add_argument(
+    "--sample",
+    type=int,
+    default=0,
+    help="besides the loop-test problems, this many seeded others per data set (0 = all)",
+)
 p.add_argument("--workers", type=int, default=2)
-p.add_argument("--timeout", type=float, default=20.0, help="per program, seconds (MBPP 123 takes seconds on a busy machine)")
+p.add_argument(
+    "--timeout", type=float, default=20.0, help="per program, seconds (MBPP 123 takes seconds on a busy machine)"
+)
 p.add_argument("--seed", type=int, default=0)
 args = p.parse_args()
 
@@ -67,7 +78,9 @@ with Sandbox(SandboxConfig(timeout_s=args.timeout, program_timeout_s=args.timeou
         credited = [all(r.status == "passed" for r in rs) for rs in wrong]
         for q, ok, forged, rs in zip(problems, passing, credited, canonical):
             if not ok:
-                print(f"  canonical fails {q.task_id}: {[(r.status, r.message[:80]) for r in rs if r.status != 'passed']}")
+                print(
+                    f"  canonical fails {q.task_id}: {[(r.status, r.message[:80]) for r in rs if r.status != 'passed']}"
+                )
             if forged:
                 print(f"  wrong credited {q.task_id}")
         n_tests = sum(len(q.checks) for q in problems)

@@ -34,14 +34,14 @@ from transformers.utils import logging as hf_logging
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.base import Task, Trajectory
 from envs.lookup import LookupParams, sample_text
-from rl.config import AlgoConfig, EnvConfig, LearnerConfig, RolloutConfig, TinyModelConfig, WorkersConfig
-from rl.learn.sharding import ShardedLearner
 from rewards.base import Reward
 from rl.batch import Batch
+from rl.config import AlgoConfig, EnvConfig, LearnerConfig, RolloutConfig, TinyModelConfig, WorkersConfig
 from rl.episode import Episode
 from rl.learn.learner import Learner
-from rl.run.tiny import train_tokenizer
+from rl.learn.sharding import ShardedLearner
 from rl.rollout.workers import RayPool
+from rl.run.tiny import train_tokenizer
 
 hf_logging.disable_progress_bar()
 
@@ -49,9 +49,17 @@ hf_logging.disable_progress_bar()
 def build_model(out: Path, hidden: int, layers: int) -> Path:
     """A Qwen2-shaped model of the given size, initialised from a config (no download), and a small tokenizer."""
     tokenizer = train_tokenizer(sample_text(LookupParams()), TinyModelConfig(vocab_size=512))
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 256), tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 11 // 4,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(1, hidden // 256),
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -66,20 +74,35 @@ def batch(n: int, length: int, vocab: int) -> Batch:
         mask = [0] * (length // 2) + [1] * (length - length // 2)
         ids = torch.randint(1, vocab, (length,), generator=gen).tolist()
         reward = Reward(process=[], outcome=float(torch.randn((), generator=gen)))
-        episodes.append(Episode(Trajectory(Task(f"t{i}", "")), group=i // 4, seed=i, token_ids=ids, loss_mask=mask, logprobs=[0.0] * length, reward=reward))
+        episodes.append(
+            Episode(
+                Trajectory(Task(f"t{i}", "")),
+                group=i // 4,
+                seed=i,
+                token_ids=ids,
+                loss_mask=mask,
+                logprobs=[0.0] * length,
+                reward=reward,
+            )
+        )
     return Batch.from_episodes(episodes)
 
 
 def model_state_bytes(learner) -> int:
     """Bytes of the parameters, gradients and optimizer state this process holds (its shards, when sharded)."""
+
     def local(t):
         return t.to_local() if hasattr(t, "to_local") else t
 
     params = [p for p in learner.model.parameters()]
     total = sum(local(p).numel() * local(p).element_size() for p in params)
-    total += sum(local(p).numel() * local(p).element_size() for p in params if p.requires_grad)  # a gradient each, between steps
+    total += sum(
+        local(p).numel() * local(p).element_size() for p in params if p.requires_grad
+    )  # a gradient each, between steps
     for state in learner.optimizer.state.values():
-        total += sum(local(v).numel() * local(v).element_size() for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
+        total += sum(
+            local(v).numel() * local(v).element_size() for v in state.values() if torch.is_tensor(v) and v.dim() > 0
+        )
     return total
 
 
@@ -103,7 +126,12 @@ def one_rank(model_dir: str, cfg: LearnerConfig, batch: Batch, steps: int) -> di
         start = time.perf_counter()
         learner.update(batch)
         times.append(time.perf_counter() - start)
-    return {"update_s": statistics.median(times[1:]), "state": model_state_bytes(learner), "rss": peak_rss(), "trainable": learner.trainable_params}
+    return {
+        "update_s": statistics.median(times[1:]),
+        "state": model_state_bytes(learner),
+        "rss": peak_rss(),
+        "trainable": learner.trainable_params,
+    }
 
 
 def sharded(model_dir: str, cfg: LearnerConfig, batch: Batch, steps: int) -> dict:
@@ -116,9 +144,17 @@ def sharded(model_dir: str, cfg: LearnerConfig, batch: Batch, steps: int) -> dic
         learner.update(batch)
         times.append(time.perf_counter() - start)
         comm.append(max(ray.get([r.__ray_call__.remote(stop_profile) for r in learner.ranks])))
-    inside = ray.get([r.__ray_call__.remote(lambda rank: (model_state_bytes(rank.learner), peak_rss())) for r in learner.ranks])
-    return {"update_s": statistics.median(times[1:]), "collective_share": statistics.median(c / t for c, t in zip(comm[1:], times[1:])),
-            "state": max(s for s, _ in inside), "rss": max(r for _, r in inside), "trainable": learner.trainable_params, "learner": learner}
+    inside = ray.get(
+        [r.__ray_call__.remote(lambda rank: (model_state_bytes(rank.learner), peak_rss())) for r in learner.ranks]
+    )
+    return {
+        "update_s": statistics.median(times[1:]),
+        "collective_share": statistics.median(c / t for c, t in zip(comm[1:], times[1:])),
+        "state": max(s for s, _ in inside),
+        "rss": max(r for _, r in inside),
+        "trainable": learner.trainable_params,
+        "learner": learner,
+    }
 
 
 def start_profile(rank) -> None:
@@ -167,8 +203,10 @@ def main() -> None:
         del model
         updates = batch(args.sequences, args.length, vocab)
         base = LearnerConfig(device="cpu", lr=1e-5, micro_batch_size=2)
-        print(f"model: {n_params / 1e6:.1f}M parameters (hidden {args.hidden}, {args.layers} layers); update: {args.sequences} x {args.length} tokens, "
-              f"micro-batches of {base.micro_batch_size}, AdamW float32, CPU")
+        print(
+            f"model: {n_params / 1e6:.1f}M parameters (hidden {args.hidden}, {args.layers} layers); update: {args.sequences} x {args.length} tokens, "
+            f"micro-batches of {base.micro_batch_size}, AdamW float32, CPU"
+        )
 
         one = ray.get(one_rank.remote(model_dir, base, updates, args.steps))
         two = sharded(model_dir, LearnerConfig(**{**base.__dict__, "world_size": 2}), updates, args.steps)

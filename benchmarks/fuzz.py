@@ -38,8 +38,13 @@ def fuzz(target, n: int, seed: int) -> tuple[int, list[tuple[object, str]]]:
     run = given(target.inputs)(counted)
     for regression in target.examples:
         run = example(regression)(run)
-    run = settings(max_examples=n, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
-                   suppress_health_check=list(HealthCheck))(run)
+    run = settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )(run)
     seed_of(seed)(run)()
     return tried, crashes
 

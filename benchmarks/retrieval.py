@@ -35,12 +35,16 @@ from envs.search.world import WorldConfig, write_world
 ROOT = Path(__file__).resolve().parents[1]
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-p.add_argument("--people", type=int, default=48_800, help="world size: passages are about 2.05 x people (48,800 -> 100k)")
+p.add_argument(
+    "--people", type=int, default=48_800, help="world size: passages are about 2.05 x people (48,800 -> 100k)"
+)
 p.add_argument("--queries", type=int, default=2000, help="questions to send per pass")
 p.add_argument("--batch", type=int, nargs="+", default=[1, 32, 256], help="queries per request")
 p.add_argument("--topk", type=int, default=3)
 p.add_argument("--repeat", type=int, default=3, help="timed passes per row (median)")
-p.add_argument("--dir", default="", help="keep the world and index here (reused on the next run); default a temporary directory")
+p.add_argument(
+    "--dir", default="", help="keep the world and index here (reused on the next run); default a temporary directory"
+)
 args = p.parse_args()
 
 work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="retrieval-bench-"))
@@ -51,10 +55,25 @@ if not (world / "questions.jsonl").exists():
 t1 = time.perf_counter()
 index = BM25Index(world / "corpus.jsonl", work / "cache")
 t2 = time.perf_counter()
-questions = [json.loads(line)["question"] for line in (world / "questions.jsonl").read_text().splitlines()][: args.queries]
-print(f"corpus: {len(index):,} passages; world {t1 - t0:.1f} s, index build or load {t2 - t1:.1f} s; {len(questions)} queries per pass")
+questions = [json.loads(line)["question"] for line in (world / "questions.jsonl").read_text().splitlines()][
+    : args.queries
+]
+print(
+    f"corpus: {len(index):,} passages; world {t1 - t0:.1f} s, index build or load {t2 - t1:.1f} s; {len(questions)} queries per pass"
+)
 
-cmd = [sys.executable, "-m", "envs.search", "serve", "--corpus", str(world / "corpus.jsonl"), "--port", "0", "--cache-dir", str(work / "cache")]
+cmd = [
+    sys.executable,
+    "-m",
+    "envs.search",
+    "serve",
+    "--corpus",
+    str(world / "corpus.jsonl"),
+    "--port",
+    "0",
+    "--cache-dir",
+    str(work / "cache"),
+]
 server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
 try:
     line = server.stdout.readline()
@@ -78,7 +97,9 @@ try:
                 local.append(timed(index.search, queries))
                 remote.append(timed(client.search, queries))
                 overhead.append(remote[-1] - client.last_search_ms / 1000)  # all but the server's own search time
-        rows.append((batch, n * args.repeat / sum(local), n * args.repeat / sum(remote), statistics.median(overhead) * 1000))
+        rows.append(
+            (batch, n * args.repeat / sum(local), n * args.repeat / sum(remote), statistics.median(overhead) * 1000)
+        )
 finally:
     server.kill()
     server.wait(timeout=10)
@@ -90,4 +111,6 @@ for batch, local_qps, remote_qps, overhead in rows:
 batch, local_qps = rows[-1][:2]
 print(f"\nin-process at batch {batch}: {local_qps:,.0f} q/s (target >= 500): {'PASS' if local_qps >= 500 else 'FAIL'}")
 for batch, _, _, overhead in rows:
-    print(f"server overhead at batch {batch}: {overhead:.2f} ms/request (target < 2): {'PASS' if overhead < 2 else 'FAIL'}")
+    print(
+        f"server overhead at batch {batch}: {overhead:.2f} ms/request (target < 2): {'PASS' if overhead < 2 else 'FAIL'}"
+    )

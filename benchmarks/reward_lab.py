@@ -45,24 +45,64 @@ def fake_episode(rng: random.Random, step: int, token_rows: list[tuple]) -> dict
         found = rng.random() < 0.4
         information = " ".join(rng.choice(["the", "capital", "of", "born", "in", "city"]) for _ in range(40))
         information += f" {gold}" if found else f" {rng.choice(NAMES)}x"
-        turns.append({"action": "<search>where was X born</search>", "observation": f"<information>{information}</information>",
-                      "info": {"action": "search", "doc_ids": [str(rng.randint(0, 99))], "information": information, "score": 0.0}})
+        turns.append(
+            {
+                "action": "<search>where was X born</search>",
+                "observation": f"<information>{information}</information>",
+                "info": {
+                    "action": "search",
+                    "doc_ids": [str(rng.randint(0, 99))],
+                    "information": information,
+                    "score": 0.0,
+                },
+            }
+        )
         yes = rng.random() < 0.5
-        turns.append({"action": f"<judge>{'yes' if yes else 'no'}</judge>", "observation": "",
-                      "info": {"action": "judge", "verdict": "yes" if yes else "no", "judged_turn": len(turns) - 1, "score": 0.0}})
+        turns.append(
+            {
+                "action": f"<judge>{'yes' if yes else 'no'}</judge>",
+                "observation": "",
+                "info": {
+                    "action": "judge",
+                    "verdict": "yes" if yes else "no",
+                    "judged_turn": len(turns) - 1,
+                    "score": 0.0,
+                },
+            }
+        )
     if rng.random() < 0.9:
         answer = gold if rng.random() < 0.5 else rng.choice(NAMES)
-        turns.append({"action": f"<answer>{answer}</answer>", "observation": "",
-                      "info": {"action": "answer", "score": float(answer == gold)}})
+        turns.append(
+            {
+                "action": f"<answer>{answer}</answer>",
+                "observation": "",
+                "info": {"action": "answer", "score": float(answer == gold)},
+            }
+        )
     else:
-        turns.append({"action": "I am not sure", "observation": "", "info": {"action": "invalid", "invalid": True, "score": 0.0}})
-    task = {"id": f"q{rng.randint(0, 10**6)}", "prompt": "Question: Where was X born?\n",
-            "metadata": {"question": "Where was X born?", "answers": [gold], "hops": 1, "gold_doc_ids": ["1"]}}
+        turns.append(
+            {"action": "I am not sure", "observation": "", "info": {"action": "invalid", "invalid": True, "score": 0.0}}
+        )
+    task = {
+        "id": f"q{rng.randint(0, 10**6)}",
+        "prompt": "Question: Where was X born?\n",
+        "metadata": {"question": "Where was X born?", "answers": [gold], "hops": 1, "gold_doc_ids": ["1"]},
+    }
     ids, logprobs = rng.choice(token_rows)  # their content does not matter, only what parsing them costs
-    return {"step": step, "trajectory": {"task": task, "turns": turns}, "group": 0, "seed": rng.randint(0, 10**9),
-            "token_ids": ids, "loss_mask": [1] * len(ids), "logprobs": logprobs, "turn_ids": [0] * len(ids),
-            "finish": "done", "error": "", "reward": {"total": 0.0, "outcome": 0.0, "process": [0.0] * len(turns), "components": {}},
-            "advantage": 0.0}
+    return {
+        "step": step,
+        "trajectory": {"task": task, "turns": turns},
+        "group": 0,
+        "seed": rng.randint(0, 10**9),
+        "token_ids": ids,
+        "loss_mask": [1] * len(ids),
+        "logprobs": logprobs,
+        "turn_ids": [0] * len(ids),
+        "finish": "done",
+        "error": "",
+        "reward": {"total": 0.0, "outcome": 0.0, "process": [0.0] * len(turns), "components": {}},
+        "advantage": 0.0,
+    }
 
 
 def cpu_seconds() -> float:
@@ -82,18 +122,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "episodes.jsonl"
         rng = random.Random(args.seed)
-        rows = [([rng.randint(0, 800) for _ in range(args.tokens)], [round(-rng.random() * 3, 6) for _ in range(args.tokens)])
-                for _ in range(16)]
+        rows = [
+            (
+                [rng.randint(0, 800) for _ in range(args.tokens)],
+                [round(-rng.random() * 3, 6) for _ in range(args.tokens)],
+            )
+            for _ in range(16)
+        ]
         t0 = time.perf_counter()
         with path.open("w") as f:
             for i in range(args.episodes):
                 f.write(json.dumps(fake_episode(rng, i // 64, rows)) + "\n")
-        print(f"wrote {args.episodes} episodes ({path.stat().st_size / 1e6:.0f} MB, {args.tokens} tokens each) "
-              f"in {time.perf_counter() - t0:.1f}s (not timed); {args.workers} workers")
+        print(
+            f"wrote {args.episodes} episodes ({path.stat().st_size / 1e6:.0f} MB, {args.tokens} tokens each) "
+            f"in {time.perf_counter() - t0:.1f}s (not timed); {args.workers} workers"
+        )
 
         # Wall time depends on what else the machine runs; CPU seconds (this process and its workers) do not:
         # cpu / workers is what the wall time would be on `workers` idle cores.
-        print(f"\n{'spec set':<9} {'load+score':>10} {'stats':>6} {'wall s':>7} {'cpu s':>7} {'cpu/workers':>11} {'< 60 s':>7}  specs (mean total; taus)")
+        print(
+            f"\n{'spec set':<9} {'load+score':>10} {'stats':>6} {'wall s':>7} {'cpu s':>7} {'cpu/workers':>11} {'< 60 s':>7}  specs (mean total; taus)"
+        )
         for name, texts in SPEC_SETS.items():
             t, cpu = time.perf_counter(), cpu_seconds()
             episodes, scored = lab.score_files(path, texts, args.workers)
@@ -103,8 +152,10 @@ def main() -> None:
             means = ", ".join(f"{s.total.mean():.3f}" for s in scored)
             taus = ", ".join(f"{v:.3f}" for v in rep["kendall_tau"].values())
             verdict = "PASS" if min(wall, cpu / args.workers) < 60 else "FAIL"
-            print(f"{name:<9} {t_score:10.2f} {wall - t_score:6.2f} {wall:7.2f} {cpu:7.2f} {cpu / args.workers:11.2f} {verdict:>7}  "
-                  f"{texts} ({means}; {taus})")
+            print(
+                f"{name:<9} {t_score:10.2f} {wall - t_score:6.2f} {wall:7.2f} {cpu:7.2f} {cpu / args.workers:11.2f} {verdict:>7}  "
+                f"{texts} ({means}; {taus})"
+            )
 
 
 if __name__ == "__main__":

@@ -97,12 +97,21 @@ def main() -> None:
     p.add_argument("--kill-every", type=int, default=10, help="SIGKILL a random rollout worker every N steps")
     p.add_argument("--seed", type=int, default=0, help="seeds the run, the choice of victims and the hangs")
     p.add_argument("--hang-prob", type=float, default=0.002, help="chance that an env.step hangs")
-    p.add_argument("--env-timeout", type=float, default=0.5, help="rollout.env_timeout_s: a hanging env.step fails after this")
+    p.add_argument(
+        "--env-timeout", type=float, default=0.5, help="rollout.env_timeout_s: a hanging env.step fails after this"
+    )
     p.add_argument("--run-dir", default="", help="where the run's metrics go (default: a temp dir)")
     args = p.parse_args()
     if args.steps < 1 or args.kill_every < 1:
         p.error("--steps and --kill-every must be at least 1")
-    r = soak(args.steps, args.kill_every, args.seed, args.hang_prob, args.env_timeout, args.run_dir or tempfile.mkdtemp(prefix="soak-"))
+    r = soak(
+        args.steps,
+        args.kill_every,
+        args.seed,
+        args.hang_prob,
+        args.env_timeout,
+        args.run_dir or tempfile.mkdtemp(prefix="soak-"),
+    )
     rows = [
         ("steps completed", f"{r['steps']}"),
         ("workers killed", f"{r['kills']}"),
@@ -114,7 +123,10 @@ def main() -> None:
         ("episodes lost", f"{r['lost']}"),
         ("wall time", f"{r['wall_s']:.1f} s"),
         ("median step, no kill", f"{r['median_step_s']:.3f} s"),
-        ("recovery cost, all kill steps", f"{r['recovery_s']:.1f} s ({r['recovery_s'] / max(r['kills'], 1):.2f} s per kill)"),
+        (
+            "recovery cost, all kill steps",
+            f"{r['recovery_s']:.1f} s ({r['recovery_s'] / max(r['kills'], 1):.2f} s per kill)",
+        ),
         ("reward/mean, last step", f"{r['reward']:.3f}"),
     ]
     for name, value in rows:

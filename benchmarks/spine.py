@@ -35,13 +35,13 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.base import Task, Trajectory
-from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rewards.base import Reward
 from rl.batch import Batch
-from rl.episode import Episode
 from rl.config import AlgoConfig, LearnerConfig, TinyModelConfig
+from rl.episode import Episode
 from rl.learn.learner import Learner
 from rl.model import resolve_device
+from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.run.tiny import build_tiny_model
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -94,8 +94,15 @@ def bench(ours, baseline):
 syllables = ["ka", "lo", "mi", "ne", "tu", "ra", "si", "po", "de", "ve", "gu", "zo", "fi", "ba", "xe", "qu", "ri", "mo"]
 texts = [" ".join("".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(12)) + "." for _ in range(4000)]
 model_dir = tempfile.mkdtemp(prefix="spine-")
-cfg = TinyModelConfig(layers=args.layers, hidden=args.hidden, intermediate=args.intermediate, heads=args.heads,
-                      kv_heads=args.kv_heads, vocab_size=args.vocab, max_positions=max(2048, args.max_len, args.prompt_len + args.new_tokens))
+cfg = TinyModelConfig(
+    layers=args.layers,
+    hidden=args.hidden,
+    intermediate=args.intermediate,
+    heads=args.heads,
+    kv_heads=args.kv_heads,
+    vocab_size=args.vocab,
+    max_positions=max(2048, args.max_len, args.prompt_len + args.new_tokens),
+)
 build_tiny_model(model_dir, texts, cfg, seed=0)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 vocab = len(tokenizer)
@@ -126,10 +133,17 @@ def padded_micro_batches(mb):
     for s in range(0, args.batch, mb):
         eps, advs = episodes[s : s + mb], advantages[s : s + mb]
         T = max(len(e.token_ids) for e in eps)
-        ids, att, mask, adv = (torch.zeros(len(eps), T, dtype=d) for d in (torch.long, torch.long, torch.float32, torch.float32))
+        ids, att, mask, adv = (
+            torch.zeros(len(eps), T, dtype=d) for d in (torch.long, torch.long, torch.float32, torch.float32)
+        )
         for i, (e, a) in enumerate(zip(eps, advs)):
             n = len(e.token_ids)
-            ids[i, :n], att[i, :n], mask[i, :n], adv[i, :n] = torch.tensor(e.token_ids), 1, torch.tensor(e.loss_mask, dtype=torch.float32), a
+            ids[i, :n], att[i, :n], mask[i, :n], adv[i, :n] = (
+                torch.tensor(e.token_ids),
+                1,
+                torch.tensor(e.loss_mask, dtype=torch.float32),
+                a,
+            )
         out.append(tuple(t.to(device) for t in (ids, att, mask[:, 1:], adv[:, 1:])))
     return out
 
@@ -153,7 +167,9 @@ for mb in (args.batch, args.micro):
     lcfg = LearnerConfig(lr=1e-5, micro_batch_size=mb, device=str(device))
     learner = Learner(model_dir, lcfg, algo, temperature=1.0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lcfg.lr, betas=(lcfg.adam_beta1, lcfg.adam_beta2), weight_decay=lcfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lcfg.lr, betas=(lcfg.adam_beta1, lcfg.adam_beta2), weight_decay=lcfg.weight_decay
+    )
     micro_batches = padded_micro_batches(mb)
     t_ours, t_base = bench(lambda: learner.update(updates), lambda: bare_update(model, optimizer, micro_batches))
     rows.append((f"learner update mb={mb}", t_ours, t_base, 1.15, ""))
@@ -164,7 +180,9 @@ for mb in (args.batch, args.micro):
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
 engine = HFEngine(model, tokenizer, device)  # the same model object for both sides
 eos = tokenizer.eos_token_id
-prompts = [[rng.choice([t for t in range(vocab) if t != eos]) for _ in range(args.prompt_len)] for _ in range(args.prompts)]
+prompts = [
+    [rng.choice([t for t in range(vocab) if t != eos]) for _ in range(args.prompt_len)] for _ in range(args.prompts)
+]
 requests = [Request(prompt_ids=pr, max_new_tokens=args.new_tokens, seed=i) for i, pr in enumerate(prompts)]
 params = SamplingParams(temperature=1.0)
 input_ids = torch.tensor(prompts, device=device)  # equal lengths, so left-padding is a no-op
@@ -179,18 +197,36 @@ def ours_generate():
 
 @torch.no_grad()
 def base_generate():
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                         max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=eos)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        pad_token_id=eos,
+    )
     counts["base"].append((out.shape[1] - input_ids.shape[1]) * out.shape[0])
 
 
 t_ours, t_base = bench(ours_generate, base_generate)
 tok_ours, tok_base = statistics.median(counts["ours"]), statistics.median(counts["base"])
-rows.append(("engine generate", t_ours, t_base, 1.1,
-             f"tokens {tok_ours:.0f} vs {tok_base:.0f}, tok/s {tok_ours / t_ours:.0f} vs {tok_base / t_base:.0f}"))
+rows.append(
+    (
+        "engine generate",
+        t_ours,
+        t_base,
+        1.1,
+        f"tokens {tok_ours:.0f} vs {tok_base:.0f}, tok/s {tok_ours / t_ours:.0f} vs {tok_base / t_base:.0f}",
+    )
+)
 
 # ---------------------------------------------------------------- table
 
 print(f"\n{'benchmark':<22}{'ours (s)':>10}{'baseline (s)':>14}{'ratio':>8}{'target':>8}  {'result':<7}notes")
 for name, a, b, target, note in rows:
-    print(f"{name:<22}{a:>10.3f}{b:>14.3f}{a / b:>8.3f}{target:>8.2f}  {'PASS' if a / b <= target else 'FAIL':<7}{note}")
+    print(
+        f"{name:<22}{a:>10.3f}{b:>14.3f}{a / b:>8.3f}{target:>8.2f}  {'PASS' if a / b <= target else 'FAIL':<7}{note}"
+    )

@@ -23,14 +23,32 @@ from rl.view.page import Run, make_server
 def episode(step: int, i: int, rng: random.Random) -> dict:
     n = 40
     first, last = rng.random() < 0.4, rng.random() < 0.6
-    turns = [{"action": " red", "observation": " no , try again :", "info": {"score": float(first)}},
-             {"action": " blue", "observation": "", "info": {"score": float(last)}}]
+    turns = [
+        {"action": " red", "observation": " no , try again :", "info": {"score": float(first)}},
+        {"action": " blue", "observation": "", "info": {"score": float(last)}},
+    ]
     mask = [0] * 20 + [1] * 5 + [0] * 10 + [1] * 5
-    return {"step": step, "trajectory": {"task": {"id": f"task-{i // 8}", "prompt": "what is it", "metadata": {}}, "turns": turns},
-            "group": i // 8, "seed": i, "token_ids": [rng.randrange(128) for _ in range(n)], "loss_mask": mask,
-            "logprobs": [-rng.random() * m for m in mask], "turn_ids": [-1] * 20 + [0] * 15 + [1] * 5, "finish": "done", "error": "",
-            "reward": {"total": float(last), "outcome": float(last), "process": [0.0, 0.0], "components": {"outcome": float(last)}},
-            "learner_logprobs": [-rng.random() * m for m in mask], "advantage": rng.gauss(0, 1), "token_advantages": [rng.gauss(0, 1) * m for m in mask]}
+    return {
+        "step": step,
+        "trajectory": {"task": {"id": f"task-{i // 8}", "prompt": "what is it", "metadata": {}}, "turns": turns},
+        "group": i // 8,
+        "seed": i,
+        "token_ids": [rng.randrange(128) for _ in range(n)],
+        "loss_mask": mask,
+        "logprobs": [-rng.random() * m for m in mask],
+        "turn_ids": [-1] * 20 + [0] * 15 + [1] * 5,
+        "finish": "done",
+        "error": "",
+        "reward": {
+            "total": float(last),
+            "outcome": float(last),
+            "process": [0.0, 0.0],
+            "components": {"outcome": float(last)},
+        },
+        "learner_logprobs": [-rng.random() * m for m in mask],
+        "advantage": rng.gauss(0, 1),
+        "token_advantages": [rng.gauss(0, 1) * m for m in mask],
+    }
 
 
 def write_run(root: Path, steps: int, per_step: int) -> None:
@@ -40,8 +58,17 @@ def write_run(root: Path, steps: int, per_step: int) -> None:
         for step in range(1, steps + 1):
             eps = [episode(step, i, rng) for i in range(per_step)]
             (root / "episodes" / f"step_{step:06d}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
-            metrics.write(json.dumps({"step": step, "reward/mean": sum(e["reward"]["total"] for e in eps) / per_step,
-                                      "learner/loss": rng.random(), "sync/probe_max_abs": 0.0}) + "\n")
+            metrics.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "reward/mean": sum(e["reward"]["total"] for e in eps) / per_step,
+                        "learner/loss": rng.random(),
+                        "sync/probe_max_abs": 0.0,
+                    }
+                )
+                + "\n"
+            )
 
 
 def time_open(root: Path) -> float:

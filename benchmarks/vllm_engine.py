@@ -31,8 +31,8 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.lookup import LookupParams, sample_text
-from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.config import TinyModelConfig
+from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.run.tiny import build_tiny_model
 from rl.weights import buckets
 
@@ -94,14 +94,22 @@ def main() -> None:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             n_params = sum(p.numel() for p in model.parameters())
-            weights = {k: v.detach().clone() for k, v in model.named_parameters()}  # a learner's copy, not the engine's own tensors
+            weights = {
+                k: v.detach().clone() for k, v in model.named_parameters()
+            }  # a learner's copy, not the engine's own tensors
             reqs = requests(tokenizer)
-            engines = {"hf": HFEngine(model, tokenizer, DEVICE), "vllm": VLLMEngine(str(path), tokenizer, seed=0, max_model_len=128)}
+            engines = {
+                "hf": HFEngine(model, tokenizer, DEVICE),
+                "vllm": VLLMEngine(str(path), tokenizer, seed=0, max_model_len=128),
+            }
             for n in threads:
                 torch.set_num_threads(n)
                 rates = {k: tokens_per_second(e, reqs, args.repeats) for k, e in engines.items()}
                 generation.append((name, n_params, n, rates["hf"], rates["vllm"]))
-                print(f"generation {name} threads={n}: hf {rates['hf']:.0f} tok/s, vllm {rates['vllm']:.0f} tok/s", flush=True)
+                print(
+                    f"generation {name} threads={n}: hf {rates['hf']:.0f} tok/s, vllm {rates['vllm']:.0f} tok/s",
+                    flush=True,
+                )
             torch.set_num_threads(threads[-1])
             seconds = {k: sync_seconds(e, weights) for k, e in engines.items()}
             sync.append((name, n_params, seconds["hf"], seconds["vllm"]))

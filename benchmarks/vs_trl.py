@@ -147,7 +147,9 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps of each run")
     p.add_argument("--tasks", type=int, default=8, help="prompts per step")
     p.add_argument("--group", type=int, default=8, help="completions per prompt (GRPO group)")
-    p.add_argument("--new-tokens", type=int, default=64, help="max generated tokens per completion (per action, multi-turn)")
+    p.add_argument(
+        "--new-tokens", type=int, default=64, help="max generated tokens per completion (per action, multi-turn)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads of each run (1: steadier on a shared machine)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--layers", type=int, default=2)
@@ -156,10 +158,19 @@ def parse_args():
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=512)
-    p.add_argument("--ours", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override for our side (e.g. rollout.env_timeout_s=0); repeatable")
-    p.add_argument("--task", choices=["code", "lookup"], default="code",
-                   help="single-turn prompts: code (CoCoS's, ~100 tokens) or lookup (3 tokens: overhead-bound)")
+    p.add_argument(
+        "--ours",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for our side (e.g. rollout.env_timeout_s=0); repeatable",
+    )
+    p.add_argument(
+        "--task",
+        choices=["code", "lookup"],
+        default="code",
+        help="single-turn prompts: code (CoCoS's, ~100 tokens) or lookup (3 tokens: overhead-bound)",
+    )
     p.add_argument("--multi-turn", action="store_true", help="compare on 2-turn code-correction episodes instead")
     p.add_argument("--turns", type=int, default=2, help="multi-turn: attempts per episode")
     p.add_argument("--obs-tokens", type=int, default=64, help="multi-turn: an observation is cut to this many tokens")
@@ -199,7 +210,11 @@ def run_ours(args) -> dict:
             "reward=[{name: outcome}]",
         ]
     else:
-        task = ["env.name=vs_trl", f"env.params={{task: {args.task}}}", f"rollout.max_total_tokens={args.new_tokens + 512}"]
+        task = [
+            "env.name=vs_trl",
+            f"env.params={{task: {args.task}}}",
+            f"rollout.max_total_tokens={args.new_tokens + 512}",
+        ]
     cfg = load_config(
         ROOT / "configs/lookup.yaml",
         [
@@ -252,8 +267,14 @@ def run_ours(args) -> dict:
         print_profile(prof)
     opt_steps = trainer.learner.scheduler.last_epoch  # scheduler.step() once per optimizer step
     trainer.close()
-    return {"times": times, "cpu": cpu, "tokens": tokens, "turns": turns, "opt_steps": opt_steps,
-            "breakdown": {k: statistics.median(v) for k, v in trainer_breakdown.items()}}
+    return {
+        "times": times,
+        "cpu": cpu,
+        "tokens": tokens,
+        "turns": turns,
+        "opt_steps": opt_steps,
+        "breakdown": {k: statistics.median(v) for k, v in trainer_breakdown.items()},
+    }
 
 
 trainer_breakdown: dict[str, list[float]] = {}
@@ -343,19 +364,35 @@ def run_trl(args) -> dict:
 
                 prof[0] = cProfile.Profile()
                 prof[0].enable()
-            t_last[0], c_last[0] = time.perf_counter(), time.process_time()  # the callbacks' own work is outside the timing
+            t_last[0], c_last[0] = (
+                time.perf_counter(),
+                time.process_time(),
+            )  # the callbacks' own work is outside the timing
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
                 tokens.append(round(logs["completions/mean_length"] * args.tasks * args.group))
 
-    trainer = GRPOTrainer(model=args.model_dir, reward_funcs=reward, args=config, train_dataset=dataset, callbacks=[Clock()],
-                          rollout_func=rollout_func)
+    trainer = GRPOTrainer(
+        model=args.model_dir,
+        reward_funcs=reward,
+        args=config,
+        train_dataset=dataset,
+        callbacks=[Clock()],
+        rollout_func=rollout_func,
+    )
     trainer.train()
     if prof[0]:
         prof[0].disable()
         print_profile(prof[0])
-    return {"times": times, "cpu": cpu, "tokens": tokens, "turns": turns, "opt_steps": trainer.state.global_step, "breakdown": {}}
+    return {
+        "times": times,
+        "cpu": cpu,
+        "tokens": tokens,
+        "turns": turns,
+        "opt_steps": trainer.state.global_step,
+        "breakdown": {},
+    }
 
 
 def trl_code_rollout(args, params, task_of_prompt: dict, turns: list[int]):
@@ -366,10 +403,20 @@ def trl_code_rollout(args, params, task_of_prompt: dict, turns: list[int]):
     def rollout_func(prompts: list[str], trainer) -> dict:
         tok = trainer.processing_class
         model = trainer.accelerator.unwrap_model(trainer.model)
-        gen_cfg = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new_tokens,
-                                   stop_strings=code.CodeEnv.stop_strings, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        gen_cfg = GenerationConfig(
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=args.new_tokens,
+            stop_strings=code.CodeEnv.stop_strings,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         envs = [code.make_env(params) for _ in prompts]
-        prompt_ids = [tok.encode(env.reset(task_of_prompt[p]), add_special_tokens=False) for env, p in zip(envs, prompts)]
+        prompt_ids = [
+            tok.encode(env.reset(task_of_prompt[p]), add_special_tokens=False) for env, p in zip(envs, prompts)
+        ]
         completion = [[] for _ in prompts]
         env_mask = [[] for _ in prompts]
         final_score = [0.0] * len(prompts)
@@ -401,8 +448,13 @@ def trl_code_rollout(args, params, task_of_prompt: dict, turns: list[int]):
             live = [i for i in live if i not in done]
         turns.append(played)
         logprobs = [[0.0] * len(c) for c in completion]
-        return {"prompt_ids": prompt_ids, "completion_ids": completion, "logprobs": logprobs, "env_mask": env_mask,
-                "final_score": final_score}
+        return {
+            "prompt_ids": prompt_ids,
+            "completion_ids": completion,
+            "logprobs": logprobs,
+            "env_mask": env_mask,
+            "final_score": final_score,
+        }
 
     return rollout_func
 
@@ -439,25 +491,60 @@ def compare(args) -> None:
 
     hf_logging.disable_progress_bar()
     model_dir = tempfile.mkdtemp(prefix="vs_trl-model-")
-    tiny = TinyModelConfig(layers=args.layers, hidden=args.hidden, intermediate=args.intermediate, heads=args.heads,
-                           kv_heads=args.kv_heads, vocab_size=args.vocab)
+    tiny = TinyModelConfig(
+        layers=args.layers,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        vocab_size=args.vocab,
+    )
     text = bench_text(BenchParams("code" if args.multi_turn else args.task))
     build_tiny_model(model_dir, text, tiny, seed=0)
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
     import transformers
     import trl
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-          f"{os.cpu_count()} CPUs, torch threads per run {args.threads}")
-    episode = (f"{args.turns}-turn code-correction episodes (actions <= {args.new_tokens} tokens, observations <= {args.obs_tokens})"
-               if args.multi_turn else f"{args.task} prompts, completions of <= {args.new_tokens} tokens")
-    print(f"model {n_params / 1e6:.2f}M params, vocab {len(AutoTokenizer.from_pretrained(model_dir))}; per step "
-          f"{args.tasks} prompts x {args.group} {episode}; {args.steps} steps per run "
-          f"({args.warmup} untimed), {args.runs} runs per system, alternating; our overrides: {' '.join(args.ours) or 'none'}")
-    passthrough = ["--steps", args.steps, "--warmup", args.warmup, "--tasks", args.tasks, "--group", args.group,
-                   "--new-tokens", args.new_tokens, "--threads", args.threads, "--lr", args.lr, "--model-dir", model_dir,
-                   "--turns", args.turns, "--obs-tokens", args.obs_tokens, "--task", args.task, *(["--multi-turn"] if args.multi_turn else []),
-                   *[x for o in args.ours for x in ("--ours", o)]]
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
+        f"{os.cpu_count()} CPUs, torch threads per run {args.threads}"
+    )
+    episode = (
+        f"{args.turns}-turn code-correction episodes (actions <= {args.new_tokens} tokens, observations <= {args.obs_tokens})"
+        if args.multi_turn
+        else f"{args.task} prompts, completions of <= {args.new_tokens} tokens"
+    )
+    print(
+        f"model {n_params / 1e6:.2f}M params, vocab {len(AutoTokenizer.from_pretrained(model_dir))}; per step "
+        f"{args.tasks} prompts x {args.group} {episode}; {args.steps} steps per run "
+        f"({args.warmup} untimed), {args.runs} runs per system, alternating; our overrides: {' '.join(args.ours) or 'none'}"
+    )
+    passthrough = [
+        "--steps",
+        args.steps,
+        "--warmup",
+        args.warmup,
+        "--tasks",
+        args.tasks,
+        "--group",
+        args.group,
+        "--new-tokens",
+        args.new_tokens,
+        "--threads",
+        args.threads,
+        "--lr",
+        args.lr,
+        "--model-dir",
+        model_dir,
+        "--turns",
+        args.turns,
+        "--obs-tokens",
+        args.obs_tokens,
+        "--task",
+        args.task,
+        *(["--multi-turn"] if args.multi_turn else []),
+        *[x for o in args.ours for x in ("--ours", o)],
+    ]
     results: dict[str, list[dict]] = {"ours": [], "trl": []}
     for r in range(args.runs):
         for system in ("ours", "trl"):
@@ -466,18 +553,20 @@ def compare(args) -> None:
             lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
             if proc.returncode or not lines:
                 sys.exit(f"{system} run {r + 1} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-            res = json.loads(lines[-1][len("RESULT "):])
+            res = json.loads(lines[-1][len("RESULT ") :])
             results[system].append(res)
-            print(f"  run {r + 1} {system:<4} median step {statistics.median(res['times'][args.warmup:]):.3f}s, "
-                  f"peak RSS {res['peak_rss_mb']:.0f} MB")
+            print(
+                f"  run {r + 1} {system:<4} median step {statistics.median(res['times'][args.warmup :]):.3f}s, "
+                f"peak RSS {res['peak_rss_mb']:.0f} MB"
+            )
 
     rows = {}
     for system, runs in results.items():
-        times = [t for res in runs for t in res["times"][args.warmup:]]
-        toks = [n for res in runs for n in res["tokens"][args.warmup:]]
+        times = [t for res in runs for t in res["times"][args.warmup :]]
+        toks = [n for res in runs for n in res["tokens"][args.warmup :]]
         rows[system] = {
             "step": statistics.median(times),
-            "cpu": statistics.median(c for res in runs for c in res["cpu"][args.warmup:]),
+            "cpu": statistics.median(c for res in runs for c in res["cpu"][args.warmup :]),
             "tok_s": sum(toks) / sum(times),
             "rss": statistics.median(res["peak_rss_mb"] for res in runs),
             "tokens": sum(n for res in runs for n in res["tokens"]),
@@ -487,19 +576,27 @@ def compare(args) -> None:
             "timed_steps": len(times),
         }
     turns_col = f"{'env turns':>11}" if args.multi_turn else ""
-    print(f"\n{'system':<22}{'step (s)':>10}{'CPU s/step':>12}{'gen tok/s':>11}{'peak RSS (MB)':>15}{'gen tokens':>12}{turns_col}{'opt steps':>11}{'timed steps':>13}")
+    print(
+        f"\n{'system':<22}{'step (s)':>10}{'CPU s/step':>12}{'gen tok/s':>11}{'peak RSS (MB)':>15}{'gen tokens':>12}{turns_col}{'opt steps':>11}{'timed steps':>13}"
+    )
     for system, name in (("ours", "selfcorrect"), ("trl", f"TRL GRPOTrainer {trl.__version__}")):
         x = rows[system]
         turns = f"{x['turns']:>11}" if args.multi_turn else ""
-        print(f"{name:<22}{x['step']:>10.3f}{x['cpu']:>12.3f}{x['tok_s']:>11.0f}{x['rss']:>15.0f}{x['tokens']:>12}{turns}{x['opt_steps']:>11}{x['timed_steps']:>13}")
+        print(
+            f"{name:<22}{x['step']:>10.3f}{x['cpu']:>12.3f}{x['tok_s']:>11.0f}{x['rss']:>15.0f}{x['tokens']:>12}{turns}{x['opt_steps']:>11}{x['timed_steps']:>13}"
+        )
     o, t = rows["ours"], rows["trl"]
     ratio = o["step"] / t["step"]
     turns = f"{o['turns'] / t['turns']:>11.2f}" if args.multi_turn else ""
-    print(f"{'ratio ours/TRL':<22}{ratio:>10.3f}{o['cpu'] / t['cpu']:>12.3f}{o['tok_s'] / t['tok_s']:>11.2f}{o['rss'] / t['rss']:>15.2f}"
-          f"{o['tokens'] / t['tokens']:>12.3f}{turns}{o['opt_steps'] / t['opt_steps']:>11.2f}")
+    print(
+        f"{'ratio ours/TRL':<22}{ratio:>10.3f}{o['cpu'] / t['cpu']:>12.3f}{o['tok_s'] / t['tok_s']:>11.2f}{o['rss'] / t['rss']:>15.2f}"
+        f"{o['tokens'] / t['tokens']:>12.3f}{turns}{o['opt_steps'] / t['opt_steps']:>11.2f}"
+    )
     target = "the single-turn target, for reference" if args.multi_turn else "single-turn target"
-    print(f"\nstep time ours <= 0.8 x TRL ({target}; aim 0.5): {'PASS' if ratio <= 0.8 else 'FAIL'} (wall-time ratio {ratio:.3f}; "
-          f"CPU-time ratio {o['cpu'] / t['cpu']:.3f}, the steadier one on a shared machine)")
+    print(
+        f"\nstep time ours <= 0.8 x TRL ({target}; aim 0.5): {'PASS' if ratio <= 0.8 else 'FAIL'} (wall-time ratio {ratio:.3f}; "
+        f"CPU-time ratio {o['cpu'] / t['cpu']:.3f}, the steadier one on a shared machine)"
+    )
     bd = {k: statistics.median(res["breakdown"][k] for res in results["ours"]) for k in results["ours"][0]["breakdown"]}
     print("ours, median per step: " + ", ".join(f"{k} {v:.3f}s" for k, v in bd.items()))
 
@@ -521,13 +618,12 @@ def gpu_section(args) -> None:
     from transformers.utils import logging as hf_logging
 
     from envs.base import Task, Trajectory
-    from rl.rollout.engine import HFEngine, Request, SamplingParams
     from rewards.base import Reward
     from rl.batch import Batch
+    from rl.config import AlgoConfig, LearnerConfig, TinyModelConfig
     from rl.episode import Episode
-    from rl.config import AlgoConfig, LearnerConfig
     from rl.learn.learner import Learner
-    from rl.config import TinyModelConfig
+    from rl.rollout.engine import HFEngine, Request, SamplingParams
     from rl.run.tiny import train_tokenizer
 
     smoke = args.gpu_smoke  # a check of this code on CPU with a 2-layer model; its figures mean nothing
@@ -541,10 +637,19 @@ def gpu_section(args) -> None:
     bw = hbm_bandwidth(name)
     model_dir = tempfile.mkdtemp(prefix="vs_trl-gpu-")
     tokenizer = train_tokenizer(sample_text(LookupParams()), TinyModelConfig(vocab_size=512))
-    config = Qwen2Config(vocab_size=1000 if smoke else 151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=2 if smoke else 24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        vocab_size=1000 if smoke else 151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=2 if smoke else 24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -564,7 +669,12 @@ def gpu_section(args) -> None:
         return statistics.median(ts)
 
     # learner
-    learner = Learner(model_dir, LearnerConfig(lr=1e-6, micro_batch_size=args.gpu_micro, device=dev.type), AlgoConfig(), temperature=1.0)
+    learner = Learner(
+        model_dir,
+        LearnerConfig(lr=1e-6, micro_batch_size=args.gpu_micro, device=dev.type),
+        AlgoConfig(),
+        temperature=1.0,
+    )
     n_params = sum(p.numel() for p in learner.model.parameters())
     episodes = []
     for i in range(args.gpu_batch):
@@ -589,26 +699,47 @@ def gpu_section(args) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
     engine = HFEngine(model, AutoTokenizer.from_pretrained(model_dir), dev)
     eos = tokenizer.eos_token_id
-    requests = [Request([rng.choice([t for t in range(1, 512) if t != eos]) for _ in range(args.gpu_prompt_len)],
-                        args.gpu_new_tokens, seed=i) for i in range(args.gpu_prompts)]
+    requests = [
+        Request(
+            [rng.choice([t for t in range(1, 512) if t != eos]) for _ in range(args.gpu_prompt_len)],
+            args.gpu_new_tokens,
+            seed=i,
+        )
+        for i in range(args.gpu_prompts)
+    ]
     params = SamplingParams(temperature=1.0)
     count = []
     engine.eos_ids = set()  # never stop early: every row decodes --gpu-new-tokens tokens
-    t_dec = timed(lambda: count.append(sum(len(g.token_ids) for g in engine.generate(requests, params))), warmup=1, iters=3)
+    t_dec = timed(
+        lambda: count.append(sum(len(g.token_ids) for g in engine.generate(requests, params))), warmup=1, iters=3
+    )
     dec_tokens = count[-1]
     weight_bytes = 2 * n_params
-    kv_bytes = 2 * 2 * config.num_hidden_layers * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads) \
-        * (args.gpu_prompt_len + args.gpu_new_tokens // 2) * args.gpu_prompts  # K and V, bf16, mid-generation
+    kv_bytes = (
+        2
+        * 2
+        * config.num_hidden_layers
+        * config.num_key_value_heads
+        * (config.hidden_size // config.num_attention_heads)
+        * (args.gpu_prompt_len + args.gpu_new_tokens // 2)
+        * args.gpu_prompts
+    )  # K and V, bf16, mid-generation
     bound_steps = bw / (weight_bytes + kv_bytes)
     steps_s = args.gpu_new_tokens / t_dec
-    print(f"\nGPU: {name}, model {n_params / 1e6:.0f}M params (Qwen2-0.5B shape, vocab {vocab}), peak bf16 {PEAK_BF16_FLOPS / 1e12:.0f} "
-          f"TFLOP/s, HBM {bw / 1e12:.2f} TB/s")
+    print(
+        f"\nGPU: {name}, model {n_params / 1e6:.0f}M params (Qwen2-0.5B shape, vocab {vocab}), peak bf16 {PEAK_BF16_FLOPS / 1e12:.0f} "
+        f"TFLOP/s, HBM {bw / 1e12:.2f} TB/s"
+    )
     print(f"{'benchmark':<12}{'seconds':>9}{'tokens':>9}{'tok/s':>10}  figure of merit")
-    print(f"{'learner':<12}{t_learn:>9.3f}{learn_tokens:>9}{learn_tok_s:>10.0f}  MFU {100 * mfu:.1f}% (6*N*tok/s / peak; "
-          f"batch {args.gpu_batch} x {args.gpu_seq} tokens, micro {args.gpu_micro}, bf16 autocast, peak mem {peak_learn:.1f} GiB)")
-    print(f"{'decode':<12}{t_dec:>9.3f}{dec_tokens:>9}{dec_tokens / t_dec:>10.0f}  {steps_s:.0f} steps/s vs bandwidth bound "
-          f"{bound_steps:.0f} steps/s ({100 * steps_s / bound_steps:.1f}%; {args.gpu_prompts} prompts x {args.gpu_prompt_len} + "
-          f"{args.gpu_new_tokens} tokens, bf16 weights {weight_bytes / 1e9:.2f} GB + KV {kv_bytes / 1e9:.2f} GB per step)")
+    print(
+        f"{'learner':<12}{t_learn:>9.3f}{learn_tokens:>9}{learn_tok_s:>10.0f}  MFU {100 * mfu:.1f}% (6*N*tok/s / peak; "
+        f"batch {args.gpu_batch} x {args.gpu_seq} tokens, micro {args.gpu_micro}, bf16 autocast, peak mem {peak_learn:.1f} GiB)"
+    )
+    print(
+        f"{'decode':<12}{t_dec:>9.3f}{dec_tokens:>9}{dec_tokens / t_dec:>10.0f}  {steps_s:.0f} steps/s vs bandwidth bound "
+        f"{bound_steps:.0f} steps/s ({100 * steps_s / bound_steps:.1f}%; {args.gpu_prompts} prompts x {args.gpu_prompt_len} + "
+        f"{args.gpu_new_tokens} tokens, bf16 weights {weight_bytes / 1e9:.2f} GB + KV {kv_bytes / 1e9:.2f} GB per step)"
+    )
 
 
 if __name__ == "__main__":
@@ -625,4 +756,6 @@ if __name__ == "__main__":
             if torch.cuda.is_available():
                 gpu_section(ARGS)
             else:
-                print("\nGPU section: skipped (no CUDA device); run `python benchmarks/vs_trl.py --gpu` on a GPU machine")
+                print(
+                    "\nGPU section: skipped (no CUDA device); run `python benchmarks/vs_trl.py --gpu` on a GPU machine"
+                )

@@ -28,8 +28,8 @@ from transformers.utils import logging as hf_logging
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
 from envs.lookup import LookupEnv, LookupParams, load_tasks, sample_text
 from rl.config import EnvConfig, RolloutConfig, TinyModelConfig, WorkersConfig
-from rl.run.tiny import build_tiny_model
 from rl.rollout.workers import LocalPool, RayPool, RolloutWorker
+from rl.run.tiny import build_tiny_model
 from rl.weights import buckets
 
 hf_logging.disable_progress_bar()
@@ -40,7 +40,14 @@ ITEMS = [(t, g, 100 * g + j) for g, t in enumerate(TASKS) for j in range(8)]
 
 
 def build(tmp: str, name: str, layers: int, hidden: int, vocab: int) -> str:
-    cfg = TinyModelConfig(layers=layers, hidden=hidden, intermediate=4 * hidden, heads=max(1, hidden // 64), kv_heads=max(1, hidden // 128), vocab_size=vocab)
+    cfg = TinyModelConfig(
+        layers=layers,
+        hidden=hidden,
+        intermediate=4 * hidden,
+        heads=max(1, hidden // 64),
+        kv_heads=max(1, hidden // 128),
+        vocab_size=vocab,
+    )
     return str(build_tiny_model(Path(tmp) / name, sample_text(PARAMS) * 4, cfg, seed=0))
 
 
@@ -89,7 +96,12 @@ def overhead_share(model_dir: str) -> float:
 def main() -> None:
     tmp = tempfile.mkdtemp()
     small = build(tmp, "small", layers=2, hidden=64, vocab=256)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}},
+    )
 
     print(f"{'rollout':<22}{'episodes/s':>12}{'tokens/s':>12}")
     local = LocalPool(WorkersConfig(), small, EnvConfig("lookup", {"max_turns": 2}), ROLLOUT, "cpu")
@@ -106,10 +118,17 @@ def main() -> None:
     print(f"\noverhead outside generate and env.step: {100 * share:.1f}% of rollout wall time (target < 10%)")
 
     print(f"\n{'weight sync':<22}{'params':>10}{'MB':>10}{'seconds':>10}{'GB/s':>8}")
-    for name, layers, hidden, vocab in [("tiny", 2, 64, 256), ("10M", 4, 320, 4096), ("50M", 8, 640, 8192), ("100M", 12, 768, 16384)]:
+    for name, layers, hidden, vocab in [
+        ("tiny", 2, 64, 256),
+        ("10M", 4, 320, 4096),
+        ("50M", 8, 640, 8192),
+        ("100M", 12, 768, 16384),
+    ]:
         model_dir = build(tmp, name, layers, hidden, vocab)
         weights = dict(AutoModelForCausalLM.from_pretrained(model_dir).named_parameters())
-        pool = RayPool(WorkersConfig(ray=True, num_workers=2), model_dir, EnvConfig("lookup", {"max_turns": 2}), ROLLOUT)
+        pool = RayPool(
+            WorkersConfig(ray=True, num_workers=2), model_dir, EnvConfig("lookup", {"max_turns": 2}), ROLLOUT
+        )
         pool.sync(buckets(weights, 64.0)).result()  # warm-up: workers started, first transfer
         times = []
         for _ in range(3):

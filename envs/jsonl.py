@@ -51,8 +51,12 @@ def loads(text: str | bytes, errors: str = "strict") -> Any:
         raise BadLine(e.msg, e.colno) from None
 
 
-def parse_jsonl(lines: Iterable[str | bytes], path: str | Path, on_bad: Callable[[BadLine], None] | None = None,
-                errors: str = "strict") -> Iterator[tuple[int, Any]]:
+def parse_jsonl(
+    lines: Iterable[str | bytes],
+    path: str | Path,
+    on_bad: Callable[[BadLine], None] | None = None,
+    errors: str = "strict",
+) -> Iterator[tuple[int, Any]]:
     """(line number from 1, value) of each non-blank line of `lines`, read from `path` (named in errors)."""
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -68,8 +72,9 @@ def parse_jsonl(lines: Iterable[str | bytes], path: str | Path, on_bad: Callable
         yield n, value
 
 
-def numbered_jsonl(path: str | Path, on_bad: Callable[[BadLine], None] | None = None,
-                   errors: str = "strict") -> Iterator[tuple[int, Any]]:
+def numbered_jsonl(
+    path: str | Path, on_bad: Callable[[BadLine], None] | None = None, errors: str = "strict"
+) -> Iterator[tuple[int, Any]]:
     """(line number from 1, value) of each non-blank line of the file at `path`, streamed (see the module docstring)."""
     with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
         yield from parse_jsonl(f, path, on_bad, errors)

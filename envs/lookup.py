@@ -24,10 +24,14 @@ RETRY = " no , try again :"
 
 @dataclass
 class LookupParams:
-    num_keys: int = 8  # distinct keys, one task each
-    num_values: int = 4  # distinct values a key may map to (at most len(VALUES))
-    max_turns: int = 2  # tries per episode
-    seed: int = 0  # seed of the key -> value table
+    #: distinct keys, one task each
+    num_keys: int = 8
+    #: distinct values a key may map to (at most len(VALUES))
+    num_values: int = 4
+    #: tries per episode
+    max_turns: int = 2
+    #: seed of the key -> value table
+    seed: int = 0
 
 
 def make_table(p: LookupParams) -> dict[str, str]:

@@ -48,8 +48,10 @@ def check_env_name(name: str) -> None:
     except (ImportError, ValueError):  # a missing parent package, or an empty or relative name
         found = False
     if not found:
-        raise ValueError(f"env.name: unknown env {name!r}{did_you_mean(name, BUILTIN)} "
-                         f"(built-in envs are {sorted(BUILTIN)}, or give a module path)")
+        raise ValueError(
+            f"env.name: unknown env {name!r}{did_you_mean(name, BUILTIN)} "
+            f"(built-in envs are {sorted(BUILTIN)}, or give a module path)"
+        )
 
 
 def get_env_spec(name: str) -> EnvSpec:
@@ -57,8 +59,9 @@ def get_env_spec(name: str) -> EnvSpec:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        raise ValueError(f"unknown env {name!r}: built-in envs are {sorted(BUILTIN)}, "
-                         f"or give a module path ({e})") from e
+        raise ValueError(
+            f"unknown env {name!r}: built-in envs are {sorted(BUILTIN)}, or give a module path ({e})"
+        ) from e
     if not hasattr(module, "ENV_SPEC"):
         raise ValueError(f"module {module_name!r} has no ENV_SPEC")
     return module.ENV_SPEC

@@ -61,11 +61,15 @@ def cmd_mistakes(args) -> None:
     acc = mistake.location_accuracy(lab.load_trajectories(args.episodes))
     print(f"{'task':<28} {'n':>6} {'accuracy':>9} {'w/ mistake':>11} {'no mistake':>11}")
     for task, a in acc.items():
-        print(f"{task:<28} {a['n']:>6} {a['accuracy']:9.3f} {a['accuracy_with_mistake']:11.3f} {a['accuracy_no_mistake']:11.3f}")
+        print(
+            f"{task:<28} {a['n']:>6} {a['accuracy']:9.3f} {a['accuracy_with_mistake']:11.3f} {a['accuracy_no_mistake']:11.3f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rewards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m rewards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="re-score recorded episodes under reward specs")
@@ -84,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("fit", help="learn a linear per-turn reward from trajectory preferences")
     p.add_argument("prefs", help='JSONL: {"a": trajectory, "b": trajectory, "label": 1 if a is preferred else 0}')
     p.add_argument("--features", required=True, help="comma-separated numeric info keys, e.g. score,invalid")
-    p.add_argument("--means", choices=["reward", "advantage"], default="reward",
-                   help="how the preferences were given: by outcomes (partial return: a reward) or by "
-                        "decisions (regret: the fit is an optimal advantage, Knox et al.)")
+    p.add_argument(
+        "--means",
+        choices=["reward", "advantage"],
+        default="reward",
+        help="how the preferences were given: by outcomes (partial return: a reward) or by "
+        "decisions (regret: the fit is an optimal advantage, Knox et al.)",
+    )
     p.add_argument("--l2", type=float, default=1e-3)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_fit)

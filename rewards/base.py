@@ -40,9 +40,12 @@ def reward_names() -> list[str]:
 
 @dataclass
 class RewardSpec:
-    name: str  # registered reward name
-    weight: float = 1.0  # multiplies both its process and outcome rewards
-    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the reward's factory
+    #: registered reward name
+    name: str
+    #: multiplies both its process and outcome rewards
+    weight: float = 1.0
+    #: keyword arguments of the reward's factory
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 def check_reward_spec(spec: RewardSpec, where: str = "") -> None:
@@ -68,8 +71,10 @@ def _check_type(value: Any, hint: Any, where: str) -> None:
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
             options = typing.get_args(hint)
-            raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(repr, options))}"
-                             f"{did_you_mean(str(value), options, parenthesised=True)}")
+            raise ValueError(
+                f"{where}: {value!r} is not one of {', '.join(map(repr, options))}"
+                f"{did_you_mean(str(value), options, parenthesised=True)}"
+            )
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}: expected a number, got {value!r}")

@@ -30,7 +30,6 @@ from __future__ import annotations
 from envs.base import Trajectory, solved
 from rewards.base import Reward, register_reward
 
-
 LEVELS = ("tests", "score")
 
 

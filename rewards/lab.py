@@ -51,8 +51,9 @@ def spec_of(d) -> RewardSpec:
         raise ValueError(f"a reward spec is a mapping {{name, weight, params}}, got {d!r:.60}")
     weight, params = d.get("weight", 1.0), d.get("params", {})
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not isinstance(params, dict):
-        raise ValueError(f"reward {d['name']!r}: weight must be a number and params a mapping, "
-                         f"got {weight!r:.20} and {params!r:.20}")
+        raise ValueError(
+            f"reward {d['name']!r}: weight must be a number and params a mapping, got {weight!r:.20} and {params!r:.20}"
+        )
     return RewardSpec(d["name"], float(weight), params)
 
 
@@ -133,12 +134,20 @@ def episode_trajectory(d) -> Trajectory | None:
         return None
     d = d.get("trajectory", d)
     task, turns = (d.get("task"), d.get("turns")) if isinstance(d, dict) else (None, None)
-    if not (isinstance(task, dict) and isinstance(task.get("prompt"), (str, list)) and "id" in task
-            and isinstance(turns, list)):
+    if not (
+        isinstance(task, dict)
+        and isinstance(task.get("prompt"), (str, list))
+        and "id" in task
+        and isinstance(turns, list)
+    ):
         raise ValueError('not an episode: needs "task" {"id", "prompt"} and a list of "turns"')
     for n, turn in enumerate(turns):
-        if not (isinstance(turn, dict) and isinstance(turn.get("action"), str)
-                and isinstance(turn.get("observation"), str) and isinstance(turn.get("info", {}), dict)):
+        if not (
+            isinstance(turn, dict)
+            and isinstance(turn.get("action"), str)
+            and isinstance(turn.get("observation"), str)
+            and isinstance(turn.get("info", {}), dict)
+        ):
             raise ValueError(f'turn {n}: needs a string "action" and "observation" and an "info" object')
         score = turn.get("info", {}).get("score", 0.0)
         if not isinstance(score, (int, float)):  # the task's verdict, read as a number by every statistic
@@ -225,10 +234,12 @@ def env_warnings(paths: str | Path | list[str | Path], texts: list[str]) -> list
     for name, wanted in dict.fromkeys((s.name, reward_env(s)) for text in texts for s in parse_spec(text)):
         for env, where in envs.items():
             if wanted is not None and env != wanted:
-                lines.append(f"reward {name!r} is written for {wanted} episodes, but {', '.join(where)} "
-                             f"{'holds' if len(where) == 1 else 'hold'} {env} episodes "
-                             f"(env.name in the run's config.yaml): "
-                             f"its scores there mean nothing")
+                lines.append(
+                    f"reward {name!r} is written for {wanted} episodes, but {', '.join(where)} "
+                    f"{'holds' if len(where) == 1 else 'hold'} {env} episodes "
+                    f"(env.name in the run's config.yaml): "
+                    f"its scores there mean nothing"
+                )
     return lines
 
 
@@ -239,8 +250,13 @@ def summary(x: np.ndarray) -> dict[str, float]:
     """n, mean, std (population, ddof=0), min, max of x; nan statistics when x is empty."""
     if len(x) == 0:
         return {"n": 0, "mean": NAN, "std": NAN, "min": NAN, "max": NAN}
-    return {"n": int(len(x)), "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()),
-            "max": float(x.max())}
+    return {
+        "n": int(len(x)),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "min": float(x.min()),
+        "max": float(x.max()),
+    }
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -330,9 +346,11 @@ class Episodes:
 
     @staticmethod
     def of(trajectories: list[Trajectory]) -> "Episodes":
-        return Episodes(np.array([task_outcome(t) for t in trajectories], float),
-                        np.array([len(t.turns) for t in trajectories], int),
-                        np.array([search_count(t) for t in trajectories], int))
+        return Episodes(
+            np.array([task_outcome(t) for t in trajectories], float),
+            np.array([len(t.turns) for t in trajectories], int),
+            np.array([search_count(t) for t in trajectories], int),
+        )
 
 
 @dataclass
@@ -354,8 +372,9 @@ def score(trajectories: list[Trajectory], label: str, specs: list[RewardSpec]) -
         try:
             rewards.append(fn(t))
         except Exception as e:  # a reward that cannot read an episode (another env's, a bad parameter): which, and why
-            raise ValueError(f"reward {label!r} failed on the episode of task {t.task.id!r}: "
-                             f"{type(e).__name__}: {e}") from None
+            raise ValueError(
+                f"reward {label!r} failed on the episode of task {t.task.id!r}: {type(e).__name__}: {e}"
+            ) from None
     names = sorted({k for r in rewards for k in r.components})
     return Scores(
         label,
@@ -420,8 +439,9 @@ def score_chunk(job: tuple[Path, int, int, list[str]]) -> tuple[Episodes, list[S
         raise ValueError(f"{file}: {e}") from None
 
 
-def score_files(paths: str | Path | list[str | Path], texts: list[str],
-                workers: int = 1) -> tuple[Episodes, list[Scores]]:
+def score_files(
+    paths: str | Path | list[str | Path], texts: list[str], workers: int = 1
+) -> tuple[Episodes, list[Scores]]:
     """Load and score every episode under `paths` (files or run directories) with each spec text, over `workers`
     processes.
 
@@ -454,11 +474,15 @@ def report(episodes: Episodes, scored: list[Scores]) -> dict:
     """
     specs = {}
     for s in scored:
-        farming = {"corr_turns": pearson(s.total, episodes.turns),
-                   "mean_by_turns": mean_by_count(s.total, episodes.turns)}
+        farming = {
+            "corr_turns": pearson(s.total, episodes.turns),
+            "mean_by_turns": mean_by_count(s.total, episodes.turns),
+        }
         if episodes.searches.any():
-            farming |= {"corr_searches": pearson(s.total, episodes.searches),
-                        "mean_by_searches": mean_by_count(s.total, episodes.searches)}
+            farming |= {
+                "corr_searches": pearson(s.total, episodes.searches),
+                "mean_by_searches": mean_by_count(s.total, episodes.searches),
+            }
         specs[s.label] = {
             "total": summary(s.total),
             "outcome": summary(s.outcome),
@@ -467,10 +491,16 @@ def report(episodes: Episodes, scored: list[Scores]) -> dict:
             "corr_task_outcome": pearson(s.total, episodes.task),
             "farming": farming,
         }
-    tau = {f"{a.label} | {b.label}": kendall_tau(a.total, b.total)
-           for i, a in enumerate(scored) for b in scored[i + 1:]}
-    return {"episodes": len(episodes.task), "sources": episodes.sources, "task_outcome": summary(episodes.task),
-            "specs": specs, "kendall_tau": tau}
+    tau = {
+        f"{a.label} | {b.label}": kendall_tau(a.total, b.total) for i, a in enumerate(scored) for b in scored[i + 1 :]
+    }
+    return {
+        "episodes": len(episodes.task),
+        "sources": episodes.sources,
+        "task_outcome": summary(episodes.task),
+        "specs": specs,
+        "kendall_tau": tau,
+    }
 
 
 def format_table(rep: dict) -> str:
@@ -488,16 +518,22 @@ def format_table(rep: dict) -> str:
         return f"{x:{width}.{digits}f}"
 
     searches = any("corr_searches" in s["farming"] for s in rep["specs"].values())
-    head = (f"{'spec':<40} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'r(task)':>8} {'r(turns)':>8}"
-            + (f" {'r(search)':>9}" if searches else ""))
+    head = f"{'spec':<40} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'r(task)':>8} {'r(turns)':>8}" + (
+        f" {'r(search)':>9}" if searches else ""
+    )
     sources = rep.get("sources", {})
     read = f" ({', '.join(f'{path}: {n}' for path, n in sources.items())})" if len(sources) > 1 else ""
-    lines = [f"{rep['episodes']} episodes{read}, task outcome mean {rep['task_outcome']['mean']:.4f}", head,
-             "-" * len(head)]
+    lines = [
+        f"{rep['episodes']} episodes{read}, task outcome mean {rep['task_outcome']['mean']:.4f}",
+        head,
+        "-" * len(head),
+    ]
     for label, s in rep["specs"].items():
         t, f = s["total"], s["farming"]
-        row = (f"{label[:40]:<40} {t['mean']:8.4f} {t['std']:8.4f} {t['min']:8.4f} {t['max']:8.4f} "
-               f"{corr(s['corr_task_outcome'])} {corr(f['corr_turns'])}")
+        row = (
+            f"{label[:40]:<40} {t['mean']:8.4f} {t['std']:8.4f} {t['min']:8.4f} {t['max']:8.4f} "
+            f"{corr(s['corr_task_outcome'])} {corr(f['corr_turns'])}"
+        )
         lines.append(row + (f" {corr(f['corr_searches'], 9)}" if searches else ""))
         for name, c in s["components"].items():
             lines.append(f"  {name[:38]:<38} {c['mean']:8.4f} {c['std']:8.4f} {c['min']:8.4f} {c['max']:8.4f}")

@@ -36,7 +36,9 @@ def mistake_location(near: float = 0.0, invalid: float = 0.0):
             value = near
         else:
             value = 0.0
-        return Reward([0.0] * len(trajectory.turns), value, {"exact": float(not info.get("invalid", True) and predicted == gold)})
+        return Reward(
+            [0.0] * len(trajectory.turns), value, {"exact": float(not info.get("invalid", True) and predicted == gold)}
+        )
 
     return fn
 
@@ -51,9 +53,16 @@ def location_accuracy(trajectories: list[Trajectory]) -> dict[str, dict[str, flo
             groups["all"].append(info)
 
     def rate(infos):
-        return sum(not i["invalid"] and i["predicted"] == i["gold"] for i in infos) / len(infos) if infos else float("nan")
+        return (
+            sum(not i["invalid"] and i["predicted"] == i["gold"] for i in infos) / len(infos) if infos else float("nan")
+        )
 
-    return {task: {"n": len(infos), "accuracy": rate(infos),
-                   "accuracy_with_mistake": rate([i for i in infos if i["gold"] is not None]),
-                   "accuracy_no_mistake": rate([i for i in infos if i["gold"] is None])}
-            for task, infos in sorted(groups.items())}
+    return {
+        task: {
+            "n": len(infos),
+            "accuracy": rate(infos),
+            "accuracy_with_mistake": rate([i for i in infos if i["gold"] is not None]),
+            "accuracy_no_mistake": rate([i for i in infos if i["gold"] is None]),
+        }
+        for task, infos in sorted(groups.items())
+    }

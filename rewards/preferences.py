@@ -197,8 +197,9 @@ def fit_partial_return(mdp: GridMDP, s1: Segments, s2: Segments, labels: np.ndar
     return fit_logistic(discounted_features(mdp, s1) - discounted_features(mdp, s2), labels, l2)
 
 
-def fit_regret(mdp: GridMDP, s1: Segments, s2: Segments, labels: np.ndarray, l2: float = 1e-3,
-               iters: int = 50) -> np.ndarray:
+def fit_regret(
+    mdp: GridMDP, s1: Segments, s2: Segments, labels: np.ndarray, l2: float = 1e-3, iters: int = 50
+) -> np.ndarray:
     """Reward weights under the regret model.
 
     Starts from the partial-return fit. Each step linearises A(s) = w . G_w(s) at the current
@@ -258,24 +259,31 @@ def demo(n_pairs: int = 3000, seed: int = 0, mdp: GridMDP | None = None) -> dict
         s1, s2, labels = synthesize(mdp, model, n_pairs, seed=seed + 1)
         fits = {"partial_return": fit_partial_return(mdp, s1, s2, labels), "regret": fit_regret(mdp, s1, s2, labels)}
         out["data"][model] = {
-            name: {"w": w.round(4).tolist(), "advantage_tau": advantage_tau(mdp, w),
-                   "policy_regret": policy_regret(mdp, w)}
+            name: {
+                "w": w.round(4).tolist(),
+                "advantage_tau": advantage_tau(mdp, w),
+                "policy_regret": policy_regret(mdp, w),
+            }
             for name, w in fits.items()
         }
     return out
 
 
 def format_demo(results: dict) -> str:
-    lines = [f"true w {dict(zip(results['features'], results['true_w']))}, {results['n_pairs']} pairs per data set",
-             f"{'data':<16} {'fit':<16} {'tau(A*)':>8} {'regret':>8}  w"]
+    lines = [
+        f"true w {dict(zip(results['features'], results['true_w']))}, {results['n_pairs']} pairs per data set",
+        f"{'data':<16} {'fit':<16} {'tau(A*)':>8} {'regret':>8}  w",
+    ]
     for data, fits in results["data"].items():
         for fit, r in fits.items():
             lines.append(f"{data:<16} {fit:<16} {r['advantage_tau']:8.4f} {r['policy_regret']:8.4f}  {r['w']}")
-    lines.append("tau(A*): Kendall tau-b between the true A* and the fit's A*, over live (state, action); "
-                 "regret: mean value\n"
-                 "lost by acting greedily on the fit. Partial-return w is the reward r = w . phi; "
-                 "regret w is a reward too,\n"
-                 "but what the preferences pinned down is its optimal advantage A*_w (hence its free 'goal' weight).")
+    lines.append(
+        "tau(A*): Kendall tau-b between the true A* and the fit's A*, over live (state, action); "
+        "regret: mean value\n"
+        "lost by acting greedily on the fit. Partial-return w is the reward r = w . phi; "
+        "regret w is a reward too,\n"
+        "but what the preferences pinned down is its optimal advantage A*_w (hence its free 'goal' weight)."
+    )
     return "\n".join(lines)
 
 

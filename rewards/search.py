@@ -47,7 +47,10 @@ from envs.search.metrics import judge_pairs, last_answer, useful
 from envs.search.qa import contains_answer, exact_match, f1_score
 from rewards.base import Reward, register_reward
 
-_WELL_FORMED = re.compile(r"\s*(<think>(?:(?!</?think>).)*</think>\s*)?<(search|judge|answer)>((?!</?(?:think|search|judge|answer)>).)*</\2>\s*", re.S)
+_WELL_FORMED = re.compile(
+    r"\s*(<think>(?:(?!</?think>).)*</think>\s*)?<(search|judge|answer)>((?!</?(?:think|search|judge|answer)>).)*</\2>\s*",
+    re.S,
+)
 _OBSERVATION_TAGS = ("<information>", "</information>", "<preview>", "</preview>")
 
 
@@ -72,8 +75,15 @@ def substring_oracle(information: str, answers: list[str]) -> bool:
     return any(a.lower().strip() in information.lower() for a in answers)
 
 
-def judgment_reward(said_yes: bool, ideal_yes: bool, answer_right: bool,
-                    correct: float, wrong_yes: float, wrong_no: float, answer_bonus: float) -> float:
+def judgment_reward(
+    said_yes: bool,
+    ideal_yes: bool,
+    answer_right: bool,
+    correct: float,
+    wrong_yes: float,
+    wrong_no: float,
+    answer_bonus: float,
+) -> float:
     """ReSeek's reward for one judgment against its ideal."""
     if said_yes == ideal_yes:
         return correct + (answer_bonus if answer_right else 0.0)
@@ -105,7 +115,9 @@ def reranker_useful(model: str, threshold: float, answers: list[str], informatio
         try:
             from sentence_transformers import CrossEncoder
         except ImportError as e:
-            raise ImportError("the judge oracle 'reranker' needs sentence-transformers: pip install sentence-transformers") from e
+            raise ImportError(
+                "the judge oracle 'reranker' needs sentence-transformers: pip install sentence-transformers"
+            ) from e
         _RERANKERS[model] = CrossEncoder(model)
     scores = _RERANKERS[model].predict([(a, information) for a in answers])
     return bool(max(float(s) for s in scores) > threshold)
@@ -152,7 +164,11 @@ def judge_reward(
         gold_docs = set(meta.get("gold_doc_ids") or [])
         if oracle == "gold_doc" and not gold_docs:
             raise ValueError("judge oracle 'gold_doc' needs the task's gold_doc_ids (generated worlds have them)")
-        searches = [t for t, turn in enumerate(turns) if turn.info.get("action") == "search" and (rate_empty or turn.info["doc_ids"])]
+        searches = [
+            t
+            for t, turn in enumerate(turns)
+            if turn.info.get("action") == "search" and (rate_empty or turn.info["doc_ids"])
+        ]
         pairs = [(s, j) for s, j in judge_pairs(trajectory, pairing) if s in searches]
         said_yes = {s: turns[j].info["verdict"] == "yes" for s, j in pairs}  # search turn -> its judgment
 
@@ -175,21 +191,34 @@ def judge_reward(
         def shares(ideal: dict[int, bool]) -> list[float]:
             if answer is None and require_answer:
                 return [0.0] * len(items)
-            raw = [judgment_reward(said_yes[s], ideal[s] or (yes_if_answer_right and answer_right and said_yes[s]), answer_right,
-                                   correct, wrong_yes, wrong_no, answer_bonus) if s in said_yes
-                   else unjudged for _, s in items]
+            raw = [
+                judgment_reward(
+                    said_yes[s],
+                    ideal[s] or (yes_if_answer_right and answer_right and said_yes[s]),
+                    answer_right,
+                    correct,
+                    wrong_yes,
+                    wrong_no,
+                    answer_bonus,
+                )
+                if s in said_yes
+                else unjudged
+                for _, s in items
+            ]
             return aggregate(raw, aggregate_by, cap)
 
         process = [0.0] * len(turns)
         for (t, _), share in zip(items, shares(chosen)):
             process[t] += share
         components = {name: sum(shares(ideal)) for name, ideal in ideals.items()}
-        components.update({
-            "searches": float(len(searches)),
-            "pairs": float(len(pairs)),
-            "correct_judgments": float(sum(said_yes[s] == chosen[s] for s in said_yes)),
-            "yes_judgments": float(sum(said_yes.values())),
-        })
+        components.update(
+            {
+                "searches": float(len(searches)),
+                "pairs": float(len(pairs)),
+                "correct_judgments": float(sum(said_yes[s] == chosen[s] for s in said_yes)),
+                "yes_judgments": float(sum(said_yes.values())),
+            }
+        )
         return Reward(process, 0.0, components)
 
     return fn
@@ -198,7 +227,11 @@ def judge_reward(
 def well_formed(action: str, require_think: bool = False) -> bool:
     """An optional (or required) <think> block, then exactly one action, and nothing else."""
     match = _WELL_FORMED.fullmatch(action)
-    return bool(match) and (match.group(1) is not None or not require_think) and not any(tag in action for tag in _OBSERVATION_TAGS)
+    return (
+        bool(match)
+        and (match.group(1) is not None or not require_think)
+        and not any(tag in action for tag in _OBSERVATION_TAGS)
+    )
 
 
 @register_reward("search_format")
@@ -208,7 +241,9 @@ def format_reward(penalty: float = 0.2, require_think: bool = False):
     def fn(trajectory: Trajectory) -> Reward:
         bad = [bool(t.info.get("invalid")) or not well_formed(t.action, require_think) for t in trajectory.turns]
         answered = last_answer(trajectory) is not None
-        return Reward([-penalty if b else 0.0 for b in bad], 0.0 if answered else -penalty, {"malformed_turns": float(sum(bad))})
+        return Reward(
+            [-penalty if b else 0.0 for b in bad], 0.0 if answered else -penalty, {"malformed_turns": float(sum(bad))}
+        )
 
     return fn
 

@@ -37,17 +37,25 @@ class Batch:
     process_rewards: torch.Tensor  # [B, K] float64: the reward each turn earned, as the reward function gave it
     turns: torch.Tensor  # [B] long: per-turn rewards of each episode (K counts up to the largest)
     outcome_rewards: torch.Tensor  # [B] float64: what the episode earned as a whole
-    judge_mask: torch.Tensor | None = None  # [B, T] float32: 1 on tokens of <judge> spans (algo.judge_advantage; else None)
+    judge_mask: torch.Tensor | None = (
+        None  # [B, T] float32: 1 on tokens of <judge> spans (algo.judge_advantage; else None)
+    )
     # Filled while the learner updates (None until then, or when the algorithm needs none):
     ref_logprobs: torch.Tensor | None = None  # [B, T] float32: the reference model's (KL to the reference)
-    old_logprobs: torch.Tensor | None = None  # [B, T] float32: the learner's before the update, PPO's ratio denominator (when several optimizer steps follow; else each micro-batch's detached own)
+    old_logprobs: torch.Tensor | None = (
+        None  # [B, T] float32: the learner's before the update, PPO's ratio denominator (when several optimizer steps follow; else each micro-batch's detached own)
+    )
     critic_values: torch.Tensor | None = None  # [B, T] float32: the critic's values before the update
     advantages: torch.Tensor | None = None  # [B, T] float32: credit assignment's, 0 off policy tokens
     returns: torch.Tensor | None = None  # [B, T] float32: the critic's targets
-    learner_logprobs: torch.Tensor | None = None  # [B, T] float32: the learner's before its first step, on the first mini-batch's policy tokens (logs)
+    learner_logprobs: torch.Tensor | None = (
+        None  # [B, T] float32: the learner's before its first step, on the first mini-batch's policy tokens (logs)
+    )
 
     @staticmethod
-    def from_episodes(episodes: list[Episode], policy_version: int = 0, judge_masks: list[list[int]] | None = None) -> Batch:
+    def from_episodes(
+        episodes: list[Episode], policy_version: int = 0, judge_masks: list[list[int]] | None = None
+    ) -> Batch:
         """The episodes (none failed) as one batch; `policy_version`: the updates behind the weights that sampled them.
         An episode not scored yet (no reward) counts as rewarded 0."""
         lengths = torch.tensor([len(ep.token_ids) for ep in episodes])
@@ -62,7 +70,9 @@ class Batch:
             policy_version=torch.full((len(episodes), int(lengths.max())), policy_version),
             process_rewards=pad([p or [0.0] for p in process]),
             turns=torch.tensor([len(p) for p in process]),
-            outcome_rewards=torch.tensor([ep.reward.outcome if ep.reward else 0.0 for ep in episodes], dtype=torch.float64),
+            outcome_rewards=torch.tensor(
+                [ep.reward.outcome if ep.reward else 0.0 for ep in episodes], dtype=torch.float64
+            ),
             judge_mask=pad(judge_masks, 0, torch.float32) if judge_masks is not None else None,
         )
 

@@ -1,13 +1,13 @@
 """Command line (`selfcorrect` is the same program).
 
-    python -m rl train CONFIG [key=value ...]      # (tiny model build,) SFT warm start if sft.steps > 0, RL, eval
-    python -m rl config CONFIG [key=value ...]     # the resolved config, every option with its doc
-    python -m rl sft CONFIG [key=value ...]        # only the SFT stage: RUN_DIR/sft/model
-    python -m rl eval CONFIG --checkpoint PATH [--out FILE] [--samples K]
-                                                   # held-out metrics of any checkpoint, as JSON
-    python -m rl demo CONFIG [CONFIG ...] [key=value ...] [--seeds 0 1 2] [--samples K]
-                                                   # train each, SFT vs RL side by side
-    python -m rl view RUN_DIR [--port P] [--host H] [--html OUT]   # a web page of a run's curves and episodes
+python -m rl train CONFIG [key=value ...]      # (tiny model build,) SFT warm start if sft.steps > 0, RL, eval
+python -m rl config CONFIG [key=value ...]     # the resolved config, every option with its doc
+python -m rl sft CONFIG [key=value ...]        # only the SFT stage: RUN_DIR/sft/model
+python -m rl eval CONFIG --checkpoint PATH [--out FILE] [--samples K]
+                                               # held-out metrics of any checkpoint, as JSON
+python -m rl demo CONFIG [CONFIG ...] [key=value ...] [--seeds 0 1 2] [--samples K]
+                                               # train each, SFT vs RL side by side
+python -m rl view RUN_DIR [--port P] [--host H] [--html OUT]   # a web page of a run's curves and episodes
 """
 
 from __future__ import annotations
@@ -36,23 +36,37 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("eval", help="evaluation of a checkpoint on the env's held-out tasks (greedy, or --samples K)")
     ev.add_argument("config", help="YAML config file (env, rollout limits, rewards)")
     ev.add_argument("overrides", nargs="*", help="key=value overrides")
-    ev.add_argument("--checkpoint", required=True,
-                    help="a Hugging Face model directory, e.g. RUN_DIR/checkpoints/step_000100/model")
+    ev.add_argument(
+        "--checkpoint", required=True, help="a Hugging Face model directory, e.g. RUN_DIR/checkpoints/step_000100/model"
+    )
     ev.add_argument("--out", default="", help="JSON file for the metrics (default: eval.json beside the checkpoint)")
-    ev.add_argument("--samples", type=int, default=0,
-                    help="sample K episodes per task at rollout.temperature and add pass@K (default: greedy)")
+    ev.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help="sample K episodes per task at rollout.temperature and add pass@K (default: greedy)",
+    )
     demo = sub.add_parser("demo", help="train each config, then evaluate its SFT and RL checkpoints side by side")
     demo.add_argument("configs", nargs="+", help="YAML config files, then key=value overrides applied to every one")
-    demo.add_argument("--seeds", type=int, nargs="+", default=None,
-                      help="one run per seed (in RUN_DIR/seed_N), then mean and range")
-    demo.add_argument("--samples", type=int, default=4,
-                      help="also evaluate K sampled episodes per task at rollout.temperature (0: greedy only)")
+    demo.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="one run per seed (in RUN_DIR/seed_N), then mean and range"
+    )
+    demo.add_argument(
+        "--samples",
+        type=int,
+        default=4,
+        help="also evaluate K sampled episodes per task at rollout.temperature (0: greedy only)",
+    )
     view = sub.add_parser("view", help="serve a page of a run's curves and episodes (or write it as one file)")
     view.add_argument("run_dir", help="a run directory")
     view.add_argument("--port", type=int, default=8000, help="port to serve on (0: any free one)")
     view.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    view.add_argument("--html", default="", help="write the page to this file instead of serving: every curve, and "
-                      "the episodes of 10 steps at most (the page says what it left out)")
+    view.add_argument(
+        "--html",
+        default="",
+        help="write the page to this file instead of serving: every curve, and "
+        "the episodes of 10 steps at most (the page says what it left out)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "view":
@@ -143,12 +157,17 @@ def _train(cfg: Config, command: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\nstopped at once during step {trainer.step + 1}; continue from the last checkpoint: "
-              f"{_resume_line(command, trainer)}", file=sys.stderr)
+        print(
+            f"\nstopped at once during step {trainer.step + 1}; continue from the last checkpoint: "
+            f"{_resume_line(command, trainer)}",
+            file=sys.stderr,
+        )
         return 130
     if trainer.stop_requested:
-        print(f"stopped after step {trainer.step} (checkpoint saved); continue with: {_resume_line(command, trainer)}",
-              file=sys.stderr)
+        print(
+            f"stopped after step {trainer.step} (checkpoint saved); continue with: {_resume_line(command, trainer)}",
+            file=sys.stderr,
+        )
         return 130
     # the training reward, then the final evaluation of the env's headline metrics (EnvSpec.headline)
     shown = dict.fromkeys(["reward/mean"] + [f"eval/{k}" for k in headline(get_env_spec(cfg.env.name))])

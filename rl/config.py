@@ -5,7 +5,7 @@
 Values in overrides are parsed as YAML (`reward=[{name: outcome}]` works). An unknown key
 fails with its name and the closest valid key; a named option (a `Literal`) fails the same
 way on an unknown value, when the config loads, before any model or data is built.
-Each field's comment is its documentation.
+Each field's documentation is the `#:` comment above it.
 
 This module is a leaf of `rl/`: it imports no other module of `rl/`, nor torch or
 transformers, so a config can be checked in a fraction of a second.
@@ -34,14 +34,15 @@ from rewards.base import RewardSpec, check_reward_spec
 # ---------------------------------------------------------------- named options
 
 
-
 def registrations(module: str, decorator: str) -> dict[str, dict[str, Any]]:
     """name -> declarations of each `@decorator("name", key=value, ...)` in rl/`module`, read from its source.
 
     The built-in estimators and policy losses are named once, where they are registered; reading the source
     instead of importing it keeps a config check free of torch."""
     tree = ast.parse((Path(__file__).parent / module).read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == decorator]
+    calls = [
+        n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == decorator
+    ]
     return {c.args[0].value: {k.arg: ast.literal_eval(k.value) for k in c.keywords} for c in calls}
 
 
@@ -58,7 +59,15 @@ EngineName = Literal["hf", "vllm"]
 VLLMDtype = Literal["auto", "float32", "bfloat16", "float16"]
 SFTSchedule = Literal["constant", "cosine"]
 ObservationRole = Literal["user", "tool", "system"]
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # attention and MLP projections
+LORA_TARGETS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)  # attention and MLP projections
 
 
 def check_choice(value: Any, choices: tuple, name: str, where: str = "") -> None:
@@ -106,27 +115,41 @@ class Options:
 
 @dataclass
 class TinyModelConfig(Options):
-    layers: int = 2  # transformer blocks
-    hidden: int = 64  # hidden size
-    intermediate: int = 128  # MLP width
-    heads: int = 4  # attention heads
-    kv_heads: int = 2  # key/value heads (grouped-query attention, as in Qwen2)
-    vocab_size: int = 512  # upper bound on the BPE vocabulary trained on the task text
-    byte_alphabet: bool = True  # keep all 256 byte symbols (any text encodes); False keeps only bytes seen in the text
-    single_tokens: list[str] = field(default_factory=list)  # strings encoded as one token each, e.g. an env's tags: "<search>" then gives a copy of what followed it one place to look
-    max_positions: int = 2048  # longest sequence the model accepts
+    #: transformer blocks
+    layers: int = 2
+    #: hidden size
+    hidden: int = 64
+    #: MLP width
+    intermediate: int = 128
+    #: attention heads
+    heads: int = 4
+    #: key/value heads (grouped-query attention, as in Qwen2)
+    kv_heads: int = 2
+    #: upper bound on the BPE vocabulary trained on the task text
+    vocab_size: int = 512
+    #: keep all 256 byte symbols (any text encodes); False keeps only bytes seen in the text
+    byte_alphabet: bool = True
+    #: strings encoded as one token each, e.g. an env's tags: "<search>" then gives a copy of what followed it one place
+    #: to look
+    single_tokens: list[str] = field(default_factory=list)
+    #: longest sequence the model accepts
+    max_positions: int = 2048
 
 
 @dataclass
 class ModelConfig(Options):
-    path: str = ""  # Hugging Face model directory or hub id; empty builds a tiny model for the env
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # shape of the tiny model built when path is empty
+    #: Hugging Face model directory or hub id; empty builds a tiny model for the env
+    path: str = ""
+    #: shape of the tiny model built when path is empty
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
 @dataclass
 class EnvConfig(Options):
-    name: str = "lookup"  # a built-in env (lookup, search, code, mistake, bbq) or a module path exposing ENV_SPEC
-    params: dict[str, Any] = field(default_factory=dict)  # options of the env's own params dataclass
+    #: a built-in env (lookup, search, code, mistake, bbq) or a module path exposing ENV_SPEC
+    name: str = "lookup"
+    #: options of the env's own params dataclass
+    params: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, overrides: dict | None = None, where: str = "env.params"):
         """(the env's EnvSpec, its params dataclass built from `params`, updated by `overrides`): every user of the
@@ -137,113 +160,207 @@ class EnvConfig(Options):
 
 @dataclass
 class SFTConfig(Options):
-    steps: int = 0  # optimizer steps of the warm start before RL (0 = no SFT stage)
-    data: str = "demos"  # "demos" (the env's scripted demonstrations) or a JSONL file of trajectories
-    demos: int = 2000  # demonstrations to generate when data is "demos"
-    keep_share: float = 0.4  # share of demos whose first attempt is right and kept (confidence); the rest fix a wrong one (critique)
-    hesitation: float = 0.5  # share of keep demos that doubt before the right call (AdvChain's hesitation-correction)
-    train_on_mistakes: bool = False  # also train on the wrong steps of fix demos (AdvChain trains on the whole chain)
-    env_params: dict[str, Any] = field(default_factory=dict)  # env.params overrides for the demos, e.g. other worlds than RL's
-    lr: float = 1.0e-3  # AdamW learning rate (peak, after warm-up)
-    warmup_steps: int = 20  # linear warm-up, then the schedule
-    schedule: SFTSchedule = "constant"  # learning rate after warm-up: constant, or cosine (decays to 0 at sft.steps)
-    batch_size: int = 16  # examples per optimizer step
-    max_length: int = 1024  # longest example in tokens; longer ones are left out
-    stop_score: float = 0.0  # end SFT early once greedy episodes on RL's train tasks score this much on average (0 = run all steps)
-    check_every: int = 25  # optimizer steps between those checks (with stop_score > 0)
-    check_tasks: int = 32  # train tasks each check plays
+    #: optimizer steps of the warm start before RL (0 = no SFT stage)
+    steps: int = 0
+    #: "demos" (the env's scripted demonstrations) or a JSONL file of trajectories
+    data: str = "demos"
+    #: demonstrations to generate when data is "demos"
+    demos: int = 2000
+    #: share of demos whose first attempt is right and kept (confidence); the rest fix a wrong one (critique)
+    keep_share: float = 0.4
+    #: share of keep demos that doubt before the right call (AdvChain's hesitation-correction)
+    hesitation: float = 0.5
+    #: also train on the wrong steps of fix demos (AdvChain trains on the whole chain)
+    train_on_mistakes: bool = False
+    #: env.params overrides for the demos, e.g. other worlds than RL's
+    env_params: dict[str, Any] = field(default_factory=dict)
+    #: AdamW learning rate (peak, after warm-up)
+    lr: float = 1.0e-3
+    #: linear warm-up, then the schedule
+    warmup_steps: int = 20
+    #: learning rate after warm-up: constant, or cosine (decays to 0 at sft.steps)
+    schedule: SFTSchedule = "constant"
+    #: examples per optimizer step
+    batch_size: int = 16
+    #: longest example in tokens; longer ones are left out
+    max_length: int = 1024
+    #: end SFT early once greedy episodes on RL's train tasks score this much on average (0 = run all steps)
+    stop_score: float = 0.0
+    #: optimizer steps between those checks (with stop_score > 0)
+    check_every: int = 25
+    #: train tasks each check plays
+    check_tasks: int = 32
 
 
 @dataclass
 class RolloutConfig(Options):
-    tasks_per_step: int = 8  # distinct tasks per training step
-    group_size: int = 8  # episodes per task (GRPO's group)
-    max_turns: int = 8  # cap on agent turns per episode; the env usually ends it sooner
-    max_turn_tokens: int = 64  # longest single action, in tokens
-    max_obs_tokens: int = 256  # an observation is cut to this many tokens
-    max_total_tokens: int = 1024  # prompt + all actions and observations
-    temperature: float = 1.0  # sampling temperature (0 = greedy)
-    top_p: float = 1.0  # nucleus sampling mass
-    top_k: int = 0  # top-k sampling (0 = off)
-    observation_role: ObservationRole = "user"  # chat role of observations, for models with a chat template
-    env_timeout_s: float = 300.0  # an env.reset/env.step that takes longer fails its episode (0 = no limit)
+    #: distinct tasks per training step
+    tasks_per_step: int = 8
+    #: episodes per task (GRPO's group)
+    group_size: int = 8
+    #: cap on agent turns per episode; the env usually ends it sooner
+    max_turns: int = 8
+    #: longest single action, in tokens
+    max_turn_tokens: int = 64
+    #: an observation is cut to this many tokens
+    max_obs_tokens: int = 256
+    #: prompt + all actions and observations
+    max_total_tokens: int = 1024
+    #: sampling temperature (0 = greedy)
+    temperature: float = 1.0
+    #: nucleus sampling mass
+    top_p: float = 1.0
+    #: top-k sampling (0 = off)
+    top_k: int = 0
+    #: chat role of observations, for models with a chat template
+    observation_role: ObservationRole = "user"
+    #: an env.reset/env.step that takes longer fails its episode (0 = no limit)
+    env_timeout_s: float = 300.0
 
 
 @dataclass
 class AlgoConfig(Options):
-    advantage: Estimator = get_args(Estimator)[0]  # estimator, registered in rl/learn/credit.py: grpo, drgrpo, rloo, reinforce++, reinforce++-baseline, gae (PPO critic), turn
-    norm_by_std: bool = True  # grpo divides by the group's std; False (or advantage=drgrpo) gives Dr.GRPO
-    lone_group_score: bool = False  # grpo, drgrpo, rloo: a group of one episode gets its raw total (verl) instead of advantage 0
-    policy_loss: PolicyLoss = get_args(PolicyLoss)[0]  # registered in rl/learn/losses.py: ppo (token-level ratio) or gspo (sequence-level ratio; use small clip ranges, e.g. 3e-4/4e-4)
-    clip_low: float = 0.2  # PPO clip range below 1
-    clip_high: float = 0.2  # PPO clip range above 1 (DAPO's clip-higher uses 0.28)
-    clip_ratio_c: float = 3.0  # dual clip: a token with A < 0 loses at most clip_ratio_c * |A| (> 1; 0 = off)
-    kl_coef: float = 0.0  # weight of KL(policy || reference); 0 loads no reference model
-    kl_estimator: KLEstimator = "k3+"  # k1, k2, k3 or k3+ (k3's value, k2's gradient: the reverse KL's); algos.kl_penalty says which estimates what
-    kl_in_reward: bool = False  # subtract the KL penalty from the rewards (PPO/REINFORCE++ style) instead of adding it to the loss
-    loss_agg: LossAggregation = "token-mean"  # token-mean, seq-mean-token-sum or seq-mean-token-mean (gspo's policy term: always seq-mean-token-mean)
-    seq_mean_skips_empty: bool = False  # seq-mean-*: leave sequences without policy tokens out of the count (verl) instead of counting them
-    tis_cap: float = 0.0  # truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
-    tis_level: TISLevel = "token"  # token (one ratio per token) or sequence (product over the sequence's policy tokens)
-    gamma: float = 1.0  # discount per policy token (gae, reinforce++)
-    lam: float = 0.95  # GAE's lambda
-    whiten_unbiased: bool = False  # reinforce++ and gae whiten with the n - 1 variance (verl) instead of the n one (OpenRLHF)
-    critic: Critic = "head"  # gae's value model: head (on the policy backbone) or separate (a copy of the base model)
-    critic_lr: float = 0.0  # critic learning rate (0 = learner.lr)
-    vf_coef: float = 0.5  # weight of the value loss (head critic: it shares the backbone's gradient)
-    value_clip: float = 0.2  # PPO value clipping around the values at sampling time (0 = off)
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and sample replacement groups
-    max_refill_rounds: int = 3  # dynamic sampling: at most this many extra rounds of sampling per step
-    overlong_max_tokens: int = 0  # DAPO soft overlong punishment at this many policy tokens (0 = off)
-    overlong_cache_tokens: int = 0  # ... ramping linearly from 0 to -overlong_coef over the last this many tokens
-    overlong_coef: float = 1.0  # ... scale of the overlong penalty
-    turn_outcome_only: bool = False  # ablation: estimators see the outcome reward only, process rewards dropped
-    learn_from_turn: int = 1  # policy tokens of earlier turns get advantage 0 (2: SCoRe's stage I, training the correction; without kl_coef the first attempt still drifts)
-    kl_turns: KLTurns = "all"  # the tokens the KL term covers: all policy tokens, or the first turn's only (SCoRe: the first attempt held near the reference while the correction learns; with learn_from_turn=2, SCoRe's stage I)
-    judge_advantage: Estimator | Literal[""] = ""  # estimator for tokens in <judge>...</judge> spans ("" = the same as the rest)
-    judge_tag: str = "judge"  # tag that marks judge spans
+    #: estimator, registered in rl/learn/credit.py: grpo, drgrpo, rloo, reinforce++, reinforce++-baseline, gae (PPO
+    #: critic), turn
+    advantage: Estimator = get_args(Estimator)[0]
+    #: grpo divides by the group's std; False (or advantage=drgrpo) gives Dr.GRPO
+    norm_by_std: bool = True
+    #: grpo, drgrpo, rloo: a group of one episode gets its raw total (verl) instead of advantage 0
+    lone_group_score: bool = False
+    #: registered in rl/learn/losses.py: ppo (token-level ratio) or gspo (sequence-level ratio; use small clip ranges,
+    #: e.g. 3e-4/4e-4)
+    policy_loss: PolicyLoss = get_args(PolicyLoss)[0]
+    #: PPO clip range below 1
+    clip_low: float = 0.2
+    #: PPO clip range above 1 (DAPO's clip-higher uses 0.28)
+    clip_high: float = 0.2
+    #: dual clip: a token with A < 0 loses at most clip_ratio_c * |A| (> 1; 0 = off)
+    clip_ratio_c: float = 3.0
+    #: weight of KL(policy || reference); 0 loads no reference model
+    kl_coef: float = 0.0
+    #: k1, k2, k3 or k3+ (k3's value, k2's gradient: the reverse KL's); algos.kl_penalty says which estimates what
+    kl_estimator: KLEstimator = "k3+"
+    #: subtract the KL penalty from the rewards (PPO/REINFORCE++ style) instead of adding it to the loss
+    kl_in_reward: bool = False
+    #: token-mean, seq-mean-token-sum or seq-mean-token-mean (gspo's policy term: always seq-mean-token-mean)
+    loss_agg: LossAggregation = "token-mean"
+    #: seq-mean-*: leave sequences without policy tokens out of the count (verl) instead of counting them
+    seq_mean_skips_empty: bool = False
+    #: truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
+    tis_cap: float = 0.0
+    #: token (one ratio per token) or sequence (product over the sequence's policy tokens)
+    tis_level: TISLevel = "token"
+    #: discount per policy token (gae, reinforce++)
+    gamma: float = 1.0
+    #: GAE's lambda
+    lam: float = 0.95
+    #: reinforce++ and gae whiten with the n - 1 variance (verl) instead of the n one (OpenRLHF)
+    whiten_unbiased: bool = False
+    #: gae's value model: head (on the policy backbone) or separate (a copy of the base model)
+    critic: Critic = "head"
+    #: critic learning rate (0 = learner.lr)
+    critic_lr: float = 0.0
+    #: weight of the value loss (head critic: it shares the backbone's gradient)
+    vf_coef: float = 0.5
+    #: PPO value clipping around the values at sampling time (0 = off)
+    value_clip: float = 0.2
+    #: DAPO: drop groups whose rewards are all equal and sample replacement groups
+    dynamic_sampling: bool = False
+    #: dynamic sampling: at most this many extra rounds of sampling per step
+    max_refill_rounds: int = 3
+    #: DAPO soft overlong punishment at this many policy tokens (0 = off)
+    overlong_max_tokens: int = 0
+    #: ... ramping linearly from 0 to -overlong_coef over the last this many tokens
+    overlong_cache_tokens: int = 0
+    #: ... scale of the overlong penalty
+    overlong_coef: float = 1.0
+    #: ablation: estimators see the outcome reward only, process rewards dropped
+    turn_outcome_only: bool = False
+    #: policy tokens of earlier turns get advantage 0 (2: SCoRe's stage I, training the correction; without kl_coef the
+    #: first attempt still drifts)
+    learn_from_turn: int = 1
+    #: the tokens the KL term covers: all policy tokens, or the first turn's only (SCoRe: the first attempt held near
+    #: the reference while the correction learns; with learn_from_turn=2, SCoRe's stage I)
+    kl_turns: KLTurns = "all"
+    #: estimator for tokens in <judge>...</judge> spans ("" = the same as the rest)
+    judge_advantage: Estimator | Literal[""] = ""
+    #: tag that marks judge spans
+    judge_tag: str = "judge"
 
     def __post_init__(self):
         super().__post_init__()
         if self.judge_advantage:
             check_choice(self.judge_advantage, choices(Estimator, "advantage"), "judge_advantage")
         if self.clip_ratio_c != 0 and self.clip_ratio_c <= 1:
-            raise ValueError(f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip bounds ratios above 1, so it must be > 1 (or 0: off)")
+            raise ValueError(
+                f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip bounds ratios above 1, so it must be > 1 (or 0: off)"
+            )
         if self.learn_from_turn < 1:
             raise ValueError(f"algo.learn_from_turn={self.learn_from_turn}: turns count from 1 (1 trains every turn)")
         if self.kl_turns == "first" and (self.kl_coef <= 0 or self.kl_in_reward):
-            raise ValueError(f"algo.kl_turns=first pulls the first turn to the reference in the loss: it needs kl_coef > 0 (got {self.kl_coef}) "
-                             f"and kl_in_reward=false")
+            raise ValueError(
+                f"algo.kl_turns=first pulls the first turn to the reference in the loss: it needs kl_coef > 0 (got {self.kl_coef}) "
+                f"and kl_in_reward=false"
+            )
         sequence_level = declares("policy_loss", self.policy_loss, "sequence_level")
         for name in (self.advantage, self.judge_advantage):
-            if declares("advantage", name, "requires_token_sum") and (sequence_level or self.loss_agg != "seq-mean-token-sum"):
+            if declares("advantage", name, "requires_token_sum") and (
+                sequence_level or self.loss_agg != "seq-mean-token-sum"
+            ):
                 # Such a baseline is unbiased only if no episode's weight in the loss depends on its own length.
-                why = f"{self.policy_loss} averages each sequence's tokens" if sequence_level else f"loss_agg={self.loss_agg} divides by a count that holds the episode's own length"
-                raise ValueError(f"advantage {name!r} is unbiased only under algo.loss_agg=seq-mean-token-sum with a token-level policy loss ({why})")
+                why = (
+                    f"{self.policy_loss} averages each sequence's tokens"
+                    if sequence_level
+                    else f"loss_agg={self.loss_agg} divides by a count that holds the episode's own length"
+                )
+                raise ValueError(
+                    f"advantage {name!r} is unbiased only under algo.loss_agg=seq-mean-token-sum with a token-level policy loss ({why})"
+                )
 
 
 @dataclass
 class LearnerConfig(Options):
-    lr: float = 1e-6  # peak learning rate of AdamW
-    adam_beta1: float = 0.9  # AdamW beta1
-    adam_beta2: float = 0.999  # AdamW beta2
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    warmup_steps: int = 0  # optimizer steps of linear learning-rate warm-up
-    max_grad_norm: float = 1.0  # gradient clipping by global norm (0 = off)
-    micro_batch_size: int = 8  # sequences per forward/backward pass (cut from the batch sorted by length: little padding)
-    optim_steps_per_batch: int = 1  # mini-batches (optimizer steps) per rollout batch
-    epochs: int = 1  # passes over each rollout batch
-    device: str = "auto"  # "auto" (CUDA when present), "cuda", "cuda:1", "cpu"
-    bf16: bool = True  # bf16 autocast on CUDA; CPU always runs float32
-    gradient_checkpointing: bool = False  # trade compute for activation memory on large models
-    world_size: int = 1  # learner ranks: 1 runs in this process; N > 1 shards the models over N Ray actors with FSDP2 (rl/learn/sharding.py)
-    cpus_per_rank: float = 1.0  # CPUs Ray reserves for each learner rank (world_size > 1)
-    gpus_per_rank: float = 0.0  # GPUs Ray reserves for each learner rank; > 0 runs the ranks on CUDA with NCCL, 0 on the CPU with gloo
-    timeout_s: float = 600.0  # a learner rank (or one of its collectives) silent this long fails the step (world_size > 1)
-    lora_rank: int = 0  # LoRA adapters of this rank on `lora_targets` (0 = full fine-tuning); only the adapters train
-    lora_alpha: float = 16.0  # LoRA scale: the update is (lora_alpha / lora_rank) * B @ A
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # names of the modules that get adapters
-    lora_modules_to_save: list[str] = field(default_factory=list)  # modules trained whole beside the adapters (peft's modules_to_save), e.g. [embed_tokens]; a tied head stays tied
+    #: peak learning rate of AdamW
+    lr: float = 1e-6
+    #: AdamW beta1
+    adam_beta1: float = 0.9
+    #: AdamW beta2
+    adam_beta2: float = 0.999
+    #: AdamW decoupled weight decay
+    weight_decay: float = 0.0
+    #: optimizer steps of linear learning-rate warm-up
+    warmup_steps: int = 0
+    #: gradient clipping by global norm (0 = off)
+    max_grad_norm: float = 1.0
+    #: sequences per forward/backward pass (cut from the batch sorted by length: little padding)
+    micro_batch_size: int = 8
+    #: mini-batches (optimizer steps) per rollout batch
+    optim_steps_per_batch: int = 1
+    #: passes over each rollout batch
+    epochs: int = 1
+    #: "auto" (CUDA when present), "cuda", "cuda:1", "cpu"
+    device: str = "auto"
+    #: bf16 autocast on CUDA; CPU always runs float32
+    bf16: bool = True
+    #: trade compute for activation memory on large models
+    gradient_checkpointing: bool = False
+    #: learner ranks: 1 runs in this process; N > 1 shards the models over N Ray actors with FSDP2
+    #: (rl/learn/sharding.py)
+    world_size: int = 1
+    #: CPUs Ray reserves for each learner rank (world_size > 1)
+    cpus_per_rank: float = 1.0
+    #: GPUs Ray reserves for each learner rank; > 0 runs the ranks on CUDA with NCCL, 0 on the CPU with gloo
+    gpus_per_rank: float = 0.0
+    #: a learner rank (or one of its collectives) silent this long fails the step (world_size > 1)
+    timeout_s: float = 600.0
+    #: LoRA adapters of this rank on `lora_targets` (0 = full fine-tuning); only the adapters train
+    lora_rank: int = 0
+    #: LoRA scale: the update is (lora_alpha / lora_rank) * B @ A
+    lora_alpha: float = 16.0
+    #: names of the modules that get adapters
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    #: modules trained whole beside the adapters (peft's modules_to_save), e.g. [embed_tokens]; a tied head stays tied
+    lora_modules_to_save: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         super().__post_init__()
@@ -257,50 +374,79 @@ class LearnerConfig(Options):
 
 @dataclass
 class WorkersConfig(Options):
-    ray: bool = False  # run rollout workers as Ray actors; False runs one worker in this process
-    address: str = ""  # Ray cluster to join ("auto", "ray://host:10001"); empty starts a local one
-    num_workers: int = 2  # Ray actors, each with its own engine (groups are split between them)
-    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each worker (its torch threads)
-    gpus_per_worker: float = 0.0  # GPUs Ray reserves for each worker; > 0 puts its engine on CUDA
-    max_restarts: int = 3  # dead workers replaced within one rollout (or one probe of a worker) before the step fails
-    async_steps: int = 0  # 0 = synchronous; 1 = one-step-off: rollouts for step k+1 run during update k
-    bucket_mb: float = 64.0  # weight-sync bucket size (one object-store object and one call per bucket)
-    probe_tolerance: float = 1e-4  # largest |engine - learner| logprob on the probe batch after a sync (bf16 vLLM: ~0.05)
-    engine: EngineName = "hf"  # hf (transformers; CPU or GPU) or vllm (GPU: pip install '.[vllm]'; CPU: docs/vllm.md)
-    vllm_dtype: VLLMDtype = "auto"  # weight dtype of the vLLM engine; auto: float32 on the CPU, bfloat16 on a GPU
-    vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (weights + KV cache); the learner needs the rest
-    vllm_kv_cache_mb: float = 0.0  # vLLM's KV cache per engine; 0: sized from vllm_gpu_memory_utilization on a GPU, 256 MB on the CPU
-    vllm_sleep_mode: bool = False  # free vLLM's GPU memory during each update (synchronous mode only)
+    #: run rollout workers as Ray actors; False runs one worker in this process
+    ray: bool = False
+    #: Ray cluster to join ("auto", "ray://host:10001"); empty starts a local one
+    address: str = ""
+    #: Ray actors, each with its own engine (groups are split between them)
+    num_workers: int = 2
+    #: CPUs Ray reserves for each worker (its torch threads)
+    cpus_per_worker: float = 1.0
+    #: GPUs Ray reserves for each worker; > 0 puts its engine on CUDA
+    gpus_per_worker: float = 0.0
+    #: dead workers replaced within one rollout (or one probe of a worker) before the step fails
+    max_restarts: int = 3
+    #: 0 = synchronous; 1 = one-step-off: rollouts for step k+1 run during update k
+    async_steps: int = 0
+    #: weight-sync bucket size (one object-store object and one call per bucket)
+    bucket_mb: float = 64.0
+    #: largest |engine - learner| logprob on the probe batch after a sync (bf16 vLLM: ~0.05)
+    probe_tolerance: float = 1e-4
+    #: hf (transformers; CPU or GPU) or vllm (GPU: pip install '.[vllm]'; CPU: docs/vllm.md)
+    engine: EngineName = "hf"
+    #: weight dtype of the vLLM engine; auto: float32 on the CPU, bfloat16 on a GPU
+    vllm_dtype: VLLMDtype = "auto"
+    #: vLLM's share of the GPU (weights + KV cache); the learner needs the rest
+    vllm_gpu_memory_utilization: float = 0.3
+    #: vLLM's KV cache per engine; 0: sized from vllm_gpu_memory_utilization on a GPU, 256 MB on the CPU
+    vllm_kv_cache_mb: float = 0.0
+    #: free vLLM's GPU memory during each update (synchronous mode only)
+    vllm_sleep_mode: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         if self.vllm_sleep_mode and self.async_steps:
             raise ValueError("workers.vllm_sleep_mode needs synchronous training (workers.async_steps=0)")
         if self.vllm_sleep_mode and self.engine != "vllm":
-            raise ValueError(f"workers.vllm_sleep_mode is vLLM's: it needs workers.engine=vllm (the engine is {self.engine!r})")
+            raise ValueError(
+                f"workers.vllm_sleep_mode is vLLM's: it needs workers.engine=vllm (the engine is {self.engine!r})"
+            )
 
 
 @dataclass
 class Config:
-    imports: list[str] = field(default_factory=list)  # modules imported before the rest is checked: your estimators, losses, rewards (e.g. mypkg.losses)
+    #: modules imported before the rest is checked: your estimators, losses, rewards (e.g. mypkg.losses)
+    imports: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)  # supervised warm start before RL (off unless sft.steps > 0)
+    #: supervised warm start before RL (off unless sft.steps > 0)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
-    reward: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("outcome")])  # weighted sum of named rewards
-    seed: int = 0  # fixes model init, task order and sampling
-    steps: int = 100  # training steps (one rollout batch and its update each)
-    run_dir: str = "runs/default"  # where config, metrics, episodes and checkpoints go
-    save_every: int = 50  # checkpoint every N steps (and at the end); 0 = only at the end
-    eval_every: int = 0  # greedy evaluation on the env's eval tasks every N steps (0 = only at the end)
-    log_episodes: bool = True  # write every episode of every step to run_dir/episodes/
-    resume: str = ""  # a run directory to continue from its latest checkpoint, or RUN_DIR@STEP from an earlier one
-    overwrite: bool = False  # start over in a run_dir that holds a run (removes that run whole); without it such a run_dir is refused
-    threads: int = 0  # torch threads of the trainer's process (its learner, and its engine without Ray); 0: see trainer_threads
-    log_level: Literal["info", "debug"] = "info"  # debug: the libraries' own logs too (vLLM, Ray, transformers); info keeps them to warnings
+    #: weighted sum of named rewards
+    reward: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("outcome")])
+    #: fixes model init, task order and sampling
+    seed: int = 0
+    #: training steps (one rollout batch and its update each)
+    steps: int = 100
+    #: where config, metrics, episodes and checkpoints go
+    run_dir: str = "runs/default"
+    #: checkpoint every N steps (and at the end); 0 = only at the end
+    save_every: int = 50
+    #: greedy evaluation on the env's eval tasks every N steps (0 = only at the end)
+    eval_every: int = 0
+    #: write every episode of every step to run_dir/episodes/
+    log_episodes: bool = True
+    #: a run directory to continue from its latest checkpoint, or RUN_DIR@STEP from an earlier one
+    resume: str = ""
+    #: start over in a run_dir that holds a run (removes that run whole); without it such a run_dir is refused
+    overwrite: bool = False
+    #: torch threads of the trainer's process (its learner, and its engine without Ray); 0: see trainer_threads
+    threads: int = 0
+    #: debug: the libraries' own logs too (vLLM, Ray, transformers); info keeps them to warnings
+    log_level: Literal["info", "debug"] = "info"
 
 
 def trainer_threads(cfg: Config) -> int:
@@ -365,7 +511,9 @@ def _convert(hint, value, path: str):
             return float(value)
         except (TypeError, ValueError):
             pass
-    wrong_type = hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool)))
+    wrong_type = hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    )
     if wrong_type:
         raise ValueError(f"{path}: expected {hint.__name__}, got {value!r}")
     return value
@@ -409,7 +557,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     check_env_name(cfg.env.name)
     cfg.env.resolve()  # every key and value of the env's params, now
     if cfg.sft.steps and cfg.sft.data != "demos" and not Path(cfg.sft.data).is_file():
-        raise ValueError(f"sft.data: no file {cfg.sft.data!r} (a JSONL of trajectories, or \"demos\" for the env's demonstrations)")
+        raise ValueError(
+            f'sft.data: no file {cfg.sft.data!r} (a JSONL of trajectories, or "demos" for the env\'s demonstrations)'
+        )
     return cfg
 
 
@@ -451,16 +601,25 @@ def _describe(section: Any, pad: str, lines: list[str]) -> None:
             lines.append(f"{pad}{f.name}:{doc}")
             _describe(value, pad + "  ", lines)
             continue
-        plain = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value] if isinstance(value, list) else value
+        plain = (
+            [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+            if isinstance(value, list)
+            else value
+        )
         text = yaml.safe_dump(plain, default_flow_style=True, width=1 << 20).strip().removesuffix("...").strip()
         lines.append(f"{pad}{f.name}: {text}{doc}")
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The comment beside each field of a dataclass, as written in its source."""
-    docs = {}
+    """The `#:` comment above each field of a dataclass (one line or several), as written in its source."""
+    docs, pending = {}, []
     for line in inspect.getsource(cls).splitlines():
-        match = re.match(r"\s+(\w+): [^#]*?  # (.*)$", line)
-        if match:
-            docs[match.group(1)] = match.group(2)
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        match = re.match(r"\s+(\w+): ", line)
+        if match and pending:
+            docs[match.group(1)] = " ".join(pending)
+        pending = []
     return docs

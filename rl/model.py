@@ -8,7 +8,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -18,7 +17,9 @@ def resolve_device(name: str) -> torch.device:
 def load_model(path: str | Path, device: torch.device) -> torch.nn.Module:
     """A causal LM in float32 (master weights; autocast decides the compute dtype)."""
     if not Path(path).exists() and not looks_like_hub_id(str(path)):
-        raise FileNotFoundError(f"model path {str(path)!r} does not exist (give a Hugging Face model directory or hub id)")
+        raise FileNotFoundError(
+            f"model path {str(path)!r} does not exist (give a Hugging Face model directory or hub id)"
+        )
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
 
 

@@ -2,7 +2,7 @@
 
     python -m rl.reference > docs/config.md
 
-An option's doc is the comment beside its field (`rl.config.field_docs`), so the reference cannot drift
+An option's doc is the `#:` comment above its field (`rl.config.field_docs`), so the reference cannot drift
 from the code: tests/test_docs.py fails when docs/config.md differs from what this prints. A named option
 (a `Literal`) also lists its values; each built-in env's own options (`env.params`) follow, read from the
 params dataclass of its `ENV_SPEC`.

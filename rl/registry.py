@@ -28,7 +28,9 @@ class Registry(envs.names.Registry):
         the learner reads the declarations, never the name."""
         unknown = set(declarations) - self.declarations
         if unknown:
-            raise ValueError(f"{self.kind} {name!r}: unknown declaration {sorted(unknown)[0]!r} (use {', '.join(sorted(self.declarations))})")
+            raise ValueError(
+                f"{self.kind} {name!r}: unknown declaration {sorted(unknown)[0]!r} (use {', '.join(sorted(self.declarations))})"
+            )
         add = super().register(name)
 
         def add_and_allow(fn: Callable) -> Callable:

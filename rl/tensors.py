@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 
 
-def pad(rows: list, value: float = 0.0, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> torch.Tensor:
+def pad(
+    rows: list, value: float = 0.0, dtype: torch.dtype = torch.float64, device: torch.device | None = None
+) -> torch.Tensor:
     """Right-pad lists or 1-D tensors into one [B, T] tensor, on `device` (None: the CPU).
 
     One host tensor for all rows (not one per row), so padding stays off the learner's critical path.

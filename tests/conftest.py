@@ -10,7 +10,9 @@ from envs.lookup import LookupParams, load_tasks, sample_text
 from rl.config import TinyModelConfig
 from rl.run.tiny import build_tiny_model
 
-LOOKUP_TINY = TinyModelConfig(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab_size=128, byte_alphabet=False)
+LOOKUP_TINY = TinyModelConfig(
+    layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab_size=128, byte_alphabet=False
+)
 # A chat template in the style of ChatML, using the tiny tokenizer's EOS as the end-of-turn token.
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}<|endoftext|>\n{% endfor %}"
@@ -35,6 +37,10 @@ def tiny(tiny_model_dir):
 def lookup_experts(tmp_path):
     """An SFT file of the right answer to every key of the lookup table: a tiny model learns them in tens of steps."""
     path = tmp_path / "experts.jsonl"
-    path.write_text("".join(json.dumps(Trajectory(task, [Turn(f" {task.metadata['answer']}", "", {"score": 1.0})]).to_dict()) + "\n"
-                            for task in load_tasks(LookupParams(), "train")))
+    path.write_text(
+        "".join(
+            json.dumps(Trajectory(task, [Turn(f" {task.metadata['answer']}", "", {"score": 1.0})]).to_dict()) + "\n"
+            for task in load_tasks(LookupParams(), "train")
+        )
+    )
     return path

@@ -33,8 +33,8 @@ from rewards import __main__ as rewards_cli
 from rewards import lab
 from rewards.base import build_reward
 from rl.config import Config, load_config
-from rl.view.plots import read_metrics, series
 from rl.view.page import read_jsonl
+from rl.view.plots import read_metrics, series
 
 Rejected = (ValueError, FileNotFoundError)
 WORK = Path(tempfile.mkdtemp(prefix="selfcorrect_fuzz_"))  # every target's files; one folder per process
@@ -90,11 +90,41 @@ def config_keys(cls=Config, prefix: str = "") -> list[str]:
     return out
 
 
-yaml_scalars = st.sampled_from(["0", "-1", "1e-5", "1e400", ".nan", "true", "null", "~", "[]", "{}", "[1, 2]", "{a: 1}",
-                                "'x'", "[{name: outcome}]", "[", "{", "]", ":", "- a", "!!python/tuple [1]", "&a", "*b", "'", '"'])
+yaml_scalars = st.sampled_from(
+    [
+        "0",
+        "-1",
+        "1e-5",
+        "1e400",
+        ".nan",
+        "true",
+        "null",
+        "~",
+        "[]",
+        "{}",
+        "[1, 2]",
+        "{a: 1}",
+        "'x'",
+        "[{name: outcome}]",
+        "[",
+        "{",
+        "]",
+        ":",
+        "- a",
+        "!!python/tuple [1]",
+        "&a",
+        "*b",
+        "'",
+        '"',
+    ]
+)
 override = st.one_of(
     st.text(max_size=30),
-    st.builds(lambda k, v: f"{k}={v}", st.sampled_from(config_keys()) | st.text(max_size=12), yaml_scalars | st.text(max_size=12)),
+    st.builds(
+        lambda k, v: f"{k}={v}",
+        st.sampled_from(config_keys()) | st.text(max_size=12),
+        yaml_scalars | st.text(max_size=12),
+    ),
 )
 
 
@@ -105,8 +135,11 @@ def check_overrides(items: list[str]) -> None:
         rejected_in_one_line(e)
 
 
-yaml_line = st.builds(lambda k, v: f"{k}: {v}", st.sampled_from(["steps", "seed", "model", "learner", "reward", "1", "null", "true", "[a]", "? x", "-"]),
-                      yaml_scalars | st.text(max_size=10))
+yaml_line = st.builds(
+    lambda k, v: f"{k}: {v}",
+    st.sampled_from(["steps", "seed", "model", "learner", "reward", "1", "null", "true", "[a]", "? x", "-"]),
+    yaml_scalars | st.text(max_size=10),
+)
 yaml_text = st.one_of(st.text(max_size=60), st.lists(yaml_line, max_size=5).map("\n".join), st.binary(max_size=40))
 
 
@@ -151,8 +184,13 @@ class Server:
     @classmethod
     def address(cls) -> tuple[str, int]:
         if cls._address is None:
-            corpus = write("corpus.jsonl", "".join(json.dumps({"id": str(i), "contents": f"Doc {i}\npassage number {i} about fuzz"}) + "\n"
-                                                   for i in range(5)))
+            corpus = write(
+                "corpus.jsonl",
+                "".join(
+                    json.dumps({"id": str(i), "contents": f"Doc {i}\npassage number {i} about fuzz"}) + "\n"
+                    for i in range(5)
+                ),
+            )
             server = RetrievalServer(BM25Index(corpus, WORK / "bm25"), "127.0.0.1", 0, read_timeout_s=5.0)
             threading.Thread(target=server.serve_forever, daemon=True).start()
             cls._address = server.server_address[:2]
@@ -171,11 +209,29 @@ def exchange(data: bytes) -> bytes:
 
 
 GOOD = b'POST /retrieve HTTP/1.1\r\nContent-Length: 26\r\n\r\n{"queries": ["passage 3"]}'
-http_parts = st.sampled_from([b"POST /retrieve HTTP/1.1\r\n", b"GET / HTTP/1.0\r\n", b"POST /x HTTP/1.1\r\n", b"BREW / HTTP/9\r\n",
-                              b"Content-Length: 5\r\n", b"Content-Length: -1\r\n", b"Content-Length: 99999999999\r\n",
-                              b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n", b"0\r\n\r\n", b"zz\r\n", b"\r\n",
-                              b'{"queries": ["a"], "topk": 2}', b'{"queries": 1}', b'{"topk": true}', b"\xff\xfe"])
-http_request = st.one_of(st.binary(max_size=200), st.lists(http_parts | st.binary(max_size=12), max_size=8).map(b"".join))
+http_parts = st.sampled_from(
+    [
+        b"POST /retrieve HTTP/1.1\r\n",
+        b"GET / HTTP/1.0\r\n",
+        b"POST /x HTTP/1.1\r\n",
+        b"BREW / HTTP/9\r\n",
+        b"Content-Length: 5\r\n",
+        b"Content-Length: -1\r\n",
+        b"Content-Length: 99999999999\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"5\r\nhello\r\n",
+        b"0\r\n\r\n",
+        b"zz\r\n",
+        b"\r\n",
+        b'{"queries": ["a"], "topk": 2}',
+        b'{"queries": 1}',
+        b'{"topk": true}',
+        b"\xff\xfe",
+    ]
+)
+http_request = st.one_of(
+    st.binary(max_size=200), st.lists(http_parts | st.binary(max_size=12), max_size=8).map(b"".join)
+)
 
 
 def check_server(data: bytes) -> None:
@@ -193,10 +249,18 @@ def check_server(data: bytes) -> None:
 # ---------------------------------------------------------------- input files of the command lines
 
 
-PROBLEM = {"task_id": "Fuzz/0", "prompt": "def f(x):\n", "entry_point": "f", "canonical_solution": "    return x\n",
-           "test": "def check(candidate):\n    assert candidate(1) == 1\n"}
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+PROBLEM = {
+    "task_id": "Fuzz/0",
+    "prompt": "def f(x):\n",
+    "entry_point": "f",
+    "canonical_solution": "    return x\n",
+    "test": "def check(candidate):\n    assert candidate(1) == 1\n",
+}
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def json_lines(record: st.SearchStrategy) -> st.SearchStrategy:
@@ -205,38 +269,84 @@ def json_lines(record: st.SearchStrategy) -> st.SearchStrategy:
     return st.lists(line, max_size=4).map("\n".join) | st.binary(max_size=40)
 
 
-sample = st.fixed_dictionaries({"task_id": st.sampled_from(["Fuzz/0", "Fuzz/1", 0]) | json_values},
-                               optional={"completion": st.sampled_from(["    return x\n", "    return -x\n"]) | json_values,
-                                         "solution": json_values})
+sample = st.fixed_dictionaries(
+    {"task_id": st.sampled_from(["Fuzz/0", "Fuzz/1", 0]) | json_values},
+    optional={
+        "completion": st.sampled_from(["    return x\n", "    return -x\n"]) | json_values,
+        "solution": json_values,
+    },
+)
 
 
 def check_code_evaluate(text: str | bytes) -> None:
     problems = WORK / "problems.jsonl"
     problems.write_text(json.dumps(PROBLEM) + "\n")
     samples = write("samples.jsonl", text)
-    run_cli(code_cli.main, ["evaluate", "--problems", str(problems), "--samples", str(samples), "--out", str(WORK / "results.jsonl"),
-                            "--k", "1", "--workers", "1", "--timeout", "5"])
+    run_cli(
+        code_cli.main,
+        [
+            "evaluate",
+            "--problems",
+            str(problems),
+            "--samples",
+            str(samples),
+            "--out",
+            str(WORK / "results.jsonl"),
+            "--k",
+            "1",
+            "--workers",
+            "1",
+            "--timeout",
+            "5",
+        ],
+    )
 
 
-turn = st.fixed_dictionaries({"action": st.text(max_size=10) | json_values, "observation": st.text(max_size=10) | json_values},
-                             optional={"info": st.fixed_dictionaries({}, optional={"score": st.floats() | json_values,
-                                                                                  "action": st.just("search") | json_values}) | json_values})
-episode = st.fixed_dictionaries({"task": st.fixed_dictionaries({"id": st.text(max_size=5) | json_values,
-                                                                "prompt": st.text(max_size=10) | json_values}) | json_values,
-                                 "turns": st.lists(turn, max_size=3) | json_values})
+turn = st.fixed_dictionaries(
+    {"action": st.text(max_size=10) | json_values, "observation": st.text(max_size=10) | json_values},
+    optional={
+        "info": st.fixed_dictionaries(
+            {}, optional={"score": st.floats() | json_values, "action": st.just("search") | json_values}
+        )
+        | json_values
+    },
+)
+episode = st.fixed_dictionaries(
+    {
+        "task": st.fixed_dictionaries(
+            {"id": st.text(max_size=5) | json_values, "prompt": st.text(max_size=10) | json_values}
+        )
+        | json_values,
+        "turns": st.lists(turn, max_size=3) | json_values,
+    }
+)
 episode_line = episode | st.builds(lambda e: {"trajectory": e}, episode) | st.just({"error": "the env raised"})
 
 
 def check_rewards_score(text: str | bytes) -> None:
-    run_cli(rewards_cli.main, ["score", str(write("episodes.jsonl", text)), "--reward", "outcome + format", "--out", str(WORK / "lab"),
-                               "--workers", "1"])
+    run_cli(
+        rewards_cli.main,
+        [
+            "score",
+            str(write("episodes.jsonl", text)),
+            "--reward",
+            "outcome + format",
+            "--out",
+            str(WORK / "lab"),
+            "--workers",
+            "1",
+        ],
+    )
 
 
 def check_rewards_mistakes(text: str | bytes) -> None:
     run_cli(rewards_cli.main, ["mistakes", str(write("episodes.jsonl", text))])
 
 
-reward_spec = st.one_of(st.text(max_size=30), tagged(["outcome", "format", "+", "*", "2", ":", "=", ",", "{name: outcome}", "[", "{", "weight"]))
+reward_spec = st.one_of(
+    st.text(max_size=30),
+    tagged(["outcome", "format", "+", "*", "2", ":", "=", ",", "{name: outcome}", "[", "{", "weight"]),
+)
 
 
 def check_reward_spec(text: str) -> None:
@@ -275,21 +385,58 @@ def check_metrics_reader(text: str | bytes) -> None:
 
 
 TARGETS = [
-    Target("config key=value overrides", st.lists(override, max_size=4), check_overrides, [["steps=["], ["reward=[{name: outcome, weight: x}]"]]),
+    Target(
+        "config key=value overrides",
+        st.lists(override, max_size=4),
+        check_overrides,
+        [["steps=["], ["reward=[{name: outcome, weight: x}]"]],
+    ),
     Target("config YAML file", yaml_text, check_yaml, ["1: ]", "1: 2", "null: x", b"\xff"]),
-    Target("search action parser", st.text(max_size=60) | tagged(["<search>", "</search>", "<judge>", "</judge>", "<answer>",
-                                                                  "</answer>", "yes", "No", " "]), check_search_action),
-    Target("code program extraction", st.text(max_size=60) | tagged(["[BEGIN]", "[DONE]", "[CORRECT]", "```python\n", "```", "\n"]),
-           check_code_extraction),
-    Target("retrieval server (socket)", http_request, check_server, [b"\xa0\nContent-Length: -1\r\n", b"\r\n", b"x\r\n"]),
-    Target("envs.code evaluate samples file", json_lines(sample), check_code_evaluate,
-           ['{"task_id": "Fuzz/0", "completion": "    return x\\n"}\n{"task_id": "Fuzz/0", "solution": "def f(x):\\n    return 0\\n"}']),
+    Target(
+        "search action parser",
+        st.text(max_size=60)
+        | tagged(["<search>", "</search>", "<judge>", "</judge>", "<answer>", "</answer>", "yes", "No", " "]),
+        check_search_action,
+    ),
+    Target(
+        "code program extraction",
+        st.text(max_size=60) | tagged(["[BEGIN]", "[DONE]", "[CORRECT]", "```python\n", "```", "\n"]),
+        check_code_extraction,
+    ),
+    Target(
+        "retrieval server (socket)", http_request, check_server, [b"\xa0\nContent-Length: -1\r\n", b"\r\n", b"x\r\n"]
+    ),
+    Target(
+        "envs.code evaluate samples file",
+        json_lines(sample),
+        check_code_evaluate,
+        [
+            '{"task_id": "Fuzz/0", "completion": "    return x\\n"}\n{"task_id": "Fuzz/0", "solution": "def f(x):\\n    return 0\\n"}'
+        ],
+    ),
     Target("rewards score episodes file", json_lines(episode_line), check_rewards_score, ["", "[1]"]),
     Target("rewards mistakes episodes file", json_lines(episode_line), check_rewards_mistakes, [b"\x82\xebM"]),
-    Target("rewards --reward spec", reward_spec, check_reward_spec,
-           ["{", "[1]", "{name: outcome, weight: x}", "outcome:a=]", "e*outcome", "outcome:=2=L85ÈJ)8weight"]),
-    Target("episode JSONL reader", json_lines(episode_line), check_episode_reader,
-           ["", "[1]", '{"task": 1, "turns": []}', '{"task": {"id": 0, "prompt": ""}, "turns": [{"action": "", "observation": "", "info": {"score": "x"}}]}']),
-    Target("metrics JSONL reader", json_lines(metrics_line), check_metrics_reader,
-           ["1417667945694913.0", '{"step": [null], "reward/mean": 0.0}', '{"step": Infinity, "reward/mean": 0.0}']),
+    Target(
+        "rewards --reward spec",
+        reward_spec,
+        check_reward_spec,
+        ["{", "[1]", "{name: outcome, weight: x}", "outcome:a=]", "e*outcome", "outcome:=2=L85ÈJ)8weight"],
+    ),
+    Target(
+        "episode JSONL reader",
+        json_lines(episode_line),
+        check_episode_reader,
+        [
+            "",
+            "[1]",
+            '{"task": 1, "turns": []}',
+            '{"task": {"id": 0, "prompt": ""}, "turns": [{"action": "", "observation": "", "info": {"score": "x"}}]}',
+        ],
+    ),
+    Target(
+        "metrics JSONL reader",
+        json_lines(metrics_line),
+        check_metrics_reader,
+        ["1417667945694913.0", '{"step": [null], "reward/mean": 0.0}', '{"step": Infinity, "reward/mean": 0.0}'],
+    ),
 ]

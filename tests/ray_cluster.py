@@ -55,7 +55,12 @@ def describe() -> dict:
     """What makes this cluster distinct, as seen from inside a task of it."""
     ctx = ray.get_runtime_context()
     node = ray._private.worker.global_worker.node
-    return {"gcs": ctx.gcs_address, "namespace": ctx.namespace, "session_dir": node.get_session_dir_path(), "pid": os.getpid()}
+    return {
+        "gcs": ctx.gcs_address,
+        "namespace": ctx.namespace,
+        "session_dir": node.get_session_dir_path(),
+        "pid": os.getpid(),
+    }
 
 
 if __name__ == "__main__":

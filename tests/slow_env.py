@@ -30,7 +30,9 @@ class SlowEnv(lookup.LookupEnv):
         return super().reset(task)
 
     def step(self, action):
-        hang = self.task_id == self.params.hang_task or (self.params.hang_prob > 0 and self.rng.random() < self.params.hang_prob)
+        hang = self.task_id == self.params.hang_task or (
+            self.params.hang_prob > 0 and self.rng.random() < self.params.hang_prob
+        )
         time.sleep(3600 if hang else self.params.step_seconds)
         return super().step(action)
 

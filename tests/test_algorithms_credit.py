@@ -8,9 +8,9 @@ import torch
 
 from rewards.base import Reward
 from rl.batch import Batch
-from rl.learn import algos, credit
 from rl.config import AlgoConfig
 from rl.episode import PROMPT_TURN, Episode
+from rl.learn import algos, credit
 from rl.tensors import pad
 
 
@@ -40,11 +40,23 @@ def test_rewards_sit_on_the_last_sampled_token_of_their_turn():
     ep = episode(0, [2, 0, 1], [1.0, 2.0, 3.0], 10.0)
     # tokens: P P a a o | o | a  -> positions 2,3 turn 0; 4 obs; 5 obs (turn 1 sampled nothing); 6 turn 2
     out = credit.token_rewards(Batch.from_episodes([ep]), AlgoConfig())[0].tolist()
-    assert out == [0, 0, 0, 1.0 + 2.0, 0, 0, 3.0 + 10.0]  # the empty turn's reward goes to the last sampled token before it
-    shaped = credit.token_rewards(Batch.from_episodes([ep]), AlgoConfig(overlong_max_tokens=3, overlong_cache_tokens=2, turn_outcome_only=True))[0]
+    assert out == [
+        0,
+        0,
+        0,
+        1.0 + 2.0,
+        0,
+        0,
+        3.0 + 10.0,
+    ]  # the empty turn's reward goes to the last sampled token before it
+    shaped = credit.token_rewards(
+        Batch.from_episodes([ep]), AlgoConfig(overlong_max_tokens=3, overlong_cache_tokens=2, turn_outcome_only=True)
+    )[0]
     # 3 policy tokens, penalty from 1 token on: (1 - 3) / 2 = -1; turn_outcome_only drops the process rewards
     assert shaped.tolist() == [0, 0, 0, 0, 0, 0, 10.0 - 1.0]
-    ramp = credit.token_rewards(Batch.from_episodes([ep]), AlgoConfig(overlong_max_tokens=4, overlong_cache_tokens=2, overlong_coef=0.5))[0]
+    ramp = credit.token_rewards(
+        Batch.from_episodes([ep]), AlgoConfig(overlong_max_tokens=4, overlong_cache_tokens=2, overlong_coef=0.5)
+    )[0]
     assert ramp[-1].item() == pytest.approx(13.0 + 0.5 * (2 - 3) / 2)
 
 
@@ -80,16 +92,22 @@ def test_reinforce_pp_and_gae_by_hand():
     vals = torch.tensor([3.0, 2.0, 0.0, 0.0])
     z = ((vals - vals.mean()) / vals.std(unbiased=False)).tolist()
     adv, _ = advantages(eps, AlgoConfig(advantage="reinforce++", gamma=1.0))
-    assert adv[0].tolist() == pytest.approx([0, 0, z[0], 0, z[1]], abs=1e-6) and adv[1].tolist() == pytest.approx([0, 0, z[2], z[3]], abs=1e-6)
+    assert adv[0].tolist() == pytest.approx([0, 0, z[0], 0, z[1]], abs=1e-6) and adv[1].tolist() == pytest.approx(
+        [0, 0, z[2], z[3]], abs=1e-6
+    )
     # baseline variant: the group mean total (1.5) is subtracted from every token's return
     vals = torch.tensor([1.5, 0.5, -1.5, -1.5])
     z = ((vals - vals.mean()) / vals.std(unbiased=False)).tolist()
     adv, _ = advantages(eps, AlgoConfig(advantage="reinforce++-baseline", gamma=1.0))
-    assert adv[0].tolist() == pytest.approx([0, 0, z[0], 0, z[1]], abs=1e-6) and adv[1].tolist() == pytest.approx([0, 0, z[2], z[3]], abs=1e-6)
+    assert adv[0].tolist() == pytest.approx([0, 0, z[0], 0, z[1]], abs=1e-6) and adv[1].tolist() == pytest.approx(
+        [0, 0, z[2], z[3]], abs=1e-6
+    )
     # gae with values: the targets are un-whitened advantages plus values, 0 off policy tokens
     values = pad([[9, 9, 0.5, 9, 1.0], [9, 9, 0.2, 0.1]])
     adv, returns = advantages(eps, AlgoConfig(advantage="gae", gamma=1.0, lam=1.0), values=values)
-    assert returns[0].tolist() == pytest.approx([0, 0, 3.0, 0, 2.0]) and returns[1].tolist() == pytest.approx([0, 0, 0, 0])
+    assert returns[0].tolist() == pytest.approx([0, 0, 3.0, 0, 2.0]) and returns[1].tolist() == pytest.approx(
+        [0, 0, 0, 0]
+    )
     raw = torch.tensor([3.0 - 0.5, 2.0 - 1.0, -0.2, -0.1])
     z = ((raw - raw.mean()) / raw.std(unbiased=False)).tolist()
     assert adv[0].tolist() == pytest.approx([0, 0, z[0], 0, z[1]], abs=1e-5)
@@ -103,7 +121,9 @@ def test_reinforce_pp_baseline_does_not_depend_on_the_episode_length():
     adv, _ = advantages(eps, AlgoConfig(advantage="reinforce++-baseline", gamma=0.9))
     returns = torch.tensor([0.9, 1.0, 0.9**4, 0.9**3, 0.9**2, 0.9, 1.0], dtype=torch.float64)
     z = ((returns - 1.0) - (returns - 1.0).mean()) / (returns - 1.0).std(unbiased=False)
-    assert adv[0][2:].tolist() == pytest.approx(z[:2].tolist(), abs=1e-5) and adv[1][2:].tolist() == pytest.approx(z[2:].tolist(), abs=1e-5)
+    assert adv[0][2:].tolist() == pytest.approx(z[:2].tolist(), abs=1e-5) and adv[1][2:].tolist() == pytest.approx(
+        z[2:].tolist(), abs=1e-5
+    )
     # whiten_unbiased: verl's n - 1 variance
     adv, _ = advantages(eps, AlgoConfig(advantage="reinforce++-baseline", gamma=0.9, whiten_unbiased=True))
     assert adv[1][2:].tolist() == pytest.approx((z[2:] * math.sqrt(6 / 7)).tolist(), abs=1e-5)
@@ -127,7 +147,9 @@ def test_turn_estimator_through_episodes():
     assert adv[1].tolist() == pytest.approx([0, 0, 0.5 - 1.0, 0.5 - 1.0])
     assert adv[2].tolist() == pytest.approx([0, 0, -1.25, 0, -2.0, 0, 0.0])
     assert adv[3].tolist() == pytest.approx([0, 0, 3.0])
-    outcome_only, _ = advantages(eps, AlgoConfig(advantage="turn", loss_agg="seq-mean-token-sum", turn_outcome_only=True))
+    outcome_only, _ = advantages(
+        eps, AlgoConfig(advantage="turn", loss_agg="seq-mean-token-sum", turn_outcome_only=True)
+    )
     assert outcome_only[1].tolist() == pytest.approx([0, 0, -0.5, -0.5])  # 0 minus (1 + 0) / 2
     # learn_from_turn=2: the first turn's tokens get nothing, later turns keep their advantages.
     later, _ = advantages(eps, AlgoConfig(advantage="turn", loss_agg="seq-mean-token-sum", learn_from_turn=2))

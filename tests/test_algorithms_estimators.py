@@ -128,7 +128,9 @@ def test_truncated_is_weight_token_and_sequence_levels():
     assert tok[0].tolist() == pytest.approx([1.0, math.exp(0.2), 1.5, math.exp(-3.0)])
     seq = algos.truncated_is_weight(old, beh, cap=10.0, mask=mask, level="sequence")
     assert seq[0].tolist() == pytest.approx([math.exp(0.7)] * 4)  # the masked -3.0 does not count
-    assert algos.truncated_is_weight(old, beh, cap=1.5, mask=mask, level="sequence")[0].tolist() == pytest.approx([1.5] * 4)
+    assert algos.truncated_is_weight(old, beh, cap=1.5, mask=mask, level="sequence")[0].tolist() == pytest.approx(
+        [1.5] * 4
+    )
     with pytest.raises(ValueError, match="unknown TIS level"):
         algos.truncated_is_weight(old, beh, 2.0, mask, "turn")
 

@@ -93,9 +93,13 @@ def aggregated_gradient_samples(adv, cont, turn_mask, mode):
     group per optimizer step. Each group has its own copy of theta, so one backward gives every group's. [N_GROUPS, 2]"""
     theta = THETA.repeat(N_GROUPS, 1).requires_grad_(True)  # [N_GROUPS, 2]
     per_episode = theta.repeat_interleave(G, 0)  # [N, 2]
-    decision_logp = torch.where(cont, torch.nn.functional.logsigmoid(per_episode), torch.nn.functional.logsigmoid(-per_episode))
+    decision_logp = torch.where(
+        cont, torch.nn.functional.logsigmoid(per_episode), torch.nn.functional.logsigmoid(-per_episode)
+    )
     logp = torch.zeros(len(cont), 3 * TURN_TOKENS, dtype=D)  # [N, T]
-    logp = logp.index_put((torch.arange(len(cont))[:, None], torch.tensor([0, TURN_TOKENS])), decision_logp * turn_mask[:, :2])
+    logp = logp.index_put(
+        (torch.arange(len(cont))[:, None], torch.tensor([0, TURN_TOKENS])), decision_logp * turn_mask[:, :2]
+    )
     mask = turn_mask.repeat_interleave(TURN_TOKENS, 1)  # [N, T]
     token_adv = adv.repeat_interleave(TURN_TOKENS, 1) * mask
     loss, _ = algos.ppo_clip_loss(logp, logp.detach(), token_adv, 0.2, 0.2)
@@ -119,5 +123,7 @@ def test_turn_estimator_is_unbiased_under_seq_mean_token_sum_only():
     scale = float(token_mean.mean(0) @ exact / (exact @ exact))  # the best multiple
     off = token_mean - scale * exact  # [N_GROUPS, 2]
     off_se = off.std(0) / N_GROUPS**0.5
-    print(f"exact {exact.tolist()} token-sum {token_sum.mean(0).tolist()} token-mean {token_mean.mean(0).tolist()} off/se {(off.mean(0) / off_se).tolist()}")
+    print(
+        f"exact {exact.tolist()} token-sum {token_sum.mean(0).tolist()} token-mean {token_mean.mean(0).tolist()} off/se {(off.mean(0) / off_se).tolist()}"
+    )
     assert (off.mean(0).abs() / off_se).max() > 15, (off.mean(0), off_se)

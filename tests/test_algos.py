@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rl.learn import algos
 from rl.config import AlgoConfig
+from rl.learn import algos
 
 
 def test_group_advantages_by_hand():
@@ -30,14 +30,21 @@ def test_group_advantages_equal_rewards_give_zero():
 
 def test_a_group_of_one_gets_zero_or_its_raw_score():
     rewards, groups = torch.tensor([1.0, 0.0, 0.7], dtype=torch.float64), torch.tensor([0, 0, 1])
-    for fn in (algos.group_advantages, lambda r, g, lone_score: algos.group_advantages(r, g, False, lone_score=lone_score), algos.rloo_advantages):
+    for fn in (
+        algos.group_advantages,
+        lambda r, g, lone_score: algos.group_advantages(r, g, False, lone_score=lone_score),
+        algos.rloo_advantages,
+    ):
         assert fn(rewards, groups, lone_score=False)[2].item() == 0.0  # no baseline: no update
         assert fn(rewards, groups, lone_score=True)[2].item() == pytest.approx(0.7, rel=1e-5)  # verl's convention
         assert fn(rewards, groups, lone_score=True)[0].item() == fn(rewards, groups, lone_score=False)[0].item()
 
 
 def test_whitening_variance_biased_or_unbiased():
-    x, mask = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 6.0]], dtype=torch.float64), torch.tensor([[1, 1, 0], [1, 0, 1]])
+    x, mask = (
+        torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 6.0]], dtype=torch.float64),
+        torch.tensor([[1, 1, 0], [1, 0, 1]]),
+    )
     vals = torch.tensor([1.0, 2.0, 3.0, 6.0], dtype=torch.float64)
     for unbiased in (False, True):
         z = (vals - vals.mean()) / vals.std(unbiased=unbiased)
@@ -72,7 +79,9 @@ def test_dual_clip_caps_negative_advantages_and_the_log_ratio_is_clamped():
     assert torch.isfinite(plain).all() and plain.max().item() < 1e9
     # GSPO: one sequence, mean log-ratio log 5, A = -1: the same cap.
     mask = torch.ones(1, 2)
-    seq, seq_clipped = algos.gspo_loss(torch.full((1, 2), math.log(5.0)), torch.zeros(1, 2), -torch.ones(1, 2), mask, 0.2, 0.2, 3.0)
+    seq, seq_clipped = algos.gspo_loss(
+        torch.full((1, 2), math.log(5.0)), torch.zeros(1, 2), -torch.ones(1, 2), mask, 0.2, 0.2, 3.0
+    )
     assert seq[0].tolist() == pytest.approx([3.0, 3.0]) and seq_clipped.all()
 
 

@@ -13,11 +13,18 @@ from rl.run.trainer import Trainer
 
 def test_two_grpo_steps_on_bbq_questions(tmp_path):
     overrides = [
-        f"run_dir={tmp_path / 'run'}", "steps=2", "save_every=0", "eval_every=0", "workers.ray=false",
-        "env.name=bbq", "env.params={categories: 'Religion,Nationality', max_problems: 2, condition: q_if, max_turns: 2}",
+        f"run_dir={tmp_path / 'run'}",
+        "steps=2",
+        "save_every=0",
+        "eval_every=0",
+        "workers.ray=false",
+        "env.name=bbq",
+        "env.params={categories: 'Religion,Nationality', max_problems: 2, condition: q_if, max_turns: 2}",
         "model.tiny={layers: 2, hidden: 64, intermediate: 128, heads: 4, kv_heads: 2, vocab_size: 512}",
         "rollout={tasks_per_step: 2, group_size: 4, max_turns: 2, max_turn_tokens: 8, max_total_tokens: 1024}",
-        "algo.advantage=turn", "algo.loss_agg=seq-mean-token-sum", "learner.lr=1e-3",
+        "algo.advantage=turn",
+        "algo.loss_agg=seq-mean-token-sum",
+        "learner.lr=1e-3",
         "reward=[{name: cocos, params: {level: score}}, {name: bbq_bias, params: {every_turn: true}}, {name: format}]",
     ]
     cfg = load_config(None, overrides)
@@ -32,12 +39,18 @@ def test_two_grpo_steps_on_bbq_questions(tmp_path):
     steps = [m for m in rows if "reward/mean" in m and "learner/grad_norm" in m]
     assert [m["step"] for m in steps] == [1, 2] and all(m["episodes/failed"] == 0 for m in steps)
     for m in steps:
-        logged = [json.loads(line) for line in (run / "episodes" / f"step_{m['step']:06d}.jsonl").read_text().splitlines()]
+        logged = [
+            json.loads(line) for line in (run / "episodes" / f"step_{m['step']:06d}.jsonl").read_text().splitlines()
+        ]
         invalid = sum(t["info"]["invalid"] for e in logged for t in e["trajectory"]["turns"]) / len(logged)
         assert m["reward/format"] == -invalid  # each unreadable answer costs the format penalty, and nothing crashed
         assert "reward/bbq_bias/biased_last" in m and "reward/cocos/R" in m
-        own = get_env_spec("bbq").metrics([Trajectory.from_dict(e["trajectory"]) for e in logged])  # the step's samples, under train/
-        assert own and {f"train/{k}": v for k, v in own.items()} == pytest.approx({k: m[k] for k in m if k.startswith("train/")}, nan_ok=True)
+        own = get_env_spec("bbq").metrics(
+            [Trajectory.from_dict(e["trajectory"]) for e in logged]
+        )  # the step's samples, under train/
+        assert own and {f"train/{k}": v for k, v in own.items()} == pytest.approx(
+            {k: m[k] for k in m if k.startswith("train/")}, nan_ok=True
+        )
     final = next(m for m in rows if "eval/reward/mean" in m)  # the env's own metrics, through the generic hook
     assert {"eval/s_amb_t1", "eval/s_dis_tT", "eval/delta_s_amb", "eval/Religion/acc_ambig_tT"} <= final.keys()
     assert final["eval/episodes/count"] == 4.0  # 2 held-out questions of each category

@@ -15,14 +15,28 @@ def table_rows(output: str) -> dict[str, list[str]]:
     for line in output.splitlines():
         for name in ("selfcorrect", "TRL GRPOTrainer", "ratio ours/TRL"):
             if line.startswith(name):
-                cells = line[len(name):].split()
+                cells = line[len(name) :].split()
                 rows[name] = cells[1:] if name == "TRL GRPOTrainer" else cells
     return rows
 
 
 @pytest.mark.parametrize("mode", [["--task", "code"], ["--multi-turn"]])
 def test_vs_trl_does_the_same_work_on_both_sides(mode):
-    cmd = [sys.executable, "benchmarks/vs_trl.py", *mode, "--runs", "1", "--steps", "2", "--tasks", "2", "--group", "2", "--new-tokens", "8"]
+    cmd = [
+        sys.executable,
+        "benchmarks/vs_trl.py",
+        *mode,
+        "--runs",
+        "1",
+        "--steps",
+        "2",
+        "--tasks",
+        "2",
+        "--group",
+        "2",
+        "--new-tokens",
+        "8",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = table_rows(out.stdout)
@@ -34,5 +48,7 @@ def test_vs_trl_does_the_same_work_on_both_sides(mode):
     assert int(ours[4]) > 0 and int(trl[4]) > 0  # both generated and counted their tokens ...
     assert 0.8 < float(ratio[4]) < 1.25  # ... about as many (different samplers, the same limits)
     if "--multi-turn" in mode:
-        assert ours[5] == trl[5] == str(2 * 2 * 2 * 2)  # 2 steps x 2 prompts x 2 completions x 2 turns: every turn played
+        assert (
+            ours[5] == trl[5] == str(2 * 2 * 2 * 2)
+        )  # 2 steps x 2 prompts x 2 completions x 2 turns: every turn played
     assert float(ratio[0]) > 0

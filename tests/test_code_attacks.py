@@ -37,7 +37,9 @@ from envs.code.sandbox import Sandbox, SandboxConfig, evaluate
 ROOT = Path(__file__).resolve().parents[1]
 HUMANEVAL = {q.task_id: q for q in load_problems("humaneval")}
 MBPP = {f"Mbpp/{q.task_id}": q for q in load_problems("mbpp-sanitized")}
-CFG = SandboxConfig(timeout_s=3.0, memory_mb=256, workers=1)  # one worker: one sample after the other, on the same worker
+CFG = SandboxConfig(
+    timeout_s=3.0, memory_mb=256, workers=1
+)  # one worker: one sample after the other, on the same worker
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -65,7 +67,9 @@ def control(task_id: str) -> dict:
     return {"task_id": task_id, "solution": problem(task_id).reference, "control": True}
 
 
-def cli(tmp_path: Path, samples: list[dict], *, workers: int = 2, timeout: float = 3, limit: float = 90) -> tuple[list[dict], float]:
+def cli(
+    tmp_path: Path, samples: list[dict], *, workers: int = 2, timeout: float = 3, limit: float = 90
+) -> tuple[list[dict], float]:
     """Run `python -m envs.code evaluate` on samples as a user does, in a process of its own bounded by `limit` seconds.
 
     It must exit 0 having written a result line per sample; returns those lines and its wall time.
@@ -141,7 +145,7 @@ def test_tests_judge_the_program_with_the_problems_own_helpers_and_context(tmp_p
 # On the old sandbox this found the checkout (its path, the worker's stack frames, the interpreter's prefix, the
 # working directory, the modules' files) and read the canonical solution out of the shipped HumanEval.jsonl; it
 # also looks for a whole program defining the entry point in this process's memory (gc, stack frames).
-ANSWER_KEY = '''
+ANSWER_KEY = """
 import gc, json, os, sys
 
 
@@ -188,13 +192,16 @@ def _answer_key(task, entry):
 
 _key = _answer_key(TASK, ENTRY)
 exec(_key or WRONG, globals())
-'''
+"""
 
 
 def answer_key(task_id: str, wrong: str) -> str:
     q = HUMANEVAL[task_id]
-    return ANSWER_KEY.replace("ROOT", repr(str(ROOT))).replace("TASK", repr(task_id)).replace("ENTRY", repr(q.entry_point)).replace(
-        "WRONG", repr(wrong)
+    return (
+        ANSWER_KEY.replace("ROOT", repr(str(ROOT)))
+        .replace("TASK", repr(task_id))
+        .replace("ENTRY", repr(q.entry_point))
+        .replace("WRONG", repr(wrong))
     )
 
 
@@ -213,10 +220,16 @@ def seed_replayer() -> str:
 
 def test_no_program_reads_the_answer_key(tmp_path):
     samples = [
-        {"task_id": "HumanEval/0", "attack": "the data set's reference",
-         "solution": answer_key("HumanEval/0", "def has_close_elements(numbers, threshold):\n    return False\n")},
-        {"task_id": "HumanEval/53", "attack": "the data set's reference",
-         "solution": answer_key("HumanEval/53", "def add(x, y):\n    return x - y\n")},
+        {
+            "task_id": "HumanEval/0",
+            "attack": "the data set's reference",
+            "solution": answer_key("HumanEval/0", "def has_close_elements(numbers, threshold):\n    return False\n"),
+        },
+        {
+            "task_id": "HumanEval/53",
+            "attack": "the data set's reference",
+            "solution": answer_key("HumanEval/53", "def add(x, y):\n    return x - y\n"),
+        },
         {"task_id": "HumanEval/53", "attack": "the driven loop's seed", "solution": seed_replayer()},
     ]
     results, _ = cli(tmp_path, [control("HumanEval/0"), *samples, control("HumanEval/53")])
@@ -267,9 +280,13 @@ HOSTILE_VALUES = {
 def test_no_value_crashes_or_stalls_the_evaluator(tmp_path, attack):
     hostile = [{**s, "attack": attack} for s in HOSTILE_VALUES[attack]]
     tasks = sorted({s["task_id"] for s in hostile})
-    results, seconds = cli(tmp_path, [*(control(t) for t in tasks), *hostile, control("HumanEval/2"), *(control(t) for t in tasks)])
+    results, seconds = cli(
+        tmp_path, [*(control(t) for t in tasks), *hostile, control("HumanEval/2"), *(control(t) for t in tasks)]
+    )
     assert_verdicts(results)
-    assert seconds < 60, f"{seconds:.0f} s for a batch of {len(results)} samples"  # a few seconds once values are bounded
+    assert seconds < 60, (
+        f"{seconds:.0f} s for a batch of {len(results)} samples"
+    )  # a few seconds once values are bounded
 
 
 # ---------------------------------------------------------------- 4. a program kills its worker
@@ -294,8 +311,19 @@ DEEP_CHAIN = (
 
 
 def test_a_deep_directory_chain_fails_no_other_sample(tmp_path):
-    hostile = {"task_id": "HumanEval/55", "solution": DEEP_CHAIN + "\ndef fib(n):\n    return -1\n", "attack": "deep chain"}
-    samples = [control("HumanEval/55"), hostile, control("HumanEval/0"), hostile, control("HumanEval/55"), control("HumanEval/53")]
+    hostile = {
+        "task_id": "HumanEval/55",
+        "solution": DEEP_CHAIN + "\ndef fib(n):\n    return -1\n",
+        "attack": "deep chain",
+    }
+    samples = [
+        control("HumanEval/55"),
+        hostile,
+        control("HumanEval/0"),
+        hostile,
+        control("HumanEval/55"),
+        control("HumanEval/53"),
+    ]
     results, _ = cli(tmp_path, samples, workers=1)
     assert_verdicts(results)
 
@@ -482,7 +510,9 @@ _type(COMMAND)
 
 # Makes its standard input (a terminal) its controlling terminal, then runs the command: in a new session, that
 # is how a login shell starts on a terminal (without preexec_fn, which is unsafe with the reading thread running).
-CONTROLLING_TERMINAL = "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execvp(sys.argv[1], sys.argv[1:])"
+CONTROLLING_TERMINAL = (
+    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 def on_terminal(args: list[str], slave: int, **kwargs) -> subprocess.Popen:
@@ -501,7 +531,10 @@ def test_a_program_cannot_type_into_the_terminal_the_evaluator_runs_in(tmp_path)
     marker = tmp_path / "pwned"
     command = f"touch {shlex.quote(str(marker))}\n"
     q = HUMANEVAL["HumanEval/29"]
-    samples = [control("HumanEval/29"), {"task_id": q.task_id, "solution": q.reference + TYPIST.replace("COMMAND", repr(command))}]
+    samples = [
+        control("HumanEval/29"),
+        {"task_id": q.task_id, "solution": q.reference + TYPIST.replace("COMMAND", repr(command))},
+    ]
     path, out = tmp_path / "samples.jsonl", tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in samples))
     master, slave = os.openpty()

@@ -26,9 +26,15 @@ SUBSET = 40  # problems per data set in the CLI test
 def test_shipped_data_sets_load_in_their_schemas():
     he, mbpp, san = load_problems("humaneval"), load_problems("mbpp"), load_problems("mbpp-sanitized")
     assert (len(he), len(mbpp), len(san)) == (164, 974, 427)
-    assert sum(len(q.tests) for q in he) == 1133 and sum(len(q.tests) for q in mbpp) == 2922 and sum(len(q.tests) for q in san) == 1324
+    assert (
+        sum(len(q.tests) for q in he) == 1133
+        and sum(len(q.tests) for q in mbpp) == 2922
+        and sum(len(q.tests) for q in san) == 1324
+    )
     for name in ("humaneval", "mbpp"):
-        assert (ROOT / "envs/code/data" / name / "LICENSE").exists() and (ROOT / "envs/code/data" / name / "SOURCE.md").exists()
+        assert (ROOT / "envs/code/data" / name / "LICENSE").exists() and (
+            ROOT / "envs/code/data" / name / "SOURCE.md"
+        ).exists()
     assert [len(split(mbpp, s)) for s in ("train", "validation", "test", "prompt")] == [374, 90, 500, 10]
     assert len(split(he, "train")) == 164  # no split: all of it
     assert he[0].task_id == "HumanEval/0" and he[0].entry_point == "has_close_elements" and mbpp[0].task_id == "1"
@@ -40,20 +46,56 @@ def test_humaneval_check_is_split_into_one_test_per_statement():
     assert len(he["HumanEval/64"].tests) == 7  # its `assert True` checks nothing and is dropped
     loop = he["HumanEval/53"].tests[-1]  # a loop, with the import it needs in front
     assert loop.startswith("import random\nfor i in range(100):") and "assert add(x, y) == x + y" in loop
-    assert he["HumanEval/53"].tests[0] == "assert add(0, 1) == 1"  # the import is not put in front of tests that do not need it
+    assert (
+        he["HumanEval/53"].tests[0] == "assert add(0, 1) == 1"
+    )  # the import is not put in front of tests that do not need it
     last = he["HumanEval/151"].tests[-1].splitlines()
-    assert last[0] == "lst = list(range(-99, 100, 2))" and last[-1].startswith("assert double_the_difference(lst) == odd_sum")
+    assert last[0] == "lst = list(range(-99, 100, 2))" and last[-1].startswith(
+        "assert double_the_difference(lst) == odd_sum"
+    )
 
 
 def test_any_file_in_one_of_the_schemas_loads(tmp_path):
     he = tmp_path / "he.jsonl"
-    he.write_text(json.dumps({"task_id": "X/0", "prompt": "def f(x):\n", "canonical_solution": "    return x\n", "entry_point": "f",
-                              "test": "def check(candidate):\n    assert candidate(1) == 1\n"}) + "\n")
+    he.write_text(
+        json.dumps(
+            {
+                "task_id": "X/0",
+                "prompt": "def f(x):\n",
+                "canonical_solution": "    return x\n",
+                "entry_point": "f",
+                "test": "def check(candidate):\n    assert candidate(1) == 1\n",
+            }
+        )
+        + "\n"
+    )
     mbpp = tmp_path / "mbpp.jsonl"
-    mbpp.write_text(json.dumps({"task_id": 7, "text": "t", "code": "def g(): return 2", "test_list": ["assert g() == 2"], "test_setup_code": ""}) + "\n")
+    mbpp.write_text(
+        json.dumps(
+            {
+                "task_id": 7,
+                "text": "t",
+                "code": "def g(): return 2",
+                "test_list": ["assert g() == 2"],
+                "test_setup_code": "",
+            }
+        )
+        + "\n"
+    )
     san = tmp_path / "san.json"
-    san.write_text(json.dumps([{"task_id": 8, "prompt": "p", "code": "import math\ndef h(): return math.pi", "test_imports": ["import math"],
-                                "test_list": ["assert math.isclose(h(), 3.14159, rel_tol=0.001)"]}]))
+    san.write_text(
+        json.dumps(
+            [
+                {
+                    "task_id": 8,
+                    "prompt": "p",
+                    "code": "import math\ndef h(): return math.pi",
+                    "test_imports": ["import math"],
+                    "test_list": ["assert math.isclose(h(), 3.14159, rel_tol=0.001)"],
+                }
+            ]
+        )
+    )
     (q1,), (q2,), (q3,) = load_problems(str(he)), load_problems(str(mbpp)), load_problems(str(san))
     assert q1.tests == ["assert f(1) == 1"] and q1.reference == "def f(x):\n    return x\n"
     assert (q2.task_id, q2.text, q2.tests) == ("7", "t", ["assert g() == 2"])
@@ -69,7 +111,10 @@ def test_synthetic_tasks_are_seeded_distinct_and_solved_by_their_references():
     assert [q.tests for q in a] == [q.tests for q in b] and len({q.task_id for q in a}) == 20
     assert [q.tests for q in synthetic.generate(20, seed=4)] != [q.tests for q in a]
     add = synthetic.make_problem(synthetic.TEMPLATES[0], 7, random.Random(0))
-    assert add.text == "Write a function add_7(x) that returns x plus 7." and add.reference == "def add_7(x):\n    return x + 7\n"
+    assert (
+        add.text == "Write a function add_7(x) that returns x plus 7."
+        and add.reference == "def add_7(x):\n    return x + 7\n"
+    )
     assert all(t.startswith("assert add_7(") for t in add.tests) and len(set(add.tests)) == 3
     every = synthetic.generate(467, seed=0)  # every (template, k) pair: numbers up to 99 where they make sense
     assert len({q.task_id for q in every}) == 467 and "synthetic/add_99" in {q.task_id for q in every}
@@ -104,23 +149,51 @@ def test_cli_passes_canonical_and_fails_wrong_solutions(dataset, tmp_path):
     lines += [{"task_id": q.task_id, "solution": wrong_solution(q.reference), "kind": "wrong"} for q in problems]
     samples.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "results.jsonl"
-    cli = [sys.executable, "-m", "envs.code", "evaluate", "--problems", dataset, "--samples", str(samples), "--out", str(out), "--timeout", "30"]
+    cli = [
+        sys.executable,
+        "-m",
+        "envs.code",
+        "evaluate",
+        "--problems",
+        dataset,
+        "--samples",
+        str(samples),
+        "--out",
+        str(out),
+        "--timeout",
+        "30",
+    ]
     proc = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=170)
     assert proc.returncode == 0, proc.stderr
     # Each task has one right and one wrong sample: pass@1 is 1/2, pass@2 is 1.
-    assert proc.stdout.startswith(f"{dataset}: {SUBSET} tasks, {2 * SUBSET} samples; pass@1 0.5000 (skipped pass@10, pass@100")
+    assert proc.stdout.startswith(
+        f"{dataset}: {SUBSET} tasks, {2 * SUBSET} samples; pass@1 0.5000 (skipped pass@10, pass@100"
+    )
     assert f"samples passed: {SUBSET}/{2 * SUBSET};" in proc.stdout
     results = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["kind"] for r in results] == [line["kind"] for line in lines]  # one result per sample, in order, fields kept
+    assert [r["kind"] for r in results] == [
+        line["kind"] for line in lines
+    ]  # one result per sample, in order, fields kept
     for r, q in zip(results, problems + problems):
         assert r["n_tests"] == len(q.tests)
         if r["kind"] == "canonical":
             assert r["status"] == "passed" and r["passed"] and r["n_passed"] == r["n_tests"], r
         else:
-            assert r["status"] in ("failed", "error") and not r["passed"] and r["n_passed"] < r["n_tests"] and r["message"], r
+            assert (
+                r["status"] in ("failed", "error") and not r["passed"] and r["n_passed"] < r["n_tests"] and r["message"]
+            ), r
 
 
 def test_cli_references_prints_samples():
-    proc = subprocess.run([sys.executable, "-m", "envs.code", "references", "--problems", "humaneval"], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "envs.code", "references", "--problems", "humaneval"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(lines) == 164 and lines[0]["task_id"] == "HumanEval/0" and lines[0]["solution"].startswith("from typing import List")
+    assert (
+        len(lines) == 164
+        and lines[0]["task_id"] == "HumanEval/0"
+        and lines[0]["solution"].startswith("from typing import List")
+    )

@@ -37,7 +37,10 @@ def test_short_prompts_for_tiny_models():
     task = next(t for t in load_tasks(p, "train") if t.id == task_id)
     assert task.prompt == f"Task: {q.text}\n[BEGIN]\n"
     first, _ = play(p, task_id, q.reference + "[DONE]", q.reference + "[DONE]")
-    assert first.observation == "\nThere might be an error. Rewrite the solution.\n[CORRECT]\n" and first.info["score"] == 1.0
+    assert (
+        first.observation == "\nThere might be an error. Rewrite the solution.\n[CORRECT]\n"
+        and first.info["score"] == 1.0
+    )
     with pytest.raises(ValueError, match="prompt must be one of"):
         load_tasks(CodeParams(prompt="long"), "train")
 
@@ -58,12 +61,24 @@ def test_cocos_episode_gives_no_feedback_and_records_every_turn():
     p = CodeParams(synthetic_problems=4, max_turns=3)
     q, task_id = synthetic_task(p)
     name = q.entry_point
-    wrong, invalid, right = play(p, task_id, f"def {name}(x):\n    return None\n[DONE]", "I cannot do it [DONE]", q.reference + "[DONE]")
+    wrong, invalid, right = play(
+        p, task_id, f"def {name}(x):\n    return None\n[DONE]", "I cannot do it [DONE]", q.reference + "[DONE]"
+    )
     assert wrong.observation == "\n\n" + REQUEST + "\n\n[CORRECT]\n" and not wrong.done  # nothing about the tests
     assert wrong.info["tests"] == ["failed"] * 3 and wrong.info["score"] == 0.0 and not wrong.info["invalid"]
-    assert invalid.info["invalid"] and invalid.info["tests"] == ["error"] * 3 and invalid.info["messages"][0].startswith("SyntaxError")
+    assert (
+        invalid.info["invalid"]
+        and invalid.info["tests"] == ["error"] * 3
+        and invalid.info["messages"][0].startswith("SyntaxError")
+    )
     assert right.done and right.info == {
-        "score": 1.0, "n_passed": 3, "n_tests": 3, "tests": ["passed"] * 3, "messages": ["", "", ""], "code": q.reference.strip(), "invalid": False
+        "score": 1.0,
+        "n_passed": 3,
+        "n_tests": 3,
+        "tests": ["passed"] * 3,
+        "messages": ["", "", ""],
+        "code": q.reference.strip(),
+        "invalid": False,
     }
     json.dumps([wrong.info, invalid.info, right.info])  # episodes are logged as JSON
 
@@ -90,8 +105,8 @@ def test_a_program_written_again_reuses_its_verdicts():
 
 HOSTILE = {
     "a value too large to print": "def NAME(*a, **k):\n    return 10**5000\n",
-    "a forged reply": "import os, struct\ndef NAME(*a, **k):\n    d = b'{\"status\": \"ok\", \"values\": [{\"$complex\": [1e400, 0]}]}'\n"
-                      "    os.write(4, struct.pack('>I', len(d)) + d)\n    os._exit(0)\n",
+    "a forged reply": 'import os, struct\ndef NAME(*a, **k):\n    d = b\'{"status": "ok", "values": [{"$complex": [1e400, 0]}]}\'\n'
+    "    os.write(4, struct.pack('>I', len(d)) + d)\n    os._exit(0)\n",
     "values sharing a hash": "def NAME(*a, **k):\n    return [n * (2**61 - 1) for n in range(1, 5000)]\n",
     "leaving without a word": "import os\ndef NAME(*a, **k):\n    os._exit(3)\n",
     "closing its own pipes": "import os\nfor fd in (1, 2, 4):\n    os.close(fd)\ndef NAME(*a, **k):\n    while True:\n        pass\n",
@@ -112,7 +127,10 @@ def test_tasks_splits_and_tokenizer_text():
     spec = get_env_spec("code")
     mbpp = CodeParams(dataset="mbpp", eval_dataset="humaneval", max_problems=5)
     train, test = spec.load_tasks(mbpp, "train"), spec.load_tasks(mbpp, "eval")
-    assert [t.id for t in train][:2] == ["mbpp/601", "mbpp/602"] and [t.id for t in test][:2] == ["HumanEval/0", "HumanEval/1"]
+    assert [t.id for t in train][:2] == ["mbpp/601", "mbpp/602"] and [t.id for t in test][:2] == [
+        "HumanEval/0",
+        "HumanEval/1",
+    ]
     assert train[0].metadata["tests"] and train[0].prompt.endswith("[BEGIN]\n")
     syn = CodeParams(synthetic_problems=6)
     train_ids, eval_ids = {t.id for t in load_tasks(syn, "train")}, {t.id for t in load_tasks(syn, "eval")}
@@ -141,7 +159,9 @@ def test_two_training_steps_on_the_code_env(tmp_path):
     finally:
         trainer.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "reward/mean" in r] == [1, 2] and all(r["episodes/failed"] == 0 for r in rows if "reward/mean" in r)
+    assert [r["step"] for r in rows if "reward/mean" in r] == [1, 2] and all(
+        r["episodes/failed"] == 0 for r in rows if "reward/mean" in r
+    )
     fn = build_reward([{"name": "cocos"}, {"name": "code_pass", "weight": 0.5}])
     episodes = [json.loads(line) for line in (tmp_path / "episodes" / "step_000001.jsonl").read_text().splitlines()]
     assert len(episodes) == 4

@@ -5,14 +5,17 @@ import math
 import pytest
 
 from envs.base import Task, Trajectory, Turn
+from envs.code.metrics import edit_ratio, levenshtein, metrics_from_trajectories, self_correction_metrics
 from rewards import build_reward
 from rewards.code import cocos_return, cocos_turn_rewards, score_turn_rewards, turn_levels
-from envs.code.metrics import edit_ratio, levenshtein, metrics_from_trajectories, self_correction_metrics
 
 
 def episode(*turns):
     """turns: (n_passed, n_tests) or (n_passed, n_tests, code)."""
-    return Trajectory(Task("t", "p"), [Turn("a", "o", {"n_passed": t[0], "n_tests": t[1], "code": t[2] if len(t) > 2 else ""}) for t in turns])
+    return Trajectory(
+        Task("t", "p"),
+        [Turn("a", "o", {"n_passed": t[0], "n_tests": t[1], "code": t[2] if len(t) > 2 else ""}) for t in turns],
+    )
 
 
 def test_levels_fraction_count_binary():
@@ -61,7 +64,9 @@ def test_registered_rewards_and_their_components():
 
 def test_self_correction_metrics_by_hand():
     # Four problems, 2 tests each: (right, right), (wrong, right), (right, wrong), (wrong, wrong).
-    m = self_correction_metrics([2, 1, 2, 0], [2, 2, 1, 0], [2, 2, 2, 2], ["a", "ab", "abc", "x"], ["a", "b", "abd", "x"])
+    m = self_correction_metrics(
+        [2, 1, 2, 0], [2, 2, 1, 0], [2, 2, 2, 2], ["a", "ab", "abc", "x"], ["a", "b", "abd", "x"]
+    )
     assert m["acc_t1"] == 0.5 and m["acc_tT"] == 0.5 and m["delta"] == 0.0
     assert m["delta_i_to_c"] == 0.25 and m["delta_c_to_i"] == 0.25
     assert m["confidence"] == 0.5 and m["critique"] == 0.5

@@ -77,10 +77,14 @@ def assert_machine_fine(sandbox):
 
 def test_each_status_with_its_message(sandbox):
     program = "def f(x):\n    return x + 1\n\ndef g():\n    return undefined_name\n\ndef h():\n    while True:\n        pass\n"
-    passed, failed, error, timeout = run(sandbox, program, "assert f(1) == 2", "assert f(1) == 3", "assert g() == 1", "assert h() == 1")
+    passed, failed, error, timeout = run(
+        sandbox, program, "assert f(1) == 2", "assert f(1) == 3", "assert g() == 1", "assert h() == 1"
+    )
     assert passed.status == "passed"
     assert failed.status == "failed" and failed.message == "f(1) returned 2"
-    assert error.status == "error" and error.message == "NameError: name 'undefined_name' is not defined (program line 5)"
+    assert (
+        error.status == "error" and error.message == "NameError: name 'undefined_name' is not defined (program line 5)"
+    )
     assert timeout.status == "timeout" and TIMEOUT <= timeout.seconds < TIMEOUT + 1
     (bad,) = run(sandbox, "def f(:\n", "assert f() == 1")
     assert bad.status == "error" and bad.message == "SyntaxError: invalid syntax (program line 1)"
@@ -99,14 +103,20 @@ def test_a_programs_tests_share_one_process_and_programs_share_nothing(sandbox):
             "    open('/tmp/left.txt', 'a').write('x')\n"
             "    return [os.getcwd(), sorted(os.listdir('.')), COUNT[0], os.getpid(), dict(os.environ), os.listdir('/proc')]\n"
         )
-        (a, b), (c, _) = [evaluate(sandbox, [(program, "", [parse_check("assert look() == 0")] * 2, "")])[0] for _ in range(2)]
+        (a, b), (c, _) = [
+            evaluate(sandbox, [(program, "", [parse_check("assert look() == 0")] * 2, "")])[0] for _ in range(2)
+        ]
     finally:
         del os.environ["SELFCORRECT_TEST_SECRET"]
     cwd_a, files_a, count_a, pid_a, env_a, proc_a = eval(a.message.split(" returned ", 1)[1])
     cwd_b, files_b, count_b, pid_b, env_b, proc_b = eval(b.message.split(" returned ", 1)[1])
     cwd_c, files_c, count_c, pid_c, env_c, proc_c = eval(c.message.split(" returned ", 1)[1])
     assert (count_a, count_b, count_c) == (1, 2, 1)  # state carries between a program's tests, never to another program
-    assert files_a == ["left.txt", "mine1.txt"] and files_b == ["left.txt", "mine1.txt", "mine2.txt"] and files_c == files_a
+    assert (
+        files_a == ["left.txt", "mine1.txt"]
+        and files_b == ["left.txt", "mine1.txt", "mine2.txt"]
+        and files_c == files_a
+    )
     assert cwd_a == cwd_c == "/tmp" and pid_a == pid_c == 1  # PID 1 of a namespace of its own
     assert env_a == env_c == {}
     assert proc_a == proc_c == []  # no view of any process
@@ -120,7 +130,12 @@ def test_output_is_captured_and_cut_to_the_bound(sandbox):
 def test_values_are_compared_as_plain_data_here(sandbox):
     program = "import re, collections\ndef m(s):\n    return re.search('a+', s)\ndef c():\n    return collections.Counter('aab')\n"
     truthy, falsy, counter, not_equal = run(
-        sandbox, program, "assert m('xaa')", "assert not m('xyz')", "assert c() == {'a': 2, 'b': 1}", "assert m('a') == 'a'"
+        sandbox,
+        program,
+        "assert m('xaa')",
+        "assert not m('xyz')",
+        "assert c() == {'a': 2, 'b': 1}",
+        "assert m('a') == 'a'",
     )
     assert truthy.status == falsy.status == counter.status == "passed"  # a Match keeps its truth; a Counter is a dict
     assert not_equal.status == "failed" and not_equal.message == "m('a') returned <Match object>"
@@ -137,7 +152,7 @@ CHEATS = {
     "SystemExit during the call": "def f(x):\n    raise SystemExit(0)\n",
     "exit hooks": (
         "import atexit, os, sys\n"
-        "atexit.register(lambda: os.write(3, b'{\"status\": \"passed\"}'))\n"
+        'atexit.register(lambda: os.write(3, b\'{"status": "passed"}\'))\n'
         "atexit.register(print, 'PASSED')\n"
         "sys.exitfunc = lambda: None\n" + WRONG
     ),
@@ -157,7 +172,12 @@ CHEATS = {
     ),
     "rebinding the builtins the test uses": "import builtins\nbuiltins.len = lambda x: 3\nbuiltins.sorted = lambda x: [1, 2, 3]\ndef f(x):\n    return [0]\n",
 }
-STRUCTURED = ["assert f(1) == 2", "assert len(f(1)) == 3", "assert sorted(f(1)) == [1, 2, 3]", "assert f(1) == 2 and f(2) == 3"]
+STRUCTURED = [
+    "assert f(1) == 2",
+    "assert len(f(1)) == 3",
+    "assert sorted(f(1)) == [1, 2, 3]",
+    "assert f(1) == 2 and f(2) == 3",
+]
 LOOP = "for x in range(3):\n    assert f(x) == x + 1"  # a loop: driven from here, one call at a time
 
 
@@ -174,10 +194,12 @@ def test_no_cheat_passes_a_test(sandbox, cheat):
 def test_forging_the_report_is_no_stronger_than_returning_a_value(sandbox):
     # The program can write on its reply pipe (descriptor 4) itself: only values are read there, and judged here.
     frame = "import os, struct\ndef reply(data):\n    os.write(4, struct.pack('>I', len(data)) + data)\n"
-    forge_pass = frame + "def f(x):\n    reply(b'{\"status\": \"passed\"}')\n    os._exit(0)\n"
-    forge_values = frame + "def f(x):\n    reply(b'{\"status\": \"ok\", \"values\": [2]}')\n    os._exit(0)\n"
+    forge_pass = frame + 'def f(x):\n    reply(b\'{"status": "passed"}\')\n    os._exit(0)\n'
+    forge_values = frame + 'def f(x):\n    reply(b\'{"status": "ok", "values": [2]}\')\n    os._exit(0)\n'
     structured, loop = run(sandbox, forge_pass, "assert f(1) == 2", LOOP)
-    assert structured.status == loop.status == "error" and structured.message.startswith("the test ended without a valid answer")
+    assert structured.status == loop.status == "error" and structured.message.startswith(
+        "the test ended without a valid answer"
+    )
     (value,) = run(sandbox, forge_values, "assert f(1) == 2")
     assert value.status == "passed"  # as if f(1) had returned 2: the value is still judged here
     (loop,) = run(sandbox, forge_values, LOOP)
@@ -203,7 +225,13 @@ def NAME(*args, **kwargs):
         os._exit(0)
     return WRONG
 """
-HARNESS_PROBLEMS = {"HumanEval/32": "0.5", "HumanEval/38": "'x'", "HumanEval/44": "'?'", "HumanEval/50": "'x'", "HumanEval/53": "-1"}
+HARNESS_PROBLEMS = {
+    "HumanEval/32": "0.5",
+    "HumanEval/38": "'x'",
+    "HumanEval/44": "'?'",
+    "HumanEval/50": "'x'",
+    "HumanEval/53": "-1",
+}
 
 
 @pytest.mark.parametrize("leave", [False, True])
@@ -216,7 +244,9 @@ def test_loops_over_random_inputs_cannot_be_forged(sandbox, leave):
         q = problems[task_id]
         loops.append([i for i, c in enumerate(q.checks) if c.calls])
         assert loops[-1], task_id
-        forger = q.reference + FORGER.replace("NAME", q.entry_point).replace("LEAVE", str(leave)).replace("WRONG", wrong)
+        forger = q.reference + FORGER.replace("NAME", q.entry_point).replace("LEAVE", str(leave)).replace(
+            "WRONG", wrong
+        )
         runs += [(q.reference, q.setup, q.checks, q.reference), (forger, q.setup, q.checks, q.reference)]
     verdicts = evaluate(sandbox, runs)
     for k, task_id in enumerate(HARNESS_PROBLEMS):
@@ -229,7 +259,9 @@ def test_loops_over_random_inputs_cannot_be_forged(sandbox, leave):
 
 
 def test_a_fork_storm_stops_at_the_process_limit_even_as_root(sandbox):
-    assert sandbox.isolation["cgroup"] or os.geteuid() != 0  # as root, a cgroup bounds the processes (RLIMIT_NPROC does not bind root)
+    assert (
+        sandbox.isolation["cgroup"] or os.geteuid() != 0
+    )  # as root, a cgroup bounds the processes (RLIMIT_NPROC does not bind root)
     storm = (
         "import os, time\n"
         "def storm():\n"
@@ -271,7 +303,10 @@ def test_endless_loops_are_killed_with_every_process_they_started(sandbox):
         "            pass\n"
     )
     results = run(sandbox, stubborn, "assert spin() == 1", "assert spin() == 2")
-    assert [r.status for r in results] == ["timeout", "timeout"]  # the second test in a fresh process: the first one was killed
+    assert [r.status for r in results] == [
+        "timeout",
+        "timeout",
+    ]  # the second test in a fresh process: the first one was killed
     assert_machine_fine(sandbox)
 
 
@@ -288,7 +323,9 @@ def test_writes_outside_the_working_directory_fail(sandbox, tmp_path):
     )
     try:
         (r,) = run(sandbox, program, f"assert write({targets!r}) == []")
-        assert r.status == "failed" and "written" not in r.message.rsplit(",", 1)[0], r.message  # /tmp is its own: written there
+        assert r.status == "failed" and "written" not in r.message.rsplit(",", 1)[0], (
+            r.message
+        )  # /tmp is its own: written there
         assert not any(os.path.exists(t) for t in targets)
     finally:
         for t in targets:
@@ -327,7 +364,9 @@ def test_a_dead_worker_is_replaced(sandbox):
     os.killpg(sandbox.workers[0].proc.pid, 9)  # the jail, with everything in it
     sandbox.workers[0].proc.wait()
     programs = [("def f():\n    return 1\n", "", [parse_check("assert f() == 1")] * 2, "")] * 4
-    assert [[r.status for r in rs] for rs in evaluate(sandbox, programs)] == [["passed"] * 2] * 4  # nothing lost: a fresh jail took its place
+    assert [[r.status for r in rs] for rs in evaluate(sandbox, programs)] == [
+        ["passed"] * 2
+    ] * 4  # nothing lost: a fresh jail took its place
 
 
 NON_ROOT = """
@@ -359,7 +398,9 @@ def test_without_root_the_sandbox_holds_in_a_user_namespace():
         pytest.skip("needs root to become an unprivileged user for the test")
     python = next((p for p in (sys.executable, "/usr/bin/python3") if runs_as_nobody(p)), None)
     if python is None:
-        pytest.skip("no Python interpreter that an unprivileged user may run on this machine (an OS/installation matter)")
+        pytest.skip(
+            "no Python interpreter that an unprivileged user may run on this machine (an OS/installation matter)"
+        )
     storm = (
         "import os, time\ndef storm():\n    for level in range(10):\n        try:\n            if os.fork() == 0:\n"
         "                print('+', flush=True)\n        except OSError:\n            pass\n    time.sleep(30)\n    return 1\n"
@@ -371,9 +412,15 @@ def test_without_root_the_sandbox_holds_in_a_user_namespace():
     code = Path(tempfile.mkdtemp(prefix="selfcorrect-nobody-"))
     try:
         os.chmod(code, 0o755)
-        shutil.copytree(Path(__file__).resolve().parents[1] / "envs", code / "envs", ignore=shutil.ignore_patterns("data", "__pycache__"))
+        shutil.copytree(
+            Path(__file__).resolve().parents[1] / "envs",
+            code / "envs",
+            ignore=shutil.ignore_patterns("data", "__pycache__"),
+        )
         args = [python, "-I", "-c", NON_ROOT, str(code), storm, str(listener.getsockname()[1])]
-        proc = subprocess.run(args, capture_output=True, text=True, user=65534, group=65534, extra_groups=[], cwd="/", timeout=100)
+        proc = subprocess.run(
+            args, capture_output=True, text=True, user=65534, group=65534, extra_groups=[], cwd="/", timeout=100
+        )
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         with pytest.raises(BlockingIOError):
@@ -393,6 +440,11 @@ def test_without_root_the_sandbox_holds_in_a_user_namespace():
 
 def runs_as_nobody(python: str) -> bool:
     try:
-        return subprocess.run([python, "-I", "-c", "pass"], user=65534, group=65534, extra_groups=[], cwd="/", timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                [python, "-I", "-c", "pass"], user=65534, group=65534, extra_groups=[], cwd="/", timeout=30
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         return False

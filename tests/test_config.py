@@ -6,7 +6,9 @@ from rl.config import load_config
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("learner: {lr: 0.5}\nrollout: {group_size: 4}\nenv: {name: lookup, params: {num_keys: 3}}\n")
-    cfg = load_config(path, ["learner.lr=1e-2", "rollout.temperature=0.7", "reward=[{name: outcome, weight: 2}]", "steps=7"])
+    cfg = load_config(
+        path, ["learner.lr=1e-2", "rollout.temperature=0.7", "reward=[{name: outcome, weight: 2}]", "steps=7"]
+    )
     assert cfg.learner.lr == 0.01  # "1e-2" is a string to PyYAML; the typed config reads it as a float
     assert cfg.rollout.group_size == 4 and cfg.rollout.temperature == 0.7
     assert cfg.env.params == {"num_keys": 3}
@@ -67,8 +69,17 @@ def named_options():
 
 def test_every_named_option_is_typed():
     keys = {key for key, _ in named_options()}
-    assert {"algo.advantage", "algo.policy_loss", "algo.loss_agg", "algo.kl_estimator", "algo.tis_level", "algo.critic",
-            "workers.engine", "sft.schedule", "rollout.observation_role"} <= keys
+    assert {
+        "algo.advantage",
+        "algo.policy_loss",
+        "algo.loss_agg",
+        "algo.kl_estimator",
+        "algo.tis_level",
+        "algo.critic",
+        "workers.engine",
+        "sft.schedule",
+        "rollout.observation_role",
+    } <= keys
 
 
 @pytest.mark.parametrize("key, valid", named_options())
@@ -92,11 +103,14 @@ def test_a_bad_option_stops_the_cli_before_any_model_or_data_is_built(tmp_path, 
     assert not run_dir.exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("env.name=serch", "env.name: unknown env 'serch'; did you mean 'search'?"),
-    ("reward=[{name: outcom}]", "reward[0]: unknown reward 'outcom' (did you mean 'outcome'?)"),
-    ("imports=[no_such_module_here]", "imports: cannot import 'no_such_module_here'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("env.name=serch", "env.name: unknown env 'serch'; did you mean 'search'?"),
+        ("reward=[{name: outcom}]", "reward[0]: unknown reward 'outcom' (did you mean 'outcome'?)"),
+        ("imports=[no_such_module_here]", "imports: cannot import 'no_such_module_here'"),
+    ],
+)
 def test_env_reward_and_import_names_are_checked_at_load(override, message):
     with pytest.raises(ValueError) as err:
         load_config("configs/lookup.yaml", [override])

@@ -12,5 +12,6 @@ def test_every_input_gets_a_defined_result(target):
     check = given(target.inputs)(target.check)
     for regression in target.examples:
         check = example(regression)(check)
-    settings(max_examples=40, deadline=None, derandomize=True, database=None,
-             suppress_health_check=list(HealthCheck))(check)()
+    settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))(
+        check
+    )()

@@ -7,11 +7,11 @@ from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
 from rewards.base import Reward
 from rl.batch import Batch
-from rl.rollout.chat import TurnFormatter
-from rl.rollout.engine import HFEngine
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig
 from rl.learn.learner import Learner
 from rl.model import load_model
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.engine import HFEngine
 from rl.rollout.loop import rollout
 from rl.tensors import pad
 
@@ -28,7 +28,9 @@ def gpu_batch(tiny_model_dir, tiny):
     # Each episode alone in its group, scored +-1: with algo.lone_group_score, GRPO gives it that score as its advantage.
     for i, ep in enumerate(episodes):
         ep.reward = Reward([0.0] * len(ep.trajectory.turns), 1.0 if i % 2 else -1.0)
-    advantages = [torch.tensor(ep.loss_mask, dtype=torch.float32) * (1 if i % 2 else -1) for i, ep in enumerate(episodes)]
+    advantages = [
+        torch.tensor(ep.loss_mask, dtype=torch.float32) * (1 if i % 2 else -1) for i, ep in enumerate(episodes)
+    ]
     return episodes, advantages
 
 
@@ -42,7 +44,9 @@ def updated(learner, episodes, advantages) -> dict[str, float]:
 
 def test_fp32_learner_on_gpu_matches_gpu_engine(tiny_model_dir, gpu_batch):
     episodes, advantages = gpu_batch
-    learner = Learner(tiny_model_dir, LearnerConfig(device="cuda", bf16=False), AlgoConfig(lone_group_score=True), temperature=1.0)
+    learner = Learner(
+        tiny_model_dir, LearnerConfig(device="cuda", bf16=False), AlgoConfig(lone_group_score=True), temperature=1.0
+    )
     metrics = updated(learner, episodes, advantages)
     assert learner.device.type == "cuda" and next(learner.model.parameters()).is_cuda
     assert metrics["mismatch_max_abs"] < 1e-3, metrics
@@ -50,7 +54,12 @@ def test_fp32_learner_on_gpu_matches_gpu_engine(tiny_model_dir, gpu_batch):
 
 def test_bf16_autocast_update_on_gpu(tiny_model_dir, gpu_batch):
     episodes, advantages = gpu_batch
-    learner = Learner(tiny_model_dir, LearnerConfig(device="cuda", bf16=True, lr=1e-3), AlgoConfig(kl_coef=0.05, lone_group_score=True), temperature=1.0)
+    learner = Learner(
+        tiny_model_dir,
+        LearnerConfig(device="cuda", bf16=True, lr=1e-3),
+        AlgoConfig(kl_coef=0.05, lone_group_score=True),
+        temperature=1.0,
+    )
     before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
     metrics = updated(learner, episodes, advantages)
     assert next(learner.model.parameters()).dtype == torch.float32  # master weights stay fp32
@@ -89,7 +98,9 @@ def test_sharded_bf16_step_on_gpu(tiny_model_dir, gpu_batch):
     finally:
         ray_cluster.stop(temp_dir)
     assert learner.device.type == "cuda"
-    assert all(v.dtype.name == "float32" for v in after.values())  # master weights (and what the engines get) stay float32
+    assert all(
+        v.dtype.name == "float32" for v in after.values()
+    )  # master weights (and what the engines get) stay float32
     assert 0 < metrics["mismatch_max_abs"] < 0.2, metrics  # bf16 forward: close to, not equal to, the fp32 sampler
     assert metrics["grad_norm"] > 0 and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert any((after[k] != before[k]).any() for k in before)

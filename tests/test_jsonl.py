@@ -28,8 +28,10 @@ def test_a_bad_line_names_the_file_and_the_line_or_is_handed_on_and_skipped(tmp_
     assert isinstance(e.value, ValueError) and e.value.line == 2 and e.value.msg == "Unterminated string starting at"
     bad = []
     assert read_jsonl(path, on_bad=bad.append) == [{"step": 1}, {"step": 4}]
-    assert [(b.line, b.reason) for b in bad] == [(2, "Unterminated string starting at: column 13"),
-                                                 (3, "not UTF-8 at byte 0")]
+    assert [(b.line, b.reason) for b in bad] == [
+        (2, "Unterminated string starting at: column 13"),
+        (3, "not UTF-8 at byte 0"),
+    ]
     assert read_jsonl(path, on_bad=bad.append, errors="replace") == [{"step": 1}, {"step": 4}]  # U+FFFD: still not JSON
 
 

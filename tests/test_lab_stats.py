@@ -47,15 +47,28 @@ def test_pearson_and_summary_by_hand():
     # dx = (-1, 0, 1), dy = (-5/3, -2/3, 7/3): 4 / sqrt(2 * 78/9)
     assert lab.pearson([0, 1, 2], [0, 1, 4]) == pytest.approx(4 / math.sqrt(2 * 78 / 9))
     assert math.isnan(lab.pearson([1, 1, 1], [0, 1, 2]))
-    assert lab.summary(np.array([1.0, 1.0, -1.0, 0.0])) == {"n": 4, "mean": 0.25, "std": pytest.approx(math.sqrt(0.6875)), "min": -1.0, "max": 1.0}
+    assert lab.summary(np.array([1.0, 1.0, -1.0, 0.0])) == {
+        "n": 4,
+        "mean": 0.25,
+        "std": pytest.approx(math.sqrt(0.6875)),
+        "min": -1.0,
+        "max": 1.0,
+    }
 
 
 def test_parse_spec_forms():
     assert lab.parse_spec("outcome") == [RewardSpec("outcome")]
-    assert lab.parse_spec("{name: outcome, weight: 2, params: {binary: true}}") == [RewardSpec("outcome", 2, {"binary": True})]
-    assert lab.parse_spec('[{"name": "outcome"}, {"name": "format", "weight": 0.5}]') == [RewardSpec("outcome"), RewardSpec("format", 0.5)]
+    assert lab.parse_spec("{name: outcome, weight: 2, params: {binary: true}}") == [
+        RewardSpec("outcome", 2, {"binary": True})
+    ]
+    assert lab.parse_spec('[{"name": "outcome"}, {"name": "format", "weight": 0.5}]') == [
+        RewardSpec("outcome"),
+        RewardSpec("format", 0.5),
+    ]
     assert lab.parse_spec("outcome:binary=true,threshold=0.5 + 0.5*format:penalty=2") == [
-        RewardSpec("outcome", 1.0, {"binary": True, "threshold": 0.5}), RewardSpec("format", 0.5, {"penalty": 2})]
+        RewardSpec("outcome", 1.0, {"binary": True, "threshold": 0.5}),
+        RewardSpec("format", 0.5, {"penalty": 2}),
+    ]
     with pytest.raises(ValueError, match="key=value"):
         lab.parse_spec("format:penalty")
 
@@ -85,7 +98,12 @@ def episode_file(tmp_path):
         for i, turns in enumerate(EPISODES):
             traj = {"task": {"id": f"t{i}", "prompt": "p", "metadata": {}}, "turns": turns}
             f.write(json.dumps({"step": 1, "trajectory": traj, "group": 0, "error": "", "reward": {}}) + "\n")
-        f.write(json.dumps({"step": 1, "trajectory": {"task": {"id": "x", "prompt": "p"}, "turns": []}, "error": "engine died"}) + "\n")
+        f.write(
+            json.dumps(
+                {"step": 1, "trajectory": {"task": {"id": "x", "prompt": "p"}, "turns": []}, "error": "engine died"}
+            )
+            + "\n"
+        )
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')  # a run directory's other JSONL is not episodes
     return tmp_path
 
@@ -114,7 +132,9 @@ def test_report_by_hand(episode_file):
 
 def test_cli_writes_table_json_and_plots(episode_file, tmp_path, capsys):
     out = tmp_path / "lab"
-    main(["score", str(episode_file), "--reward", "outcome", "--reward", "{name: outcome, weight: 2}", "--out", str(out)])
+    main(
+        ["score", str(episode_file), "--reward", "outcome", "--reward", "{name: outcome, weight: 2}", "--out", str(out)]
+    )
     printed = capsys.readouterr().out
     assert "Kendall tau  outcome | {name: outcome, weight: 2}: 1.0000" in printed
     assert "r(search)" in printed.splitlines()[1]  # these episodes search (info action), so the column applies

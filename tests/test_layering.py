@@ -21,7 +21,9 @@ def imported_modules(package: str) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("package, forbidden", [("envs", {"rl", "rewards", "torch", "transformers"}), ("rewards", {"rl"})])
+@pytest.mark.parametrize(
+    "package, forbidden", [("envs", {"rl", "rewards", "torch", "transformers"}), ("rewards", {"rl"})]
+)
 def test_layers_do_not_import_upwards(package, forbidden):
     assert not imported_modules(package) & forbidden
 
@@ -126,7 +128,12 @@ def names_tested(path: Path) -> list[tuple[int, str]]:
             parts = [node.value]
         else:
             continue
-        found += [(n.lineno, n.value) for part in parts for n in ast.walk(part) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        found += [
+            (n.lineno, n.value)
+            for part in parts
+            for n in ast.walk(part)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        ]
     return found
 
 
@@ -137,13 +144,19 @@ def test_no_estimator_or_loss_is_recognized_by_its_name():
 
     names = set(ESTIMATORS) | set(POLICY_LOSSES)
     assert {"grpo", "gae", "turn", "ppo", "gspo"} <= names  # read from the registrations themselves
-    found = [(str(path.relative_to(ROOT)), line, value) for path in (ROOT / "rl").rglob("*.py")
-             for line, value in names_tested(path) if value in names]
+    found = [
+        (str(path.relative_to(ROOT)), line, value)
+        for path in (ROOT / "rl").rglob("*.py")
+        for line, value in names_tested(path)
+        if value in names
+    ]
     assert found == []
 
 
 def test_the_name_check_sees_a_name_in_code(tmp_path):
     path = tmp_path / "probe.py"
-    path.write_text('def f(algo, registry):\n    """grpo in a docstring is fine."""\n    print("turn")\n'
-                    '    return algo.advantage == "gae" or "turn" in (algo.advantage,) or registry["gspo"]\n')
+    path.write_text(
+        'def f(algo, registry):\n    """grpo in a docstring is fine."""\n    print("turn")\n'
+        '    return algo.advantage == "gae" or "turn" in (algo.advantage,) or registry["gspo"]\n'
+    )
     assert names_tested(path) == [(4, "gae"), (4, "turn"), (4, "gspo")]

@@ -9,12 +9,12 @@ from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
 from rewards.base import Reward
 from rl.batch import Batch
-from rl.learn import algos
-from rl.rollout.chat import TurnFormatter
 from rl.cli import main
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig, load_config
-from rl.rollout.engine import HFEngine
+from rl.learn import algos
 from rl.learn.learner import Learner
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.engine import HFEngine
 from rl.rollout.loop import rollout
 from rl.tensors import pad
 
@@ -25,7 +25,9 @@ def batch(tiny):
     params = LookupParams(max_turns=3)
     # Prompts of different lengths, so the batch is ragged and padding is exercised.
     items = [(Task(f"t{i}", "what is kalu" + " red" * i, {"answer": "blue"}), i, i) for i in range(8)]
-    episodes = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6))
+    episodes = rollout(
+        HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6)
+    )
     gen = torch.Generator().manual_seed(0)
     scores = [torch.randn((), generator=gen) for _ in episodes]
     advantages = [a * torch.tensor(ep.loss_mask, dtype=torch.float32) for a, ep in zip(scores, episodes)]
@@ -87,10 +89,16 @@ def test_length_sorted_micro_batches_keep_each_episode_with_its_own_data(tiny_mo
     results = []
     for micro, order in ((8, range(8)), (3, range(8)), (3, reversed(range(8)))):
         order = list(order)
-        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), AlgoConfig(), temperature=1.0)
-        old = [lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(i))
-               for i, lp in enumerate(rows(learner.logprobs(Batch.from_episodes(episodes)), episodes))]
-        stats = accumulate(learner, [episodes[i] for i in order], [advantages[i] for i in order], old=[old[i] for i in order])
+        learner = Learner(
+            tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), AlgoConfig(), temperature=1.0
+        )
+        old = [
+            lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(i))
+            for i, lp in enumerate(rows(learner.logprobs(Batch.from_episodes(episodes)), episodes))
+        ]
+        stats = accumulate(
+            learner, [episodes[i] for i in order], [advantages[i] for i in order], old=[old[i] for i in order]
+        )
         results.append((float(stats["loss"]), grads(learner)))
     (loss, reference), *others = results
     for other_loss, other in others:
@@ -104,13 +112,24 @@ def test_shared_prompt_forward_gives_the_full_forward_logprobs_and_gradients(tin
     model, tok = tiny
     tasks = [Task("a", "what is kalu", {"answer": "blue"}), Task("b", "what is kalu red red red", {"answer": "blue"})]
     items = [(task, g, 10 * g + k) for g, task in enumerate(tasks) for k in range(4)]
-    episodes = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(LookupParams(max_turns=3)), items, RolloutConfig(max_turn_tokens=6))
-    assert any(0 in ep.loss_mask[ep.loss_mask.index(1):] for ep in episodes)  # an observation after the first action
+    episodes = rollout(
+        HFEngine(model, tok),
+        TurnFormatter(tok),
+        lambda: LookupEnv(LookupParams(max_turns=3)),
+        items,
+        RolloutConfig(max_turn_tokens=6),
+    )
+    assert any(0 in ep.loss_mask[ep.loss_mask.index(1) :] for ep in episodes)  # an observation after the first action
     gen = torch.Generator().manual_seed(0)
     advantages = [torch.randn((), generator=gen) * torch.tensor(ep.loss_mask, dtype=torch.float32) for ep in episodes]
     results = []
-    for micro in (1, 8):  # one episode per micro-batch: nothing to share; all eight: two prompt passes for eight episodes
-        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), AlgoConfig(), temperature=0.7)
+    for micro in (
+        1,
+        8,
+    ):  # one episode per micro-batch: nothing to share; all eight: two prompt passes for eight episodes
+        learner = Learner(
+            tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), AlgoConfig(), temperature=0.7
+        )
         old = [lp + 0.2 for lp in rows(learner.logprobs(Batch.from_episodes(episodes)), episodes)]
         stats = accumulate(learner, episodes, advantages, old=old)
         results.append((stats, grads(learner)))
@@ -126,11 +145,18 @@ def test_shared_prompt_forward_gives_the_full_forward_logprobs_and_gradients(tin
 
 def test_update_steps_the_optimizer_and_reports_first_ratio_one(tiny_model_dir, batch):
     episodes, advantages = batch
-    learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-3, warmup_steps=4), AlgoConfig(lone_group_score=True), temperature=1.0)
+    learner = Learner(
+        tiny_model_dir,
+        LearnerConfig(device="cpu", lr=1e-3, warmup_steps=4),
+        AlgoConfig(lone_group_score=True),
+        temperature=1.0,
+    )
     before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
     batch = Batch.from_episodes(episodes)
     metrics = learner.update(batch)
-    assert torch.equal(batch.advantages, pad(advantages, 0, torch.float32))  # the credit the update assigned: the fixture's
+    assert torch.equal(
+        batch.advantages, pad(advantages, 0, torch.float32)
+    )  # the credit the update assigned: the fixture's
     policy = batch.loss_mask.bool()  # the learner's logprobs before its step: the engine's
     assert (batch.learner_logprobs[policy] - batch.sampler_logprobs[policy]).abs().max() < 1e-4
     assert metrics["mismatch_max_abs"] < 1e-4  # the engine's logprobs are the learner's: ratio 1
@@ -143,7 +169,9 @@ def test_update_steps_the_optimizer_and_reports_first_ratio_one(tiny_model_dir, 
 def test_several_mini_batches_recompute_old_logprobs(tiny_model_dir, batch):
     episodes, advantages = batch
     cfg = LearnerConfig(device="cpu", lr=1e-2, optim_steps_per_batch=2, epochs=2)
-    learner = Learner(tiny_model_dir, cfg, AlgoConfig(clip_low=0.01, clip_high=0.01, lone_group_score=True), temperature=1.0)
+    learner = Learner(
+        tiny_model_dir, cfg, AlgoConfig(clip_low=0.01, clip_high=0.01, lone_group_score=True), temperature=1.0
+    )
     batch = Batch.from_episodes(episodes)
     metrics = learner.update(batch)
     assert torch.equal(batch.advantages, pad(advantages, 0, torch.float32))
@@ -165,18 +193,33 @@ def test_unknown_loss_aggregation(tiny_model_dir):
 @pytest.mark.parametrize("critic", ["head", "separate"])
 def test_critic_gspo_and_sequence_tis_are_micro_batch_invariant(tiny_model_dir, batch, critic):
     episodes, advantages = batch
-    algo = AlgoConfig(advantage="gae", critic=critic, policy_loss="gspo", clip_low=0.05, clip_high=0.05, tis_cap=1.5, tis_level="sequence")
+    algo = AlgoConfig(
+        advantage="gae",
+        critic=critic,
+        policy_loss="gspo",
+        clip_low=0.05,
+        clip_high=0.05,
+        tis_cap=1.5,
+        tis_level="sequence",
+    )
     gen = torch.Generator().manual_seed(2)
     returns = [torch.randn(len(ep.token_ids), generator=gen) for ep in episodes]
     old_values = [torch.randn(len(ep.token_ids), generator=gen) * 0.1 for ep in episodes]
     results = []
     for micro in (1, 8):
         learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=micro), algo, temperature=1.0)
-        old = [lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(1)) for lp in rows(learner.logprobs(Batch.from_episodes(episodes)), episodes)]
-        stats = accumulate(learner, episodes, advantages, fresh=True, old=old, returns=returns, critic_values=old_values)
+        old = [
+            lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(1))
+            for lp in rows(learner.logprobs(Batch.from_episodes(episodes)), episodes)
+        ]
+        stats = accumulate(
+            learner, episodes, advantages, fresh=True, old=old, returns=returns, critic_values=old_values
+        )
         g = grads(learner) | {f"head.{n}": p.grad.clone() for n, p in learner.value_head.named_parameters()}
         if critic == "separate":
-            g |= {f"critic.{n}": p.grad.clone() for n, p in learner.critic_model.named_parameters() if p.grad is not None}
+            g |= {
+                f"critic.{n}": p.grad.clone() for n, p in learner.critic_model.named_parameters() if p.grad is not None
+            }
         results.append((stats, g))
     (s1, g1), (s8, g8) = results
     for key in ("loss", "value_loss", "tis_weight", "mismatch_seq_max_abs", "clip_frac"):
@@ -198,7 +241,9 @@ def test_critic_weights_and_optimizer_are_in_the_learner_state(tiny_model_dir, b
     values = learner.sampling_values(batch)
     assert values.shape == batch.token_ids.shape and (values == 0).all()  # the head starts at V = 0
     metrics = learner.update(batch)
-    assert torch.equal(batch.critic_values, values) and torch.equal(batch.returns, batch.loss_mask)  # the values and targets it used
+    assert torch.equal(batch.critic_values, values) and torch.equal(
+        batch.returns, batch.loss_mask
+    )  # the values and targets it used
     assert metrics["critic_grad_norm"] > 0 and metrics["value_loss"] == pytest.approx(0.5)
     state = learner.state_dict()
     fresh = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-2), algo, temperature=1.0)
@@ -207,7 +252,9 @@ def test_critic_weights_and_optimizer_are_in_the_learner_state(tiny_model_dir, b
     assert fresh.critic_optimizer.state_dict()["state"].keys() == learner.critic_optimizer.state_dict()["state"].keys()
 
 
-@pytest.mark.parametrize("field,value", [("advantage", "ppo"), ("policy_loss", "cispo"), ("tis_level", "turn"), ("critic", "shared")])
+@pytest.mark.parametrize(
+    "field,value", [("advantage", "ppo"), ("policy_loss", "cispo"), ("tis_level", "turn"), ("critic", "shared")]
+)
 def test_unknown_algorithm_names(tiny_model_dir, field, value):
     with pytest.raises(ValueError, match=f"unknown {field} '{value}'"):
         Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(**{field: value}), temperature=1.0)
@@ -216,14 +263,22 @@ def test_unknown_algorithm_names(tiny_model_dir, field, value):
 def perturbed_old(learner, episodes):
     """The learner's logprobs moved off by noise, so ratios differ from 1."""
     gen = torch.Generator().manual_seed(1)
-    return [lp + 0.3 * torch.randn(lp.shape, generator=gen) for lp in rows(learner.logprobs(Batch.from_episodes(episodes)), episodes)]
+    return [
+        lp + 0.3 * torch.randn(lp.shape, generator=gen)
+        for lp in rows(learner.logprobs(Batch.from_episodes(episodes)), episodes)
+    ]
 
 
 def test_gspo_averages_over_sequences_whatever_loss_agg_says(tiny_model_dir, batch):
     episodes, advantages = batch  # one advantage per sequence, sequences of different lengths
     results = []
     for loss_agg in algos.LOSS_AGGREGATIONS:
-        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(policy_loss="gspo", loss_agg=loss_agg), temperature=1.0)
+        learner = Learner(
+            tiny_model_dir,
+            LearnerConfig(device="cpu"),
+            AlgoConfig(policy_loss="gspo", loss_agg=loss_agg),
+            temperature=1.0,
+        )
         old = perturbed_old(learner, episodes)
         stats = accumulate(learner, episodes, advantages, old=old)
         results.append((float(stats["loss"]), grads(learner)))
@@ -244,26 +299,47 @@ def test_seq_mean_counts_sequences_without_policy_tokens_unless_told(tiny_model_
     empty.loss_mask = [0] * len(empty.loss_mask)
     losses = {}
     for skips in (False, True):
-        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(loss_agg="seq-mean-token-sum", seq_mean_skips_empty=skips), temperature=1.0)
+        learner = Learner(
+            tiny_model_dir,
+            LearnerConfig(device="cpu"),
+            AlgoConfig(loss_agg="seq-mean-token-sum", seq_mean_skips_empty=skips),
+            temperature=1.0,
+        )
         with_empty = episodes + [empty]
-        losses[skips] = float(accumulate(learner, with_empty, advantages + [advantages[0] * 0], old=perturbed_old(learner, with_empty))["loss"])
+        losses[skips] = float(
+            accumulate(learner, with_empty, advantages + [advantages[0] * 0], old=perturbed_old(learner, with_empty))[
+                "loss"
+            ]
+        )
     assert losses[True] == pytest.approx(losses[False] * 9 / 8, rel=1e-5) and losses[True] != 0
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["algo.advantage=turn"], "'turn' is unbiased only under algo.loss_agg=seq-mean-token-sum.*token-mean"),
-    (["algo.judge_advantage=turn", "algo.loss_agg=seq-mean-token-mean"], "'turn' is unbiased only.*seq-mean-token-mean"),
-    (["algo.advantage=turn", "algo.loss_agg=seq-mean-token-sum", "algo.policy_loss=gspo"], "gspo averages each sequence's tokens"),
-    (["algo.clip_ratio_c=0.5"], "algo.clip_ratio_c=0.5: .* must be > 1"),
-    (["algo.kl_estimator=k4"], "unknown kl_estimator 'k4'"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["algo.advantage=turn"], "'turn' is unbiased only under algo.loss_agg=seq-mean-token-sum.*token-mean"),
+        (
+            ["algo.judge_advantage=turn", "algo.loss_agg=seq-mean-token-mean"],
+            "'turn' is unbiased only.*seq-mean-token-mean",
+        ),
+        (
+            ["algo.advantage=turn", "algo.loss_agg=seq-mean-token-sum", "algo.policy_loss=gspo"],
+            "gspo averages each sequence's tokens",
+        ),
+        (["algo.clip_ratio_c=0.5"], "algo.clip_ratio_c=0.5: .* must be > 1"),
+        (["algo.kl_estimator=k4"], "unknown kl_estimator 'k4'"),
+    ],
+)
 def test_algorithm_combinations_are_refused_at_config_load(overrides, message, capsys):
     with pytest.raises(ValueError, match=message):
         load_config("configs/lookup.yaml", overrides)
     assert main(["train", "configs/lookup.yaml", *overrides]) == 2
     err = capsys.readouterr().err
     assert err.startswith("config error:") and err.count("\n") == 1  # one line, no traceback
-    assert load_config("configs/lookup.yaml", ["algo.advantage=turn", "algo.loss_agg=seq-mean-token-sum"]).algo.advantage == "turn"
+    assert (
+        load_config("configs/lookup.yaml", ["algo.advantage=turn", "algo.loss_agg=seq-mean-token-sum"]).algo.advantage
+        == "turn"
+    )
 
 
 def test_the_logged_entropy_is_the_policys_on_its_sampled_tokens_whichever_forward_computes_it(tiny_model_dir, tiny):
@@ -272,11 +348,22 @@ def test_the_logged_entropy_is_the_policys_on_its_sampled_tokens_whichever_forwa
     the tokens were drawn from."""
     model, tok = tiny
     items = [(Task("t", "what is kalu", {"answer": "blue"}), 0, seed) for seed in range(4)]
-    episodes = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(LookupParams(max_turns=2)), items, RolloutConfig(max_turn_tokens=6))
+    episodes = rollout(
+        HFEngine(model, tok),
+        TurnFormatter(tok),
+        lambda: LookupEnv(LookupParams(max_turns=2)),
+        items,
+        RolloutConfig(max_turn_tokens=6),
+    )
     batch = as_batch(episodes, [torch.zeros(len(ep.token_ids)) for ep in episodes])
     logged = []
     for checkpointing in (False, True):
-        learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", gradient_checkpointing=checkpointing), AlgoConfig(), temperature=0.7)
+        learner = Learner(
+            tiny_model_dir,
+            LearnerConfig(device="cpu", gradient_checkpointing=checkpointing),
+            AlgoConfig(),
+            temperature=0.7,
+        )
         assert (learner._shared_prompt_logprobs(batch, entropy=False) is None) == checkpointing
         logged.append(float(learner.accumulate(batch, batch.counts(False), fresh=True)["entropy"]))
     with torch.no_grad():

@@ -12,13 +12,13 @@ from envs.base import Task
 from envs.lookup import LookupEnv, LookupParams
 from rewards.base import Reward
 from rl.batch import Batch
-from rl.learn import algos, credit
-from rl.rollout.chat import TurnFormatter
-from rl.learn.credit import ESTIMATORS, register_estimator
-from rl.rollout.engine import HFEngine
 from rl.config import AlgoConfig, Estimator, LearnerConfig, PolicyLoss, RolloutConfig
+from rl.learn import algos, credit
+from rl.learn.credit import ESTIMATORS, register_estimator
 from rl.learn.learner import Learner
 from rl.learn.losses import POLICY_LOSSES, LossInputs, register_policy_loss, total_loss
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.engine import HFEngine
 from rl.rollout.loop import rollout
 
 
@@ -27,7 +27,13 @@ def episodes(tiny):
     """Eight scored lookup episodes of different lengths; episode i's outcome is i / 8."""
     model, tok = tiny
     items = [(Task(f"t{i}", "what is kalu" + " red" * i, {"answer": "blue"}), i // 4, i) for i in range(8)]
-    eps = rollout(HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(LookupParams(max_turns=3)), items, RolloutConfig(max_turn_tokens=6))
+    eps = rollout(
+        HFEngine(model, tok),
+        TurnFormatter(tok),
+        lambda: LookupEnv(LookupParams(max_turns=3)),
+        items,
+        RolloutConfig(max_turn_tokens=6),
+    )
     for i, ep in enumerate(eps):
         ep.reward = Reward([0.0] * len(ep.trajectory.turns), i / 8)
     assert len({len(ep.token_ids) for ep in eps}) > 1
@@ -65,9 +71,13 @@ def test_registries_hold_every_name_and_refuse_unknown_ones():
     assert tuple(POLICY_LOSSES)[:2] == ("ppo", "gspo")
     with pytest.raises(ValueError, match=r"^unknown policy loss 'cispo': use one of \('ppo', 'gspo'"):
         POLICY_LOSSES["cispo"]
-    with pytest.raises(ValueError, match=r"unknown policy_loss 'cispo'; did you mean 'gspo'\? \(use one of 'ppo', 'gspo'"):
+    with pytest.raises(
+        ValueError, match=r"unknown policy_loss 'cispo'; did you mean 'gspo'\? \(use one of 'ppo', 'gspo'"
+    ):
         AlgoConfig(policy_loss="cispo")  # the config lists the registry's names
-    assert get_args(Estimator) == tuple(ESTIMATORS)[:7] and get_args(PolicyLoss) == tuple(POLICY_LOSSES)[:2]  # the typed names are the built-ins
+    assert (
+        get_args(Estimator) == tuple(ESTIMATORS)[:7] and get_args(PolicyLoss) == tuple(POLICY_LOSSES)[:2]
+    )  # the typed names are the built-ins
     with pytest.raises(ValueError, match="advantage estimator 'grpo' registered twice"):
         register_estimator("grpo")(lambda batch, rewards, algo: None)
     assert ESTIMATORS["grpo"] is credit.grpo  # the failed registration changed nothing
@@ -76,7 +86,10 @@ def test_registries_hold_every_name_and_refuse_unknown_ones():
 def test_a_registered_policy_loss_is_the_one_the_learner_uses(tiny_model_dir, episodes, toy_policy_loss):
     # Each episode alone in its group, scored a random outcome: with lone_group_score, GRPO's advantage is that outcome.
     gen = torch.Generator().manual_seed(0)
-    scored = [replace(ep, group=i, reward=Reward(ep.reward.process, float(torch.randn((), generator=gen)))) for i, ep in enumerate(episodes)]
+    scored = [
+        replace(ep, group=i, reward=Reward(ep.reward.process, float(torch.randn((), generator=gen))))
+        for i, ep in enumerate(episodes)
+    ]
     algo = AlgoConfig(policy_loss="toy-pg", lone_group_score=True)
     advantages, _ = credit.advantages(Batch.from_episodes(scored), algo)  # [B, T]: what the update assigns
     assert all(a[m.bool()].unique().numel() == 1 for a, m in zip(advantages, Batch.from_episodes(scored).loss_mask))
@@ -93,19 +106,27 @@ def test_a_registered_policy_loss_is_the_one_the_learner_uses(tiny_model_dir, ep
     assert any(not torch.equal(a, b) for a, b in zip(before, after))  # its gradient took the step
 
 
-def test_a_registered_estimator_is_usable_by_name_through_credit_and_the_learner(tiny_model_dir, episodes, toy_estimator):
+def test_a_registered_estimator_is_usable_by_name_through_credit_and_the_learner(
+    tiny_model_dir, episodes, toy_estimator
+):
     algo = AlgoConfig(advantage="toy-total")
     advantages, returns = credit.advantages(Batch.from_episodes(episodes), algo)
     assert returns is None
     for i, ep in enumerate(episodes):
-        assert torch.equal(advantages[i, : len(ep.token_ids)], (i / 8) * torch.tensor(ep.loss_mask, dtype=torch.float32))
+        assert torch.equal(
+            advantages[i, : len(ep.token_ids)], (i / 8) * torch.tensor(ep.loss_mask, dtype=torch.float32)
+        )
         assert not advantages[i, len(ep.token_ids) :].any()  # 0 on the padding
     batch = Batch.from_episodes(episodes)
-    metrics = Learner(tiny_model_dir, LearnerConfig(device="cpu"), algo, temperature=1.0).update(batch)  # the update assigns credit by name
+    metrics = Learner(tiny_model_dir, LearnerConfig(device="cpu"), algo, temperature=1.0).update(
+        batch
+    )  # the update assigns credit by name
     assert torch.equal(batch.advantages, advantages)
     # PPO on fresh samples: every ratio is 1, so the token-mean loss is minus the mean advantage over policy tokens.
     num_tokens = sum(sum(ep.loss_mask) for ep in episodes)
-    assert metrics["loss"] == pytest.approx(-sum(i / 8 * sum(ep.loss_mask) for i, ep in enumerate(episodes)) / num_tokens, rel=1e-6)
+    assert metrics["loss"] == pytest.approx(
+        -sum(i / 8 * sum(ep.loss_mask) for i, ep in enumerate(episodes)) / num_tokens, rel=1e-6
+    )
 
 
 def test_total_loss_is_the_tis_weighted_policy_loss_plus_kl_and_value_terms():
@@ -114,22 +135,40 @@ def test_total_loss_is_the_tis_weighted_policy_loss_plus_kl_and_value_terms():
     mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=torch.float32)
     logprobs, old, sampler, ref = r() - 2, r() - 2, r() - 2, r() - 2
     values, critic_values, returns, advantages = r(), r(), r(), r() * mask
-    inputs = LossInputs(logprobs, old, advantages, mask, num_tokens=12.0, num_seqs=4.0, sampler_logprobs=sampler, ref_logprobs=ref,
-                        values=values, critic_values=critic_values, returns=returns)
+    inputs = LossInputs(
+        logprobs,
+        old,
+        advantages,
+        mask,
+        num_tokens=12.0,
+        num_seqs=4.0,
+        sampler_logprobs=sampler,
+        ref_logprobs=ref,
+        values=values,
+        critic_values=critic_values,
+        returns=returns,
+    )
     algo = AlgoConfig(advantage="gae", tis_cap=1.5, kl_coef=0.3, vf_coef=0.7, loss_agg="seq-mean-token-sum")
     loss, metrics = total_loss(inputs, algo)
     weight = algos.truncated_is_weight(old, sampler, 1.5, mask)
-    token_loss, clipped = algos.ppo_clip_loss(logprobs, old, advantages, algo.clip_low, algo.clip_high, algo.clip_ratio_c)
+    token_loss, clipped = algos.ppo_clip_loss(
+        logprobs, old, advantages, algo.clip_low, algo.clip_high, algo.clip_ratio_c
+    )
     per_seq_sum = lambda x: float((x * mask).sum()) / 4.0  # noqa: E731  seq-mean-token-sum over the mini-batch's 4 sequences
     value_loss = per_seq_sum(algos.clipped_value_loss(values, critic_values, returns, algo.value_clip)[0])
-    expected = per_seq_sum(token_loss * weight) + 0.3 * per_seq_sum(algos.kl_penalty(logprobs, ref, "k3+")) + 0.7 * value_loss
+    expected = (
+        per_seq_sum(token_loss * weight) + 0.3 * per_seq_sum(algos.kl_penalty(logprobs, ref, "k3+")) + 0.7 * value_loss
+    )
     assert float(loss) == pytest.approx(expected, rel=1e-6) and float(metrics["loss"]) == float(loss)
     assert float(metrics["value_loss"]) == pytest.approx(value_loss, rel=1e-6)
     assert float(metrics["tis_weight"]) == pytest.approx(float((weight * mask).sum()) / 12.0, rel=1e-6)
     assert float(metrics["clip_frac"]) == pytest.approx(float((clipped * mask).sum()) / 12.0)
     assert {"kl_ref", "tis_capped_frac", "value_clip_frac"} <= metrics.keys()
     without = LossInputs(logprobs, old, advantages, mask, num_tokens=12.0, num_seqs=4.0, sampler_logprobs=sampler)
-    assert set(total_loss(without, AlgoConfig())[1]) == {"loss", "clip_frac"}  # no reference, no critic, no TIS: the policy term alone
+    assert set(total_loss(without, AlgoConfig())[1]) == {
+        "loss",
+        "clip_frac",
+    }  # no reference, no critic, no TIS: the policy term alone
 
 
 def test_kl_on_the_first_turn_pulls_only_the_first_attempt_to_the_reference(episodes):
@@ -137,17 +176,28 @@ def test_kl_on_the_first_turn_pulls_only_the_first_attempt_to_the_reference(epis
     ep = episodes[5]
     assert ep.turn_ids.count(1) and any(m and t == 0 for m, t in zip(ep.loss_mask, ep.turn_ids))
     first = Batch.from_episodes([ep]).first_turn_mask()[0].tolist()
-    assert first == [float(m == 1 and t == 0) for m, t in zip(ep.loss_mask, ep.turn_ids)] and 0 < sum(first) < sum(ep.loss_mask)
+    assert first == [float(m == 1 and t == 0) for m, t in zip(ep.loss_mask, ep.turn_ids)] and 0 < sum(first) < sum(
+        ep.loss_mask
+    )
     gen = torch.Generator().manual_seed(4)
-    logprobs, ref = torch.randn(1, len(ep.token_ids), generator=gen) - 2, torch.randn(1, len(ep.token_ids), generator=gen) - 2
+    logprobs, ref = (
+        torch.randn(1, len(ep.token_ids), generator=gen) - 2,
+        torch.randn(1, len(ep.token_ids), generator=gen) - 2,
+    )
     mask, kl_mask = torch.tensor([ep.loss_mask], dtype=torch.float32), torch.tensor([first])
     zero = torch.zeros_like(logprobs)
     algo = AlgoConfig(advantage="turn", loss_agg="seq-mean-token-sum", kl_coef=0.5, learn_from_turn=2, kl_turns="first")
-    inputs = LossInputs(logprobs, logprobs, zero, mask, num_tokens=float(mask.sum()), num_seqs=1.0, ref_logprobs=ref, kl_mask=kl_mask)
+    inputs = LossInputs(
+        logprobs, logprobs, zero, mask, num_tokens=float(mask.sum()), num_seqs=1.0, ref_logprobs=ref, kl_mask=kl_mask
+    )
     loss, metrics = total_loss(inputs, algo)
     kl = algos.kl_penalty(logprobs, ref, "k3+")
-    assert float(loss) == pytest.approx(0.5 * float((kl * kl_mask).sum()), rel=1e-6)  # advantages 0: the loss is the KL term alone
-    assert float(metrics["kl_ref"]) == pytest.approx(float((kl * mask).sum() / mask.sum()), rel=1e-6)  # the drift of every token
+    assert float(loss) == pytest.approx(
+        0.5 * float((kl * kl_mask).sum()), rel=1e-6
+    )  # advantages 0: the loss is the KL term alone
+    assert float(metrics["kl_ref"]) == pytest.approx(
+        float((kl * mask).sum() / mask.sum()), rel=1e-6
+    )  # the drift of every token
     for bad in ({"kl_coef": 0.0}, {"kl_in_reward": True}):
         with pytest.raises(ValueError, match="algo.kl_turns=first"):
             AlgoConfig(**{"kl_coef": 0.5, "kl_turns": "first"} | bad)

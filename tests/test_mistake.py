@@ -22,14 +22,21 @@ def test_data_ships_with_license_and_matches_its_checksums():
         digest = hashlib.sha256((DATA_DIR / f"{task}.jsonl").read_bytes()).hexdigest()
         assert f"{task}.jsonl `{digest}`" in source
     assert {t: len(load_records(t)) for t in TASKS} == {
-        "word_sorting": 300, "tracking_shuffled_objects": 300, "logical_deduction": 300, "multistep_arithmetic": 300, "dyck_languages": 986}
+        "word_sorting": 300,
+        "tracking_shuffled_objects": 300,
+        "logical_deduction": 300,
+        "multistep_arithmetic": 300,
+        "dyck_languages": 986,
+    }
 
 
 def test_splits_are_disjoint_and_sized():
     p = MistakeParams(tasks="word_sorting,multistep_arithmetic")
     train, evals = load_tasks(p, "train"), load_tasks(p, "eval")
     assert len(train) == 480 and len(evals) == 120 and not {t.id for t in train} & {t.id for t in evals}
-    assert get_env_spec("mistake").load_tasks(MistakeParams(max_problems=3), "eval")[0].metadata["task"] == "word_sorting"
+    assert (
+        get_env_spec("mistake").load_tasks(MistakeParams(max_problems=3), "eval")[0].metadata["task"] == "word_sorting"
+    )
 
 
 def test_parse_answer():
@@ -50,7 +57,9 @@ def test_env_and_reward_on_a_real_trace():
     right = play(task, ["<answer>2</answer>"])
     assert right.turns[-1].info == {"score": 1.0, "invalid": False, "predicted": 1, "gold": 1, "task": "word_sorting"}
     retried = play(task, ["<answer>3</answer>", "<answer>2</answer>"], max_turns=2)
-    assert [t.info["score"] for t in retried.turns] == [0.0, 1.0] and "not the first mistake" in retried.turns[0].observation
+    assert [t.info["score"] for t in retried.turns] == [0.0, 1.0] and "not the first mistake" in retried.turns[
+        0
+    ].observation
 
     reward = build_reward([{"name": "mistake_location", "params": {"near": 0.5, "invalid": -0.5}}])
     assert reward(right).total == 1.0
@@ -64,7 +73,9 @@ def test_accuracy_per_task_of_always_answering_step_two(tmp_path):
     p = MistakeParams(tasks="word_sorting,tracking_shuffled_objects", max_problems=60)
     tasks = load_tasks(p, "train")
     path = tmp_path / "episodes.jsonl"
-    path.write_text("".join(json.dumps({"trajectory": play(t, ["<answer>2</answer>"]).to_dict()}) + "\n" for t in tasks))
+    path.write_text(
+        "".join(json.dumps({"trajectory": play(t, ["<answer>2</answer>"]).to_dict()}) + "\n" for t in tasks)
+    )
     acc = location_accuracy(lab.load_trajectories(path))
     for task in ("word_sorting", "tracking_shuffled_objects"):
         golds = [t.metadata["mistake_index"] for t in tasks if t.metadata["task"] == task]

@@ -8,7 +8,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from rl.view.plots import eval_figure, eval_keys, main, moving_average, plot_run, read_metrics, reward_figure, reward_keys, series
+from rl.view.plots import (
+    eval_figure,
+    eval_keys,
+    main,
+    moving_average,
+    plot_run,
+    read_metrics,
+    reward_figure,
+    reward_keys,
+    series,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -37,13 +47,21 @@ def search_run(tmp_path):
     lines = [train_line(s) for s in range(1, 41)]
     lines[4]["reward/mean"] = float("nan")
     evals = {
-        step: {"eval/reward/mean": 0.2 + step / 100, "eval/em": step / 80, "eval/f1": step / 70,
-               "eval/judge_accuracy": float("nan") if step == 10 else 0.6, "eval/searches_per_episode": 1.0 + step / 20,
-               "eval/score/first_turn": 0.1, "eval/score/last_turn": step / 80}
+        step: {
+            "eval/reward/mean": 0.2 + step / 100,
+            "eval/em": step / 80,
+            "eval/f1": step / 70,
+            "eval/judge_accuracy": float("nan") if step == 10 else 0.6,
+            "eval/searches_per_episode": 1.0 + step / 20,
+            "eval/score/first_turn": 0.1,
+            "eval/score/last_turn": step / 80,
+        }
         for step in (10, 20, 30, 40)
     }
     lines[9].update(evals[10])  # an evaluation on the step's own line ...
-    lines += [{"step": step, **metrics} for step, metrics in evals.items() if step != 10]  # ... and on lines of their own
+    lines += [
+        {"step": step, **metrics} for step, metrics in evals.items() if step != 10
+    ]  # ... and on lines of their own
     write_metrics(tmp_path, lines)
     return tmp_path
 
@@ -83,26 +101,58 @@ def test_eval_figure_keeps_task_metrics_and_puts_searches_on_a_second_axis(searc
 
 def test_eval_figure_draws_the_per_turn_accuracy_of_each_evaluation_in_a_second_panel(tmp_path):
     lines = [train_line(s) for s in range(1, 21)]
-    lines += [{"step": step, "eval/acc_t1": 0.2 + step / 100, "eval/acc_tT": 0.25 + step / 50, "eval/acc_by_turn/1": 0.2 + step / 100,
-               "eval/acc_by_turn/2": 0.25 + step / 50} for step in (10, 20)]
-    lines[0].update({"eval/acc_by_turn/1": 0.2, "eval/acc_by_turn/2": float("nan")})  # step 1: the second turn's point is missing
+    lines += [
+        {
+            "step": step,
+            "eval/acc_t1": 0.2 + step / 100,
+            "eval/acc_tT": 0.25 + step / 50,
+            "eval/acc_by_turn/1": 0.2 + step / 100,
+            "eval/acc_by_turn/2": 0.25 + step / 50,
+        }
+        for step in (10, 20)
+    ]
+    lines[0].update(
+        {"eval/acc_by_turn/1": 0.2, "eval/acc_by_turn/2": float("nan")}
+    )  # step 1: the second turn's point is missing
     write_metrics(tmp_path, lines)
     fig = eval_figure(read_metrics(tmp_path / "metrics.jsonl"), "t")
     by_step, by_turn = fig.axes
     assert by_step.get_xlabel() == "step" and by_turn.get_xlabel() == "turn"
-    curves = {line.get_label(): (list(line.get_xdata()), pytest.approx(list(line.get_ydata()))) for line in by_turn.get_lines()}
+    curves = {
+        line.get_label(): (list(line.get_xdata()), pytest.approx(list(line.get_ydata())))
+        for line in by_turn.get_lines()
+    }
     assert curves == {"step 1": ([1], [0.2]), "step 10": ([1, 2], [0.3, 0.45]), "step 20": ([1, 2], [0.4, 0.65])}
     plot_run(tmp_path)
     assert matplotlib.image.imread(tmp_path / "eval.png").shape[:2] == (450, 1600)  # two panels side by side
 
 
 def test_key_selection():
-    keys = ["reward/mean", "reward/std", "reward/cocos", "reward/cocos/R", "reward/search_answer", "eval/reward/mean", "learner/loss"]
+    keys = [
+        "reward/mean",
+        "reward/std",
+        "reward/cocos",
+        "reward/cocos/R",
+        "reward/search_answer",
+        "eval/reward/mean",
+        "learner/loss",
+    ]
     assert reward_keys(keys) == ["reward/cocos", "reward/search_answer"]
-    code_eval = ["eval/reward/mean", "eval/acc_t1", "eval/acc_tT", "eval/delta", "eval/score/first_turn", "eval/score/last_turn", "eval/confidence"]
+    code_eval = [
+        "eval/reward/mean",
+        "eval/acc_t1",
+        "eval/acc_tT",
+        "eval/delta",
+        "eval/score/first_turn",
+        "eval/score/last_turn",
+        "eval/confidence",
+    ]
     assert eval_keys(code_eval) == ["eval/reward/mean", "eval/acc_t1", "eval/acc_tT", "eval/delta"]
     assert eval_keys(["eval/reward/mean", "eval/score/last_turn", "eval/score/first_turn"]) == [
-        "eval/reward/mean", "eval/score/first_turn", "eval/score/last_turn"]  # no task metrics: the scores stay
+        "eval/reward/mean",
+        "eval/score/first_turn",
+        "eval/score/last_turn",
+    ]  # no task metrics: the scores stay
 
 
 def test_series_skips_nan_and_sorts_by_step():

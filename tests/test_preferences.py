@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from envs.base import Task, Trajectory, Turn
-from rewards import build_reward, preferences as P
+from rewards import build_reward
+from rewards import preferences as P
 
 
 def test_logistic_fit_by_hand():
@@ -36,7 +37,10 @@ def test_optimal_advantage_is_zero_for_the_best_action_and_telescopes():
 def test_each_fit_recovers_the_advantage_order_best_on_its_own_models_data(seed):
     data = P.demo(n_pairs=1000, seed=seed)["data"]
     assert data["regret"]["regret"]["advantage_tau"] > data["regret"]["partial_return"]["advantage_tau"] + 0.03
-    assert data["partial_return"]["partial_return"]["advantage_tau"] > data["partial_return"]["regret"]["advantage_tau"] + 0.03
+    assert (
+        data["partial_return"]["partial_return"]["advantage_tau"]
+        > data["partial_return"]["regret"]["advantage_tau"] + 0.03
+    )
     assert data["regret"]["regret"]["advantage_tau"] > 0.95
 
 
@@ -49,12 +53,20 @@ def test_fit_from_trajectory_preferences_becomes_a_training_reward(tmp_path):
     rng = np.random.default_rng(0)
     lines = []
     for _ in range(400):
-        a, b = ([(float(rng.random() < 0.5), bool(rng.random() < 0.3)) for _ in range(int(rng.integers(1, 4)))] for _ in "ab")
+        a, b = (
+            [(float(rng.random() < 0.5), bool(rng.random() < 0.3)) for _ in range(int(rng.integers(1, 4)))]
+            for _ in "ab"
+        )
         value = [sum(2 * s - i for s, i in t) for t in (a, b)]
         if value[0] == value[1]:
             continue
-        lines.append({"a": trajectory(*zip(*a)).to_dict(), "b": {"trajectory": trajectory(*zip(*b)).to_dict()},
-                      "label": int(value[0] > value[1])})
+        lines.append(
+            {
+                "a": trajectory(*zip(*a)).to_dict(),
+                "b": {"trajectory": trajectory(*zip(*b)).to_dict()},
+                "label": int(value[0] > value[1]),
+            }
+        )
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text("".join(json.dumps(line) + "\n" for line in lines))
 

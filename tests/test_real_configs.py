@@ -80,10 +80,24 @@ PAPER_SETTINGS = {
     },
 }
 PAPER_REWARDS = {
-    RESEEK: [("search_answer", {}),
-             ("search_judge", {"oracle": "substring", "pairing": "next", "yes_if_answer_right": True, "correct": 0.3, "wrong_yes": -0.6,
-                               "wrong_no": -0.3, "answer_bonus": 0.1, "aggregate_by": "sum", "require_answer": True}),
-             ("search_format", {})],
+    RESEEK: [
+        ("search_answer", {}),
+        (
+            "search_judge",
+            {
+                "oracle": "substring",
+                "pairing": "next",
+                "yes_if_answer_right": True,
+                "correct": 0.3,
+                "wrong_yes": -0.6,
+                "wrong_no": -0.3,
+                "answer_bonus": 0.1,
+                "aggregate_by": "sum",
+                "require_answer": True,
+            },
+        ),
+        ("search_format", {}),
+    ],
     COCOS: [("cocos", {"gamma": 0.5})],
 }
 
@@ -104,7 +118,9 @@ def test_config_loads_and_builds(path):
     params = env_params(cfg)  # every env.params key is a field of the env's params dataclass
     assert callable(build_reward(cfg.reward))
     model = cfg.model.path
-    assert model and (looks_like_hub_id(model) or Path(model).is_dir())  # what load_model accepts; nothing is downloaded
+    assert model and (
+        looks_like_hub_id(model) or Path(model).is_dir()
+    )  # what load_model accepts; nothing is downloaded
     assert cfg.rollout.max_turn_tokens < cfg.rollout.max_total_tokens
     limit = params.max_problems if cfg.env.name == "code" else params.max_tasks
     assert limit == 0  # the whole data set, as the papers train on
@@ -132,28 +148,41 @@ def test_cocos_plays_mbpp_published_split():
     assert len(spec.load_tasks(params, "eval")) == 500  # MBPP 11-510
 
 
-@pytest.mark.parametrize("path, env_override, field, value", [
-    (RESEEK, "env.params.topk=5", "topk", 5),
-    (COCOS, "env.params.max_problems=3", "max_problems", 3),
-], ids=["reseek", "cocos"])
+@pytest.mark.parametrize(
+    "path, env_override, field, value",
+    [
+        (RESEEK, "env.params.topk=5", "topk", 5),
+        (COCOS, "env.params.max_problems=3", "max_problems", 3),
+    ],
+    ids=["reseek", "cocos"],
+)
 def test_overrides_still_apply(path, env_override, field, value):
-    cfg = load_config(path, ["rollout.tasks_per_step=16", "learner.lr=5e-7", "model.path=/models/local-copy", env_override])
+    cfg = load_config(
+        path, ["rollout.tasks_per_step=16", "learner.lr=5e-7", "model.path=/models/local-copy", env_override]
+    )
     assert cfg.rollout.tasks_per_step == 16 and cfg.learner.lr == 5e-7 and cfg.model.path == "/models/local-copy"
     assert getattr(env_params(cfg), field) == value
     assert cfg.rollout.group_size == PAPER_SETTINGS[path]["rollout.group_size"]  # the rest of the file is untouched
 
 
 @pytest.mark.parametrize("path", [RESEEK, COCOS], ids=lambda p: p.stem)
-@pytest.mark.parametrize("override, message", [
-    ("rollout.group_sise=4", "did you mean 'group_size'?"),
-    ("algo.kl_coeff=0.1", "did you mean 'kl_coef'?"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rollout.group_sise=4", "did you mean 'group_size'?"),
+        ("algo.kl_coeff=0.1", "did you mean 'kl_coef'?"),
+    ],
+)
 def test_misspelt_override_fails(path, override, message):
     with pytest.raises(ValueError, match=message):
         load_config(path, [override])
 
 
-@pytest.mark.parametrize("path, misspelt", [(RESEEK, "env.params.topkk=5"), (COCOS, "env.params.max_turn=3")], ids=["reseek", "cocos"])
+@pytest.mark.parametrize(
+    "path, misspelt", [(RESEEK, "env.params.topkk=5"), (COCOS, "env.params.max_turn=3")], ids=["reseek", "cocos"]
+)
 def test_misspelt_env_param_fails_at_load(path, misspelt):
-    with pytest.raises(ValueError, match="unknown config key 'env.params"):  # checked against the env's own params dataclass
+    with pytest.raises(
+        ValueError, match="unknown config key 'env.params"
+    ):  # checked against the env's own params dataclass
         load_config(path, [misspelt])

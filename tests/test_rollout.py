@@ -8,10 +8,10 @@ import torch
 from envs.base import StepResult, Task
 from envs.lookup import LookupEnv, LookupParams, load_tasks
 from rl.batch import Batch
-from rl.rollout.chat import TurnFormatter
-from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.config import AlgoConfig, LearnerConfig, RolloutConfig
 from rl.learn.learner import Learner
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.rollout.loop import rollout
 from tests.conftest import CHAT_TEMPLATE
 
@@ -116,7 +116,9 @@ def test_learner_logprobs_match_sampling_logprobs(tiny, tiny_model_dir):
     engine, formatter = engine_for(tiny)
     params = LookupParams(max_turns=3)
     items = [(t, i, i) for i, t in enumerate(load_tasks(params, "train"))]
-    episodes = rollout(engine, formatter, lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6, temperature=0.8))
+    episodes = rollout(
+        engine, formatter, lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6, temperature=0.8)
+    )
     learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=3), AlgoConfig(), temperature=0.8)
     recomputed = learner.logprobs(Batch.from_episodes(episodes))  # [B, T]
     n_policy = 0
@@ -134,14 +136,22 @@ def test_later_turns_continue_the_cached_keys_and_values(tiny, tiny_model_dir, m
     # model's distribution over the whole sequence, as the learner computes it from scratch.
     continued = []
     original = HFEngine._continue_previous
-    monkeypatch.setattr(HFEngine, "_continue_previous", lambda self, requests: continued.append(original(self, requests)) or continued[-1])
+    monkeypatch.setattr(
+        HFEngine,
+        "_continue_previous",
+        lambda self, requests: continued.append(original(self, requests)) or continued[-1],
+    )
     engine, formatter = engine_for(tiny)
     params = LookupParams(max_turns=4)
     tasks = load_tasks(params, "train")[:2]
-    items = [(t, g, 10 * g + k) for g, t in enumerate(tasks) for k in range(3)]  # groups: shared prompts, then diverging
+    items = [
+        (t, g, 10 * g + k) for g, t in enumerate(tasks) for k in range(3)
+    ]  # groups: shared prompts, then diverging
     episodes = rollout(engine, formatter, lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=5))
     assert len(continued) == 4 and continued[0] is None and all(c is not None for c in continued[1:])
-    recomputed = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(Batch.from_episodes(episodes))
+    recomputed = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(
+        Batch.from_episodes(episodes)
+    )
     for ep, lp in zip(episodes, recomputed):
         lp = lp[: len(ep.token_ids)]
         mask = torch.tensor(ep.loss_mask, dtype=torch.bool)
@@ -197,7 +207,9 @@ def test_samples_do_not_depend_on_batch_company(tiny):
 def test_stop_strings_end_the_action(tiny):
     engine, _ = engine_for(tiny)
     tok = engine.tokenizer
-    gens = engine.generate([Request(tok.encode("what is kalu"), 30, seed=s) for s in range(16)], SamplingParams(stop=["e"]))
+    gens = engine.generate(
+        [Request(tok.encode("what is kalu"), 30, seed=s) for s in range(16)], SamplingParams(stop=["e"])
+    )
     for g in gens:
         text = tok.decode(g.token_ids)
         if g.finish_reason == "stop":

@@ -24,7 +24,14 @@ pytestmark = pytest.mark.timeout(600)
 def cli(*args: str, wait: bool = True):
     """`python -m rl ARGS` in a fresh process, as a user runs it (one torch thread: the same numbers on every machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rl", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rl", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if not wait:
         return proc
     out, err = proc.communicate(timeout=500)
@@ -62,11 +69,19 @@ def test_a_second_run_into_a_run_directory_is_refused_and_nothing_in_it_changes(
     run = copy_of(finished_run, tmp_path)
     before = snapshot(run)
     code, _, err = cli("train", LOOKUP, "steps=2", f"run_dir={run}")
-    assert code == 2 and err.count("\n") == 1 and "holds a run already" in err and f"resume={run}" in err and "overwrite=true" in err
+    assert (
+        code == 2
+        and err.count("\n") == 1
+        and "holds a run already" in err
+        and f"resume={run}" in err
+        and "overwrite=true" in err
+    )
     assert snapshot(run) == before
     code, _, err = cli("train", LOOKUP, "steps=2", "save_every=0", f"run_dir={run}", "overwrite=true", *FAST)
     assert code == 0, err[-2000:]
-    assert [m["step"] for m in metrics(run)] == [1, 2, 2] and sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002"]
+    assert [m["step"] for m in metrics(run)] == [1, 2, 2] and sorted(
+        p.name for p in (run / "checkpoints").iterdir()
+    ) == ["step_000002"]
     assert not (run / "episodes" / "step_000003.jsonl").exists()  # nothing of the old run is left
 
 
@@ -74,7 +89,9 @@ def test_resuming_from_an_earlier_checkpoint_leaves_one_history(finished_run, tm
     run = copy_of(finished_run, tmp_path)
     code, _, err = cli("train", LOOKUP, "steps=4", "save_every=2", f"resume={run}@2", *FAST)
     assert code == 0, err[-2000:]
-    assert comparable(metrics(run)) == comparable(metrics(finished_run))  # steps 3 and 4 again, exactly as the first time
+    assert comparable(metrics(run)) == comparable(
+        metrics(finished_run)
+    )  # steps 3 and 4 again, exactly as the first time
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002", "step_000004"]
     aside = run / "abandoned" / "from_step_000002"
     assert sorted(str(p.relative_to(aside)) for p in aside.iterdir() for p in [p, *p.iterdir()] if p.parent != aside) == [
@@ -93,13 +110,28 @@ def test_a_checkpoint_that_does_not_load_is_named_with_the_others(finished_run, 
 
 
 BAD = {
-    "a reward parameter of the wrong type": (["reward=[{name: format, params: {penalty: lots}}]"], "reward 'format' parameter 'penalty': expected a number, got 'lots'"),
-    "an env parameter of the wrong type": (["env.params.max_turns=two"], "env.params.max_turns: expected int, got 'two'"),
-    "an env option that does not exist": (["env.params.feedback=test"], "unknown feedback 'test'; did you mean 'tests'?"),
+    "a reward parameter of the wrong type": (
+        ["reward=[{name: format, params: {penalty: lots}}]"],
+        "reward 'format' parameter 'penalty': expected a number, got 'lots'",
+    ),
+    "an env parameter of the wrong type": (
+        ["env.params.max_turns=two"],
+        "env.params.max_turns: expected int, got 'two'",
+    ),
+    "an env option that does not exist": (
+        ["env.params.feedback=test"],
+        "unknown feedback 'test'; did you mean 'tests'?",
+    ),
     "a resume without a checkpoint": (["resume=configs"], "no checkpoint in configs/checkpoints"),
     "a resume step that is not a number": (["resume=runs@last"], "the step after '@' must be a number"),
-    "an SFT data file that is not there": (["sft.steps=5", "sft.data=nowhere.jsonl"], "sft.data: no file 'nowhere.jsonl'"),
-    "vLLM's sleep mode with another engine": (["workers.vllm_sleep_mode=true"], "workers.vllm_sleep_mode is vLLM's: it needs workers.engine=vllm"),
+    "an SFT data file that is not there": (
+        ["sft.steps=5", "sft.data=nowhere.jsonl"],
+        "sft.data: no file 'nowhere.jsonl'",
+    ),
+    "vLLM's sleep mode with another engine": (
+        ["workers.vllm_sleep_mode=true"],
+        "workers.vllm_sleep_mode is vLLM's: it needs workers.engine=vllm",
+    ),
 }
 
 
@@ -112,13 +144,21 @@ def test_bad_input_fails_before_torch_is_imported_and_nothing_is_written(bad, tm
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-c", probe, "train", config, f"run_dir={run}", *overrides], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.stdout.split() == ["2", "False"] and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stdout.split() == ["2", "False"] and message in proc.stderr and proc.stderr.count("\n") == 1, (
+        proc.stderr
+    )
     assert not run.exists()
 
 
 def test_data_that_does_not_load_leaves_no_run_directory(tmp_path):
     run = tmp_path / "run"
-    code, _, err = cli("train", str(ROOT / "configs" / "tiny_code.yaml"), f"run_dir={run}", "env.params.dataset=nowhere.jsonl", "sft.steps=0")
+    code, _, err = cli(
+        "train",
+        str(ROOT / "configs" / "tiny_code.yaml"),
+        f"run_dir={run}",
+        "env.params.dataset=nowhere.jsonl",
+        "sft.steps=0",
+    )
     assert code == 2 and "no problems 'nowhere.jsonl'" in err and not run.exists()
 
 
@@ -154,7 +194,9 @@ def test_the_config_command_prints_every_option_with_its_doc():
     assert "  params:" in out and "num_keys: 8" in out  # the env's own params, resolved
     code, out, _ = cli("train", "--help")
     assert code == 0 and "python -m rl config CONFIG" in out
-    console = Path(sys.executable).with_name("selfcorrect")  # the package's console script: the same program, its own name
+    console = Path(sys.executable).with_name(
+        "selfcorrect"
+    )  # the package's console script: the same program, its own name
     if console.exists():
         out = subprocess.run([str(console), "train", "--help"], capture_output=True, text=True, timeout=60).stdout
         assert out.startswith("usage: selfcorrect train") and "selfcorrect config CONFIG" in out

@@ -46,7 +46,10 @@ class SearchR1Shapes(BaseHTTPRequestHandler):
         for _ in request["queries"]:
             docs = [{"contents": p["contents"]} for p in PASSAGES[:topk]]
             if self.shape == "title_text":
-                docs = [{"title": d["contents"].split("\n")[0].strip('"'), "text": d["contents"].split("\n", 1)[1]} for d in docs]
+                docs = [
+                    {"title": d["contents"].split("\n")[0].strip('"'), "text": d["contents"].split("\n", 1)[1]}
+                    for d in docs
+                ]
             rows.append(docs if self.shape == "bare" else [{"document": d} for d in docs])
         body = json.dumps({"result": rows}).encode()
         self.send_response(200)
@@ -74,7 +77,9 @@ def test_the_env_reads_search_r1_answers_without_id_or_score(shape):
         server.server_close()
     info = first.info
     assert len(info["doc_ids"]) == 2 and len(set(info["doc_ids"])) == 2 and info["doc_scores"] == [None, None]
-    assert second.info["doc_ids"] == info["doc_ids"]  # the fallback id is a hash of the contents: the same passage, the same id
+    assert (
+        second.info["doc_ids"] == info["doc_ids"]
+    )  # the fallback id is a hash of the contents: the same passage, the same id
     title = '"Mira Tolvane"' if shape != "title_text" else "Mira Tolvane"
     assert f"Doc 1(Title: {title}) Mira Tolvane was born in Sodermark in 1931." in first.observation
     assert info["answer_in_information"] is True
@@ -93,7 +98,10 @@ def test_a_malformed_hit_is_a_clear_retrieval_error():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Broken)
     port = serve_in_thread(server)
     try:
-        with pytest.raises(RetrievalError, match=r'malformed hit: a document needs a string "contents" or "text", got fields \[\'url\'\]'):
+        with pytest.raises(
+            RetrievalError,
+            match=r'malformed hit: a document needs a string "contents" or "text", got fields \[\'url\'\]',
+        ):
             RetrievalClient(f"http://127.0.0.1:{port}").search(["q"])
     finally:
         server.shutdown()
@@ -133,7 +141,9 @@ def exchange(port: int, raw: bytes, half_close: bool = True) -> bytes:
 
 
 def request(body: bytes, headers: str) -> bytes:
-    return b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + headers.encode() + b"\r\n" + body
+    return (
+        b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + headers.encode() + b"\r\n" + body
+    )
 
 
 def status_and_body(answer: bytes) -> tuple[int, dict]:
@@ -143,16 +153,44 @@ def status_and_body(answer: bytes) -> tuple[int, dict]:
 
 GOOD = json.dumps({"queries": ["Mira Tolvane"], "topk": 1}).encode()
 MALFORMED = {
-    "content-length not a number": (request(GOOD, "Content-Length: abc\r\n"), 400, "Content-Length must be a non-negative integer"),
-    "negative content-length": (request(GOOD, "Content-Length: -1\r\n"), 400, "Content-Length must be a non-negative integer"),
+    "content-length not a number": (
+        request(GOOD, "Content-Length: abc\r\n"),
+        400,
+        "Content-Length must be a non-negative integer",
+    ),
+    "negative content-length": (
+        request(GOOD, "Content-Length: -1\r\n"),
+        400,
+        "Content-Length must be a non-negative integer",
+    ),
     "body over the limit": (request(GOOD, "Content-Length: 99999999999\r\n"), 413, "is over"),
-    "body shorter than announced": (request(GOOD, "Content-Length: 100000\r\n"), 400, "the body ended after"),  # the client half-closes
-    "malformed chunk size": (request(b"zz\r\n" + GOOD + b"\r\n0\r\n\r\n", "Transfer-Encoding: chunked\r\n"), 400, "malformed chunk size"),
+    "body shorter than announced": (
+        request(GOOD, "Content-Length: 100000\r\n"),
+        400,
+        "the body ended after",
+    ),  # the client half-closes
+    "malformed chunk size": (
+        request(b"zz\r\n" + GOOD + b"\r\n0\r\n\r\n", "Transfer-Encoding: chunked\r\n"),
+        400,
+        "malformed chunk size",
+    ),
     "not JSON": (request(b"{queries", "Content-Length: 8\r\n"), 422, "json_invalid"),
-    "queries not a list": (request(b'{"queries": "q"}', "Content-Length: 16\r\n"), 422, '"queries" must be a list of strings'),
-    "negative topk": (request(b'{"queries": ["q"], "topk": -2}', "Content-Length: 30\r\n"), 422, '"topk" must be a positive integer'),
+    "queries not a list": (
+        request(b'{"queries": "q"}', "Content-Length: 16\r\n"),
+        422,
+        '"queries" must be a list of strings',
+    ),
+    "negative topk": (
+        request(b'{"queries": ["q"], "topk": -2}', "Content-Length: 30\r\n"),
+        422,
+        '"topk" must be a positive integer',
+    ),
     "a list for a body": (request(b'["q"]', "Content-Length: 5\r\n"), 422, "body must be a JSON object"),
-    "unknown endpoint": (request(GOOD, f"Content-Length: {len(GOOD)}\r\n").replace(b"/retrieve", b"/search", 1), 404, "no such endpoint"),
+    "unknown endpoint": (
+        request(GOOD, f"Content-Length: {len(GOOD)}\r\n").replace(b"/retrieve", b"/search", 1),
+        404,
+        "no such endpoint",
+    ),
     "GET": (b"GET /retrieve HTTP/1.1\r\nHost: x\r\n\r\n", 405, "Method Not Allowed"),
     "bad request line": (b"POST /retrieve HTTP/one\r\n\r\n", 400, "Bad request version"),
     "binary request line": (b"\x00\xff nonsense\r\n\r\n", 400, "Bad HTTP/0.9 request type"),
@@ -160,7 +198,9 @@ MALFORMED = {
 
 
 def good_answer(port: int) -> list:
-    status, body = status_and_body(exchange(port, request(GOOD, f"Content-Length: {len(GOOD)}\r\nConnection: close\r\n")))
+    status, body = status_and_body(
+        exchange(port, request(GOOD, f"Content-Length: {len(GOOD)}\r\nConnection: close\r\n"))
+    )
     assert status == 200
     return body["result"]
 
@@ -168,12 +208,16 @@ def good_answer(port: int) -> list:
 @pytest.mark.parametrize("name", MALFORMED)
 def test_each_malformed_request_gets_a_4xx_and_the_next_client_is_served(server, capfd, name):
     raw, status, detail = MALFORMED[name]
-    answer = exchange(server, raw + request(GOOD, f"Content-Length: {len(GOOD)}\r\n"))  # a request behind it on the same connection ...
+    answer = exchange(
+        server, raw + request(GOOD, f"Content-Length: {len(GOOD)}\r\n")
+    )  # a request behind it on the same connection ...
     got, body = status_and_body(answer)
     assert got == status and detail in str(body), answer[:300]
     assert answer.count(b"HTTP/1.1 ") == 1  # ... is not answered: the connection closes after a 4xx
     if status == 422:
-        assert isinstance(body["detail"], list) and body["detail"][0]["loc"][0] == "body"  # FastAPI's shape, as Search-R1's server
+        assert (
+            isinstance(body["detail"], list) and body["detail"][0]["loc"][0] == "body"
+        )  # FastAPI's shape, as Search-R1's server
     assert good_answer(server)[0][0]["id"] == "0"
     assert "Traceback" not in capfd.readouterr().err
 
@@ -190,7 +234,7 @@ def test_a_stalled_client_is_answered_408_and_let_go(server, capfd):
 
 
 def test_chunked_bodies_and_kept_alive_connections(server):
-    chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(GOOD[i:i + 7]), GOOD[i:i + 7]) for i in range(0, len(GOOD), 7))
+    chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(GOOD[i : i + 7]), GOOD[i : i + 7]) for i in range(0, len(GOOD), 7))
     chunked = request(chunks + b"0\r\nX-Trailer: 1\r\n\r\n", "Transfer-Encoding: chunked\r\n")
     plain = request(GOOD, f"Content-Length: {len(GOOD)}\r\nConnection: close\r\n")
     answer = exchange(server, chunked + plain)  # two requests on one connection, both answered
@@ -208,11 +252,14 @@ def test_a_client_that_resets_mid_request_leaves_no_traceback(server, capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("line, why", [
-    ('{"id": "0", "contents": 7}', 'needs a string "contents" or "text"'),
-    ('{"id": "0", "contents": "x"', "Expecting"),
-    ("[1, 2]", "a document must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ('{"id": "0", "contents": 7}', 'needs a string "contents" or "text"'),
+        ('{"id": "0", "contents": "x"', "Expecting"),
+        ("[1, 2]", "a document must be a JSON object"),
+    ],
+)
 def test_a_bad_corpus_is_one_line_with_its_line_number(tmp_path, capsys, line, why):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps(PASSAGES[0]) + "\n" + line + "\n")
@@ -223,13 +270,21 @@ def test_a_bad_corpus_is_one_line_with_its_line_number(tmp_path, capsys, line, w
 
 def test_a_corpus_with_title_and_text_and_no_ids_is_served(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"title": "T", "text": p["contents"].split("\n", 1)[1]}) + "\n" for p in PASSAGES))
+    corpus.write_text(
+        "".join(json.dumps({"title": "T", "text": p["contents"].split("\n", 1)[1]}) + "\n" for p in PASSAGES)
+    )
     hits = BM25Index(corpus, tmp_path / "cache").search(["Mira Tolvane born"], 1)[0]
-    assert hits[0]["document"]["contents"] == "T\nMira Tolvane was born in Sodermark in 1931." and len(hits[0]["document"]["id"]) == 16
+    assert (
+        hits[0]["document"]["contents"] == "T\nMira Tolvane was born in Sodermark in 1931."
+        and len(hits[0]["document"]["id"]) == 16
+    )
 
 
 def test_make_world_fails_when_the_world_has_fewer_questions(tmp_path, capsys):
     assert main(["make-world", "--out", str(tmp_path / "w"), "--people", "4", "--questions", "100000"]) == 2
-    assert re.fullmatch(r"error: asked for 100000 questions, but a world of 4 people with hops \[1, 2\] gave only \d+ distinct ones: "
-                        r"ask for at most \d+ or more people\n", capsys.readouterr().err)
+    assert re.fullmatch(
+        r"error: asked for 100000 questions, but a world of 4 people with hops \[1, 2\] gave only \d+ distinct ones: "
+        r"ask for at most \d+ or more people\n",
+        capsys.readouterr().err,
+    )
     assert not (tmp_path / "w").exists()

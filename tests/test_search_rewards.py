@@ -19,8 +19,11 @@ MENTION = 'Doc 1(Title: "The Northern Clock") The Northern Clock is a novel by F
 
 
 def search(information, doc_ids):
-    return Turn("<search>q</search>", f"\n\n<information>{information}</information>\n\n",
-                {"action": "search", "information": information, "doc_ids": doc_ids, "score": 0.0})
+    return Turn(
+        "<search>q</search>",
+        f"\n\n<information>{information}</information>\n\n",
+        {"action": "search", "information": information, "doc_ids": doc_ids, "score": 0.0},
+    )
 
 
 def judge(verdict):
@@ -32,7 +35,10 @@ def answer(text):
 
 
 def episode(*turns):
-    return Trajectory(Task("t", "Question: Who founded Fiku Guild?\n", {"answers": ["Fako Rediki"], "gold_doc_ids": ["145"]}), list(turns))
+    return Trajectory(
+        Task("t", "Question: Who founded Fiku Guild?\n", {"answers": ["Fako Rediki"], "gold_doc_ids": ["145"]}),
+        list(turns),
+    )
 
 
 def test_em_and_f1_use_squad_normalisation():
@@ -47,7 +53,9 @@ def test_answer_reward_reads_only_the_last_answer_of_the_response():
     two = episode(Turn("<answer>Fako Rediki</answer> no, <answer>Leba Pupuki</answer>", "", {}))
     assert last_answer(two) == "Leba Pupuki" and fn(two).outcome == 0.0
     # An answer in an observation (or in the prompt's instructions) is not the agent's.
-    quoted = episode(Turn("<search>q</search>", "<information>... <answer>Fako Rediki</answer></information>", {"action": "search"}))
+    quoted = episode(
+        Turn("<search>q</search>", "<information>... <answer>Fako Rediki</answer></information>", {"action": "search"})
+    )
     r = fn(quoted)
     assert r.outcome == 0.0 and r.components["search_answer/answered"] == 0.0
     f1 = build_reward([{"name": "search_answer", "params": {"metric": "f1"}}])
@@ -124,7 +132,9 @@ def test_no_judge_reward_without_an_answer_by_default():
 def test_rate_empty_false_leaves_searches_that_found_nothing_out_of_the_judge_reward():
     nothing = "No passage matches the query.\n"
     garbled = episode(search(nothing, []), judge("No"), search(OTHER, ["143"]), judge("Yes"), answer("Leba Pupuki"))
-    assert judge_reward()(garbled).process == pytest.approx([0.0, 0.15, 0.0, -0.3, 0.0])  # mean of +0.3 (the easy No) and -0.6
+    assert judge_reward()(garbled).process == pytest.approx(
+        [0.0, 0.15, 0.0, -0.3, 0.0]
+    )  # mean of +0.3 (the easy No) and -0.6
     skipped = judge_reward(rate_empty=False)(garbled)
     assert skipped.process == pytest.approx([0.0, 0.0, 0.0, -0.6, 0.0]) and skipped.components["pairs"] == 1.0
     only_empty = episode(search(nothing, []), judge("No"), answer("Leba Pupuki"))
@@ -139,9 +149,11 @@ def test_found_pays_the_search_that_finds_first_or_after_right_nos_and_nothing_e
     twice = episode(search(GOLD, ["145"]), judge("No"), search(GOLD, ["145"]), judge("Yes"), answer("Fako Rediki"))
     assert fn(twice).process == [0.5, 0.0, 0.0, 0.0, 0.0]  # once an episode
     nothing = "No passage matches the query.\n"
-    for broken in (episode(search(nothing, []), judge("No"), search(GOLD, ["145"]), answer("Fako Rediki")),  # garbled first
-                   episode(search(OTHER, ["143"]), judge("Yes"), search(GOLD, ["145"]), answer("Fako Rediki")),  # wrong Yes
-                   episode(search(OTHER, ["143"]), search(GOLD, ["145"]), answer("Fako Rediki"))):  # not judged
+    for broken in (
+        episode(search(nothing, []), judge("No"), search(GOLD, ["145"]), answer("Fako Rediki")),  # garbled first
+        episode(search(OTHER, ["143"]), judge("Yes"), search(GOLD, ["145"]), answer("Fako Rediki")),  # wrong Yes
+        episode(search(OTHER, ["143"]), search(GOLD, ["145"]), answer("Fako Rediki")),
+    ):  # not judged
         assert sum(fn(broken).process) == 0.0 and fn(broken).components["found"] == 0.0
 
 
@@ -170,7 +182,11 @@ def test_farming_through_the_real_env_and_index(tmp_path):
     questions = [json.loads(line) for line in (out / "questions.jsonl").read_text().splitlines()]
     q = questions[0]
     # Useless searches: other questions whose passages do not hold this question's answer.
-    others = [o for o in questions[1:] if not any(q["answers"][0] in h["document"]["contents"] for h in index.search([o["question"]], 3)[0])]
+    others = [
+        o
+        for o in questions[1:]
+        if not any(q["answers"][0] in h["document"]["contents"] for h in index.search([o["question"]], 3)[0])
+    ]
     task = Task(q["id"], q["question"], {"answers": q["answers"], "gold_doc_ids": q["gold_doc_ids"]})
 
     def play(actions):
@@ -207,10 +223,16 @@ def test_format():
 
 def test_reseek_codes_substring_oracle_finds_an_answer_inside_a_longer_word():
     inside = 'Doc 1(Title: "Romeo") Romeo and Juliet is a play.\n'  # "rome" only inside "Romeo"
-    trajectory = Trajectory(Task("t", "Q", {"answers": ["Rome"], "gold_doc_ids": []}),
-                            [search(inside, ["1"]), judge("Yes"), answer("Paris")])
-    assert judge_reward(oracle="substring")(trajectory).process == pytest.approx([0.0, 0.3, 0.0])  # ReSeek's code: a right Yes
-    assert judge_reward(oracle="answer")(trajectory).process == pytest.approx([0.0, -0.6, 0.0])  # whole words: a wrong Yes
+    trajectory = Trajectory(
+        Task("t", "Q", {"answers": ["Rome"], "gold_doc_ids": []}),
+        [search(inside, ["1"]), judge("Yes"), answer("Paris")],
+    )
+    assert judge_reward(oracle="substring")(trajectory).process == pytest.approx(
+        [0.0, 0.3, 0.0]
+    )  # ReSeek's code: a right Yes
+    assert judge_reward(oracle="answer")(trajectory).process == pytest.approx(
+        [0.0, -0.6, 0.0]
+    )  # whole words: a wrong Yes
     with pytest.raises(ValueError, match="oracle must be 'answer', 'substring'"):
         judge_reward(oracle="substrings")
 
@@ -228,8 +250,12 @@ def test_reseek_codes_pairing_lets_one_judgment_count_for_every_block_before_it(
 def test_reseek_codes_rule_that_a_yes_is_right_when_the_answer_is():
     trajectory = episode(search(OTHER, ["143"]), judge("Yes"), answer("Fako Rediki"))
     assert judge_reward(answer_bonus=0.1)(trajectory).process == pytest.approx([0.0, -0.6, 0.0])
-    assert judge_reward(answer_bonus=0.1, yes_if_answer_right=True)(trajectory).process == pytest.approx([0.0, 0.4, 0.0])
-    no = episode(search(OTHER, ["143"]), judge("No"), answer("Fako Rediki"))  # a No still answers to the oracle: right here
+    assert judge_reward(answer_bonus=0.1, yes_if_answer_right=True)(trajectory).process == pytest.approx(
+        [0.0, 0.4, 0.0]
+    )
+    no = episode(
+        search(OTHER, ["143"]), judge("No"), answer("Fako Rediki")
+    )  # a No still answers to the oracle: right here
     assert judge_reward(answer_bonus=0.1, yes_if_answer_right=True)(no).process == pytest.approx([0.0, 0.4, 0.0])
 
 
@@ -239,8 +265,12 @@ def test_recovery_false_rejection_and_research_after_no_counted_by_hand():
     miss, hit = search("nothing useful", ["7"]), search("Fako Rediki founded it", ["145"])
     episodes = [
         episode(miss, judge("No"), hit, judge("Yes"), answer("Fako Rediki")),  # missed first, searched again, recovered
-        episode(miss, judge("No"), answer("Someone Else")),  # missed first, answered without searching again: not recovered
-        episode(hit, judge("No"), hit, judge("Yes"), answer("Fako Rediki")),  # a useful block rejected, then searched again
+        episode(
+            miss, judge("No"), answer("Someone Else")
+        ),  # missed first, answered without searching again: not recovered
+        episode(
+            hit, judge("No"), hit, judge("Yes"), answer("Fako Rediki")
+        ),  # a useful block rejected, then searched again
         episode(hit, judge("Yes"), answer("Fako Rediki")),  # right at the first search: not in the recovery count
     ]
     m = search_metrics(episodes)

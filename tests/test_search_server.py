@@ -21,9 +21,9 @@ from envs.search.bm25 import BM25Index
 from envs.search.env import SearchEnv
 from envs.search.retrieval import RetrievalClient, RetrievalError
 from envs.search.world import WorldConfig, write_world
+from rl.config import RolloutConfig
 from rl.rollout.chat import TurnFormatter
 from rl.rollout.engine import Generation
-from rl.config import RolloutConfig
 from rl.rollout.loop import rollout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def start_server(corpus: Path, cache: Path) -> tuple[str, subprocess.Popen]:
     """`python -m envs.search serve` on a free port; returns its URL once it accepts requests."""
-    cmd = [sys.executable, "-m", "envs.search", "serve", "--corpus", str(corpus), "--port", "0", "--cache-dir", str(cache)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "envs.search",
+        "serve",
+        "--corpus",
+        str(corpus),
+        "--port",
+        "0",
+        "--cache-dir",
+        str(cache),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first_line: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: first_line.put(proc.stdout.readline()), daemon=True).start()
@@ -54,7 +65,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    out = write_world(WorldConfig(seed=11, people=60, hops=[1, 2], distractors=1, questions=40), tmp_path_factory.mktemp("world"))
+    out = write_world(
+        WorldConfig(seed=11, people=60, hops=[1, 2], distractors=1, questions=40), tmp_path_factory.mktemp("world")
+    )
     questions = [json.loads(line) for line in (out / "questions.jsonl").read_text().splitlines()]
     return out, BM25Index(out / "corpus.jsonl", out / "cache"), questions
 
@@ -68,7 +81,9 @@ def server(world):
 
 
 def post(url: str, payload) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -89,8 +104,13 @@ def test_search_r1_request_shapes(world, server):
     status, body = post(server, {"queries": [questions[0]["question"]]})  # topk defaults to the server's 3, no scores
     assert status == 200 and [set(d) for d in body["result"][0]] == [{"id", "contents"}] * 3
     assert body["result"][0] == [h["document"] for h in index.search([questions[0]["question"]], 3)[0]]
-    assert RetrievalClient(server.removesuffix("/retrieve")).search([questions[0]["question"]], 3) == index.search([questions[0]["question"]], 3)
-    assert post(server, {"queries": "one query"}) == (422, {"detail": [{"type": "list_type", "loc": ["body", "queries"], "msg": '"queries" must be a list of strings'}]})
+    assert RetrievalClient(server.removesuffix("/retrieve")).search([questions[0]["question"]], 3) == index.search(
+        [questions[0]["question"]], 3
+    )
+    assert post(server, {"queries": "one query"}) == (
+        422,
+        {"detail": [{"type": "list_type", "loc": ["body", "queries"], "msg": '"queries" must be a list of strings'}]},
+    )
     assert post(server.replace("/retrieve", "/search"), {"queries": []})[0] == 404
     with pytest.raises(RetrievalError, match=r"rejected the request: HTTP 422 .*topk"):
         RetrievalClient(server).search(["q"], topk=-1)
@@ -117,7 +137,18 @@ def test_a_connection_the_server_dropped_is_reopened_at_once(world):
     finally:
         stop(first)  # the client's kept connection now leads nowhere
     port = url.split(":")[2].split("/")[0]
-    cmd = [sys.executable, "-m", "envs.search", "serve", "--corpus", str(out / "corpus.jsonl"), "--port", port, "--cache-dir", str(out / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "envs.search",
+        "serve",
+        "--corpus",
+        str(out / "corpus.jsonl"),
+        "--port",
+        port,
+        "--cache-dir",
+        str(out / "cache"),
+    ]
     second = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert second.stdout.readline().startswith("serving")  # same port, a new process
@@ -162,9 +193,16 @@ def test_a_server_killed_mid_run_fails_the_episodes_without_hanging(world, tiny_
     url, proc = start_server(out / "corpus.jsonl", out / "cache")
     try:
         client = RetrievalClient(url, timeout_s=2.0, retries=2)
-        tasks = [(Task(q["id"], q["question"], {"answers": q["answers"], "gold_doc_ids": q["gold_doc_ids"]}), i, i)
-                 for i, q in enumerate(questions[:3])]
-        actions = [f"<search>{questions[0]['question']}</search>", "<judge>Yes</judge>", "<search>second hop</search>", "<answer>x</answer>"]
+        tasks = [
+            (Task(q["id"], q["question"], {"answers": q["answers"], "gold_doc_ids": q["gold_doc_ids"]}), i, i)
+            for i, q in enumerate(questions[:3])
+        ]
+        actions = [
+            f"<search>{questions[0]['question']}</search>",
+            "<judge>Yes</judge>",
+            "<search>second hop</search>",
+            "<answer>x</answer>",
+        ]
         policy = ScriptedPolicy(AutoTokenizer.from_pretrained(tiny_model_dir), actions, kill_at=1, proc=proc)
         start = time.monotonic()
         limits = RolloutConfig(max_turns=4, max_turn_tokens=64, max_total_tokens=4096)

@@ -14,16 +14,24 @@ from envs.code.demos import misnamed, mutants
 from envs.search import SearchParams
 from envs.search import demonstrations as search_demos
 from envs.search.world import CAREER
-from rl.rollout.chat import TurnFormatter
 from rl.config import load_config
-from rl.run.start import starting_model, starting_path
+from rl.rollout.chat import TurnFormatter
 from rl.run.sft import load_trajectories, make_trainer, read_trajectories, sft_examples, tokenize, trajectory_text
+from rl.run.start import starting_model, starting_path
 from tests.conftest import CHAT_TEMPLATE
 
 
 def _search_params(tmp_path, **kw):
-    return SearchParams(cache_dir=str(tmp_path / "cache"), prompt="short", world_people=40, world_distractors=1,
-                        world_questions=300, topk=1, max_obs_words=16, **kw)
+    return SearchParams(
+        cache_dir=str(tmp_path / "cache"),
+        prompt="short",
+        world_people=40,
+        world_distractors=1,
+        world_questions=300,
+        topk=1,
+        max_obs_words=16,
+        **kw,
+    )
 
 
 def test_search_demos_have_the_keep_and_fix_shapes(tmp_path):
@@ -53,21 +61,39 @@ def test_search_demos_without_reasoning_judge_at_once(tmp_path):
     judges = [t.action for d in demos for t in d.turns if t.info["action"] == "judge"]
     assert "<judge>No</judge>" in judges and "<judge>Yes</judge>" in judges
     # Only the hesitation-correction still thinks aloud: the doubt, then the right call.
-    assert {j for j in judges if "<think>" in j} and all(j.startswith("<think>Is this ") for j in judges if "<think>" in j)
+    assert {j for j in judges if "<think>" in j} and all(
+        j.startswith("<think>Is this ") for j in judges if "<think>" in j
+    )
 
 
 def test_search_demos_by_occupation_search_the_surname_then_add_the_occupation(tmp_path):
     # "Where was Rutaru the poet born?": the surname first; a namesake's passage is judged No, then the whole phrase.
-    params = SearchParams(cache_dir=str(tmp_path), prompt="short", world_people=60, world_distractors=1, world_hops=[1], world_questions=150,
-                          world_relations=["born_in", "birth_year"], world_by_occupation=True, topk=1, max_obs_words=12, demo_reasoning=False)
+    params = SearchParams(
+        cache_dir=str(tmp_path),
+        prompt="short",
+        world_people=60,
+        world_distractors=1,
+        world_hops=[1],
+        world_questions=150,
+        world_relations=["born_in", "birth_year"],
+        world_by_occupation=True,
+        topk=1,
+        max_obs_words=12,
+        demo_reasoning=False,
+    )
     demos = search_demos(params, 80, seed=0, keep_share=0.4, hesitation=0.0)
     assert len(demos) == 80
     shapes = {tuple(t.info["action"] for t in d.turns) for d in demos}
-    assert shapes == {("search", "judge", "answer"), ("search", "judge", "search", "judge", "answer")}  # the retriever decides
+    assert shapes == {
+        ("search", "judge", "answer"),
+        ("search", "judge", "search", "judge", "answer"),
+    }  # the retriever decides
     for d in demos:
         question, (first, judge) = d.task.metadata["question"], d.turns[:2]
         surname = first.info["query"]
-        assert f" was {surname} the " in question and all(t.info["demo"] == "expert" for t in d.turns)  # every turn is learned
+        assert f" was {surname} the " in question and all(
+            t.info["demo"] == "expert" for t in d.turns
+        )  # every turn is learned
         assert (judge.info["verdict"] == "yes") == first.info["gold_doc_retrieved"]
         if len(d.turns) == 5:
             occupation = question.split(f" {surname} the ")[1].split(" ")[0]
@@ -77,9 +103,21 @@ def test_search_demos_by_occupation_search_the_surname_then_add_the_occupation(t
 @pytest.mark.parametrize("judge_mode", ["soft", "hard"])
 def test_search_demos_by_occupation_repeat_the_surname_where_shown_passages_are_skipped(tmp_path, judge_mode):
     # With new_passages the same query brings the next passage: after a No the expert searches the surname again.
-    params = SearchParams(cache_dir=str(tmp_path), prompt="short", world_people=60, world_distractors=1, world_hops=[1], world_questions=150,
-                          world_relations=["born_in", "birth_year"], world_by_occupation=True, new_passages=True, topk=1,
-                          max_obs_words=12, demo_reasoning=False, judge_mode=judge_mode)
+    params = SearchParams(
+        cache_dir=str(tmp_path),
+        prompt="short",
+        world_people=60,
+        world_distractors=1,
+        world_hops=[1],
+        world_questions=150,
+        world_relations=["born_in", "birth_year"],
+        world_by_occupation=True,
+        new_passages=True,
+        topk=1,
+        max_obs_words=12,
+        demo_reasoning=False,
+        judge_mode=judge_mode,
+    )
     demos = search_demos(params, 60, seed=0, keep_share=0.4, hesitation=0.0)
     corrected = [d for d in demos if len(d.turns) == 5]
     assert len(demos) == 60 and corrected
@@ -90,16 +128,33 @@ def test_search_demos_by_occupation_repeat_the_surname_where_shown_passages_are_
     if judge_mode == "hard":  # a No releases nothing; the Yes releases the passage the answer is copied from
         for d in demos:
             judges = [t for t in d.turns if t.info["action"] == "judge"]
-            assert all(t.observation == "" for t in judges[:-1]) and d.turns[-1].action.split()[1] in judges[-1].observation
+            assert (
+                all(t.observation == "" for t in judges[:-1])
+                and d.turns[-1].action.split()[1] in judges[-1].observation
+            )
 
 
 def test_search_demos_in_sections_judge_the_wrong_section_no_and_search_the_name_again(tmp_path):
-    params = SearchParams(cache_dir=str(tmp_path), prompt="short", world_people=60, world_distractors=1, world_hops=[1], world_questions=150,
-                          world_relations=["born_in", "birth_year"], world_sections=True, new_passages=True, topk=1,
-                          max_obs_words=12, demo_reasoning=False)
+    params = SearchParams(
+        cache_dir=str(tmp_path),
+        prompt="short",
+        world_people=60,
+        world_distractors=1,
+        world_hops=[1],
+        world_questions=150,
+        world_relations=["born_in", "birth_year"],
+        world_sections=True,
+        new_passages=True,
+        topk=1,
+        max_obs_words=12,
+        demo_reasoning=False,
+    )
     demos = search_demos(params, 60, seed=0, keep_share=1.0, hesitation=0.0)
     shapes = [tuple(t.info["action"] for t in d.turns) for d in demos]
-    assert len(demos) == 60 and set(shapes) == {("search", "judge", "answer"), ("search", "judge", "search", "judge", "answer")}
+    assert len(demos) == 60 and set(shapes) == {
+        ("search", "judge", "answer"),
+        ("search", "judge", "search", "judge", "answer"),
+    }
     for d in demos:
         if len(d.turns) == 5:
             first, judge, second = d.turns[:3]
@@ -121,7 +176,10 @@ def test_code_mutants_can_miscopy_the_function_name():
     program = "def plus_80_all(x):\n    return [v + 80 for v in x]"
     assert misnamed("plus_80_all") == ["plus_80_al", "plus_81_all"] and misnamed("f") == []
     renamed = set(mutants(program, names=True)) - set(mutants(program))
-    assert renamed == {"def plus_80_al(x):\n    return [v + 80 for v in x]", "def plus_81_all(x):\n    return [v + 80 for v in x]"}
+    assert renamed == {
+        "def plus_80_al(x):\n    return [v + 80 for v in x]",
+        "def plus_81_all(x):\n    return [v + 80 for v in x]",
+    }
 
 
 def test_code_demos_keep_right_code_and_fix_wrong_code_in_the_sandbox():
@@ -150,11 +208,14 @@ def test_code_demos_end_where_the_env_ends_and_show_its_feedback():
 
 
 def _trajectory():
-    return Trajectory(Task("t", "Question: where?\n"), [
-        Turn("<search>wrong</search>", "\n<information>bad</information>\n", {"demo": "mistake"}),
-        Turn("<judge>No</judge>", "", {"demo": "expert"}),
-        Turn("<answer>here</answer>", "", {"demo": "expert"}),
-    ])
+    return Trajectory(
+        Task("t", "Question: where?\n"),
+        [
+            Turn("<search>wrong</search>", "\n<information>bad</information>\n", {"demo": "mistake"}),
+            Turn("<judge>No</judge>", "", {"demo": "expert"}),
+            Turn("<answer>here</answer>", "", {"demo": "expert"}),
+        ],
+    )
 
 
 @pytest.mark.parametrize("chat", [False, True])
@@ -165,8 +226,14 @@ def test_tokenize_puts_loss_on_actions_only_and_matches_the_rollout_layout(tiny_
     tr = _trajectory()
     ids, mask = tokenize(tr, fmt, ["</search>", "</judge>", "</answer>"], 64, train_on_mistakes=False)
     enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
-    expected = (fmt.prompt_ids(tr.task.prompt) + enc(tr.turns[0].action) + fmt.observation_ids(tr.turns[0].observation, False, 64)
-                + enc("<judge>No</judge>") + fmt.observation_ids("", False, 64) + enc("<answer>here</answer>"))
+    expected = (
+        fmt.prompt_ids(tr.task.prompt)
+        + enc(tr.turns[0].action)
+        + fmt.observation_ids(tr.turns[0].observation, False, 64)
+        + enc("<judge>No</judge>")
+        + fmt.observation_ids("", False, 64)
+        + enc("<answer>here</answer>")
+    )
     assert ids == expected
     learned = tok.decode([i for i, m in zip(ids, mask) if m])
     assert learned == "<judge>No</judge><answer>here</answer>"  # the mistake and every observation are context
@@ -180,22 +247,50 @@ def test_tokenize_puts_loss_on_actions_only_and_matches_the_rollout_layout(tiny_
 def test_read_trajectories_accepts_episodes_trajectories_and_messages(tmp_path):
     tr = _trajectory()
     path = tmp_path / "data.jsonl"
-    messages = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "<search>q</search>"},
-                {"role": "user", "content": "info"}, {"role": "assistant", "content": "<answer>a</answer>"}]
-    path.write_text("\n".join([json.dumps({"trajectory": tr.to_dict(), "step": 3}), json.dumps(tr.to_dict()),
-                               json.dumps({"messages": messages})]) + "\n")
+    messages = [
+        {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": "<search>q</search>"},
+        {"role": "user", "content": "info"},
+        {"role": "assistant", "content": "<answer>a</answer>"},
+    ]
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"trajectory": tr.to_dict(), "step": 3}),
+                json.dumps(tr.to_dict()),
+                json.dumps({"messages": messages}),
+            ]
+        )
+        + "\n"
+    )
     read = read_trajectories(path)
     assert [len(r.turns) for r in read] == [3, 3, 2]
-    assert read[2].task.prompt == messages[:1] and read[2].turns[0].observation == "info" and read[2].turns[1].observation == ""
+    assert (
+        read[2].task.prompt == messages[:1]
+        and read[2].turns[0].observation == "info"
+        and read[2].turns[1].observation == ""
+    )
     path.write_text(json.dumps({"nothing": 1}) + "\n")
     with pytest.raises(ValueError, match="data.jsonl:1"):
         read_trajectories(path)
 
 
 def _code_cfg(tmp_path, *extra):
-    return load_config(None, [f"run_dir={tmp_path / 'run'}", "env.name=code", "env.params={synthetic_problems: 12}",
-                              "model.tiny={layers: 2, hidden: 64, intermediate: 128, heads: 4, kv_heads: 2, vocab_size: 400}",
-                              "sft.steps=30", "sft.demos=200", "sft.batch_size=8", "sft.lr=3e-3", "sft.warmup_steps=0", *extra])
+    return load_config(
+        None,
+        [
+            f"run_dir={tmp_path / 'run'}",
+            "env.name=code",
+            "env.params={synthetic_problems: 12}",
+            "model.tiny={layers: 2, hidden: 64, intermediate: 128, heads: 4, kv_heads: 2, vocab_size: 400}",
+            "sft.steps=30",
+            "sft.demos=200",
+            "sft.batch_size=8",
+            "sft.lr=3e-3",
+            "sft.warmup_steps=0",
+            *extra,
+        ],
+    )
 
 
 def test_trl_labels_mask_everything_but_the_actions(tmp_path, tiny_model_dir):
@@ -225,7 +320,9 @@ def test_the_cpu_trainer_loss_is_trls_loss_over_the_actions(tmp_path, tiny_model
     logprobs = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[:, :-1], -1)
     labels = batch["labels"][:, 1:]
     picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    assert ours.item() == pytest.approx(-(picked * (labels != -100)).sum().item() / (labels != -100).sum().item(), rel=1e-5)
+    assert ours.item() == pytest.approx(
+        -(picked * (labels != -100)).sum().item() / (labels != -100).sum().item(), rel=1e-5
+    )
 
 
 def test_cosine_schedule_decays_the_learning_rate_to_zero(tmp_path, tiny_model_dir):
@@ -262,7 +359,9 @@ def test_warm_start_builds_a_tokenizer_on_the_demos_and_sft_learns_them(tmp_path
 
 def test_trajectory_text_is_what_the_model_reads_and_writes():
     text = trajectory_text(_trajectory())
-    assert text.startswith("Question: where?\n<search>wrong</search>\n<information>bad") and text.endswith("<answer>here</answer>")
+    assert text.startswith("Question: where?\n<search>wrong</search>\n<information>bad") and text.endswith(
+        "<answer>here</answer>"
+    )
 
 
 def test_an_env_without_demos_needs_a_data_file():
@@ -274,8 +373,19 @@ def test_sft_stops_at_the_first_check_where_greedy_play_on_rl_tasks_reaches_stop
     from pathlib import Path
 
     lookup = Path(__file__).resolve().parents[1] / "configs" / "lookup.yaml"
-    cfg = load_config(lookup, [f"run_dir={tmp_path / 'run'}", f"sft.data={lookup_experts}", "sft.steps=300", "sft.lr=3e-3", "sft.warmup_steps=0",
-                               "sft.batch_size=8", "sft.stop_score=1.0", "sft.check_every=5"])
+    cfg = load_config(
+        lookup,
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"sft.data={lookup_experts}",
+            "sft.steps=300",
+            "sft.lr=3e-3",
+            "sft.warmup_steps=0",
+            "sft.batch_size=8",
+            "sft.stop_score=1.0",
+            "sft.check_every=5",
+        ],
+    )
     path, _ = starting_model(cfg, tmp_path / "run")
     checks = json.loads((path.parent / "sft_checks.json").read_text())
     steps_run = json.loads((path.parent / "sft_metrics.json").read_text())["sft/steps_run"]
@@ -288,10 +398,22 @@ def test_sft_that_never_reaches_stop_score_runs_exactly_sft_steps(tmp_path, look
     from pathlib import Path
 
     lookup = Path(__file__).resolve().parents[1] / "configs" / "lookup.yaml"
-    cfg = load_config(lookup, [f"run_dir={tmp_path / 'run'}", f"sft.data={lookup_experts}", "sft.steps=10", "sft.warmup_steps=0",
-                               "sft.batch_size=2", "sft.stop_score=2.0", "sft.check_every=5"])  # a score of 2 is out of reach
+    cfg = load_config(
+        lookup,
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"sft.data={lookup_experts}",
+            "sft.steps=10",
+            "sft.warmup_steps=0",
+            "sft.batch_size=2",
+            "sft.stop_score=2.0",
+            "sft.check_every=5",
+        ],
+    )  # a score of 2 is out of reach
     # 8 examples in batches of 2: step 10 falls inside the third epoch, where one more step could follow
     path, _ = starting_model(cfg, tmp_path / "run")
     checks = json.loads((path.parent / "sft_checks.json").read_text())
     assert [step for step, _ in checks] == [5, 10]
-    assert json.loads((path.parent / "sft_metrics.json").read_text())["sft/steps_run"] == 10  # the last check does not add a step
+    assert (
+        json.loads((path.parent / "sft_metrics.json").read_text())["sft/steps_run"] == 10
+    )  # the last check does not add a step

@@ -35,7 +35,9 @@ def test_whole_strings_are_one_token_each_after_a_reload(tmp_path):
     build_tiny_model(tmp_path, [text] * 10, TinyModelConfig(vocab_size=300, single_tokens=tags), seed=0)
     tok = AutoTokenizer.from_pretrained(tmp_path)
     ids = tok.encode(text, add_special_tokens=False)
-    assert tok.decode(ids) == text and tok.decode(ids, skip_special_tokens=True) == text  # kept in the text rollouts decode
+    assert (
+        tok.decode(ids) == text and tok.decode(ids, skip_special_tokens=True) == text
+    )  # kept in the text rollouts decode
     pieces = [tok.decode([i]) for i in ids]
     assert pieces.count("<search>") == 2 and all(pieces.count(t) >= 1 for t in tags)
     assert [tok.decode([i]) for i in tok.encode("<judge>Yes</judge>", add_special_tokens=False)][0] == "<judge>"

@@ -64,15 +64,26 @@ def test_failing_env_episodes_are_left_out_and_the_run_goes_on(tmp_path):
 
 
 def test_a_reward_that_raises_fails_its_episodes_and_the_log_has_its_traceback(tmp_path):
-    train(tmp_path, "steps=1", "save_every=0", "eval_every=0", "imports=[tests.flaky_reward]",
-          "reward=[{name: outcome}, {name: broken_on_titi}]")
+    train(
+        tmp_path,
+        "steps=1",
+        "save_every=0",
+        "eval_every=0",
+        "imports=[tests.flaky_reward]",
+        "reward=[{name: outcome}, {name: broken_on_titi}]",
+    )
     logged = [json.loads(l) for l in (tmp_path / "episodes" / "step_000001.jsonl").read_text().splitlines()]
     failed = [e for e in logged if e["finish"] == "error"]
     assert failed and {e["trajectory"]["task"]["id"] for e in failed} == {"lookup-titi"}
-    assert all(e["error"] == "reward: KeyError: 'no such key'" and 'flaky_reward.py", line' in e["traceback"] for e in failed)
+    assert all(
+        e["error"] == "reward: KeyError: 'no such key'" and 'flaky_reward.py", line' in e["traceback"] for e in failed
+    )
     assert len(failed) < len(logged)  # the other tasks' episodes were scored and trained on
     log = (tmp_path / "log.txt").read_text()
-    assert log.count("scoring: step 1: episode of task lookup-titi failed") == len(failed) and "KeyError: 'no such key'" in log
+    assert (
+        log.count("scoring: step 1: episode of task lookup-titi failed") == len(failed)
+        and "KeyError: 'no such key'" in log
+    )
 
 
 def test_episode_files_keep_what_rewards_need(tmp_path):
@@ -89,7 +100,9 @@ def test_episode_files_keep_what_rewards_need(tmp_path):
 
 def test_cli_reports_unknown_key_and_missing_model(tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "rl", "train", str(LOOKUP), *args], capture_output=True, text=True, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, "-m", "rl", "train", str(LOOKUP), *args], capture_output=True, text=True, cwd=ROOT
+        )
 
     out = cli("learner.lrr=1")
     assert out.returncode == 2 and "unknown config key 'learner.lrr'; did you mean 'lr'?" in out.stderr

@@ -17,9 +17,9 @@ from plotly.offline import get_plotlyjs
 
 from envs.base import Trajectory, Turn
 from envs.lookup import LookupParams, load_tasks
-from rl.view import page as view
 from rl.cli import main as cli_main
 from rl.run.demo import run_one
+from rl.view import page as view
 from rl.view.page import Run, make_server, transition
 from tests.lookup_runs import train_lookup
 
@@ -32,10 +32,27 @@ def run_dir(tmp_path_factory):
     """An `rl demo` run of the lookup task: a short SFT (so first answers are right and wrong), two RL steps, both evaluations."""
     out = tmp_path_factory.mktemp("run")
     experts = out.parent / "experts.jsonl"
-    experts.write_text("".join(json.dumps(Trajectory(task, [Turn(f" {task.metadata['answer']}", "", {"score": 1.0})]).to_dict()) + "\n"
-                               for task in load_tasks(LookupParams(), "train")))
-    run_one(str(ROOT / "configs" / "lookup.yaml"), [f"run_dir={out}", "steps=2", "save_every=0", "eval_every=0", f"sft.data={experts}",
-                                                     "sft.steps=15", "sft.lr=3e-3", "sft.warmup_steps=0", "sft.batch_size=8"], samples=0)
+    experts.write_text(
+        "".join(
+            json.dumps(Trajectory(task, [Turn(f" {task.metadata['answer']}", "", {"score": 1.0})]).to_dict()) + "\n"
+            for task in load_tasks(LookupParams(), "train")
+        )
+    )
+    run_one(
+        str(ROOT / "configs" / "lookup.yaml"),
+        [
+            f"run_dir={out}",
+            "steps=2",
+            "save_every=0",
+            "eval_every=0",
+            f"sft.data={experts}",
+            "sft.steps=15",
+            "sft.lr=3e-3",
+            "sft.warmup_steps=0",
+            "sft.batch_size=8",
+        ],
+        samples=0,
+    )
     return out
 
 
@@ -73,7 +90,14 @@ def episodes(path):
 def browse(url, screenshot=None) -> str:
     """The page's DOM after its scripts ran (virtual time: waits for the page's requests, not for the clock)."""
     assert CHROMIUM, "chromium is missing: `make test` installs it (apt-get install chromium)"
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=30000", "--window-size=1400,1800"]
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--virtual-time-budget=30000",
+        "--window-size=1400,1800",
+    ]
     args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
     done = subprocess.run(args + [url], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -89,7 +113,9 @@ def test_the_page_shows_curves_filters_by_transition_and_shows_every_token(run_d
     step2 = episodes(run_dir / "episodes" / "step_000002.jsonl")
     by_transition = Counter(transition(e["trajectory"]["turns"]) for e in step2)
     assert len(by_transition) >= 2, by_transition  # the short SFT leaves first answers both right and wrong
-    for e in step2:  # what the token colours read: the learner's logprobs (same weights as the engine here) and per-token advantages
+    for e in (
+        step2
+    ):  # what the token colours read: the learner's logprobs (same weights as the engine here) and per-token advantages
         policy = [t for t, m in enumerate(e["loss_mask"]) if m]
         assert len(e["learner_logprobs"]) == len(e["token_advantages"]) == len(e["token_ids"])
         assert max(abs(e["learner_logprobs"][t] - e["logprobs"][t]) for t in policy) < 1e-3
@@ -115,7 +141,10 @@ def test_the_page_shows_curves_filters_by_transition_and_shows_every_token(run_d
     mate = next(k for k, e in enumerate(step2) if e["group"] == step2[i]["group"] and k != i)
     shot = tmp_path / "episode.png"
     dom = browse(f"{base}?step=2&episode={i}&compare={mate}&tokens=advantage")
-    episode, compare = dom.split('<div id="compare">')[0].split('<div id="episode">')[1], dom.split('<div id="compare">')[1].split('<div id="demo-section"')[0]
+    episode, compare = (
+        dom.split('<div id="compare">')[0].split('<div id="episode">')[1],
+        dom.split('<div id="compare">')[1].split('<div id="demo-section"')[0],
+    )
     assert episode.count('<span class="tok') == len(step2[i]["token_ids"])
     assert compare.count('<span class="tok') == len(step2[mate]["token_ids"])
     assert episode.count('class="turn"') == len(step2[i]["trajectory"]["turns"])
@@ -150,11 +179,15 @@ def test_a_run_killed_mid_write_still_opens_and_names_the_broken_lines(run_dir, 
     lines = len((run_dir / "metrics.jsonl").read_text().splitlines())
     run = Run(killed)
     info = run.info()
-    assert info["problems"] == [f"metrics.jsonl:{lines + 1}: not a JSON line (Unterminated string starting at), skipped"]
+    assert info["problems"] == [
+        f"metrics.jsonl:{lines + 1}: not a JSON line (Unterminated string starting at), skipped"
+    ]
     assert [s for s, _ in info["curves"]["reward/mean"]] == [1, 2]
     listed = run.episodes("episodes/step_000002.jsonl")
     assert len(listed["episodes"]) == whole
-    assert listed["problems"] == [f"episodes/step_000002.jsonl:{whole + 1}: not a JSON line (Expecting ':' delimiter), skipped"]
+    assert listed["problems"] == [
+        f"episodes/step_000002.jsonl:{whole + 1}: not a JSON line (Expecting ':' delimiter), skipped"
+    ]
     assert cli_main(["view", str(killed), "--html", str(tmp_path / "killed.html")]) == 0  # the whole run still renders
     assert f"step_000002.jsonl:{whole + 1}: not a JSON line" in (tmp_path / "killed.html").read_text()
 
@@ -175,8 +208,15 @@ def test_the_server_answers_only_for_the_run_and_on_loopback(run_dir, server, re
     request.addfinalizer((run_dir / "escape").unlink)
     status, body = get(server, "/files/config.yaml")
     assert status == 200 and b"env:" in body
-    for path in ("/files/../secret.txt", "/files/%2e%2e/secret.txt", f"/files/{secret}", f"/files//{secret}", "/files/escape",
-                 "/api/episodes?file=../secret.txt", "/api/episode?file=episodes/../../secret.txt&i=0"):
+    for path in (
+        "/files/../secret.txt",
+        "/files/%2e%2e/secret.txt",
+        f"/files/{secret}",
+        f"/files//{secret}",
+        "/files/escape",
+        "/api/episodes?file=../secret.txt",
+        "/api/episode?file=episodes/../../secret.txt&i=0",
+    ):
         status, body = get(server, path)
         assert status == 403 and b"not part of the run" not in body, (path, status, body)
         assert "error" in json.loads(body)
@@ -207,13 +247,20 @@ def test_the_page_opens_with_a_summary_of_the_run(long_run, long_page):
     final = [m for m in metrics(long_run) if "eval/reward/mean" in m][-1]
     assert final["step"] == 25 and "final evaluation, after step 25:" in long_page
     shown = section(long_page, '<div id="final-eval">', '<div id="time">')
-    assert f"reward/mean <span>{final['eval/reward/mean']:.4f}</span>" in shown  # k/8 over the 8 held-out keys: exact in 4 digits
+    assert (
+        f"reward/mean <span>{final['eval/reward/mean']:.4f}</span>" in shown
+    )  # k/8 over the 8 held-out keys: exact in 4 digits
     assert f"episodes/count <span>{final['eval/episodes/count']:.0f}</span>" in shown
     stages = json.loads((long_run / "timings.json").read_text())
     time = section(long_page, '<div id="time">', "<details>")
-    assert f"time in stages {sum(stages.values()):.2f} s" in time and "timings.json: the last invocation of rl train" in time
+    assert (
+        f"time in stages {sum(stages.values()):.2f} s" in time
+        and "timings.json: the last invocation of rl train" in time
+    )
     assert "25 steps took" in time
-    assert html.escape((long_run / "config.yaml").read_text(), quote=False) in section(long_page, '<pre id="config">', "</pre>")
+    assert html.escape((long_run / "config.yaml").read_text(), quote=False) in section(
+        long_page, '<pre id="config">', "</pre>"
+    )
 
 
 def test_the_page_opens_on_the_last_step(long_run, long_page):
@@ -251,7 +298,7 @@ def test_each_turn_shows_the_reward_it_earned(run_dir, server):
     ep = step2[i]
     assert ep["reward"]["outcome"] == 1.0 and ep["reward"]["process"] == [0.0] * len(ep["trajectory"]["turns"])
     dom = browse(f"http://127.0.0.1:{server.server_address[1]}/?step=2&episode={i}")
-    shown = re.findall(r'<b>turn (\d+)</b> reward ([-\d.]+)', section(dom, '<div id="episode">', '<div id="compare">'))
+    shown = re.findall(r"<b>turn (\d+)</b> reward ([-\d.]+)", section(dom, '<div id="episode">', '<div id="compare">'))
     last = len(ep["trajectory"]["turns"])
     assert shown == [(str(k), "0.000") for k in range(1, last)] + [(str(last), "1.000")]
     assert "(process 0.000 + outcome 1.000)" in dom
@@ -263,14 +310,24 @@ def test_a_folder_that_holds_no_run_is_one_line_and_exit_2_with_nothing_written(
     out = tmp_path / "page.html"
     assert cli_main(["view", str(configs), "--html", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {str(configs)!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or checkpoints/ in it\n"
+    assert (
+        err == f"error: {str(configs)!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or checkpoints/ in it\n"
+    )
     assert not out.exists() and sorted(p.name for p in configs.iterdir()) == before
 
     # Served, it fails the same way before it listens; a run's episodes/ folder points at the run.
-    done = subprocess.run([sys.executable, "-m", "rl", "view", str(run_dir / "episodes"), "--port", "0"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "rl", "view", str(run_dir / "episodes"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == f"error: {str(run_dir / 'episodes')!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or checkpoints/ in it; did you mean {run_dir}?\n"
+    assert (
+        done.stderr
+        == f"error: {str(run_dir / 'episodes')!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or checkpoints/ in it; did you mean {run_dir}?\n"
+    )
 
 
 def test_the_html_file_of_a_long_run_holds_some_of_its_episodes_and_says_which(long_run, tmp_path, monkeypatch):
@@ -287,7 +344,7 @@ def test_the_html_file_of_a_long_run_holds_some_of_its_episodes_and_says_which(l
     monkeypatch.setattr(view, "HTML_FILE_BYTES", 20_000)
     assert cli_main(["view", str(long_run), "--html", str(out)]) == 0
     dom = browse(f"file://{out}")
-    left_out = section(dom, '<div id="left-out">', '<h2>Summary</h2>')
+    left_out = section(dom, '<div id="left-out">', "<h2>Summary</h2>")
     assert "This file holds the episodes of 10 of the 25 steps" in left_out
     held = len(rows(dom))
     assert 0 < held < 64 and f"episodes/step_000025.jsonl: {held} of 64" in left_out

@@ -21,16 +21,20 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.lookup import LookupParams, sample_text
-from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.config import TinyModelConfig
-from rl.run.tiny import build_tiny_model
+from rl.rollout.engine import HFEngine, Request, SamplingParams
 from rl.rollout.vllm_engine import _generation
+from rl.run.tiny import build_tiny_model
 from rl.weights import buckets
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="needs vLLM (`make test` installs its CPU build on a machine without CUDA)")
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="sleep mode exists only on a GPU (vLLM has none on the CPU)")
+needs_vllm = pytest.mark.skipif(
+    not HAVE_VLLM, reason="needs vLLM (`make test` installs its CPU build on a machine without CUDA)"
+)
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="sleep mode exists only on a GPU (vLLM has none on the CPU)"
+)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 0.04 if DEVICE == "cuda" else 1e-4  # max |engine - HF| logprob
 
@@ -67,7 +71,9 @@ def hf(models):
 def engine(models):
     from rl.rollout.vllm_engine import VLLMEngine
 
-    eng = VLLMEngine(str(models.a), models.tok, enable_sleep_mode=DEVICE == "cuda", seed=0, max_model_len=256, enforce_eager=True)
+    eng = VLLMEngine(
+        str(models.a), models.tok, enable_sleep_mode=DEVICE == "cuda", seed=0, max_model_len=256, enforce_eager=True
+    )
     yield eng
     del eng
     gc.collect()
@@ -109,7 +115,12 @@ def test_finish_reason_mapping():
     """vLLM's (finish_reason, stop_reason) -> our finish reasons (plain data, no engine)."""
 
     def out(finish, stop_reason):
-        return SimpleNamespace(token_ids=[5, 6], logprobs=[{5: SimpleNamespace(logprob=-1.0)}, {6: SimpleNamespace(logprob=-2.0)}], finish_reason=finish, stop_reason=stop_reason)
+        return SimpleNamespace(
+            token_ids=[5, 6],
+            logprobs=[{5: SimpleNamespace(logprob=-1.0)}, {6: SimpleNamespace(logprob=-2.0)}],
+            finish_reason=finish,
+            stop_reason=stop_reason,
+        )
 
     assert _generation(out("length", None)).finish_reason == "length"
     assert _generation(out("stop", "\n")).finish_reason == "stop"
@@ -141,7 +152,10 @@ def test_generate_matches_hf_forward(engine, models, hf, temperature):
     for g, r in zip(gens, requests):
         assert len(g.token_ids) == len(g.logprobs) and 1 <= len(g.token_ids) <= r.max_new_tokens
         assert g.finish_reason in ("eos", "length")
-    worst, mean = max_diff([g.logprobs for g in gens], [hf_logprobs(hf["a"], r.prompt_ids, g.token_ids, temperature) for r, g in zip(requests, gens)])
+    worst, mean = max_diff(
+        [g.logprobs for g in gens],
+        [hf_logprobs(hf["a"], r.prompt_ids, g.token_ids, temperature) for r, g in zip(requests, gens)],
+    )
     assert worst < TOL and mean < TOL / 4, (worst, mean)
 
 
@@ -167,7 +181,11 @@ def test_top_p_logprobs_are_of_the_truncated_distribution(engine, models, hf):
     """The documented difference: with top_p < 1 vLLM reports logprobs of the renormalised nucleus (>= ours)."""
     requests = [Request(p, 16, seed) for seed, p in enumerate(models.prompts)]
     gens = engine.generate(requests, SamplingParams(temperature=1.0, top_p=0.5))
-    diffs = [e - h for r, g in zip(requests, gens) for e, h in zip(g.logprobs, hf_logprobs(hf["a"], r.prompt_ids, g.token_ids))]
+    diffs = [
+        e - h
+        for r, g in zip(requests, gens)
+        for e, h in zip(g.logprobs, hf_logprobs(hf["a"], r.prompt_ids, g.token_ids))
+    ]
     assert min(diffs) > -TOL and sum(diffs) / len(diffs) > 0.3, (min(diffs), sum(diffs) / len(diffs))
 
 
@@ -220,7 +238,9 @@ def test_probe_default_is_every_token_after_the_first(engine, models, hf):
 
 
 @needs_vllm
-@pytest.mark.parametrize("bucket_mb", [0.01, 1.0])  # 0.01 MB: a bucket per tensor, q/k/v and gate/up apart; 1 MB: whole layers
+@pytest.mark.parametrize(
+    "bucket_mb", [0.01, 1.0]
+)  # 0.01 MB: a bucket per tensor, q/k/v and gate/up apart; 1 MB: whole layers
 def test_sync_switches_to_the_new_model(engine, models, hf, bucket_mb):
     learner_b = load(models.b).to(DEVICE)  # fp32, as a learner holds it
     requests = [Request(p, 16, seed) for seed, p in enumerate(models.prompts)]
@@ -228,11 +248,19 @@ def test_sync_switches_to_the_new_model(engine, models, hf, bucket_mb):
     try:
         parts = sync(engine, dict(learner_b.named_parameters()), bucket_mb)
         bucket_of = {name: i for i, part in enumerate(parts) for name in part}
-        split = bucket_of["model.layers.0.self_attn.q_proj.weight"] != bucket_of["model.layers.0.self_attn.k_proj.weight"]
+        split = (
+            bucket_of["model.layers.0.self_attn.q_proj.weight"] != bucket_of["model.layers.0.self_attn.k_proj.weight"]
+        )
         assert split == (bucket_mb < 0.1)  # small buckets split the fused qkv layer; large ones hold whole layers
         gens = engine.generate(requests, SamplingParams())  # same prompts: stale A blocks would show here
-        on_b = max_diff([g.logprobs for g in gens], [hf_logprobs(hf["b"], r.prompt_ids, g.token_ids) for r, g in zip(requests, gens)])
-        on_a = max_diff([g.logprobs for g in gens], [hf_logprobs(hf["a"], r.prompt_ids, g.token_ids) for r, g in zip(requests, gens)])
+        on_b = max_diff(
+            [g.logprobs for g in gens],
+            [hf_logprobs(hf["b"], r.prompt_ids, g.token_ids) for r, g in zip(requests, gens)],
+        )
+        on_a = max_diff(
+            [g.logprobs for g in gens],
+            [hf_logprobs(hf["a"], r.prompt_ids, g.token_ids) for r, g in zip(requests, gens)],
+        )
         assert on_b[0] < TOL and on_a[1] > 0.1, (on_b, on_a)
         got, want = probe(engine, hf["b"], models.prompts)
         assert max_diff(got, want)[0] < TOL
@@ -277,7 +305,9 @@ def test_a_sync_that_splits_a_layer_and_never_completes_it_is_refused(engine, mo
 @needs_vllm
 @needs_gpu
 def test_sleep_wake_keeps_weights_synced(engine, models, hf):
-    weights = {name: dict(load(getattr(models, name)).cuda().named_parameters()) for name in ("a", "b")}  # learner-style, on the GPU
+    weights = {
+        name: dict(load(getattr(models, name)).cuda().named_parameters()) for name in ("a", "b")
+    }  # learner-style, on the GPU
 
     def synced_to(name):
         got, want = probe(engine, hf[name], models.prompts)
@@ -308,7 +338,15 @@ def test_sleep_wake_keeps_weights_synced(engine, models, hf):
 
 def train(run_dir: Path, *overrides: str, python_prelude: str = "pass") -> subprocess.CompletedProcess:
     """`python -m rl train configs/lookup.yaml` for 3 steps, as a user runs it, in its own process."""
-    args = ["configs/lookup.yaml", "steps=3", f"run_dir={run_dir}", "save_every=0", "eval_every=0", "workers.engine=vllm", *overrides]
+    args = [
+        "configs/lookup.yaml",
+        "steps=3",
+        f"run_dir={run_dir}",
+        "save_every=0",
+        "eval_every=0",
+        "workers.engine=vllm",
+        *overrides,
+    ]
     code = f"import sys; {python_prelude}; from rl.cli import main; sys.exit(main(['train', *{args!r}]))"
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
@@ -331,7 +369,10 @@ def test_training_with_vllm_on_ray_equals_in_process_vllm(tmp_path):
         steps = [m for m in lines if "reward/mean" in m]
         assert [m["step"] for m in steps] == [1, 2, 3]
         assert all(m["sync/probe_max_abs"] < 1e-4 for m in steps), [m["sync/probe_max_abs"] for m in steps]
-        assert all(m["engine"].startswith("vllm ") and m["engine"].endswith(" cpu float32") for m in lines) or DEVICE == "cuda"
+        assert (
+            all(m["engine"].startswith("vllm ") and m["engine"].endswith(" cpu float32") for m in lines)
+            or DEVICE == "cuda"
+        )
         assert steps[0]["learner/mismatch_max_abs"] < 1e-4  # the engine sampled with the learner's logprobs
     for step in (1, 2, 3):
         local, remote = episodes(runs["local"], step), episodes(runs["ray"], step)

@@ -31,7 +31,9 @@ def ray_cluster():
 
 def test_two_clusters_side_by_side_share_nothing(ray_cluster):
     # A second cluster, in another process, while ours runs: each has its own GCS, session and namespace.
-    other = subprocess.run([sys.executable, str(ROOT / "tests" / "ray_cluster.py")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    other = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "ray_cluster.py")], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert other.returncode == 0, other.stderr[-2000:]
     theirs, ours = json.loads(other.stdout.strip().splitlines()[-1]), ray_cluster_of_our_own.describe()
     assert theirs["gcs"] != ours["gcs"] and theirs["namespace"] != ours["namespace"]
@@ -75,7 +77,9 @@ def test_ray_and_in_process_give_the_same_episodes_and_update(tmp_path, ray_clus
 
 
 def test_a_worker_killed_mid_rollout_is_replaced(tmp_path, ray_cluster):
-    trainer = make_trainer(tmp_path, "steps=1", "workers.ray=true", "env.name=tests.slow_env", "env.params={step_seconds: 0.05}")
+    trainer = make_trainer(
+        tmp_path, "steps=1", "workers.ray=true", "env.name=tests.slow_env", "env.params={step_seconds: 0.05}"
+    )
     victim = trainer.pool.pids()[0]
     # Each worker plays 32 episodes of up to 2 turns at 0.05 s per env step: seconds of rollout.
     threading.Timer(1.0, os.kill, (victim, signal.SIGKILL)).start()
@@ -91,7 +95,10 @@ def test_probe_check_fails_the_step_when_a_sync_is_skipped(tmp_path):
     # seed 2: the first batch holds a rewarded episode, so the update changes the weights the engine must follow
     ok = make_trainer(tmp_path / "ok", "steps=1", "learner.lr=3e-3", "seed=2")
     run(ok)
-    assert metrics(tmp_path / "ok")[0]["sync/probe_max_abs"] < 1e-4 and metrics(tmp_path / "ok")[0]["learner/grad_norm"] > 0
+    assert (
+        metrics(tmp_path / "ok")[0]["sync/probe_max_abs"] < 1e-4
+        and metrics(tmp_path / "ok")[0]["learner/grad_norm"] > 0
+    )
     skipped = make_trainer(tmp_path / "skipped", "steps=1", "learner.lr=3e-3", "seed=2")
     skipped.pool.sync = lambda weight_buckets: None  # the weights never reach the engine
     with pytest.raises(RuntimeError, match="weight sync check failed"):
@@ -100,7 +107,11 @@ def test_probe_check_fails_the_step_when_a_sync_is_skipped(tmp_path):
 
 def test_a_hanging_env_step_fails_only_its_episodes(tmp_path):
     trainer = make_trainer(
-        tmp_path, "steps=1", "env.name=tests.slow_env", "env.params={step_seconds: 0, hang_task: lookup-titi}", "rollout.env_timeout_s=0.5"
+        tmp_path,
+        "steps=1",
+        "env.name=tests.slow_env",
+        "env.params={step_seconds: 0, hang_task: lookup-titi}",
+        "rollout.env_timeout_s=0.5",
     )
     run(trainer)
     (m,) = [m for m in metrics(tmp_path) if "reward/mean" in m]

@@ -25,8 +25,17 @@ from envs.bbq.grade import judge
 from envs.bbq.metrics import bbq_metrics
 from envs.jsonl import BadLine, numbered_jsonl
 
-COLUMNS = ["acc_ambig_tT", "acc_disambig_tT", "s_amb_t1", "s_amb_tT", "delta_s_amb", "s_dis_t1", "s_dis_tT",
-           "delta_s_dis", "invalid_tT"]
+COLUMNS = [
+    "acc_ambig_tT",
+    "acc_disambig_tT",
+    "s_amb_t1",
+    "s_amb_tT",
+    "delta_s_amb",
+    "s_dis_t1",
+    "s_dis_tT",
+    "delta_s_dis",
+    "invalid_tT",
+]
 
 
 def _answers_of(row) -> tuple[str, int, list[str]]:
@@ -36,8 +45,11 @@ def _answers_of(row) -> tuple[str, int, list[str]]:
     if "trajectory" in row:
         t = row["trajectory"]
         meta = t.get("task", {}).get("metadata", {}) if isinstance(t, dict) else {}
-        row = {"category": meta.get("category"), "example_id": meta.get("example_id"),
-               "answers": [turn.get("action") for turn in t.get("turns", [])] if isinstance(t, dict) else None}
+        row = {
+            "category": meta.get("category"),
+            "example_id": meta.get("example_id"),
+            "answers": [turn.get("action") for turn in t.get("turns", [])] if isinstance(t, dict) else None,
+        }
     answers = row["answers"] if "answers" in row else [row["answer"]] if "answer" in row else None
     if row.get("category") not in CATEGORIES:
         raise ValueError(f"category must be one of {CATEGORIES}, got {row.get('category')!r}")
@@ -97,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envs.bbq", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="accuracy and bias scores of answers files, per category")
-    ev.add_argument("--answers", action="append", required=True,
-                    help="an answers JSONL file; repeat to compare conditions")
+    ev.add_argument(
+        "--answers", action="append", required=True, help="an answers JSONL file; repeat to compare conditions"
+    )
     ev.add_argument("--out", default="bbq_eval", help="folder for metrics.json and tables.md")
     args = parser.parse_args(argv)
 

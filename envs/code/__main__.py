@@ -46,7 +46,9 @@ def load_all(names: list[str]) -> dict:
     for name in names:
         for q in load_problems(name):
             if q.task_id in problems:
-                raise ValueError(f"task_id {q.task_id!r} is in {problems[q.task_id].source} and in {name}: give them in separate runs")
+                raise ValueError(
+                    f"task_id {q.task_id!r} is in {problems[q.task_id].source} and in {name}: give them in separate runs"
+                )
             problems[q.task_id] = q
     return problems
 
@@ -55,13 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envs.code", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="run samples against their problems' tests")
-    ev.add_argument("--problems", required=True, nargs="+",
-                    help="humaneval, mbpp, mbpp-sanitized, or paths to files in one of their schemas (.gz too)")
-    ev.add_argument("--samples", required=True, help="JSONL of {task_id, completion} (human-eval) or {task_id, solution} (EvalPlus)")
+    ev.add_argument(
+        "--problems",
+        required=True,
+        nargs="+",
+        help="humaneval, mbpp, mbpp-sanitized, or paths to files in one of their schemas (.gz too)",
+    )
+    ev.add_argument(
+        "--samples", required=True, help="JSONL of {task_id, completion} (human-eval) or {task_id, solution} (EvalPlus)"
+    )
     ev.add_argument("--out", help="where the result lines go (JSONL; default <samples>_results.jsonl)")
     ev.add_argument("--k", type=parse_ks, default=[1, 10, 100], help="pass@k for these k (default 1,10,100)")
     # 10 s, not human-eval's 3 s: MBPP 123 (amicable numbers up to 9999) needs 3 s (full set) to 6 s (sanitized) on an idle core.
-    ev.add_argument("--timeout", type=float, default=10.0, help="seconds per program, all its tests together, as human-eval's timeout (default 10)")
+    ev.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds per program, all its tests together, as human-eval's timeout (default 10)",
+    )
     ev.add_argument("--workers", type=int, default=0, help="sandbox workers (default: one per CPU core)")
     ref = sub.add_parser("references", help="print each problem's canonical solution as a sample line")
     ref.add_argument("--problems", required=True, nargs="+")
@@ -80,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    with out, Sandbox(SandboxConfig(timeout_s=args.timeout, program_timeout_s=args.timeout, workers=args.workers)) as sandbox:
-        verdicts = evaluate(sandbox, [(s.program, s.problem.setup, s.problem.checks, s.problem.reference) for s in samples])
+    with (
+        out,
+        Sandbox(SandboxConfig(timeout_s=args.timeout, program_timeout_s=args.timeout, workers=args.workers)) as sandbox,
+    ):
+        verdicts = evaluate(
+            sandbox, [(s.program, s.problem.setup, s.problem.checks, s.problem.reference) for s in samples]
+        )
         results = [result_line(s.record, v) for s, v in zip(samples, verdicts)]
         out.writelines(json.dumps(r) + "\n" for r in results)
     print("\n".join(summary(results, samples, args.k)))

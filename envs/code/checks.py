@@ -65,7 +65,12 @@ _NODES = (
 
 
 # Modules a driven check may import; it gets public attributes only, and `random` is its own seeded generator.
-DRIVEN_MODULES = {"math": math, "string": string, "copy": types.SimpleNamespace(copy=copy.copy, deepcopy=copy.deepcopy), "random": None}
+DRIVEN_MODULES = {
+    "math": math,
+    "string": string,
+    "copy": types.SimpleNamespace(copy=copy.copy, deepcopy=copy.deepcopy),
+    "random": None,
+}
 # Statements a driven check may use, besides the expressions of _NODES, public attributes and names.
 _STATEMENTS = (
     ast.Module, ast.For, ast.If, ast.Assign, ast.AugAssign, ast.Assert, ast.Expr, ast.Import, ast.ImportFrom, ast.alias,
@@ -73,7 +78,9 @@ _STATEMENTS = (
 )  # fmt: skip
 MAX_ROUNDS = 8  # rounds of dependent calls a driven check may need (HumanEval's need 2)
 MAX_INT_BITS = 1 << 16  # larger integers are not rebuilt: arithmetic and printing on them could stall this process
-MAX_COLLISIONS = 256  # distinct values sharing a hash, per reply: more is a value built to make sets and dicts quadratic
+MAX_COLLISIONS = (
+    256  # distinct values sharing a hash, per reply: more is a value built to make sets and dicts quadratic
+)
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,9 @@ def driven_calls(module: ast.Module, shadowed: frozenset[str]) -> tuple[str, ...
     """The names a driven test calls into the program; SyntaxError if it uses what this process will not run."""
     bound = {"__builtins__"}
     for node in ast.walk(module):
-        allowed = isinstance(node, _NODES + _STATEMENTS) or (isinstance(node, ast.Name) and not node.id.startswith("__"))
+        allowed = isinstance(node, _NODES + _STATEMENTS) or (
+            isinstance(node, ast.Name) and not node.id.startswith("__")
+        )
         if isinstance(node, ast.Attribute):
             allowed = not node.attr.startswith("_")
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -167,7 +176,9 @@ def split_holes(expr: ast.expr, shadowed: frozenset[str] = frozenset()) -> tuple
     """(the condition with holes replaced by `_h0`, `_h1`, ..., the holes' source), or (None, []) if it cannot be split."""
     trusted_names = TRUSTED_NAMES - shadowed
     local = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    local |= {a.arg for n in ast.walk(expr) if isinstance(n, ast.Lambda) for a in ast.walk(n.args) if isinstance(a, ast.arg)}
+    local |= {
+        a.arg for n in ast.walk(expr) if isinstance(n, ast.Lambda) for a in ast.walk(n.args) if isinstance(a, ast.arg)
+    }
     holes: list[str] = []
 
     def is_trusted_callee(f: ast.expr) -> bool:
@@ -301,7 +312,9 @@ class Drive:
         def caller(name: str):
             def call(*args, **kwargs):
                 try:
-                    expr = f"{name}({', '.join([*map(literal, args), *(f'{k}={literal(v)}' for k, v in kwargs.items())])})"
+                    expr = (
+                        f"{name}({', '.join([*map(literal, args), *(f'{k}={literal(v)}' for k, v in kwargs.items())])})"
+                    )
                 except _Pending:
                     return _Later()  # an argument is a value still to come
                 key = (expr, made.get(expr, 0))
@@ -348,7 +361,18 @@ class Drive:
         return None
 
 
-_RANDOM_FUNCTIONS = ("random", "randint", "randrange", "choice", "choices", "sample", "shuffle", "uniform", "gauss", "seed")
+_RANDOM_FUNCTIONS = (
+    "random",
+    "randint",
+    "randrange",
+    "choice",
+    "choices",
+    "sample",
+    "shuffle",
+    "uniform",
+    "gauss",
+    "seed",
+)
 
 
 class _Pending(Exception):
@@ -361,9 +385,15 @@ class _Later:
     def _pending(self, *args, **kwargs):
         raise _Pending
 
-    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __hash__ = __len__ = __iter__ = __contains__ = _pending
-    __getitem__ = __float__ = __int__ = __index__ = __neg__ = __abs__ = __add__ = __radd__ = __sub__ = __rsub__ = _pending
-    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __floordiv__ = __mod__ = __pow__ = __getattr__ = __call__ = _pending
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __hash__ = __len__ = __iter__ = __contains__ = (
+        _pending
+    )
+    __getitem__ = __float__ = __int__ = __index__ = __neg__ = __abs__ = __add__ = __radd__ = __sub__ = __rsub__ = (
+        _pending
+    )
+    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __floordiv__ = __mod__ = __pow__ = __getattr__ = __call__ = (
+        _pending
+    )
 
     def __deepcopy__(self, memo):
         return self
@@ -406,7 +436,9 @@ def literal(v, depth: int = 0) -> str:
 def _compile_condition(condition: str):
     tree = ast.parse(condition, mode="eval")
     for node in ast.walk(tree):  # split_holes only builds these; checked again here, where it runs
-        name_ok = isinstance(node, ast.Name) and not node.id.startswith("__")  # resolved in a scope of trusted names only
+        name_ok = isinstance(node, ast.Name) and not node.id.startswith(
+            "__"
+        )  # resolved in a scope of trusted names only
         if not (isinstance(node, _NODES) or name_ok or _is_module_attribute(node)):
             raise ValueError(f"untrusted construct in a condition: {ast.unparse(node)[:80]}")
     return compile(tree, "<condition>", "eval")
@@ -472,7 +504,12 @@ def decode_all(tagged: list) -> list:
             return hashable(x)
         if type(x) is list:
             return [decode(v, depth + 1) for v in x]
-        if type(x) is dict and x.keys() == {"$opaque", "truth"} and type(x["$opaque"]) is str and type(x["truth"]) is bool:
+        if (
+            type(x) is dict
+            and x.keys() == {"$opaque", "truth"}
+            and type(x["$opaque"]) is str
+            and type(x["truth"]) is bool
+        ):
             return Opaque(x["$opaque"][:60], x["truth"])
         if type(x) is not dict or len(x) != 1:
             raise ValueError("not a tagged value")
@@ -492,7 +529,9 @@ def decode_all(tagged: list) -> list:
             return {hashable(decode(k, depth + 1)): decode(v, depth + 1) for k, v in body}
         containers = {"$tuple": tuple, "$set": set, "$frozenset": frozenset}
         if tag in containers and type(body) is list:
-            return hashable(containers[tag](decode(v, depth + 1) for v in body))  # (a set is not hashable: it passes as it is)
+            return hashable(
+                containers[tag](decode(v, depth + 1) for v in body)
+            )  # (a set is not hashable: it passes as it is)
         raise ValueError(f"unknown tag {_text(tag)[:40]!r}")
 
     return [decode(v, 0) for v in tagged]
@@ -515,7 +554,7 @@ def _short(value, limit: int = 80) -> str:
 
 
 def syntax_error(program: str) -> str:
-    """"" when the program parses, else a short description (it is then not run at all). Parsing runs no code."""
+    """ "" when the program parses, else a short description (it is then not run at all). Parsing runs no code."""
     try:
         parse(program)
     except SyntaxError as e:

@@ -104,20 +104,45 @@ def humaneval_problem(r: dict) -> Problem:
     tests = [t for t in tests if has_holes(t, frozenset(defined_names(reference, setup)))]
     # (a prompt may end mid-function)
     helpers = [name for name in re.findall(r"^def (\w+)\(", r["prompt"], re.M) if name != r["entry_point"]]
-    return Problem(str(r["task_id"]), r["prompt"], tests, setup, reference, r["entry_point"], "humaneval",
-                   defined_names(reference, setup), helpers)
+    return Problem(
+        str(r["task_id"]),
+        r["prompt"],
+        tests,
+        setup,
+        reference,
+        r["entry_point"],
+        "humaneval",
+        defined_names(reference, setup),
+        helpers,
+    )
 
 
 def mbpp_problem(r: dict) -> Problem:
     setup = r.get("test_setup_code", "")
-    return Problem(str(r["task_id"]), r["text"], list(r["test_list"]), setup, r["code"], "", "mbpp",
-                   defined_names(r["code"], setup))
+    return Problem(
+        str(r["task_id"]),
+        r["text"],
+        list(r["test_list"]),
+        setup,
+        r["code"],
+        "",
+        "mbpp",
+        defined_names(r["code"], setup),
+    )
 
 
 def sanitized_problem(r: dict) -> Problem:
     setup = "\n".join(r.get("test_imports", []))
-    return Problem(str(r["task_id"]), r["prompt"], list(r["test_list"]), setup, r["code"], "", "mbpp-sanitized",
-                   defined_names(r["code"], setup))
+    return Problem(
+        str(r["task_id"]),
+        r["prompt"],
+        list(r["test_list"]),
+        setup,
+        r["code"],
+        "",
+        "mbpp-sanitized",
+        defined_names(r["code"], setup),
+    )
 
 
 def to_problem(record: dict) -> Problem:
@@ -135,8 +160,9 @@ def load_problems(name_or_path: str) -> list[Problem]:
     """`humaneval`, `mbpp`, `mbpp-sanitized` (the copies shipped here), or a path to a file in one of their schemas."""
     path = FILES.get(name_or_path, Path(name_or_path))
     if not path.exists():
-        raise FileNotFoundError(f"no problems {name_or_path!r}: use one of {sorted(FILES)} "
-                                "or a path to a JSON/JSONL file")
+        raise FileNotFoundError(
+            f"no problems {name_or_path!r}: use one of {sorted(FILES)} or a path to a JSON/JSONL file"
+        )
     problems = []
     for n, record in enumerate(read_records(path), 1):
         try:

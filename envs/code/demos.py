@@ -22,8 +22,19 @@ import re
 from envs.base import Task, Trajectory, Turn, solved
 from envs.code.env import DONE
 
-_SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Add, ast.Mod: ast.FloorDiv, ast.FloorDiv: ast.Mod,
-          ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq}
+_SWAPS = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Add,
+    ast.Mod: ast.FloorDiv,
+    ast.FloorDiv: ast.Mod,
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+}
 
 
 def misnamed(name: str) -> list[str]:
@@ -39,13 +50,19 @@ def mutants(program: str, names: bool = False) -> list[str]:
     """Programs that differ from `program` by one operator, comparison or integer constant,
     and with `names` also by the name of one function it defines (the tests then fail to call it)."""
     tree = ast.parse(program)
-    sites = [n for n in ast.walk(tree) if isinstance(n, (ast.BinOp, ast.Compare))
-             or (isinstance(n, ast.Constant) and type(n.value) is int)]
+    sites = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.BinOp, ast.Compare)) or (isinstance(n, ast.Constant) and type(n.value) is int)
+    ]
     out = []
     for i in range(len(sites)):
         copy = ast.parse(program)
-        node = [n for n in ast.walk(copy) if isinstance(n, (ast.BinOp, ast.Compare))
-                or (isinstance(n, ast.Constant) and type(n.value) is int)][i]
+        node = [
+            n
+            for n in ast.walk(copy)
+            if isinstance(n, (ast.BinOp, ast.Compare)) or (isinstance(n, ast.Constant) and type(n.value) is int)
+        ][i]
         if isinstance(node, ast.BinOp) and type(node.op) in _SWAPS:
             node.op = _SWAPS[type(node.op)]()
         elif isinstance(node, ast.Compare) and type(node.ops[0]) in _SWAPS:
@@ -76,8 +93,15 @@ def play(env, task, attempts: list[str], mistakes: list[bool]) -> Trajectory:
     return trajectory
 
 
-def demonstrations(env, problems: list[tuple[Task, str]], max_turns: int, n: int, seed: int, keep_share: float,
-                   wrong_names: bool = False) -> list[Trajectory]:
+def demonstrations(
+    env,
+    problems: list[tuple[Task, str]],
+    max_turns: int,
+    n: int,
+    seed: int,
+    keep_share: float,
+    wrong_names: bool = False,
+) -> list[Trajectory]:
     """`n` demos drawn from the keep pair and the failing-mutant fix pairs of each (task, reference program);
     `wrong_names` adds the mutants whose function name is miscopied."""
     if max_turns < 2:
@@ -89,8 +113,10 @@ def demonstrations(env, problems: list[tuple[Task, str]], max_turns: int, n: int
         if not solved(keep.turns[-1].info):
             continue  # a reference that fails its own tests teaches nothing
         keeps.append(keep)
-        played = [play(env, task, [wrong] + [right] * (max_turns - 1), [True] + [False] * (max_turns - 1))
-                  for wrong in mutants(right, wrong_names)]
+        played = [
+            play(env, task, [wrong] + [right] * (max_turns - 1), [True] + [False] * (max_turns - 1))
+            for wrong in mutants(right, wrong_names)
+        ]
         failing = [fix for fix in played if not solved(fix.turns[0].info)]
         if failing:
             fixes.append(failing)  # grouped by problem, so a problem with many mutants is not drawn more often

@@ -49,7 +49,11 @@ def first_prompt(text: str, tests: list[str], style: str = "cocos") -> str:
     """CoCoS's turn-1 prompt (MBPP format), or for tiny models ("short") only the task."""
     if style == "short":
         return f"Task: {text}\n[BEGIN]\n"
-    return f"You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n" + "\n".join(tests) + "\n\n[BEGIN]\n"
+    return (
+        f"You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n"
+        + "\n".join(tests)
+        + "\n\n[BEGIN]\n"
+    )
 
 
 def retry_request(feedback: str = "", style: str = "cocos") -> str:
@@ -81,7 +85,9 @@ _verdicts: OrderedDict[tuple, list[TestResult]] = OrderedDict()
 _verdicts_lock = threading.Lock()  # envs of one process step in several threads
 
 
-def run_tests(sandbox_cfg: SandboxConfig, code: str, setup: str, checks: list[Check], reference: str, key: tuple | None) -> list[TestResult]:
+def run_tests(
+    sandbox_cfg: SandboxConfig, code: str, setup: str, checks: list[Check], reference: str, key: tuple | None
+) -> list[TestResult]:
     """The verdict of each check on `code`; with a `key` (the task's tests), a program already run on them is not run again."""
     if key is not None:
         key = (sandbox_cfg, code, setup, key)
@@ -101,13 +107,25 @@ def run_tests(sandbox_cfg: SandboxConfig, code: str, setup: str, checks: list[Ch
 class CodeEnv:
     stop_strings = [DONE]
 
-    def __init__(self, max_turns: int, feedback: str, stop_when_correct: bool, sandbox_cfg: SandboxConfig, prompt: str = "cocos",
-                 cache_verdicts: bool = True):
+    def __init__(
+        self,
+        max_turns: int,
+        feedback: str,
+        stop_when_correct: bool,
+        sandbox_cfg: SandboxConfig,
+        prompt: str = "cocos",
+        cache_verdicts: bool = True,
+    ):
         if feedback not in ("none", "tests"):
             raise ValueError(f"code env: feedback must be 'none' or 'tests', got {feedback!r}")
         if prompt not in PROMPTS:
             raise ValueError(f"code env: prompt must be one of {PROMPTS}, got {prompt!r}")
-        self.max_turns, self.feedback, self.stop_when_correct, self.prompt = max_turns, feedback, stop_when_correct, prompt
+        self.max_turns, self.feedback, self.stop_when_correct, self.prompt = (
+            max_turns,
+            feedback,
+            stop_when_correct,
+            prompt,
+        )
         self.sandbox_cfg = sandbox_cfg  # the pool itself is shared and started on first use
         self.cache_verdicts = cache_verdicts
         self.turn = 0
@@ -143,5 +161,7 @@ class CodeEnv:
         done = self.turn >= self.max_turns or (self.stop_when_correct and n_passed == len(results))
         if done:
             return StepResult("", True, info)
-        feedback = describe_failures(self.checks, results) if self.feedback == "tests" and n_passed < len(results) else ""
+        feedback = (
+            describe_failures(self.checks, results) if self.feedback == "tests" and n_passed < len(results) else ""
+        )
         return StepResult(retry_request(feedback, self.prompt), False, info)

@@ -28,6 +28,8 @@ Isolation of a session, on top of the jail's (see envs/code/sandbox.py for the w
     filter: no new namespaces, no mounts, no ptrace, no terminal input injection (TIOCSTI).
 """
 
+# Modules solutions often import, loaded once here so that sessions start warm.
+import bisect  # noqa: E401,F401
 import builtins
 import ctypes
 import json
@@ -39,15 +41,28 @@ import struct
 import sys
 import types
 
-# Modules solutions often import, loaded once here so that sessions start warm.
-import bisect, collections, copy, functools, heapq, itertools, math, operator, re, string, typing  # noqa: E401,F401
-
 LIBC = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x2000000, 0x4000000, 0x8000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME = 0x10000000, 0x20000000, 0x40000000, 0x80
-NAMESPACE_FLAGS = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWTIME
+NAMESPACE_FLAGS = (
+    CLONE_NEWNS
+    | CLONE_NEWCGROUP
+    | CLONE_NEWUTS
+    | CLONE_NEWIPC
+    | CLONE_NEWUSER
+    | CLONE_NEWPID
+    | CLONE_NEWNET
+    | CLONE_NEWTIME
+)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x1, 0x2, 0x4, 0x8, 0x4000, 1 << 18
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_CAP_AMBIENT = 1, 24, 28, 38, 22, 47
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_CAP_AMBIENT = (
+    1,
+    24,
+    28,
+    38,
+    22,
+    47,
+)
 SECBITS_LOCKED_NOROOT = 0x3F  # noroot, no_setuid_fixup, keep_caps off: each with its lock
 SOCKET_FD, REQUEST_FD, REPLY_FD = 3, 3, 4  # the worker's socket; in a session, its request and reply pipes
 MAX_DEPTH, MAX_ITEMS = 100, 1_000_000  # nesting and scalars allowed in a returned value
@@ -86,7 +101,12 @@ def seccomp_program():
     if arch not in ARCHES:
         return None
     col, audit_arch = ARCHES[arch]
-    ld_nr, ld_arch, ld_arg0, ld_arg1 = (0x20, 0, 0, 0), (0x20, 0, 0, 4), (0x20, 0, 0, 16), (0x20, 0, 0, 24)  # BPF_LD|W|ABS
+    ld_nr, ld_arch, ld_arg0, ld_arg1 = (
+        (0x20, 0, 0, 0),
+        (0x20, 0, 0, 4),
+        (0x20, 0, 0, 16),
+        (0x20, 0, 0, 24),
+    )  # BPF_LD|W|ABS
 
     def ret(k):
         return (0x06, 0, 0, k)
@@ -100,8 +120,16 @@ def seccomp_program():
         prog += [(0x35, 0, 1, 0x40000000), ret(SECCOMP_RET_KILL_PROCESS)]  # BPF_JGE: the x32 ABI's numbers
     for numbers in DENIED.values():
         prog += [jeq(numbers[col], 0, 1), deny]
-    prog += [jeq(NR_CLONE3, 0, 1), ret(SECCOMP_RET_ERRNO | ENOSYS)]  # its flags are out of reach: libc falls back to clone
-    prog += [jeq(NR_CLONE[col], 0, 3), ld_arg0, (0x45, 0, 1, NAMESPACE_FLAGS), deny]  # BPF_JSET: clone into new namespaces
+    prog += [
+        jeq(NR_CLONE3, 0, 1),
+        ret(SECCOMP_RET_ERRNO | ENOSYS),
+    ]  # its flags are out of reach: libc falls back to clone
+    prog += [
+        jeq(NR_CLONE[col], 0, 3),
+        ld_arg0,
+        (0x45, 0, 1, NAMESPACE_FLAGS),
+        deny,
+    ]  # BPF_JSET: clone into new namespaces
     prog += [ld_nr, jeq(NR_IOCTL[col], 0, 4), ld_arg1, jeq(TIOCSTI, 1, 0), jeq(TIOCLINUX, 0, 1), deny]
     prog += [ret(SECCOMP_RET_ALLOW)]
     return prog
@@ -149,7 +177,9 @@ def session(cfg, fds):
         os.setsid()
         libc_call("unshare", CLONE_NEWNS | CLONE_NEWIPC)
         libc_call("mount", b"none", b"/", None, MS_REC | MS_PRIVATE, None)
-        libc_call("mount", b"tmpfs", b"/proc", b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=4k,mode=0555")  # no process to see
+        libc_call(
+            "mount", b"tmpfs", b"/proc", b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=4k,mode=0555"
+        )  # no process to see
         size = f"size={cfg['max_file_mb']}m,nr_inodes=4096,mode=0700".encode()
         libc_call("mount", b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, size)
         os.chdir("/tmp")
@@ -311,7 +341,9 @@ def main():
     libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with bwrap, which dies with the caller
     os.environ.clear()
     sys.argv = [""]
-    libc_call("prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # inherited by every session: no setuid binaries, seccomp allowed
+    libc_call(
+        "prctl", PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0
+    )  # inherited by every session: no setuid binaries, seccomp allowed
     sys.stdout.reconfigure(line_buffering=True)  # a session's prints survive its kill
     if cfg["socket_fd"] != SOCKET_FD:
         os.dup2(cfg["socket_fd"], SOCKET_FD)
@@ -322,10 +354,16 @@ def main():
         os.close(DEVNULL)
         DEVNULL = REPLY_FD
     SECCOMP = seccomp_program()
-    if os.getuid() != 0:  # bubblewrap run without root leaves us no capability: a user namespace of our own gives them back
+    if (
+        os.getuid() != 0
+    ):  # bubblewrap run without root leaves us no capability: a user namespace of our own gives them back
         uid, gid = os.getuid(), os.getgid()
         libc_call("unshare", CLONE_NEWUSER)
-        for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"), ("/proc/self/gid_map", f"{gid} {gid} 1")):
+        for path, text in (
+            ("/proc/self/setgroups", "deny"),
+            ("/proc/self/uid_map", f"{uid} {uid} 1"),
+            ("/proc/self/gid_map", f"{gid} {gid} 1"),
+        ):
             with open(path, "w") as f:
                 f.write(text)
     warm_up()

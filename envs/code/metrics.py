@@ -53,8 +53,11 @@ def edit_ratio(a: str, b: str) -> float:
 
 
 def self_correction_metrics(
-    first_passed: list[int], last_passed: list[int], n_tests: list[int], first_code: list[str] | None = None,
-    last_code: list[str] | None = None
+    first_passed: list[int],
+    last_passed: list[int],
+    n_tests: list[int],
+    first_code: list[str] | None = None,
+    last_code: list[str] | None = None,
 ) -> dict[str, float]:
     """The metrics of the module docstring, one entry per episode in each list."""
     a = [p == n and n > 0 for p, n in zip(first_passed, n_tests)]
@@ -82,8 +85,10 @@ def by_turn_accuracy(trajectories: list[Trajectory]) -> dict[str, float]:
     """acc_by_turn/k for k = 1 .. the longest episode (module docstring)."""
     correct = lambda info: info.get("n_tests", 0) > 0 and info.get("n_passed", 0) == info["n_tests"]  # noqa: E731
     longest = max((len(t.turns) for t in trajectories), default=0)
-    return {f"acc_by_turn/{k}": _mean([correct(t.turns[min(k, len(t.turns)) - 1].info) for t in trajectories])
-            for k in range(1, longest + 1)}
+    return {
+        f"acc_by_turn/{k}": _mean([correct(t.turns[min(k, len(t.turns)) - 1].info) for t in trajectories])
+        for k in range(1, longest + 1)
+    }
 
 
 def metrics_from_trajectories(trajectories: list[Trajectory]) -> dict[str, float]:

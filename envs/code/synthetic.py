@@ -30,10 +30,27 @@ TEMPLATES = [
     Template("add_{k}", "returns x plus {k}", "x + {k}", "int", lambda x, k: x + k, range(2, 100)),
     Template("sub_{k}", "returns x minus {k}", "x - {k}", "int", lambda x, k: x - k, range(2, 100)),
     Template("times_{k}", "returns x times {k}", "x * {k}", "int", lambda x, k: x * k, range(2, 100)),
-    Template("mod_{k}", "returns the remainder of x divided by {k}", "x % {k}", "int", lambda x, k: x % k, range(2, 21)),
-    Template("count_{k}", "returns how many times {k} appears in the list x", "x.count({k})", "list", lambda x, k: x.count(k)),
-    Template("above_{k}", "returns the items of the list x that are greater than {k}", "[v for v in x if v > {k}]", "list", lambda x, k: [v for v in x if v > k]),
-    Template("plus_{k}_all", "returns the list x with {k} added to every item", "[v + {k} for v in x]", "list", lambda x, k: [v + k for v in x], range(2, 100)),
+    Template(
+        "mod_{k}", "returns the remainder of x divided by {k}", "x % {k}", "int", lambda x, k: x % k, range(2, 21)
+    ),
+    Template(
+        "count_{k}", "returns how many times {k} appears in the list x", "x.count({k})", "list", lambda x, k: x.count(k)
+    ),
+    Template(
+        "above_{k}",
+        "returns the items of the list x that are greater than {k}",
+        "[v for v in x if v > {k}]",
+        "list",
+        lambda x, k: [v for v in x if v > k],
+    ),
+    Template(
+        "plus_{k}_all",
+        "returns the list x with {k} added to every item",
+        "[v + {k} for v in x]",
+        "list",
+        lambda x, k: [v + k for v in x],
+        range(2, 100),
+    ),
     Template("first_{k}", "returns the first {k} items of the list x", "x[:{k}]", "list", lambda x, k: x[:k]),
     Template("repeat_{k}", "returns the string x repeated {k} times", "x * {k}", "str", lambda x, k: x * k),
     Template("tail_{k}", "returns the last {k} characters of the string x", "x[-{k}:]", "str", lambda x, k: x[-k:]),

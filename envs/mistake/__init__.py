@@ -28,19 +28,26 @@ from envs.registry import EnvSpec
 
 DATA_DIR = Path(__file__).parent / "data"
 TASKS = ["word_sorting", "tracking_shuffled_objects", "logical_deduction", "multistep_arithmetic", "dyck_languages"]
-QUESTION = ("Below is a question and a step-by-step answer. Find the first step that contains a logical mistake.\n"
-            "Answer <answer>N</answer> with the number of that step, or <answer>none</answer> if every step is right.")
+QUESTION = (
+    "Below is a question and a step-by-step answer. Find the first step that contains a logical mistake.\n"
+    "Answer <answer>N</answer> with the number of that step, or <answer>none</answer> if every step is right."
+)
 RETRY = "\nThat is not the first mistake. Look again and answer:"
 _ANSWER = re.compile(r"<answer>\s*(?:step\s*)?(\d+|none)\s*</answer>", re.I)
 
 
 @dataclass
 class MistakeParams:
-    tasks: str = "all"  # comma-separated task names (see TASKS), or "all"
-    eval_fraction: float = 0.2  # share of each task's traces held out for evaluation
-    max_problems: int = 0  # keep only the first N traces of each task and split (0 = all)
-    seed: int = 0  # seed of the train/eval split
-    max_turns: int = 1  # tries per episode; after a wrong answer the env says so
+    #: comma-separated task names (see TASKS), or "all"
+    tasks: str = "all"
+    #: share of each task's traces held out for evaluation
+    eval_fraction: float = 0.2
+    #: keep only the first N traces of each task and split (0 = all)
+    max_problems: int = 0
+    #: seed of the train/eval split
+    seed: int = 0
+    #: tries per episode; after a wrong answer the env says so
+    max_turns: int = 1
 
 
 @lru_cache(maxsize=None)
@@ -73,8 +80,15 @@ def parse_answer(action: str) -> tuple[bool, int | None]:
 
 def to_task(task: str, i: int, record: dict) -> Task:
     prompt = f"{QUESTION}\n\n{format_trace(record['input'], record['steps'])}"
-    meta = {"task": task, "mistake_index": record["mistake_index"], "num_steps": len(record["steps"]),
-            "steps": record["steps"], "input": record["input"], "target": record["target"], "answer": record["answer"]}
+    meta = {
+        "task": task,
+        "mistake_index": record["mistake_index"],
+        "num_steps": len(record["steps"]),
+        "steps": record["steps"],
+        "input": record["input"],
+        "target": record["target"],
+        "answer": record["answer"],
+    }
     return Task(f"mistake-{task}-{i}", prompt, meta)
 
 
@@ -86,7 +100,7 @@ def load_tasks(p: MistakeParams, split: str) -> list[Task]:
         order = list(range(len(records)))
         random.Random(f"{p.seed}-{task}").shuffle(order)
         n_eval = round(len(order) * p.eval_fraction)
-        chosen = order[len(order) - n_eval:] if split == "eval" else order[: len(order) - n_eval]
+        chosen = order[len(order) - n_eval :] if split == "eval" else order[: len(order) - n_eval]
         if p.max_problems:
             chosen = chosen[: p.max_problems]
         out += [to_task(task, i, records[i]) for i in chosen]
@@ -110,8 +124,13 @@ class MistakeEnv:
         valid, predicted = parse_answer(action)
         gold = self.meta["mistake_index"]
         right = valid and predicted == gold
-        info = {"score": float(right), "invalid": not valid, "predicted": predicted, "gold": gold,
-                "task": self.meta["task"]}
+        info = {
+            "score": float(right),
+            "invalid": not valid,
+            "predicted": predicted,
+            "gold": gold,
+            "task": self.meta["task"],
+        }
         if right or self.turn >= self.max_turns:
             return StepResult("", True, info)
         return StepResult(RETRY, False, info)

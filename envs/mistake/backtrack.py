@@ -38,8 +38,15 @@ def next_prompt(question: str, steps: list[str]) -> str:
     return f"{format_trace(question, steps)}Thought {len(steps) + 1}:"
 
 
-def backtrack(question: str, steps: list[str], flagged: int | None, sample: Generate,
-              greedy: Generate | None = None, n_candidates: int = 8, max_steps: int = 40) -> list[str]:
+def backtrack(
+    question: str,
+    steps: list[str],
+    flagged: int | None,
+    sample: Generate,
+    greedy: Generate | None = None,
+    n_candidates: int = 8,
+    max_steps: int = 40,
+) -> list[str]:
     """The corrected trace: `steps` unchanged when nothing is flagged, else resampled from step `flagged`."""
     if flagged is None or flagged >= len(steps):
         return list(steps)
@@ -64,8 +71,13 @@ class BacktrackResult:
     losses: int  # right before, wrong after
 
 
-def evaluate(records: list[dict], finder: Callable[[dict], int | None], sample: Generate,
-             greedy: Generate | None = None, n_candidates: int = 8) -> BacktrackResult:
+def evaluate(
+    records: list[dict],
+    finder: Callable[[dict], int | None],
+    sample: Generate,
+    greedy: Generate | None = None,
+    n_candidates: int = 8,
+) -> BacktrackResult:
     """Backtrack each record (data-file dicts) at `finder(record)`; compare answers with the target."""
     before = after = gains = losses = 0
     for r in records:

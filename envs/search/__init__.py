@@ -39,33 +39,63 @@ from envs.search.world import WorldConfig, write_world
 
 @dataclass
 class SearchParams:
-    data: str = "world"  # questions: "world" (generate from the world_* knobs), "bamboogle", a world directory, or a QA JSONL/parquet file
-    eval_data: str = ""  # eval questions, same kinds as data; "" = hold out eval_fraction of data
-    eval_fraction: float = 0.2  # share of data held out for eval (by a hash of the question id) when eval_data is ""
-    max_tasks: int = 0  # at most this many tasks per split (0 = all)
-    corpus: str = ""  # corpus JSONL for the bm25 retriever; "" = the world's own corpus
-    retriever: str = "bm25"  # "bm25" (local index over corpus) or a Search-R1 retrieval server URL, e.g. http://127.0.0.1:8000
-    topk: int = 3  # passages per search
-    max_searches: int = 4  # searches (invalid actions count too) before one answer-only turn is forced
-    judge_mode: Literal["soft", "hard"] = "soft"  # "soft": information stays in context; "hard": a preview until <judge>Yes</judge> releases it
-    preview_words: int = 8  # hard mode: words of each passage in the preview
-    max_obs_words: int = 300  # words of passage text per observation, split evenly across the passages
-    score: Literal["em", "f1"] = "em"  # info["score"] of the answer turn: "em" or "f1"
-    new_passages: bool = False  # a search skips passages the episode has already shown (the next ones in rank order): a search repeated after a No brings the next passage
-    prompt: Literal["reseek", "reseek_code", "short"] = "reseek"  # "reseek" (ReSeek's instructions, for instruct models), "reseek_code" (the same as its code lays them out: indented), or "short" ("Question: ...", for tiny models)
-    system: Literal["none", "reseek"] = "none"  # system message: "none" (the chat template's default, e.g. Qwen's) or "reseek" ("You are a helpful and harmless assistant.")
-    timeout_s: float = 10.0  # retrieval server: seconds before a request is abandoned
-    retries: int = 2  # retrieval server: retries of a failed request before the episode fails
-    cache_dir: str = ""  # generated worlds and BM25 indexes; "" = $SELFCORRECT_CACHE/search or ~/.cache/selfcorrect/search
-    world_seed: int = 0  # data "world": the seed everything in the world follows from
-    world_people: int = 60  # data "world": people (cities, orgs, works and countries scale with it)
-    world_hops: list[int] = field(default_factory=lambda: [1, 2])  # data "world": hop counts (1-4) of the questions
-    world_distractors: int = 0  # data "world": namesakes per person (shared surname and one attribute)
-    world_questions: int = 200  # data "world": distinct questions to generate
-    world_relations: list[str] = field(default_factory=list)  # data "world": relations questions may follow, e.g. [born_in]; [] = all
-    world_by_occupation: bool = False  # data "world": name people as "Rutaru the poet", namesakes share only the surname (envs/search/world.py)
-    world_sections: bool = False  # data "world": a person's article is two passages under one title, life and career (envs/search/world.py)
-    demo_reasoning: bool = True  # scripted SFT demos restate the sentence they rely on in a <think> before judging (ReSeek)
+    #: questions: "world" (generate from the world_* knobs), "bamboogle", a world directory, or a QA JSONL/parquet file
+    data: str = "world"
+    #: eval questions, same kinds as data; "" = hold out eval_fraction of data
+    eval_data: str = ""
+    #: share of data held out for eval (by a hash of the question id) when eval_data is ""
+    eval_fraction: float = 0.2
+    #: at most this many tasks per split (0 = all)
+    max_tasks: int = 0
+    #: corpus JSONL for the bm25 retriever; "" = the world's own corpus
+    corpus: str = ""
+    #: "bm25" (local index over corpus) or a Search-R1 retrieval server URL, e.g. http://127.0.0.1:8000
+    retriever: str = "bm25"
+    #: passages per search
+    topk: int = 3
+    #: searches (invalid actions count too) before one answer-only turn is forced
+    max_searches: int = 4
+    #: "soft": information stays in context; "hard": a preview until <judge>Yes</judge> releases it
+    judge_mode: Literal["soft", "hard"] = "soft"
+    #: hard mode: words of each passage in the preview
+    preview_words: int = 8
+    #: words of passage text per observation, split evenly across the passages
+    max_obs_words: int = 300
+    #: info["score"] of the answer turn: "em" or "f1"
+    score: Literal["em", "f1"] = "em"
+    #: a search skips passages the episode has already shown (the next ones in rank order): a search repeated after a No
+    #: brings the next passage
+    new_passages: bool = False
+    #: "reseek" (ReSeek's instructions, for instruct models), "reseek_code" (the same as its code lays them out:
+    #: indented), or "short" ("Question: ...", for tiny models)
+    prompt: Literal["reseek", "reseek_code", "short"] = "reseek"
+    #: system message: "none" (the chat template's default, e.g. Qwen's) or "reseek" ("You are a helpful and harmless
+    #: assistant.")
+    system: Literal["none", "reseek"] = "none"
+    #: retrieval server: seconds before a request is abandoned
+    timeout_s: float = 10.0
+    #: retrieval server: retries of a failed request before the episode fails
+    retries: int = 2
+    #: generated worlds and BM25 indexes; "" = $SELFCORRECT_CACHE/search or ~/.cache/selfcorrect/search
+    cache_dir: str = ""
+    #: data "world": the seed everything in the world follows from
+    world_seed: int = 0
+    #: data "world": people (cities, orgs, works and countries scale with it)
+    world_people: int = 60
+    #: data "world": hop counts (1-4) of the questions
+    world_hops: list[int] = field(default_factory=lambda: [1, 2])
+    #: data "world": namesakes per person (shared surname and one attribute)
+    world_distractors: int = 0
+    #: data "world": distinct questions to generate
+    world_questions: int = 200
+    #: data "world": relations questions may follow, e.g. [born_in]; [] = all
+    world_relations: list[str] = field(default_factory=list)
+    #: data "world": name people as "Rutaru the poet", namesakes share only the surname (envs/search/world.py)
+    world_by_occupation: bool = False
+    #: data "world": a person's article is two passages under one title, life and career (envs/search/world.py)
+    world_sections: bool = False
+    #: scripted SFT demos restate the sentence they rely on in a <think> before judging (ReSeek)
+    demo_reasoning: bool = True
 
 
 def _cache(p: SearchParams) -> Path:
@@ -81,9 +111,19 @@ def world_dir(p: SearchParams) -> Path:
 
     The cache key covers the generator's code too: a world written by other code is not reused.
     """
-    cfg = WorldConfig(p.world_seed, p.world_people, list(p.world_hops), p.world_distractors, p.world_questions, list(p.world_relations),
-                      p.world_by_occupation, p.world_sections)
-    key = hashlib.sha256((json.dumps(dataclasses.asdict(cfg), sort_keys=True) + _generator_source()).encode()).hexdigest()[:16]
+    cfg = WorldConfig(
+        p.world_seed,
+        p.world_people,
+        list(p.world_hops),
+        p.world_distractors,
+        p.world_questions,
+        list(p.world_relations),
+        p.world_by_occupation,
+        p.world_sections,
+    )
+    key = hashlib.sha256(
+        (json.dumps(dataclasses.asdict(cfg), sort_keys=True) + _generator_source()).encode()
+    ).hexdigest()[:16]
     out = _cache(p) / "worlds" / key
     if not (out / "questions.jsonl").exists():
         write_world(cfg, out)
@@ -105,7 +145,9 @@ def corpus_path(p: SearchParams) -> Path | None:
     return Path(p.corpus) if p.corpus else _questions_and_corpus(p.data, p)[1]
 
 
-def make_retriever(spec: str, corpus: str | Path | None, cache_dir: str | Path | None, timeout_s: float = 10.0, retries: int = 2):
+def make_retriever(
+    spec: str, corpus: str | Path | None, cache_dir: str | Path | None, timeout_s: float = 10.0, retries: int = 2
+):
     """`spec` "bm25" gives a local BM25Index over `corpus`; an http(s) URL gives a RetrievalClient."""
     if spec.startswith(("http://", "https://")):
         return RetrievalClient(spec, timeout_s, retries)
@@ -126,13 +168,24 @@ def shared_retriever(p: SearchParams):
     key = (p.retriever, str(corpus), str(_cache(p)), p.timeout_s, p.retries)
     if key not in _RETRIEVERS:
         if p.retriever == "bm25" and corpus is None:
-            raise ValueError(f"data {p.data!r} has no corpus of its own: give corpus=PATH (a Search-R1 JSONL) or retriever=URL of a server")
+            raise ValueError(
+                f"data {p.data!r} has no corpus of its own: give corpus=PATH (a Search-R1 JSONL) or retriever=URL of a server"
+            )
         _RETRIEVERS[key] = make_retriever(p.retriever, corpus, _cache(p), p.timeout_s, p.retries)
     return _RETRIEVERS[key]
 
 
 def make_env(p: SearchParams) -> SearchEnv:
-    return SearchEnv(shared_retriever(p), p.topk, p.max_searches, p.judge_mode, p.preview_words, p.max_obs_words, p.score, p.new_passages)
+    return SearchEnv(
+        shared_retriever(p),
+        p.topk,
+        p.max_searches,
+        p.judge_mode,
+        p.preview_words,
+        p.max_obs_words,
+        p.score,
+        p.new_passages,
+    )
 
 
 def _held_out(question_id: str, fraction: float) -> bool:
@@ -152,13 +205,18 @@ def load_tasks(p: SearchParams, split: str) -> list[Task]:
         records = load_questions(questions_file)
     else:
         questions_file, _ = _questions_and_corpus(p.data, p)
-        records = [r for r in load_questions(questions_file) if _held_out(r["id"], p.eval_fraction) == (split == "eval")]
+        records = [
+            r for r in load_questions(questions_file) if _held_out(r["id"], p.eval_fraction) == (split == "eval")
+        ]
     if p.max_tasks:
         records = records[: p.max_tasks]
     source = questions_file.parent.name if questions_file.name == "questions.jsonl" else questions_file.stem
     return [
-        Task(f"{source}-{r['id']}", make_prompt(r["question"], p.prompt, p.system),
-             {"question": r["question"], "answers": r["answers"], "hops": r["hops"], "gold_doc_ids": r["gold_doc_ids"]})
+        Task(
+            f"{source}-{r['id']}",
+            make_prompt(r["question"], p.prompt, p.system),
+            {"question": r["question"], "answers": r["answers"], "hops": r["hops"], "gold_doc_ids": r["gold_doc_ids"]},
+        )
         for r in records
     ]
 
@@ -174,18 +232,39 @@ def sample_text(p: SearchParams) -> list[str]:
     corpus = corpus_path(p)
     if corpus is not None and corpus.exists():
         texts += read_corpus(corpus)[1][:5000]
-    texts += [INVALID, ANSWER_NOW, prompt_text(make_prompt("", p.prompt, p.system)),
-              "<think> </think> <search> </search> <information> Doc 1(Title: ) </information> <preview> </preview> "
-              "<judge>Yes</judge> <judge>No</judge> <answer> </answer>"]
+    texts += [
+        INVALID,
+        ANSWER_NOW,
+        prompt_text(make_prompt("", p.prompt, p.system)),
+        "<think> </think> <search> </search> <information> Doc 1(Title: ) </information> <preview> </preview> "
+        "<judge>Yes</judge> <judge>No</judge> <answer> </answer>",
+    ]
     return texts
 
 
 def demonstrations(p: SearchParams, n: int, seed: int, keep_share: float, hesitation: float) -> list:
     """Scripted keep and fix episodes on the train questions (envs/search/demos.py)."""
-    return demos.demonstrations(make_env(p), load_tasks(p, "train"), corpus_path(p), p.demo_reasoning, n, seed, keep_share, hesitation)
+    return demos.demonstrations(
+        make_env(p), load_tasks(p, "train"), corpus_path(p), p.demo_reasoning, n, seed, keep_share, hesitation
+    )
 
 
 ENV_SPEC = EnvSpec(
-    SearchParams, make_env, load_tasks, sample_text, demonstrations, metrics=search_metrics,
-    headline=("em", "f1", "judge_accuracy", "recovery", "false_rejection", "research_after_no", "searches_per_episode", "answered", "reward/mean"),
+    SearchParams,
+    make_env,
+    load_tasks,
+    sample_text,
+    demonstrations,
+    metrics=search_metrics,
+    headline=(
+        "em",
+        "f1",
+        "judge_accuracy",
+        "recovery",
+        "false_rejection",
+        "research_after_no",
+        "searches_per_episode",
+        "answered",
+        "reward/mean",
+    ),
 )

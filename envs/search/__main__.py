@@ -24,20 +24,34 @@ def main(argv: list[str] | None = None) -> int:
     defaults = WorldConfig()
     world.add_argument("--seed", type=int, default=defaults.seed)
     world.add_argument("--out", required=True, help="output directory")
-    world.add_argument("--people", type=int, default=defaults.people,
-                       help="people; cities, orgs, works and countries scale with it (about 2 passages per person)")
-    world.add_argument("--hops", type=int, nargs="+", default=defaults.hops, help="hop counts (1-4) to draw questions from")
+    world.add_argument(
+        "--people",
+        type=int,
+        default=defaults.people,
+        help="people; cities, orgs, works and countries scale with it (about 2 passages per person)",
+    )
+    world.add_argument(
+        "--hops", type=int, nargs="+", default=defaults.hops, help="hop counts (1-4) to draw questions from"
+    )
     world.add_argument("--distractors", type=int, default=defaults.distractors, help="namesakes per person")
     world.add_argument("--questions", type=int, default=defaults.questions, help="distinct questions to write")
 
     serve = sub.add_parser("serve", help="serve BM25 retrieval over a corpus with Search-R1's /retrieve API")
-    serve.add_argument("--corpus", required=True, help="corpus JSONL: {\"id\", \"contents\": \"\\\"Title\\\"\\ntext\"} per line")
+    serve.add_argument(
+        "--corpus", required=True, help='corpus JSONL: {"id", "contents": "\\"Title\\"\\ntext"} per line'
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.add_argument("--topk", type=int, default=3, help="passages per query when a request gives no topk")
-    serve.add_argument("--read-timeout", type=float, default=30.0,
-                       help="seconds a connection may stall mid-request or stay idle before it is closed (default 30)")
-    serve.add_argument("--cache-dir", default="", help="where the index is cached (default ~/.cache/selfcorrect/search)")
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a connection may stall mid-request or stay idle before it is closed (default 30)",
+    )
+    serve.add_argument(
+        "--cache-dir", default="", help="where the index is cached (default ~/.cache/selfcorrect/search)"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "make-world":

@@ -46,7 +46,9 @@ class BM25Index:
             self._build(self.path)
         self.bm25 = bm25s.BM25.load(self.path, mmap=True)  # worker processes share the pages of one index
         if self.bm25.scores["num_docs"] != len(self.ids) or self.bm25.method != "lucene":
-            raise ValueError(f"index {self.path} is not a Lucene BM25 index of the {len(self.ids)} passages of {corpus}")
+            raise ValueError(
+                f"index {self.path} is not a Lucene BM25 index of the {len(self.ids)} passages of {corpus}"
+            )
         # Plain array views of the memory maps: indexing an np.memmap is several times slower.
         self._data, self._docs, self._ptr = (np.asarray(self.bm25.scores[k]) for k in ("data", "indices", "indptr"))
         # The largest contribution of each word to any passage: what a passage the search skips could gain from it.
@@ -82,8 +84,13 @@ class BM25Index:
         for words in tokens:
             word_ids = [vocab[w] for w in words if w in vocab and w != ""]  # "" is bm25s's placeholder, not a word
             top, scores = self._top(word_ids, k) if word_ids else (np.zeros(0, int), np.zeros(0))
-            results.append([{"document": {"id": self.ids[d], "contents": self.contents[d]}, "score": s}
-                            for d, s in zip(top.tolist(), scores.tolist()) if s > 0])
+            results.append(
+                [
+                    {"document": {"id": self.ids[d], "contents": self.contents[d]}, "score": s}
+                    for d, s in zip(top.tolist(), scores.tolist())
+                    if s > 0
+                ]
+            )
         return results
 
     def _top(self, word_ids: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -41,7 +41,6 @@ from envs.base import Task, Trajectory, Turn, solved
 from envs.search.qa import contains_answer
 from envs.search.retrieval import read_corpus, split_contents
 
-
 _DOC_HEADER = re.compile(r"Doc \d+\(Title: [^\n]*?\) ")  # "Doc 1(Title: "X") " before each passage
 
 
@@ -75,8 +74,16 @@ def occupation_before(title: str, question: str) -> str:
     return found.group(1) if found else ""
 
 
-def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | None, hesitate: bool, reasoning: bool,
-         rng: random.Random) -> Trajectory | None:
+def play(
+    env,
+    task: Task,
+    titles: dict[str, str],
+    by_word: dict,
+    fix_hop: int | None,
+    hesitate: bool,
+    reasoning: bool,
+    rng: random.Random,
+) -> Trajectory | None:
     """One scripted episode, or None when the agent could not have seen what it needs (it would be guessing)."""
     trajectory = Trajectory(task)
     env.reset(task)
@@ -107,8 +114,10 @@ def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | 
             info = act(f"<search> {titles[doc_id]} </search>")
             # another section of the article came first: the next one
             if doc_id not in info["doc_ids"] and env.new_passages:
-                act(("<think>This does not say what the question asks.</think>" if reasoning else "")
-                    + "<judge>No</judge>")
+                act(
+                    ("<think>This does not say what the question asks.</think>" if reasoning else "")
+                    + "<judge>No</judge>"
+                )
                 info = act(f"<search> {titles[doc_id]} </search>")
         # What the next step needs must be in what the agent saw (observations are cut to max_obs_words).
         needed = [task.metadata["answers"][0]] if hop == len(gold) - 1 else [titles[gold[hop + 1]]]
@@ -126,8 +135,9 @@ def play(env, task: Task, titles: dict[str, str], by_word: dict, fix_hop: int | 
     return trajectory if solved(info) else None
 
 
-def demonstrations(env, tasks: list[Task], corpus, reasoning: bool, n: int, seed: int, keep_share: float,
-                   hesitation: float) -> list[Trajectory]:
+def demonstrations(
+    env, tasks: list[Task], corpus, reasoning: bool, n: int, seed: int, keep_share: float, hesitation: float
+) -> list[Trajectory]:
     """`n` demos on the train `tasks` (played in `env`, titles read from `corpus`), a `keep_share` of them
     keep-shaped (module docstring)."""
     tasks = [t for t in tasks if t.metadata.get("gold_doc_ids")]

@@ -51,7 +51,9 @@ INVALID = (
     "If I want to judge the information I just received, I should put Yes or No between <judge> and </judge>. "
     "If I want to give the final answer, I should put the answer between <answer> and </answer>. Let me try again.\n"
 )
-ANSWER_NOW = "\nI have used all my searches, so my next action must be the final answer between <answer> and </answer>.\n"
+ANSWER_NOW = (
+    "\nI have used all my searches, so my next action must be the final answer between <answer> and </answer>.\n"
+)
 RESEEK_INSTRUCTIONS = (
     "Answer the given question step by step.\n"
     "Instructions:\n"
@@ -68,7 +70,9 @@ RESEEK_INSTRUCTIONS = (
 )
 # ReSeek's utils/preprocess_reseek_dataset.py writes the instructions as an indented Python string, so every
 # line after the first carries four spaces; "reseek" is the same text flush left.
-RESEEK_CODE_INSTRUCTIONS = "\n".join(line if n == 0 or not line else "    " + line for n, line in enumerate(RESEEK_INSTRUCTIONS.split("\n")))
+RESEEK_CODE_INSTRUCTIONS = "\n".join(
+    line if n == 0 or not line else "    " + line for n, line in enumerate(RESEEK_INSTRUCTIONS.split("\n"))
+)
 RESEEK_SYSTEM = "You are a helpful and harmless assistant."  # ReSeek's system message (same script)
 PROMPTS = ("reseek", "reseek_code", "short")
 SYSTEMS = {"none": "", "reseek": RESEEK_SYSTEM}
@@ -117,8 +121,14 @@ def make_prompt(question: str, style: str, system: str = "none") -> str | list[d
         raise ValueError(f"prompt must be one of {PROMPTS}, got {style!r}")
     if system not in SYSTEMS:
         raise ValueError(f"system must be one of {tuple(SYSTEMS)}, got {system!r}")
-    text = {"reseek": RESEEK_INSTRUCTIONS, "reseek_code": RESEEK_CODE_INSTRUCTIONS, "short": "Question: "}[style] + question + "\n"
-    return [{"role": "system", "content": SYSTEMS[system]}, {"role": "user", "content": text}] if SYSTEMS[system] else text
+    text = (
+        {"reseek": RESEEK_INSTRUCTIONS, "reseek_code": RESEEK_CODE_INSTRUCTIONS, "short": "Question: "}[style]
+        + question
+        + "\n"
+    )
+    return (
+        [{"role": "system", "content": SYSTEMS[system]}, {"role": "user", "content": text}] if SYSTEMS[system] else text
+    )
 
 
 class SearchEnv:
@@ -126,8 +136,17 @@ class SearchEnv:
 
     stop_strings = STOP_STRINGS
 
-    def __init__(self, retriever, topk: int = 3, max_searches: int = 4, judge_mode: str = "soft",
-                 preview_words: int = 8, max_obs_words: int = 300, score: str = "em", new_passages: bool = False):
+    def __init__(
+        self,
+        retriever,
+        topk: int = 3,
+        max_searches: int = 4,
+        judge_mode: str = "soft",
+        preview_words: int = 8,
+        max_obs_words: int = 300,
+        score: str = "em",
+        new_passages: bool = False,
+    ):
         if judge_mode not in ("soft", "hard"):
             raise ValueError(f"judge_mode must be 'soft' or 'hard', got {judge_mode!r}")
         if score not in ("em", "f1"):
@@ -135,7 +154,12 @@ class SearchEnv:
         if topk < 1 or max_searches < 0:
             raise ValueError(f"topk must be >= 1 and max_searches >= 0, got {topk} and {max_searches}")
         self.retriever, self.topk, self.max_searches = retriever, topk, max_searches
-        self.judge_mode, self.preview_words, self.max_obs_words, self.score = judge_mode, preview_words, max_obs_words, score
+        self.judge_mode, self.preview_words, self.max_obs_words, self.score = (
+            judge_mode,
+            preview_words,
+            max_obs_words,
+            score,
+        )
         self.new_passages = new_passages
 
     def reset(self, task: Task):
@@ -152,7 +176,11 @@ class SearchEnv:
         kind, content = parse_action(action)
         if kind == "answer":
             em, f1 = exact_match(content, self.answers), f1_score(content, self.answers)
-            return StepResult("", True, {"action": "answer", "answer": content, "em": em, "f1": f1, "score": em if self.score == "em" else f1})
+            return StepResult(
+                "",
+                True,
+                {"action": "answer", "answer": content, "em": em, "f1": f1, "score": em if self.score == "em" else f1},
+            )
         if kind == "judge" and self.pending is None:
             kind, content = "invalid", "a judgment must come right after a search's information"
         if self.searches_left == 0 and kind != "judge":  # the forced answer-only turn
@@ -164,12 +192,18 @@ class SearchEnv:
         self.searches_left -= 1
         budget_note = ANSWER_NOW if self.searches_left == 0 else ""
         if kind == "invalid":
-            return StepResult(INVALID + budget_note, False, {"action": "invalid", "invalid": True, "reason": content, "score": 0.0})
+            return StepResult(
+                INVALID + budget_note, False, {"action": "invalid", "invalid": True, "reason": content, "score": 0.0}
+            )
         return self._search(content, turn, budget_note)
 
     def _search(self, query: str, turn: int, budget_note: str) -> StepResult:
         if self.new_passages:  # ask for enough to have topk left after the shown ones are dropped
-            hits = [h for h in self.retriever.search([query], self.topk + len(self.shown))[0] if h["document"]["id"] not in self.shown][: self.topk]
+            hits = [
+                h
+                for h in self.retriever.search([query], self.topk + len(self.shown))[0]
+                if h["document"]["id"] not in self.shown
+            ][: self.topk]
         else:
             hits = self.retriever.search([query], self.topk)[0]
         ids = [h["document"]["id"] for h in hits]
@@ -178,7 +212,10 @@ class SearchEnv:
         if self.judge_mode == "soft":
             observation, shown = f"\n\n<information>{information}</information>\n\n", "information"
         else:
-            observation, shown = f"\n\n<preview>{format_passages(hits, self.max_obs_words, self.preview_words)}</preview>\n\n", "preview"
+            observation, shown = (
+                f"\n\n<preview>{format_passages(hits, self.max_obs_words, self.preview_words)}</preview>\n\n",
+                "preview",
+            )
         self.pending = {"turn": turn, "information": information}
         info = {
             "action": "search",
@@ -188,7 +225,9 @@ class SearchEnv:
             "information": information,  # the capped passages a judgment of this search is about
             "shown": shown,
             "answer_in_information": contains_answer(information, self.answers),
-            "gold_doc_retrieved": bool(self.gold_doc_ids & set(ids)) if self.gold_doc_ids else None,  # None: gold passages unknown
+            "gold_doc_retrieved": bool(self.gold_doc_ids & set(ids))
+            if self.gold_doc_ids
+            else None,  # None: gold passages unknown
             "searches_left": self.searches_left,
             "score": 0.0,
         }

@@ -1,7 +1,7 @@
 """What a search episode achieved, for evaluation: EM, F1, judge accuracy, searches per episode.
 
-    from envs.search.metrics import search_metrics
-    search_metrics(trajectories)   # also what `rl eval` and the trainer's evaluations report for env search
+from envs.search.metrics import search_metrics
+search_metrics(trajectories)   # also what `rl eval` and the trainer's evaluations report for env search
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ def useful(info: dict, gold_docs: set[str], answers: list[str]) -> bool:
 def search_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     """What search episodes achieved, over whole episodes (for evaluation):
 
-      em, f1, answered          the last answer against the gold answers
-      judge_accuracy            judgments that agree with the `useful` oracle
-      searches_per_episode, judgments_per_episode
-      recovery                  of episodes whose first search brought nothing useful, the share answered right:
-                                what a JUDGE "No" and a re-plan are for (nan when no first search missed)
-      false_rejection           of judged searches that were useful, the share judged "No" (nan when none)
-      research_after_no         of "No" judgments, the share followed by another search (nan when none)
+    em, f1, answered          the last answer against the gold answers
+    judge_accuracy            judgments that agree with the `useful` oracle
+    searches_per_episode, judgments_per_episode
+    recovery                  of episodes whose first search brought nothing useful, the share answered right:
+                              what a JUDGE "No" and a re-plan are for (nan when no first search missed)
+    false_rejection           of judged searches that were useful, the share judged "No" (nan when none)
+    research_after_no         of "No" judgments, the share followed by another search (nan when none)
     """
     em, f1, searches, answered = [], [], [], []
     judged = right = missed = recovered = useful_judged = rejected = said_no = searched_again = 0

@@ -69,8 +69,9 @@ def _answers(record: dict) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if value is None or not len(value):
-        raise ValueError("no answers (expected 'answers', 'golden_answers', 'answer' "
-                         "or reward_model.ground_truth.target)")
+        raise ValueError(
+            "no answers (expected 'answers', 'golden_answers', 'answer' or reward_model.ground_truth.target)"
+        )
     return [str(v) for v in value]
 
 
@@ -101,13 +102,15 @@ def load_questions(path: str | Path) -> list[dict]:
     out = []
     for n, record in enumerate(_read_records(path)):
         try:
-            out.append({
-                "id": str(record.get("id", n)),
-                "question": _question(record),
-                "answers": _answers(record),
-                "hops": record.get("hops"),
-                "gold_doc_ids": [str(d) for d in record.get("gold_doc_ids") or []],
-            })
+            out.append(
+                {
+                    "id": str(record.get("id", n)),
+                    "question": _question(record),
+                    "answers": _answers(record),
+                    "hops": record.get("hops"),
+                    "gold_doc_ids": [str(d) for d in record.get("gold_doc_ids") or []],
+                }
+            )
         except ValueError as e:
             raise ValueError(f"{path}: record {n}: {e}") from e
     return out

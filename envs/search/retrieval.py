@@ -48,7 +48,7 @@ def as_hit(item) -> Hit:
     contents = doc.get("contents")
     if not isinstance(contents, str):
         if not isinstance(doc.get("text"), str):
-            raise ValueError(f"a document needs a string \"contents\" or \"text\", got fields {sorted(doc)}")
+            raise ValueError(f'a document needs a string "contents" or "text", got fields {sorted(doc)}')
         contents = f"{doc.get('title') or ''}\n{doc['text']}"
     # Without an id, a hash of the contents: the same passage gets the same id in every answer.
     doc_id = doc.get("id")
@@ -160,8 +160,11 @@ class RetrievalClient:
                 problem = f"malformed answer ({type(e).__name__}: {e})"
         else:
             raise RetrievalError(f"retrieval server {self.url} failed {self.retries + 1} times; last: {problem}")
-        if (not isinstance(result, list) or len(result) != len(queries)
-                or not all(isinstance(hits, list) for hits in result)):
+        if (
+            not isinstance(result, list)
+            or len(result) != len(queries)
+            or not all(isinstance(hits, list) for hits in result)
+        ):
             raise RetrievalError(f"retrieval server {self.url} answered {str(result)[:100]} for {len(queries)} queries")
         try:
             return [[as_hit(h) for h in hits] for hits in result]

@@ -68,8 +68,14 @@ def parse_request(body: bytes, default_topk: int) -> tuple[list[str], int, bool]
 class RetrievalServer(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client never keeps the process alive
 
-    def __init__(self, index: BM25Index, host: str = "127.0.0.1", port: int = 8000, default_topk: int = 3,
-                 read_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        index: BM25Index,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        default_topk: int = 3,
+        read_timeout_s: float = 30.0,
+    ):
         if not read_timeout_s > 0:
             raise ValueError(f"the read timeout must be positive seconds, got {read_timeout_s}")
         self.index, self.default_topk, self.read_timeout_s = index, default_topk, read_timeout_s
@@ -78,7 +84,10 @@ class RetrievalServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
         """One line instead of socketserver's traceback (a client that resets its connection, say)."""
         error = sys.exc_info()[1]
-        print(f"retrieval server: request from {client_address[0]} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        print(
+            f"retrieval server: request from {client_address[0]} failed: {type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -99,7 +108,9 @@ class _Handler(BaseHTTPRequestHandler):
         except BadRequest as e:
             self._send(e.status, {"detail": e.detail}, close=True)
         except TimeoutError:
-            self._send(408, {"detail": f"the request did not arrive within {self.server.read_timeout_s:g} s"}, close=True)
+            self._send(
+                408, {"detail": f"the request did not arrive within {self.server.read_timeout_s:g} s"}, close=True
+            )
 
     def do_GET(self) -> None:
         self._send(405, {"detail": "Method Not Allowed; use POST /retrieve"}, close=True)
@@ -174,7 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.log_error("code %d, message %s", code, message)
         self._send(code, {"detail": message or self.responses.get(code, ("error",))[0]}, close=True)
 
-    def log_request(self, code="-", size="-") -> None:  # no access line per request (a rollout sends many); errors still print
+    def log_request(
+        self, code="-", size="-"
+    ) -> None:  # no access line per request (a rollout sends many); errors still print
         pass
 
     def log_error(self, format, *args) -> None:

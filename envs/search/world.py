@@ -54,7 +54,9 @@ class WorldConfig:
     hops: list[int] = field(default_factory=lambda: [1, 2])  # hop counts (1-4) questions are drawn from, uniformly
     distractors: int = 0  # namesakes per person: same surname, and same occupation, birth city or birth year
     questions: int = 200  # distinct questions to write (an error if the world has fewer)
-    relations: list[str] = field(default_factory=list)  # relations questions may follow (RELATIONS), e.g. [born_in]; [] = all
+    relations: list[str] = field(
+        default_factory=list
+    )  # relations questions may follow (RELATIONS), e.g. [born_in]; [] = all
     by_occupation: bool = False  # questions name a person as "<surname> the <occupation>", and namesakes share only the surname (module docstring)
     sections: bool = False  # a person's article is two passages under one title, life and career (module docstring)
 
@@ -65,15 +67,84 @@ _SYLLABLES = [c + v for c in _CONSONANTS for v in _VOWELS]  # 70 syllables
 _CITY_ENDS = ["ton", "holm", "vale", "mar", "burg", "field", "port", "stead"]
 _COUNTRY_ENDS = ["ia", "land", "ora", "stan", "mark"]
 _ORG_KINDS = ["Press", "Guild", "Company", "Society", "Institute", "Records"]
-_OCCUPATIONS = ["painter", "poet", "architect", "chemist", "sculptor", "composer", "engineer", "historian",
-                "astronomer", "novelist", "physician", "botanist", "cartographer", "violinist", "mathematician"]
-_ADJECTIVES = ["Silent", "Golden", "Hidden", "Last", "Broken", "Distant", "Crimson", "Quiet", "Frozen", "Burning",
-               "Little", "Endless", "Hollow", "Wandering", "Northern", "Secret", "Pale", "Iron", "Bright", "Lonely"]
-_NOUNS = ["Harbor", "Garden", "River", "Lantern", "Mountain", "Letter", "Orchard", "Tower", "Winter", "Mirror",
-          "Voyage", "Meadow", "Bridge", "Archive", "Compass", "Forest", "Island", "Clock", "Song", "Shore"]
+_OCCUPATIONS = [
+    "painter",
+    "poet",
+    "architect",
+    "chemist",
+    "sculptor",
+    "composer",
+    "engineer",
+    "historian",
+    "astronomer",
+    "novelist",
+    "physician",
+    "botanist",
+    "cartographer",
+    "violinist",
+    "mathematician",
+]
+_ADJECTIVES = [
+    "Silent",
+    "Golden",
+    "Hidden",
+    "Last",
+    "Broken",
+    "Distant",
+    "Crimson",
+    "Quiet",
+    "Frozen",
+    "Burning",
+    "Little",
+    "Endless",
+    "Hollow",
+    "Wandering",
+    "Northern",
+    "Secret",
+    "Pale",
+    "Iron",
+    "Bright",
+    "Lonely",
+]
+_NOUNS = [
+    "Harbor",
+    "Garden",
+    "River",
+    "Lantern",
+    "Mountain",
+    "Letter",
+    "Orchard",
+    "Tower",
+    "Winter",
+    "Mirror",
+    "Voyage",
+    "Meadow",
+    "Bridge",
+    "Archive",
+    "Compass",
+    "Forest",
+    "Island",
+    "Clock",
+    "Song",
+    "Shore",
+]
 _GENRES = ["novel", "poetry collection", "memoir", "play", "short story collection"]
-_TOPICS = ["light", "trade routes", "old maps", "river valleys", "folk songs", "glass", "tides", "stone bridges",
-           "winter festivals", "early printing", "mountain passes", "clockwork", "salt marshes", "harbors"]
+_TOPICS = [
+    "light",
+    "trade routes",
+    "old maps",
+    "river valleys",
+    "folk songs",
+    "glass",
+    "tides",
+    "stone bridges",
+    "winter festivals",
+    "early printing",
+    "mountain passes",
+    "clockwork",
+    "salt marshes",
+    "harbors",
+]
 
 # Relations a question can follow: (subject kind, relation) -> object kind; None = a year (an answer only).
 RELATIONS = {
@@ -119,7 +190,9 @@ _QUESTIONS = {
 class Entity:
     kind: str
     name: str
-    facts: dict  # relation -> entity index or year (see RELATIONS); plus text that is never asked (occupation, topic, ...)
+    facts: (
+        dict  # relation -> entity index or year (see RELATIONS); plus text that is never asked (occupation, topic, ...)
+    )
     doc_id: str = ""
 
 
@@ -161,14 +234,18 @@ def build_world(cfg: WorldConfig) -> list[Entity]:
 
     countries = [len(entities) + i for i in range(n_countries)]
     for _ in countries:
-        entities.append(Entity("country", names.fresh(lambda extra: _word(rng, 2 + extra) + rng.choice(_COUNTRY_ENDS)), {}))
+        entities.append(
+            Entity("country", names.fresh(lambda extra: _word(rng, 2 + extra) + rng.choice(_COUNTRY_ENDS)), {})
+        )
     cities = [len(entities) + i for i in range(n_cities)]
     cities_of = {c: [] for c in countries}
     for i in cities:
         country = countries[(i - cities[0]) % n_countries]  # every country gets at least one city
         cities_of[country].append(i)
         name = names.fresh(lambda extra: _word(rng, 1 + extra) + rng.choice(_CITY_ENDS))
-        entities.append(Entity("city", name, {"country": country, "founded": rng.randint(900, 1800), "river": _word(rng, 2)}))
+        entities.append(
+            Entity("city", name, {"country": country, "founded": rng.randint(900, 1800), "river": _word(rng, 2)})
+        )
     for c in countries:
         entities[c].facts["capital"] = rng.choice(cities_of[c])
 
@@ -176,14 +253,28 @@ def build_world(cfg: WorldConfig) -> list[Entity]:
     for _ in range(cfg.people):
         name = names.fresh(lambda extra: _word(rng, 2 + extra) + " " + _word(rng, 3))
         people.append(len(entities))
-        entities.append(Entity("person", name, {"born_in": rng.choice(cities), "birth_year": rng.randint(1850, 2005),
-                                                 "occupation": rng.choice(_OCCUPATIONS), "topic": rng.choice(_TOPICS)}))
+        entities.append(
+            Entity(
+                "person",
+                name,
+                {
+                    "born_in": rng.choice(cities),
+                    "birth_year": rng.randint(1850, 2005),
+                    "occupation": rng.choice(_OCCUPATIONS),
+                    "topic": rng.choice(_TOPICS),
+                },
+            )
+        )
         original = entities[-1]
         surname = original.name.split(" ")[1]
         for d in range(cfg.distractors):
             # A namesake shares the surname and one attribute, so neither alone finds the right passage.
-            facts = {"born_in": rng.choice(cities), "birth_year": rng.randint(1850, 2005),
-                     "occupation": rng.choice(_OCCUPATIONS), "topic": rng.choice(_TOPICS)}
+            facts = {
+                "born_in": rng.choice(cities),
+                "birth_year": rng.randint(1850, 2005),
+                "occupation": rng.choice(_OCCUPATIONS),
+                "topic": rng.choice(_TOPICS),
+            }
             if cfg.by_occupation:  # only the surname is shared: the occupation in the question tells them apart
                 facts["occupation"] = rng.choice([o for o in _OCCUPATIONS if o != original.facts["occupation"]])
             else:
@@ -207,13 +298,33 @@ def build_world(cfg: WorldConfig) -> list[Entity]:
         else:
             name = names.fresh(lambda extra: _word(rng, 2 + extra) + " " + rng.choice(_ORG_KINDS))
         orgs.append(len(entities))
-        entities.append(Entity("org", name, {"founder": founder, "headquarters": rng.choice(cities), "founded_year": rng.randint(1700, 2010)}))
+        entities.append(
+            Entity(
+                "org",
+                name,
+                {"founder": founder, "headquarters": rng.choice(cities), "founded_year": rng.randint(1700, 2010)},
+            )
+        )
     for _ in range(n_works):
         # "The Silent Harbor", mostly with " of Kaki": 400 titles alone would soon run out.
-        title = names.fresh(lambda extra: f"The {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"
-                            + (f" of {_word(rng, 2)}" if extra or rng.random() < 0.7 else ""))
-        entities.append(Entity("work", title, {"author": rng.choice(people), "publisher": rng.choice(orgs),
-                                               "year": rng.randint(1880, 2020), "genre": rng.choice(_GENRES)}))
+        title = names.fresh(
+            lambda extra: (
+                f"The {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"
+                + (f" of {_word(rng, 2)}" if extra or rng.random() < 0.7 else "")
+            )
+        )
+        entities.append(
+            Entity(
+                "work",
+                title,
+                {
+                    "author": rng.choice(people),
+                    "publisher": rng.choice(orgs),
+                    "year": rng.randint(1880, 2020),
+                    "genre": rng.choice(_GENRES),
+                },
+            )
+        )
     if cfg.sections:  # drawn last, from a stream of its own: the rest of the world is the one without sections
         lead = random.Random(cfg.seed + 2)
         for p in people:
@@ -229,8 +340,10 @@ def passage(entities: list[Entity], e: Entity) -> str:
     ref = lambda key: entities[f[key]].name  # noqa: E731
     if e.kind == "person":
         surname = name.split(" ")[1]
-        text = (f"{name} (born {f['birth_year']}) is a {f['occupation']}. {surname} was born in {ref('born_in')} in {f['birth_year']}. "
-                f"As a {f['occupation']}, {surname} is best known for work on {f['topic']}.")
+        text = (
+            f"{name} (born {f['birth_year']}) is a {f['occupation']}. {surname} was born in {ref('born_in')} in {f['birth_year']}. "
+            f"As a {f['occupation']}, {surname} is best known for work on {f['topic']}."
+        )
         if "mentor" in f:
             text += f" {surname} studied under {ref('mentor')}."
         return text
@@ -239,8 +352,10 @@ def passage(entities: list[Entity], e: Entity) -> str:
     if e.kind == "country":
         return f"{name} is a country. Its capital and largest city is {ref('capital')}."
     if e.kind == "org":
-        return (f"{name} is an organization founded in {f['founded_year']} by {ref('founder')}. "
-                f"It is headquartered in {ref('headquarters')}.")
+        return (
+            f"{name} is an organization founded in {f['founded_year']} by {ref('founder')}. "
+            f"It is headquartered in {ref('headquarters')}."
+        )
     return f"{name} is a {f['genre']} by {ref('author')}, published in {f['year']} by {ref('publisher')}."
 
 
@@ -266,7 +381,10 @@ def corpus_records(entities: list[Entity], split: bool = False) -> list[dict]:
     for e in entities:
         if split and e.kind == "person":
             life, career = sections(entities, e)
-            out += [{"id": e.doc_id, "contents": f'"{e.name}"\n{life}'}, {"id": e.doc_id + CAREER, "contents": f'"{e.name}"\n{career}'}]
+            out += [
+                {"id": e.doc_id, "contents": f'"{e.name}"\n{life}'},
+                {"id": e.doc_id + CAREER, "contents": f'"{e.name}"\n{career}'},
+            ]
         else:
             out.append({"id": e.doc_id, "contents": f'"{e.name}"\n{passage(entities, e)}'})
     return out
@@ -312,9 +430,14 @@ def make_questions(entities: list[Entity], cfg: WorldConfig) -> list[dict]:
         start = rng.randrange(len(entities))
         path, relations, here = [start], [], start
         for h in range(hops):
-            options = [r for (kind, r), obj in RELATIONS.items() if kind == entities[here].kind and r in entities[here].facts
-                       and (obj is not None or h == hops - 1)  # a year can only be the last hop
-                       and (not cfg.relations or r in cfg.relations)]
+            options = [
+                r
+                for (kind, r), obj in RELATIONS.items()
+                if kind == entities[here].kind
+                and r in entities[here].facts
+                and (obj is not None or h == hops - 1)  # a year can only be the last hop
+                and (not cfg.relations or r in cfg.relations)
+            ]
             if not options:
                 break
             relation = rng.choice(options)
@@ -338,8 +461,15 @@ def make_questions(entities: list[Entity], cfg: WorldConfig) -> list[dict]:
             continue
         seen.add(question)
         dry = 0
-        out.append({"id": f"q{len(out)}", "question": question, "answers": [answer], "hops": hops,
-                    "gold_doc_ids": [gold_doc(entities[i], r, cfg.sections) for i, r in zip(path, relations)]})
+        out.append(
+            {
+                "id": f"q{len(out)}",
+                "question": question,
+                "answers": [answer],
+                "hops": hops,
+                "gold_doc_ids": [gold_doc(entities[i], r, cfg.sections) for i, r in zip(path, relations)],
+            }
+        )
     return out
 
 
@@ -348,8 +478,10 @@ def write_world(cfg: WorldConfig, out: str | Path) -> Path:
     entities = build_world(cfg)
     questions = make_questions(entities, cfg)
     if len(questions) < cfg.questions:  # checked before anything is written
-        raise ValueError(f"asked for {cfg.questions} questions, but a world of {cfg.people} people with hops {cfg.hops} gave only "
-                         f"{len(questions)} distinct ones: ask for at most {len(questions)} or more people")
+        raise ValueError(
+            f"asked for {cfg.questions} questions, but a world of {cfg.people} people with hops {cfg.hops} gave only "
+            f"{len(questions)} distinct ones: ask for at most {len(questions)} or more people"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for filename, records in (("corpus.jsonl", corpus_records(entities, cfg.sections)), ("questions.jsonl", questions)):

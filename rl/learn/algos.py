@@ -16,7 +16,6 @@ import torch
 
 from rl.config import KLEstimator, LossAggregation, TISLevel
 
-
 # ---------------------------------------------------------------- advantages
 
 
@@ -196,7 +195,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, unbias
 LOG_RATIO_LIMIT = 20.0
 
 
-def _clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float, clip_ratio_c: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _clipped_surrogate(
+    ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float, clip_ratio_c: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A), capped at -clip_ratio_c A where A < 0 (dual clip; 0 = off).
 
     ratio, advantages: [B, T] -> (loss [B, T], clipped [B, T] bool: where a clip decided the loss, so no gradient flows).
@@ -215,7 +216,12 @@ def _clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: 
 
 
 def ppo_clip_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float, clip_ratio_c: float = 0.0
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    clip_ratio_c: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate, per token, with separate low/high clip ranges (DAPO's clip-higher).
 
@@ -228,7 +234,12 @@ def ppo_clip_loss(
 
 
 def gspo_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_high: float,
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
     clip_ratio_c: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GSPO: PPO's clipped surrogate on the sequence-level ratio s = exp(mean_t (logp - old_logp)).
@@ -247,7 +258,9 @@ def gspo_loss(
     return _clipped_surrogate(ratio, advantages, clip_low, clip_high, clip_ratio_c)
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's value loss, per token. All [B, T] -> (loss [B, T], clipped [B, T] bool).
 
     0.5 max((V - R)^2, (V_old + clip(V - V_old, -clip, clip) - R)^2): the critic cannot gain by
@@ -263,7 +276,13 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
 TIS_LEVELS = get_args(TISLevel)
 
 
-def truncated_is_weight(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float, mask: torch.Tensor | None = None, level: str = "token") -> torch.Tensor:
+def truncated_is_weight(
+    old_logprobs: torch.Tensor,
+    behaviour_logprobs: torch.Tensor,
+    cap: float,
+    mask: torch.Tensor | None = None,
+    level: str = "token",
+) -> torch.Tensor:
     """Truncated importance weight min(pi_old / pi_behaviour, cap), no gradient. [B, T] -> [B, T].
 
     pi_behaviour is the engine that sampled (maybe a step stale, maybe numerically different);
@@ -282,7 +301,9 @@ def truncated_is_weight(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Te
 
 
 KL_ESTIMATORS = get_args(KLEstimator)
-K3_LIMIT = 10.0  # k3 grows as q/p: one token the policy has all but dropped would swamp the loss (verl clamps at 10 too)
+K3_LIMIT = (
+    10.0  # k3 grows as q/p: one token the policy has all but dropped would swamp the loss (verl clamps at 10 too)
+)
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -315,7 +336,9 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
 LOSS_AGGREGATIONS = get_args(LossAggregation)
 
 
-def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: float, num_seqs: float) -> torch.Tensor:
+def aggregate_loss(
+    loss: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: float, num_seqs: float
+) -> torch.Tensor:
     """Reduce a per-token loss [B, T] to a scalar.
 
     `num_tokens` and `num_seqs` are the counts over the whole optimizer step (all micro-batches),

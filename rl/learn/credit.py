@@ -40,7 +40,9 @@ def shaped_rewards(batch: Batch, algo: AlgoConfig) -> tuple[list[list[float]], l
         reward = float(batch.outcome_rewards[b])
         if algo.overlong_max_tokens:
             length = batch.loss_mask[b].sum().long()[None]
-            reward += algo.overlong_coef * float(algos.overlong_penalty(length, algo.overlong_max_tokens, algo.overlong_cache_tokens)[0])
+            reward += algo.overlong_coef * float(
+                algos.overlong_penalty(length, algo.overlong_max_tokens, algo.overlong_cache_tokens)[0]
+            )
         outcome.append(reward)
     return process, outcome
 
@@ -108,7 +110,9 @@ def _broadcast(per_episode: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def grpo(batch: Batch, rewards: torch.Tensor, algo: AlgoConfig) -> tuple[torch.Tensor, None]:
     """Each episode's total minus its group's mean, divided by the group's std when `algo.norm_by_std`."""
     mask = batch.loss_mask.double()  # [B, T]
-    adv = algos.group_advantages(rewards.sum(-1), batch.groups, algo.norm_by_std, lone_score=algo.lone_group_score)  # [B]
+    adv = algos.group_advantages(
+        rewards.sum(-1), batch.groups, algo.norm_by_std, lone_score=algo.lone_group_score
+    )  # [B]
     return _broadcast(adv, mask), None
 
 
@@ -165,7 +169,9 @@ def turn_level(batch: Batch, rewards: torch.Tensor, algo: AlgoConfig) -> tuple[t
     """One reward per turn (the outcome on the last turn), each turn's advantage (algos.turn_advantages) on its tokens."""
     mask = batch.loss_mask.double()  # [B, T]
     turns = batch.turns.clamp(min=1)  # [B]: an episode without per-turn rewards still has its outcome's turn
-    turn_of = batch.turn_ids.clamp(min=0).minimum(turns[:, None] - 1)  # [B, T]: the turn a token's reward and advantage belong to
+    turn_of = batch.turn_ids.clamp(min=0).minimum(
+        turns[:, None] - 1
+    )  # [B, T]: the turn a token's reward and advantage belong to
     turn_r = torch.zeros(len(turns), int(turns.max()), dtype=torch.float64)  # [B, K]
     for b, t in rewards.nonzero().tolist():  # in token order: each turn's rewards add up in the order they were earned
         turn_r[b, int(turn_of[b, t])] += rewards[b, t]
@@ -174,7 +180,9 @@ def turn_level(batch: Batch, rewards: torch.Tensor, algo: AlgoConfig) -> tuple[t
     return torch.where(mask.bool(), adv.gather(1, turn_of), 0.0), None
 
 
-def advantages(batch: Batch, algo: AlgoConfig, kl: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def advantages(
+    batch: Batch, algo: AlgoConfig, kl: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """([B, T] float32 advantages by the estimator `algo.advantage`, judge spans by `algo.judge_advantage`;
     the critic's [B, T] float32 targets or None). kl: [B, T] per-token KL penalty already multiplied by its
     coefficient, subtracted from the rewards on policy tokens (None: KL not in the reward)."""

@@ -94,24 +94,42 @@ class Learner(UpdateLoop):
         self.ref_model = None
         if algo.kl_coef > 0:
             # LoRA: the reference is the base model itself, run with the adapters off.
-            self.ref_model = lora.AdaptersOff(self.model) if cfg.lora_rank else self._prepare(load_model(ref_path or model_path, self.device).eval().requires_grad_(False))
+            self.ref_model = (
+                lora.AdaptersOff(self.model)
+                if cfg.lora_rank
+                else self._prepare(load_model(ref_path or model_path, self.device).eval().requires_grad_(False))
+            )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable_params = sum(p.numel() for p in trainable)
         # One fused kernel for all parameters (CPU and CUDA have one): on a small model the per-tensor loop costs 5x more.
         self.fused_adam = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         self.optimizer = torch.optim.AdamW(
-            trainable, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, **self.fused_adam
+            trainable,
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.weight_decay,
+            **self.fused_adam,
         )
         warmup = cfg.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
         self.value_head = self.critic_model = self.critic_optimizer = None
-        if any(name and credit.ESTIMATORS.declares(name, "needs_values") for name in (algo.advantage, algo.judge_advantage)):
+        if any(
+            name and credit.ESTIMATORS.declares(name, "needs_values") for name in (algo.advantage, algo.judge_advantage)
+        ):
             if algo.critic == "separate":
                 self.critic_model = self._prepare(load_model(ref_path or model_path, self.device).train())
             self.value_head = self._prepare(ValueHead(model.config.hidden_size).to(self.device))
-            params = list(self.value_head.parameters()) + (list(self.critic_model.parameters()) if self.critic_model else [])
+            params = list(self.value_head.parameters()) + (
+                list(self.critic_model.parameters()) if self.critic_model else []
+            )
             self.critic_optimizer = torch.optim.AdamW(
-                params, lr=algo.critic_lr or cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, **self.fused_adam
+                params,
+                lr=algo.critic_lr or cfg.lr,
+                betas=(cfg.adam_beta1, cfg.adam_beta2),
+                weight_decay=cfg.weight_decay,
+                **self.fused_adam,
             )
 
     def _prepare(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -124,8 +142,16 @@ class Learner(UpdateLoop):
 
     # ------------------------------------------------------------ batches
 
-    def _forward_logprobs(self, model, token_ids: torch.Tensor, bf16: bool | None = None, temperature: float | None = None,
-                          hidden: bool = False, start: int = 1, entropy: bool = False):
+    def _forward_logprobs(
+        self,
+        model,
+        token_ids: torch.Tensor,
+        bf16: bool | None = None,
+        temperature: float | None = None,
+        hidden: bool = False,
+        start: int = 1,
+        entropy: bool = False,
+    ):
         """([B, T] float32 logprobs of right-padded `token_ids`, the last hidden states [B, T, H] when `hidden`
         (for the value head), the entropy [B, T] of each token's distribution when `entropy`; else None).
 
@@ -138,7 +164,9 @@ class Learner(UpdateLoop):
         with autocast(self.device, self.cfg.bf16 if bf16 is None else bf16):
             out = model(input_ids=token_ids, use_cache=False, output_hidden_states=hidden, **keep)
         # out.logits covers positions start-1 .. T-1: the logits that predict tokens start .. T-1 (and one past the end).
-        lp = torch.nn.functional.pad(algos.token_logprobs(out.logits, token_ids[:, start - 1 :], temperature), (start - 1, 0))  # [B, T]
+        lp = torch.nn.functional.pad(
+            algos.token_logprobs(out.logits, token_ids[:, start - 1 :], temperature), (start - 1, 0)
+        )  # [B, T]
         ent = torch.nn.functional.pad(algos.token_entropy(out.logits, temperature), (start - 1, 0)) if entropy else None
         return lp, (out.hidden_states[-1] if hidden else None), ent
 
@@ -153,11 +181,15 @@ class Learner(UpdateLoop):
         one prompt pass. Same logprobs and gradients as the full forward, with fewer tokens.
         """
         has_policy = part.loss_mask.any(-1)
-        prompt_len = torch.where(has_policy, part.loss_mask.argmax(-1), 0).tolist()  # the first policy token of each row
+        prompt_len = torch.where(
+            has_policy, part.loss_mask.argmax(-1), 0
+        ).tolist()  # the first policy token of each row
         tokens = [part.rows(i) for i in range(len(part))]
         distinct, copy_of = distinct_rows([tuple(ids[:n]) for ids, n in zip(tokens, prompt_len)])
         shared = min(prompt_len) >= 1 and len(distinct) < len(part)
-        if not self._on_all_ranks(shared and not self.cfg.gradient_checkpointing):  # checkpointed layers run without a KV cache
+        if not self._on_all_ranks(
+            shared and not self.cfg.gradient_checkpointing
+        ):  # checkpointed layers run without a KV cache
             return None
         expand = torch.tensor(copy_of, device=self.device)  # [b] -> its prompt's row
         longest = max(prompt_len)
@@ -168,17 +200,33 @@ class Learner(UpdateLoop):
             prompt_ids[k, longest - n :] = torch.tensor(tokens[row][:n])
             prompt_attention[k, longest - n :] = 1
         prompt_ids, prompt_attention = prompt_ids.to(self.device), prompt_attention.to(self.device)
-        rest_ids = pad([ids[n:] for ids, n in zip(tokens, prompt_len)], 0, torch.long, self.device)  # [b, C], right-padded
+        rest_ids = pad(
+            [ids[n:] for ids, n in zip(tokens, prompt_len)], 0, torch.long, self.device
+        )  # [b, C], right-padded
         offsets = torch.tensor(prompt_len, device=self.device)[:, None]  # [b, 1]
         rest_positions = offsets + torch.arange(rest_ids.shape[1], device=self.device)  # [b, C]
         cache = DynamicCache()
         keep_last = {"logits_to_keep": 1} if self.can_skip_logits else {}
         with autocast(self.device, self.cfg.bf16):
-            prompt_out = self.model(input_ids=prompt_ids, attention_mask=prompt_attention, position_ids=(prompt_attention.cumsum(-1) - 1).clamp(min=0),
-                                    use_cache=True, **{self.cache_arg: cache}, **keep_last)
+            prompt_out = self.model(
+                input_ids=prompt_ids,
+                attention_mask=prompt_attention,
+                position_ids=(prompt_attention.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+                **{self.cache_arg: cache},
+                **keep_last,
+            )
             cache.reorder_cache(expand)  # index_select: differentiable, so the copies' gradients sum into the prompt
-            attention = torch.cat([prompt_attention[expand], torch.ones_like(rest_ids)], dim=1)  # right padding follows real tokens only
-            rest_logits = self.model(input_ids=rest_ids, attention_mask=attention, position_ids=rest_positions, use_cache=True, **{self.cache_arg: cache}).logits
+            attention = torch.cat(
+                [prompt_attention[expand], torch.ones_like(rest_ids)], dim=1
+            )  # right padding follows real tokens only
+            rest_logits = self.model(
+                input_ids=rest_ids,
+                attention_mask=attention,
+                position_ids=rest_positions,
+                use_cache=True,
+                **{self.cache_arg: cache},
+            ).logits
         # The prompt's last logits predict each rest's first token; rest logits j predict rest token j + 1.
         logits = torch.cat([prompt_out.logits[:, -1:][expand], rest_logits[:, :-1]], dim=1).float()  # [b, C, V]
         if self.temperature not in (0.0, 1.0):
@@ -194,7 +242,9 @@ class Learner(UpdateLoop):
         """[B, T] critic values; `policy_hidden`: the policy's last hidden states when the head shares its backbone."""
         if self.critic_model is not None:
             with autocast(self.device, self.cfg.bf16):
-                policy_hidden = self.critic_model(input_ids=token_ids, use_cache=False, output_hidden_states=True).hidden_states[-1]
+                policy_hidden = self.critic_model(
+                    input_ids=token_ids, use_cache=False, output_hidden_states=True
+                ).hidden_states[-1]
         return self.value_head(policy_hidden)
 
     # ------------------------------------------------------------ passes without gradient
@@ -226,7 +276,9 @@ class Learner(UpdateLoop):
             return None
 
         def values(ids):
-            hidden = self._forward_logprobs(self.model, ids, hidden=True)[1] if self.critic_model is None else None  # head: the policy's
+            hidden = (
+                self._forward_logprobs(self.model, ids, hidden=True)[1] if self.critic_model is None else None
+            )  # head: the policy's
             return self._values(ids, hidden).float()
 
         return self._per_chunk(batch, values)
@@ -235,12 +287,16 @@ class Learner(UpdateLoop):
     def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
         """Float32 logprobs (no autocast, temperature 1) of each sequence, in one right-padded forward:
         the reference an engine must match after a weight sync, computed as the engines' `probe_logprobs` do."""
-        lp = self._forward_logprobs(self.model, pad(sequences, 0, torch.long, self.device), bf16=False, temperature=1.0)[0].cpu()
+        lp = self._forward_logprobs(
+            self.model, pad(sequences, 0, torch.long, self.device), bf16=False, temperature=1.0
+        )[0].cpu()
         return [lp[i, : len(ids)] for i, ids in enumerate(sequences)]
 
     # ------------------------------------------------------------ one mini-batch
 
-    def train_minibatch(self, mini: Batch, counts: tuple[float, float], fresh: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    def train_minibatch(
+        self, mini: Batch, counts: tuple[float, float], fresh: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Forward and backward over `mini` in micro-batches (gradients add up in `.grad`), then the optimizer step.
 
         `counts`: the whole mini-batch's (policy tokens, sequences), which the loss divides by (a rank holds a share
@@ -270,7 +326,9 @@ class Learner(UpdateLoop):
             totals = losses.add_metrics(totals, metrics)
         return totals | ({"learner_logprobs": seen} if fresh else {})
 
-    def _forward(self, part: Batch, critic: bool, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _forward(
+        self, part: Batch, critic: bool, entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(logprobs [b, T], the critic's values [b, T] or None, with `entropy` the policy's entropy [b, T] or None)
         of a micro-batch, with autograd (the entropy has none).
 
@@ -281,13 +339,21 @@ class Learner(UpdateLoop):
         has_policy = part.loss_mask.any(-1)
         first_policy_token = int(part.loss_mask.argmax(-1)[has_policy].min()) if has_policy.any() else 1
         if critic and self.critic_model is None:
-            logp, hidden, ent = self._forward_logprobs(self.model, ids, hidden=True, start=first_policy_token, entropy=entropy)
+            logp, hidden, ent = self._forward_logprobs(
+                self.model, ids, hidden=True, start=first_policy_token, entropy=entropy
+            )
             return logp, self._values(ids, hidden), ent
         shared = self._shared_prompt_logprobs(part, entropy)
-        logp, _, ent = self._forward_logprobs(self.model, ids, start=first_policy_token, entropy=entropy) if shared is None else (shared[0], None, shared[1])
+        logp, _, ent = (
+            self._forward_logprobs(self.model, ids, start=first_policy_token, entropy=entropy)
+            if shared is None
+            else (shared[0], None, shared[1])
+        )
         return logp, (self._values(ids) if critic else None), ent
 
-    def _loss_inputs(self, part: Batch, counts: tuple[float, float], logp: torch.Tensor, values: torch.Tensor | None, fresh: bool) -> LossInputs:
+    def _loss_inputs(
+        self, part: Batch, counts: tuple[float, float], logp: torch.Tensor, values: torch.Tensor | None, fresh: bool
+    ) -> LossInputs:
         """The micro-batch `part` on the device, as the loss reads it."""
         algo = self.algo
         on_device = lambda x: None if x is None else x.to(self.device, torch.float32)  # noqa: E731
@@ -314,7 +380,9 @@ class Learner(UpdateLoop):
         out = {"grad_norm": self._step(self.model.parameters(), self.optimizer)}
         self.scheduler.step()
         if self.critic_optimizer is not None:
-            out["critic_grad_norm"] = self._step([p for g in self.critic_optimizer.param_groups for p in g["params"]], self.critic_optimizer)
+            out["critic_grad_norm"] = self._step(
+                [p for g in self.critic_optimizer.param_groups for p in g["params"]], self.critic_optimizer
+            )
         return out
 
     def _step(self, parameters, optimizer) -> torch.Tensor:
@@ -358,7 +426,9 @@ class Learner(UpdateLoop):
 
     def load_state(self, state: dict, directory: Path) -> None:
         if state.get("world_size", 1) != 1:
-            raise ValueError(f"resume: {directory} was written by learner.world_size={state['world_size']}; resume it with that world size, not 1")
+            raise ValueError(
+                f"resume: {directory} was written by learner.world_size={state['world_size']}; resume it with that world size, not 1"
+            )
         self.load_state_dict(state)
 
     def state_dict(self) -> dict:

@@ -15,7 +15,9 @@ import torch
 ADAPTER = "default"  # peft's name for the one adapter
 
 
-def add_adapters(model: torch.nn.Module, rank: int, alpha: float, targets: list[str], modules_to_save: list[str] = ()) -> torch.nn.Module:
+def add_adapters(
+    model: torch.nn.Module, rank: int, alpha: float, targets: list[str], modules_to_save: list[str] = ()
+) -> torch.nn.Module:
     """Wrap `model` in a peft model with LoRA adapters of `rank` on the modules named in `targets`; only they
     train, and the modules named in `modules_to_save` (peft's: a trained copy beside the frozen original)."""
     from peft import LoraConfig, get_peft_model
@@ -24,11 +26,18 @@ def add_adapters(model: torch.nn.Module, rank: int, alpha: float, targets: list[
     for key, names in (("lora_targets", targets), ("lora_modules_to_save", modules_to_save)):
         missing = sorted(set(names) - present)
         if missing:
-            raise ValueError(f"learner.{key}: the model has no module named {missing} (it has e.g. {sorted(present)[:8]})")
+            raise ValueError(
+                f"learner.{key}: the model has no module named {missing} (it has e.g. {sorted(present)[:8]})"
+            )
     # ensure_weight_tying: a trained copy of tied input embeddings is the LM head's weight too, as in the base model.
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=list(targets), modules_to_save=list(modules_to_save) or None,
-        ensure_weight_tying=bool(modules_to_save), lora_dropout=0.0, bias="none",
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=list(targets),
+        modules_to_save=list(modules_to_save) or None,
+        ensure_weight_tying=bool(modules_to_save),
+        lora_dropout=0.0,
+        bias="none",
     )
     # A is drawn at random (B starts at 0): the same draw in every process, so each rank of a sharded
     # learner keeps its shard of one and the same tensor, and a resumed run rebuilds the same model.
@@ -53,7 +62,9 @@ class AdaptersOff:
             return self.model(**inputs)
 
 
-def merged_weights(model: torch.nn.Module, gather: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_weights(
+    model: torch.nn.Module, gather: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every base-model parameter, with each adapter merged into the weight it adapts.
 
     `gather` gathers a sharded tensor (a collective on every rank, in this order) or returns it as is.

@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rl.learn import algos
 from rl.config import AlgoConfig
+from rl.learn import algos
 from rl.registry import Registry
 
 
@@ -25,19 +25,29 @@ from rl.registry import Registry
 class LossInputs:
     """One micro-batch of b sequences, right-padded to T tokens; all [b, T] tensors are float32 on the learner's device."""
 
-    policy_logprobs: torch.Tensor  # [b, T] the policy's logprob of each token as it steps, with autograd (0 on the prompt)
+    policy_logprobs: (
+        torch.Tensor
+    )  # [b, T] the policy's logprob of each token as it steps, with autograd (0 on the prompt)
     old_logprobs: torch.Tensor  # [b, T] the learner's before this update (PPO's ratio denominator), no autograd
     advantages: torch.Tensor  # [b, T] 0 off policy tokens
     loss_mask: torch.Tensor  # [b, T] 1 on the tokens the policy sampled
     num_tokens: float  # policy tokens in the whole mini-batch
-    num_seqs: float  # sequences in the whole mini-batch (those without policy tokens left out with algo.seq_mean_skips_empty)
-    sampler_logprobs: torch.Tensor | None = None  # [b, T] the engine's logprobs at sampling time (TIS, mismatch metrics)
+    num_seqs: (
+        float  # sequences in the whole mini-batch (those without policy tokens left out with algo.seq_mean_skips_empty)
+    )
+    sampler_logprobs: torch.Tensor | None = (
+        None  # [b, T] the engine's logprobs at sampling time (TIS, mismatch metrics)
+    )
     ref_logprobs: torch.Tensor | None = None  # [b, T] the reference model's (None: no KL term)
     values: torch.Tensor | None = None  # [b, T] the critic's values as it steps, with autograd (None: no value term)
     critic_values: torch.Tensor | None = None  # [b, T] the critic's values before the update (value clipping's anchor)
     returns: torch.Tensor | None = None  # [b, T] the critic's targets
-    policy_weight: torch.Tensor | None = None  # [b, T] weight of each token's policy loss (TIS; None: 1), applied before aggregation
-    kl_mask: torch.Tensor | None = None  # [b, T] 1 on the policy tokens the KL term covers (algo.kl_turns; None: all of them)
+    policy_weight: torch.Tensor | None = (
+        None  # [b, T] weight of each token's policy loss (TIS; None: 1), applied before aggregation
+    )
+    kl_mask: torch.Tensor | None = (
+        None  # [b, T] 1 on the policy tokens the KL term covers (algo.kl_turns; None: all of them)
+    )
 
 
 def policy_token_mean(x: torch.Tensor, inputs: LossInputs) -> torch.Tensor:
@@ -67,7 +77,9 @@ register_policy_loss = POLICY_LOSSES.register
 @register_policy_loss("ppo")
 def ppo(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate on each token's ratio, aggregated by `algo.loss_agg`."""
-    token_loss, clipped = algos.ppo_clip_loss(inputs.policy_logprobs, inputs.old_logprobs, inputs.advantages, algo.clip_low, algo.clip_high, algo.clip_ratio_c)
+    token_loss, clipped = algos.ppo_clip_loss(
+        inputs.policy_logprobs, inputs.old_logprobs, inputs.advantages, algo.clip_low, algo.clip_high, algo.clip_ratio_c
+    )
     loss = aggregate(weighted(token_loss, inputs), inputs, algo.loss_agg)
     return loss, {"clip_frac": policy_token_mean(clipped.float(), inputs)}
 
@@ -76,9 +88,17 @@ def ppo(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, t
 def gspo(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO: the clipped surrogate on each sequence's ratio, a mean over sequences of token means whatever `algo.loss_agg` says."""
     token_loss, clipped = algos.gspo_loss(
-        inputs.policy_logprobs, inputs.old_logprobs, inputs.advantages, inputs.loss_mask, algo.clip_low, algo.clip_high, algo.clip_ratio_c
+        inputs.policy_logprobs,
+        inputs.old_logprobs,
+        inputs.advantages,
+        inputs.loss_mask,
+        algo.clip_low,
+        algo.clip_high,
+        algo.clip_ratio_c,
     )
-    loss = aggregate(weighted(token_loss, inputs), inputs, "seq-mean-token-mean")  # GSPO's objective, whatever algo.loss_agg says
+    loss = aggregate(
+        weighted(token_loss, inputs), inputs, "seq-mean-token-mean"
+    )  # GSPO's objective, whatever algo.loss_agg says
     return loss, {"clip_frac": policy_token_mean(clipped.float(), inputs)}
 
 
@@ -92,7 +112,9 @@ def tis_weight(inputs: LossInputs, algo: AlgoConfig) -> torch.Tensor | None:
     """
     if algo.tis_cap <= 0:
         return None
-    return algos.truncated_is_weight(inputs.old_logprobs, inputs.sampler_logprobs, algo.tis_cap, inputs.loss_mask, algo.tis_level)
+    return algos.truncated_is_weight(
+        inputs.old_logprobs, inputs.sampler_logprobs, algo.tis_cap, inputs.loss_mask, algo.tis_level
+    )
 
 
 def tis_metrics(weight: torch.Tensor, inputs: LossInputs, algo: AlgoConfig) -> dict[str, torch.Tensor]:

@@ -110,8 +110,19 @@ class LearnerRank:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
-    def setup(self, rank: int, world_size: int, address: str, port: int, model_path: str, cfg: LearnerConfig, algo: AlgoConfig,
-              temperature: float, ref_path: str | None, imports: list[str]) -> dict:
+    def setup(
+        self,
+        rank: int,
+        world_size: int,
+        address: str,
+        port: int,
+        model_path: str,
+        cfg: LearnerConfig,
+        algo: AlgoConfig,
+        temperature: float,
+        ref_path: str | None,
+        imports: list[str],
+    ) -> dict:
         from torch.distributed.device_mesh import init_device_mesh
 
         import_user_modules(imports)  # the config's own modules: the estimators and losses they register run here too
@@ -121,13 +132,19 @@ class LearnerRank:
         if cuda:
             torch.cuda.set_device(0)  # Ray shows each rank only its own GPU
         dist.init_process_group(
-            "nccl" if cuda else "gloo", init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size,
+            "nccl" if cuda else "gloo",
+            init_method=f"tcp://{address}:{port}",
+            rank=rank,
+            world_size=world_size,
             timeout=timedelta(seconds=cfg.timeout_s),
         )
         mesh = init_device_mesh("cuda" if cuda else "cpu", (world_size,))
         self.learner = FSDPLearner(mesh, model_path, cfg, algo, temperature, ref_path)
-        return {"trainable_params": self.learner.trainable_params, "reference": self.learner.ref_model is not None,
-                "critic": self.learner.value_head is not None}
+        return {
+            "trainable_params": self.learner.trainable_params,
+            "reference": self.learner.ref_model is not None,
+            "critic": self.learner.value_head is not None,
+        }
 
     def logprobs(self, share: Batch, reference: bool) -> torch.Tensor:
         return self.learner.logprobs(share, self.learner.ref_model if reference else None)
@@ -139,7 +156,9 @@ class LearnerRank:
         out = self.learner.probe_logprobs(sequences)
         return out if self.rank == 0 else None
 
-    def train_minibatch(self, share: Batch, counts: tuple[float, float], fresh: bool) -> tuple[dict[str, float], torch.Tensor | None, float]:
+    def train_minibatch(
+        self, share: Batch, counts: tuple[float, float], fresh: bool
+    ) -> tuple[dict[str, float], torch.Tensor | None, float]:
         """`Learner.train_minibatch` on this rank's share; also the learning rate after the step."""
         stats, seen = self.learner.train_minibatch(share, counts, fresh)
         return {k: float(v) for k, v in stats.items()}, seen, self.learner.lr()
@@ -166,11 +185,17 @@ class LearnerRank:
             if self.rank == 0:
                 name = f"model-{k + 1:05d}.safetensors"
                 path.mkdir(parents=True, exist_ok=True)
-                save_file({n: t.detach().cpu().contiguous() for n, t in bucket.items()}, path / name, metadata={"format": "pt"})
+                save_file(
+                    {n: t.detach().cpu().contiguous() for n, t in bucket.items()},
+                    path / name,
+                    metadata={"format": "pt"},
+                )
                 weight_map |= dict.fromkeys(bucket, name)
                 total += sum(t.numel() * t.element_size() for t in bucket.values())
         if self.rank == 0:
-            (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+            (path / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1)
+            )
             model = self.learner.model
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             base.config.save_pretrained(path)
@@ -184,7 +209,9 @@ class LearnerRank:
         model, optimizer = get_state_dict(learner.model, learner.optimizer)
         state = {"model": model, "optimizer": optimizer}
         if learner.value_head is not None:
-            state["critic"], state["critic_optimizer"] = get_state_dict(learner.critic_modules(), learner.critic_optimizer)
+            state["critic"], state["critic_optimizer"] = get_state_dict(
+                learner.critic_modules(), learner.critic_optimizer
+            )
         return state
 
     def save_state(self, directory: str) -> dict | None:
@@ -201,9 +228,16 @@ class LearnerRank:
         learner = self.learner
         state = self._checkpoint_state()
         dcp.load(state, checkpoint_id=directory)
-        set_state_dict(learner.model, learner.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        set_state_dict(
+            learner.model, learner.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+        )
         if learner.value_head is not None:
-            set_state_dict(learner.critic_modules(), learner.critic_optimizer, model_state_dict=state["critic"], optim_state_dict=state["critic_optimizer"])
+            set_state_dict(
+                learner.critic_modules(),
+                learner.critic_optimizer,
+                model_state_dict=state["critic"],
+                optim_state_dict=state["critic_optimizer"],
+            )
         learner.scheduler.load_state_dict(scheduler)
 
 
@@ -213,7 +247,15 @@ class LearnerRank:
 class ShardedLearner(UpdateLoop):
     """The learner of the trainer when `learner.world_size` > 1: the calls of `Learner`, run by N rank actors."""
 
-    def __init__(self, model_path, cfg: LearnerConfig, algo: AlgoConfig, temperature: float, ref_path=None, imports: list[str] = ()):
+    def __init__(
+        self,
+        model_path,
+        cfg: LearnerConfig,
+        algo: AlgoConfig,
+        temperature: float,
+        ref_path=None,
+        imports: list[str] = (),
+    ):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -229,11 +271,14 @@ class ShardedLearner(UpdateLoop):
             ray.get(self.placement.ready(), timeout=cfg.timeout_s)
         except ray.exceptions.GetTimeoutError:
             self.close()
-            raise LearnerRankError(f"the Ray cluster could not place {n} learner ranks of {bundle} within learner.timeout_s={cfg.timeout_s:g}s") from None
+            raise LearnerRankError(
+                f"the Ray cluster could not place {n} learner ranks of {bundle} within learner.timeout_s={cfg.timeout_s:g}s"
+            ) from None
         actor = ray.remote(LearnerRank)
         self.ranks = [
             actor.options(
-                num_cpus=cfg.cpus_per_rank, num_gpus=cfg.gpus_per_rank,
+                num_cpus=cfg.cpus_per_rank,
+                num_gpus=cfg.gpus_per_rank,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=r),
             ).remote()
             for r in range(n)
@@ -241,8 +286,16 @@ class ShardedLearner(UpdateLoop):
         rank_cfg = dataclasses.replace(cfg, device=self.device.type)
         ref = str(ref_path) if ref_path else None
         try:
-            (address, port), = self._wait([self.ranks[0].address.remote()], "start")
-            info = self._wait([r.setup.remote(k, n, address, port, str(model_path), rank_cfg, algo, temperature, ref, list(imports)) for k, r in enumerate(self.ranks)], "start")[0]
+            ((address, port),) = self._wait([self.ranks[0].address.remote()], "start")
+            info = self._wait(
+                [
+                    r.setup.remote(
+                        k, n, address, port, str(model_path), rank_cfg, algo, temperature, ref, list(imports)
+                    )
+                    for k, r in enumerate(self.ranks)
+                ],
+                "start",
+            )[0]
         except LearnerRankError:
             self.close()  # no trainer exists yet to do it
             raise
@@ -256,14 +309,20 @@ class ShardedLearner(UpdateLoop):
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                raise LearnerRankError(f"learner ranks did not finish the {what} within learner.timeout_s={self.cfg.timeout_s:g}s (a rank or a collective hangs)")
+                raise LearnerRankError(
+                    f"learner ranks did not finish the {what} within learner.timeout_s={self.cfg.timeout_s:g}s (a rank or a collective hangs)"
+                )
             try:
                 ray.get(ready[0])
             except ray.exceptions.RayActorError:
-                raise LearnerRankError(f"learner rank {calls.index(ready[0])} died during the {what}; resume=RUN_DIR continues from the last checkpoint") from None
+                raise LearnerRankError(
+                    f"learner rank {calls.index(ready[0])} died during the {what}; resume=RUN_DIR continues from the last checkpoint"
+                ) from None
             except ray.exceptions.RayTaskError as e:
                 cause = " ".join(str(e.cause).split())[:300]
-                raise LearnerRankError(f"learner rank {calls.index(ready[0])} failed during the {what}: {type(e.cause).__name__}: {cause}") from None
+                raise LearnerRankError(
+                    f"learner rank {calls.index(ready[0])} failed during the {what}: {type(e.cause).__name__}: {cause}"
+                ) from None
         return ray.get(calls)
 
     # ------------------------------------------------------------ passes and steps, each rank on its share
@@ -271,7 +330,9 @@ class ShardedLearner(UpdateLoop):
     def _on_shares(self, method: str, batch: Batch, **kwargs) -> torch.Tensor:
         """[B, T]: `method` run by every rank on its share of `batch`, each row back in its place."""
         shares = batch.shares(len(self.ranks), self.cfg.micro_batch_size)
-        results = self._wait([getattr(r, method).remote(batch.select(share), **kwargs) for r, share in zip(self.ranks, shares)], method)
+        results = self._wait(
+            [getattr(r, method).remote(batch.select(share), **kwargs) for r, share in zip(self.ranks, shares)], method
+        )
         out = torch.zeros(batch.token_ids.shape)
         for share, result in zip(shares, results):
             for row, i in enumerate(share):
@@ -291,10 +352,15 @@ class ShardedLearner(UpdateLoop):
     def probe_logprobs(self, sequences: list[list[int]]) -> list[torch.Tensor]:
         return self._wait([r.probe_logprobs.remote(sequences) for r in self.ranks], "probe")[0]
 
-    def train_minibatch(self, mini: Batch, counts: tuple[float, float], fresh: bool) -> tuple[dict[str, float], torch.Tensor | None]:
+    def train_minibatch(
+        self, mini: Batch, counts: tuple[float, float], fresh: bool
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
         """`Learner.train_minibatch`, sharded: the mini-batch is split between the ranks, which step together."""
         shares = mini.shares(len(self.ranks), self.cfg.micro_batch_size)
-        results = self._wait([r.train_minibatch.remote(mini.select(share), counts, fresh) for r, share in zip(self.ranks, shares)], "update")
+        results = self._wait(
+            [r.train_minibatch.remote(mini.select(share), counts, fresh) for r, share in zip(self.ranks, shares)],
+            "update",
+        )
         self.last_lr = results[0][2]
         seen = torch.zeros(mini.token_ids.shape) if fresh else None
         for share, (_, share_seen, _) in zip(shares, results):
@@ -329,7 +395,9 @@ class ShardedLearner(UpdateLoop):
     def load_state(self, state: dict, directory: Path) -> None:
         saved = state.get("world_size", 1)
         if saved != len(self.ranks):
-            raise ValueError(f"resume: {directory} was written by learner.world_size={saved}; resume it with learner.world_size={saved}, not {len(self.ranks)}")
+            raise ValueError(
+                f"resume: {directory} was written by learner.world_size={saved}; resume it with learner.world_size={saved}, not {len(self.ranks)}"
+            )
         self._wait([r.load_state.remote(str(directory / "dcp"), state["scheduler"]) for r in self.ranks], "resume")
 
     def close(self) -> None:

@@ -26,7 +26,9 @@ class TurnFormatter:
         tok = self.tokenizer
         history = [{"role": "user", "content": "question"}, {"role": "assistant", "content": _ACTION}]
         base = tok.apply_chat_template(history, tokenize=False)
-        full = tok.apply_chat_template(history + [{"role": role, "content": _OBS}], tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(
+            history + [{"role": role, "content": _OBS}], tokenize=False, add_generation_prompt=True
+        )
         if not full.startswith(base):
             raise ValueError("the chat template re-renders earlier turns; it cannot be used token-in/token-out")
         # What closes an assistant turn (e.g. "<|im_end|>\n"), then the observation's wrapping.
@@ -34,7 +36,9 @@ class TurnFormatter:
         self.obs_before, self.obs_after = full[len(base) :].split(_OBS)
         eos = tok.eos_token or ""
         # When the policy ended its turn with EOS it already wrote that part of the closing text.
-        self.turn_close_after_eos = self.turn_close[len(eos) :] if eos and self.turn_close.startswith(eos) else self.turn_close
+        self.turn_close_after_eos = (
+            self.turn_close[len(eos) :] if eos and self.turn_close.startswith(eos) else self.turn_close
+        )
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -42,7 +46,9 @@ class TurnFormatter:
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if self.chat:
-            return self._encode(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            return self._encode(
+                self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            )
         return self._encode("\n".join(m["content"] for m in messages))
 
     def wrapper_tokens(self, ended_with_eos: bool) -> int:

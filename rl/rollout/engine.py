@@ -57,7 +57,9 @@ class Engine(Protocol):
     def describe(self) -> str: ...  # engine, version, device, dtype
 
 
-def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_tokens(
+    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row. logits: [B, V] float32; uniforms: [B] in [0, 1).
 
     Returns (token ids [B], logprobs [B] under softmax(logits / temperature)).
@@ -146,7 +148,9 @@ class HFEngine:
         max_steps = max(r.max_new_tokens for r in requests)
         uniforms = torch.zeros(batch, max_steps)
         for i, r in enumerate(requests):
-            uniforms[i, : r.max_new_tokens] = torch.rand(r.max_new_tokens, generator=torch.Generator().manual_seed(r.seed))
+            uniforms[i, : r.max_new_tokens] = torch.rand(
+                r.max_new_tokens, generator=torch.Generator().manual_seed(r.seed)
+            )
         stop_window = max((len(s.encode()) for s in params.stop), default=0) + 1  # tokens that can hold a stop string
         # Token t of row i (prompt, then sampled tokens) sits in cache column first_column[i] + t.
         logits, cache, attention, positions, first_column = self._continue_previous(requests) or self._prefill(requests)
@@ -155,7 +159,11 @@ class HFEngine:
         # string has its tail decoded. Rows go on being sampled until all are done (one batch).
         vocab = logits.shape[-1]
         is_eos = self._token_table(("eos",), vocab, lambda: self.eos_ids)
-        can_stop = self._token_table(("stop", *params.stop), vocab, lambda: self._stop_enders(params.stop)) if params.stop else None
+        can_stop = (
+            self._token_table(("stop", *params.stop), vocab, lambda: self._stop_enders(params.stop))
+            if params.stop
+            else None
+        )
         limits = torch.tensor([r.max_new_tokens for r in requests])
         sampled = torch.zeros((batch, max_steps), dtype=torch.long)
         sampled_logprobs = torch.zeros((batch, max_steps))
@@ -185,7 +193,9 @@ class HFEngine:
             positions = positions[:, -1:] + 1
             logits = self._forward(tokens[:, None], attention, positions, cache)
         # The last sampled token of the loop was never fed back: the cache holds `step` sampled tokens per row.
-        in_cache = [r.prompt_ids + sampled[i, : min(n, step)].tolist() for i, (r, n) in enumerate(zip(requests, length))]
+        in_cache = [
+            r.prompt_ids + sampled[i, : min(n, step)].tolist() for i, (r, n) in enumerate(zip(requests, length))
+        ]
         self._previous = (cache, in_cache, first_column)
         return [
             Generation(sampled[i, :n].tolist(), sampled_logprobs[i, :n].tolist(), f or "length")
@@ -212,7 +222,9 @@ class HFEngine:
         distinct, copy_of = distinct_rows([tuple(r.prompt_ids) for r in requests])
         if len(distinct) < batch:
             expand = torch.tensor(copy_of, device=self.device)
-            logits = self._forward(input_ids[distinct], attention if attention is None else attention[distinct], positions[distinct], cache)[expand]
+            logits = self._forward(
+                input_ids[distinct], attention if attention is None else attention[distinct], positions[distinct], cache
+            )[expand]
             cache.reorder_cache(expand)
         else:
             logits = self._forward(input_ids, attention, positions, cache)
@@ -240,7 +252,9 @@ class HFEngine:
             cached.append(min(match[1], len(ids) - 1))  # at least one token runs, for the next-token logits
         total = torch.tensor([len(r.prompt_ids) for r in requests])
         width = int(total.max())
-        new = max(len(r.prompt_ids) - n for r, n in zip(requests, cached))  # columns to run; the rest come from the cache
+        new = max(
+            len(r.prompt_ids) - n for r, n in zip(requests, cached)
+        )  # columns to run; the rest come from the cache
         token_index = torch.arange(width)[None, :] - (width - total)[:, None]  # [B, width]: < 0 on left padding
         tokens = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
         for i, r in enumerate(requests):
@@ -260,8 +274,14 @@ class HFEngine:
         return logits, cache, attention, positions, (width - total).tolist()
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
-                         **{self.cache_arg: cache}, **self.last_logits_only)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            **{self.cache_arg: cache},
+            **self.last_logits_only,
+        )
         return out.logits[:, -1, :].float()  # [B, V]
 
     def _stop_enders(self, stop: list[str]) -> list[int]:

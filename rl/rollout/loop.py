@@ -15,10 +15,10 @@ import traceback
 from typing import Any, Callable
 
 from envs.base import Env, Trajectory, Turn
-from rl.rollout.chat import TurnFormatter
 from rl.config import RolloutConfig
-from rl.rollout.engine import Engine, Request, SamplingParams
 from rl.episode import PROMPT_TURN, Episode, Item
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.engine import Engine, Request, SamplingParams
 
 
 def _fail(episode: Episode, where: str) -> None:
@@ -89,7 +89,10 @@ def rollout(
             prompt_ids = formatter.prompt_ids(call_with_timeout(lambda: env.reset(task), cfg.env_timeout_s))
             episode.append(prompt_ids, PROMPT_TURN)
             if len(prompt_ids) >= cfg.max_total_tokens:
-                episode.finish, episode.error = "error", f"prompt has {len(prompt_ids)} tokens, max_total_tokens is {cfg.max_total_tokens}"
+                episode.finish, episode.error = (
+                    "error",
+                    f"prompt has {len(prompt_ids)} tokens, max_total_tokens is {cfg.max_total_tokens}",
+                )
         except (Exception, EnvTimeout):
             _fail(episode, "env.reset")
         episodes.append(episode)
@@ -101,7 +104,11 @@ def rollout(
     turn = 0
     while live:
         requests = [
-            Request(list(episodes[i].token_ids), min(cfg.max_turn_tokens, cfg.max_total_tokens - len(episodes[i].token_ids)), episodes[i].seed * 1009 + turn)
+            Request(
+                list(episodes[i].token_ids),
+                min(cfg.max_turn_tokens, cfg.max_total_tokens - len(episodes[i].token_ids)),
+                episodes[i].seed * 1009 + turn,
+            )
             for i in live
         ]
         generations = engine.generate(requests, params)
@@ -122,11 +129,16 @@ def rollout(
                 ep.finish = "max_turns"
             else:
                 ended_with_eos = gen.finish_reason == "eos"
-                room = cfg.max_total_tokens - len(ep.token_ids) - formatter.wrapper_tokens(ended_with_eos) - 1  # room for one action token
+                room = (
+                    cfg.max_total_tokens - len(ep.token_ids) - formatter.wrapper_tokens(ended_with_eos) - 1
+                )  # room for one action token
                 if room < 0:
                     ep.finish = "length"
                 else:
-                    ep.append(formatter.observation_ids(result.observation, ended_with_eos, min(cfg.max_obs_tokens, room)), turn)
+                    ep.append(
+                        formatter.observation_ids(result.observation, ended_with_eos, min(cfg.max_obs_tokens, room)),
+                        turn,
+                    )
         live = [i for i in live if not episodes[i].finish]
         turn += 1
     return episodes

@@ -106,7 +106,8 @@ class VLLMEngine:
         tokenizer=None,  # the HF tokenizer; vLLM loads its own from tokenizer.name_or_path (else from `model`)
         dtype: str = "auto",  # "auto": float32 on the CPU (a sync checked to fp32 tolerance), bfloat16 on a GPU
         gpu_memory_utilization: float = 0.3,  # vLLM's share of the GPU (weights + KV cache); the learner needs the rest
-        kv_cache_memory_bytes: int | None = None,  # KV cache size; None: from gpu_memory_utilization on a GPU, 256 MiB on the CPU
+        kv_cache_memory_bytes: int
+        | None = None,  # KV cache size; None: from gpu_memory_utilization on a GPU, 256 MiB on the CPU
         enable_sleep_mode: bool = False,
         seed: int = 0,
         max_model_len: int | None = None,
@@ -124,7 +125,9 @@ class VLLMEngine:
         self.on_cpu = current_platform.is_cpu()
         if self.on_cpu:
             if enable_sleep_mode:
-                raise ValueError("VLLMEngine: sleep mode needs a GPU (vLLM has none on the CPU); set enable_sleep_mode=False")
+                raise ValueError(
+                    "VLLMEngine: sleep mode needs a GPU (vLLM has none on the CPU); set enable_sleep_mode=False"
+                )
             kv_cache_memory_bytes = kv_cache_memory_bytes or CPU_KV_CACHE_BYTES
             llm_kwargs.setdefault("enforce_eager", True)
             _guard_llvmlite_for_vllm_scan()
@@ -147,7 +150,9 @@ class VLLMEngine:
         torch.set_num_threads = set_num_threads  # vLLM's CPU worker disables it for the whole process
         torch.set_num_threads(threads)
         if not isinstance(self.llm.llm_engine.engine_core, InprocClient):
-            raise RuntimeError("VLLMEngine needs vLLM's in-process engine core (VLLM_ENABLE_V1_MULTIPROCESSING=0 was not honoured)")
+            raise RuntimeError(
+                "VLLMEngine needs vLLM's in-process engine core (VLLM_ENABLE_V1_MULTIPROCESSING=0 was not honoured)"
+            )
         self.dtype = self.llm.model_config.dtype  # the engine's weight dtype, a torch.dtype
         methods = set(self.llm.collective_rpc(_layer_methods)[0])
         self.repacked_layers = [] if self.on_cpu else sorted(methods - IN_PLACE_METHODS)
@@ -184,7 +189,9 @@ class VLLMEngine:
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Load one bucket of a sync (HF parameter names); `finish_sync()` ends the sync."""
         if self.repacked_layers:
-            raise NotImplementedError(f"update_weights: vLLM repacks the weights of {self.repacked_layers} after loading, so in-place loading would be wrong")
+            raise NotImplementedError(
+                f"update_weights: vLLM repacks the weights of {self.repacked_layers} after loading, so in-place loading would be wrong"
+            )
         if "weights" in self.asleep:  # map (and, after a level-1 sleep, restore) the weight memory before writing it
             self.llm.wake_up(tags=["weights"])
             self.asleep.discard("weights")
@@ -227,7 +234,9 @@ class VLLMEngine:
         from vllm import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=list(s)) for s in sequences]
-        outputs = self.llm.generate(prompts, VLLMSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)
+        outputs = self.llm.generate(
+            prompts, VLLMSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False
+        )
         # prompt_logprobs[j] maps the token at position j to its logprob given positions < j (entry 0 is None).
         return [[out.prompt_logprobs[j][s[j]].logprob for j in range(1, len(s))] for out, s in zip(outputs, sequences)]
 
@@ -241,7 +250,9 @@ class VLLMEngine:
 
     def wake_up(self) -> None:
         if self.asleep:
-            self.llm.wake_up(tags=sorted(self.asleep))  # only the tags still asleep: vLLM wakes nothing if a named tag is awake
+            self.llm.wake_up(
+                tags=sorted(self.asleep)
+            )  # only the tags still asleep: vLLM wakes nothing if a named tag is awake
             self.asleep = set()
 
     def _check_ready(self) -> None:
@@ -259,7 +270,13 @@ IN_PLACE_METHODS = {"UnquantizedLinearMethod", "UnquantizedEmbeddingMethod"}
 
 def _layer_methods(worker) -> list[str]:
     """Runs in vLLM's worker: the class names of the model's per-layer weight methods."""
-    return sorted({type(m.quant_method).__name__ for m in worker.get_model().modules() if getattr(m, "quant_method", None) is not None})
+    return sorted(
+        {
+            type(m.quant_method).__name__
+            for m in worker.get_model().modules()
+            if getattr(m, "quant_method", None) is not None
+        }
+    )
 
 
 def _load(worker, weights) -> None:
@@ -291,7 +308,12 @@ def _close_reload(worker) -> None:
     partial = []
     for name, layer in model.named_modules():
         info = LAYERWISE_INFO.get(layer)
-        if info is not None and info.can_load() and 0 < info.load_numel < info.load_numel_total and not isinstance(layer, VocabParallelEmbedding):
+        if (
+            info is not None
+            and info.can_load()
+            and 0 < info.load_numel < info.load_numel_total
+            and not isinstance(layer, VocabParallelEmbedding)
+        ):
             partial.append(name)
     # A tied head is the embedding's tensor, so it receives nothing by design; say so, or the close warns that
     # it "failed to load". The CPU keeps a packed copy of it of its own: made again from the new embedding.
@@ -301,7 +323,11 @@ def _close_reload(worker) -> None:
             info.load_numel_total = 0
     with set_current_vllm_config(worker.vllm_config):
         finalize_layerwise_reload(model, worker.vllm_config.model_config)
-        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)}
+        embeddings = {
+            id(m.weight)
+            for m in model.modules()
+            if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)
+        }
         for head in model.modules():
             if isinstance(head, ParallelLMHead) and id(head.weight) in embeddings:
                 head.quant_method.process_weights_after_loading(head)
@@ -322,7 +348,9 @@ def _generation(out) -> Generation:
     """vllm.CompletionOutput -> Generation."""
     ids = list(out.token_ids)
     if out.logprobs is None or len(out.logprobs) != len(ids):
-        raise RuntimeError(f"vLLM returned {0 if out.logprobs is None else len(out.logprobs)} logprobs for {len(ids)} tokens")
+        raise RuntimeError(
+            f"vLLM returned {0 if out.logprobs is None else len(out.logprobs)} logprobs for {len(ids)} tokens"
+        )
     logprobs = [step[token].logprob for token, step in zip(ids, out.logprobs)]
     if out.finish_reason == "length":
         reason = "length"

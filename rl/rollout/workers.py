@@ -17,8 +17,8 @@ same seed gives the same episodes whichever pool runs them.
 
 from __future__ import annotations
 
-import logging
 import importlib.util
+import logging
 import math
 import os
 from collections import deque
@@ -27,15 +27,16 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from rl.rollout.chat import TurnFormatter
 from rl.config import EnvConfig, RolloutConfig, WorkersConfig
-from rl.rollout.engine import HFEngine
 from rl.episode import Episode, Item
 from rl.model import load_model
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.engine import HFEngine
 from rl.rollout.loop import rollout
 from rl.weights import to_numpy
 
 log = logging.getLogger(__name__)
+
 
 def check_engine_installed(cfg: WorkersConfig) -> None:
     """Fail before any model is built when the chosen engine cannot run here.
@@ -51,7 +52,9 @@ def check_engine_installed(cfg: WorkersConfig) -> None:
 class RolloutWorker:
     """An engine and a way to make environments; the same class runs locally or as a Ray actor."""
 
-    def __init__(self, model_path: str, env: EnvConfig, rollout_cfg: RolloutConfig, workers_cfg: WorkersConfig, device: str):
+    def __init__(
+        self, model_path: str, env: EnvConfig, rollout_cfg: RolloutConfig, workers_cfg: WorkersConfig, device: str
+    ):
         from transformers import AutoTokenizer
 
         spec, params = env.resolve()
@@ -78,7 +81,9 @@ class RolloutWorker:
 
     def update_weights(self, bucket: dict) -> None:
         # Ray hands numpy arrays over zero-copy from the object store; wrap them without a copy.
-        self.engine.update_weights({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in bucket.items()})
+        self.engine.update_weights(
+            {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in bucket.items()}
+        )
 
     def finish_sync(self) -> None:
         self.engine.finish_sync()
@@ -250,7 +255,10 @@ class RayPool:
 
     def rollout(self, items: list[Item], greedy: bool = False) -> Later:
         shards = [s for s in split_by_group(items, len(self.workers)) if s]
-        calls = {self.workers[k].rollout.remote([items[i] for i in shard], greedy): (k, shard) for k, shard in enumerate(shards)}
+        calls = {
+            self.workers[k].rollout.remote([items[i] for i in shard], greedy): (k, shard)
+            for k, shard in enumerate(shards)
+        }
         return Later(lambda: self._gather(items, calls, greedy))
 
     def _gather(self, items: list[Item], calls: dict, greedy: bool) -> list[Episode]:
@@ -282,7 +290,9 @@ class RayPool:
             ref = self.ray.put({k: to_numpy(v) for k, v in b.items()}) if isinstance(b, dict) else b
             self.weight_refs.append(ref)
             calls += [w.update_weights.remote(ref) for w in self.workers]
-        calls += [w.finish_sync.remote() for w in self.workers]  # runs after its worker's last bucket (actor calls run in order)
+        calls += [
+            w.finish_sync.remote() for w in self.workers
+        ]  # runs after its worker's last bucket (actor calls run in order)
         return Later(lambda: self.ray.get(calls))
 
     def probe(self, sequences: list[list[int]]) -> Later:
@@ -321,7 +331,9 @@ class RayPool:
             self.ray.kill(w)
 
 
-def check_probe(engine_logprobs: list[list[list[float]]], learner_logprobs: list[torch.Tensor], tolerance: float) -> float:
+def check_probe(
+    engine_logprobs: list[list[list[float]]], learner_logprobs: list[torch.Tensor], tolerance: float
+) -> float:
     """Largest |engine - learner| logprob over every worker's probe; raise when above `tolerance`.
 
     A weight sync that silently did not happen (a known failure of peer systems) shows here.
@@ -336,4 +348,3 @@ def check_probe(engine_logprobs: list[list[list[float]]], learner_logprobs: list
             f"(tolerance {tolerance:g}); the engines are not running the learner's weights"
         )
     return worst
-

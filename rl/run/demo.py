@@ -26,9 +26,9 @@ search world's SFT (benchmarks/README.md).
 
 from __future__ import annotations
 
-import logging
 import contextlib
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -42,9 +42,9 @@ from envs.registry import get_env_spec
 from rl import logs
 from rl.config import Config, load_config
 from rl.run.evaluate import evaluate, format_table
-from rl.run.start import starting_path
 from rl.run.run_dir import checkpoints, plan_run, start_over
 from rl.run.scoring import headline
+from rl.run.start import starting_path
 from rl.run.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -135,11 +135,19 @@ def run_one(config: str, overrides: list[str], samples: int, beside: dict[str, f
     rl_model = checkpoints(run_dir)[trainer.step] / "model"
     sft_model = starting_path(cfg, run_dir)  # without an SFT stage, "sft" is the model RL started from
     t0 = time.perf_counter()
-    results = {name: evaluate_both_ways(cfg, path, run_dir, name, samples)
-               for name, path in (("sft", sft_model), ("rl", rl_model))}
+    results = {
+        name: evaluate_both_ways(cfg, path, run_dir, name, samples)
+        for name, path in (("sft", sft_model), ("rl", rl_model))
+    }
     timings = {**trainer.timings, "final_eval": time.perf_counter() - t0, "total": time.perf_counter() - start}
-    out = {"config": config, "run_dir": str(run_dir), "sft": results["sft"], "rl": results["rl"], "timings": timings,
-           "timings_beside_previous_run": beside or {}}
+    out = {
+        "config": config,
+        "run_dir": str(run_dir),
+        "sft": results["sft"],
+        "rl": results["rl"],
+        "timings": timings,
+        "timings_beside_previous_run": beside or {},
+    }
     (run_dir / "demo.json").write_text(json.dumps(out, indent=1))
     return out
 
@@ -156,8 +164,9 @@ def report(result: dict, env_name: str) -> str:
     keys = table_keys(result["rl"], env_name)
     delta = {k: result["rl"][k] - result["sft"][k] for k in keys}
     table = format_table({"SFT": result["sft"], "RL": result["rl"], "RL - SFT": delta}, keys)
-    stages = "  ".join(f"{s} {result['timings'][s]:.0f}s" for s in STAGES + ["final_eval", "total"]
-                       if s in result["timings"])
+    stages = "  ".join(
+        f"{s} {result['timings'][s]:.0f}s" for s in STAGES + ["final_eval", "total"] if s in result["timings"]
+    )
     beside = "  ".join(f"{s} {v:.0f}s" for s, v in result.get("timings_beside_previous_run", {}).items())
     beside = f"\nbeside the previous run, in another process: {beside}" if beside else ""
     title = f"== {result['config']}  ({result['run_dir']}, held-out tasks: {result['rl']['episodes/count']:.0f})"
@@ -170,11 +179,17 @@ def seed_summary(results: list[dict], env_name: str) -> str:
     lines = [f"== {results[0]['config']} over {len(results)} seeds: mean [min .. max]"]
     for k in keys:
         cells = []
-        for values in ([r["sft"][k] for r in results], [r["rl"][k] for r in results],
-                       [r["rl"][k] - r["sft"][k] for r in results]):
+        for values in (
+            [r["sft"][k] for r in results],
+            [r["rl"][k] for r in results],
+            [r["rl"][k] - r["sft"][k] for r in results],
+        ):
             values = [v for v in values if not math.isnan(v)]  # e.g. confidence: undefined with no right first attempt
-            cells.append(f"{sum(values) / len(values):7.3f} [{min(values):.3f} .. {max(values):.3f}]" if values
-                         else f"{'nan':>7}{'':19}")
+            cells.append(
+                f"{sum(values) / len(values):7.3f} [{min(values):.3f} .. {max(values):.3f}]"
+                if values
+                else f"{'nan':>7}{'':19}"
+            )
             cells[-1] += "" if len(values) == len(results) else f" ({len(values)} seeds)"
         lines.append(f"{k:<30}" + "   ".join(cells))
     return "\n".join([lines[0], f"{'':<30}{'SFT':<27}{'RL':<27}RL - SFT", *lines[1:]])
@@ -187,8 +202,11 @@ def main(configs: list[str], overrides: list[str], seeds: list[int] | None = Non
     runs: list[tuple[str, list[str]]] = []  # (config, overrides) of every run, in order
     for config in configs:
         base = load_config(config, overrides).run_dir
-        runs += ([(config, overrides + [f"seed={seed}", f"run_dir={Path(base) / f'seed_{seed}'}"]) for seed in seeds]
-                 if seeds else [(config, overrides)])
+        runs += (
+            [(config, overrides + [f"seed={seed}", f"run_dir={Path(base) / f'seed_{seed}'}"]) for seed in seeds]
+            if seeds
+            else [(config, overrides)]
+        )
     run_dirs = [str(Path(load_config(c, o).run_dir).resolve()) for c, o in runs]
     if len(set(run_dirs)) < len(runs):
         shared = sorted({d for d in run_dirs if run_dirs.count(d) > 1})
@@ -204,8 +222,11 @@ def main(configs: list[str], overrides: list[str], seeds: list[int] | None = Non
     try:
         for i, (config, run_overrides) in enumerate(runs):
             beside = next_warm_start.timings() if next_warm_start else None  # this run's SFT, made beside the last run
-            next_warm_start = (WarmStartBeside(*runs[i + 1], threads=max(1, cores // 2), all_threads=threads)
-                               if i + 1 < len(runs) else None)
+            next_warm_start = (
+                WarmStartBeside(*runs[i + 1], threads=max(1, cores // 2), all_threads=threads)
+                if i + 1 < len(runs)
+                else None
+            )
             torch.set_num_threads(max(1, cores - cores // 2) if next_warm_start else threads)
             results.append(run_one(config, run_overrides, samples, beside))
             print(report(results[-1], load_config(config, overrides).env.name), flush=True)
@@ -216,8 +237,9 @@ def main(configs: list[str], overrides: list[str], seeds: list[int] | None = Non
     summaries = []
     if seeds:
         for k, config in enumerate(configs):
-            summaries.append(seed_summary(results[k * len(seeds) : (k + 1) * len(seeds)],
-                                          load_config(config, overrides).env.name))
+            summaries.append(
+                seed_summary(results[k * len(seeds) : (k + 1) * len(seeds)], load_config(config, overrides).env.name)
+            )
     if len(results) > 1:
         print("\n" + "\n\n".join(report(r, load_config(r["config"], overrides).env.name) for r in results))
     if summaries:

@@ -20,12 +20,13 @@ from pathlib import Path
 from rewards import build_reward
 from rl.config import Config
 from rl.model import resolve_device
-from rl.run.scoring import env_metrics, episode_metrics, eval_items, pass_at_k, report_failures, reward_episodes
 from rl.rollout.workers import LocalPool
+from rl.run.scoring import env_metrics, episode_metrics, eval_items, pass_at_k, report_failures, reward_episodes
 
 
-def evaluate(cfg: Config, checkpoint: str | Path, episodes_out: str | Path | None = None,
-             samples: int = 0) -> dict[str, float]:
+def evaluate(
+    cfg: Config, checkpoint: str | Path, episodes_out: str | Path | None = None, samples: int = 0
+) -> dict[str, float]:
     """Greedy episodes of the model at `checkpoint` on the eval tasks of `cfg`'s env, scored by its rewards.
 
     With `samples` > 0, that many episodes per task are sampled at `rollout.temperature` instead, and

@@ -20,7 +20,12 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "episodes", "checkpoints")  # any of these makes a directory a run's (a model alone is not)
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "episodes",
+    "checkpoints",
+)  # any of these makes a directory a run's (a model alone is not)
 _STEP = re.compile(r"step_(\d+)")
 
 
@@ -51,13 +56,17 @@ def plan_run(run_dir: str, resume: str, overwrite: bool) -> tuple[Path, Path | N
     """The run directory and the checkpoint to resume from (None for a new run); ValueError with the fix when neither is safe."""
     if resume:
         if overwrite:
-            raise ValueError("resume= and overwrite=true contradict each other: continue the run or start it over, not both")
+            raise ValueError(
+                "resume= and overwrite=true contradict each other: continue the run or start it over, not both"
+            )
         path, step = parse_resume(resume)
         if not path.is_dir():
             raise ValueError(f"resume={resume!r}: no such directory")
         found = checkpoints(path)
         if not found:
-            raise ValueError(f"resume={resume!r}: no checkpoint in {path / 'checkpoints'} (a run saves every save_every steps and at its end)")
+            raise ValueError(
+                f"resume={resume!r}: no checkpoint in {path / 'checkpoints'} (a run saves every save_every steps and at its end)"
+            )
         if step is None:
             step = max(found)
         if step not in found:
@@ -68,7 +77,9 @@ def plan_run(run_dir: str, resume: str, overwrite: bool) -> tuple[Path, Path | N
         raise ValueError(f"run_dir={run_dir!r} is a file")
     if holds_run(path) and not overwrite:
         hint = f"resume={run_dir} to continue it" if checkpoints(path) else "it has no checkpoint to continue from"
-        raise ValueError(f"run_dir={run_dir!r} holds a run already: {hint}, overwrite=true to start over (removes it), or another run_dir=")
+        raise ValueError(
+            f"run_dir={run_dir!r} holds a run already: {hint}, overwrite=true to start over (removes it), or another run_dir="
+        )
     return path, None
 
 
@@ -82,7 +93,9 @@ def start_over(run_dir: Path) -> None:
 def abandon_after(run_dir: Path, step: int) -> None:
     """Move the checkpoints and episode files of steps after `step` to abandoned/from_step_N/ (said in the log)."""
     later = [p for s, p in checkpoints(run_dir).items() if s > step]
-    later += [p for p in sorted((run_dir / "episodes").glob("step_*.jsonl")) if int(_STEP.match(p.stem).group(1)) > step]
+    later += [
+        p for p in sorted((run_dir / "episodes").glob("step_*.jsonl")) if int(_STEP.match(p.stem).group(1)) > step
+    ]
     if not later:
         return
     aside = run_dir / "abandoned" / f"from_step_{step:06d}"
@@ -99,7 +112,9 @@ def load_failed(file: Path, error: Exception) -> ValueError:
     """The error for a checkpoint's file (RUN_DIR/checkpoints/step_N/FILE) that does not load: which one, and the run's other checkpoints."""
     others = {s: p for s, p in checkpoints(file.parent.parent.parent).items() if p != file.parent}
     choice = f"; resume=DIR@STEP picks another: {_listing(others)}" if others else ""
-    return ValueError(f"checkpoint {file} does not load ({type(error).__name__}: {' '.join(str(error).split())[:200]}){choice}")
+    return ValueError(
+        f"checkpoint {file} does not load ({type(error).__name__}: {' '.join(str(error).split())[:200]}){choice}"
+    )
 
 
 def _listing(found: dict[int, Path]) -> str:

@@ -47,8 +47,13 @@ def report_failures(episodes: list[Episode], where: str) -> None:
     """Log each failed episode with its task, its error and the traceback of the user code that raised."""
     for ep in episodes:
         if ep.failed:
-            log.warning("%s: episode of task %s failed and is left out: %s\n%s", where, ep.trajectory.task.id, ep.error,
-                        ep.traceback)
+            log.warning(
+                "%s: episode of task %s failed and is left out: %s\n%s",
+                where,
+                ep.trajectory.task.id,
+                ep.error,
+                ep.traceback,
+            )
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:

@@ -24,8 +24,8 @@ when it is made).
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -34,10 +34,10 @@ from transformers import TrainerCallback
 
 from envs.base import Task, Trajectory, Turn
 from envs.jsonl import numbered_jsonl
-from rl.rollout.chat import TurnFormatter
 from rl.config import Config
-from rl.rollout.engine import HFEngine
 from rl.episode import Item
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.engine import HFEngine
 from rl.rollout.loop import rollout
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,13 @@ def _from_messages(messages: list[dict], task_id: str) -> Trajectory:
     return Trajectory(Task(task_id, messages[:first]), turns)
 
 
-def tokenize(trajectory: Trajectory, formatter: TurnFormatter, stop_strings: list[str], max_obs_tokens: int,
-             train_on_mistakes: bool) -> tuple[list[int], list[int]]:
+def tokenize(
+    trajectory: Trajectory,
+    formatter: TurnFormatter,
+    stop_strings: list[str],
+    max_obs_tokens: int,
+    train_on_mistakes: bool,
+) -> tuple[list[int], list[int]]:
     """(input_ids, assistant_masks) of one trajectory, token for token what a rollout of it holds.
 
     An action is encoded on its own, as the engine would have sampled it; an action that no stop
@@ -109,8 +114,9 @@ def load_trajectories(cfg: Config) -> list[Trajectory]:
         return read_trajectories(cfg.sft.data)
     spec, params = _demo_params(cfg)
     if spec.demonstrations is None:
-        raise ValueError(f"env {cfg.env.name!r} has no scripted demonstrations: "
-                         "give sft.data=PATH of a trajectories JSONL")
+        raise ValueError(
+            f"env {cfg.env.name!r} has no scripted demonstrations: give sft.data=PATH of a trajectories JSONL"
+        )
     return spec.demonstrations(params, cfg.sft.demos, cfg.seed, cfg.sft.keep_share, cfg.sft.hesitation)
 
 
@@ -139,8 +145,13 @@ def sft_examples(cfg: Config, tokenizer, trajectories: list[Trajectory]) -> tupl
     stats = {
         "sft/examples": float(len(examples)),
         # Actions the rollout would cut at max_turn_tokens: the model learns to write what RL cannot sample.
-        "sft/actions_over_turn_limit": float(sum(len(tokenizer.encode(t.action, add_special_tokens=False)) > limit
-                                                 for tr in trajectories for t in tr.turns)),
+        "sft/actions_over_turn_limit": float(
+            sum(
+                len(tokenizer.encode(t.action, add_special_tokens=False)) > limit
+                for tr in trajectories
+                for t in tr.turns
+            )
+        ),
         "sft/too_long": float(too_long),
         "sft/fix_share": sum(any(t.info.get("demo") == "mistake" for t in tr.turns) for tr in trajectories)
         / len(trajectories),
@@ -223,15 +234,17 @@ class ScoreStop(TrainerCallback):
         model.train()
         scores = [ep.trajectory.turns[-1].info.get("score", 0.0) if not ep.failed else 0.0 for ep in episodes]
         self.scores.append((state.global_step, sum(scores) / len(scores)))
-        log.info("sft step %d: greedy score on %d RL train tasks %.3f", state.global_step, len(scores),
-                 self.scores[-1][1])
+        log.info(
+            "sft step %d: greedy score on %d RL train tasks %.3f", state.global_step, len(scores), self.scores[-1][1]
+        )
         # `or`: at step sft.steps the trainer's own callback has already asked to stop; do not undo that.
         control.should_training_stop = control.should_training_stop or self.scores[-1][1] >= self.cfg.sft.stop_score
         return control
 
 
-def run_sft(cfg: Config, model, tokenizer, out: str | Path, trajectories: list[Trajectory],
-            callbacks: tuple = ()) -> dict[str, float]:
+def run_sft(
+    cfg: Config, model, tokenizer, out: str | Path, trajectories: list[Trajectory], callbacks: tuple = ()
+) -> dict[str, float]:
     """Fine-tune `model` on the trajectories; save it (and its tokenizer) to `out` and its statistics beside it.
 
     `callbacks`: more TRL trainer callbacks (the demo's, which changes the thread count mid-run).
@@ -248,14 +261,16 @@ def run_sft(cfg: Config, model, tokenizer, out: str | Path, trajectories: list[T
     trainer.save_model(str(out))
     tokenizer.save_pretrained(out)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    stats.update({
-        "sft/first_loss": losses[0] if losses else float("nan"),
-        "sft/final_loss": losses[-1] if losses else float("nan"),
-        "sft/train_loss": float(result.training_loss),
-        "sft/steps_run": float(result.global_step),
-        "time/sft_tokenize": t1 - t0,
-        "time/sft_train": time.perf_counter() - t1,
-    })
+    stats.update(
+        {
+            "sft/first_loss": losses[0] if losses else float("nan"),
+            "sft/final_loss": losses[-1] if losses else float("nan"),
+            "sft/train_loss": float(result.training_loss),
+            "sft/steps_run": float(result.global_step),
+            "time/sft_tokenize": t1 - t0,
+            "time/sft_train": time.perf_counter() - t1,
+        }
+    )
     if stopper:
         stats["sft/check_score"] = stopper.scores[-1][1] if stopper.scores else float("nan")
         (out.parent / "sft_checks.json").write_text(json.dumps(stopper.scores))

@@ -45,17 +45,17 @@ from transformers import AutoTokenizer
 from envs.jsonl import read_jsonl
 from rewards import build_reward
 from rl import logs
-from rl.learn import algos, credit
-from rl.rollout.chat import TurnFormatter
-from rl.config import Config, to_dict
 from rl.batch import Batch
+from rl.config import Config, to_dict
 from rl.episode import Episode, Item
+from rl.learn import algos, credit
 from rl.learn.learner import Learner
-from rl.run.start import starting_model
-from rl.view.plots import plot_run
+from rl.rollout.chat import TurnFormatter
+from rl.rollout.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
 from rl.run.run_dir import abandon_after, load_failed, plan_run, start_over
 from rl.run.scoring import env_metrics, episode_metrics, episode_seed, eval_items, report_failures, reward_episodes
-from rl.rollout.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
+from rl.run.start import starting_model
+from rl.view.plots import plot_run
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,9 @@ class Trainer:
         self.eval_tasks = self.spec.load_tasks(self.env_params, "eval")
         self.reward_fn = build_reward(cfg.reward)
         check_engine_installed(cfg.workers)
-        if cfg.overwrite:  # only now that the env's data and the rewards are known to load: a run that fails them writes nothing
+        if (
+            cfg.overwrite
+        ):  # only now that the env's data and the rewards are known to load: a run that fails them writes nothing
             start_over(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -124,7 +126,9 @@ class Trainer:
             from rl.learn.sharding import ShardedLearner  # Ray and torch.distributed only when sharded
 
             start_ray(cfg.workers, learner_cpus=cfg.learner.world_size * cfg.learner.cpus_per_rank)
-            self.learner = ShardedLearner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base, imports=cfg.imports)
+            self.learner = ShardedLearner(
+                policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base, imports=cfg.imports
+            )
         else:
             self.learner = Learner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
@@ -137,7 +141,9 @@ class Trainer:
         self.probe_batch = [formatter.prompt_ids(t.prompt) for t in self.train_tasks[:4]]
         self.task_order = TaskOrder(len(self.train_tasks), cfg.seed)
         self.step = 0
-        self.stop_requested = False  # set (by Ctrl-C in the CLI) to end `train` after the current step, with a checkpoint
+        self.stop_requested = (
+            False  # set (by Ctrl-C in the CLI) to end `train` after the current step, with a checkpoint
+        )
         self.pending: deque[Submission] = deque()
         if checkpoint:
             try:
@@ -152,11 +158,19 @@ class Trainer:
                 self.pending.append(Submission(step, items, Later(lambda episodes=episodes: episodes), version))
         self._open_logs()
         if checkpoint:
-            abandon_after(self.run_dir, self.step)  # an earlier checkpoint: the later steps' files go aside (said in log.txt)
-        lora = f", LoRA rank {cfg.learner.lora_rank} on {', '.join(cfg.learner.lora_targets)}" if cfg.learner.lora_rank else ""
+            abandon_after(
+                self.run_dir, self.step
+            )  # an earlier checkpoint: the later steps' files go aside (said in log.txt)
+        lora = (
+            f", LoRA rank {cfg.learner.lora_rank} on {', '.join(cfg.learner.lora_targets)}"
+            if cfg.learner.lora_rank
+            else ""
+        )
         if cfg.learner.lora_rank and cfg.learner.lora_modules_to_save:
             lora += f", trained whole: {', '.join(cfg.learner.lora_modules_to_save)}"
-        log.info(f"learner: {cfg.learner.world_size} rank(s), {self.learner.trainable_params:,} trainable parameters{lora}")
+        log.info(
+            f"learner: {cfg.learner.world_size} rank(s), {self.learner.trainable_params:,} trainable parameters{lora}"
+        )
 
     # ------------------------------------------------------------ logging
 
@@ -190,7 +204,13 @@ class Trainer:
                 learner = batch.per_episode(batch.learner_logprobs, row[i]) if i in row else []
                 mean = sum(adv) / max(sum(ep.loss_mask), 1) if adv is not None else None
                 learner = [] if learner and math.isnan(learner[0]) else learner  # NaN: not in the first mini-batch
-                line = {"step": step, **ep.to_dict(), "learner_logprobs": learner, "advantage": mean, "token_advantages": adv}
+                line = {
+                    "step": step,
+                    **ep.to_dict(),
+                    "learner_logprobs": learner,
+                    "advantage": mean,
+                    "token_advantages": adv,
+                }
                 f.write(json.dumps(line) + "\n")
 
     # ------------------------------------------------------------ one step
@@ -199,7 +219,11 @@ class Trainer:
         """Start the rollouts of `step` on the pool; they run behind whatever the pool is doing."""
         G = self.cfg.rollout.group_size
         tasks = [self.train_tasks[i] for i in self.task_order.take(self.cfg.rollout.tasks_per_step)]
-        items = [Item(task, g, episode_seed(self.cfg.seed, step, g * G + j)) for g, task in enumerate(tasks) for j in range(G)]
+        items = [
+            Item(task, g, episode_seed(self.cfg.seed, step, g * G + j))
+            for g, task in enumerate(tasks)
+            for j in range(G)
+        ]
         return Submission(step, items, self.pool.rollout(items), version=self.step)
 
     def train_step(self, sub: Submission) -> dict[str, float]:
@@ -229,7 +253,9 @@ class Trainer:
 
         self.step = step
         metrics.update(episode_metrics(episodes))
-        metrics.update({f"train/{k}": v for k, v in env_metrics(self.spec, episodes).items()})  # Acc@t1, EM, recovery ... of the step's own samples
+        metrics.update(
+            {f"train/{k}": v for k, v in env_metrics(self.spec, episodes).items()}
+        )  # Acc@t1, EM, recovery ... of the step's own samples
         policy_tokens = sum(sum(ep.loss_mask) for ep in episodes)
         metrics.update(
             {
@@ -249,7 +275,9 @@ class Trainer:
     def make_batch(self, episodes: list[Episode], version: int) -> Batch:
         """The scored episodes as the learner takes them (with the judge spans when `algo.judge_advantage` credits them apart)."""
         algo = self.cfg.algo
-        judge = [credit.judge_mask(ep, self.tokenizer, algo.judge_tag) for ep in episodes] if algo.judge_advantage else None
+        judge = (
+            [credit.judge_mask(ep, self.tokenizer, algo.judge_tag) for ep in episodes] if algo.judge_advantage else None
+        )
         return Batch.from_episodes(episodes, version, judge)
 
     def dynamic_sampling(self, step: int, episodes: list[Episode], metrics: dict[str, float]) -> list[Episode]:
@@ -266,13 +294,19 @@ class Trainer:
             if round_:
                 tasks = [self.train_tasks[i] for i in self.task_order.take(want - len(kept) // G)]
                 base = round_ * want  # group ids and seed indices no earlier round of this step used
-                items = [Item(task, base + g, episode_seed(self.cfg.seed, step, (base + g) * G + j)) for g, task in enumerate(tasks) for j in range(G)]
+                items = [
+                    Item(task, base + g, episode_seed(self.cfg.seed, step, (base + g) * G + j))
+                    for g, task in enumerate(tasks)
+                    for j in range(G)
+                ]
                 sampled_now = self.pool.rollout(items).result()
                 reward_episodes(sampled_now, self.reward_fn)
             ok = [ep for ep in sampled_now if not ep.failed]
             sampled += len({ep.group for ep in sampled_now})
             if ok:
-                flat = algos.zero_variance_groups(torch.tensor([ep.reward.total for ep in ok]), torch.tensor([ep.group for ep in ok]))
+                flat = algos.zero_variance_groups(
+                    torch.tensor([ep.reward.total for ep in ok]), torch.tensor([ep.group for ep in ok])
+                )
                 informative = {ep.group for ep, z in zip(ok, flat.tolist()) if not z}
                 for g in sorted(informative)[: want - len(kept) // G]:
                     kept += [ep for ep in sampled_now if ep.group == g]
@@ -338,7 +372,10 @@ class Trainer:
                 self.save()
                 plot_run(self.run_dir)
             bar.update(1)
-            bar.set_postfix(reward=f"{last.get('reward/mean', float('nan')):.3f}", tok_s=f"{last['throughput/policy_tokens_per_s']:.0f}")
+            bar.set_postfix(
+                reward=f"{last.get('reward/mean', float('nan')):.3f}",
+                tok_s=f"{last['throughput/policy_tokens_per_s']:.0f}",
+            )
         bar.close()
         if self.stop_requested:
             return last  # stopped early: the final evaluation belongs to the end of the run
@@ -362,4 +399,3 @@ class Trainer:
         self.metrics_file.close()
         self.tb.close()
         logs.detach(self.log_file)
-

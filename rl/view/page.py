@@ -100,8 +100,9 @@ def summary(ep: dict, index: int) -> dict:
     turns = ep.get("trajectory", {}).get("turns", [])
     task = ep.get("trajectory", {}).get("task", {})
     reward = ep.get("reward") or {}
-    verdicts = sorted({t["info"]["verdict"] for t in turns
-                       if isinstance(t.get("info"), dict) and t["info"].get("verdict")})
+    verdicts = sorted(
+        {t["info"]["verdict"] for t in turns if isinstance(t.get("info"), dict) and t["info"].get("verdict")}
+    )
     return {
         "index": index,
         "task": str(task.get("id", "")),
@@ -172,9 +173,10 @@ def run_summary(root: Path, records: list[dict], demo: dict | None, problems: li
     final_eval = None
     if evaluations:  # the trainer evaluates once more after the last step: the last line with eval/ keys is the final
         last = evaluations[-1]
-        final_eval = {"step": last["step"],
-                      "metrics": {k.removeprefix("eval/"): v for k, v in last.items()
-                                  if k.startswith("eval/") and number(v)}}
+        final_eval = {
+            "step": last["step"],
+            "metrics": {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/") and number(v)},
+        }
 
     # `rl demo` measures the whole run, total included; the trainer writes its stages of the last invocation only.
     stages, source = (demo or {}).get("timings"), "demo.json: the whole rl demo run"
@@ -186,8 +188,11 @@ def run_summary(root: Path, records: list[dict], demo: dict | None, problems: li
             problems.append(f"timings.json: not JSON ({e.msg})")
     stages = {k: v for k, v in stages.items() if number(v)} if isinstance(stages, dict) else {}
     # A step's time/* keys are its consecutive stages (rollout wait, update, sync): their sum is the step's wall time.
-    step_seconds = {r["step"]: sum(v for k, v in r.items() if k.startswith("time/") and number(v))
-                    for r in steps if any(k.startswith("time/") for k in r)}
+    step_seconds = {
+        r["step"]: sum(v for k, v in r.items() if k.startswith("time/") and number(v))
+        for r in steps
+        if any(k.startswith("time/") for k in r)
+    }
     return {
         "config": config_text,
         "facts": config_facts(config, steps[-1]["step"] if steps else 0),
@@ -222,8 +227,10 @@ class Run:
         if not self.root.is_dir():
             raise FileNotFoundError(f"no run directory at {str(run_dir)!r}")
         if not holds_run(self.root):
-            raise FileNotFoundError(f"{str(run_dir)!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or "
-                                    f"checkpoints/ in it{runs_near(run_dir)}")
+            raise FileNotFoundError(
+                f"{str(run_dir)!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or "
+                f"checkpoints/ in it{runs_near(run_dir)}"
+            )
         self.decode = token_decoder(self.root)
         self._episodes = lru_cache(maxsize=8)(self._read_episodes)
 
@@ -239,11 +246,14 @@ class Run:
         """Everything the page shows first: the summary, curves, checkpoint marks, files of episodes, demo results,
         problems."""
         metrics_path = self.root / "metrics.jsonl"
-        records, problems = (read_jsonl(metrics_path, self.root) if metrics_path.is_file()
-                             else ([], ["no metrics.jsonl"]))
+        records, problems = (
+            read_jsonl(metrics_path, self.root) if metrics_path.is_file() else ([], ["no metrics.jsonl"])
+        )
         marks = [{"step": 0, "label": "SFT"}] if (self.root / "sft" / "model").is_dir() else []
-        marks += [{"step": int(p.name.split("_")[1]), "label": "checkpoint"}
-                  for p in sorted((self.root / "checkpoints").glob("step_*"))]
+        marks += [
+            {"step": int(p.name.split("_")[1]), "label": "checkpoint"}
+            for p in sorted((self.root / "checkpoints").glob("step_*"))
+        ]
         steps = sorted(self.root.glob("episodes/step_*.jsonl"))
         evals = sorted(p.name for p in self.root.glob("eval_*_episodes.jsonl"))
         demo = None
@@ -292,8 +302,11 @@ class Run:
 
 def token_decoder(root: Path):
     """id -> text with the run's tokenizer (the first tokenizer.json of the run's models); '#id' without one."""
-    candidates = [root / "base_model", root / "sft" / "model",
-                  *sorted(root.glob("checkpoints/step_*/model"), reverse=True)]
+    candidates = [
+        root / "base_model",
+        root / "sft" / "model",
+        *sorted(root.glob("checkpoints/step_*/model"), reverse=True),
+    ]
     found = next((c / "tokenizer.json" for c in candidates if (c / "tokenizer.json").is_file()), None)
     if found is None:
         return lambda i: f"#{i}"
@@ -339,9 +352,11 @@ def static_page(run: Run) -> str:
     info = run.info()
     steps = evenly(info["steps"], HTML_STEPS)
     if len(steps) < len(info["steps"]):
-        info["left_out"].append(f"This file holds the episodes of {len(steps)} of the {len(info['steps'])} steps "
-                                f"({', '.join(str(s['step']) for s in steps)}); "
-                                f"`python -m rl view {run.root}` serves them all.")
+        info["left_out"].append(
+            f"This file holds the episodes of {len(steps)} of the {len(info['steps'])} steps "
+            f"({', '.join(str(s['step']) for s in steps)}); "
+            f"`python -m rl view {run.root}` serves them all."
+        )
     info["steps"] = steps
     embedded = {"api/run": info}
     cut = []
@@ -357,11 +372,16 @@ def static_page(run: Run) -> str:
             embedded[f"api/episode?file={f}&i={ep['index']}"] = full
         if len(kept) < len(listed["episodes"]):
             cut.append(f"{f}: {len(kept)} of {len(listed['episodes'])}")
-        embedded[f"api/episodes?file={f}"] = {**listed, "episodes": kept,
-                                              "left_out": len(listed["episodes"]) - len(kept)}
+        embedded[f"api/episodes?file={f}"] = {
+            **listed,
+            "episodes": kept,
+            "left_out": len(listed["episodes"]) - len(kept),
+        }
     if cut:
-        info["left_out"].append(f"Of these files it holds the first episodes, {HTML_FILE_BYTES / 1e6:g} MB of each "
-                                f"at most: {'; '.join(cut)}.")
+        info["left_out"].append(
+            f"Of these files it holds the first episodes, {HTML_FILE_BYTES / 1e6:g} MB of each "
+            f"at most: {'; '.join(cut)}."
+        )
     return page(embedded)
 
 
@@ -379,8 +399,12 @@ def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000) -> Threadin
                     file = run.inside(path.removeprefix("/files/"))
                     if not file.is_file():
                         raise FileNotFoundError(f"no file {path.removeprefix('/files/')!r} in the run")
-                    kind = {".png": "image/png", ".json": "application/json", ".jsonl": "text/plain",
-                            ".yaml": "text/plain"}
+                    kind = {
+                        ".png": "image/png",
+                        ".json": "application/json",
+                        ".jsonl": "text/plain",
+                        ".yaml": "text/plain",
+                    }
                     self.send(HTTPStatus.OK, kind.get(file.suffix, "application/octet-stream"), file.read_bytes())
                 else:
                     body = json.dumps(answer(run, self.path.lstrip("/"))).encode()

@@ -64,8 +64,12 @@ def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     for r in records:
         value = r.get(key)
         step = r.get("step")
-        if (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                and isinstance(step, int)):
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and isinstance(step, int)
+        ):
             by_step[step] = float(value)
     steps = sorted(by_step)
     return np.array(steps, dtype=float), np.array([by_step[s] for s in steps], dtype=float)
@@ -86,8 +90,9 @@ def smoothing_window(n: int) -> int:
 
 def reward_keys(keys) -> list[str]:
     """The named rewards' contributions: `reward/<name>` with exactly one slash, not mean or std."""
-    return sorted(k for k in keys
-                  if k.startswith("reward/") and k.count("/") == 1 and k not in ("reward/mean", "reward/std"))
+    return sorted(
+        k for k in keys if k.startswith("reward/") and k.count("/") == 1 and k not in ("reward/mean", "reward/std")
+    )
 
 
 def headline_keys(headline) -> list[str]:
@@ -145,8 +150,15 @@ def _by_turn_panel(ax, curves: list[tuple[int, list[float]]]) -> None:
     cmap = matplotlib.colormaps["viridis"]
     for i, (step, accuracy) in enumerate(curves):
         shade = 0.15 + 0.7 * i / max(len(curves) - 1, 1)  # light (early) to dark (late)
-        ax.plot(range(1, len(accuracy) + 1), accuracy, marker="o", markersize=4, linewidth=1.4, color=cmap(1 - shade),
-                label=f"step {step}")
+        ax.plot(
+            range(1, len(accuracy) + 1),
+            accuracy,
+            marker="o",
+            markersize=4,
+            linewidth=1.4,
+            color=cmap(1 - shade),
+            label=f"step {step}",
+        )
     ax.set_title("accuracy by turn")
     ax.set_xlabel("turn")
     ax.set_ylabel("accuracy")
@@ -169,8 +181,9 @@ def reward_figure(records: list[dict], title: str) -> Figure | None:
         smooth = moving_average(y, smoothing_window(len(y)))
         if len(y) > 1 and not np.allclose(smooth, y):  # the raw points, faint, under their trend
             ax.plot(x, y, color=color, linewidth=0.8, alpha=0.25)
-        ax.plot(x, smooth, color=color, linewidth=2.5 if main else 1.4, label=key.split("/", 1)[1],
-                zorder=3 if main else 2)
+        ax.plot(
+            x, smooth, color=color, linewidth=2.5 if main else 1.4, label=key.split("/", 1)[1], zorder=3 if main else 2
+        )
         if main:
             sx, sy = series(records, "reward/std")
             if len(sx):
@@ -178,8 +191,9 @@ def reward_figure(records: list[dict], title: str) -> Figure | None:
                 both = np.array([s in std for s in x])
                 mean = smooth[both]
                 spread = moving_average(np.array([std[s] for s in x[both]]), smoothing_window(int(both.sum())))
-                ax.fill_between(x[both], mean - spread, mean + spread, color=color, alpha=0.12, linewidth=0,
-                                label="mean ± std")
+                ax.fill_between(
+                    x[both], mean - spread, mean + spread, color=color, alpha=0.12, linewidth=0, label="mean ± std"
+                )
     ax.set_ylabel("reward per episode")
     ax.legend(fontsize=8, loc="best", framealpha=0.8)
     fig.tight_layout()
@@ -205,8 +219,16 @@ def eval_figure(records: list[dict], title: str, headline: tuple[str, ...] | Non
     handles, labels = ax.get_legend_handles_labels()
     if len(sx):
         right = ax.twinx()
-        right.plot(sx, sy, marker="s", markersize=4, linewidth=1.2, linestyle="--", color="dimgray",
-                   label=EVAL_SECOND_AXIS.removeprefix("eval/"))
+        right.plot(
+            sx,
+            sy,
+            marker="s",
+            markersize=4,
+            linewidth=1.2,
+            linestyle="--",
+            color="dimgray",
+            label=EVAL_SECOND_AXIS.removeprefix("eval/"),
+        )
         right.set_ylabel("searches per episode")
         more_handles, more_labels = right.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
@@ -221,9 +243,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     records = read_metrics(run_dir / "metrics.jsonl")
     headline = run_headline(run_dir)
     written = []
-    for name, make, title in [("reward.png", reward_figure, f"Training reward: {run_dir.name}"),
-                              ("eval.png", partial(eval_figure, headline=headline),
-                               f"Evaluation (greedy): {run_dir.name}")]:
+    for name, make, title in [
+        ("reward.png", reward_figure, f"Training reward: {run_dir.name}"),
+        ("eval.png", partial(eval_figure, headline=headline), f"Evaluation (greedy): {run_dir.name}"),
+    ]:
         fig = make(records, title)
         if fig is not None:
             fig.savefig(run_dir / name)
