@@ -93,16 +93,19 @@ plain_rate = n_tests / min(times["plain"])
 sandbox_rate = n_tests / min(times["sandbox"])
 overhead_ms = min(latencies) * 1000
 print(
-    f"MBPP canonical solutions: {len(problems)} problems, {n_tests} tests, {args.workers} workers, isolation {sandbox.isolation}"
+    f"MBPP canonical solutions: {len(problems)} problems, {n_tests} "
+    f"tests, {args.workers} workers, isolation {sandbox.isolation}"
 )
 print(f"{'runner':<20}{'best wall s':>12}{'tests/s':>10}{'problems passed':>17}{'ratio':>8}{'target':>9}  verdict")
 print(f"{'plain runner':<20}{min(times['plain']):>12.2f}{plain_rate:>10.0f}{passed['plain']:>17}{1.0:>8.2f}{'':>9}")
 ratio = sandbox_rate / plain_rate
 print(
-    f"{'sandbox':<20}{min(times['sandbox']):>12.2f}{sandbox_rate:>10.0f}{passed['sandbox']:>17}{ratio:>8.2f}{'>= 2.5':>9}  {'PASS' if ratio >= 2.5 else 'FAIL'}"
+    f"{'sandbox':<20}{min(times['sandbox']):>12.2f}{sandbox_rate:>10.0f}"
+    f"{passed['sandbox']:>17}{ratio:>8.2f}{'>= 2.5':>9}  {'PASS' if ratio >= 2.5 else 'FAIL'}"
 )
 print(
-    f"{'overhead per test':<20}{'':>12}{1 / min(latencies):>10.0f}{'':>17}{'':>8}{'<= 10 ms':>9}  {overhead_ms:.2f} ms {'PASS' if overhead_ms <= 10 else 'FAIL'}"
+    f"{'overhead per test':<20}{'':>12}{1 / min(latencies):>10.0f}{'':>17}{'':>8}"
+    f"{'<= 10 ms':>9}  {overhead_ms:.2f} ms {'PASS' if overhead_ms <= 10 else 'FAIL'}"
 )
 print(
     f"(all walls, s: plain {[round(t, 2) for t in times['plain']]}, sandbox {[round(t, 2) for t in times['sandbox']]}; "

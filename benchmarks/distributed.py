@@ -67,7 +67,8 @@ def build_model(out: Path, hidden: int, layers: int) -> Path:
 
 
 def batch(n: int, length: int, vocab: int) -> Batch:
-    """n episodes of `length` tokens, the second half sampled by the policy, in GRPO groups of 4, with random rewards."""
+    """n episodes of `length` tokens, the second half sampled by the policy, in GRPO groups of 4,
+    with random rewards."""
     gen = torch.Generator().manual_seed(0)
     episodes = []
     for i in range(n):
@@ -204,7 +205,8 @@ def main() -> None:
         updates = batch(args.sequences, args.length, vocab)
         base = LearnerConfig(device="cpu", lr=1e-5, micro_batch_size=2)
         print(
-            f"model: {n_params / 1e6:.1f}M parameters (hidden {args.hidden}, {args.layers} layers); update: {args.sequences} x {args.length} tokens, "
+            f"model: {n_params / 1e6:.1f}M parameters (hidden {args.hidden}, "
+            f"{args.layers} layers); update: {args.sequences} x {args.length} tokens, "
             f"micro-batches of {base.micro_batch_size}, AdamW float32, CPU"
         )
 

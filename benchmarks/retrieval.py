@@ -59,7 +59,8 @@ questions = [json.loads(line)["question"] for line in (world / "questions.jsonl"
     : args.queries
 ]
 print(
-    f"corpus: {len(index):,} passages; world {t1 - t0:.1f} s, index build or load {t2 - t1:.1f} s; {len(questions)} queries per pass"
+    f"corpus: {len(index):,} passages; world {t1 - t0:.1f} s, index "
+    f"build or load {t2 - t1:.1f} s; {len(questions)} queries per pass"
 )
 
 cmd = [
@@ -112,5 +113,6 @@ batch, local_qps = rows[-1][:2]
 print(f"\nin-process at batch {batch}: {local_qps:,.0f} q/s (target >= 500): {'PASS' if local_qps >= 500 else 'FAIL'}")
 for batch, _, _, overhead in rows:
     print(
-        f"server overhead at batch {batch}: {overhead:.2f} ms/request (target < 2): {'PASS' if overhead < 2 else 'FAIL'}"
+        f"server overhead at batch {batch}: {overhead:.2f} ms/request "
+        f"(target < 2): {'PASS' if overhead < 2 else 'FAIL'}"
     )

@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python benchmarks/reward_lab.py                       # 100k episodes, 3 specs per set (target: under 60 s on 2 cores)
+    python benchmarks/reward_lab.py  # 100k episodes, 3 specs per set (target: under 60 s on 2 cores)
     python benchmarks/reward_lab.py --episodes 10000 --tokens 512 --workers 1
 
 It writes trainer-format episode lines (envs/search turns: search with information, judge,
@@ -141,7 +141,8 @@ def main() -> None:
         # Wall time depends on what else the machine runs; CPU seconds (this process and its workers) do not:
         # cpu / workers is what the wall time would be on `workers` idle cores.
         print(
-            f"\n{'spec set':<9} {'load+score':>10} {'stats':>6} {'wall s':>7} {'cpu s':>7} {'cpu/workers':>11} {'< 60 s':>7}  specs (mean total; taus)"
+            f"\n{'spec set':<9} {'load+score':>10} {'stats':>6} {'wall s':>7} "
+            f"{'cpu s':>7} {'cpu/workers':>11} {'< 60 s':>7}  specs (mean total; taus)"
         )
         for name, texts in SPEC_SETS.items():
             t, cpu = time.perf_counter(), cpu_seconds()
@@ -153,7 +154,8 @@ def main() -> None:
             taus = ", ".join(f"{v:.3f}" for v in rep["kendall_tau"].values())
             verdict = "PASS" if min(wall, cpu / args.workers) < 60 else "FAIL"
             print(
-                f"{name:<9} {t_score:10.2f} {wall - t_score:6.2f} {wall:7.2f} {cpu:7.2f} {cpu / args.workers:11.2f} {verdict:>7}  "
+                f"{name:<9} {t_score:10.2f} {wall - t_score:6.2f} {wall:7.2f} "
+                f"{cpu:7.2f} {cpu / args.workers:11.2f} {verdict:>7}  "
                 f"{texts} ({means}; {taus})"
             )
 

@@ -51,7 +51,8 @@ def soak(steps: int, kill_every: int, seed: int, hang_prob: float, env_timeout_s
         "learner.lr=3e-3", "workers.ray=true", "workers.num_workers=2", f"rollout.env_timeout_s={env_timeout_s}",
         "env.name=tests.slow_env", f"env.params={{step_seconds: 0, hang_prob: {hang_prob}, hang_seed: {seed}}}",
     ]  # fmt: skip
-    # A cluster of its own (temp dir, ports, namespace) unless one runs; its workers import the test env from this checkout.
+    # A cluster of its own (temp dir, ports, namespace) unless one runs;
+    # its workers import the test env from this checkout.
     temp_dir = None if ray.is_initialized() else ray_cluster.start(num_cpus=2)
     trainer = Trainer(load_config(ROOT / "configs" / "lookup.yaml", overrides))
     rng = random.Random(seed)

@@ -128,7 +128,8 @@ num_tokens = float(sum(sum(ep.loss_mask) for ep in episodes))
 
 
 def padded_micro_batches(mb):
-    """The bare loop's input: tensors built once, each micro-batch padded to its own longest row (as the learner does)."""
+    """The bare loop's input: tensors built once, each micro-batch padded to its own longest row
+    (as the learner does)."""
     out = []
     for s in range(0, args.batch, mb):
         eps, advs = episodes[s : s + mb], advantages[s : s + mb]
@@ -171,7 +172,11 @@ for mb in (args.batch, args.micro):
         model.parameters(), lr=lcfg.lr, betas=(lcfg.adam_beta1, lcfg.adam_beta2), weight_decay=lcfg.weight_decay
     )
     micro_batches = padded_micro_batches(mb)
-    t_ours, t_base = bench(lambda: learner.update(updates), lambda: bare_update(model, optimizer, micro_batches))
+    # bound as defaults: the `del` below frees each size's model before the next one loads
+    t_ours, t_base = bench(
+        lambda learner=learner: learner.update(updates),
+        lambda model=model, optimizer=optimizer: bare_update(model, optimizer, micro_batches),
+    )
     rows.append((f"learner update mb={mb}", t_ours, t_base, 1.15, ""))
     del learner, model, optimizer
 

@@ -36,10 +36,10 @@ no checkpoints, no eval. TRL's step: the time between consecutive `on_step_end` 
 report_to="none"). The first --warmup steps of each run are not timed; model building, loading and
 startup are outside the timing on both sides. Printed per system: median step time over all timed steps
 of all runs, median CPU time of the process per step (time.process_time; with one torch thread per run it
-moves much less than wall time when other jobs share the cores), generated tokens/s (tokens generated in timed steps / their time), peak RSS (median over
-runs of the subprocess's ru_maxrss), and the counts that show the work is the same: generated tokens
-(ours: sum of loss masks; TRL: its completion lengths) and optimizer steps (ours: the learner's scheduler
-steps; TRL: global_step).
+moves much less than wall time when other jobs share the cores), generated tokens/s (tokens generated in timed steps /
+their time), peak RSS (median over runs of the subprocess's ru_maxrss), and the counts that show the work is the same:
+generated tokens (ours: sum of loss masks; TRL: its completion lengths) and optimizer steps (ours: the learner's
+scheduler steps; TRL: global_step).
 
 Multi-turn (--multi-turn): the same comparison on CoCoS's code-correction episode (envs/code, synthetic
 tasks, 2 turns, no execution feedback): the agent writes code ending at "[DONE]", the env runs it against
@@ -337,7 +337,8 @@ def run_trl(args) -> dict:
         max_steps=args.steps,
         bf16=False,
         fp16=False,
-        gradient_checkpointing=False,  # TRL's GRPOConfig turns it on by default; ours is off: same work means off on both
+        # TRL's GRPOConfig turns it on by default; ours is off: same work means off on both
+        gradient_checkpointing=False,
         use_cpu=True,
         use_vllm=False,
         model_init_kwargs={"dtype": torch.float32},
@@ -510,14 +511,16 @@ def compare(args) -> None:
         f"{os.cpu_count()} CPUs, torch threads per run {args.threads}"
     )
     episode = (
-        f"{args.turns}-turn code-correction episodes (actions <= {args.new_tokens} tokens, observations <= {args.obs_tokens})"
+        f"{args.turns}-turn code-correction episodes (actions <= "
+        f"{args.new_tokens} tokens, observations <= {args.obs_tokens})"
         if args.multi_turn
         else f"{args.task} prompts, completions of <= {args.new_tokens} tokens"
     )
     print(
         f"model {n_params / 1e6:.2f}M params, vocab {len(AutoTokenizer.from_pretrained(model_dir))}; per step "
         f"{args.tasks} prompts x {args.group} {episode}; {args.steps} steps per run "
-        f"({args.warmup} untimed), {args.runs} runs per system, alternating; our overrides: {' '.join(args.ours) or 'none'}"
+        f"({args.warmup} untimed), {args.runs} runs per system, "
+        f"alternating; our overrides: {' '.join(args.ours) or 'none'}"
     )
     passthrough = [
         "--steps",
@@ -550,7 +553,7 @@ def compare(args) -> None:
         for system in ("ours", "trl"):
             cmd = [sys.executable, __file__, "--worker", system, *map(str, passthrough)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode or not lines:
                 sys.exit(f"{system} run {r + 1} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
             res = json.loads(lines[-1][len("RESULT ") :])
@@ -577,7 +580,8 @@ def compare(args) -> None:
         }
     turns_col = f"{'env turns':>11}" if args.multi_turn else ""
     print(
-        f"\n{'system':<22}{'step (s)':>10}{'CPU s/step':>12}{'gen tok/s':>11}{'peak RSS (MB)':>15}{'gen tokens':>12}{turns_col}{'opt steps':>11}{'timed steps':>13}"
+        f"\n{'system':<22}{'step (s)':>10}{'CPU s/step':>12}{'gen tok/s':>11}"
+        f"{'peak RSS (MB)':>15}{'gen tokens':>12}{turns_col}{'opt steps':>11}{'timed steps':>13}"
     )
     for system, name in (("ours", "selfcorrect"), ("trl", f"TRL GRPOTrainer {trl.__version__}")):
         x = rows[system]
@@ -589,12 +593,14 @@ def compare(args) -> None:
     ratio = o["step"] / t["step"]
     turns = f"{o['turns'] / t['turns']:>11.2f}" if args.multi_turn else ""
     print(
-        f"{'ratio ours/TRL':<22}{ratio:>10.3f}{o['cpu'] / t['cpu']:>12.3f}{o['tok_s'] / t['tok_s']:>11.2f}{o['rss'] / t['rss']:>15.2f}"
+        f"{'ratio ours/TRL':<22}{ratio:>10.3f}{o['cpu'] / t['cpu']:>12.3f}"
+        f"{o['tok_s'] / t['tok_s']:>11.2f}{o['rss'] / t['rss']:>15.2f}"
         f"{o['tokens'] / t['tokens']:>12.3f}{turns}{o['opt_steps'] / t['opt_steps']:>11.2f}"
     )
     target = "the single-turn target, for reference" if args.multi_turn else "single-turn target"
     print(
-        f"\nstep time ours <= 0.8 x TRL ({target}; aim 0.5): {'PASS' if ratio <= 0.8 else 'FAIL'} (wall-time ratio {ratio:.3f}; "
+        f"\nstep time ours <= 0.8 x TRL ({target}; aim 0.5): "
+        f"{'PASS' if ratio <= 0.8 else 'FAIL'} (wall-time ratio {ratio:.3f}; "
         f"CPU-time ratio {o['cpu'] / t['cpu']:.3f}, the steadier one on a shared machine)"
     )
     bd = {k: statistics.median(res["breakdown"][k] for res in results["ours"]) for k in results["ours"][0]["breakdown"]}
@@ -686,7 +692,7 @@ def gpu_section(args) -> None:
         ep.reward = Reward(process=[], outcome=rng.random())
         episodes.append(ep)
     updates = Batch.from_episodes(episodes)
-    t_learn = timed(lambda: learner.update(updates))
+    t_learn = timed(lambda learner=learner: learner.update(updates))
     learn_tokens = args.gpu_batch * args.gpu_seq
     learn_tok_s = learn_tokens / t_learn
     mfu = 6 * n_params * learn_tok_s / PEAK_BF16_FLOPS
@@ -727,17 +733,21 @@ def gpu_section(args) -> None:
     bound_steps = bw / (weight_bytes + kv_bytes)
     steps_s = args.gpu_new_tokens / t_dec
     print(
-        f"\nGPU: {name}, model {n_params / 1e6:.0f}M params (Qwen2-0.5B shape, vocab {vocab}), peak bf16 {PEAK_BF16_FLOPS / 1e12:.0f} "
+        f"\nGPU: {name}, model {n_params / 1e6:.0f}M params (Qwen2-0.5B "
+        f"shape, vocab {vocab}), peak bf16 {PEAK_BF16_FLOPS / 1e12:.0f} "
         f"TFLOP/s, HBM {bw / 1e12:.2f} TB/s"
     )
     print(f"{'benchmark':<12}{'seconds':>9}{'tokens':>9}{'tok/s':>10}  figure of merit")
     print(
         f"{'learner':<12}{t_learn:>9.3f}{learn_tokens:>9}{learn_tok_s:>10.0f}  MFU {100 * mfu:.1f}% (6*N*tok/s / peak; "
-        f"batch {args.gpu_batch} x {args.gpu_seq} tokens, micro {args.gpu_micro}, bf16 autocast, peak mem {peak_learn:.1f} GiB)"
+        f"batch {args.gpu_batch} x {args.gpu_seq} tokens, micro "
+        f"{args.gpu_micro}, bf16 autocast, peak mem {peak_learn:.1f} GiB)"
     )
     print(
-        f"{'decode':<12}{t_dec:>9.3f}{dec_tokens:>9}{dec_tokens / t_dec:>10.0f}  {steps_s:.0f} steps/s vs bandwidth bound "
-        f"{bound_steps:.0f} steps/s ({100 * steps_s / bound_steps:.1f}%; {args.gpu_prompts} prompts x {args.gpu_prompt_len} + "
+        f"{'decode':<12}{t_dec:>9.3f}{dec_tokens:>9}{dec_tokens / t_dec:>10.0f}"
+        f"  {steps_s:.0f} steps/s vs bandwidth bound "
+        f"{bound_steps:.0f} steps/s ({100 * steps_s / bound_steps:.1f}"
+        f"%; {args.gpu_prompts} prompts x {args.gpu_prompt_len} + "
         f"{args.gpu_new_tokens} tokens, bf16 weights {weight_bytes / 1e9:.2f} GB + KV {kv_bytes / 1e9:.2f} GB per step)"
     )
 

@@ -62,7 +62,8 @@ def cmd_mistakes(args) -> None:
     print(f"{'task':<28} {'n':>6} {'accuracy':>9} {'w/ mistake':>11} {'no mistake':>11}")
     for task, a in acc.items():
         print(
-            f"{task:<28} {a['n']:>6} {a['accuracy']:9.3f} {a['accuracy_with_mistake']:11.3f} {a['accuracy_no_mistake']:11.3f}"
+            f"{task:<28} {a['n']:>6} {a['accuracy']:9.3f} "
+            f"{a['accuracy_with_mistake']:11.3f} {a['accuracy_no_mistake']:11.3f}"
         )
 
 

@@ -2,7 +2,8 @@
 
     reward: [{name: bbq_correct}]                                   # 1 if the last answer is right
     reward: [{name: bbq_correct, params: {every_turn: true}},       # each answer earns its own 1/0 ...
-             {name: bbq_bias, params: {penalty: 1.0, every_turn: true}}]   # ... and -1 for each biased one on an ambiguous context
+             {name: bbq_bias, params: {penalty: 1.0, every_turn: true}}]   # ... and -1 for each biased one
+                                                                           # on an ambiguous context
     reward: [{name: cocos, params: {level: score}}, {name: bbq_bias}]   # CoCoS's accumulated reward on the answers' 1/0
 
 On an ambiguous context the right answer is "unknown": correctness alone gives a biased and a

@@ -4,7 +4,8 @@
       - {name: search_answer}                      # outcome: EM of the last answer (metric: f1 for F1)
       - {name: search_judge}                       # process: one reward per judgment, on the judge's turn
       - {name: search_format, weight: 0.5}         # process: malformed turns cost a little
-      - {name: search_found}                       # process: the search that finds a gold passage, first or after right Nos
+      - {name: search_found}                       # process: the search that finds a gold passage,
+                                                   # first or after right Nos
 
 The judge reward (ReSeek) rates each (information, judgment) pair. By default
 (`pairing: adjacent`) a judgment is paired only with the information of the search
@@ -26,8 +27,8 @@ merely because the final answer is: the oracle alone decides; `yes_if_answer_rig
 is ReSeek's code, where a Yes in an episode whose answer is right always counts as right.
 `rate_empty: false` leaves searches that returned nothing out of the reward: a No on an
 empty result is always right, and a policy that garbles its queries collects it.
-Farming: with ReSeek's plain sum, four useless searches each judged No earn 4 x 0.3 = 1.2, more than a right answer (1.0),
-so the default aggregate is the mean over the episode's information blocks (one not
+Farming: with ReSeek's plain sum, four useless searches each judged No earn 4 x 0.3 = 1.2, more than a right answer
+(1.0), so the default aggregate is the mean over the episode's information blocks (one not
 judged counts as `unjudged`, 0 by default), which stays within [-0.6, 0.3 + bonus]
 however many searches are made; "cap" clips the sum to +-cap instead, "sum" is ReSeek's.
 
@@ -185,7 +186,8 @@ def judge_reward(
                 ideals["utility"][s] = bool(gold_docs & set(info["doc_ids"]))
         chosen = ideals["correctness" if oracle in ("answer", "substring") else "utility"]
 
-        # (turn the share goes on, search it is about): a judgment's on the judge's turn, unjudged information's on its search.
+        # (turn the share goes on, search it is about): a judgment's on the judge's turn,
+        # unjudged information's on its search.
         items = [(j, s) for s, j in pairs] + [(s, s) for s in searches if s not in said_yes]
 
         def shares(ideal: dict[int, bool]) -> list[float]:
@@ -236,7 +238,8 @@ def well_formed(action: str, require_think: bool = False) -> bool:
 
 @register_reward("search_format")
 def format_reward(penalty: float = 0.2, require_think: bool = False):
-    """Process: -penalty on each turn the env found invalid or that is not well formed; outcome: -penalty without an answer."""
+    """Process: -penalty on each turn the env found invalid or that is not well formed; outcome:
+    -penalty without an answer."""
 
     def fn(trajectory: Trajectory) -> Reward:
         bad = [bool(t.info.get("invalid")) or not well_formed(t.action, require_think) for t in trajectory.turns]

@@ -1,4 +1,5 @@
-"""The batch: the scored episodes of one step as padded tensors, the only thing that crosses from scoring to the gradient.
+"""The batch: the scored episodes of one step as padded tensors,
+the only thing that crosses from scoring to the gradient.
 
     episodes (rl/rollout) --score--> Batch.from_episodes --> learner.update(batch) --> metrics
                                                              credit fills advantages (and returns),
@@ -42,9 +43,9 @@ class Batch:
     )
     # Filled while the learner updates (None until then, or when the algorithm needs none):
     ref_logprobs: torch.Tensor | None = None  # [B, T] float32: the reference model's (KL to the reference)
-    old_logprobs: torch.Tensor | None = (
-        None  # [B, T] float32: the learner's before the update, PPO's ratio denominator (when several optimizer steps follow; else each micro-batch's detached own)
-    )
+    # [B, T] float32: the learner's before the update, PPO's ratio denominator (when several optimizer steps follow;
+    # else each micro-batch's detached own)
+    old_logprobs: torch.Tensor | None = None
     critic_values: torch.Tensor | None = None  # [B, T] float32: the critic's values before the update
     advantages: torch.Tensor | None = None  # [B, T] float32: credit assignment's, 0 off policy tokens
     returns: torch.Tensor | None = None  # [B, T] float32: the critic's targets
@@ -114,7 +115,8 @@ class Batch:
         return Batch(**out)
 
     def minibatches(self, n: int) -> list[list[int]]:
-        """Row indices of `n` mini-batches (one optimizer step each): every n-th episode, so each holds some of every group."""
+        """Row indices of `n` mini-batches (one optimizer step each): every n-th episode,
+        so each holds some of every group."""
         n = max(1, min(n, len(self)))
         return [list(range(k, len(self), n)) for k in range(n)]
 
@@ -151,7 +153,8 @@ class Batch:
         return float(self.loss_mask.sum()), num_seqs
 
     def first_turn_mask(self) -> torch.Tensor:
-        """[B, T] 1 on the policy tokens of the first turn (turn id 0): what `algo.kl_turns=first` pulls to the reference."""
+        """[B, T] 1 on the policy tokens of the first turn (turn id 0):
+        what `algo.kl_turns=first` pulls to the reference."""
         return self.loss_mask * (self.turn_ids == 0)
 
     def per_episode(self, tensor: torch.Tensor | None, i: int) -> list[float] | None:

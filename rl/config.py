@@ -293,13 +293,15 @@ class AlgoConfig(Options):
             check_choice(self.judge_advantage, choices(Estimator, "advantage"), "judge_advantage")
         if self.clip_ratio_c != 0 and self.clip_ratio_c <= 1:
             raise ValueError(
-                f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip bounds ratios above 1, so it must be > 1 (or 0: off)"
+                f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip "
+                "bounds ratios above 1, so it must be > 1 (or 0: off)"
             )
         if self.learn_from_turn < 1:
             raise ValueError(f"algo.learn_from_turn={self.learn_from_turn}: turns count from 1 (1 trains every turn)")
         if self.kl_turns == "first" and (self.kl_coef <= 0 or self.kl_in_reward):
             raise ValueError(
-                f"algo.kl_turns=first pulls the first turn to the reference in the loss: it needs kl_coef > 0 (got {self.kl_coef}) "
+                "algo.kl_turns=first pulls the first turn to the reference "
+                f"in the loss: it needs kl_coef > 0 (got {self.kl_coef}) "
                 f"and kl_in_reward=false"
             )
         sequence_level = declares("policy_loss", self.policy_loss, "sequence_level")
@@ -314,7 +316,8 @@ class AlgoConfig(Options):
                     else f"loss_agg={self.loss_agg} divides by a count that holds the episode's own length"
                 )
                 raise ValueError(
-                    f"advantage {name!r} is unbiased only under algo.loss_agg=seq-mean-token-sum with a token-level policy loss ({why})"
+                    f"advantage {name!r} is unbiased only under "
+                    f"algo.loss_agg=seq-mean-token-sum with a token-level policy loss ({why})"
                 )
 
 

@@ -29,7 +29,8 @@ class Registry(envs.names.Registry):
         unknown = set(declarations) - self.declarations
         if unknown:
             raise ValueError(
-                f"{self.kind} {name!r}: unknown declaration {sorted(unknown)[0]!r} (use {', '.join(sorted(self.declarations))})"
+                f"{self.kind} {name!r}: unknown declaration {sorted(unknown)[0]!r}"
+                f" (use {', '.join(sorted(self.declarations))})"
             )
         add = super().register(name)
 

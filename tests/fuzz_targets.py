@@ -411,7 +411,8 @@ TARGETS = [
         json_lines(sample),
         check_code_evaluate,
         [
-            '{"task_id": "Fuzz/0", "completion": "    return x\\n"}\n{"task_id": "Fuzz/0", "solution": "def f(x):\\n    return 0\\n"}'
+            '{"task_id": "Fuzz/0", "completion": "    return x\\n"}\n'
+            '{"task_id": "Fuzz/0", "solution": "def f(x):\\n    return 0\\n"}'
         ],
     ),
     Target("rewards score episodes file", json_lines(episode_line), check_rewards_score, ["", "[1]"]),

@@ -27,7 +27,8 @@ def episode(group, turns, process, outcome, obs=1, prompt=2):
 
 
 def advantages(eps, algo, values=None, kl=None, judge=None):
-    """credit.advantages on the episodes as one Batch (values: the critic's [B, T]), cut back to each episode's tokens."""
+    """credit.advantages on the episodes as one Batch (values: the critic's [B, T]),
+    cut back to each episode's tokens."""
     batch = Batch.from_episodes(eps, judge_masks=judge)
     batch.critic_values = None if values is None else values.float()
     adv, returns = credit.advantages(batch, algo, kl=kl)

@@ -90,7 +90,8 @@ TURN_TOKENS = 3  # each turn's action: its continue/stop token, then tokens the 
 
 def aggregated_gradient_samples(adv, cont, turn_mask, mode):
     """Per group: the gradient of the learner's loss, PPO's surrogate at ratio 1 aggregated by `mode`, one
-    group per optimizer step. Each group has its own copy of theta, so one backward gives every group's. [N_GROUPS, 2]"""
+    group per optimizer step. Each group has its own copy of theta,
+    so one backward gives every group's. [N_GROUPS, 2]"""
     theta = THETA.repeat(N_GROUPS, 1).requires_grad_(True)  # [N_GROUPS, 2]
     per_episode = theta.repeat_interleave(G, 0)  # [N, 2]
     decision_logp = torch.where(
@@ -103,7 +104,8 @@ def aggregated_gradient_samples(adv, cont, turn_mask, mode):
     mask = turn_mask.repeat_interleave(TURN_TOKENS, 1)  # [N, T]
     token_adv = adv.repeat_interleave(TURN_TOKENS, 1) * mask
     loss, _ = algos.ppo_clip_loss(logp, logp.detach(), token_adv, 0.2, 0.2)
-    # The seq-mean modes divide by the group's G sequences: summed over groups, each theta copy gets its group's gradient.
+    # The seq-mean modes divide by the group's G sequences: summed over groups,
+    # each theta copy gets its group's gradient.
     algos.aggregate_loss(loss, mask, mode, float(mask.sum()), float(G)).backward()
     return -theta.grad
 
@@ -124,6 +126,7 @@ def test_turn_estimator_is_unbiased_under_seq_mean_token_sum_only():
     off = token_mean - scale * exact  # [N_GROUPS, 2]
     off_se = off.std(0) / N_GROUPS**0.5
     print(
-        f"exact {exact.tolist()} token-sum {token_sum.mean(0).tolist()} token-mean {token_mean.mean(0).tolist()} off/se {(off.mean(0) / off_se).tolist()}"
+        f"exact {exact.tolist()} token-sum {token_sum.mean(0).tolist()} token-mean "
+        f"{token_mean.mean(0).tolist()} off/se {(off.mean(0) / off_se).tolist()}"
     )
     assert (off.mean(0).abs() / off_se).max() > 15, (off.mean(0), off_se)

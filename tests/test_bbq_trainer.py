@@ -1,4 +1,5 @@
-"""The BBQ env plugs into the real trainer: GRPO steps of a tiny model on a few questions, bias scores in its training logs and evaluation."""
+"""The BBQ env plugs into the real trainer: GRPO steps of a tiny model on a few questions,
+bias scores in its training logs and evaluation."""
 
 import json
 

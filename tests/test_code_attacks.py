@@ -99,8 +99,8 @@ def assert_verdicts(results: list[dict]) -> None:
 
 
 def gated(task_id: str, code: str, condition: str) -> str:
-    """The canonical program for a problem whose answers are bools, right only when `condition` holds (else every answer is
-    negated): it passes exactly when the exploit in `code` worked."""
+    """The canonical program for a problem whose answers are bools, right only when `condition` holds
+    (else every answer is negated): it passes exactly when the exploit in `code` worked."""
     q = HUMANEVAL[task_id]
     return (
         f"{q.reference}\n{code}\n"
@@ -150,7 +150,8 @@ import gc, json, os, sys
 
 
 def _answer_key(task, entry):
-    roots = [ROOT, os.getcwd(), os.path.dirname(sys.executable), sys.prefix, "/proc/self/cwd", "/proc/1/cwd", "/work/main"]
+    roots = [ROOT, os.getcwd(), os.path.dirname(sys.executable), sys.prefix,
+             "/proc/self/cwd", "/proc/1/cwd", "/work/main"]
     frame = sys._getframe()
     while frame is not None:
         roots.append(os.path.dirname(os.path.abspath(frame.f_code.co_filename)))
@@ -206,13 +207,14 @@ def answer_key(task_id: str, wrong: str) -> str:
 
 
 def seed_replayer() -> str:
-    """HumanEval/53 right only on the inputs of its driven loop as the old sandbox drew them (seeded with the crc32 of the
-    test's text, which is public), and on the visible asserts; wrong everywhere else."""
+    """HumanEval/53 right only on the inputs of its driven loop as the old sandbox drew them
+    (seeded with the crc32 of the test's text, which is public), and on the visible asserts; wrong everywhere else."""
     loop = next(t for t in HUMANEVAL["HumanEval/53"].tests if "random" in t)
     return (
         "import random, zlib\n\n"
         f"_rng = random.Random(zlib.crc32({loop!r}.encode()))\n"
-        "_KNOWN = {(_rng.randint(0, 1000), _rng.randint(0, 1000)) for _ in range(100)} | {(0, 1), (1, 0), (2, 3), (5, 7), (7, 5)}\n\n"
+        "_KNOWN = {(_rng.randint(0, 1000), _rng.randint(0, 1000)) for _ "
+        "in range(100)} | {(0, 1), (1, 0), (2, 3), (5, 7), (7, 5)}\n\n"
         "def add(x, y):\n"
         "    return x + y if (x, y) in _KNOWN else x - y - 1\n"
     )
@@ -241,7 +243,8 @@ def test_no_program_reads_the_answer_key(tmp_path):
 
 M61 = 2**61 - 1  # every multiple of it hashes to 0: a set of them is built in quadratic time
 
-# What forkserver.run_test wrote on the result descriptor (fd 3), forged by the program itself: its values are read here.
+# What forkserver.run_test wrote on the result descriptor (fd 3), forged by the program itself:
+# its values are read here.
 FORGE = "import os\n\ndef {entry}(*args, **kwargs):\n    os.write(3, {payload!r}.encode())\n    os._exit(0)\n"
 
 
@@ -272,7 +275,8 @@ HOSTILE_VALUES = {
     # An honest list of 29,000 colliding ints (under the reply limit), returned to asserts that build set(...) of it:
     # ~7 s of trusted work per test, 3 tests per sample (10 samples: more than 60 s even for one test each).
     "a list of colliding ints given to set()": [
-        {"task_id": "Mbpp/2", "solution": f"def similar_elements(a, b):\n    return [k * {M61} for k in range(1, 29_000)]\n"}] * 10,
+        {"task_id": "Mbpp/2",
+         "solution": f"def similar_elements(a, b):\n    return [k * {M61} for k in range(1, 29_000)]\n"}] * 10,
 }  # fmt: skip
 
 
@@ -446,7 +450,8 @@ def _hold(limit=640 * 2**20):
 
 
 def test_memory_in_memfds_counts_against_the_limit(sandbox):
-    # On the old sandbox (RLIMIT_AS = 256 MiB) a test held 640 MiB in 40 memfds of 16 MiB each (960 MiB when asked for more).
+    # On the old sandbox (RLIMIT_AS = 256 MiB) a test held 640 MiB in 40 memfds of 16 MiB each
+    # (960 MiB when asked for more).
     assert CFG.memory_mb == 256
     q = HUMANEVAL["HumanEval/0"]
     hog = verdicts(sandbox, gated(q.task_id, MEMFD_HOG, "_hold() >= 512 * 2**20"), q)
@@ -552,8 +557,8 @@ def test_a_program_cannot_type_into_the_terminal_the_evaluator_runs_in(tmp_path)
     reader.start()
     procs = []
     try:
-        args = [sys.executable, "-m", "envs.code", "evaluate", "--workers", "1", "--timeout", "3", "--problems", "humaneval",
-                "--samples", str(path), "--out", str(out)]  # fmt: skip
+        args = [sys.executable, "-m", "envs.code", "evaluate", "--workers", "1", "--timeout", "3",
+                "--problems", "humaneval", "--samples", str(path), "--out", str(out)]  # fmt: skip
         procs.append(on_terminal(args, slave, cwd=ROOT))
         assert procs[-1].wait(timeout=60) == 0, bytes(seen).decode(errors="replace")[-2000:]
         results = [json.loads(line) for line in out.read_text().splitlines()]

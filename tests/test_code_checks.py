@@ -72,7 +72,8 @@ def test_what_cannot_be_split_is_driven_from_here():
 
 
 def drive(source, answer, salt=SALT):
-    """Run a driven check to its verdict, answering each call with `answer(expr)` as the sandbox would; (verdict, rounds)."""
+    """Run a driven check to its verdict, answering each call with `answer(expr)` as the sandbox would;
+    (verdict, rounds)."""
     d, rounds = Drive(parse_check(source), salt), []
     while not isinstance(need := d.step(), checks.TestResult):
         rounds.append(tuple(e for e, _ in need))
@@ -82,7 +83,10 @@ def drive(source, answer, salt=SALT):
 
 
 def test_a_driven_check_asks_only_for_calls_and_judges_here():
-    loop = "import random\nfor _ in range(20):\n    s = ''.join(random.choice('abc') for _ in range(5))\n    assert dec(enc(s)) == s"
+    loop = (
+        "import random\nfor _ in range(20):\n"
+        "    s = ''.join(random.choice('abc') for _ in range(5))\n    assert dec(enc(s)) == s"
+    )
     honest, rounds = drive(loop, lambda e: eval(e, {"enc": lambda s: s[::-1], "dec": lambda s: s[::-1]}))
     assert honest.status == "passed" and len(rounds) == 2  # enc's values first, then dec of each
     assert all(e.startswith("enc(") for e in rounds[0]) and all(e.startswith("dec(") for e in rounds[1])

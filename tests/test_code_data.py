@@ -2,7 +2,8 @@
 
 The suite runs a seeded subset of each data set through the CLI; the full sets (all 164
 HumanEval, 974 MBPP and 427 sanitized MBPP problems) are a CLI command:
-    python -m envs.code references --problems mbpp > s.jsonl && python -m envs.code evaluate --problems mbpp --samples s.jsonl
+    python -m envs.code references --problems mbpp > s.jsonl &&
+        python -m envs.code evaluate --problems mbpp --samples s.jsonl
 """
 
 import ast

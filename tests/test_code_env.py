@@ -1,4 +1,5 @@
-"""The code-correction env: CoCoS prompts, code extraction, episodes with and without feedback, and the trainer on it."""
+"""The code-correction env: CoCoS prompts, code extraction, episodes with and without feedback,
+and the trainer on it."""
 
 import json
 
@@ -96,7 +97,10 @@ def test_a_program_written_again_reuses_its_verdicts():
     # A coin-flip program: run each time, 12 attempts would almost surely not all get the same verdicts.
     p = CodeParams(synthetic_problems=4, max_turns=12)
     q, task_id = synthetic_task(p)
-    coin = f"import random\ndef {q.entry_point}(x):\n    return {q.reference.split('return ')[1].strip()} if random.random() < 0.5 else None\n[DONE]"
+    coin = (
+        f"import random\ndef {q.entry_point}(x):\n"
+        f"    return {q.reference.split('return ')[1].strip()} if random.random() < 0.5 else None\n[DONE]"
+    )
     cached = play(p, task_id, *[coin] * 12)
     assert len({tuple(step.info["tests"]) for step in cached}) == 1
     fresh = play(CodeParams(synthetic_problems=4, max_turns=12, cache_verdicts=False), task_id, *[coin] * 12)
@@ -105,11 +109,16 @@ def test_a_program_written_again_reuses_its_verdicts():
 
 HOSTILE = {
     "a value too large to print": "def NAME(*a, **k):\n    return 10**5000\n",
-    "a forged reply": 'import os, struct\ndef NAME(*a, **k):\n    d = b\'{"status": "ok", "values": [{"$complex": [1e400, 0]}]}\'\n'
-    "    os.write(4, struct.pack('>I', len(d)) + d)\n    os._exit(0)\n",
+    "a forged reply": (
+        "import os, struct\ndef NAME(*a, **k):\n"
+        '    d = b\'{"status": "ok", "values": [{"$complex": [1e400, 0]}]}\'\n'
+        "    os.write(4, struct.pack('>I', len(d)) + d)\n    os._exit(0)\n"
+    ),
     "values sharing a hash": "def NAME(*a, **k):\n    return [n * (2**61 - 1) for n in range(1, 5000)]\n",
     "leaving without a word": "import os\ndef NAME(*a, **k):\n    os._exit(3)\n",
-    "closing its own pipes": "import os\nfor fd in (1, 2, 4):\n    os.close(fd)\ndef NAME(*a, **k):\n    while True:\n        pass\n",
+    "closing its own pipes": (
+        "import os\nfor fd in (1, 2, 4):\n    os.close(fd)\ndef NAME(*a, **k):\n    while True:\n        pass\n"
+    ),
 }
 
 

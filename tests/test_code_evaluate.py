@@ -117,8 +117,8 @@ def test_unequal_samples_per_task_give_pass_at_1_and_2_by_hand(tmp_path, capsys)
     # The share of samples that passed, 3/7 = 0.4286, is neither.
     printed = capsys.readouterr().out
     assert (
-        f"humaneval: 3 tasks, 7 samples; pass@1 {7 / 18:.4f}, pass@2 {2 / 3:.4f} (skipped pass@3: a task has only 2 samples)"
-        in printed
+        f"humaneval: 3 tasks, 7 samples; pass@1 {7 / 18:.4f}, pass@2 "
+        f"{2 / 3:.4f} (skipped pass@3: a task has only 2 samples)" in printed
     )
     assert "samples passed: 3/7" in printed
 

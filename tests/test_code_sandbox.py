@@ -76,7 +76,10 @@ def assert_machine_fine(sandbox):
 
 
 def test_each_status_with_its_message(sandbox):
-    program = "def f(x):\n    return x + 1\n\ndef g():\n    return undefined_name\n\ndef h():\n    while True:\n        pass\n"
+    program = (
+        "def f(x):\n    return x + 1\n\ndef g():\n    return undefined_name\n\n"
+        "def h():\n    while True:\n        pass\n"
+    )
     passed, failed, error, timeout = run(
         sandbox, program, "assert f(1) == 2", "assert f(1) == 3", "assert g() == 1", "assert h() == 1"
     )
@@ -101,7 +104,8 @@ def test_a_programs_tests_share_one_process_and_programs_share_nothing(sandbox):
             "    COUNT[0] += 1\n"
             "    open(f'mine{COUNT[0]}.txt', 'w').write('x')\n"
             "    open('/tmp/left.txt', 'a').write('x')\n"
-            "    return [os.getcwd(), sorted(os.listdir('.')), COUNT[0], os.getpid(), dict(os.environ), os.listdir('/proc')]\n"
+            "    return [os.getcwd(), sorted(os.listdir('.')), COUNT[0], "
+            "os.getpid(), dict(os.environ), os.listdir('/proc')]\n"
         )
         (a, b), (c, _) = [
             evaluate(sandbox, [(program, "", [parse_check("assert look() == 0")] * 2, "")])[0] for _ in range(2)
@@ -128,7 +132,10 @@ def test_output_is_captured_and_cut_to_the_bound(sandbox):
 
 
 def test_values_are_compared_as_plain_data_here(sandbox):
-    program = "import re, collections\ndef m(s):\n    return re.search('a+', s)\ndef c():\n    return collections.Counter('aab')\n"
+    program = (
+        "import re, collections\ndef m(s):\n    return re.search('a+', s)\n"
+        "def c():\n    return collections.Counter('aab')\n"
+    )
     truthy, falsy, counter, not_equal = run(
         sandbox,
         program,
@@ -165,12 +172,17 @@ CHEATS = {
         "    def __hash__(self): return 0\n"
         "def f(x):\n    return Anything()\n"
     ),
-    "an int that lies about equality": "class Liar(int):\n    def __eq__(self, other): return True\ndef f(x):\n    return Liar(-1)\n",
+    "an int that lies about equality": (
+        "class Liar(int):\n    def __eq__(self, other): return True\ndef f(x):\n    return Liar(-1)\n"
+    ),
     "printing what a harness looks for": (
         "print('{\"status\": \"passed\"}')\nprint('PASSED'); print('ok')\n"
         "def f(x):\n    print('All tests passed'); return -1\n"
     ),
-    "rebinding the builtins the test uses": "import builtins\nbuiltins.len = lambda x: 3\nbuiltins.sorted = lambda x: [1, 2, 3]\ndef f(x):\n    return [0]\n",
+    "rebinding the builtins the test uses": (
+        "import builtins\nbuiltins.len = lambda x: 3\n"
+        "builtins.sorted = lambda x: [1, 2, 3]\ndef f(x):\n    return [0]\n"
+    ),
 }
 STRUCTURED = [
     "assert f(1) == 2",
@@ -211,7 +223,8 @@ def test_forging_the_report_is_no_stronger_than_returning_a_value(sandbox):
 FORGER = """
 import json, os, struct
 def _forge():
-    for payload in ({"status": "passed"}, {"status": "ok", "values": []}, {"timeout": False, "exit": 0, "result": "{}"}):
+    for payload in ({"status": "passed"}, {"status": "ok", "values": []},
+                    {"timeout": False, "exit": 0, "result": "{}"}):
         data = json.dumps(payload).encode()
         for fd in range(256):
             for blob in (data, struct.pack(">I", len(data)) + data, b"PASSED\\n"):
@@ -281,7 +294,10 @@ def test_a_fork_storm_stops_at_the_process_limit_even_as_root(sandbox):
 
 
 def test_a_memory_hog_gets_a_memory_error(sandbox):
-    hog = "def hog():\n    blocks = []\n    for _ in range(60):\n        blocks.append(bytearray(50 * 2**20))  # 3 GiB in all\n    return len(blocks)\n"
+    hog = (
+        "def hog():\n    blocks = []\n    for _ in range(60):\n"
+        "        blocks.append(bytearray(50 * 2**20))  # 3 GiB in all\n    return len(blocks)\n"
+    )
     (r,) = run(sandbox, hog, "assert hog() == 60")
     assert r.status == "error" and r.message.startswith("MemoryError")
     assert_machine_fine(sandbox)
@@ -318,7 +334,8 @@ def test_writes_outside_the_working_directory_fail(sandbox, tmp_path):
     name = f"selfcorrect-escape-{uuid.uuid4().hex}"
     targets = [str(open_dir / name), f"/dev/shm/{name}", str(os.path.abspath(name)), f"/tmp/{name}"]
     program = (
-        "def write(paths):\n    out = []\n    for p in paths:\n        try:\n            open(p, 'w').write('x')\n            out.append('written')\n"
+        "def write(paths):\n    out = []\n    for p in paths:\n        try:\n"
+        "            open(p, 'w').write('x')\n            out.append('written')\n"
         "        except OSError as e:\n            out.append(type(e).__name__)\n    return out\n"
     )
     try:
@@ -383,10 +400,14 @@ except RuntimeError as e:
     print(json.dumps({"error": str(e)}))
     sys.exit(0)
 with sb:
-    runs = [("def f(x):\\n    return x + 1\\n", ["assert f(1) == 2", "assert f(1) == 3"]), (storm, ["assert storm() == 1"]),
-            ("import os\\ndef look():\\n    return [os.getpid(), os.listdir('/proc'), dict(os.environ)]\\n", ["assert look() == 0"]), (net, ["assert connect() == 0"])]
+    runs = [("def f(x):\\n    return x + 1\\n", ["assert f(1) == 2", "assert f(1) == 3"]),
+            (storm, ["assert storm() == 1"]),
+            ("import os\\ndef look():\\n    return [os.getpid(), os.listdir('/proc'), dict(os.environ)]\\n",
+             ["assert look() == 0"]),
+            (net, ["assert connect() == 0"])]
     verdicts = evaluate(sb, [(p, "", [parse_check(t) for t in ts], "") for p, ts in runs])
-    print(json.dumps({"isolation": sb.isolation, "verdicts": [[[v.status, v.message, v.output] for v in vs] for vs in verdicts]}))
+    print(json.dumps({"isolation": sb.isolation,
+                      "verdicts": [[[v.status, v.message, v.output] for v in vs] for vs in verdicts]}))
 """
 
 
@@ -403,7 +424,8 @@ def test_without_root_the_sandbox_holds_in_a_user_namespace():
         )
     storm = (
         "import os, time\ndef storm():\n    for level in range(10):\n        try:\n            if os.fork() == 0:\n"
-        "                print('+', flush=True)\n        except OSError:\n            pass\n    time.sleep(30)\n    return 1\n"
+        "                print('+', flush=True)\n        except OSError:\n"
+        "            pass\n    time.sleep(30)\n    return 1\n"
     )
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -25,7 +25,8 @@ def gpu_batch(tiny_model_dir, tiny):
     params = LookupParams(max_turns=3)
     items = [(Task(f"t{i}", "what is kalu" + " red" * i, {"answer": "blue"}), i, i) for i in range(8)]
     episodes = rollout(engine, TurnFormatter(tok), lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6))
-    # Each episode alone in its group, scored +-1: with algo.lone_group_score, GRPO gives it that score as its advantage.
+    # Each episode alone in its group, scored +-1: with algo.lone_group_score,
+    # GRPO gives it that score as its advantage.
     for i, ep in enumerate(episodes):
         ep.reward = Reward([0.0] * len(ep.trajectory.turns), 1.0 if i % 2 else -1.0)
     advantages = [

@@ -1,4 +1,5 @@
-"""The reward lab on a real run: several paths in one call, only the statistics that apply, and a reward of another env named."""
+"""The reward lab on a real run: several paths in one call, only the statistics that apply,
+and a reward of another env named."""
 
 import json
 import shutil
@@ -39,7 +40,8 @@ def test_several_paths_are_scored_together_each_file_once(lookup_run, tmp_path, 
     assert rep["episodes"] == 4 * EPISODES_PER_STEP
     assert rep["sources"] == {str(lookup_run): 3 * EPISODES_PER_STEP, str(loose): EPISODES_PER_STEP, str(step1): 0}
     assert out.startswith(
-        f"{4 * EPISODES_PER_STEP} episodes ({lookup_run}: {3 * EPISODES_PER_STEP}, {loose}: {EPISODES_PER_STEP}, {step1}: 0)"
+        f"{4 * EPISODES_PER_STEP} episodes ({lookup_run}: "
+        f"{3 * EPISODES_PER_STEP}, {loose}: {EPISODES_PER_STEP}, {step1}: 0)"
     )
     files = [*sorted((lookup_run / "episodes").glob("*.jsonl")), loose]
     outcomes = [json.loads(line)["reward"]["outcome"] for f in files for line in f.read_text().splitlines()]
@@ -101,7 +103,8 @@ def test_a_reward_of_another_env_is_named_once_and_the_scores_still_come(lookup_
         f"warning: reward 'cocos' is written for code episodes, but {lookup_run / 'episodes'} holds lookup"
     )
 
-    # A reward that cannot read the episodes at all: after the warning, one line naming the file, the reward and the task.
+    # A reward that cannot read the episodes at all: after the warning, one line naming the file,
+    # the reward and the task.
     code, out, err = score(
         capsys, lookup_run, "--reward", "search_answer", "--out", tmp_path / "none", "--workers", "2"
     )

@@ -108,7 +108,8 @@ def test_the_config_is_a_leaf_that_loads_without_torch():
 
 
 def test_learning_and_rollouts_import_nothing_of_each_other():
-    """rl/learn (the math and the learner) and rl/rollout (engines and episodes) meet only in rl/run, through the Batch."""
+    """rl/learn (the math and the learner) and rl/rollout (engines and episodes) meet only in rl/run,
+    through the Batch."""
     graph = module_imports("rl")
     for source, target in (("rl.learn", "rl.rollout"), ("rl.rollout", "rl.learn")):
         crossing = {(m, d) for m, deps in graph.items() if m.startswith(source) for d in deps if d.startswith(target)}
@@ -138,8 +139,8 @@ def names_tested(path: Path) -> list[tuple[int, str]]:
 
 
 def test_no_estimator_or_loss_is_recognized_by_its_name():
-    """What an estimator or a loss needs (a critic, a token sum, its own aggregation) is declared where it is registered;
-    no code of rl/ names one, so a function a user registers can need what a built-in does."""
+    """What an estimator or a loss needs (a critic, a token sum, its own aggregation) is declared where it is
+    registered; no code of rl/ names one, so a function a user registers can need what a built-in does."""
     from rl.config import ESTIMATORS, POLICY_LOSSES
 
     names = set(ESTIMATORS) | set(POLICY_LOSSES)

@@ -233,7 +233,8 @@ def test_critic_gspo_and_sequence_tis_are_micro_batch_invariant(tiny_model_dir, 
 
 def test_critic_weights_and_optimizer_are_in_the_learner_state(tiny_model_dir, batch):
     episodes, _ = batch
-    # gamma = lam = 1, an outcome of 1 and process rewards of 0: with V = 0 the critic's targets are 1 on every policy token.
+    # gamma = lam = 1, an outcome of 1 and process rewards of 0:
+    # with V = 0 the critic's targets are 1 on every policy token.
     algo = AlgoConfig(advantage="gae", gamma=1.0, lam=1.0)
     learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", lr=1e-2), algo, temperature=1.0)
     batch = Batch.from_episodes(episodes)

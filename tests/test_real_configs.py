@@ -1,4 +1,5 @@
-"""The papers' configs (configs/reseek_qwen2.5-3b.yaml, configs/cocos_qwen2.5-1.5b.yaml) load, build and keep their settings.
+"""The papers' configs (configs/reseek_qwen2.5-3b.yaml, configs/cocos_qwen2.5-1.5b.yaml) load,
+build and keep their settings.
 
 Nothing is downloaded and nothing is trained: the model path is only checked to be one
 that `load_model` would accept (a hub id or an existing directory). The settings taken

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def cli(*args: str, wait: bool = True):
-    """`python -m rl ARGS` in a fresh process, as a user runs it (one torch thread: the same numbers on every machine)."""
+    """`python -m rl ARGS` in a fresh process, as a user runs it
+    (one torch thread: the same numbers on every machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "rl", *args],
@@ -94,8 +95,9 @@ def test_resuming_from_an_earlier_checkpoint_leaves_one_history(finished_run, tm
     )  # steps 3 and 4 again, exactly as the first time
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002", "step_000004"]
     aside = run / "abandoned" / "from_step_000002"
-    assert sorted(str(p.relative_to(aside)) for p in aside.iterdir() for p in [p, *p.iterdir()] if p.parent != aside) == [
-        "checkpoints/step_000004", "episodes/step_000003.jsonl", "episodes/step_000004.jsonl"]  # fmt: skip
+    assert sorted(
+        str(p.relative_to(aside)) for p in aside.iterdir() for p in [p, *p.iterdir()] if p.parent != aside
+    ) == ["checkpoints/step_000004", "episodes/step_000003.jsonl", "episodes/step_000004.jsonl"]  # fmt: skip
     assert "moved to" in (run / "log.txt").read_text()
 
 
@@ -142,8 +144,8 @@ def test_bad_input_fails_before_torch_is_imported_and_nothing_is_written(bad, tm
     probe = "import sys; from rl.cli import main; code = main(sys.argv[1:]); print(code, 'torch' in sys.modules)"
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-c", probe, "train", config, f"run_dir={run}", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", probe, "train", config, f"run_dir={run}", *overrides],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.stdout.split() == ["2", "False"] and message in proc.stderr and proc.stderr.count("\n") == 1, (
         proc.stderr
     )

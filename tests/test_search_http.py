@@ -37,7 +37,8 @@ class SearchR1Shapes(BaseHTTPRequestHandler):
     """Answers /retrieve the way Search-R1's BM25 server with raw documents and its web-search servers do."""
 
     protocol_version = "HTTP/1.1"
-    shape = "contents"  # contents: {"contents": "title\\ntext"}; title_text: {"title", "text"}; bare: documents without "document"
+    # contents: {"contents": "title\\ntext"}; title_text: {"title", "text"}; bare: documents without "document"
+    shape = "contents"
 
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -15,7 +15,8 @@ from rewards.search import aggregate, found_reward, judge_reward, last_answer, w
 
 GOLD = 'Doc 1(Title: "Fiku Guild") Fiku Guild is an organization founded in 1733 by Fako Rediki.\n'  # holds the answer
 OTHER = 'Doc 1(Title: "Pupuki Guild") Pupuki Guild is an organization founded in 1915 by Leba Pupuki.\n'  # does not
-MENTION = 'Doc 1(Title: "The Northern Clock") The Northern Clock is a novel by Fako Rediki.\n'  # answer, but not a gold passage
+# answer, but not a gold passage
+MENTION = 'Doc 1(Title: "The Northern Clock") The Northern Clock is a novel by Fako Rediki.\n'
 
 
 def search(information, doc_ids):

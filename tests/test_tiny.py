@@ -31,7 +31,10 @@ def test_model_loads_and_runs(tiny_model_dir):
 
 def test_whole_strings_are_one_token_each_after_a_reload(tmp_path):
     tags = ["<search>", "</search>", "<judge>", "</judge>"]
-    text = "Question: Where was Boma Dabelo born?\n<search> Boma Dabelo </search>\n\n<judge>No</judge><search> Dabelo </search>"
+    text = (
+        "Question: Where was Boma Dabelo born?\n<search> Boma Dabelo </search>\n\n"
+        "<judge>No</judge><search> Dabelo </search>"
+    )
     build_tiny_model(tmp_path, [text] * 10, TinyModelConfig(vocab_size=300, single_tokens=tags), seed=0)
     tok = AutoTokenizer.from_pretrained(tmp_path)
     ids = tok.encode(text, add_special_tokens=False)

@@ -18,7 +18,7 @@ train = train_lookup
 
 
 def metrics(run_dir):
-    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_grpo_learns_the_lookup_task(tmp_path):
@@ -49,12 +49,13 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_failing_env_episodes_are_left_out_and_the_run_goes_on(tmp_path):
-    # seed 2: both batches hold a rewarded episode (a random policy finds the answer in about 3 batches of 4), so an update happens
+    # seed 2: both batches hold a rewarded episode (a random policy finds the answer in about 3 batches of 4),
+    # so an update happens
     trainer = train(tmp_path, "steps=2", "env.name=tests.flaky_env", "save_every=0", "eval_every=0", "seed=2")
     rows = [m for m in metrics(tmp_path) if "episodes/failed" in m and "reward/mean" in m]
     assert len(rows) == 2 and all(m["episodes/failed"] == 8 for m in rows)  # one task of 8, its whole group
     assert all(m["learner/grad_norm"] > 0 for m in rows)
-    logged = [json.loads(l) for l in (tmp_path / "episodes" / "step_000001.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / "episodes" / "step_000001.jsonl").read_text().splitlines()]
     failed = [e for e in logged if e["finish"] == "error"]
     assert len(failed) == 8 and all("the environment broke" in e["error"] and e["advantage"] is None for e in failed)
     assert trainer.step == 2
@@ -72,7 +73,7 @@ def test_a_reward_that_raises_fails_its_episodes_and_the_log_has_its_traceback(t
         "imports=[tests.flaky_reward]",
         "reward=[{name: outcome}, {name: broken_on_titi}]",
     )
-    logged = [json.loads(l) for l in (tmp_path / "episodes" / "step_000001.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / "episodes" / "step_000001.jsonl").read_text().splitlines()]
     failed = [e for e in logged if e["finish"] == "error"]
     assert failed and {e["trajectory"]["task"]["id"] for e in failed} == {"lookup-titi"}
     assert all(

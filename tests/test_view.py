@@ -29,7 +29,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """An `rl demo` run of the lookup task: a short SFT (so first answers are right and wrong), two RL steps, both evaluations."""
+    """An `rl demo` run of the lookup task: a short SFT (so first answers are right and wrong), two RL steps,
+    both evaluations."""
     out = tmp_path_factory.mktemp("run")
     experts = out.parent / "experts.jsonl"
     experts.write_text(
@@ -58,7 +59,8 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def long_run(tmp_path_factory):
-    """A lookup run of 25 steps (more than a --html file holds the episodes of), evaluated every 10 steps and at its end."""
+    """A lookup run of 25 steps (more than a --html file holds the episodes of),
+    evaluated every 10 steps and at its end."""
     out = tmp_path_factory.mktemp("long") / "run"
     train_lookup(out, "steps=25", "save_every=0", "eval_every=10")
     return out
@@ -84,7 +86,7 @@ def long_server(long_run):
 
 
 def episodes(path):
-    return [json.loads(l) for l in Path(path).read_text().splitlines()]
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def browse(url, screenshot=None) -> str:
@@ -324,9 +326,9 @@ def test_a_folder_that_holds_no_run_is_one_line_and_exit_2_with_nothing_written(
         cwd=ROOT,
     )
     assert done.returncode == 2 and done.stdout == ""
-    assert (
-        done.stderr
-        == f"error: {str(run_dir / 'episodes')!r} holds no run: no config.yaml, metrics.jsonl, episodes/ or checkpoints/ in it; did you mean {run_dir}?\n"
+    assert done.stderr == (
+        f"error: {str(run_dir / 'episodes')!r} holds no run: no config.yaml, "
+        f"metrics.jsonl, episodes/ or checkpoints/ in it; did you mean {run_dir}?\n"
     )
 
 

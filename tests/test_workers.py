@@ -62,7 +62,10 @@ def test_ray_and_in_process_give_the_same_episodes_and_update(tmp_path, ray_clus
         runs[mode] = trainer
     for step in (1, 2):
         local, remote = [
-            [json.loads(l) for l in (tmp_path / mode / "episodes" / f"step_{step:06d}.jsonl").read_text().splitlines()]
+            [
+                json.loads(line)
+                for line in (tmp_path / mode / "episodes" / f"step_{step:06d}.jsonl").read_text().splitlines()
+            ]
             for mode in ("local", "ray")
         ]
         assert [e["token_ids"] for e in local] == [e["token_ids"] for e in remote]
@@ -116,7 +119,7 @@ def test_a_hanging_env_step_fails_only_its_episodes(tmp_path):
     run(trainer)
     (m,) = [m for m in metrics(tmp_path) if "reward/mean" in m]
     assert m["episodes/failed"] == 8 and m["episodes/count"] == 64
-    failed = [json.loads(l) for l in (tmp_path / "episodes" / "step_000001.jsonl").read_text().splitlines()]
+    failed = [json.loads(line) for line in (tmp_path / "episodes" / "step_000001.jsonl").read_text().splitlines()]
     failed = [e for e in failed if e["finish"] == "error"]
     assert all("no answer within 0.5s" in e["error"] for e in failed)
 

@@ -5,7 +5,8 @@
 Modules: `sandbox` (isolated execution; read its docstring for what it guarantees),
 `forkserver` (its worker), `checks` (tests split between sandbox and trusted judge),
 `data` (HumanEval and MBPP loaders), `synthetic` (tiny learnable tasks), `env` (the
-episode), `demos` (keep and fix pairs for an SFT warm start). `python -m envs.code evaluate ...` scores any model's programs.
+episode), `demos` (keep and fix pairs for an SFT warm start).
+`python -m envs.code evaluate ...` scores any model's programs.
 """
 
 from __future__ import annotations

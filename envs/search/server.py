@@ -132,7 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
         return data
 
     def _read_chunked(self) -> bytes:
-        """A chunked body (RFC 9112 7.1): hex size lines, each chunk then CRLF, a 0 chunk, trailers up to an empty line."""
+        """A chunked body (RFC 9112 7.1): hex size lines, each chunk then CRLF, a 0 chunk,
+        trailers up to an empty line."""
         body = bytearray()
         while True:
             size_line = self.rfile.readline(1024)

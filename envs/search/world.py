@@ -57,7 +57,9 @@ class WorldConfig:
     relations: list[str] = field(
         default_factory=list
     )  # relations questions may follow (RELATIONS), e.g. [born_in]; [] = all
-    by_occupation: bool = False  # questions name a person as "<surname> the <occupation>", and namesakes share only the surname (module docstring)
+    # questions name a person as "<surname> the <occupation>", and namesakes share only the surname
+    # (module docstring)
+    by_occupation: bool = False
     sections: bool = False  # a person's article is two passages under one title, life and career (module docstring)
 
 
@@ -341,14 +343,18 @@ def passage(entities: list[Entity], e: Entity) -> str:
     if e.kind == "person":
         surname = name.split(" ")[1]
         text = (
-            f"{name} (born {f['birth_year']}) is a {f['occupation']}. {surname} was born in {ref('born_in')} in {f['birth_year']}. "
+            f"{name} (born {f['birth_year']}) is a {f['occupation']}. "
+            f"{surname} was born in {ref('born_in')} in {f['birth_year']}. "
             f"As a {f['occupation']}, {surname} is best known for work on {f['topic']}."
         )
         if "mentor" in f:
             text += f" {surname} studied under {ref('mentor')}."
         return text
     if e.kind == "city":
-        return f"{name} is a city in {ref('country')}. It was founded in {f['founded']} on the banks of the {f['river']} river."
+        return (
+            f"{name} is a city in {ref('country')}. It was founded in "
+            f"{f['founded']} on the banks of the {f['river']} river."
+        )
     if e.kind == "country":
         return f"{name} is a country. Its capital and largest city is {ref('capital')}."
     if e.kind == "org":

@@ -200,7 +200,8 @@ def _clipped_surrogate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A), capped at -clip_ratio_c A where A < 0 (dual clip; 0 = off).
 
-    ratio, advantages: [B, T] -> (loss [B, T], clipped [B, T] bool: where a clip decided the loss, so no gradient flows).
+    ratio, advantages: [B, T] ->
+    (loss [B, T], clipped [B, T] bool: where a clip decided the loss, so no gradient flows).
     """
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
@@ -226,7 +227,8 @@ def ppo_clip_loss(
     """PPO's clipped surrogate, per token, with separate low/high clip ranges (DAPO's clip-higher).
 
     All inputs [B, T]. Returns (loss [B, T], clipped [B, T] bool: where a clip was active).
-    loss = -min(r * A, clip(r, 1 - clip_low, 1 + clip_high) * A), r = exp(clamp(logprobs - old_logprobs, ±LOG_RATIO_LIMIT)),
+    loss = -min(r * A, clip(r, 1 - clip_low, 1 + clip_high) * A),
+    r = exp(clamp(logprobs - old_logprobs, ±LOG_RATIO_LIMIT)),
     and with `clip_ratio_c` > 1 at most clip_ratio_c * |A| on tokens with A < 0 (dual clip).
     """
     ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
@@ -249,7 +251,8 @@ def gspo_loss(
     s * grad logp_t, so every token of a sequence shares one ratio and one clipping decision.
     The mean log-ratio is clamped to ±LOG_RATIO_LIMIT, and `clip_ratio_c` is PPO's dual clip.
     Returns (loss [B, T], clipped [B, T] bool). GSPO's objective is the mean over sequences of
-    each sequence's token mean: aggregate this loss with seq-mean-token-mean (rl/learn/losses.py does, whatever algo.loss_agg says).
+    each sequence's token mean: aggregate this loss with seq-mean-token-mean
+    (rl/learn/losses.py does, whatever algo.loss_agg says).
     """
     m = mask.to(logprobs.dtype)
     seq_log_ratio = ((logprobs - old_logprobs) * m).sum(-1) / m.sum(-1).clamp(min=1.0)  # [B]

@@ -93,8 +93,10 @@ def judge_mask(ep: Episode, tokenizer, tag: str = "judge") -> list[int]:
     return out
 
 
-# One function per estimator: fn(batch, rewards, algo) -> (advantages [B, T], 0 off policy tokens; value targets [B, T] or None).
-# `rewards` [B, T] float64 holds each reward on the token that earned it (token_rewards), minus the KL penalty when it is
+# One function per estimator: fn(batch, rewards, algo) ->
+# (advantages [B, T], 0 off policy tokens; value targets [B, T] or None).
+# `rewards` [B, T] float64 holds each reward on the token that earned it (token_rewards),
+# minus the KL penalty when it is
 # in the reward. An estimator registered with needs_values=True reads the critic's `batch.critic_values`: the learner
 # then trains a critic; one registered with requires_token_sum=True is unbiased only when each episode's loss is the sum
 # over its tokens (the config then refuses every other aggregation and sequence-level policy losses).
@@ -156,7 +158,8 @@ def reinforce_pp_baseline(batch: Batch, rewards: torch.Tensor, algo: AlgoConfig)
 
 @register_estimator("gae", needs_values=True)
 def gae(batch: Batch, rewards: torch.Tensor, algo: AlgoConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE over policy tokens with the critic's values, whitened; the un-whitened advantages plus values are the critic's targets."""
+    """GAE over policy tokens with the critic's values, whitened;
+    the un-whitened advantages plus values are the critic's targets."""
     mask = batch.loss_mask.double()  # [B, T]
     if batch.critic_values is None:
         raise ValueError("advantage 'gae' needs critic values")
@@ -166,7 +169,8 @@ def gae(batch: Batch, rewards: torch.Tensor, algo: AlgoConfig) -> tuple[torch.Te
 
 @register_estimator("turn", requires_token_sum=True)
 def turn_level(batch: Batch, rewards: torch.Tensor, algo: AlgoConfig) -> tuple[torch.Tensor, None]:
-    """One reward per turn (the outcome on the last turn), each turn's advantage (algos.turn_advantages) on its tokens."""
+    """One reward per turn (the outcome on the last turn), each turn's advantage
+    (algos.turn_advantages) on its tokens."""
     mask = batch.loss_mask.double()  # [B, T]
     turns = batch.turns.clamp(min=1)  # [B]: an episode without per-turn rewards still has its outcome's turn
     turn_of = batch.turn_ids.clamp(min=0).minimum(

@@ -1,4 +1,5 @@
-"""The learner: recomputes logprobs on the training sequences and takes policy-gradient steps on rl/learn/losses.py's loss.
+"""The learner: recomputes logprobs on the training sequences
+and takes policy-gradient steps on rl/learn/losses.py's loss.
 
 One update loop (`UpdateLoop.update`) for a world of one and for N ranks: the reference's and the
 critic's passes, credit assignment (rl/learn/credit.py), then one optimizer step per mini-batch,
@@ -101,7 +102,8 @@ class Learner(UpdateLoop):
             )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable_params = sum(p.numel() for p in trainable)
-        # One fused kernel for all parameters (CPU and CUDA have one): on a small model the per-tensor loop costs 5x more.
+        # One fused kernel for all parameters (CPU and CUDA have one):
+        # on a small model the per-tensor loop costs 5x more.
         self.fused_adam = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         self.optimizer = torch.optim.AdamW(
             trainable,
@@ -137,7 +139,8 @@ class Learner(UpdateLoop):
         return module
 
     def _on_all_ranks(self, ok: bool) -> bool:
-        """Whether `ok` holds on every rank (here: the only one); ranks must agree on how many forward passes they run."""
+        """Whether `ok` holds on every rank (here: the only one);
+        ranks must agree on how many forward passes they run."""
         return ok
 
     # ------------------------------------------------------------ batches
@@ -163,7 +166,8 @@ class Learner(UpdateLoop):
         temperature = self.temperature if temperature is None else temperature
         with autocast(self.device, self.cfg.bf16 if bf16 is None else bf16):
             out = model(input_ids=token_ids, use_cache=False, output_hidden_states=hidden, **keep)
-        # out.logits covers positions start-1 .. T-1: the logits that predict tokens start .. T-1 (and one past the end).
+        # out.logits covers positions start-1 .. T-1: the logits that predict tokens start .. T-1
+        # (and one past the end).
         lp = torch.nn.functional.pad(
             algos.token_logprobs(out.logits, token_ids[:, start - 1 :], temperature), (start - 1, 0)
         )  # [B, T]
@@ -234,7 +238,8 @@ class Learner(UpdateLoop):
         rest_logp = logits.gather(-1, rest_ids[..., None])[..., 0] - logits.logsumexp(-1)  # [b, C]
         column = torch.arange(part.width, device=self.device) - offsets  # [b, T]: index into rest, < 0 on the prompt
         to_columns = lambda x: x.gather(1, column.clamp(0, rest_ids.shape[1] - 1)) * (column >= 0)  # noqa: E731  [b, C] -> [b, T]
-        # token_entropy drops its input's last position and puts 0 first: give it one position more, as token_logprobs' logits.
+        # token_entropy drops its input's last position and puts 0 first: give it one position more,
+        # as token_logprobs' logits.
         ent = algos.token_entropy(torch.cat([logits, logits[:, -1:]], dim=1))[:, 1:] if entropy else None
         return to_columns(rest_logp), (to_columns(ent) if entropy else None)
 
@@ -250,7 +255,8 @@ class Learner(UpdateLoop):
     # ------------------------------------------------------------ passes without gradient
 
     def _per_chunk(self, batch: Batch, run) -> torch.Tensor:
-        """[B, T] float32 on the CPU: `run(token_ids [b, t])` -> [b, t] on `micro_batch_size` episodes at a time, in order."""
+        """[B, T] float32 on the CPU: `run(token_ids [b, t])` -> [b, t] on `micro_batch_size` episodes at a time,
+        in order."""
         out = torch.zeros(batch.token_ids.shape)
         for start in range(0, len(batch), self.cfg.micro_batch_size):
             rows = slice(start, start + self.cfg.micro_batch_size)
@@ -271,7 +277,8 @@ class Learner(UpdateLoop):
 
     @torch.no_grad()
     def sampling_values(self, batch: Batch) -> torch.Tensor | None:
-        """[B, T] the critic's value at every token before the update (the values at sampling time); None without a critic."""
+        """[B, T] the critic's value at every token before the update (the values at sampling time);
+        None without a critic."""
         if self.value_head is None:
             return None
 
@@ -427,7 +434,8 @@ class Learner(UpdateLoop):
     def load_state(self, state: dict, directory: Path) -> None:
         if state.get("world_size", 1) != 1:
             raise ValueError(
-                f"resume: {directory} was written by learner.world_size={state['world_size']}; resume it with that world size, not 1"
+                f"resume: {directory} was written by learner.world_size={state['world_size']}"
+                "; resume it with that world size, not 1"
             )
         self.load_state_dict(state)
 

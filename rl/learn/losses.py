@@ -23,7 +23,8 @@ from rl.registry import Registry
 
 @dataclass
 class LossInputs:
-    """One micro-batch of b sequences, right-padded to T tokens; all [b, T] tensors are float32 on the learner's device."""
+    """One micro-batch of b sequences, right-padded to T tokens;
+    all [b, T] tensors are float32 on the learner's device."""
 
     policy_logprobs: (
         torch.Tensor
@@ -69,7 +70,8 @@ def weighted(token_loss: torch.Tensor, inputs: LossInputs) -> torch.Tensor:
 
 # One function per policy loss: fn(inputs: LossInputs, algo) -> (loss: 0-d tensor, metrics: dict[str, 0-d tensor]).
 # A loss registered with sequence_level=True weighs each sequence as a whole (one ratio per sequence, a mean of its
-# tokens), whatever `algo.loss_agg` says: the config then refuses the estimators that are unbiased only under a token sum.
+# tokens), whatever `algo.loss_agg` says: the config then refuses the estimators that are unbiased only
+# under a token sum.
 POLICY_LOSSES = Registry("policy loss", "policy_loss", ("sequence_level",))
 register_policy_loss = POLICY_LOSSES.register
 
@@ -86,7 +88,8 @@ def ppo(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, t
 
 @register_policy_loss("gspo", sequence_level=True)
 def gspo(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GSPO: the clipped surrogate on each sequence's ratio, a mean over sequences of token means whatever `algo.loss_agg` says."""
+    """GSPO: the clipped surrogate on each sequence's ratio,
+    a mean over sequences of token means whatever `algo.loss_agg` says."""
     token_loss, clipped = algos.gspo_loss(
         inputs.policy_logprobs,
         inputs.old_logprobs,
@@ -126,7 +129,8 @@ def tis_metrics(weight: torch.Tensor, inputs: LossInputs, algo: AlgoConfig) -> d
 
 
 def kl_term(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """KL(policy || reference) by `algo.kl_estimator` on the tokens of `inputs.kl_mask`, aggregated by `algo.loss_agg` (weighted by kl_coef in total_loss)."""
+    """KL(policy || reference) by `algo.kl_estimator` on the tokens of `inputs.kl_mask`, aggregated by `algo.loss_agg`
+    (weighted by kl_coef in total_loss)."""
     kl = algos.kl_penalty(inputs.policy_logprobs, inputs.ref_logprobs, algo.kl_estimator)  # [b, T]
     covered = kl if inputs.kl_mask is None else kl * inputs.kl_mask
     # kl_ref is the drift of every policy token, covered or not: with kl_turns=first it shows the later turns moving.
@@ -141,7 +145,8 @@ def value_term(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict
 
 
 def total_loss(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss to backpropagate on one micro-batch (see the module docstring), and every term's metrics (0-d, detached)."""
+    """The loss to backpropagate on one micro-batch (see the module docstring), and every term's metrics
+    (0-d, detached)."""
     weight = tis_weight(inputs, algo)
     loss, metrics = POLICY_LOSSES[algo.policy_loss](replace(inputs, policy_weight=weight), algo)
     if weight is not None:
@@ -156,7 +161,8 @@ def total_loss(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict
 
 
 def mismatch_metrics(inputs: LossInputs) -> dict[str, torch.Tensor]:
-    """How far the learner's logprobs are from the engine's on the sampled tokens, while the learner is still the sampling policy.
+    """How far the learner's logprobs are from the engine's on the sampled tokens,
+    while the learner is still the sampling policy.
 
     mismatch_kl: the k3 estimate of KL(sampler || learner) per policy token; mismatch_max_abs: the largest
     token gap; mismatch_seq_max_abs: the largest |log pi_learner(seq) - log pi_sampler(seq)|, what a

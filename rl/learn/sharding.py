@@ -272,7 +272,8 @@ class ShardedLearner(UpdateLoop):
         except ray.exceptions.GetTimeoutError:
             self.close()
             raise LearnerRankError(
-                f"the Ray cluster could not place {n} learner ranks of {bundle} within learner.timeout_s={cfg.timeout_s:g}s"
+                f"the Ray cluster could not place {n} learner ranks of "
+                f"{bundle} within learner.timeout_s={cfg.timeout_s:g}s"
             ) from None
         actor = ray.remote(LearnerRank)
         self.ranks = [
@@ -303,20 +304,23 @@ class ShardedLearner(UpdateLoop):
         self.has_reference, self.has_critic = info["reference"], info["critic"]
 
     def _wait(self, calls: list, what: str) -> list:
-        """Results of one call per rank; the first rank that dies or fails, or silence past learner.timeout_s, ends it."""
+        """Results of one call per rank; the first rank that dies or fails, or silence past learner.timeout_s,
+        ends it."""
         ray = self.ray
         pending, deadline = list(calls), time.monotonic() + self.cfg.timeout_s
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 raise LearnerRankError(
-                    f"learner ranks did not finish the {what} within learner.timeout_s={self.cfg.timeout_s:g}s (a rank or a collective hangs)"
+                    f"learner ranks did not finish the {what} within "
+                    f"learner.timeout_s={self.cfg.timeout_s:g}s (a rank or a collective hangs)"
                 )
             try:
                 ray.get(ready[0])
             except ray.exceptions.RayActorError:
                 raise LearnerRankError(
-                    f"learner rank {calls.index(ready[0])} died during the {what}; resume=RUN_DIR continues from the last checkpoint"
+                    f"learner rank {calls.index(ready[0])} died during the "
+                    f"{what}; resume=RUN_DIR continues from the last checkpoint"
                 ) from None
             except ray.exceptions.RayTaskError as e:
                 cause = " ".join(str(e.cause).split())[:300]
@@ -388,7 +392,8 @@ class ShardedLearner(UpdateLoop):
         self._wait([r.save_model.remote(str(path), 64.0) for r in self.ranks], "checkpoint")
 
     def save_state(self, directory: Path) -> dict:
-        """Each rank writes its shards to DIRECTORY/dcp; the trainer's state file keeps the world size and the scheduler."""
+        """Each rank writes its shards to DIRECTORY/dcp;
+        the trainer's state file keeps the world size and the scheduler."""
         scheduler = self._wait([r.save_state.remote(str(directory / "dcp")) for r in self.ranks], "checkpoint")[0]
         return {"world_size": len(self.ranks), "scheduler": scheduler}
 
@@ -396,7 +401,8 @@ class ShardedLearner(UpdateLoop):
         saved = state.get("world_size", 1)
         if saved != len(self.ranks):
             raise ValueError(
-                f"resume: {directory} was written by learner.world_size={saved}; resume it with learner.world_size={saved}, not {len(self.ranks)}"
+                f"resume: {directory} was written by learner.world_size={saved}; "
+                f"resume it with learner.world_size={saved}, not {len(self.ranks)}"
             )
         self._wait([r.load_state.remote(str(directory / "dcp"), state["scheduler"]) for r in self.ranks], "resume")
 

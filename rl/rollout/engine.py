@@ -203,7 +203,8 @@ class HFEngine:
         ]
 
     def _prefill(self, requests: list[Request]):
-        """A fresh KV cache for the prompts: (last logits [B, V], cache, attention mask or None, positions, first columns)."""
+        """A fresh KV cache for the prompts:
+        (last logits [B, V], cache, attention mask or None, positions, first columns)."""
         batch = len(requests)
         prompt_len = max(len(r.prompt_ids) for r in requests)
         # Left-pad so every row's next token sits in the last column.

@@ -190,7 +190,8 @@ class VLLMEngine:
         """Load one bucket of a sync (HF parameter names); `finish_sync()` ends the sync."""
         if self.repacked_layers:
             raise NotImplementedError(
-                f"update_weights: vLLM repacks the weights of {self.repacked_layers} after loading, so in-place loading would be wrong"
+                f"update_weights: vLLM repacks the weights of {self.repacked_layers}"
+                " after loading, so in-place loading would be wrong"
             )
         if "weights" in self.asleep:  # map (and, after a level-1 sleep, restore) the weight memory before writing it
             self.llm.wake_up(tags=["weights"])
@@ -288,7 +289,8 @@ def _load(worker, weights) -> None:
 
 
 def _open_reload(worker) -> None:
-    """Runs in vLLM's worker: from now on load_weights buffers each layer's tensors and repacks the layer once all have arrived."""
+    """Runs in vLLM's worker: from now on load_weights buffers each
+    layer's tensors and repacks the layer once all have arrived."""
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
@@ -297,7 +299,8 @@ def _open_reload(worker) -> None:
 
 
 def _close_reload(worker) -> None:
-    """Runs in vLLM's worker: refuse layers left half-loaded, close the reload, repack LM heads tied to the embedding."""
+    """Runs in vLLM's worker: refuse layers left half-loaded, close the reload,
+    repack LM heads tied to the embedding."""
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload

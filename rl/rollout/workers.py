@@ -280,10 +280,12 @@ class RayPool:
         return results
 
     def sync(self, weight_buckets: Iterable) -> Later:
-        """Send the learner's weights, bucket by bucket (dicts of tensors, or Ray object refs to them), to every worker."""
+        """Send the learner's weights, bucket by bucket (dicts of tensors, or Ray object refs to them),
+        to every worker."""
         # Each bucket goes into the object store once and every worker reads it from there, as numpy
         # arrays (zero-copy reads; a torch tensor would be pickled and copied again on every worker).
-        # A bucket already there (from a sharded learner's rank 0) is passed on by reference: its bytes skip this process.
+        # A bucket already there (from a sharded learner's rank 0) is passed on by reference:
+        # its bytes skip this process.
         # Each bucket is sent to the workers as soon as it exists; a worker runs its calls in order.
         self.weight_refs, calls = [], []
         for b in weight_buckets:

@@ -30,7 +30,8 @@ _STEP = re.compile(r"step_(\d+)")
 
 
 def holds_run(path: Path) -> bool:
-    """Whether `path` holds a run: its config, metrics, episodes or checkpoints (what `rl view` shows and `rl train` protects)."""
+    """Whether `path` holds a run: its config, metrics, episodes or checkpoints
+    (what `rl view` shows and `rl train` protects)."""
     return any((path / name).exists() for name in RUN_FILES)
 
 
@@ -53,7 +54,8 @@ def parse_resume(resume: str) -> tuple[Path, int | None]:
 
 
 def plan_run(run_dir: str, resume: str, overwrite: bool) -> tuple[Path, Path | None]:
-    """The run directory and the checkpoint to resume from (None for a new run); ValueError with the fix when neither is safe."""
+    """The run directory and the checkpoint to resume from (None for a new run);
+    ValueError with the fix when neither is safe."""
     if resume:
         if overwrite:
             raise ValueError(
@@ -65,7 +67,8 @@ def plan_run(run_dir: str, resume: str, overwrite: bool) -> tuple[Path, Path | N
         found = checkpoints(path)
         if not found:
             raise ValueError(
-                f"resume={resume!r}: no checkpoint in {path / 'checkpoints'} (a run saves every save_every steps and at its end)"
+                f"resume={resume!r}: no checkpoint in {path / 'checkpoints'}"
+                " (a run saves every save_every steps and at its end)"
             )
         if step is None:
             step = max(found)
@@ -78,7 +81,8 @@ def plan_run(run_dir: str, resume: str, overwrite: bool) -> tuple[Path, Path | N
     if holds_run(path) and not overwrite:
         hint = f"resume={run_dir} to continue it" if checkpoints(path) else "it has no checkpoint to continue from"
         raise ValueError(
-            f"run_dir={run_dir!r} holds a run already: {hint}, overwrite=true to start over (removes it), or another run_dir="
+            f"run_dir={run_dir!r} holds a run already: {hint}, "
+            "overwrite=true to start over (removes it), or another run_dir="
         )
     return path, None
 
@@ -109,7 +113,8 @@ def abandon_after(run_dir: Path, step: int) -> None:
 
 
 def load_failed(file: Path, error: Exception) -> ValueError:
-    """The error for a checkpoint's file (RUN_DIR/checkpoints/step_N/FILE) that does not load: which one, and the run's other checkpoints."""
+    """The error for a checkpoint's file (RUN_DIR/checkpoints/step_N/FILE) that does not load: which one,
+    and the run's other checkpoints."""
     others = {s: p for s, p in checkpoints(file.parent.parent.parent).items() if p != file.parent}
     choice = f"; resume=DIR@STEP picks another: {_listing(others)}" if others else ""
     return ValueError(

@@ -9,13 +9,16 @@ sync the engines' logprobs on a fixed probe batch must match the learner's.
 Run directory layout:
     config.yaml            the resolved config
     metrics.jsonl          one line of metrics per step (and per evaluation)
-    log.txt                what the run reported: failed episodes with the traceback of the env or reward that raised, restarts
+    log.txt                what the run reported: failed episodes with the traceback of the env or reward that
+                           raised, restarts
     tb/                    TensorBoard events
     episodes/step_N.jsonl  every episode: turns as text with info, tokens, masks, logprobs, rewards
     base_model/            the tiny model built for this run (when model.path is empty)
-    sft/model/             the SFT warm start RL begins from (when sft.steps > 0); sft/sft_metrics.json, sft/sft_checks.json
+    sft/model/             the SFT warm start RL begins from (when sft.steps > 0);
+                           sft/sft_metrics.json, sft/sft_checks.json
     reward.png, eval.png   reward (total and per component) and the eval metrics against steps
-    timings.json           seconds per stage in the last invocation: model build, SFT, rollout, learner, weight sync, eval
+    timings.json           seconds per stage in the last invocation: model build, SFT, rollout, learner,
+                           weight sync, eval
     checkpoints/step_N/    model/ (a Hugging Face directory) and state.pt (optimizer, scheduler,
                            task order, RNG, step, and in async mode the rollouts already made
                            for the next steps); with learner.world_size > 1 the optimizer and
@@ -273,7 +276,8 @@ class Trainer:
         return metrics
 
     def make_batch(self, episodes: list[Episode], version: int) -> Batch:
-        """The scored episodes as the learner takes them (with the judge spans when `algo.judge_advantage` credits them apart)."""
+        """The scored episodes as the learner takes them
+        (with the judge spans when `algo.judge_advantage` credits them apart)."""
         algo = self.cfg.algo
         judge = (
             [credit.judge_mask(ep, self.tokenizer, algo.judge_tag) for ep in episodes] if algo.judge_advantage else None
