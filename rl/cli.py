@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rl import logs
 from rl.config import Config, describe, load_config, trainer_threads
-from rl.run.run_dir import plan_run
+from rl.run_dir import plan_run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -262,17 +262,17 @@ def gspo_loss(
 
 
 def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float
+    values: torch.Tensor, critic_values: torch.Tensor, returns: torch.Tensor, clip: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's value loss, per token. All [B, T] -> (loss [B, T], clipped [B, T] bool).
 
-    0.5 max((V - R)^2, (V_old + clip(V - V_old, -clip, clip) - R)^2): the critic cannot gain by
+    0.5 max((V - R)^2, (V_critic + clip(V - V_critic, -clip, clip) - R)^2): the critic cannot gain by
     moving further than `clip` from the values it had at sampling time. clip = 0: plain 0.5 (V - R)^2.
     """
     plain = (values - returns) ** 2
     if clip <= 0:
         return 0.5 * plain, torch.zeros_like(plain, dtype=torch.bool)
-    limited = (old_values + (values - old_values).clamp(-clip, clip) - returns) ** 2
+    limited = (critic_values + (values - critic_values).clamp(-clip, clip) - returns) ** 2
     return 0.5 * torch.max(plain, limited), limited > plain
 
 
@@ -281,20 +281,20 @@ TIS_LEVELS = get_args(TISLevel)
 
 def truncated_is_weight(
     old_logprobs: torch.Tensor,
-    behaviour_logprobs: torch.Tensor,
+    sampler_logprobs: torch.Tensor,
     cap: float,
     mask: torch.Tensor | None = None,
     level: str = "token",
 ) -> torch.Tensor:
-    """Truncated importance weight min(pi_old / pi_behaviour, cap), no gradient. [B, T] -> [B, T].
+    """Truncated importance weight min(pi_old / pi_sampler, cap), no gradient. [B, T] -> [B, T].
 
-    pi_behaviour is the engine that sampled (maybe a step stale, maybe numerically different);
+    pi_sampler is the engine that sampled (maybe a step stale, maybe numerically different);
     pi_old is the learner's policy before this update. Truncation bounds the variance (TIS).
     level "token": one weight per token; "sequence": the product of the ratios over the
     sequence's policy tokens (`mask`), one weight for all its tokens (exact for the sequence's
     probability, higher variance).
     """
-    log_ratio = (old_logprobs - behaviour_logprobs).detach()
+    log_ratio = (old_logprobs - sampler_logprobs).detach()
     if level == "token":
         return torch.exp(log_ratio).clamp(max=cap)
     if level == "sequence":

@@ -1,1 +1,1 @@
-"""Runs: the trainer, the starting model and SFT, scoring, evaluation, the demo, run folders."""
+"""Runs: the trainer, the starting model and SFT, scoring, evaluation, the demo."""

@@ -42,10 +42,10 @@ from envs.registry import get_env_spec
 from rl import logs
 from rl.config import Config, load_config
 from rl.run.evaluate import evaluate, format_table
-from rl.run.run_dir import checkpoints, plan_run, start_over
 from rl.run.scoring import headline
 from rl.run.start import starting_path
 from rl.run.trainer import Trainer
+from rl.run_dir import checkpoints, plan_run, start_over
 
 log = logging.getLogger(__name__)
 

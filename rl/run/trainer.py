@@ -55,9 +55,9 @@ from rl.learn import algos, credit
 from rl.learn.learner import Learner
 from rl.rollout.chat import TurnFormatter
 from rl.rollout.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
-from rl.run.run_dir import abandon_after, load_failed, plan_run, start_over
 from rl.run.scoring import env_metrics, episode_metrics, episode_seed, eval_items, report_failures, reward_episodes
 from rl.run.start import starting_model
+from rl.run_dir import abandon_after, load_failed, plan_run, start_over
 from rl.view.plots import plot_run
 
 log = logging.getLogger(__name__)

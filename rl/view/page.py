@@ -42,7 +42,7 @@ import yaml
 
 from envs.base import solved
 from envs.jsonl import BadLine, numbered_jsonl
-from rl.run.run_dir import holds_run
+from rl.run_dir import holds_run
 
 PAGE = Path(__file__).parent / "assets" / "page.html"
 # the files of episodes the page may ask for
