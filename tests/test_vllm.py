@@ -97,7 +97,7 @@ def max_diff(xs, ys):
 
 def probe(engine, model, prompts, n=8):
     """(engine, HF) logprobs of the last n tokens of each prompt."""
-    got = engine.probe_logprobs(prompts, [len(p) - n for p in prompts])
+    got = [logprobs[-n:] for logprobs in engine.probe_logprobs(prompts)]  # every token's after the first, cut to n
     want = [hf_logprobs(model, p[:-n], p[-n:]) for p in prompts]
     return got, want
 
