@@ -56,7 +56,7 @@ def rollout_rate(pool, repeats: int = 5) -> tuple[float, float]:
     times, tokens = [], 0
     for _ in range(repeats):
         start = time.perf_counter()
-        episodes = pool.rollout(ITEMS).result()
+        episodes = pool.rollout(ITEMS).result().episodes
         times.append(time.perf_counter() - start)
         tokens = sum(sum(ep.loss_mask) for ep in episodes)
     t = statistics.median(times)

@@ -217,3 +217,26 @@ def test_stop_strings_end_the_action(tiny):
         else:
             assert "e" not in tok.decode(g.token_ids, skip_special_tokens=True)
     assert any(g.finish_reason == "stop" for g in gens)
+
+
+def test_a_worker_counts_where_its_rollout_time_went(tiny_model_dir):
+    """The worker's clock wraps its engine and envs: counts are exact, times add up without overlapping."""
+    from rl.config import EnvConfig, WorkersConfig
+    from rl.episode import Item
+    from rl.rollout.workers import RolloutWorker
+
+    env = EnvConfig("lookup", {"max_turns": 3})
+    worker = RolloutWorker(str(tiny_model_dir), env, RolloutConfig(max_turn_tokens=4), WorkersConfig(), "cpu")
+    tasks = load_tasks(LookupParams(max_turns=3), "train")[:6]
+    items = [Item(task, g, 100 * g + k) for g, task in enumerate(tasks) for k in range(2)]
+    rolled = worker.rollout(items)
+    times, turns = rolled.times, [len(ep.trajectory.turns) for ep in rolled.episodes]
+    assert times.episodes == len(items) == len(rolled.episodes) and not any(ep.failed for ep in rolled.episodes)
+    assert times.requests == sum(turns)  # one request per action
+    assert times.calls == max(turns)  # this loop: one generate call per turn for every live episode
+    assert 0 < times.engine_s and 0 < times.env_s and times.engine_s + times.env_s <= times.worker_s
+    assert times.worker_s == times.last_episode_s
+    both = times.add(times).metrics()  # two workers that took as long: twice the episodes in the same time
+    assert both["throughput/episodes_per_s"] == pytest.approx(2 * times.metrics()["throughput/episodes_per_s"])
+    assert both["time/rollout_engine_share"] == pytest.approx(times.metrics()["time/rollout_engine_share"])
+    assert both["throughput/in_flight_episodes"] == sum(turns) / max(turns)

@@ -33,6 +33,7 @@ from rl.model import load_model
 from rl.rollout.chat import TurnFormatter
 from rl.rollout.engine import HFEngine
 from rl.rollout.loop import rollout
+from rl.rollout.timing import Clock, Rollout, RolloutTimes
 from rl.weights import to_numpy
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,12 @@ class RolloutWorker:
             self.engine = HFEngine(load_model(model_path, torch.device(device)).eval(), tokenizer, device)
         self.formatter = TurnFormatter(tokenizer, rollout_cfg.observation_role)
 
-    def rollout(self, items: list[Item], greedy: bool = False) -> list[Episode]:
-        return rollout(self.engine, self.formatter, self.make_env, items, self.cfg, greedy)
+    def rollout(self, items: list[Item], greedy: bool = False) -> Rollout:
+        clock = Clock()
+        episodes = rollout(
+            clock.engine(self.engine), self.formatter, clock.envs(self.make_env), items, self.cfg, greedy
+        )
+        return Rollout(episodes, clock.stop(episodes))
 
     def update_weights(self, bucket: dict) -> None:
         # Ray hands numpy arrays over zero-copy from the object store; wrap them without a copy.
@@ -261,23 +266,25 @@ class RayPool:
         }
         return Later(lambda: self._gather(items, calls, greedy))
 
-    def _gather(self, items: list[Item], calls: dict, greedy: bool) -> list[Episode]:
+    def _gather(self, items: list[Item], calls: dict, greedy: bool) -> Rollout:
         ray = self.ray
         results: list[Episode | None] = [None] * len(items)
+        times = RolloutTimes()
         restarts_here = 0
         while calls:
             ready, _ = ray.wait(list(calls), num_returns=1)
             k, shard = calls.pop(ready[0])
             try:
-                episodes = ray.get(ready[0])
+                shard_rollout = ray.get(ready[0])
             except self.dead_worker as e:
                 restarts_here += 1
                 self._replace(k, e, restarts_here, f"re-running its {len(shard)} episodes")
                 calls[self.workers[k].rollout.remote([items[i] for i in shard], greedy)] = (k, shard)
                 continue
-            for i, episode in zip(shard, episodes):
+            for i, episode in zip(shard, shard_rollout.episodes):
                 results[i] = episode
-        return results
+            times = times.add(shard_rollout.times)
+        return Rollout(results, times)
 
     def sync(self, weight_buckets: Iterable) -> Later:
         """Send the learner's weights, bucket by bucket (dicts of tensors, or Ray object refs to them),

@@ -40,7 +40,7 @@ def evaluate(
     tasks = spec.load_tasks(params, "eval")
     pool = LocalPool(cfg.workers, str(checkpoint), cfg.env, cfg.rollout, str(resolve_device(cfg.learner.device)))
     try:
-        episodes = pool.rollout(eval_items(tasks, cfg.seed, max(1, samples)), greedy=not samples).result()
+        episodes = pool.rollout(eval_items(tasks, cfg.seed, max(1, samples)), greedy=not samples).result().episodes
     finally:
         pool.close()
     reward_episodes(episodes, build_reward(cfg.reward))

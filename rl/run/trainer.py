@@ -99,7 +99,7 @@ class Submission:
 
     step: int
     items: list[Item]  # one per episode
-    episodes: Any  # .result() -> list[Episode] (a pool's future)
+    rollout: Any  # .result() -> Rollout (a pool's future)
     version: int  # updates applied to the weights the engines sample with
 
 
@@ -157,8 +157,8 @@ class Trainer:
             self.task_order.load_state_dict(state["task_order"])
             torch.set_rng_state(state["torch_rng"])
             self.step = state["step"]
-            for step, items, episodes, version in state["pending"]:
-                self.pending.append(Submission(step, items, Later(lambda episodes=episodes: episodes), version))
+            for step, items, rolled, version in state["pending"]:
+                self.pending.append(Submission(step, items, Later(lambda rolled=rolled: rolled), version))
         self._open_logs()
         if checkpoint:
             abandon_after(
@@ -232,7 +232,8 @@ class Trainer:
     def train_step(self, sub: Submission) -> dict[str, float]:
         cfg, step = self.cfg, sub.step
         t0 = time.perf_counter()
-        episodes = sub.episodes.result()
+        rolled = sub.rollout.result()
+        episodes = rolled.episodes
         reward_episodes(episodes, self.reward_fn)
         t1 = time.perf_counter()
 
@@ -256,9 +257,8 @@ class Trainer:
 
         self.step = step
         metrics.update(episode_metrics(episodes))
-        metrics.update(
-            {f"train/{k}": v for k, v in env_metrics(self.spec, episodes).items()}
-        )  # Acc@t1, EM, recovery ... of the step's own samples
+        # Acc@t1, EM, recovery ... of the step's own samples
+        metrics.update({f"train/{k}": v for k, v in env_metrics(self.spec, episodes).items()})
         policy_tokens = sum(sum(ep.loss_mask) for ep in episodes)
         metrics.update(
             {
@@ -268,6 +268,7 @@ class Trainer:
                 "time/update": t2 - t1,
                 "time/sync": t3 - t2,
                 "throughput/policy_tokens_per_s": policy_tokens / max(t3 - t0, 1e-9),
+                **rolled.times.metrics(),  # where the rollout's own time went: engine, envs, the last episode
             }
         )
         report_failures(episodes, f"step {step}")
@@ -303,7 +304,7 @@ class Trainer:
                     for g, task in enumerate(tasks)
                     for j in range(G)
                 ]
-                sampled_now = self.pool.rollout(items).result()
+                sampled_now = self.pool.rollout(items).result().episodes
                 reward_episodes(sampled_now, self.reward_fn)
             ok = [ep for ep in sampled_now if not ep.failed]
             sampled += len({ep.group for ep in sampled_now})
@@ -329,7 +330,7 @@ class Trainer:
     # ------------------------------------------------------------ evaluation and checkpoints
 
     def evaluate(self) -> dict[str, float]:
-        episodes = self.pool.rollout(eval_items(self.eval_tasks, self.cfg.seed), greedy=True).result()
+        episodes = self.pool.rollout(eval_items(self.eval_tasks, self.cfg.seed), greedy=True).result().episodes
         reward_episodes(episodes, self.reward_fn)
         report_failures(episodes, f"evaluation at step {self.step}")
         metrics = {**episode_metrics(episodes), **env_metrics(self.spec, episodes)}
@@ -347,7 +348,7 @@ class Trainer:
             "task_order": self.task_order.state_dict(),
             "torch_rng": torch.get_rng_state(),
             # Rollouts already made for later steps (async mode), so a resumed run trains on the same ones.
-            "pending": [(p.step, p.items, p.episodes.result(), p.version) for p in self.pending],
+            "pending": [(p.step, p.items, p.rollout.result(), p.version) for p in self.pending],
         }
         torch.save(state, tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
