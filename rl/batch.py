@@ -38,9 +38,8 @@ class Batch:
     process_rewards: torch.Tensor  # [B, K] float64: the reward each turn earned, as the reward function gave it
     turns: torch.Tensor  # [B] long: per-turn rewards of each episode (K counts up to the largest)
     outcome_rewards: torch.Tensor  # [B] float64: what the episode earned as a whole
-    judge_mask: torch.Tensor | None = (
-        None  # [B, T] float32: 1 on tokens of <judge> spans (algo.judge_advantage; else None)
-    )
+    # [B, T] float32: 1 on tokens of <judge> spans (when algo.judge_advantage credits them apart; else None)
+    judge_mask: torch.Tensor | None = None
     # Filled while the learner updates (None until then, or when the algorithm needs none):
     ref_logprobs: torch.Tensor | None = None  # [B, T] float32: the reference model's (KL to the reference)
     # [B, T] float32: the learner's before the update, PPO's ratio denominator (when several optimizer steps follow;
@@ -49,9 +48,9 @@ class Batch:
     critic_values: torch.Tensor | None = None  # [B, T] float32: the critic's values before the update
     advantages: torch.Tensor | None = None  # [B, T] float32: credit assignment's, 0 off policy tokens
     returns: torch.Tensor | None = None  # [B, T] float32: the critic's targets
-    learner_logprobs: torch.Tensor | None = (
-        None  # [B, T] float32: the learner's before its first step, on the first mini-batch's policy tokens (logs)
-    )
+    # [B, T] float32: the learner's before its first step, on the first mini-batch's policy tokens, NaN on the other
+    # rows (for the episode logs: the engine/learner mismatch token by token)
+    learner_logprobs: torch.Tensor | None = None
 
     @staticmethod
     def from_episodes(

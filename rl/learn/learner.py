@@ -283,9 +283,8 @@ class Learner(UpdateLoop):
             return None
 
         def values(ids):
-            hidden = (
-                self._forward_logprobs(self.model, ids, hidden=True)[1] if self.critic_model is None else None
-            )  # head: the policy's
+            # head: the policy's
+            hidden = self._forward_logprobs(self.model, ids, hidden=True)[1] if self.critic_model is None else None
             return self._values(ids, hidden).float()
 
         return self._per_chunk(batch, values)

@@ -26,29 +26,27 @@ class LossInputs:
     """One micro-batch of b sequences, right-padded to T tokens;
     all [b, T] tensors are float32 on the learner's device."""
 
-    policy_logprobs: (
-        torch.Tensor
-    )  # [b, T] the policy's logprob of each token as it steps, with autograd (0 on the prompt)
-    old_logprobs: torch.Tensor  # [b, T] the learner's before this update (PPO's ratio denominator), no autograd
+    # [b, T] the policy's logprob of each token as it steps, with autograd (0 on the prompt)
+    policy_logprobs: torch.Tensor
+    # [b, T] the learner's before this update (PPO's ratio denominator), no autograd
+    old_logprobs: torch.Tensor
     advantages: torch.Tensor  # [b, T] 0 off policy tokens
     loss_mask: torch.Tensor  # [b, T] 1 on the tokens the policy sampled
     num_tokens: float  # policy tokens in the whole mini-batch
-    num_seqs: (
-        float  # sequences in the whole mini-batch (those without policy tokens left out with algo.seq_mean_skips_empty)
-    )
-    sampler_logprobs: torch.Tensor | None = (
-        None  # [b, T] the engine's logprobs at sampling time (TIS, mismatch metrics)
-    )
+    # sequences in the whole mini-batch (those without policy tokens left out with algo.seq_mean_skips_empty)
+    num_seqs: float
+    # [b, T] the engine's logprobs at sampling time (TIS, mismatch metrics)
+    sampler_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None  # [b, T] the reference model's (None: no KL term)
-    values: torch.Tensor | None = None  # [b, T] the critic's values as it steps, with autograd (None: no value term)
-    critic_values: torch.Tensor | None = None  # [b, T] the critic's values before the update (value clipping's anchor)
+    # [b, T] the critic's values as it steps, with autograd (None: no value term)
+    values: torch.Tensor | None = None
+    # [b, T] the critic's values before the update (value clipping's anchor)
+    critic_values: torch.Tensor | None = None
     returns: torch.Tensor | None = None  # [b, T] the critic's targets
-    policy_weight: torch.Tensor | None = (
-        None  # [b, T] weight of each token's policy loss (TIS; None: 1), applied before aggregation
-    )
-    kl_mask: torch.Tensor | None = (
-        None  # [b, T] 1 on the policy tokens the KL term covers (algo.kl_turns; None: all of them)
-    )
+    # [b, T] weight of each token's policy loss (TIS; None: 1), applied before aggregation
+    policy_weight: torch.Tensor | None = None
+    # [b, T] 1 on the policy tokens the KL term covers (algo.kl_turns; None: all of them)
+    kl_mask: torch.Tensor | None = None
 
 
 def policy_token_mean(x: torch.Tensor, inputs: LossInputs) -> torch.Tensor:

@@ -129,9 +129,8 @@ def rollout(
                 ep.finish = "max_turns"
             else:
                 ended_with_eos = gen.finish_reason == "eos"
-                room = (
-                    cfg.max_total_tokens - len(ep.token_ids) - formatter.wrapper_tokens(ended_with_eos) - 1
-                )  # room for one action token
+                # room for one action token
+                room = cfg.max_total_tokens - len(ep.token_ids) - formatter.wrapper_tokens(ended_with_eos) - 1
                 if room < 0:
                     ep.finish = "length"
                 else:

@@ -144,9 +144,8 @@ class Trainer:
         self.probe_batch = [formatter.prompt_ids(t.prompt) for t in self.train_tasks[:4]]
         self.task_order = TaskOrder(len(self.train_tasks), cfg.seed)
         self.step = 0
-        self.stop_requested = (
-            False  # set (by Ctrl-C in the CLI) to end `train` after the current step, with a checkpoint
-        )
+        # set (by Ctrl-C in the CLI) to end `train` after the current step, with a checkpoint
+        self.stop_requested = False
         self.pending: deque[Submission] = deque()
         if checkpoint:
             try:
