@@ -68,7 +68,7 @@ def soak(steps: int, kill_every: int, seed: int, hang_prob: float, env_timeout_s
             sub = trainer.submit(step)
             if kill and out["kills"] % 2 == 1:
                 os.kill(victim, signal.SIGKILL)  # while its rollout runs
-            episodes = sub.episodes.result()
+            episodes = sub.rollout.result().episodes
             if kill and out["kills"] % 2 == 0:
                 os.kill(victim, signal.SIGKILL)  # after its rollout, before the update's weight sync
             out["kills"] += kill
