@@ -84,10 +84,6 @@ class Batch:
         """T: the padded length."""
         return self.token_ids.shape[1]
 
-    def rows(self, i: int) -> list[int]:
-        """Episode i's tokens, unpadded."""
-        return self.token_ids[i, : int(self.lengths[i])].tolist()
-
     def select(self, rows: list[int]) -> Batch:
         """These episodes (PAD_ROW: a padding item), cut to the longest of them: a mini-batch, micro-batch or share."""
         index = torch.tensor([max(r, 0) for r in rows], dtype=torch.long)
@@ -126,7 +122,8 @@ class Batch:
         run from one search to several: padded to the longest, two thirds of a batch was padding). The
         loss is normalized by the mini-batch's totals, so the grouping changes no gradient.
         """
-        by_length = sorted(range(len(self)), key=lambda i: int(self.lengths[i]))
+        lengths = self.lengths.tolist()
+        by_length = sorted(range(len(self)), key=lengths.__getitem__)
         return [by_length[start : start + size] for start in range(0, len(self), size)]
 
     def shares(self, world_size: int, micro_batch_size: int) -> list[list[int]]:
@@ -156,6 +153,16 @@ class Batch:
         what `algo.kl_turns=first` pulls to the reference."""
         return self.loss_mask * (self.turn_ids == 0)
 
-    def per_episode(self, tensor: torch.Tensor | None, i: int) -> list[float] | None:
-        """Row i of a [B, T] tensor, cut to episode i's length, as a list (for the episode logs)."""
+    def row(self, tensor: torch.Tensor | None, i: int) -> list | None:
+        """Row i of a [B, T] tensor, cut to episode i's length, as a list."""
         return None if tensor is None else tensor[i, : int(self.lengths[i])].tolist()
+
+
+def unshared(shares: list[list[int]], parts: list[torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    """A [B, T] tensor from each rank's [b, t] result on its share: every row back in its batch row, padding dropped."""
+    out = torch.zeros(shape)
+    for share, part in zip(shares, parts):
+        for row, i in enumerate(share):
+            if i != PAD_ROW:
+                out[i, : part.shape[1]] = part[row]
+    return out

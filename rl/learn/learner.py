@@ -188,7 +188,7 @@ class Learner(UpdateLoop):
         prompt_len = torch.where(
             has_policy, part.loss_mask.argmax(-1), 0
         ).tolist()  # the first policy token of each row
-        tokens = [part.rows(i) for i in range(len(part))]
+        tokens = [part.row(part.token_ids, i) for i in range(len(part))]
         distinct, copy_of = distinct_rows([tuple(ids[:n]) for ids, n in zip(tokens, prompt_len)])
         shared = min(prompt_len) >= 1 and len(distinct) < len(part)
         if not self._on_all_ranks(

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from rl.batch import PAD_ROW, Batch
+from rl.batch import Batch, unshared
 from rl.config import AlgoConfig, LearnerConfig, import_user_modules
 from rl.learn.learner import Learner, UpdateLoop
 from rl.weights import to_numpy
@@ -337,12 +337,7 @@ class ShardedLearner(UpdateLoop):
         results = self._wait(
             [getattr(r, method).remote(batch.select(share), **kwargs) for r, share in zip(self.ranks, shares)], method
         )
-        out = torch.zeros(batch.token_ids.shape)
-        for share, result in zip(shares, results):
-            for row, i in enumerate(share):
-                if i != PAD_ROW:
-                    out[i, : result.shape[1]] = result[row]
-        return out
+        return unshared(shares, results, batch.token_ids.shape)
 
     def logprobs(self, batch: Batch) -> torch.Tensor:
         return self._on_shares("logprobs", batch, reference=False)
@@ -366,11 +361,7 @@ class ShardedLearner(UpdateLoop):
             "update",
         )
         self.last_lr = results[0][2]
-        seen = torch.zeros(mini.token_ids.shape) if fresh else None
-        for share, (_, share_seen, _) in zip(shares, results):
-            for row, i in enumerate(share):
-                if fresh and i != PAD_ROW:
-                    seen[i, : share_seen.shape[1]] = share_seen[row]
+        seen = unshared(shares, [part for _, part, _ in results], mini.token_ids.shape) if fresh else None
         return combine([stats for stats, _, _ in results]), seen
 
     def lr(self) -> float:

@@ -194,16 +194,16 @@ class Trainer:
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
 
-    def _write_episodes(self, step: int, episodes: list[Episode], row: dict[int, int], batch: Batch | None) -> None:
+    def _write_episodes(self, step: int, episodes: list[Episode], rows: dict[int, int], batch: Batch | None) -> None:
         """One line per episode; "advantage" is the mean over its policy tokens, "token_advantages" one per token,
         "learner_logprobs" the learner's logprob of each token before its update (the first mini-batch's episodes).
-        `row`: the batch row of each episode that trained (failed ones did not)."""
+        `rows`: the batch row of each episode that trained (failed ones did not)."""
         out = self.run_dir / "episodes" / f"step_{step:06d}.jsonl"
         out.parent.mkdir(exist_ok=True)
         with out.open("w") as f:
             for i, ep in enumerate(episodes):
-                adv = batch.per_episode(batch.advantages, row[i]) if i in row else None
-                learner = batch.per_episode(batch.learner_logprobs, row[i]) if i in row else []
+                adv = batch.row(batch.advantages, rows[i]) if i in rows else None
+                learner = batch.row(batch.learner_logprobs, rows[i]) if i in rows else []
                 mean = sum(adv) / max(sum(ep.loss_mask), 1) if adv is not None else None
                 learner = [] if learner and math.isnan(learner[0]) else learner  # NaN: not in the first mini-batch
                 line = {
