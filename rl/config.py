@@ -59,6 +59,7 @@ EngineName = Literal["hf", "vllm"]
 VLLMDtype = Literal["auto", "float32", "bfloat16", "float16"]
 SFTSchedule = Literal["constant", "cosine"]
 ObservationRole = Literal["user", "tool", "system"]
+Schedule = Literal["reproducible", "overlap", "lockstep"]
 LORA_TARGETS = (
     "q_proj",
     "k_proj",
@@ -216,6 +217,19 @@ class RolloutConfig(Options):
     observation_role: ObservationRole = "user"
     #: an env.reset/env.step that takes longer fails its episode (0 = no limit)
     env_timeout_s: float = 300.0
+    #: an episode whose env calls take longer than this in all fails (0 = no limit): a slow tool fails only its episodes
+    episode_env_s: float = 0.0
+    #: env calls running at once per rollout worker, each on its own thread
+    env_workers: int = 64
+    #: when the engine steps: reproducible (a seed fixes every bit), overlap (fastest: the engine never waits for
+    #: envs), lockstep (each turn one batch); see rl/rollout/loop.py
+    schedule: Schedule = "reproducible"
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("max_turns", "max_turn_tokens", "env_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rollout.{name}={getattr(self, name)}: must be at least 1")
 
 
 @dataclass

@@ -43,7 +43,7 @@ def groups(tiny):
         lambda: LookupEnv(LookupParams(max_turns=3)),
         items,
         RolloutConfig(max_turn_tokens=6),
-    )
+    ).episodes
     gen = torch.Generator().manual_seed(0)
     for ep in episodes:
         ep.reward = Reward(

@@ -24,7 +24,9 @@ def gpu_batch(tiny_model_dir, tiny):
     engine = HFEngine(load_model(tiny_model_dir, torch.device("cuda")).eval(), tok, "cuda")
     params = LookupParams(max_turns=3)
     items = [(Task(f"t{i}", "what is kalu" + " red" * i, {"answer": "blue"}), i, i) for i in range(8)]
-    episodes = rollout(engine, TurnFormatter(tok), lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6))
+    episodes = rollout(
+        engine, TurnFormatter(tok), lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6)
+    ).episodes
     # Each episode alone in its group, scored +-1: with algo.lone_group_score,
     # GRPO gives it that score as its advantage.
     for i, ep in enumerate(episodes):

@@ -27,7 +27,7 @@ def batch(tiny):
     items = [(Task(f"t{i}", "what is kalu" + " red" * i, {"answer": "blue"}), i, i) for i in range(8)]
     episodes = rollout(
         HFEngine(model, tok), TurnFormatter(tok), lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6)
-    )
+    ).episodes
     gen = torch.Generator().manual_seed(0)
     scores = [torch.randn((), generator=gen) for _ in episodes]
     advantages = [a * torch.tensor(ep.loss_mask, dtype=torch.float32) for a, ep in zip(scores, episodes)]
@@ -118,7 +118,7 @@ def test_shared_prompt_forward_gives_the_full_forward_logprobs_and_gradients(tin
         lambda: LookupEnv(LookupParams(max_turns=3)),
         items,
         RolloutConfig(max_turn_tokens=6),
-    )
+    ).episodes
     assert any(0 in ep.loss_mask[ep.loss_mask.index(1) :] for ep in episodes)  # an observation after the first action
     gen = torch.Generator().manual_seed(0)
     advantages = [torch.randn((), generator=gen) * torch.tensor(ep.loss_mask, dtype=torch.float32) for ep in episodes]
@@ -355,7 +355,7 @@ def test_the_logged_entropy_is_the_policys_on_its_sampled_tokens_whichever_forwa
         lambda: LookupEnv(LookupParams(max_turns=2)),
         items,
         RolloutConfig(max_turn_tokens=6),
-    )
+    ).episodes
     batch = as_batch(episodes, [torch.zeros(len(ep.token_ids)) for ep in episodes])
     logged = []
     for checkpointing in (False, True):

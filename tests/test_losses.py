@@ -33,7 +33,7 @@ def episodes(tiny):
         lambda: LookupEnv(LookupParams(max_turns=3)),
         items,
         RolloutConfig(max_turn_tokens=6),
-    )
+    ).episodes
     for i, ep in enumerate(eps):
         ep.reward = Reward([0.0] * len(ep.trajectory.turns), i / 8)
     assert len({len(ep.token_ids) for ep in eps}) > 1

@@ -17,12 +17,16 @@ from tests.conftest import CHAT_TEMPLATE
 
 
 class RecordingEngine(HFEngine):
-    """The real HF engine, keeping what it sampled so the test can compare."""
+    """The real HF engine, keeping what it was asked and what it sampled, so the test can compare."""
 
-    def generate(self, requests, params):
-        out = super().generate(requests, params)
-        self.calls.append((requests, out))
-        return out
+    def add(self, key, request, params):
+        self.requests[key] = request
+        super().add(key, request, params)
+
+    def step(self):
+        finished = super().step()
+        self.generations.update(finished)
+        return finished
 
 
 class WordsEnv:
@@ -51,7 +55,7 @@ def engine_for(tiny, chat=False):
     tok = copy.deepcopy(tok)
     tok.chat_template = CHAT_TEMPLATE if chat else None
     engine = RecordingEngine(copy.deepcopy(model), tok)
-    engine.calls = []
+    engine.requests, engine.generations = {}, {}
     return engine, TurnFormatter(tok)
 
 
@@ -62,7 +66,7 @@ def test_training_ids_are_sampled_ids_plus_observation_ids(tiny, chat):
     tasks = load_tasks(params, "train")
     items = [(t, i, 100 + 2 * i + j) for i, t in enumerate(tasks[:4]) for j in range(2)]
     cfg = RolloutConfig(max_turn_tokens=5, max_total_tokens=200)
-    episodes = rollout(engine, formatter, lambda: LookupEnv(params), items, cfg)
+    episodes = rollout(engine, formatter, lambda: LookupEnv(params), items, cfg).episodes
 
     # Rebuild every episode from what the engine returned and what the env said.
     for k, ep in enumerate(episodes):
@@ -71,11 +75,9 @@ def test_training_ids_are_sampled_ids_plus_observation_ids(tiny, chat):
         expected_mask = [0] * len(expected_ids)
         expected_lp = [0.0] * len(expected_ids)
         for turn_index, turn in enumerate(ep.trajectory.turns):
-            requests, gens = engine.calls[turn_index]
-            row = [i for i, r in enumerate(requests) if r.seed == ep.seed * 1009 + turn_index]
-            assert len(row) == 1
-            gen = gens[row[0]]
-            assert requests[row[0]].prompt_ids == expected_ids  # token-in: the history as it stands, never re-rendered
+            request, gen = engine.requests[k, turn_index], engine.generations[k, turn_index]
+            assert request.seed == ep.seed * 1009 + turn_index  # each turn samples from its own seed
+            assert request.prompt_ids == expected_ids  # token-in: the history as it stands, never re-rendered
             expected_ids += gen.token_ids
             expected_mask += [1] * len(gen.token_ids)
             expected_lp += gen.logprobs
@@ -118,7 +120,7 @@ def test_learner_logprobs_match_sampling_logprobs(tiny, tiny_model_dir):
     items = [(t, i, i) for i, t in enumerate(load_tasks(params, "train"))]
     episodes = rollout(
         engine, formatter, lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=6, temperature=0.8)
-    )
+    ).episodes
     learner = Learner(tiny_model_dir, LearnerConfig(device="cpu", micro_batch_size=3), AlgoConfig(), temperature=0.8)
     recomputed = learner.logprobs(Batch.from_episodes(episodes))  # [B, T]
     n_policy = 0
@@ -131,41 +133,46 @@ def test_learner_logprobs_match_sampling_logprobs(tiny, tiny_model_dir):
     assert n_policy > 50
 
 
-def test_later_turns_continue_the_cached_keys_and_values(tiny, tiny_model_dir, monkeypatch):
-    # Turn 2 on runs only the new tokens on top of turn 1's cache; what it samples must still be the
+def test_later_turns_continue_the_cached_keys_and_values(tiny, tiny_model_dir):
+    # Turn 2 on runs only the new tokens on top of the episode's cache; what it samples must still be the
     # model's distribution over the whole sequence, as the learner computes it from scratch.
-    continued = []
-    original = HFEngine._continue_previous
-    monkeypatch.setattr(
-        HFEngine,
-        "_continue_previous",
-        lambda self, requests: continued.append(original(self, requests)) or continued[-1],
-    )
     engine, formatter = engine_for(tiny)
     params = LookupParams(max_turns=4)
     tasks = load_tasks(params, "train")[:2]
     items = [
         (t, g, 10 * g + k) for g, t in enumerate(tasks) for k in range(3)
     ]  # groups: shared prompts, then diverging
-    episodes = rollout(engine, formatter, lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=5))
-    assert len(continued) == 4 and continued[0] is None and all(c is not None for c in continued[1:])
+    rolled = rollout(engine, formatter, lambda: LookupEnv(params), items, RolloutConfig(max_turn_tokens=5))
+    turns = sum(len(ep.trajectory.turns) for ep in rolled.episodes)
+    assert turns > len(items) and 0 < rolled.times.cached_tokens < rolled.times.prompt_tokens
+    assert rolled.times.metrics()["rollout/prefix_cache_hit_rate"] > 0.5  # most of a later turn is history
     recomputed = Learner(tiny_model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0).logprobs(
-        Batch.from_episodes(episodes)
+        Batch.from_episodes(rolled.episodes)
     )
-    for ep, lp in zip(episodes, recomputed):
+    for ep, lp in zip(rolled.episodes, recomputed):
         lp = lp[: len(ep.token_ids)]
         mask = torch.tensor(ep.loss_mask, dtype=torch.bool)
         assert (lp[mask] - torch.tensor(ep.logprobs)[mask]).abs().max() < 1e-4
-    engine.update_weights({})  # a weight update drops the cache: the next call starts afresh
-    engine.generate([Request(episodes[0].token_ids + [1], 2, seed=0)], SamplingParams())
-    assert continued[-1] is None
+
+    # A weight update drops the kept keys and values: the next turn starts afresh.
+    prompt = formatter.prompt_ids("what is kalu")
+    for update in (False, True):
+        engine.add(("first",), Request(prompt, 3, seed=0, session="s"), SamplingParams())
+        ((_, first),) = engine.step() or engine.step() or engine.step()
+        if update:
+            engine.update_weights({})
+        before = engine.cached_tokens
+        engine.add(("next",), Request(prompt + first.token_ids + [1], 2, seed=1, session="s"), SamplingParams())
+        while engine.in_flight():
+            engine.step()
+        assert (engine.cached_tokens > before) == (not update)
 
 
 def test_limits_cut_observations_never_the_prompt(tiny):
     engine, formatter = engine_for(tiny)
     cfg = RolloutConfig(max_turn_tokens=4, max_obs_tokens=7, max_total_tokens=40, max_turns=10)
     task = Task("t", "what is kalu")
-    episodes = rollout(engine, formatter, lambda: WordsEnv(n=30, turns=10), [(task, 0, 1)], cfg)
+    episodes = rollout(engine, formatter, lambda: WordsEnv(n=30, turns=10), [(task, 0, 1)], cfg).episodes
     ep = episodes[0]
     prompt = formatter.prompt_ids(task.prompt)
     assert ep.token_ids[: len(prompt)] == prompt
@@ -177,7 +184,7 @@ def test_limits_cut_observations_never_the_prompt(tiny):
         assert sum(1 for turn, m in zip(ep.turn_ids, ep.loss_mask) if turn == t and m == 1) <= cfg.max_turn_tokens
 
     long_task = Task("long", "what is " + "kalu " * 50)
-    (ep,) = rollout(engine, formatter, lambda: WordsEnv(), [(long_task, 0, 1)], cfg)
+    (ep,) = rollout(engine, formatter, lambda: WordsEnv(), [(long_task, 0, 1)], cfg).episodes
     assert ep.failed and "max_total_tokens" in ep.error and ep.loss_mask == [0] * len(ep.token_ids)
 
 
@@ -186,7 +193,7 @@ def test_env_errors_fail_only_their_episode(tiny):
     tasks = [Task("ok", "what is kalu"), Task("bad", "what is kalu"), Task("reset", "what is kalu")]
     items = [(t, i, i) for i, t in enumerate(tasks)]
     make = iter([WordsEnv(fail_on="bad"), WordsEnv(fail_on="bad"), WordsEnv(fail_on="reset")])
-    ok, bad, broken = rollout(engine, formatter, lambda: next(make), items, RolloutConfig(max_turn_tokens=3))
+    ok, bad, broken = rollout(engine, formatter, lambda: next(make), items, RolloutConfig(max_turn_tokens=3)).episodes
     assert not ok.failed and ok.finish == "done" and len(ok.trajectory.turns) == 3
     assert bad.failed and "step broke" in bad.error
     assert broken.failed and "reset broke" in broken.error
@@ -220,7 +227,7 @@ def test_stop_strings_end_the_action(tiny):
 
 
 def test_a_worker_counts_where_its_rollout_time_went(tiny_model_dir):
-    """The worker's clock wraps its engine and envs: counts are exact, times add up without overlapping."""
+    """Counts are exact; with the reproducible schedule the engine and the envs never run at once."""
     from rl.config import EnvConfig, WorkersConfig
     from rl.episode import Item
     from rl.rollout.workers import RolloutWorker
@@ -230,13 +237,14 @@ def test_a_worker_counts_where_its_rollout_time_went(tiny_model_dir):
     tasks = load_tasks(LookupParams(max_turns=3), "train")[:6]
     items = [Item(task, g, 100 * g + k) for g, task in enumerate(tasks) for k in range(2)]
     rolled = worker.rollout(items)
-    times, turns = rolled.times, [len(ep.trajectory.turns) for ep in rolled.episodes]
+    times = rolled.times
     assert times.episodes == len(items) == len(rolled.episodes) and not any(ep.failed for ep in rolled.episodes)
-    assert times.requests == sum(turns)  # one request per action
-    assert times.calls == max(turns)  # this loop: one generate call per turn for every live episode
+    sampled = [sum(ep.loss_mask) for ep in rolled.episodes]
+    assert times.requests == sum(sampled)  # every engine step samples one token for each request in flight
+    assert max(sampled) <= times.calls < sum(sampled)  # continuous batching: requests share steps
     assert 0 < times.engine_s and 0 < times.env_s and times.engine_s + times.env_s <= times.worker_s
     assert times.worker_s == times.last_episode_s
     both = times.add(times).metrics()  # two workers that took as long: twice the episodes in the same time
     assert both["throughput/episodes_per_s"] == pytest.approx(2 * times.metrics()["throughput/episodes_per_s"])
     assert both["time/rollout_engine_share"] == pytest.approx(times.metrics()["time/rollout_engine_share"])
-    assert both["throughput/in_flight_episodes"] == sum(turns) / max(turns)
+    assert both["throughput/in_flight_episodes"] == sum(sampled) / times.calls

@@ -177,15 +177,30 @@ class ScriptedPolicy:
     The model is not what is tested here; a script makes the episode reach a search after the crash for sure.
     """
 
-    def __init__(self, tokenizer, actions, kill_at, proc):
-        self.tokenizer, self.actions, self.kill_at, self.proc, self.turn = tokenizer, actions, kill_at, proc, 0
+    prompt_tokens = cached_tokens = 0
 
-    def generate(self, requests, params):
-        if self.turn == self.kill_at:
-            stop(self.proc)
-        ids = self.tokenizer.encode(self.actions[self.turn], add_special_tokens=False)
-        self.turn += 1
-        return [Generation(list(ids), [0.0] * len(ids), "stop") for _ in requests]
+    def __init__(self, tokenizer, actions, kill_at, proc):
+        self.tokenizer, self.actions, self.kill_at, self.proc, self.asked = tokenizer, actions, kill_at, proc, []
+
+    def add(self, key, request, params):
+        self.asked.append(key)
+
+    def in_flight(self):
+        return len(self.asked)
+
+    def step(self):
+        """Every request asked so far answers its turn's action; the server dies as turn `kill_at` is asked."""
+        asked, self.asked = self.asked, []
+        out = []
+        for episode, turn in asked:
+            if turn == self.kill_at and self.proc.poll() is None:
+                stop(self.proc)
+            ids = self.tokenizer.encode(self.actions[turn], add_special_tokens=False)
+            out.append(((episode, turn), Generation(list(ids), [0.0] * len(ids), "stop")))
+        return out
+
+    def end_session(self, session):
+        pass
 
 
 def test_a_server_killed_mid_run_fails_the_episodes_without_hanging(world, tiny_model_dir):
@@ -206,7 +221,7 @@ def test_a_server_killed_mid_run_fails_the_episodes_without_hanging(world, tiny_
         policy = ScriptedPolicy(AutoTokenizer.from_pretrained(tiny_model_dir), actions, kill_at=1, proc=proc)
         start = time.monotonic()
         limits = RolloutConfig(max_turns=4, max_turn_tokens=64, max_total_tokens=4096)
-        episodes = rollout(policy, TurnFormatter(policy.tokenizer), lambda: SearchEnv(client), tasks, limits)
+        episodes = rollout(policy, TurnFormatter(policy.tokenizer), lambda: SearchEnv(client), tasks, limits).episodes
         elapsed = time.monotonic() - start
     finally:
         if proc.poll() is None:

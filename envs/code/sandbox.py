@@ -61,7 +61,9 @@ What nothing here guarantees
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -203,17 +205,19 @@ class Cgroup:
 # ---------------------------------------------------------------- a worker and its sessions
 
 
+_JAIL_STARTER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-jails")
+
+
 class Worker:
     """One jail with its fork server. `spawn` gives a fresh session."""
 
-    count = 0
+    numbers = itertools.count(1)  # each jail's cgroup has a name of its own, whichever thread starts it
 
     def __init__(self, cfg: SandboxConfig):
         self.cfg = cfg
-        Worker.count += 1
         memory = (cfg.memory_mb + cfg.max_file_mb + WORKER_MEMORY_MB) * 2**20
         self.cgroup = Cgroup(
-            f"selfcorrect-sandbox-{os.getpid()}-{Worker.count}", memory, cfg.max_processes + WORKER_PROCESSES
+            f"selfcorrect-sandbox-{os.getpid()}-{next(Worker.numbers)}", memory, cfg.max_processes + WORKER_PROCESSES
         )
         self.sock, theirs = socket.socketpair()
         server_cfg = {
@@ -223,11 +227,14 @@ class Worker:
             "max_processes": cfg.max_processes,
             "socket_fd": theirs.fileno(),
         }
-        self.proc = subprocess.Popen(
+        # bubblewrap's --die-with-parent ends the jail when the *thread* that started it ends, and envs call from
+        # short-lived threads: jails are started from one thread that lasts as long as the process.
+        self.proc = _JAIL_STARTER.submit(
+            subprocess.Popen,
             [*self.cgroup.join_command(), *jail_command(), json.dumps(server_cfg)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=[theirs.fileno()],
             env={}, cwd="/", start_new_session=True,
-        )  # fmt: skip
+        ).result()  # fmt: skip
         theirs.close()
         self.sock.settimeout(30.0)
         try:
@@ -376,29 +383,64 @@ class Run:
 
 
 class Sandbox:
-    """A pool of jails. `run` is thread-safe (one batch at a time) and keeps every worker busy."""
+    """A pool of jails, each running one program at a time: `workers` is the hard cap on live sandboxes.
+
+    `run` is thread-safe: concurrent callers (the envs of concurrent episodes) share the jails, each
+    taking free ones as it needs them and giving each back as soon as it has no program left for it.
+    """
 
     def __init__(self, cfg: SandboxConfig = SandboxConfig()):
         self.cfg = cfg
         self.n_workers = cfg.workers or os.cpu_count() or 1
         self.workers = [Worker(cfg) for _ in range(self.n_workers)]
         self.isolation = self.workers[0].isolation
-        self.lock = threading.Lock()
+        self.free = list(self.workers)
+        self.freed = threading.Condition()
+        self.most_busy = 0  # the most jails running programs at once, since start
 
     def run(self, runs: list[tuple[str, str, list[Check], str]], salt: bytes) -> list[list[TestResult]]:
         """Every program through its tests; the verdicts per program."""
         results: list[list[TestResult] | None] = [None] * len(runs)
         todo = deque(range(len(runs)))
         active: dict[Worker, Run] = {}
-        with self.lock:
+        held: list[Worker] = []  # jails this call took: running one of its programs, or about to
+        try:
             while todo or active:
-                for w in list(self.workers):
-                    if w not in active and todo:
+                idle = [w for w in held if w not in active]
+                if len(idle) < len(todo):
+                    # wait for a jail only when none of this call's programs is running (else: go on with those)
+                    taken = self._take(len(todo) - len(idle), wait=not active)
+                    held += taken
+                    idle += taken
+                for w in idle:
+                    if todo:
                         i = todo.popleft()
                         active[w] = Run(i, *runs[i], salt)
                         self._advance(w, active, results, None)
+                    else:
+                        held.remove(w)
+                        self._give_back([w])
                 self._wait(active, results)
+        finally:
+            for run in active.values():  # a caller interrupted mid-run leaves no program behind
+                for session in run.sessions.values():
+                    session.kill()
+            self._give_back(held)
         return results
+
+    def _take(self, n: int, wait: bool) -> list[Worker]:
+        """Up to n free jails; with `wait`, at least one (blocking until another caller gives one back)."""
+        with self.freed:
+            while wait and not self.free:
+                self.freed.wait()
+            taken, self.free = self.free[:n], self.free[n:]
+            self.most_busy = max(self.most_busy, self.n_workers - len(self.free))
+            return taken
+
+    def _give_back(self, workers: list[Worker]) -> None:
+        with self.freed:
+            self.free += [w for w in workers if w not in self.free]
+            self.freed.notify_all()
 
     def _advance(self, w: Worker, active: dict, results: list, reply: dict | None) -> None:
         """Give the run its reply and send its next request; finish it when its generator ends."""
@@ -558,15 +600,17 @@ class Sandbox:
 
 
 _SHARED: dict[SandboxConfig, Sandbox] = {}
+_SHARED_LOCK = threading.Lock()  # envs of concurrent episodes ask for the pool from their own threads
 
 
 def shared_sandbox(cfg: SandboxConfig) -> Sandbox:
     """One pool per config for the whole process (envs are created per episode; workers are not), closed at exit."""
-    if not _SHARED:
-        atexit.register(close_shared)
-    if cfg not in _SHARED:
-        _SHARED[cfg] = Sandbox(cfg)
-    return _SHARED[cfg]
+    with _SHARED_LOCK:
+        if not _SHARED:
+            atexit.register(close_shared)
+        if cfg not in _SHARED:
+            _SHARED[cfg] = Sandbox(cfg)
+        return _SHARED[cfg]
 
 
 def close_shared() -> None:

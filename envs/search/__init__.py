@@ -33,7 +33,7 @@ from envs.search import demos, world
 from envs.search.env import ANSWER_NOW, INVALID, SearchEnv, make_prompt
 from envs.search.metrics import search_metrics
 from envs.search.qa import BAMBOOGLE, load_questions
-from envs.search.retrieval import RetrievalClient, default_cache_dir, read_corpus
+from envs.search.retrieval import Batcher, RetrievalClient, default_cache_dir, read_corpus
 from envs.search.world import WorldConfig, write_world
 
 
@@ -76,6 +76,12 @@ class SearchParams:
     timeout_s: float = 10.0
     #: retrieval server: retries of a failed request before the episode fails
     retries: int = 2
+    #: retrieval server: requests waiting for an answer at once
+    max_in_flight: int = 8
+    #: retrieval server: requests per second at most (0 = no limit)
+    rate_per_s: float = 0.0
+    #: concurrent episodes' searches gathered for up to this long into one retrieval call (0 = one call per search)
+    batch_ms: float = 2.0
     #: generated worlds and BM25 indexes; "" = $SELFCORRECT_CACHE/search or ~/.cache/selfcorrect/search
     cache_dir: str = ""
     #: data "world": the seed everything in the world follows from
@@ -146,11 +152,17 @@ def corpus_path(p: SearchParams) -> Path | None:
 
 
 def make_retriever(
-    spec: str, corpus: str | Path | None, cache_dir: str | Path | None, timeout_s: float = 10.0, retries: int = 2
+    spec: str,
+    corpus: str | Path | None,
+    cache_dir: str | Path | None,
+    timeout_s: float = 10.0,
+    retries: int = 2,
+    max_in_flight: int = 8,
+    rate_per_s: float = 0.0,
 ):
     """`spec` "bm25" gives a local BM25Index over `corpus`; an http(s) URL gives a RetrievalClient."""
     if spec.startswith(("http://", "https://")):
-        return RetrievalClient(spec, timeout_s, retries)
+        return RetrievalClient(spec, timeout_s, retries, max_in_flight, rate_per_s)
     if spec != "bm25":
         raise ValueError(f"retriever must be 'bm25' or a server URL (http://host:port), got {spec!r}")
     if not corpus:
@@ -165,14 +177,17 @@ _RETRIEVERS: dict[tuple, object] = {}  # one index or client per process, shared
 
 def shared_retriever(p: SearchParams):
     corpus = corpus_path(p)
-    key = (p.retriever, str(corpus), str(_cache(p)), p.timeout_s, p.retries)
+    key = (p.retriever, str(corpus), str(_cache(p)), p.timeout_s, p.retries, p.max_in_flight, p.rate_per_s, p.batch_ms)
     if key not in _RETRIEVERS:
         if p.retriever == "bm25" and corpus is None:
             raise ValueError(
                 f"data {p.data!r} has no corpus of its own: give corpus=PATH "
                 "(a Search-R1 JSONL) or retriever=URL of a server"
             )
-        _RETRIEVERS[key] = make_retriever(p.retriever, corpus, _cache(p), p.timeout_s, p.retries)
+        retriever = make_retriever(
+            p.retriever, corpus, _cache(p), p.timeout_s, p.retries, p.max_in_flight, p.rate_per_s
+        )
+        _RETRIEVERS[key] = Batcher(retriever, p.batch_ms / 1000) if p.batch_ms > 0 else retriever
     return _RETRIEVERS[key]
 
 

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds a connection may stall mid-request or stay idle before it is closed (default 30)",
     )
     serve.add_argument(
+        "--delay-ms", type=float, default=0.0, help="added to every answer: a slower retriever's latency (benchmarks)"
+    )
+    serve.add_argument(
         "--cache-dir", default="", help="where the index is cached (default ~/.cache/selfcorrect/search)"
     )
     args = parser.parse_args(argv)
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         index = BM25Index(args.corpus, args.cache_dir or None)
-        server = RetrievalServer(index, args.host, args.port, args.topk, args.read_timeout)
+        server = RetrievalServer(index, args.host, args.port, args.topk, args.read_timeout, args.delay_ms / 1000)
     except (OSError, ValueError) as e:  # a bad corpus line, a port in use
         print(f"error: {e}", file=sys.stderr)
         return 2

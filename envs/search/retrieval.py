@@ -21,6 +21,7 @@ import hashlib
 import http.client
 import json
 import os
+import random
 import re
 import threading
 import time
@@ -97,7 +98,14 @@ class RetrievalClient:
     drops idle connections after 5 s) is replaced at once, without counting as a failure.
     """
 
-    def __init__(self, url: str, timeout_s: float = 10.0, retries: int = 2):
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        max_in_flight: int = 8,  # requests waiting for an answer at once; more callers queue
+        rate_per_s: float = 0.0,  # requests sent per second at most, in bursts of up to one second's (0 = no limit)
+    ):
         url = url.rstrip("/")
         self.url = url if url.endswith("/retrieve") else url + "/retrieve"
         parts = urllib.parse.urlsplit(self.url)
@@ -107,6 +115,10 @@ class RetrievalClient:
         self._idle: list[http.client.HTTPConnection] = []  # open connections no request is using
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._bucket = TokenBucket(rate_per_s, max(rate_per_s, 1.0)) if rate_per_s > 0 else None
+        self._rng = random.Random()
+        self.requests = 0  # POSTs sent (retries included)
         # the server's own search time in the last answer (Server-Timing), if sent
         self.last_search_ms: float | None = None
 
@@ -139,10 +151,14 @@ class RetrievalClient:
         body = json.dumps({"queries": queries, "topk": topk, "return_scores": True}).encode()
         problem = ""
         for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(0.2 * 2 ** (attempt - 1))
+            if attempt:  # full jitter: clients that failed together do not all come back together
+                time.sleep(self._rng.uniform(0, 0.2 * 2**attempt))
+            if self._bucket is not None:
+                self._bucket.take()
             try:
-                status, data = self._post(body)
+                with self._slots:
+                    self.requests += 1
+                    status, data = self._post(body)
             except (OSError, http.client.HTTPException) as e:
                 timed_out = isinstance(e, TimeoutError)
                 problem = f"timed out after {self.timeout_s:g} s" if timed_out else f"{type(e).__name__}: {e}"
@@ -170,3 +186,79 @@ class RetrievalClient:
             return [[as_hit(h) for h in hits] for hits in result]
         except ValueError as e:
             raise RetrievalError(f"retrieval server {self.url} sent a malformed hit: {e}") from e
+
+
+class TokenBucket:
+    """A rate limit: `take()` returns at once while the bucket holds a token, else when the next one drips in.
+
+    Tokens drip in at `rate` per second up to `burst`; over any span of t seconds at most burst + rate * t
+    calls return.
+    """
+
+    def __init__(self, rate: float, burst: float, clock=time.monotonic, sleep=time.sleep):
+        self.rate, self.burst, self.clock, self.sleep = rate, burst, clock, sleep
+        self.tokens, self.last = burst, clock()
+        self.lock = threading.Lock()
+
+    def take(self) -> None:
+        with self.lock:  # callers queue here: each leaves with its own token
+            now = self.clock()
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens < 1:
+                self.sleep((1 - self.tokens) / self.rate)
+                self.tokens, self.last = 1.0, self.clock()
+            self.tokens -= 1
+
+
+class Batcher:
+    """Gathers the searches of concurrent callers (the envs of concurrent episodes) into one call of `retriever`.
+
+    The first caller of a batch waits up to `wait_s` for others (or until `max_queries` are asked), then sends
+    them all as one `/retrieve` request (one per distinct topk); each caller gets its own rows back, or the error.
+    """
+
+    def __init__(self, retriever, wait_s: float = 0.002, max_queries: int = 256):
+        self.retriever, self.wait_s, self.max_queries = retriever, wait_s, max_queries
+        self.asked: list[_Ask] = []
+        self.cond = threading.Condition()
+
+    def search(self, queries: list[str], topk: int = 3) -> list[list[Hit]]:
+        ask = _Ask(list(queries), topk)
+        with self.cond:
+            self.asked.append(ask)
+            leads = len(self.asked) == 1
+            if sum(len(a.queries) for a in self.asked) >= self.max_queries:
+                self.cond.notify_all()
+            if leads:
+                self.cond.wait_for(lambda: sum(len(a.queries) for a in self.asked) >= self.max_queries, self.wait_s)
+                batch, self.asked = self.asked, []
+        if leads:
+            self._send(batch)
+        ask.answered.wait()
+        if ask.error is not None:
+            raise ask.error
+        return ask.hits
+
+    def _send(self, batch: list[_Ask]) -> None:
+        by_topk: dict[int, list[_Ask]] = {}
+        for ask in batch:
+            by_topk.setdefault(ask.topk, []).append(ask)
+        for topk, asks in by_topk.items():
+            try:
+                hits = self.retriever.search([q for a in asks for q in a.queries], topk)
+                for a in asks:
+                    a.hits, hits = hits[: len(a.queries)], hits[len(a.queries) :]
+            except Exception as e:  # every caller of the request gets its error
+                for a in asks:
+                    a.error = e
+            for a in asks:
+                a.answered.set()
+
+
+class _Ask:
+    def __init__(self, queries: list[str], topk: int):
+        self.queries, self.topk = queries, topk
+        self.hits: list[list[Hit]] = []
+        self.error: Exception | None = None
+        self.answered = threading.Event()

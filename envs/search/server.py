@@ -75,10 +75,13 @@ class RetrievalServer(ThreadingHTTPServer):
         port: int = 8000,
         default_topk: int = 3,
         read_timeout_s: float = 30.0,
+        delay_s: float = 0.0,  # added to every answer: a slower retriever's latency (a dense one's), for benchmarks
     ):
         if not read_timeout_s > 0:
             raise ValueError(f"the read timeout must be positive seconds, got {read_timeout_s}")
         self.index, self.default_topk, self.read_timeout_s = index, default_topk, read_timeout_s
+        self.delay_s = delay_s
+        self.requests = self.queries = 0  # /retrieve requests answered, and the queries in them
         super().__init__((host, port), _Handler)
 
     def handle_error(self, request, client_address) -> None:
@@ -159,7 +162,11 @@ class _Handler(BaseHTTPRequestHandler):
             hits = self.server.index.search(queries, topk)
         except Exception as e:  # noqa: BLE001 (the client must get an answer, not a dropped connection)
             return self._send(500, {"detail": f"{type(e).__name__}: {e}"})
+        if self.server.delay_s:
+            time.sleep(self.server.delay_s)
         search_ms = (time.perf_counter() - start) * 1000
+        self.server.requests += 1  # one thread per connection: a lost update only undercounts
+        self.server.queries += len(queries)
         if not return_scores:
             hits = [[h["document"] for h in row] for row in hits]
         # The standard Server-Timing header lets a client tell search time from HTTP and JSON time.

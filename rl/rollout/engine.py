@@ -1,9 +1,11 @@
 """Inference engines: token ids in, token ids and their sampling logprobs out.
 
-`Engine` is the interface the rollout talks to; `HFEngine` implements it with
-Hugging Face `transformers` on CPU or GPU (vLLM plugs in behind the same
-interface). Every request carries its own seed, so a sequence's samples do not
-depend on which other sequences share its batch.
+`Engine` is the interface the rollout talks to: requests are added one at a time, whenever an
+episode needs its next action, and `step()` advances every request in flight by one token
+(continuous batching), returning the ones that finished. `HFEngine` implements it with Hugging Face
+`transformers` on CPU or GPU; `VLLMEngine` (rl/rollout/vllm_engine.py) with vLLM's own scheduler.
+Every request carries its own seed, so a sequence's samples do not depend on which other sequences
+share its batch.
 
 Logprob convention: the logprob recorded for a sampled token is its log
 probability under softmax(logits / temperature), before top-p/top-k truncation;
@@ -15,7 +17,7 @@ distribution, a known small bias shared with every peer system.)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Hashable, Protocol
 
 import torch
 from transformers import DynamicCache
@@ -23,12 +25,15 @@ from transformers import DynamicCache
 from rl.tensors import distinct_rows, forward_args
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 means no top-k
-    stop: list[str] = field(default_factory=list)  # generation ends right after the first of these strings
+    stop: tuple[str, ...] = ()  # generation ends right after the first of these strings
+
+    def __post_init__(self):
+        object.__setattr__(self, "stop", tuple(self.stop))  # hashable, whatever sequence was given
 
 
 @dataclass
@@ -36,6 +41,8 @@ class Request:
     prompt_ids: list[int]
     max_new_tokens: int
     seed: int
+    # the episode the request belongs to: its next turn continues from this one's keys and values
+    session: Hashable | None = None
 
 
 @dataclass
@@ -46,6 +53,18 @@ class Generation:
 
 
 class Engine(Protocol):
+    #: prompt tokens of the requests admitted so far, and how many of them came from a cache
+    prompt_tokens: int
+    cached_tokens: int
+
+    def add(self, key: Hashable, request: Request, params: SamplingParams) -> None: ...
+
+    def step(self) -> list[tuple[Hashable, Generation]]: ...  # one token for every request in flight; the finished
+
+    def end_session(self, session: Hashable) -> None: ...  # the episode is over: its cache may go
+
+    def in_flight(self) -> int: ...  # requests added and not finished
+
     def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]: ...
 
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None: ...  # one bucket of a sync
@@ -55,6 +74,16 @@ class Engine(Protocol):
     def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]: ...
 
     def describe(self) -> str: ...  # engine, version, device, dtype
+
+
+def generate_all(engine: Engine, requests: list[Request], params: SamplingParams) -> list[Generation]:
+    """Every request at once, stepped until all are done: a batch call on a continuously batching engine."""
+    for i, r in enumerate(requests):
+        engine.add((i,), r, params)
+    done: dict[Hashable, Generation] = {}
+    while len(done) < len(requests):
+        done.update(engine.step())
+    return [done[(i,)] for i in range(len(requests))]
 
 
 def sample_tokens(
@@ -84,12 +113,27 @@ def sample_tokens(
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
 
 
-class HFEngine:
-    """Batched sampling with a `transformers` causal LM and a KV cache.
+@dataclass
+class _Row:
+    """A request in the running batch."""
 
-    A GRPO group's shared prompt is prefilled once. The cache of the last call is kept until the next
-    call or a weight update: a request that extends one of its rows (the next turn of the same episode)
-    runs only its new tokens on top of it, the observation instead of the whole history.
+    key: Hashable
+    request: Request
+    params: SamplingParams
+    uniforms: torch.Tensor  # [max_new_tokens], drawn from the request's seed: one per token it may sample
+    sampled: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
+class HFEngine:
+    """Continuous batching with a `transformers` causal LM and one KV cache for the running batch.
+
+    Rows are left-padded so that every row's next token sits in the last column. At each `step` the
+    requests added since the last one are prefilled and join the batch (a GRPO group's shared prompt
+    runs once), every row samples one token, finished rows leave, and the rest run their new token.
+    A finished request's keys and values are kept for its session (the episode): its next turn runs
+    only the tokens after them, the observation instead of the whole history. A weight update drops
+    the kept ones; requests already running finish on the keys and values they have.
     """
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu"):
@@ -99,13 +143,75 @@ class HFEngine:
         self.eos_ids = set(_eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._tables: dict[tuple[str, ...], torch.Tensor] = {}  # see _token_table
-        # (cache, tokens each row holds, first column of each row) of the last generate: the next turn of
-        # the same episodes continues from it. Dropped by a weight update.
-        self._previous = None
         args = forward_args(model)
         self.cache_arg = args.cache
         # Only the last position's logits are sampled from: skip the LM head on the rest of the prompt.
         self.last_logits_only = {"logits_to_keep": 1} if args.logits_to_keep else {}
+        self._waiting: list[_Row] = []  # added, not yet in the batch
+        self._rows: list[_Row] = []  # the running batch, in cache row order
+        self._cache: DynamicCache | None = None  # [rows, heads, width, head dim] per layer
+        self._attention = torch.zeros((0, 0), dtype=torch.long)  # [rows, width]: 0 on left padding
+        self._logits = torch.zeros((0, 0))  # [rows, V]: what each row samples its next token from
+        # session -> (the tokens in its cache, per layer (keys, values) [heads, tokens, head dim])
+        self._sessions: dict[Hashable, tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+
+    # ------------------------------------------------------------------ the Engine interface
+
+    def add(self, key: Hashable, request: Request, params: SamplingParams) -> None:
+        n = max(1, request.max_new_tokens)  # like vLLM, at least one token
+        uniforms = torch.rand(n, generator=torch.Generator().manual_seed(request.seed))
+        self._waiting.append(_Row(key, Request(request.prompt_ids, n, request.seed, request.session), params, uniforms))
+
+    def in_flight(self) -> int:
+        return len(self._waiting) + len(self._rows)
+
+    def end_session(self, session: Hashable) -> None:
+        self._sessions.pop(session, None)
+
+    def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]:
+        return generate_all(self, requests, params)
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        if self._waiting:
+            self._admit()
+        if not self._rows:
+            return []
+        tokens = torch.zeros(len(self._rows), dtype=torch.long)
+        logprobs = torch.zeros(len(self._rows))
+        by_params: dict[SamplingParams, list[int]] = {}
+        for i, row in enumerate(self._rows):
+            by_params.setdefault(row.params, []).append(i)
+        for params, rows in by_params.items():
+            uniforms = torch.stack([self._rows[i].uniforms[len(self._rows[i].sampled)] for i in rows])
+            picked, picked_logprobs = sample_tokens(self._logits[rows], params, uniforms)
+            tokens[rows], logprobs[rows] = picked.cpu(), picked_logprobs.cpu()
+        vocab = self._logits.shape[-1]
+        is_eos = self._token_table(("eos",), vocab, lambda: self.eos_ids)
+        finished, keep = [], []
+        for i, row in enumerate(self._rows):
+            token = int(tokens[i])
+            row.sampled.append(token)
+            row.logprobs.append(float(logprobs[i]))
+            reason = "eos" if is_eos[token] else "stop" if self._stopped(row, vocab) else None
+            if reason is None and len(row.sampled) >= row.request.max_new_tokens:
+                reason = "length"
+            if reason is None:
+                keep.append(i)
+            else:
+                finished.append((row.key, Generation(row.sampled, row.logprobs, reason)))
+                self._keep_session(i)
+        if len(keep) < len(self._rows):
+            self._keep(keep)
+        if self._rows:
+            self._attention = torch.cat([self._attention, self._attention.new_ones((len(keep), 1))], dim=1)
+            positions = self._attention.sum(-1, keepdim=True) - 1  # [rows, 1]: each row's real tokens so far
+            self._logits = self._forward(tokens[keep][:, None].to(self.device), positions)
+        return finished
+
+    # ------------------------------------------------------------------ weights
 
     @torch.no_grad()
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
@@ -116,7 +222,7 @@ class HFEngine:
             raise ValueError(f"update_weights: unknown parameters, e.g. {sorted(unknown)[:3]}")
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-        self._previous = None
+        self._sessions.clear()  # keys and values of the old weights
 
     def finish_sync(self) -> None:
         """Nothing left to do: each bucket was written in place as it came."""
@@ -138,154 +244,132 @@ class HFEngine:
         picked = logprobs.gather(-1, ids[:, 1:, None])[..., 0].cpu()  # [B, width - 1]
         return [picked[i, : len(seq) - 1].tolist() for i, seq in enumerate(sequences)]
 
-    @torch.no_grad()
-    def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]:
-        if not requests:
-            return []
-        batch = len(requests)
-        # Each request draws all its uniforms from its own seed up front, as many as it may
-        # use (so they depend on nothing else in the batch); padded to [B, max_steps].
-        max_steps = max(r.max_new_tokens for r in requests)
-        uniforms = torch.zeros(batch, max_steps)
-        for i, r in enumerate(requests):
-            uniforms[i, : r.max_new_tokens] = torch.rand(
-                r.max_new_tokens, generator=torch.Generator().manual_seed(r.seed)
-            )
-        stop_window = max((len(s.encode()) for s in params.stop), default=0) + 1  # tokens that can hold a stop string
-        # Token t of row i (prompt, then sampled tokens) sits in cache column first_column[i] + t.
-        logits, cache, attention, positions, first_column = self._continue_previous(requests) or self._prefill(requests)
+    # ------------------------------------------------------------------ the running batch
 
-        # Finished rows are found with tensor lookups; only a row whose last token can end a stop
-        # string has its tail decoded. Rows go on being sampled until all are done (one batch).
-        vocab = logits.shape[-1]
-        is_eos = self._token_table(("eos",), vocab, lambda: self.eos_ids)
-        can_stop = (
-            self._token_table(("stop", *params.stop), vocab, lambda: self._stop_enders(params.stop))
-            if params.stop
-            else None
-        )
-        limits = torch.tensor([r.max_new_tokens for r in requests])
-        sampled = torch.zeros((batch, max_steps), dtype=torch.long)
-        sampled_logprobs = torch.zeros((batch, max_steps))
-        running = torch.ones(batch, dtype=torch.bool)
-        length = [max_steps] * batch
-        finish: list[str | None] = [None] * batch
-        step = 0
-        for step in range(max_steps):
-            tokens, logprobs = sample_tokens(logits, params, uniforms[:, step])
-            tokens_cpu = tokens.cpu()
-            sampled[:, step], sampled_logprobs[:, step] = tokens_cpu, logprobs.cpu()
-            eos = running & is_eos[tokens_cpu]
-            stopped = torch.zeros_like(eos)
-            if can_stop is not None:
-                for i in (running & ~eos & can_stop[tokens_cpu]).nonzero()[:, 0].tolist():
-                    tail = self.tokenizer.decode(sampled[i, max(0, step + 1 - stop_window) : step + 1].tolist())
-                    stopped[i] = any(stop in tail for stop in params.stop)
-            at_limit = running & ~eos & ~stopped & (limits <= step + 1)
-            for reason, rows in (("eos", eos), ("stop", stopped), ("length", at_limit)):
-                for i in rows.nonzero()[:, 0].tolist():
-                    finish[i], length[i] = reason, step + 1
-            running &= ~(eos | stopped | at_limit)
-            if not running.any():
-                break
-            if attention is not None:
-                attention = torch.cat([attention, attention.new_ones((batch, 1))], dim=1)
-            positions = positions[:, -1:] + 1
-            logits = self._forward(tokens[:, None], attention, positions, cache)
-        # The last sampled token of the loop was never fed back: the cache holds `step` sampled tokens per row.
-        in_cache = [
-            r.prompt_ids + sampled[i, : min(n, step)].tolist() for i, (r, n) in enumerate(zip(requests, length))
-        ]
-        self._previous = (cache, in_cache, first_column)
-        return [
-            Generation(sampled[i, :n].tolist(), sampled_logprobs[i, :n].tolist(), f or "length")
-            for i, (n, f) in enumerate(zip(length, finish))
-        ]
+    def _admit(self) -> None:
+        """Prefill the waiting requests and add them to the running batch.
 
-    def _prefill(self, requests: list[Request]):
-        """A fresh KV cache for the prompts:
-        (last logits [B, V], cache, attention mask or None, positions, first columns)."""
-        batch = len(requests)
-        prompt_len = max(len(r.prompt_ids) for r in requests)
-        # Left-pad so every row's next token sits in the last column.
-        input_ids = torch.full((batch, prompt_len), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, prompt_len), dtype=torch.long)
-        for i, r in enumerate(requests):
-            input_ids[i, prompt_len - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            attention[i, prompt_len - len(r.prompt_ids) :] = 1
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        positions = (attention.cumsum(-1) - 1).clamp_(min=0)
-        first_column = [prompt_len - len(r.prompt_ids) for r in requests]
-        if bool(attention.all()):
-            attention = None  # no row is padded: plain causal attention, and no mask to build at every step
+        They join sorted by key, so the batch a seed produces does not depend on the order requests came in.
+        A request whose session holds the keys and values of a prefix of its prompt runs only the tokens after
+        that prefix: column c of row i holds token c - (width - len(prompt i)) of its prompt, and the columns
+        before the last `new` ones come from the session.
+        """
+        rows, self._waiting = sorted(self._waiting, key=lambda r: r.key), []
+        prompts = [r.request.prompt_ids for r in rows]
+        reused = []  # per row: the session's (keys, values) per layer and how many tokens of them to use
+        for r in rows:
+            kept = self._sessions.pop(r.request.session, None) if r.request.session is not None else None
+            if kept is not None and tuple(r.request.prompt_ids[: len(kept[0])]) == kept[0]:
+                # at least one token runs, for the next-token logits
+                reused.append((kept[1], min(len(kept[0]), len(r.request.prompt_ids) - 1)))
+            else:
+                reused.append(None)
+        lengths = torch.tensor([len(p) for p in prompts])
+        width = int(lengths.max())
+        new = max(len(p) - (u[1] if u else 0) for p, u in zip(prompts, reused))  # columns to run
+        token_index = torch.arange(width)[None, :] - (width - lengths)[:, None]  # [B, width]: < 0 on left padding
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+        attention = (token_index >= 0).long()
+        positions = token_index.clamp(min=0)
         cache = DynamicCache()
-        # A GRPO group repeats one prompt: prefill each distinct prompt once, then give every row its copy.
-        distinct, copy_of = distinct_rows([tuple(r.prompt_ids) for r in requests])
-        if len(distinct) < batch:
-            expand = torch.tensor(copy_of, device=self.device)
-            logits = self._forward(
-                input_ids[distinct], attention if attention is None else attention[distinct], positions[distinct], cache
-            )[expand]
-            cache.reorder_cache(expand)
+        if any(reused):
+            for layer in range(len(next(u for u in reused if u)[0])):
+                keys = values = None
+                for i, u in enumerate(reused):
+                    if u is None:
+                        continue
+                    k, v = u[0][layer]  # [heads, tokens, head dim]
+                    if keys is None:
+                        shape = (len(rows), k.shape[0], width - new, k.shape[2])
+                        keys, values = k.new_zeros(shape), v.new_zeros(shape)
+                    first = width - len(prompts[i])  # the column of the row's first token
+                    if first < width - new:  # else a longer prompt runs more columns than this row has
+                        keys[i, :, first : width - new] = k[:, : width - new - first]
+                        values[i, :, first : width - new] = v[:, : width - new - first]
+                cache.update(keys, values, layer)
+            self.cached_tokens += sum(max(len(p) - new, 0) for p, u in zip(prompts, reused) if u)
+            logits = self._run(ids[:, width - new :], attention, positions[:, width - new :], cache)
         else:
-            logits = self._forward(input_ids, attention, positions, cache)
-        return logits, cache, attention, positions, first_column
+            # A GRPO group repeats one prompt: prefill each distinct prompt once, then give every row its copy.
+            distinct, copy_of = distinct_rows([tuple(p) for p in prompts])
+            expand = torch.tensor(copy_of, device=self.device)
+            logits = self._run(ids[distinct], attention[distinct], positions[distinct], cache)[expand]
+            if len(distinct) < len(rows):
+                cache.reorder_cache(expand)
+        self.prompt_tokens += int(lengths.sum())
+        self._join(rows, cache, attention, logits)
 
-    def _continue_previous(self, requests: list[Request]):
-        """Like _prefill, reusing the previous call's KV cache when every request extends one of its rows
-        (the next turn of the same episodes): only the tokens after the cached ones (the observation,
-        a chat template's wrapping) are run. None when some request extends none."""
-        if self._previous is None:
-            return None
-        old_cache, old_rows, old_first = self._previous
-        self._previous = None  # used once: the rows it matches are now this call's
-        by_length: dict[int, dict[tuple[int, ...], int]] = {}
-        for row, tokens in enumerate(old_rows):
-            by_length.setdefault(len(tokens), {})[tuple(tokens)] = row
-        longest_first = sorted(by_length.items(), reverse=True)
-        source, cached = [], []
-        for r in requests:
-            ids = tuple(r.prompt_ids)
-            match = next(((rows[ids[:n]], n) for n, rows in longest_first if n <= len(ids) and ids[:n] in rows), None)
-            if match is None:
-                return None
-            source.append(match[0])
-            cached.append(min(match[1], len(ids) - 1))  # at least one token runs, for the next-token logits
-        total = torch.tensor([len(r.prompt_ids) for r in requests])
-        width = int(total.max())
-        new = max(
-            len(r.prompt_ids) - n for r, n in zip(requests, cached)
-        )  # columns to run; the rest come from the cache
-        token_index = torch.arange(width)[None, :] - (width - total)[:, None]  # [B, width]: < 0 on left padding
-        tokens = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
-        for i, r in enumerate(requests):
-            tokens[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-        # Column c of row i takes old column old_first[source i] + token index: the same token, the same position.
-        rows = torch.tensor(source)
-        columns = (torch.tensor(old_first)[rows][:, None] + token_index[:, : width - new]).clamp_(min=0).to(self.device)
-        rows = rows.to(self.device)
-        cache = DynamicCache()
-        for layer, old in enumerate(old_cache.layers):
-            keys, values = old.keys.index_select(0, rows), old.values.index_select(0, rows)
-            pick = columns[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
-            cache.update(keys.gather(2, pick), values.gather(2, pick), layer)
-        attention = (token_index >= 0).long().to(self.device)
-        positions = token_index.clamp(min=0).to(self.device)
-        logits = self._forward(tokens[:, width - new :].to(self.device), attention, positions[:, width - new :], cache)
-        return logits, cache, attention, positions, (width - total).tolist()
+    def _join(self, rows: list[_Row], cache: DynamicCache, attention: torch.Tensor, logits: torch.Tensor) -> None:
+        """Put newly prefilled rows after the running ones, left-padding the narrower side to the wider."""
+        if not self._rows:
+            self._rows, self._cache, self._attention, self._logits = rows, cache, attention, logits
+            return
+        width = max(self._attention.shape[1], attention.shape[1])
+        joined = DynamicCache()
+        for layer, (old, added) in enumerate(zip(self._cache.layers, cache.layers)):
+            joined.update(
+                torch.cat([_left_pad(old.keys, width), _left_pad(added.keys, width)]),
+                torch.cat([_left_pad(old.values, width), _left_pad(added.values, width)]),
+                layer,
+            )
+        self._attention = torch.cat([_left_pad(self._attention, width, dim=1), _left_pad(attention, width, dim=1)])
+        self._rows, self._cache = self._rows + rows, joined
+        self._logits = torch.cat([self._logits, logits])
 
-    def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
+    def _keep(self, keep: list[int]) -> None:
+        """Keep only these rows of the running batch, and drop the columns that are now padding in every row."""
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache, self._attention, self._logits = None, self._attention[:0, :0], self._logits[:0]
+            return
+        index = torch.tensor(keep, device=self.device)
+        attention = self._attention[keep]
+        start = int(attention.any(0).long().argmax())  # the first column some row uses
+        kept = DynamicCache()
+        for layer, old in enumerate(self._cache.layers):
+            kept.update(
+                old.keys.index_select(0, index)[:, :, start:], old.values.index_select(0, index)[:, :, start:], layer
+            )
+        self._cache, self._attention, self._logits = kept, attention[:, start:], self._logits[index]
+
+    def _keep_session(self, i: int) -> None:
+        """Keep a finished row's keys and values for its episode's next turn."""
+        row = self._rows[i]
+        if row.request.session is None:
+            return
+        held = int(self._attention[i].sum())  # the prompt and every sampled token but the last (never run)
+        start = self._attention.shape[1] - held
+        tokens = tuple(row.request.prompt_ids + row.sampled[:-1])
+        layers = [(c.keys[i, :, start:].clone(), c.values[i, :, start:].clone()) for c in self._cache.layers]
+        self._sessions[row.request.session] = (tokens, layers)
+
+    def _stopped(self, row: _Row, vocab: int) -> bool:
+        """Whether the row's text now ends with one of its stop strings. Only a token that can complete a stop
+        string has the tail decoded."""
+        stop = row.params.stop
+        if not stop or not self._token_table(("stop", *stop), vocab, lambda: self._stop_enders(stop))[row.sampled[-1]]:
+            return False
+        window = max(len(s.encode()) for s in stop) + 1  # tokens that can hold a stop string
+        tail = self.tokenizer.decode(row.sampled[-window:])
+        return any(s in tail for s in stop)
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self._run(input_ids, self._attention.to(self.device), positions.to(self.device), self._cache)
+
+    def _run(self, input_ids, attention, positions, cache) -> torch.Tensor:
         out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            position_ids=positions.to(self.device),
             use_cache=True,
             **{self.cache_arg: cache},
             **self.last_logits_only,
         )
         return out.logits[:, -1, :].float()  # [B, V]
 
-    def _stop_enders(self, stop: list[str]) -> list[int]:
+    def _stop_enders(self, stop: tuple[str, ...]) -> list[int]:
         """Token ids that can complete one of `stop`: their text holds a stop string's last character
         (or is a partial UTF-8 byte). Only after such a token is the tail decoded."""
         last = {s[-1] for s in stop}
@@ -299,6 +383,16 @@ class HFEngine:
             table[[i for i in ids() if i < vocab]] = True
             self._tables[key] = table
         return self._tables[key]
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    """Zeros before `t` along `dim` up to `width` (cache tensors: dim 2; attention masks: dim 1)."""
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

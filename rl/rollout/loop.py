@@ -1,16 +1,35 @@
-"""Multi-turn rollout: every live episode of a batch advances one turn per batched `generate`.
+"""Multi-turn rollout: every episode plays on its own, from reset to its last turn, as an asyncio task.
 
-Token-in/token-out: an episode's token ids only ever grow. Sampled tokens are
-appended with loss mask 1 and their sampling logprobs; observation tokens with
-loss mask 0. Limits cut observations (and the last action), never the task
-prompt; a prompt that does not fit fails its episode. An env that raises fails
-only its own episode.
+An episode asks the engine for its next action whenever it is ready; the engine batches whatever is
+asked continuously (a request joins the running batch at the next token) and one driver task steps
+it. Env calls run at the same time as each other, on their own threads (an env may also define
+`async def reset/step`), at most `rollout.env_workers` at once, each cut off after
+`rollout.env_timeout_s`, and all of an episode's together after `rollout.episode_env_s`. A failing,
+hanging or slow env fails only its own episode; the others go on.
+
+`rollout.schedule` says when the engine steps:
+  reproducible  between two engine steps, every env call in flight has answered. Which requests
+                share a step then depends on the seeds alone, never on timing, so a seed fixes the
+                episodes to the last bit. Env calls still run together, and no turn waits for the
+                longest generation of the others.
+  overlap       the engine never waits for envs: the fastest. Which requests share a step depends on
+                timing, so logprobs may differ in the last bits from run to run (and, rarely, a token).
+  lockstep      every episode's turn t is generated as one batch, and turn t + 1 starts when every
+                episode's env has answered: the classic multi-turn loop, for comparison.
+
+Token-in/token-out: an episode's token ids only ever grow. Sampled tokens are appended with loss
+mask 1 and their sampling logprobs; observation tokens with loss mask 0. Limits cut observations
+(and the last action), never the task prompt; a prompt that does not fit fails its episode. Each
+turn samples from its own seed (the episode's, and the turn), so the order in which episodes
+finish changes none of them.
 """
 
 from __future__ import annotations
 
-import signal
+import asyncio
+import inspect
 import threading
+import time
 import traceback
 from typing import Any, Callable
 
@@ -18,57 +37,12 @@ from envs.base import Env, Trajectory, Turn
 from rl.config import RolloutConfig
 from rl.episode import PROMPT_TURN, Episode, Item
 from rl.rollout.chat import TurnFormatter
-from rl.rollout.engine import Engine, Request, SamplingParams
+from rl.rollout.engine import Engine, Generation, Request, SamplingParams
+from rl.rollout.timing import Rollout, RolloutTimes
 
 
-def _fail(episode: Episode, where: str) -> None:
-    episode.finish = "error"
-    episode.traceback = traceback.format_exc().rstrip()
-    episode.error = f"{where}: {episode.traceback.splitlines()[-1]}"
-
-
-class EnvTimeout(BaseException):
-    """An env call ran out of time. A BaseException, so an env's own `except Exception` cannot swallow it."""
-
-
-def call_with_timeout(fn: Callable[[], Any], timeout: float) -> Any:
-    """Run `fn` and return its result, or raise EnvTimeout after `timeout` seconds.
-
-    On the main thread (the trainer's, a Ray actor's) a timer signal interrupts the call:
-    nothing is started per call. Elsewhere the call runs in a daemon thread that is left
-    behind if it hangs; its env is never used again, and the rollout goes on without it.
-    """
-    if timeout <= 0:
-        return fn()
-    if threading.current_thread() is threading.main_thread():
-
-        def on_alarm(signum, frame):
-            raise EnvTimeout(f"no answer within {timeout:g}s")
-
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        try:
-            return fn()
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-
-    box: dict[str, Any] = {}
-
-    def run():
-        try:
-            box["result"] = fn()
-        except BaseException as e:  # handed to the caller, which fails the episode
-            box["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise EnvTimeout(f"no answer within {timeout:g}s")
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+class EnvTimeout(Exception):
+    """An env call, or a whole episode, ran out of time."""
 
 
 def rollout(
@@ -78,72 +52,200 @@ def rollout(
     items: list[Item],  # one per episode
     cfg: RolloutConfig,
     greedy: bool = False,
-) -> list[Episode]:
-    tokenizer = formatter.tokenizer
-    episodes, envs = [], []
-    for task, group, seed in items:
-        episode = Episode(Trajectory(task), group, seed)
-        env = None
+) -> Rollout:
+    """Play one episode per item; the episodes come back in the order of the items."""
+    return asyncio.run(_Rollout(engine, formatter, make_env, cfg, greedy).play_all(items))
+
+
+class _Rollout:
+    def __init__(self, engine: Engine, formatter: TurnFormatter, make_env, cfg: RolloutConfig, greedy: bool):
+        self.engine, self.formatter, self.make_env, self.cfg = engine, formatter, make_env, cfg
+        self.temperature = 0.0 if greedy else cfg.temperature
+        self.times = RolloutTimes()
+        self.asked: dict[Any, asyncio.Future] = {}  # request key -> its generation, once the engine has it
+        self.held: list[tuple] = []  # lockstep: requests waiting for the batch in flight to end
+        self.env_calls = 0  # env calls started and not answered (or waiting for a slot)
+        self.env_since = 0.0  # when env_calls last went from 0 to 1
+        self.changed: asyncio.Event | None = None  # set when a request or an env answer arrives
+
+    async def play_all(self, items: list[Item]) -> Rollout:
+        self.changed = asyncio.Event()
+        self.env_slots = asyncio.Semaphore(self.cfg.env_workers)
+        start = time.perf_counter()
+        episodes = [Episode(Trajectory(task), group, seed) for task, group, seed in items]
+        prompt_tokens, cached_tokens = self.engine.prompt_tokens, self.engine.cached_tokens
+        self.live = len(episodes)
+        plays = [asyncio.create_task(self.play(i, ep)) for i, ep in enumerate(episodes)]
+        # The driver starts after every episode has reached its first env call: the first step sees them all.
+        await asyncio.gather(*plays, asyncio.create_task(self.drive()))
+        self.times.worker_s = self.times.last_episode_s = time.perf_counter() - start
+        self.times.episodes = len(episodes)
+        self.times.prompt_tokens = self.engine.prompt_tokens - prompt_tokens
+        self.times.cached_tokens = self.engine.cached_tokens - cached_tokens
+        return Rollout(episodes, self.times)
+
+    # ------------------------------------------------------------------ one episode
+
+    async def play(self, i: int, episode: Episode) -> None:
         try:
-            env = make_env()
-            prompt_ids = formatter.prompt_ids(call_with_timeout(lambda: env.reset(task), cfg.env_timeout_s))
-            episode.append(prompt_ids, PROMPT_TURN)
-            if len(prompt_ids) >= cfg.max_total_tokens:
-                episode.finish, episode.error = (
-                    "error",
-                    f"prompt has {len(prompt_ids)} tokens, max_total_tokens is {cfg.max_total_tokens}",
-                )
-        except (Exception, EnvTimeout):
-            _fail(episode, "env.reset")
-        episodes.append(episode)
-        envs.append(env)
+            await self.play_turns(i, episode)
+        finally:
+            self.engine.end_session(i)
+            self.live -= 1
+            self.changed.set()
 
-    stop = sorted({s for env in envs if env is not None for s in env.stop_strings})
-    params = SamplingParams(0.0 if greedy else cfg.temperature, cfg.top_p, cfg.top_k, stop)
-    live = [i for i, ep in enumerate(episodes) if not ep.finish]
-    turn = 0
-    while live:
-        requests = [
-            Request(
-                list(episodes[i].token_ids),
-                min(cfg.max_turn_tokens, cfg.max_total_tokens - len(episodes[i].token_ids)),
-                episodes[i].seed * 1009 + turn,
-            )
-            for i in live
-        ]
-        generations = engine.generate(requests, params)
-        for i, gen in zip(live, generations):
-            ep, env = episodes[i], envs[i]
-            ep.append(gen.token_ids, turn, gen.logprobs)
-            action = _cut_at_stop(tokenizer.decode(gen.token_ids, skip_special_tokens=True), env.stop_strings)
+    async def play_turns(self, i: int, episode: Episode) -> None:
+        cfg, formatter = self.cfg, self.formatter
+        env_spent = [0.0]  # seconds of this episode's env calls so far
+        try:
+            env = self.make_env()
+            prompt_ids = formatter.prompt_ids(await self.env_call(env.reset, episode.trajectory.task, env_spent))
+        except Exception:
+            return _fail(episode, "env.reset")
+        episode.append(prompt_ids, PROMPT_TURN)
+        if len(prompt_ids) >= cfg.max_total_tokens:
+            episode.finish = "error"
+            episode.error = f"prompt has {len(prompt_ids)} tokens, max_total_tokens is {cfg.max_total_tokens}"
+            return
+        params = SamplingParams(self.temperature, cfg.top_p, cfg.top_k, tuple(env.stop_strings))
+        for turn in range(cfg.max_turns):
+            room = min(cfg.max_turn_tokens, cfg.max_total_tokens - len(episode.token_ids))
+            request = Request(list(episode.token_ids), room, episode.seed * 1009 + turn, session=i)
+            gen = await self.generate((i, turn), request, params)
+            episode.append(gen.token_ids, turn, gen.logprobs)
+            action = _cut_at_stop(self.formatter.tokenizer.decode(gen.token_ids, skip_special_tokens=True), params.stop)
             try:
-                result = call_with_timeout(lambda: env.step(action), cfg.env_timeout_s)
-            except (Exception, EnvTimeout):
-                ep.trajectory.turns.append(Turn(action, "", {}))
-                _fail(ep, "env.step")
+                result = await self.env_call(env.step, action, env_spent)
+            except Exception:
+                episode.trajectory.turns.append(Turn(action, "", {}))
+                return _fail(episode, "env.step")
+            episode.trajectory.turns.append(Turn(action, result.observation, result.info))
+            if result.done or turn + 1 == cfg.max_turns:
+                episode.finish = "done" if result.done else "max_turns"
+                return
+            ended_with_eos = gen.finish_reason == "eos"
+            # room for one action token
+            room = cfg.max_total_tokens - len(episode.token_ids) - formatter.wrapper_tokens(ended_with_eos) - 1
+            if room < 0:
+                episode.finish = "length"
+                return
+            episode.append(
+                formatter.observation_ids(result.observation, ended_with_eos, min(cfg.max_obs_tokens, room)), turn
+            )
+
+    async def generate(self, key, request: Request, params: SamplingParams) -> Generation:
+        self.asked[key] = asyncio.get_running_loop().create_future()
+        if self.cfg.schedule == "lockstep":
+            self.held.append((key, request, params))
+        else:
+            self.engine.add(key, request, params)
+        self.changed.set()
+        return await self.asked[key]
+
+    async def env_call(self, fn: Callable, arg, spent: list[float]) -> Any:
+        """`fn(arg)` on its own thread (or awaited, if it is a coroutine function), within `env_timeout_s` and
+        what is left of the episode's `episode_env_s`; the call's time is added to `spent[0]`."""
+        cfg = self.cfg
+        limits = [(cfg.env_timeout_s, f"no answer within {cfg.env_timeout_s:g}s")] if cfg.env_timeout_s > 0 else []
+        if cfg.episode_env_s > 0:
+            limits.append((cfg.episode_env_s - spent[0], f"the episode's env time ran past {cfg.episode_env_s:g}s"))
+        timeout, why = min(limits) if limits else (None, "")
+        if self.env_calls == 0:
+            self.env_since = time.perf_counter()
+        self.env_calls += 1
+        try:
+            async with self.env_slots:
+                start = time.perf_counter()
+                try:
+                    if timeout is not None and timeout <= 0:
+                        raise asyncio.TimeoutError
+                    call = fn(arg) if inspect.iscoroutinefunction(fn) else _on_thread(fn, arg)
+                    return await asyncio.wait_for(call, timeout)
+                except asyncio.TimeoutError:
+                    raise EnvTimeout(why) from None
+                finally:
+                    spent[0] += time.perf_counter() - start
+        finally:
+            self.env_calls -= 1
+            if self.env_calls == 0:
+                self.times.env_s += time.perf_counter() - self.env_since
+            self.changed.set()
+
+    # ------------------------------------------------------------------ the engine
+
+    async def drive(self) -> None:
+        """Step the engine while episodes play, as the schedule allows; hand each finished generation over.
+        An engine that fails fails the rollout: every episode waiting for it gets the error."""
+        try:
+            await self._drive()
+        except BaseException as e:
+            for asked in self.asked.values():
+                if not asked.done():
+                    asked.set_exception(e)
+            raise
+
+    async def _drive(self) -> None:
+        engine, schedule = self.engine, self.cfg.schedule
+        while self.live:
+            if schedule != "overlap" and self.env_calls:
+                await self.wait_for_change()
                 continue
-            ep.trajectory.turns.append(Turn(action, result.observation, result.info))
-            if result.done:
-                ep.finish = "done"
-            elif turn + 1 >= cfg.max_turns:
-                ep.finish = "max_turns"
-            else:
-                ended_with_eos = gen.finish_reason == "eos"
-                # room for one action token
-                room = cfg.max_total_tokens - len(ep.token_ids) - formatter.wrapper_tokens(ended_with_eos) - 1
-                if room < 0:
-                    ep.finish = "length"
-                else:
-                    ep.append(
-                        formatter.observation_ids(result.observation, ended_with_eos, min(cfg.max_obs_tokens, room)),
-                        turn,
-                    )
-        live = [i for i in live if not episodes[i].finish]
-        turn += 1
-    return episodes
+            if schedule == "lockstep" and self.held and engine.in_flight() == 0:
+                for key, request, params in sorted(self.held, key=lambda h: h[0]):
+                    engine.add(key, request, params)
+                self.held = []
+            if engine.in_flight() == 0:
+                await self.wait_for_change()
+                continue
+            start = time.perf_counter()
+            self.times.requests += engine.in_flight()
+            finished = engine.step()
+            self.times.engine_s += time.perf_counter() - start
+            self.times.calls += 1
+            for key, gen in finished:
+                asked = self.asked.pop(key, None)
+                if asked is not None and not asked.done():
+                    asked.set_result(gen)
+            await asyncio.sleep(0)  # let the episodes whose generation came take their turn
+
+    async def wait_for_change(self) -> None:
+        self.changed.clear()
+        await self.changed.wait()
 
 
-def _cut_at_stop(text: str, stop_strings: list[str]) -> str:
+def _on_thread(fn: Callable, arg) -> asyncio.Future:
+    """`fn(arg)` on a daemon thread of its own. A call that hangs is left behind when its timeout cuts it off
+    (its env is never used again) and cannot keep the process from exiting."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def deliver(result, error):
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(result)
+
+    def run():
+        try:
+            outcome = (fn(arg), None)
+        except Exception as e:  # handed to the episode, which fails
+            outcome = (None, e)
+        except BaseException as e:  # an env's sys.exit() ends its episode, not the rollout
+            outcome = (None, RuntimeError(f"the env raised {type(e).__name__}: {e}"))
+        try:
+            loop.call_soon_threadsafe(deliver, *outcome)
+        except RuntimeError:  # the rollout is over (it gave up on this call): nobody is waiting
+            pass
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def _fail(episode: Episode, where: str) -> None:
+    episode.finish = "error"
+    episode.traceback = traceback.format_exc().rstrip()
+    episode.error = f"{where}: {episode.traceback.splitlines()[-1]}"
+
+
+def _cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
     """The action as the env sees it: the text up to and including the first stop string."""
     ends = [text.index(s) + len(s) for s in stop_strings if s in text]
     return text[: min(ends)] if ends else text

@@ -11,6 +11,14 @@ Choices:
   passes the caller's tensors by reference: no pickling, no IPC, no NCCL group.
   The constructor checks that it got an in-process engine. Rollout workers on Ray
   each hold one engine in their own process.
+- Continuous batching through the in-process `LLMEngine`: `add` queues a request
+  (`llm_engine.add_request`) whenever an episode needs its next action, and `step`
+  runs one step of vLLM's scheduler (`llm_engine.step`) over every request in flight,
+  so a request joins the running batch at the next step instead of waiting for a
+  batch to end. This is what `AsyncLLM` does, without its separate engine-core
+  process, which would put the weight sync behind IPC. An episode's turns all run on
+  the worker that holds it, so vLLM's prefix cache finds its earlier turns' blocks:
+  `cached_tokens / prompt_tokens` is the hit rate.
 - Logprobs: `logprobs_mode="processed_logprobs"` returns log softmax(logits / T),
   the convention of rl/rollout/engine.py, when top_p = 1 and top_k = 0 (the default
   "raw_logprobs" ignores the temperature). Greedy (T = 0) gives log softmax(logits),
@@ -81,14 +89,16 @@ which stop strings are matched with. vLLM's CPU attention needs a head size of
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
 import warnings
+from typing import Hashable
 
 import torch
 
-from rl.rollout.engine import Generation, Request, SamplingParams
+from rl.rollout.engine import Generation, Request, SamplingParams, generate_all
 
 CPU_KV_CACHE_BYTES = 256 * 2**20  # the CPU engine's KV cache when none is given: 256 MiB
 
@@ -160,30 +170,54 @@ class VLLMEngine:
         self.asleep: set[str] = set()  # vLLM memory tags now asleep: "weights", "kv_cache"
         self.weights_lost = ""  # why the weights are not whole (a sync refused), until a sync finishes
         self.sync_open = False  # a sync has loaded buckets and finish_sync() has not run yet
+        self._ids = itertools.count()
+        self._keys: dict[str, Hashable] = {}  # vLLM request id -> the caller's key, for requests in flight
+        self.prompt_tokens = 0  # prompt tokens of finished requests, and how many of them vLLM's prefix cache held
+        self.cached_tokens = 0
 
-    def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]:
-        if not requests:
-            return []
+    def add(self, key: Hashable, request: Request, params: SamplingParams) -> None:
+        """Queue a request in vLLM's scheduler; the next `step` runs it with the requests already running."""
         self._check_ready()
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
-        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
-        sampling = [
-            VLLMSamplingParams(
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k,
-                stop=list(params.stop),
-                include_stop_str_in_output=True,
-                max_tokens=max(1, r.max_new_tokens),  # HFEngine also samples at least one token
-                seed=r.seed,
-                logprobs=0,  # just the sampled token's logprob
-            )
-            for r in requests
-        ]
-        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
-        return [_generation(out.outputs[0]) for out in outputs]
+        sampling = VLLMSamplingParams(
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            stop=list(params.stop),
+            include_stop_str_in_output=True,
+            max_tokens=max(1, request.max_new_tokens),  # HFEngine also samples at least one token
+            seed=request.seed,
+            logprobs=0,  # just the sampled token's logprob
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        request_id = str(next(self._ids))
+        self._keys[request_id] = key
+        self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(request.prompt_ids)), sampling)
+
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        """One scheduler step of vLLM (a decode token for every running request, prefills in its token budget)."""
+        if not self._keys:
+            return []
+        self._check_ready()
+        finished = []
+        for out in self.llm.llm_engine.step():
+            if out.finished and out.request_id in self._keys:
+                self.prompt_tokens += len(out.prompt_token_ids)
+                self.cached_tokens += out.num_cached_tokens or 0
+                finished.append((self._keys.pop(out.request_id), _generation(out.outputs[0])))
+        return finished
+
+    def end_session(self, session: Hashable) -> None:
+        """Nothing to do: vLLM's prefix cache finds an episode's earlier turns by their tokens, and evicts them."""
+
+    def in_flight(self) -> int:
+        return len(self._keys)
+
+    def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]:
+        return generate_all(self, requests, params)
 
     @torch.no_grad()
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None:

@@ -33,7 +33,7 @@ from rl.model import load_model
 from rl.rollout.chat import TurnFormatter
 from rl.rollout.engine import HFEngine
 from rl.rollout.loop import rollout
-from rl.rollout.timing import Clock, Rollout, RolloutTimes
+from rl.rollout.timing import Rollout, RolloutTimes
 from rl.weights import to_numpy
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,7 @@ class RolloutWorker:
         self.formatter = TurnFormatter(tokenizer, rollout_cfg.observation_role)
 
     def rollout(self, items: list[Item], greedy: bool = False) -> Rollout:
-        clock = Clock()
-        episodes = rollout(
-            clock.engine(self.engine), self.formatter, clock.envs(self.make_env), items, self.cfg, greedy
-        )
-        return Rollout(episodes, clock.stop(episodes))
+        return rollout(self.engine, self.formatter, self.make_env, items, self.cfg, greedy)
 
     def update_weights(self, bucket: dict) -> None:
         # Ray hands numpy arrays over zero-copy from the object store; wrap them without a copy.

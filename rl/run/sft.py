@@ -230,7 +230,7 @@ class ScoreStop(TrainerCallback):
         engine = HFEngine(model, self.tokenizer, next(model.parameters()).device)
         items = [Item(task, i, i) for i, task in enumerate(self.tasks)]
         formatter = TurnFormatter(self.tokenizer, self.cfg.rollout.observation_role)
-        episodes = rollout(engine, formatter, self.make_env, items, self.cfg.rollout, greedy=True)
+        episodes = rollout(engine, formatter, self.make_env, items, self.cfg.rollout, greedy=True).episodes
         model.train()
         scores = [ep.trajectory.turns[-1].info.get("score", 0.0) if not ep.failed else 0.0 for ep in episodes]
         self.scores.append((state.global_step, sum(scores) / len(scores)))
