@@ -7,7 +7,7 @@ Run from the repository root:
 Tables:
   rollout      episodes/s and generated tokens/s of one rollout batch (lookup task, 8 tasks x 8 episodes,
                2 turns of up to 8 tokens) in process, and on 1 and 2 Ray workers (median of 5 batches).
-  overhead     in process: the share of rollout wall time spent outside engine.generate and env.step
+  overhead     in process: the share of rollout wall time spent outside the engine's steps and env calls
                (tokenizing, bookkeeping, the rollout loop itself). Target: under 10%.
   weight sync  time of one sync (learner weights -> object store -> 2 Ray workers, 64 MB buckets) and
                the rate in GB/s counting the bytes each worker receives, for models from ~0.1M to ~100M
@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without `pip install -e .`
-from envs.lookup import LookupEnv, LookupParams, load_tasks, sample_text
+from envs.lookup import LookupParams, load_tasks, sample_text
 from rl.config import EnvConfig, RolloutConfig, TinyModelConfig, WorkersConfig
 from rl.rollout.workers import LocalPool, RayPool, RolloutWorker
 from rl.run.tiny import build_tiny_model
@@ -64,33 +64,16 @@ def rollout_rate(pool, repeats: int = 5) -> tuple[float, float]:
 
 
 def overhead_share(model_dir: str) -> float:
-    """Time generate and env.step inside one in-process worker; the rest of the wall time is overhead."""
+    """The share of an in-process worker's rollout wall time outside the engine's steps and the env calls, as the
+    rollout measures itself (the default schedule: the two never overlap)."""
     worker = RolloutWorker(model_dir, EnvConfig("lookup", {"max_turns": 2}), ROLLOUT, WorkersConfig(), "cpu")
-    spent = {"inside": 0.0}
-    generate = worker.engine.generate
-
-    def timed_generate(*args):
-        start = time.perf_counter()
-        out = generate(*args)
-        spent["inside"] += time.perf_counter() - start
-        return out
-
-    class TimedEnv(LookupEnv):
-        def step(self, action):
-            start = time.perf_counter()
-            out = super().step(action)
-            spent["inside"] += time.perf_counter() - start
-            return out
-
-    worker.engine.generate = timed_generate
-    worker.make_env = lambda: TimedEnv(PARAMS)
-    worker.rollout(ITEMS)
-    spent["inside"] = 0.0
-    start = time.perf_counter()
+    worker.rollout(ITEMS)  # warm-up
+    inside = wall = 0.0
     for _ in range(5):
-        worker.rollout(ITEMS)
-    wall = time.perf_counter() - start
-    return 1 - spent["inside"] / wall
+        times = worker.rollout(ITEMS).times
+        inside += times.engine_s + times.env_s
+        wall += times.worker_s
+    return 1 - inside / wall
 
 
 def main() -> None:
@@ -115,7 +98,7 @@ def main() -> None:
         pool.close()
 
     share = overhead_share(small)
-    print(f"\noverhead outside generate and env.step: {100 * share:.1f}% of rollout wall time (target < 10%)")
+    print(f"\noverhead outside engine steps and env calls: {100 * share:.1f}% of rollout wall time (target < 10%)")
 
     print(f"\n{'weight sync':<22}{'params':>10}{'MB':>10}{'seconds':>10}{'GB/s':>8}")
     for name, layers, hidden, vocab in [

@@ -408,8 +408,8 @@ class Sandbox:
             while todo or active:
                 idle = [w for w in held if w not in active]
                 if len(idle) < len(todo):
-                    # wait for a jail only when none of this call's programs is running (else: go on with those)
-                    taken = self._take(len(todo) - len(idle), wait=not active)
+                    # wait for a jail only when this call has none (else: go on with those it has)
+                    taken = self._take(len(todo) - len(idle), wait=not held)
                     held += taken
                     idle += taken
                 for w in idle:

@@ -66,11 +66,11 @@ class _Rollout:
         self.held: list[tuple] = []  # lockstep: requests waiting for the batch in flight to end
         self.env_calls = 0  # env calls started and not answered (or waiting for a slot)
         self.env_since = 0.0  # when env_calls last went from 0 to 1
-        self.changed: asyncio.Event | None = None  # set when a request or an env answer arrives
+        self.env_slots = asyncio.Semaphore(cfg.env_workers)
+        self.changed = asyncio.Event()  # set when a request, an env answer or an episode's end arrives
+        self.live = 0  # episodes not over yet
 
     async def play_all(self, items: list[Item]) -> Rollout:
-        self.changed = asyncio.Event()
-        self.env_slots = asyncio.Semaphore(self.cfg.env_workers)
         start = time.perf_counter()
         episodes = [Episode(Trajectory(task), group, seed) for task, group, seed in items]
         prompt_tokens, cached_tokens = self.engine.prompt_tokens, self.engine.cached_tokens
@@ -109,8 +109,8 @@ class _Rollout:
             return
         params = SamplingParams(self.temperature, cfg.top_p, cfg.top_k, tuple(env.stop_strings))
         for turn in range(cfg.max_turns):
-            room = min(cfg.max_turn_tokens, cfg.max_total_tokens - len(episode.token_ids))
-            request = Request(list(episode.token_ids), room, episode.seed * 1009 + turn, session=i)
+            budget = min(cfg.max_turn_tokens, cfg.max_total_tokens - len(episode.token_ids))
+            request = Request(list(episode.token_ids), budget, episode.seed * 1009 + turn, session=i)
             gen = await self.generate((i, turn), request, params)
             episode.append(gen.token_ids, turn, gen.logprobs)
             action = _cut_at_stop(self.formatter.tokenizer.decode(gen.token_ids, skip_special_tokens=True), params.stop)
