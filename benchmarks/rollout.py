@@ -17,7 +17,8 @@ Workloads (a random model's text is neither Python nor a search, so each env tur
                 dense retriever's latency): every action is searched for (4 turns)
   (c) long tail an instant env; at each turn one episode in ten generates eight times more tokens (5 turns)
 
-Columns: episodes/s over the batch, and the share of the rollout's wall time the engine spent in its steps.
+Columns: episodes/s over the batch, the share of the rollout's wall time the engine spent in its steps, and the
+share of prompt tokens the engine found in its cache (an episode's earlier turns; vLLM: also shared prompts).
 The last line is the speedup of the default agent loop (reproducible) over lock-step on (b) and (c), the
 smaller of the two.
 """
@@ -113,13 +114,14 @@ class Lengths:
         return getattr(self.engine, name)
 
 
-def run(engine, formatter, make_env, items, cfg: RolloutConfig) -> tuple[float, float, list]:
+def run(engine, formatter, make_env, items, cfg: RolloutConfig) -> tuple[float, float, float, list]:
     rolled = rollout(engine, formatter, make_env, items, cfg)
     failed = [ep.error for ep in rolled.episodes if ep.failed]
     if failed:
         raise RuntimeError(f"{len(failed)} episodes failed, e.g. {failed[0]}")
     t = rolled.times
-    return t.episodes / t.last_episode_s, t.engine_s / t.worker_s, [ep.token_ids for ep in rolled.episodes]
+    hit_rate = t.cached_tokens / max(t.prompt_tokens, 1)
+    return t.episodes / t.last_episode_s, t.engine_s / t.worker_s, hit_rate, [ep.token_ids for ep in rolled.episodes]
 
 
 def workloads(tmp: Path, episodes: int, short: int, long: int):
@@ -173,12 +175,16 @@ def bench(name: str, engine, formatter, tmp: Path, episodes: int, short: int, lo
             tokens = {}
             for schedule, setting in SCHEDULES.items():
                 cfg = RolloutConfig(**cfg_base, **setting)
-                rate, busy, tokens[schedule] = run(wrapped, formatter, lambda s=schedule: make_env(s), items, cfg)
+                rate, busy, hits, tokens[schedule] = run(wrapped, formatter, lambda s=schedule: make_env(s), items, cfg)
                 results[load, schedule] = (rate, busy)
-                print(f"{name:<14} {load:<14} {schedule:<13} {rate:>10.2f} {busy:>12.0%}", flush=True)
+                print(f"{name:<14} {load:<14} {schedule:<13} {rate:>10.2f} {busy:>12.0%} {hits:>11.0%}", flush=True)
             same = sum(a == b for a, b in zip(tokens["lock-step"], tokens["reproducible"]))
+            moved = sum(x != y for a, b in zip(tokens["reproducible"], tokens["overlap"]) for x, y in zip(a, b))
+            total = sum(len(a) for a in tokens["reproducible"])
             print(
-                f"{'':<14} {load:<14} episodes identical, lock-step and reproducible: {same}/{len(items)}", flush=True
+                f"{'':<14} {load:<14} episodes as lock-step's: {same}/{len(items)}; "
+                f"overlap's tokens unlike reproducible's: {moved}/{total}",
+                flush=True,
             )
     finally:
         server.shutdown()
@@ -193,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     speedups = []
-    print(f"{'engine':<14} {'workload':<14} {'loop':<13} {'episodes/s':>10} {'engine busy':>12}")
+    print(f"{'engine':<14} {'workload':<14} {'loop':<13} {'episodes/s':>10} {'engine busy':>12} {'cache hits':>11}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         texts = [f"tell a story number {i} about a search and some code" for i in range(200)]

@@ -1,6 +1,8 @@
-"""A lookup env that sleeps in every step (time to kill a worker mid-rollout), or hangs for one task or at random."""
+"""A lookup env that sleeps in every step, hangs for one task or at random, or kills its own process once."""
 
+import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 
@@ -14,6 +16,7 @@ class SlowParams(lookup.LookupParams):
     hang_task: str = ""  # env.step of this task sleeps for an hour
     hang_prob: float = 0.0  # chance that an env.step sleeps for an hour
     hang_seed: int = 0  # seeds the hang draws: each process draws the same sequence
+    die_marker: str = ""  # the first env.step that creates this file (of all processes) kills its own process
 
 
 _draws: dict[int, random.Random] = {}  # one hang RNG per seed, shared by every env of this process
@@ -30,6 +33,13 @@ class SlowEnv(lookup.LookupEnv):
         return super().reset(task)
 
     def step(self, action):
+        if self.params.die_marker:
+            try:
+                os.close(os.open(self.params.die_marker, os.O_CREAT | os.O_EXCL))  # only one step anywhere wins
+            except FileExistsError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
         hang = self.task_id == self.params.hang_task or (
             self.params.hang_prob > 0 and self.rng.random() < self.params.hang_prob
         )

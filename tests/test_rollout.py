@@ -245,6 +245,6 @@ def test_a_worker_counts_where_its_rollout_time_went(tiny_model_dir):
     assert 0 < times.engine_s and 0 < times.env_s and times.engine_s + times.env_s <= times.worker_s
     assert times.worker_s == times.last_episode_s
     both = times.add(times).metrics()  # two workers that took as long: twice the episodes in the same time
-    assert both["rollout/episodes_per_s"] == pytest.approx(2 * times.metrics()["rollout/episodes_per_s"])
-    assert both["rollout/engine_share"] == pytest.approx(times.metrics()["rollout/engine_share"])
-    assert both["rollout/in_flight_episodes"] == sum(sampled) / times.calls
+    assert both["throughput/episodes_per_s"] == pytest.approx(2 * times.metrics()["throughput/episodes_per_s"])
+    assert both["time/rollout_engine_share"] == pytest.approx(times.metrics()["time/rollout_engine_share"])
+    assert both["throughput/in_flight_episodes"] == sum(sampled) / times.calls

@@ -19,7 +19,7 @@ from envs.base import Task
 from envs.search import SearchParams, make_env
 from envs.search.bm25 import BM25Index
 from envs.search.env import SearchEnv
-from envs.search.retrieval import RetrievalClient, RetrievalError
+from envs.search.retrieval import Batcher, RetrievalClient, RetrievalError
 from envs.search.world import WorldConfig, write_world
 from rl.config import RolloutConfig
 from rl.rollout.chat import TurnFormatter
@@ -120,7 +120,7 @@ def test_env_searches_through_the_server(world, server):
     out, index, questions = world
     p = SearchParams(data=str(out), retriever=server, cache_dir=str(out / "cache"))
     env = make_env(p)
-    assert isinstance(env.retriever, RetrievalClient)
+    assert isinstance(env.retriever, Batcher) and isinstance(env.retriever.retriever, RetrievalClient)
     q = questions[0]
     env.reset(Task(q["id"], q["question"], {"answers": q["answers"], "gold_doc_ids": q["gold_doc_ids"]}))
     result = env.step(f"<search>{q['question']}</search>")

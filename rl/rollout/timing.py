@@ -3,12 +3,12 @@
 The rollout measures itself where it calls the engine and the envs; the pool adds up its workers'
 `RolloutTimes`, and the trainer logs them:
 
-    rollout/engine_share           share of the workers' rollout time spent inside the engine's steps
-    rollout/env_share              share during which at least one env call was running (the two add
+    time/rollout_engine_share      share of the workers' rollout time spent inside the engine's steps
+    time/rollout_env_share         share during which at least one env call was running (the two add
                                    up to more than 1 when they overlap)
-    rollout/last_episode_s         seconds until the batch's last episode came back (the slowest worker)
-    rollout/episodes_per_s         episodes over that time
-    rollout/in_flight_episodes     requests in each engine step, on average
+    time/rollout_last_episode      seconds until the batch's last episode came back (the slowest worker)
+    throughput/episodes_per_s      episodes over that time
+    throughput/in_flight_episodes  requests in each engine step, on average
     rollout/prefix_cache_hit_rate  share of the prompt tokens the engines took from their caches
                                    (an episode's earlier turns; on vLLM also a group's shared prompt)
 """
@@ -40,11 +40,11 @@ class RolloutTimes:
     def metrics(self) -> dict[str, float]:
         busy = max(self.worker_s, 1e-9)
         return {
-            "rollout/engine_share": self.engine_s / busy,
-            "rollout/env_share": self.env_s / busy,
-            "rollout/last_episode_s": self.last_episode_s,
-            "rollout/episodes_per_s": self.episodes / max(self.last_episode_s, 1e-9),
-            "rollout/in_flight_episodes": self.requests / max(self.calls, 1),
+            "time/rollout_engine_share": self.engine_s / busy,
+            "time/rollout_env_share": self.env_s / busy,
+            "time/rollout_last_episode": self.last_episode_s,
+            "throughput/episodes_per_s": self.episodes / max(self.last_episode_s, 1e-9),
+            "throughput/in_flight_episodes": self.requests / max(self.calls, 1),
             "rollout/prefix_cache_hit_rate": self.cached_tokens / max(self.prompt_tokens, 1),
         }
 

@@ -118,6 +118,9 @@ def summary(ep: dict, index: int) -> dict:
     }
 
 
+STEP_STAGES = ("time/rollout_wait", "time/update", "time/sync")
+
+
 def number(v) -> bool:
     """A finite int or float: what the page can show as a metric (JSON has no NaN, a bool is not a metric)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -187,11 +190,9 @@ def run_summary(root: Path, records: list[dict], demo: dict | None, problems: li
         except json.JSONDecodeError as e:
             problems.append(f"timings.json: not JSON ({e.msg})")
     stages = {k: v for k, v in stages.items() if number(v)} if isinstance(stages, dict) else {}
-    # A step's time/* keys are its consecutive stages (rollout wait, update, sync): their sum is the step's wall time.
+    # A step's wall time is the sum of its consecutive stages (the other time/ keys break the rollout down).
     step_seconds = {
-        r["step"]: sum(v for k, v in r.items() if k.startswith("time/") and number(v))
-        for r in steps
-        if any(k.startswith("time/") for k in r)
+        r["step"]: sum(r[k] for k in STEP_STAGES if number(r.get(k))) for r in steps if any(k in r for k in STEP_STAGES)
     }
     return {
         "config": config_text,
