@@ -249,12 +249,11 @@ class HFEngine:
     def _admit(self) -> None:
         """Prefill the waiting requests and add them to the running batch.
 
-        They join sorted by key, so the batch a seed produces does not depend on the order requests came in.
         A request whose session holds the keys and values of a prefix of its prompt runs only the tokens after
         that prefix: column c of row i holds token c - (width - len(prompt i)) of its prompt, and the columns
         before the last `new` ones come from the session.
         """
-        rows, self._waiting = sorted(self._waiting, key=lambda r: r.key), []
+        rows, self._waiting = self._waiting, []
         prompts = [r.request.prompt_ids for r in rows]
         reused = []  # per row: the session's (keys, values) per layer and how many tokens of them to use
         for r in rows:

@@ -63,7 +63,9 @@ class _Rollout:
         self.temperature = 0.0 if greedy else cfg.temperature
         self.times = RolloutTimes()
         self.asked: dict[Any, asyncio.Future] = {}  # request key -> its generation, once the engine has it
-        self.held: list[tuple] = []  # lockstep: requests waiting for the batch in flight to end
+        # requests not yet given to the engine: they go in key order before its next step (lockstep: once the
+        # batch in flight has ended), so the order in which envs answered never reaches the engine
+        self.held: list[tuple] = []
         self.env_calls = 0  # env calls started and not answered (or waiting for a slot)
         self.env_since = 0.0  # when env_calls last went from 0 to 1
         self.env_slots = asyncio.Semaphore(cfg.env_workers)
@@ -135,10 +137,7 @@ class _Rollout:
 
     async def generate(self, key, request: Request, params: SamplingParams) -> Generation:
         self.asked[key] = asyncio.get_running_loop().create_future()
-        if self.cfg.schedule == "lockstep":
-            self.held.append((key, request, params))
-        else:
-            self.engine.add(key, request, params)
+        self.held.append((key, request, params))
         self.changed.set()
         return await self.asked[key]
 
@@ -190,7 +189,7 @@ class _Rollout:
             if schedule != "overlap" and self.env_calls:
                 await self.wait_for_change()
                 continue
-            if schedule == "lockstep" and self.held and engine.in_flight() == 0:
+            if self.held and (schedule != "lockstep" or engine.in_flight() == 0):
                 for key, request, params in sorted(self.held, key=lambda h: h[0]):
                     engine.add(key, request, params)
                 self.held = []
@@ -203,9 +202,7 @@ class _Rollout:
             self.times.engine_s += time.perf_counter() - start
             self.times.calls += 1
             for key, gen in finished:
-                asked = self.asked.pop(key, None)
-                if asked is not None and not asked.done():
-                    asked.set_result(gen)
+                self.asked.pop(key).set_result(gen)
             await asyncio.sleep(0)  # let the episodes whose generation came take their turn
 
     async def wait_for_change(self) -> None:
