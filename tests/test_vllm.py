@@ -190,6 +190,16 @@ def test_top_p_logprobs_are_of_the_truncated_distribution(engine, models, hf):
 
 
 @needs_vllm
+def test_more_seeded_prompt_tokens_than_one_step_holds(engine, models):
+    # 40 prompts of 200 tokens: more than the 4,096 tokens a step prefills. Each still samples from its own seed.
+    prompts = [(models.prompts[i % len(models.prompts)] * 50)[:200] for i in range(40)]
+    gens = engine.generate([Request(p, 4, seed=i) for i, p in enumerate(prompts)], SamplingParams(temperature=1.0))
+    assert [len(g.token_ids) for g in gens if g.finish_reason == "length"] and all(g.token_ids for g in gens)
+    again = engine.generate([Request(prompts[7], 4, seed=7)], SamplingParams(temperature=1.0))[0]
+    assert again.token_ids == gens[7].token_ids
+
+
+@needs_vllm
 def test_finish_reasons_match_the_tokens(engine, models):
     eos = models.tok.eos_token_id
     requests = [Request(models.prompts[i % len(models.prompts)], 64, 100 + i) for i in range(32)]

@@ -59,7 +59,9 @@ Choices:
   Other layer kinds (quantised, MoE on CUDA) are refused. After every sync the
   prefix cache is reset, so KV blocks computed with the old weights are never
   reused. Between the first bucket and `finish_sync()` the engine refuses to run.
-- CPU specifics. The KV cache is sized explicitly (`kv_cache_memory_bytes`):
+- CPU specifics. Prompts are prefilled whole (no chunked prefill): after a partial
+  chunk vLLM rewinds the request's seeded generator, which torch's CPU generators
+  cannot do. The KV cache is sized explicitly (`kv_cache_memory_bytes`):
   on the CPU vLLM reads `gpu_memory_utilization` as a share of host RAM. The
   forward runs eagerly (no torch.compile: no Triton on the CPU, and inductor's
   C++ build takes minutes). vLLM's CPU worker replaces `torch.set_num_threads`
@@ -140,6 +142,14 @@ class VLLMEngine:
                 )
             kv_cache_memory_bytes = kv_cache_memory_bytes or CPU_KV_CACHE_BYTES
             llm_kwargs.setdefault("enforce_eager", True)
+            # A prompt prefilled in chunks makes vLLM rewind its seeded generator after each partial chunk, which
+            # torch's CPU generators cannot do (the step fails): prompts are prefilled whole, as many as a step holds.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
+            if not llm_kwargs["enable_chunked_prefill"]:
+                from transformers import AutoConfig
+
+                longest = max_model_len or AutoConfig.from_pretrained(str(model)).max_position_embeddings
+                llm_kwargs.setdefault("max_num_batched_tokens", max(longest, 4096))
             _guard_llvmlite_for_vllm_scan()
         if dtype == "auto":
             dtype = "float32" if self.on_cpu else "bfloat16"
