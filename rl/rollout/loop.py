@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import queue
 import threading
 import time
 import traceback
@@ -158,7 +159,7 @@ class _Rollout:
                 try:
                     if timeout is not None and timeout <= 0:
                         raise asyncio.TimeoutError
-                    call = fn(arg) if inspect.iscoroutinefunction(fn) else _on_thread(fn, arg)
+                    call = fn(arg) if inspect.iscoroutinefunction(fn) else _THREADS.run(fn, arg)
                     return await asyncio.wait_for(call, timeout)
                 except asyncio.TimeoutError:
                     raise EnvTimeout(why) from None
@@ -210,30 +211,53 @@ class _Rollout:
         await self.changed.wait()
 
 
-def _on_thread(fn: Callable, arg) -> asyncio.Future:
-    """`fn(arg)` on a daemon thread of its own. A call that hangs is left behind when its timeout cuts it off
-    (its env is never used again) and cannot keep the process from exiting."""
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
+class _Threads:
+    """Daemon threads for env calls, kept from call to call: starting a thread costs more than many an env's step.
 
-    def deliver(result, error):
-        if not future.done():
-            future.set_exception(error) if error is not None else future.set_result(result)
+    A call that hangs keeps its thread (its env is never used again, and it cannot keep the process from
+    exiting); the next calls go to other threads, started as needed.
+    """
 
-    def run():
-        try:
-            outcome = (fn(arg), None)
-        except Exception as e:  # handed to the episode, which fails
-            outcome = (None, e)
-        except BaseException as e:  # an env's sys.exit() ends its episode, not the rollout
-            outcome = (None, RuntimeError(f"the env raised {type(e).__name__}: {e}"))
-        try:
-            loop.call_soon_threadsafe(deliver, *outcome)
-        except RuntimeError:  # the rollout is over (it gave up on this call): nobody is waiting
-            pass
+    def __init__(self):
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.idle = 0  # threads waiting for a job, less the jobs queued for them
+        self.lock = threading.Lock()
 
-    threading.Thread(target=run, daemon=True).start()
-    return future
+    def run(self, fn: Callable, arg) -> asyncio.Future:
+        """`fn(arg)` on one of the threads; its result (or exception) in the returned future of the running loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self.lock:
+            start = self.idle == 0
+            self.idle -= not start
+        self.jobs.put((loop, future, fn, arg))
+        if start:
+            threading.Thread(target=self._serve, daemon=True).start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            loop, future, fn, arg = self.jobs.get()
+            try:
+                outcome = (fn(arg), None)
+            except Exception as e:  # handed to the episode, which fails
+                outcome = (None, e)
+            except BaseException as e:  # an env's sys.exit() ends its episode, not the rollout
+                outcome = (None, RuntimeError(f"the env raised {type(e).__name__}: {e}"))
+            try:
+                loop.call_soon_threadsafe(_deliver, future, *outcome)
+            except RuntimeError:  # the rollout is over (it gave up on this call): nobody is waiting
+                pass
+            with self.lock:
+                self.idle += 1
+
+
+def _deliver(future: asyncio.Future, result, error) -> None:
+    if not future.done():  # else the call was cut off by its timeout
+        future.set_exception(error) if error is not None else future.set_result(result)
+
+
+_THREADS = _Threads()
 
 
 def _fail(episode: Episode, where: str) -> None:
