@@ -79,6 +79,9 @@ class Env(Protocol):
 
     `stop_strings` end an agent action: generation stops right after the first one
     the agent writes (e.g. "</search>"), and the env then gets the action text.
+    The envs of concurrent episodes are called at the same time, each from a thread of
+    its own: what instances share (an index, a sandbox, a client) must be thread-safe.
+    `reset` and `step` may also be `async def`, for envs that await remote tools.
     """
 
     stop_strings: list[str]

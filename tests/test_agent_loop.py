@@ -1,5 +1,6 @@
 """The agent loop: episodes on their own, env calls concurrent and bounded, a seed fixing the episodes."""
 
+import asyncio
 import copy
 import random
 import threading
@@ -194,3 +195,29 @@ def test_the_client_rate_limit_holds_against_a_real_server(tmp_path):
     assert server.requests == 30
     assert server.requests <= 20.0 + 20.0 * elapsed  # burst + rate * time: a slower machine only loosens it
     assert elapsed >= (30 - 20) / 20.0 * 0.99  # the ten past the burst waited for their tokens
+
+
+class AsyncEnv:
+    """An env whose step awaits (a remote tool): three turns; task "hang" never answers its second step."""
+
+    stop_strings = ["."]
+
+    async def reset(self, task):
+        self.task, self.t = task, 0
+        return task.prompt
+
+    async def step(self, action):
+        self.t += 1
+        if self.task.id == "hang" and self.t == 2:
+            await asyncio.Event().wait()
+        await asyncio.sleep(0.01)
+        return StepResult(f"turn {self.t}", self.t >= 3, {"score": 1.0})
+
+
+def test_an_async_env_is_awaited_and_cut_off_by_its_timeout(tiny):
+    engine, formatter = engine_for(tiny)
+    tasks = [Task("ok", "what is kalu"), Task("hang", "what is kalu")]
+    cfg = RolloutConfig(max_turn_tokens=4, max_turns=3, env_timeout_s=1.0)
+    ok, hung = rollout(engine, formatter, AsyncEnv, [(t, i, i) for i, t in enumerate(tasks)], cfg).episodes
+    assert ok.finish == "done" and [t.observation for t in ok.trajectory.turns] == ["turn 1", "turn 2", "turn 3"]
+    assert hung.failed and "no answer within 1s" in hung.error and len(hung.trajectory.turns) == 2
