@@ -120,7 +120,7 @@ class _Row:
     key: Hashable
     request: Request
     params: SamplingParams
-    uniforms: torch.Tensor  # [max_new_tokens], drawn from the request's seed: one per token it may sample
+    uniforms: list[float]  # drawn from the request's seed: one per token it may sample
     sampled: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
@@ -142,7 +142,7 @@ class HFEngine:
         self.device = torch.device(device)
         self.eos_ids = set(_eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
-        self._tables: dict[tuple[str, ...], torch.Tensor] = {}  # see _token_table
+        self._stop_enders: dict[tuple[str, ...], set[int]] = {}  # stop strings -> token ids that can end one
         args = forward_args(model)
         self.cache_arg = args.cache
         # Only the last position's logits are sampled from: skip the LM head on the rest of the prompt.
@@ -161,7 +161,7 @@ class HFEngine:
 
     def add(self, key: Hashable, request: Request, params: SamplingParams) -> None:
         n = max(1, request.max_new_tokens)  # like vLLM, at least one token
-        uniforms = torch.rand(n, generator=torch.Generator().manual_seed(request.seed))
+        uniforms = torch.rand(n, generator=torch.Generator().manual_seed(request.seed)).tolist()
         self._waiting.append(_Row(key, Request(request.prompt_ids, n, request.seed, request.session), params, uniforms))
 
     def in_flight(self) -> int:
@@ -185,17 +185,14 @@ class HFEngine:
         for i, row in enumerate(self._rows):
             by_params.setdefault(row.params, []).append(i)
         for params, rows in by_params.items():
-            uniforms = torch.stack([self._rows[i].uniforms[len(self._rows[i].sampled)] for i in rows])
+            uniforms = torch.tensor([self._rows[i].uniforms[len(self._rows[i].sampled)] for i in rows])
             picked, picked_logprobs = sample_tokens(self._logits[rows], params, uniforms)
             tokens[rows], logprobs[rows] = picked.cpu(), picked_logprobs.cpu()
-        vocab = self._logits.shape[-1]
-        is_eos = self._token_table(("eos",), vocab, lambda: self.eos_ids)
         finished, keep = [], []
-        for i, row in enumerate(self._rows):
-            token = int(tokens[i])
+        for i, (row, token, logprob) in enumerate(zip(self._rows, tokens.tolist(), logprobs.tolist())):
             row.sampled.append(token)
-            row.logprobs.append(float(logprobs[i]))
-            reason = "eos" if is_eos[token] else "stop" if self._stopped(row, vocab) else None
+            row.logprobs.append(logprob)
+            reason = "eos" if token in self.eos_ids else "stop" if self._stopped(row) else None
             if reason is None and len(row.sampled) >= row.request.max_new_tokens:
                 reason = "length"
             if reason is None:
@@ -344,11 +341,15 @@ class HFEngine:
         layers = [(c.keys[i, :, start:].clone(), c.values[i, :, start:].clone()) for c in self._cache.layers]
         self._sessions[row.request.session] = (tokens, layers)
 
-    def _stopped(self, row: _Row, vocab: int) -> bool:
+    def _stopped(self, row: _Row) -> bool:
         """Whether the row's text now ends with one of its stop strings. Only a token that can complete a stop
         string has the tail decoded."""
         stop = row.params.stop
-        if not stop or not self._token_table(("stop", *stop), vocab, lambda: self._stop_enders(stop))[row.sampled[-1]]:
+        if not stop:
+            return False
+        if stop not in self._stop_enders:
+            self._stop_enders[stop] = self._enders(stop)
+        if row.sampled[-1] not in self._stop_enders[stop]:
             return False
         window = max(len(s.encode()) for s in stop) + 1  # tokens that can hold a stop string
         tail = self.tokenizer.decode(row.sampled[-window:])
@@ -368,20 +369,12 @@ class HFEngine:
         )
         return out.logits[:, -1, :].float()  # [B, V]
 
-    def _stop_enders(self, stop: tuple[str, ...]) -> list[int]:
+    def _enders(self, stop: tuple[str, ...]) -> set[int]:
         """Token ids that can complete one of `stop`: their text holds a stop string's last character
-        (or is a partial UTF-8 byte). Only after such a token is the tail decoded."""
+        (or is a partial UTF-8 byte)."""
         last = {s[-1] for s in stop}
         texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-        return [i for i, t in enumerate(texts) if "\ufffd" in t or any(c in t for c in last)]
-
-    def _token_table(self, key: tuple[str, ...], vocab: int, ids) -> torch.Tensor:
-        """[vocab] bool, True on the token ids `ids()` gives; computed once per key."""
-        if key not in self._tables:
-            table = torch.zeros(vocab, dtype=torch.bool)
-            table[[i for i in ids() if i < vocab]] = True
-            self._tables[key] = table
-        return self._tables[key]
+        return {i for i, t in enumerate(texts) if "\ufffd" in t or any(c in t for c in last)}
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
