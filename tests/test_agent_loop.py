@@ -19,8 +19,9 @@ from envs.search.server import RetrievalServer
 from envs.search.world import WorldConfig, write_world
 from rl.config import RolloutConfig
 from rl.rollout.chat import TurnFormatter
-from rl.rollout.engine import Generation, HFEngine
+from rl.rollout.engine import HFEngine
 from rl.rollout.loop import rollout
+from tests.scripted_engine import ScriptedEngine
 
 
 def engine_for(tiny):
@@ -108,7 +109,7 @@ def test_concurrent_search_episodes_share_retrieval_requests(tiny, tmp_path):
         # A wide window that closes as soon as all n searches are in, however slowly their threads start.
         retriever = Batcher(client, wait_s=30.0, max_queries=n)
         tasks = [Task(f"q{i}", f"question {i}", {"answers": ["x"], "gold_doc_ids": []}) for i in range(n)]
-        policy = SearchPolicy(tiny[1])
+        policy = ScriptedEngine(tiny[1], ["<search>who wrote the novel</search>", "<answer>x</answer>"])
         cfg = RolloutConfig(max_turns=2, max_turn_tokens=64, max_total_tokens=4096)
         items = [(t, i, i) for i, t in enumerate(tasks)]
         episodes = rollout(policy, TurnFormatter(tiny[1]), lambda: SearchEnv(retriever), items, cfg).episodes
@@ -118,30 +119,6 @@ def test_concurrent_search_episodes_share_retrieval_requests(tiny, tmp_path):
     assert all(ep.finish == "done" for ep in episodes)
     assert all("Doc 1" in ep.trajectory.turns[0].observation for ep in episodes)
     assert server.queries == n and server.requests < n
-
-
-class SearchPolicy:
-    """An engine that searches once per episode, then answers: the retrieval path is what is tested here."""
-
-    prompt_tokens = cached_tokens = 0
-    ACTIONS = ["<search>who wrote the novel</search>", "<answer>x</answer>"]
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.asked = tokenizer, []
-
-    def add(self, key, request, params):
-        self.asked.append(key)
-
-    def in_flight(self):
-        return len(self.asked)
-
-    def step(self):
-        asked, self.asked = self.asked, []
-        ids = [self.tokenizer.encode(a, add_special_tokens=False) for a in self.ACTIONS]
-        return [((i, turn), Generation(ids[turn], [0.0] * len(ids[turn]), "stop")) for i, turn in asked]
-
-    def end_session(self, session):
-        pass
 
 
 def test_the_live_sandbox_cap_holds_for_concurrent_callers():

@@ -23,8 +23,8 @@ from envs.search.retrieval import Batcher, RetrievalClient, RetrievalError
 from envs.search.world import WorldConfig, write_world
 from rl.config import RolloutConfig
 from rl.rollout.chat import TurnFormatter
-from rl.rollout.engine import Generation
 from rl.rollout.loop import rollout
+from tests.scripted_engine import ScriptedEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,38 +171,6 @@ def test_a_silent_server_times_out_with_a_clear_error():
         silent.close()
 
 
-class ScriptedPolicy:
-    """An engine that writes fixed actions (the same for every episode) and kills the server before turn `kill_at`.
-
-    The model is not what is tested here; a script makes the episode reach a search after the crash for sure.
-    """
-
-    prompt_tokens = cached_tokens = 0
-
-    def __init__(self, tokenizer, actions, kill_at, proc):
-        self.tokenizer, self.actions, self.kill_at, self.proc, self.asked = tokenizer, actions, kill_at, proc, []
-
-    def add(self, key, request, params):
-        self.asked.append(key)
-
-    def in_flight(self):
-        return len(self.asked)
-
-    def step(self):
-        """Every request asked so far answers its turn's action; the server dies as turn `kill_at` is asked."""
-        asked, self.asked = self.asked, []
-        out = []
-        for episode, turn in asked:
-            if turn == self.kill_at and self.proc.poll() is None:
-                stop(self.proc)
-            ids = self.tokenizer.encode(self.actions[turn], add_special_tokens=False)
-            out.append(((episode, turn), Generation(list(ids), [0.0] * len(ids), "stop")))
-        return out
-
-    def end_session(self, session):
-        pass
-
-
 def test_a_server_killed_mid_run_fails_the_episodes_without_hanging(world, tiny_model_dir):
     out, _, questions = world
     url, proc = start_server(out / "corpus.jsonl", out / "cache")
@@ -218,7 +186,13 @@ def test_a_server_killed_mid_run_fails_the_episodes_without_hanging(world, tiny_
             "<search>second hop</search>",
             "<answer>x</answer>",
         ]
-        policy = ScriptedPolicy(AutoTokenizer.from_pretrained(tiny_model_dir), actions, kill_at=1, proc=proc)
+
+        # The server dies as the second turn's actions are written: each episode's second search finds it gone.
+        def kill_at_turn_1(turn):
+            if turn == 1 and proc.poll() is None:
+                stop(proc)
+
+        policy = ScriptedEngine(AutoTokenizer.from_pretrained(tiny_model_dir), actions, on_turn=kill_at_turn_1)
         start = time.monotonic()
         limits = RolloutConfig(max_turns=4, max_turn_tokens=64, max_total_tokens=4096)
         episodes = rollout(policy, TurnFormatter(policy.tokenizer), lambda: SearchEnv(client), tasks, limits).episodes
