@@ -48,8 +48,10 @@ def registrations(module: str, decorator: str) -> dict[str, dict[str, Any]]:
 
 ESTIMATORS = registrations("learn/credit.py", "register_estimator")
 POLICY_LOSSES = registrations("learn/losses.py", "register_policy_loss")
+IS_CORRECTIONS = registrations("learn/losses.py", "register_is_correction")
 Estimator = Literal[tuple(ESTIMATORS)]  # in the order registered: the first is the default
 PolicyLoss = Literal[tuple(POLICY_LOSSES)]
+ISCorrection = Literal[tuple(IS_CORRECTIONS)]
 LossAggregation = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
 KLEstimator = Literal["k1", "k2", "k3", "k3+"]
 KLTurns = Literal["all", "first"]
@@ -83,7 +85,11 @@ def check_choice(value: Any, choices: tuple, name: str, where: str = "") -> None
 # Names registered beyond the built-in ones, per named option, with what each declares: `register_estimator("x")`
 # (rl/learn/credit.py) adds "x" to "advantage" and "judge_advantage", `register_policy_loss("y")` (rl/learn/losses.py)
 # adds "y" to "policy_loss".
-_REGISTERED: dict[str, dict[str, dict[str, Any]]] = {"advantage": ESTIMATORS, "policy_loss": POLICY_LOSSES}
+_REGISTERED: dict[str, dict[str, dict[str, Any]]] = {
+    "advantage": ESTIMATORS,
+    "policy_loss": POLICY_LOSSES,
+    "tis_mode": IS_CORRECTIONS,
+}
 
 
 def allow(option: str, name: str, **declarations: Any) -> None:
@@ -260,8 +266,13 @@ class AlgoConfig(Options):
     loss_agg: LossAggregation = "token-mean"
     #: seq-mean-*: leave sequences without policy tokens out of the count (verl) instead of counting them
     seq_mean_skips_empty: bool = False
-    #: truncated importance sampling: weight tokens by min(pi_old / pi_sampler, cap); 0 = off
+    #: importance correction of the sampler's tokens towards pi_old, r = pi_old / pi_sampler, up to this cap; 0 = off
     tis_cap: float = 0.0
+    #: registered in rl/learn/losses.py: truncate (TIS: weight min(r, cap)) or mask (weight r where tis_low <= r <=
+    #: cap, else 0: IcePop; with tis_low=0 AReaL's decoupled PPO)
+    tis_mode: ISCorrection = get_args(ISCorrection)[0]
+    #: tis_mode=mask: tokens (or sequences) with r below this leave the loss
+    tis_low: float = 0.0
     #: token (one ratio per token) or sequence (product over the sequence's policy tokens)
     tis_level: TISLevel = "token"
     #: discount per policy token (gae, reinforce++)
@@ -305,6 +316,11 @@ class AlgoConfig(Options):
         super().__post_init__()
         if self.judge_advantage:
             check_choice(self.judge_advantage, choices(Estimator, "advantage"), "judge_advantage")
+        if not 0 <= self.tis_low < max(self.tis_cap, 1e-9) and self.tis_cap > 0:
+            raise ValueError(
+                f"algo.tis_low={self.tis_low}: the masked band [tis_low, tis_cap] needs 0 <= tis_low < tis_cap"
+                f" ({self.tis_cap})"
+            )
         if self.clip_ratio_c != 0 and self.clip_ratio_c <= 1:
             raise ValueError(
                 f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip "

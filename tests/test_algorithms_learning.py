@@ -86,3 +86,14 @@ def test_kl_in_reward_judge_roles_and_gspo_run_through_the_trainer(tmp_path):
     rows = [m for m in metrics(tmp_path) if "reward/mean" in m]
     assert len(rows) == 2 and all(m["learner/grad_norm"] > 0 and "learner/kl_ref" not in m for m in rows)
     assert all(m["learner/tis_weight"] == pytest.approx(1.0, abs=1e-3) for m in rows)  # synchronous: sampler == learner
+
+
+def test_the_masked_importance_correction_runs_through_the_trainer(tmp_path):
+    # IcePop's band through config, learner and logs: synchronous, engine and learner agree, so nothing is masked.
+    band = ["algo.tis_cap=2", "algo.tis_mode=mask", "algo.tis_low=0.5"]
+    train(tmp_path, "steps=2", "save_every=0", "eval_every=0", "seed=2", *band)
+    rows = [m for m in metrics(tmp_path) if "reward/mean" in m]
+    assert len(rows) == 2 and all(m["learner/grad_norm"] > 0 for m in rows)
+    assert all(
+        m["learner/tis_masked_frac"] == 0 and m["learner/tis_weight"] == pytest.approx(1.0, abs=1e-3) for m in rows
+    )

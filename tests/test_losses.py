@@ -205,3 +205,42 @@ def test_kl_on_the_first_turn_pulls_only_the_first_attempt_to_the_reference(epis
 
 def test_accumulate_reads_as_a_short_story():
     assert len(inspect.getsource(Learner.accumulate).splitlines()) < 40
+
+
+def test_the_masked_importance_weight_by_hand():
+    ratios = torch.tensor([[0.3, 1.0, 1.5, 3.0]])
+    old, sampler = ratios.log(), torch.zeros(1, 4)  # pi_old / pi_sampler = ratios
+    icepop = algos.masked_is_weight(old, sampler, 0.5, 2.0)
+    assert icepop[0].tolist() == pytest.approx([0.0, 1.0, 1.5, 0.0])
+    decoupled = algos.masked_is_weight(old, sampler, 0.0, 2.0)  # AReaL: only the far side of the cap leaves
+    assert decoupled[0].tolist() == pytest.approx([0.3, 1.0, 1.5, 0.0])
+    # Per sequence: the product over its policy tokens decides for all of them (0.3 x 1.0 out; 1.5 x 1.2 in).
+    two = torch.tensor([[0.3, 1.0, 9.0], [1.5, 1.2, 9.0]]).log()
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    per_seq = algos.masked_is_weight(two, torch.zeros(2, 3), 0.5, 2.0, mask, "sequence")
+    assert per_seq.flatten().tolist() == pytest.approx([0.0] * 3 + [1.8] * 3)
+    huge = algos.masked_is_weight(torch.tensor([[200.0]]), torch.zeros(1, 1), 0.0, 2.0)  # no inf, no nan
+    assert huge.tolist() == [[0.0]]
+
+
+def test_masked_tokens_leave_the_loss_and_its_gradient():
+    mask = torch.ones(1, 4)
+    old = torch.tensor([[0.3, 1.0, 1.5, 3.0]]).log() - 1.0
+    sampler = torch.full((1, 4), -1.0)
+    logprobs = (old + 0.05).requires_grad_()
+    advantages = torch.tensor([[1.0, -1.0, 1.0, 1.0]])
+    inputs = LossInputs(logprobs, old, advantages, mask, num_tokens=4.0, num_seqs=1.0, sampler_logprobs=sampler)
+    algo = AlgoConfig(tis_cap=2.0, tis_mode="mask", tis_low=0.5)
+    loss, metrics = total_loss(inputs, algo)
+    loss.backward()
+    assert logprobs.grad[0, 0] == 0 and logprobs.grad[0, 3] == 0 and (logprobs.grad[0, 1:3] != 0).all()
+    token_loss, _ = algos.ppo_clip_loss(logprobs.detach(), old, advantages, 0.2, 0.2, algo.clip_ratio_c)
+    assert float(loss.detach()) == pytest.approx(float(token_loss[0, 1] + token_loss[0, 2] * 1.5) / 4.0, rel=1e-6)
+    assert float(metrics["tis_masked_frac"]) == 0.5 and float(metrics["tis_weight"]) == pytest.approx(2.5 / 4)
+
+
+def test_an_importance_correction_is_chosen_by_a_registered_name():
+    with pytest.raises(ValueError, match="unknown tis_mode 'masked'.*did you mean 'mask'"):
+        AlgoConfig(tis_cap=2.0, tis_mode="masked")
+    with pytest.raises(ValueError, match="tis_low"):
+        AlgoConfig(tis_cap=2.0, tis_mode="mask", tis_low=2.0)

@@ -303,6 +303,32 @@ def truncated_is_weight(
     raise ValueError(f"unknown TIS level {level!r}: use one of {TIS_LEVELS}")
 
 
+def masked_is_weight(
+    old_logprobs: torch.Tensor,
+    sampler_logprobs: torch.Tensor,
+    low: float,
+    high: float,
+    mask: torch.Tensor | None = None,
+    level: str = "token",
+) -> torch.Tensor:
+    """Masked importance weight: r = pi_old / pi_sampler where low <= r <= high, else 0; no gradient. [B, T] -> [B, T].
+
+    Where the TIS weight keeps a far-off token at the cap, this one takes it out of the loss: a token the
+    sampler and the learner disagree on that much (a stale engine, a numerical mismatch) teaches nothing
+    reliable. IcePop masks outside a band around 1 (e.g. [0.5, 2]); AReaL's decoupled PPO weights by
+    pi_proximal / pi_behaviour with low = 0 (pi_old is the proximal policy here, the sampler the behaviour one).
+    level "sequence": r is the product over the sequence's policy tokens (`mask`), and a whole sequence stays or
+    leaves.
+    """
+    log_ratio = (old_logprobs - sampler_logprobs).detach()
+    if level == "sequence":
+        log_ratio = (log_ratio * mask.to(log_ratio.dtype)).sum(-1, keepdim=True).expand_as(log_ratio)
+    elif level != "token":
+        raise ValueError(f"unknown TIS level {level!r}: use one of {TIS_LEVELS}")
+    ratio = torch.exp(log_ratio.clamp(max=math.log(high) + 1.0))  # past the band either way: no overflow to inf
+    return torch.where((ratio >= low) & (ratio <= high), ratio, torch.zeros_like(ratio))
+
+
 KL_ESTIMATORS = get_args(KLEstimator)
 # k3 grows as q/p: one token the policy has all but dropped would swamp the loss (verl clamps at 10 too)
 K3_LIMIT = 10.0

@@ -1,6 +1,6 @@
 """The learner's objective as named terms over one micro-batch: `total_loss(inputs, algo) -> (loss, metrics)`.
 
-    loss = policy loss (its tokens weighted by truncated importance sampling, when on)
+    loss = policy loss (its tokens weighted by an importance correction, when on)
          + kl_coef * KL to the reference (when there is a reference model and the KL is not in the reward)
          + vf_coef * value loss (when there is a critic)
 
@@ -106,23 +106,43 @@ def gspo(inputs: LossInputs, algo: AlgoConfig) -> tuple[torch.Tensor, dict[str, 
 # ---------------------------------------------------------------- the other terms
 
 
-def tis_weight(inputs: LossInputs, algo: AlgoConfig) -> torch.Tensor | None:
-    """[b, T] truncated importance weights min(pi_old / pi_sampler, cap); None when `algo.tis_cap` is 0.
+# ---------------------------------------------------------------- importance corrections
 
-    Samples from a stale or numerically different engine are reweighted towards the old policy.
-    """
-    if algo.tis_cap <= 0:
-        return None
+# One function per correction of the sampler's tokens towards pi_old (`algo.tis_mode`, on when `algo.tis_cap` > 0):
+# fn(inputs, algo) -> [b, T] weights, no gradient, applied to each token's policy loss before aggregation.
+IS_CORRECTIONS = Registry("importance correction", "tis_mode")
+register_is_correction = IS_CORRECTIONS.register
+
+
+@register_is_correction("truncate")
+def truncate(inputs: LossInputs, algo: AlgoConfig) -> torch.Tensor:
+    """TIS: min(pi_old / pi_sampler, tis_cap): samples from a stale or numerically different engine are
+    reweighted towards the old policy, the variance bounded by the cap."""
     return algos.truncated_is_weight(
         inputs.old_logprobs, inputs.sampler_logprobs, algo.tis_cap, inputs.loss_mask, algo.tis_level
     )
 
 
+@register_is_correction("mask")
+def mask(inputs: LossInputs, algo: AlgoConfig) -> torch.Tensor:
+    """pi_old / pi_sampler where it lies in [tis_low, tis_cap], else 0: tokens the two disagree on that much leave
+    the loss (IcePop; AReaL's decoupled PPO with tis_low = 0)."""
+    return algos.masked_is_weight(
+        inputs.old_logprobs, inputs.sampler_logprobs, algo.tis_low, algo.tis_cap, inputs.loss_mask, algo.tis_level
+    )
+
+
+def tis_weight(inputs: LossInputs, algo: AlgoConfig) -> torch.Tensor | None:
+    """[b, T] importance weights of `algo.tis_mode`; None when `algo.tis_cap` is 0."""
+    return IS_CORRECTIONS[algo.tis_mode](inputs, algo) if algo.tis_cap > 0 else None
+
+
 def tis_metrics(weight: torch.Tensor, inputs: LossInputs, algo: AlgoConfig) -> dict[str, torch.Tensor]:
-    """The mean TIS weight over policy tokens, and the share of them the cap truncated."""
+    """The mean weight over policy tokens, the share of them at the cap, and the share masked out (weight 0)."""
     return {
         "tis_weight": policy_token_mean(weight, inputs),
         "tis_capped_frac": policy_token_mean((weight >= algo.tis_cap).float(), inputs),
+        "tis_masked_frac": policy_token_mean((weight == 0).float(), inputs),
     }
 
 
