@@ -221,18 +221,20 @@ class Batcher:
     def __init__(self, retriever, wait_s: float = 0.002, max_queries: int = 256):
         self.retriever, self.wait_s, self.max_queries = retriever, wait_s, max_queries
         self.asked: list[_Ask] = []
+        self.queries = 0  # in the asks gathered so far
         self.cond = threading.Condition()
 
     def search(self, queries: list[str], topk: int = 3) -> list[list[Hit]]:
         ask = _Ask(list(queries), topk)
         with self.cond:
             self.asked.append(ask)
+            self.queries += len(ask.queries)
             leads = len(self.asked) == 1
-            if sum(len(a.queries) for a in self.asked) >= self.max_queries:
+            if self.queries >= self.max_queries:
                 self.cond.notify_all()
             if leads:
-                self.cond.wait_for(lambda: sum(len(a.queries) for a in self.asked) >= self.max_queries, self.wait_s)
-                batch, self.asked = self.asked, []
+                self.cond.wait_for(lambda: self.queries >= self.max_queries, self.wait_s)
+                batch, self.asked, self.queries = self.asked, [], 0
         if leads:
             self._send(batch)
         ask.answered.wait()

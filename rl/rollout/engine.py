@@ -150,7 +150,7 @@ class HFEngine:
         self._waiting: list[_Row] = []  # added, not yet in the batch
         self._rows: list[_Row] = []  # the running batch, in cache row order
         self._cache: DynamicCache | None = None  # [rows, heads, width, head dim] per layer
-        self._attention = torch.zeros((0, 0), dtype=torch.long)  # [rows, width]: 0 on left padding
+        self._attention = torch.zeros((0, 0), dtype=torch.long, device=self.device)  # [rows, width]: 0 on left padding
         self._logits = torch.zeros((0, 0))  # [rows, V]: what each row samples its next token from
         # session -> (the tokens in its cache, per layer (keys, values) [heads, tokens, head dim])
         self._sessions: dict[Hashable, tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
@@ -205,7 +205,7 @@ class HFEngine:
         if self._rows:
             self._attention = torch.cat([self._attention, self._attention.new_ones((len(keep), 1))], dim=1)
             positions = self._attention.sum(-1, keepdim=True) - 1  # [rows, 1]: each row's real tokens so far
-            self._logits = self._forward(tokens[keep][:, None].to(self.device), positions)
+            self._logits = self._run(tokens[keep][:, None], self._attention, positions, self._cache)
         return finished
 
     # ------------------------------------------------------------------ weights
@@ -267,7 +267,7 @@ class HFEngine:
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
-        attention = (token_index >= 0).long()
+        attention = (token_index >= 0).long().to(self.device)  # kept on the device for the whole generation
         positions = token_index.clamp(min=0)
         cache = DynamicCache()
         if any(reused):
@@ -321,7 +321,7 @@ class HFEngine:
             self._cache, self._attention, self._logits = None, self._attention[:0, :0], self._logits[:0]
             return
         index = torch.tensor(keep, device=self.device)
-        attention = self._attention[keep]
+        attention = self._attention[index]
         start = int(attention.any(0).long().argmax())  # the first column some row uses
         kept = DynamicCache()
         for layer, old in enumerate(self._cache.layers):
@@ -355,13 +355,10 @@ class HFEngine:
         tail = self.tokenizer.decode(row.sampled[-window:])
         return any(s in tail for s in stop)
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self._run(input_ids, self._attention.to(self.device), positions.to(self.device), self._cache)
-
     def _run(self, input_ids, attention, positions, cache) -> torch.Tensor:
         out = self.model(
             input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
+            attention_mask=attention,
             position_ids=positions.to(self.device),
             use_cache=True,
             **{self.cache_arg: cache},

@@ -116,7 +116,7 @@ class _Rollout:
             request = Request(list(episode.token_ids), budget, episode.seed * 1009 + turn, session=i)
             gen = await self.generate((i, turn), request, params)
             episode.append(gen.token_ids, turn, gen.logprobs)
-            action = _cut_at_stop(self.formatter.tokenizer.decode(gen.token_ids, skip_special_tokens=True), params.stop)
+            action = _cut_at_stop(formatter.tokenizer.decode(gen.token_ids, skip_special_tokens=True), params.stop)
             try:
                 result = await self.env_call(env.step, action, env_spent)
             except Exception:
