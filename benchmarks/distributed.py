@@ -175,7 +175,7 @@ def sync_seconds(model_dir: str, learner, bucket_mb: float = 64.0) -> float:
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            pool.sync(learner.weight_buckets(bucket_mb)).result()
+            pool.sync(learner.weight_buckets(bucket_mb), 1).result()
             times.append(time.perf_counter() - start)
         return statistics.median(times[1:])
     finally:

@@ -75,7 +75,8 @@ def soak(steps: int, kill_every: int, seed: int, hang_prob: float, env_timeout_s
             out["submitted"] += len(sub.items)
             for key, n in count(sub, episodes).items():
                 out[key] += n
-            metrics = trainer.train_step(sub)  # reads the same episodes again: a rollout's result is kept
+            trainer.pending.append(sub)  # the step trains on it: a rollout's result is kept
+            metrics = trainer.train_step()
             trainer.log(step, metrics)
             times[kill].append(time.perf_counter() - t0)
             out["steps"] = step

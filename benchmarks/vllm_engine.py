@@ -74,7 +74,7 @@ def sync_seconds(engine, weights: dict) -> float:
         start = time.perf_counter()
         for part in buckets(weights, 64.0):
             engine.update_weights(part)
-        engine.finish_sync()
+        engine.finish_sync(1)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -29,7 +29,7 @@ shared prompt once (its keys/values feed every completion of the group, gradient
 logprobs and gradients (tests/test_learner.py checks both) from fewer token positions. That is why the
 gap widens with the prompt's share of the tokens.
 
-Our step: `Trainer.submit(step)` then `Trainer.train_step(...)` (rollout, score, advantages, update, weight
+Our step: `Trainer.train_step()` (rollout, score, advantages, update, weight
 sync to the rollout engine and its probe check), called directly: no run-directory logging of episodes,
 no checkpoints, no eval. TRL's step: the time between consecutive `on_step_end` callbacks of
 `GRPOTrainer.train()` (generation, scoring, loss, backward, optimizer step, logging every step; no saving,
@@ -252,7 +252,7 @@ def run_ours(args) -> dict:
             prof = cProfile.Profile()
             prof.enable()
         t0, c0 = time.perf_counter(), time.process_time()
-        metrics = trainer.train_step(trainer.submit(step))
+        metrics = trainer.train_step()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         played = metrics["episodes/count"] - metrics["episodes/failed"]

@@ -112,11 +112,11 @@ def main() -> None:
         pool = RayPool(
             WorkersConfig(ray=True, num_workers=2), model_dir, EnvConfig("lookup", {"max_turns": 2}), ROLLOUT
         )
-        pool.sync(buckets(weights, 64.0)).result()  # warm-up: workers started, first transfer
+        pool.sync(buckets(weights, 64.0), 1).result()  # warm-up: workers started, first transfer
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            pool.sync(buckets(weights, 64.0)).result()
+            pool.sync(buckets(weights, 64.0), 1).result()
             times.append(time.perf_counter() - start)
         t = statistics.median(times)
         n_params = sum(p.numel() for p in weights.values())

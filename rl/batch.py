@@ -34,7 +34,8 @@ class Batch:
     turn_ids: torch.Tensor  # [B, T] long: the turn of each token (PROMPT_TURN on the prompt, 0 on padding)
     groups: torch.Tensor  # [B] long: the GRPO group of each episode (its task in this step)
     sampler_logprobs: torch.Tensor  # [B, T] float32: the engine's logprob of each policy token when it sampled it
-    policy_version: torch.Tensor  # [B, T] long: optimizer updates applied to the weights that sampled each token
+    # [B, T] long: optimizer updates applied to the weights that sampled each policy token (-1 on the others)
+    policy_version: torch.Tensor
     process_rewards: torch.Tensor  # [B, K] float64: the reward each turn earned, as the reward function gave it
     turns: torch.Tensor  # [B] long: per-turn rewards of each episode (K counts up to the largest)
     outcome_rewards: torch.Tensor  # [B] float64: what the episode earned as a whole
@@ -53,11 +54,8 @@ class Batch:
     learner_logprobs: torch.Tensor | None = None
 
     @staticmethod
-    def from_episodes(
-        episodes: list[Episode], policy_version: int = 0, judge_masks: list[list[int]] | None = None
-    ) -> Batch:
-        """The episodes (none failed) as one batch; `policy_version`: the updates behind the weights that sampled them.
-        An episode not scored yet (no reward) counts as rewarded 0."""
+    def from_episodes(episodes: list[Episode], judge_masks: list[list[int]] | None = None) -> Batch:
+        """The episodes (none failed) as one batch. An episode not scored yet (no reward) counts as rewarded 0."""
         lengths = torch.tensor([len(ep.token_ids) for ep in episodes])
         process = [ep.reward.process if ep.reward else [] for ep in episodes]
         return Batch(
@@ -67,7 +65,8 @@ class Batch:
             turn_ids=pad([ep.turn_ids for ep in episodes], 0, torch.long),
             groups=torch.tensor([ep.group for ep in episodes]),
             sampler_logprobs=pad([ep.logprobs for ep in episodes], 0, torch.float32),
-            policy_version=torch.full((len(episodes), int(lengths.max())), policy_version),
+            # episodes made by hand (tests, old logs) may carry no versions: unknown, -1
+            policy_version=pad([ep.versions or [-1] * len(ep.token_ids) for ep in episodes], -1, torch.long),
             process_rewards=pad([p or [0.0] for p in process]),
             turns=torch.tensor([len(p) for p in process]),
             outcome_rewards=torch.tensor(

@@ -419,8 +419,13 @@ class WorkersConfig(Options):
     gpus_per_worker: float = 0.0
     #: dead workers replaced within one rollout (or one probe of a worker) before the step fails
     max_restarts: int = 3
-    #: 0 = synchronous; 1 = one-step-off: rollouts for step k+1 run during update k
-    async_steps: int = 0
+    #: K: no trained token was sampled more than K updates before the one that trains on it (0 = synchronous;
+    #: 1 without partial_rollouts = one-step-off: the rollouts of step k+1 run during update k)
+    max_staleness: int = 0
+    #: with max_staleness > 0: workers take GRPO groups as the bound admits them, a sync reaches generations
+    #: in flight (they go on with the new weights), the trainer takes groups as they finish; false: each
+    #: step's rollouts run whole on one version, one step after another
+    partial_rollouts: bool = False
     #: weight-sync bucket size (one object-store object and one call per bucket)
     bucket_mb: float = 64.0
     #: largest |engine - learner| logprob on the probe batch after a sync (bf16 vLLM: ~0.05)
@@ -438,8 +443,17 @@ class WorkersConfig(Options):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.vllm_sleep_mode and self.async_steps:
-            raise ValueError("workers.vllm_sleep_mode needs synchronous training (workers.async_steps=0)")
+        if self.max_staleness < 0:
+            raise ValueError(f"workers.max_staleness={self.max_staleness}: a number of updates, 0 or more")
+        if self.vllm_sleep_mode and self.max_staleness:
+            raise ValueError("workers.vllm_sleep_mode needs synchronous training (workers.max_staleness=0)")
+        if self.partial_rollouts and not self.ray:
+            raise ValueError(
+                "workers.partial_rollouts needs workers.ray=true: the in-process worker runs rollouts on the "
+                "training thread, between updates, so no generation is in flight at a sync"
+            )
+        if self.partial_rollouts and not self.max_staleness:
+            raise ValueError("workers.partial_rollouts needs workers.max_staleness > 0 (0 is synchronous)")
         if self.vllm_sleep_mode and self.engine != "vllm":
             raise ValueError(
                 f"workers.vllm_sleep_mode is vLLM's: it needs workers.engine=vllm (the engine is {self.engine!r})"
@@ -480,6 +494,18 @@ class Config:
     threads: int = 0
     #: debug: the libraries' own logs too (vLLM, Ray, transformers); info keeps them to warnings
     log_level: Literal["info", "debug"] = "info"
+
+    def __post_init__(self):
+        if self.workers.partial_rollouts and self.rollout.schedule != "overlap":
+            raise ValueError(
+                f"workers.partial_rollouts needs rollout.schedule=overlap (it is {self.rollout.schedule!r}): a sync's"
+                " timing already decides which tokens each version samples, and the reproducible and lockstep"
+                " schedules would hold every generation of a worker while any of its env calls runs"
+            )
+        if self.workers.partial_rollouts and self.algo.dynamic_sampling:
+            raise ValueError(
+                "algo.dynamic_sampling needs workers.partial_rollouts=false: its refill rounds sample whole steps"
+            )
 
 
 def trainer_threads(cfg: Config) -> int:

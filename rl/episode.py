@@ -28,6 +28,8 @@ class Episode:
     loss_mask: list[int] = field(default_factory=list)  # 1 exactly on tokens the policy sampled
     logprobs: list[float] = field(default_factory=list)  # sampling logprob of each policy token, 0.0 elsewhere
     turn_ids: list[int] = field(default_factory=list)  # PROMPT_TURN, or the turn an action/observation token belongs to
+    # the weight version that sampled each policy token (the learner's updates behind it), -1 elsewhere
+    versions: list[int] = field(default_factory=list)
     finish: str = ""  # "done" (env ended it), "max_turns", "length" (token budget), or "error"
     error: str = ""  # why the episode failed, when finish == "error"
     traceback: str = ""  # where it failed: the traceback of the env's or the reward's exception
@@ -37,12 +39,21 @@ class Episode:
     def failed(self) -> bool:
         return self.finish == "error"
 
-    def append(self, ids: list[int], turn: int, logprobs: list[float] | None = None) -> None:
-        """Append policy tokens (with their logprobs) or observation tokens (without)."""
+    @property
+    def oldest_version(self) -> int | None:
+        """The version of its oldest policy token: what its staleness counts from (None: it sampled nothing)."""
+        return min((v for v in self.versions if v >= 0), default=None)
+
+    def append(
+        self, ids: list[int], turn: int, logprobs: list[float] | None = None, versions: list[int] | None = None
+    ) -> None:
+        """Append policy tokens (with their logprobs and the versions that sampled them) or observation tokens
+        (without)."""
         self.token_ids += ids
         self.loss_mask += [1 if logprobs is not None else 0] * len(ids)
         self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
         self.turn_ids += [turn] * len(ids)
+        self.versions += versions if versions is not None else [-1] * len(ids)
 
     def to_dict(self) -> dict:
         reward = None
@@ -57,6 +68,7 @@ class Episode:
             "loss_mask": self.loss_mask,
             "logprobs": self.logprobs,
             "turn_ids": self.turn_ids,
+            "versions": self.versions,
             "finish": self.finish,
             "error": self.error,
             "traceback": self.traceback,
@@ -77,6 +89,7 @@ class Episode:
             loss_mask=list(d.get("loss_mask", [])),
             logprobs=list(d.get("logprobs", [])),
             turn_ids=list(d.get("turn_ids", [])),
+            versions=list(d.get("versions", [])),
             finish=d.get("finish", ""),
             error=d.get("error", ""),
             traceback=d.get("traceback", ""),

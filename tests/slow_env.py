@@ -1,4 +1,5 @@
-"""A lookup env that sleeps in every step, hangs for one task or at random, or kills its own process once."""
+"""A lookup env that sleeps in every step (a fixed time, or at random), hangs for one task or at random, or kills
+its own process once."""
 
 import os
 import random
@@ -13,6 +14,7 @@ from envs.registry import EnvSpec
 @dataclass
 class SlowParams(lookup.LookupParams):
     step_seconds: float = 0.05  # sleep in every env.step
+    jitter_seconds: float = 0.0  # and up to this much more, drawn anew in every step
     hang_task: str = ""  # env.step of this task sleeps for an hour
     hang_prob: float = 0.0  # chance that an env.step sleeps for an hour
     hang_seed: int = 0  # seeds the hang draws: each process draws the same sequence
@@ -43,7 +45,7 @@ class SlowEnv(lookup.LookupEnv):
         hang = self.task_id == self.params.hang_task or (
             self.params.hang_prob > 0 and self.rng.random() < self.params.hang_prob
         )
-        time.sleep(3600 if hang else self.params.step_seconds)
+        time.sleep(3600 if hang else self.params.step_seconds + random.uniform(0, self.params.jitter_seconds))
         return super().step(action)
 
 

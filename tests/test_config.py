@@ -26,6 +26,13 @@ def test_yaml_and_overrides(tmp_path):
         ("reward=[{name: outcome, wieght: 1}]", "did you mean 'weight'?"),
         ("learner=3", "learner: expected a mapping"),
         ("steps", "not of the form key=value"),
+        ("workers.max_staleness=-1", "workers.max_staleness=-1: a number of updates"),
+        ("workers.partial_rollouts=true", "workers.partial_rollouts needs workers.ray=true"),
+        ("workers={ray: true, partial_rollouts: true}", "partial_rollouts needs workers.max_staleness > 0"),
+        (
+            "workers={ray: true, partial_rollouts: true, max_staleness: 2}",
+            "needs rollout.schedule=overlap (it is 'reproducible')",
+        ),
     ],
 )
 def test_bad_config_names_the_key(override, message):

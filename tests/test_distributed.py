@@ -248,7 +248,7 @@ def test_lora_trains_only_the_adapters_and_the_engine_serves_them_merged(tiny_mo
     engine = HFEngine(base, learner_tokenizer(tiny_model_dir))
     for bucket in learner.weight_buckets(0.01):
         engine.update_weights(bucket)
-    engine.finish_sync()
+    engine.finish_sync(1)
     got, want = engine.probe_logprobs(sequences[:4]), learner.probe_logprobs(sequences[:4])
     assert max(float((torch.tensor(g) - w[1:]).abs().max()) for g, w in zip(got, want)) < 1e-5
 
@@ -277,7 +277,7 @@ def test_lora_trains_named_modules_whole_and_a_tied_head_follows_them(tiny_model
     engine = HFEngine(base, learner_tokenizer(tiny_model_dir))
     for bucket in learner.weight_buckets(0.01):
         engine.update_weights(bucket)
-    engine.finish_sync()
+    engine.finish_sync(1)
     got, want = engine.probe_logprobs(sequences[:4]), learner.probe_logprobs(sequences[:4])
     assert (
         max(float((torch.tensor(g) - w[1:]).abs().max()) for g, w in zip(got, want)) < 1e-5

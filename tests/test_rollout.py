@@ -243,7 +243,7 @@ def test_a_worker_counts_where_its_rollout_time_went(tiny_model_dir):
     assert times.requests == sum(sampled)  # every engine step samples one token for each request in flight
     assert max(sampled) <= times.calls < sum(sampled)  # continuous batching: requests share steps
     assert 0 < times.engine_s and 0 < times.env_s and times.engine_s + times.env_s <= times.worker_s
-    assert times.worker_s == times.last_episode_s
+    assert 0 < times.worker_s <= times.last_episode_s  # live from the first reset to the last end
     both = times.add(times).metrics()  # two workers that took as long: twice the episodes in the same time
     assert both["throughput/episodes_per_s"] == pytest.approx(2 * times.metrics()["throughput/episodes_per_s"])
     assert both["time/rollout_engine_share"] == pytest.approx(times.metrics()["time/rollout_engine_share"])

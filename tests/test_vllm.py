@@ -102,12 +102,12 @@ def probe(engine, model, prompts, n=8):
     return got, want
 
 
-def sync(engine, weights: dict, bucket_mb: float) -> list[dict]:
-    """A trainer's sync: the weights in buckets of `bucket_mb`, then finish_sync(); returns the buckets."""
+def sync(engine, weights: dict, bucket_mb: float, version: int = 1) -> list[dict]:
+    """A trainer's sync: the weights in buckets of `bucket_mb`, then finish_sync(version); returns the buckets."""
     parts = buckets(weights, bucket_mb)
     for part in parts:
         engine.update_weights(part)
-    engine.finish_sync()
+    engine.finish_sync(version)
     return parts
 
 
@@ -120,6 +120,7 @@ def test_finish_reason_mapping():
             logprobs=[{5: SimpleNamespace(logprob=-1.0)}, {6: SimpleNamespace(logprob=-2.0)}],
             finish_reason=finish,
             stop_reason=stop_reason,
+            weight_versions=[SimpleNamespace(version="3", start=0, end=2)],
         )
 
     assert _generation(out("length", None)).finish_reason == "length"
@@ -127,6 +128,7 @@ def test_finish_reason_mapping():
     assert _generation(out("stop", None)).finish_reason == "eos"  # the tokenizer's EOS
     assert _generation(out("stop", 7)).finish_reason == "eos"  # another EOS id from generation_config
     assert _generation(out("stop", None)).logprobs == [-1.0, -2.0]
+    assert _generation(out("stop", None)).versions == [3, 3]
     with pytest.raises(RuntimeError):
         _generation(out("abort", None))
 
@@ -281,6 +283,32 @@ def test_sync_switches_to_the_new_model(engine, models, hf, bucket_mb):
 
 
 @needs_vllm
+def test_a_sync_reaches_a_generation_in_flight(engine, models, hf):
+    """Partial rollouts: a request sampled in part by A goes on with B after a sync; each token records the version
+    that sampled it and its logprob under that version's weights (vLLM prefills the request again with B)."""
+    try:
+        sync(engine, dict(load(models.a).named_parameters()), 64.0, version=4)
+        prompt = models.prompts[3]
+        engine.add("k", Request(prompt, 16, seed=11), SamplingParams(temperature=1.0))
+        for _ in range(5):
+            assert engine.step() == []
+        sync(engine, dict(load(models.b).named_parameters()), 64.0, version=5)
+        done = []
+        while not done:
+            done = engine.step()
+        [(key, gen)] = done
+        first = gen.versions.count(4)
+        assert key == "k" and gen.versions == [4] * first + [5] * (16 - first) and 0 < first < 16
+        under_a = hf_logprobs(hf["a"], prompt, gen.token_ids)
+        under_b = hf_logprobs(hf["b"], prompt, gen.token_ids)
+        assert max_diff([gen.logprobs[:first]], [under_a[:first]])[0] < TOL
+        assert max_diff([gen.logprobs[first:]], [under_b[first:]])[0] < TOL
+        assert max_diff(*probe(engine, hf["b"], models.prompts[:4]))[0] < TOL  # the probe check after the sync
+    finally:
+        sync(engine, dict(load(models.a).named_parameters()), 64.0, version=0)
+
+
+@needs_vllm
 def test_the_tied_head_follows_the_embedding(engine, models, hf):
     """The LM head is the embedding's tensor: a sync of the embedding alone must change the logits too."""
     b = dict(load(models.b).named_parameters())
@@ -304,7 +332,7 @@ def test_a_sync_that_splits_a_layer_and_never_completes_it_is_refused(engine, mo
     with pytest.raises(RuntimeError, match="finish_sync"):  # mid-sync the engine refuses to run
         engine.generate([Request(models.prompts[0], 4, 0)], SamplingParams())
     with pytest.raises(RuntimeError, match=r"only part of their tensors.*qkv_proj"):
-        engine.finish_sync()  # k_proj and v_proj never came
+        engine.finish_sync(1)  # k_proj and v_proj never came
     with pytest.raises(RuntimeError, match="update_weights"):  # the weights are not whole: no generation on them
         engine.probe_logprobs([models.prompts[0]])
     sync(engine, dict(load(models.a).named_parameters()), 64.0)
@@ -390,6 +418,35 @@ def test_training_with_vllm_on_ray_equals_in_process_vllm(tmp_path):
         assert [e["reward"] for e in local] == [e["reward"] for e in remote]
         for a, b in zip(local, remote):
             assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
+
+
+@needs_vllm
+def test_fully_asynchronous_training_with_vllm_workers(tmp_path):
+    """K=2 with partial rollouts on a vLLM Ray worker: every sync checked at fp32 tolerance with generations in
+    flight, every token's version logged, no trained episode more than 2 versions behind its update."""
+    proc = train(
+        tmp_path,
+        "steps=5",
+        "workers.ray=true",
+        "workers.num_workers=1",
+        "workers.max_staleness=2",
+        "workers.partial_rollouts=true",
+        "rollout.schedule=overlap",
+        "algo.tis_cap=2.0",
+        "algo.tis_mode=mask",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in lines if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4, 5]
+    # each sync's check runs before the next sync (or the final evaluation): steps 2..5 and the evaluation's line
+    checks = [m["sync/probe_max_abs"] for m in lines if "sync/probe_max_abs" in m]
+    assert len(checks) == 5 and all(c < 1e-4 for c in checks)
+    for step in range(1, 6):
+        for ep in episodes(tmp_path, step):
+            sampled = [v for v, m in zip(ep["versions"], ep["loss_mask"]) if m]
+            assert sampled and all(v >= 0 for v in sampled) and step - 1 - min(sampled) <= 2
+    assert max(m["staleness/max"] for m in steps) <= 2
 
 
 def test_vllm_engine_without_vllm_fails_at_once_and_says_how_to_install(tmp_path):

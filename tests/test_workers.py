@@ -12,6 +12,7 @@ import ray
 import torch
 
 from rl.config import load_config
+from rl.rollout.workers import Later
 from rl.run.trainer import Trainer
 from tests import ray_cluster as ray_cluster_of_our_own
 from tests.test_trainer import LOOKUP, metrics
@@ -104,7 +105,7 @@ def test_probe_check_fails_the_step_when_a_sync_is_skipped(tmp_path):
         and metrics(tmp_path / "ok")[0]["learner/grad_norm"] > 0
     )
     skipped = make_trainer(tmp_path / "skipped", "steps=1", "learner.lr=3e-3", "seed=2")
-    skipped.pool.sync = lambda weight_buckets: None  # the weights never reach the engine
+    skipped.pool.sync = lambda weight_buckets, version: Later(lambda: None)  # the weights never reach the engine
     with pytest.raises(RuntimeError, match="weight sync check failed"):
         run(skipped)
 
@@ -127,9 +128,9 @@ def test_a_hanging_env_step_fails_only_its_episodes(tmp_path):
 
 def test_async_one_step_off_reaches_the_sync_reward_floor(tmp_path, ray_cluster):
     args = ["steps=60", "learner.lr=3e-3"]
-    run(make_trainer(tmp_path / "async", *args, "workers.ray=true", "workers.async_steps=1", "algo.tis_cap=2.0"))
+    run(make_trainer(tmp_path / "async", *args, "workers.ray=true", "workers.max_staleness=1", "algo.tis_cap=2.0"))
     rows = [m for m in metrics(tmp_path / "async") if "reward/mean" in m]
-    assert all(m["episodes/staleness"] == 1 for m in rows[1:]) and rows[0]["episodes/staleness"] == 0
+    assert all(m["staleness/max"] == 1 for m in rows[1:]) and rows[0]["staleness/max"] == 0
     assert all(0 < m["learner/tis_weight"] <= 2.0 for m in rows)
     first = sum(m["reward/mean"] for m in rows[:10]) / 10
     last = sum(m["reward/mean"] for m in rows[-10:]) / 10
@@ -138,7 +139,7 @@ def test_async_one_step_off_reaches_the_sync_reward_floor(tmp_path, ray_cluster)
 
 def test_async_resume_is_exact(tmp_path):
     """A crash after a checkpoint: the rollouts in flight were saved with it, so nothing changes."""
-    common = ["learner.lr=3e-3", "workers.async_steps=1", "algo.tis_cap=2.0", "save_every=3"]
+    common = ["learner.lr=3e-3", "workers.max_staleness=1", "algo.tis_cap=2.0", "save_every=3"]
 
     def comparable(run_dir):
         return [{k: v for k, v in m.items() if not k.startswith(("time/", "throughput/"))} for m in metrics(run_dir)]

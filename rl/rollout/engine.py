@@ -50,12 +50,15 @@ class Generation:
     token_ids: list[int]  # sampled ids, including the stop string or EOS that ended them
     logprobs: list[float]  # one per sampled id
     finish_reason: str  # "stop" (a stop string), "eos", or "length"
+    versions: list[int]  # one per sampled id: the weight version (`finish_sync`) that sampled it
 
 
 class Engine(Protocol):
     #: prompt tokens of the requests admitted so far, and how many of them came from a cache
     prompt_tokens: int
     cached_tokens: int
+    #: the weight version it samples with: the one its last `finish_sync` named (0 before any)
+    version: int
 
     def add(self, key: Hashable, request: Request, params: SamplingParams) -> None: ...
 
@@ -69,7 +72,8 @@ class Engine(Protocol):
 
     def update_weights(self, weights: dict[str, torch.Tensor]) -> None: ...  # one bucket of a sync
 
-    def finish_sync(self) -> None: ...  # the sync's last bucket has arrived
+    # The sync's last bucket has arrived: sample with `version` from now on, the requests in flight included.
+    def finish_sync(self, version: int) -> None: ...
 
     def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]: ...
 
@@ -123,6 +127,7 @@ class _Row:
     uniforms: list[float]  # drawn from the request's seed: one per token it may sample
     sampled: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
 
 
 class HFEngine:
@@ -132,8 +137,10 @@ class HFEngine:
     requests added since the last one are prefilled and join the batch (a GRPO group's shared prompt
     runs once), every row samples one token, finished rows leave, and the rest run their new token.
     A finished request's keys and values are kept for its session (the episode): its next turn runs
-    only the tokens after them, the observation instead of the whole history. A weight update drops
-    the kept ones; requests already running finish on the keys and values they have.
+    only the tokens after them, the observation instead of the whole history. A weight sync drops
+    the kept ones, and requests still running go on with the new weights: their prompt and the tokens
+    they sampled so far are prefilled again (the keys and values of the old weights would mix two
+    policies in one logprob), and each token records the version that sampled it.
     """
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu"):
@@ -156,6 +163,7 @@ class HFEngine:
         self._sessions: dict[Hashable, tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
         self.prompt_tokens = 0
         self.cached_tokens = 0
+        self.version = 0
 
     # ------------------------------------------------------------------ the Engine interface
 
@@ -192,13 +200,14 @@ class HFEngine:
         for i, (row, token, logprob) in enumerate(zip(self._rows, tokens.tolist(), logprobs.tolist())):
             row.sampled.append(token)
             row.logprobs.append(logprob)
+            row.versions.append(self.version)
             reason = "eos" if token in self.eos_ids else "stop" if self._stopped(row) else None
             if reason is None and len(row.sampled) >= row.request.max_new_tokens:
                 reason = "length"
             if reason is None:
                 keep.append(i)
             else:
-                finished.append((row.key, Generation(row.sampled, row.logprobs, reason)))
+                finished.append((row.key, Generation(row.sampled, row.logprobs, reason, row.versions)))
                 self._keep_session(i)
         if len(keep) < len(self._rows):
             self._keep(keep)
@@ -221,8 +230,14 @@ class HFEngine:
             params[name].copy_(tensor)
         self._sessions.clear()  # keys and values of the old weights
 
-    def finish_sync(self) -> None:
-        """Nothing left to do: each bucket was written in place as it came."""
+    def finish_sync(self, version: int) -> None:
+        """Each bucket was written in place as it came; the running requests are prefilled again with the new
+        weights (their prompt and the tokens sampled so far) and go on from there."""
+        self.version = version
+        if self._rows:
+            self._waiting = self._rows + self._waiting
+            self._rows, self._cache = [], None
+            self._attention, self._logits = self._attention[:0, :0], self._logits[:0]
 
     def describe(self) -> str:
         import transformers
@@ -251,13 +266,13 @@ class HFEngine:
         before the last `new` ones come from the session.
         """
         rows, self._waiting = self._waiting, []
-        prompts = [r.request.prompt_ids for r in rows]
+        prompts = [r.request.prompt_ids + r.sampled for r in rows]  # sampled: a request resumed after a sync
         reused = []  # per row: the session's (keys, values) per layer and how many tokens of them to use
-        for r in rows:
+        for r, prompt in zip(rows, prompts):
             kept = self._sessions.pop(r.request.session, None) if r.request.session is not None else None
-            if kept is not None and tuple(r.request.prompt_ids[: len(kept[0])]) == kept[0]:
+            if kept is not None and tuple(prompt[: len(kept[0])]) == kept[0]:
                 # at least one token runs, for the next-token logits
-                reused.append((kept[1], min(len(kept[0]), len(r.request.prompt_ids) - 1)))
+                reused.append((kept[1], min(len(kept[0]), len(prompt) - 1)))
             else:
                 reused.append(None)
         lengths = torch.tensor([len(p) for p in prompts])

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import queue
 import threading
 import time
 import traceback
+from dataclasses import replace
 from typing import Any, Callable
 
 from envs.base import Env, Trajectory, Turn
@@ -55,14 +57,24 @@ def rollout(
     greedy: bool = False,
 ) -> Rollout:
     """Play one episode per item; the episodes come back in the order of the items."""
-    return asyncio.run(_Rollout(engine, formatter, make_env, cfg, greedy).play_all(items))
+
+    async def once() -> Rollout:
+        player = Player(engine, formatter, make_env, cfg)
+        rolled = await player.play_all(items, greedy)
+        await player.driver  # ends with the last episode; raises what the engine raised
+        return rolled
+
+    return asyncio.run(once())
 
 
-class _Rollout:
-    def __init__(self, engine: Engine, formatter: TurnFormatter, make_env, cfg: RolloutConfig, greedy: bool):
+class Player:
+    """Plays episodes on one engine. `play_all` may be called again before earlier calls end: their episodes
+    share the engine's batch and one driver task (the rollout workers of fully asynchronous training add
+    GRPO groups this way as the staleness bound admits them)."""
+
+    def __init__(self, engine: Engine, formatter: TurnFormatter, make_env, cfg: RolloutConfig):
         self.engine, self.formatter, self.make_env, self.cfg = engine, formatter, make_env, cfg
-        self.temperature = 0.0 if greedy else cfg.temperature
-        self.times = RolloutTimes()
+        self.times = RolloutTimes()  # since the player was made; `worker_s` counts the time any episode was live
         self.asked: dict[Any, asyncio.Future] = {}  # request key -> its generation, once the engine has it
         # requests not yet given to the engine: they go in key order before its next step (lockstep: once the
         # batch in flight has ended), so the order in which envs answered never reaches the engine
@@ -72,32 +84,51 @@ class _Rollout:
         self.env_slots = asyncio.Semaphore(cfg.env_workers)
         self.changed = asyncio.Event()  # set when a request, an env answer or an episode's end arrives
         self.live = 0  # episodes not over yet
+        self.live_since = 0.0  # when live last went from 0 up
+        self.numbers = itertools.count()  # episode numbers: request keys and sessions, unique across calls
+        self.driver: asyncio.Task | None = None
 
-    async def play_all(self, items: list[Item]) -> Rollout:
+    async def play_all(self, items: list[Item], greedy: bool = False) -> Rollout:
         start = time.perf_counter()
+        before = self.times_now()
         episodes = [Episode(Trajectory(task), group, seed) for task, group, seed in items]
-        prompt_tokens, cached_tokens = self.engine.prompt_tokens, self.engine.cached_tokens
-        self.live = len(episodes)
-        plays = [asyncio.create_task(self.play(i, ep)) for i, ep in enumerate(episodes)]
-        # The driver starts after every episode has reached its first env call: the first step sees them all.
-        await asyncio.gather(*plays, asyncio.create_task(self.drive()))
-        self.times.worker_s = self.times.last_episode_s = time.perf_counter() - start
-        self.times.episodes = len(episodes)
-        self.times.prompt_tokens = self.engine.prompt_tokens - prompt_tokens
-        self.times.cached_tokens = self.engine.cached_tokens - cached_tokens
-        return Rollout(episodes, self.times)
+        temperature = 0.0 if greedy else self.cfg.temperature
+        if self.live == 0:
+            self.live_since = start
+        self.live += len(episodes)
+        plays = [asyncio.create_task(self.play(next(self.numbers), ep, temperature)) for ep in episodes]
+        if self.driver is None or self.driver.done():
+            # It starts after every episode has reached its first env call: the first step sees them all.
+            self.driver = asyncio.create_task(self.drive())
+        await asyncio.gather(*plays)
+        times = self.times_now().since(before)
+        times.last_episode_s = time.perf_counter() - start
+        times.episodes = len(episodes)
+        return Rollout(episodes, times)
+
+    def times_now(self) -> RolloutTimes:
+        """`times`, with the time live so far and the engine's token counts."""
+        busy = time.perf_counter() - self.live_since if self.live else 0.0
+        return replace(
+            self.times,
+            worker_s=self.times.worker_s + busy,
+            prompt_tokens=self.engine.prompt_tokens,
+            cached_tokens=self.engine.cached_tokens,
+        )
 
     # ------------------------------------------------------------------ one episode
 
-    async def play(self, i: int, episode: Episode) -> None:
+    async def play(self, i: int, episode: Episode, temperature: float) -> None:
         try:
-            await self.play_turns(i, episode)
+            await self.play_turns(i, episode, temperature)
         finally:
             self.engine.end_session(i)
             self.live -= 1
+            if self.live == 0:
+                self.times.worker_s += time.perf_counter() - self.live_since
             self.changed.set()
 
-    async def play_turns(self, i: int, episode: Episode) -> None:
+    async def play_turns(self, i: int, episode: Episode, temperature: float) -> None:
         cfg, formatter = self.cfg, self.formatter
         env_spent = [0.0]  # seconds of this episode's env calls so far
         try:
@@ -110,12 +141,12 @@ class _Rollout:
             episode.finish = "error"
             episode.error = f"prompt has {len(prompt_ids)} tokens, max_total_tokens is {cfg.max_total_tokens}"
             return
-        params = SamplingParams(self.temperature, cfg.top_p, cfg.top_k, tuple(env.stop_strings))
+        params = SamplingParams(temperature, cfg.top_p, cfg.top_k, tuple(env.stop_strings))
         for turn in range(cfg.max_turns):
             budget = min(cfg.max_turn_tokens, cfg.max_total_tokens - len(episode.token_ids))
             request = Request(list(episode.token_ids), budget, episode.seed * 1009 + turn, session=i)
             gen = await self.generate((i, turn), request, params)
-            episode.append(gen.token_ids, turn, gen.logprobs)
+            episode.append(gen.token_ids, turn, gen.logprobs, gen.versions)
             action = _cut_at_stop(formatter.tokenizer.decode(gen.token_ids, skip_special_tokens=True), params.stop)
             try:
                 result = await self.env_call(env.step, action, env_spent)

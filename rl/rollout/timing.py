@@ -37,6 +37,10 @@ class RolloutTimes:
         summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
         return RolloutTimes(**summed | {"last_episode_s": max(self.last_episode_s, other.last_episode_s)})
 
+    def since(self, earlier: RolloutTimes) -> RolloutTimes:
+        """What was added after `earlier` (a snapshot of the same running counts)."""
+        return RolloutTimes(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)})
+
     def metrics(self) -> dict[str, float]:
         busy = max(self.worker_s, 1e-9)
         return {

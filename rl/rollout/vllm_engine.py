@@ -96,7 +96,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import Hashable
+from typing import Any, Hashable
 
 import torch
 
@@ -182,8 +182,11 @@ class VLLMEngine:
         self.sync_open = False  # a sync has loaded buckets and finish_sync() has not run yet
         self._ids = itertools.count()
         self._keys: dict[str, Hashable] = {}  # vLLM request id -> the caller's key, for requests in flight
+        self._finished: list[tuple[Hashable, Generation]] = []  # finished during a probe: the next step returns them
         self.prompt_tokens = 0  # prompt tokens of finished requests, and how many of them vLLM's prefix cache held
         self.cached_tokens = 0
+        self.version = 0
+        self.llm.llm_engine.set_weight_version("0")  # vLLM labels each output token with the version that sampled it
 
     def add(self, key: Hashable, request: Request, params: SamplingParams) -> None:
         """Queue a request in vLLM's scheduler; the next `step` runs it with the requests already running."""
@@ -209,22 +212,30 @@ class VLLMEngine:
 
     def step(self) -> list[tuple[Hashable, Generation]]:
         """One scheduler step of vLLM (a decode token for every running request, prefills in its token budget)."""
-        if not self._keys:
-            return []
-        self._check_ready()
-        finished = []
+        finished, self._finished = self._finished, []
+        if self._keys:
+            self._check_ready()
+            self._step_engine()
+            finished, self._finished = finished + self._finished, []
+        return finished
+
+    def _step_engine(self) -> list:
+        """One vLLM step; our requests that finished go to `_finished`; the other outputs (a probe's) are returned."""
+        others = []
         for out in self.llm.llm_engine.step():
             if out.finished and out.request_id in self._keys:
                 self.prompt_tokens += len(out.prompt_token_ids)
                 self.cached_tokens += out.num_cached_tokens or 0
-                finished.append((self._keys.pop(out.request_id), _generation(out.outputs[0])))
-        return finished
+                self._finished.append((self._keys.pop(out.request_id), _generation(out.outputs[0])))
+            elif out.finished:
+                others.append(out)
+        return others
 
     def end_session(self, session: Hashable) -> None:
         """Nothing to do: vLLM's prefix cache finds an episode's earlier turns by their tokens, and evicts them."""
 
     def in_flight(self) -> int:
-        return len(self._keys)
+        return len(self._keys) + len(self._finished)
 
     def generate(self, requests: list[Request], params: SamplingParams) -> list[Generation]:
         return generate_all(self, requests, params)
@@ -247,8 +258,12 @@ class VLLMEngine:
         if not self.on_cpu:
             torch.cuda.synchronize()  # the copies are done: the caller may now change or free its tensors
 
-    def finish_sync(self) -> None:
-        """Every bucket of the sync has arrived: finish loading and forget the KV blocks of the old weights."""
+    def finish_sync(self, version: int) -> None:
+        """Every bucket of the sync has arrived: finish loading and forget the KV blocks of the old weights.
+
+        Requests still running go back to vLLM's waiting queue and are prefilled again (their prompt and the
+        tokens sampled so far) with the new weights, which sample the rest; vLLM labels every output token
+        with the version that sampled it."""
         if self.on_cpu and self.sync_open:
             self.sync_open = False
             try:
@@ -258,8 +273,10 @@ class VLLMEngine:
                 raise
         self.sync_open = False
         self.weights_lost = ""
-        if not self.llm.reset_prefix_cache():
-            raise RuntimeError("finish_sync: vLLM could not reset its prefix cache (requests still running)")
+        self.version = version
+        self.llm.llm_engine.set_weight_version(str(version))
+        if not self.llm.reset_prefix_cache(reset_running_requests=bool(self._keys)):
+            raise RuntimeError("finish_sync: vLLM could not reset its prefix cache")
 
     def describe(self) -> str:
         import vllm
@@ -277,13 +294,20 @@ class VLLMEngine:
         self._check_ready()
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
-        prompts = [TokensPrompt(prompt_token_ids=list(s)) for s in sequences]
-        outputs = self.llm.generate(
-            prompts, VLLMSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False
+        # Stepped with the requests in flight, if any (a sync in the middle of a rollout): they advance too.
+        probe = VLLMSamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY
         )
+        ids = [f"probe-{next(self._ids)}" for _ in sequences]
+        for request_id, seq in zip(ids, sequences):
+            self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(seq)), probe)
+        outputs: dict[str, Any] = {}
+        while len(outputs) < len(ids):
+            outputs.update((out.request_id, out) for out in self._step_engine())
         # prompt_logprobs[j] maps the token at position j to its logprob given positions < j (entry 0 is None).
-        return [[out.prompt_logprobs[j][s[j]].logprob for j in range(1, len(s))] for out, s in zip(outputs, sequences)]
+        return [[outputs[r].prompt_logprobs[j][s[j]].logprob for j in range(1, len(s))] for r, s in zip(ids, sequences)]
 
     def sleep(self) -> None:
         """Free the KV cache and offload the weights to the CPU (vLLM's level 1: they come back on wake_up)."""
@@ -399,10 +423,13 @@ def _generation(out) -> Generation:
             f"vLLM returned {0 if out.logprobs is None else len(out.logprobs)} logprobs for {len(ids)} tokens"
         )
     logprobs = [step[token].logprob for token, step in zip(ids, out.logprobs)]
+    versions = [int(span.version) for span in out.weight_versions or [] for _ in range(span.start, span.end)]
+    if len(versions) != len(ids):
+        raise RuntimeError(f"vLLM labelled {len(versions)} of {len(ids)} tokens with a weight version")
     if out.finish_reason == "length":
         reason = "length"
     elif out.finish_reason == "stop":
         reason = "stop" if isinstance(out.stop_reason, str) else "eos"
     else:
         raise RuntimeError(f"vLLM request ended with finish_reason={out.finish_reason!r}")
-    return Generation(ids, logprobs, reason)
+    return Generation(ids, logprobs, reason, versions)

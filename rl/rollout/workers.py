@@ -17,12 +17,13 @@ same seed gives the same episodes whichever pool runs them.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import math
 import os
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from rl.episode import Episode, Item
 from rl.model import load_model
 from rl.rollout.chat import TurnFormatter
 from rl.rollout.engine import HFEngine
-from rl.rollout.loop import rollout
+from rl.rollout.loop import Player, rollout
 from rl.rollout.timing import Rollout, RolloutTimes
 from rl.weights import to_numpy
 
@@ -54,7 +55,13 @@ class RolloutWorker:
     """An engine and a way to make environments; the same class runs locally or as a Ray actor."""
 
     def __init__(
-        self, model_path: str, env: EnvConfig, rollout_cfg: RolloutConfig, workers_cfg: WorkersConfig, device: str
+        self,
+        model_path: str,
+        env: EnvConfig,
+        rollout_cfg: RolloutConfig,
+        workers_cfg: WorkersConfig,
+        device: str,
+        version: int = 0,  # the learner's updates behind the weights at model_path (a checkpoint's step)
     ):
         from transformers import AutoTokenizer
 
@@ -76,6 +83,8 @@ class RolloutWorker:
         else:
             self.engine = HFEngine(load_model(model_path, torch.device(device)).eval(), tokenizer, device)
         self.formatter = TurnFormatter(tokenizer, rollout_cfg.observation_role)
+        if version:
+            self.engine.finish_sync(version)
 
     def rollout(self, items: list[Item], greedy: bool = False) -> Rollout:
         return rollout(self.engine, self.formatter, self.make_env, items, self.cfg, greedy)
@@ -86,10 +95,16 @@ class RolloutWorker:
             {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in bucket.items()}
         )
 
-    def finish_sync(self) -> None:
-        self.engine.finish_sync()
+    def finish_sync(self, version: int) -> None:
+        self.engine.finish_sync(version)
 
-    def probe_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+    def probe_logprobs(self, sequences: list[list[int]], version: int) -> list[list[float]]:
+        """The check after the sync to `version` (calls run in order, so that sync came first)."""
+        if self.engine.version != version:
+            raise RuntimeError(
+                f"weight sync check failed: the probe after the sync to version {version} found the engine at"
+                f" version {self.engine.version}: that sync never arrived"
+            )
         return self.engine.probe_logprobs(sequences)
 
     def engine_name(self) -> str:
@@ -103,6 +118,66 @@ class RolloutWorker:
         self.engine.wake_up()
 
     def pid(self) -> int:
+        return os.getpid()
+
+
+class StreamWorker:
+    """A rollout worker for fully asynchronous training (`workers.partial_rollouts`): a Ray actor whose calls run
+    on one asyncio loop, so GRPO groups added while others play join the same engine batch.
+
+    A sync is one call that fetches every bucket, then loads them all between two engine steps (the engine
+    steps inside the loop, and a call runs only when the loop is free): no step ever sees half of a sync. (An
+    async actor starts calls whose arguments are ready first, so a sync in several calls could end before
+    its buckets came.) The generations in flight then go on with the new weights, and their tokens record
+    both versions.
+    """
+
+    def __init__(self, *args):
+        self.worker = RolloutWorker(*args)
+        self.player: Player | None = None  # made on the actor's loop, by its first call
+
+    def _player(self) -> Player:
+        if self.player is None:
+            w = self.worker
+            self.player = Player(w.engine, w.formatter, w.make_env, w.cfg)
+            self.synced = asyncio.Condition()  # notified when a sync has finished
+        return self.player
+
+    async def play(self, items: list[Item], version: int) -> Rollout:
+        """One GRPO group (or several), started once the engine holds weights of `version` or later."""
+        player = self._player()
+        async with self.synced:
+            await self.synced.wait_for(lambda: self.worker.engine.version >= version)
+        return await player.play_all(items)
+
+    async def rollout(self, items: list[Item], greedy: bool = False) -> Rollout:
+        return await self._player().play_all(items, greedy)
+
+    async def sync(self, buckets: list, version: int) -> None:
+        """Load a sync's buckets (Ray object refs) and sample with `version` from the next engine step on."""
+        self._player()
+        loaded = [await bucket for bucket in buckets]
+        for bucket in loaded:
+            self.worker.update_weights(bucket)
+        self.worker.finish_sync(version)
+        async with self.synced:
+            self.synced.notify_all()
+
+    async def times(self) -> RolloutTimes:
+        """Where this worker's time went since it started (`worker_s`: while any episode was live)."""
+        return self._player().times_now()
+
+    async def probe_logprobs(self, sequences: list[list[int]], version: int) -> list[list[float]]:
+        """The check after the sync to `version`, once it has landed (an async actor may start this call first)."""
+        self._player()
+        async with self.synced:
+            await self.synced.wait_for(lambda: self.worker.engine.version >= version)
+        return self.worker.probe_logprobs(sequences, version)
+
+    async def engine_name(self) -> str:
+        return self.worker.engine_name()
+
+    async def pid(self) -> int:
         return os.getpid()
 
 
@@ -130,8 +205,16 @@ class Queued:
 class LocalPool:
     """One worker in this process; calls run in the order they were made, when a result is needed."""
 
-    def __init__(self, cfg: WorkersConfig, model_path: str, env: EnvConfig, rollout_cfg: RolloutConfig, device: str):
-        self.worker = RolloutWorker(model_path, env, rollout_cfg, cfg, device)
+    def __init__(
+        self,
+        cfg: WorkersConfig,
+        model_path: str,
+        env: EnvConfig,
+        rollout_cfg: RolloutConfig,
+        device: str,
+        version: int = 0,  # the learner's updates behind the weights at model_path
+    ):
+        self.worker = RolloutWorker(model_path, env, rollout_cfg, cfg, device, version)
         self.queue: deque[Queued] = deque()
         self.restarts = 0
 
@@ -152,22 +235,22 @@ class LocalPool:
     def rollout(self, items: list[Item], greedy: bool = False) -> Queued:
         return self._submit(lambda: self.worker.rollout(items, greedy))
 
-    def sync(self, weight_buckets: Iterable) -> Queued:
-        """Load the learner's weights, given bucket by bucket: dicts of tensors, or Ray object refs
-        to them (the sharded learner's rank 0 puts each bucket in the object store)."""
+    def sync(self, weight_buckets: Iterable, version: int) -> Queued:
+        """Load the learner's weights (`version`: its updates so far), given bucket by bucket: dicts of tensors,
+        or Ray object refs to them (the sharded learner's rank 0 puts each bucket in the object store)."""
         # A snapshot: the learner goes on changing its tensors while this call waits its turn.
         parts = [_fetched(b) for b in weight_buckets]
 
         def load():
             for bucket in parts:
                 self.worker.update_weights(bucket)
-            self.worker.finish_sync()
+            self.worker.finish_sync(version)
 
         return self._submit(load)
 
-    def probe(self, sequences: list[list[int]]) -> Queued:
-        """Probe logprobs of each worker (here: one), as a list of per-worker results."""
-        return self._submit(lambda: [self.worker.probe_logprobs(sequences)])
+    def probe(self, sequences: list[list[int]], version: int) -> Queued:
+        """Probe logprobs of each worker (here: one) after the sync to `version`, as a list of per-worker results."""
+        return self._submit(lambda: [self.worker.probe_logprobs(sequences, version)])
 
     def engine_names(self) -> Queued:
         return self._submit(lambda: [self.worker.engine_name()])
@@ -222,32 +305,53 @@ def start_ray(cfg: WorkersConfig, learner_cpus: float = 0.0) -> None:
 
 
 class RayPool:
-    """Several workers as Ray actors; replaces a worker that dies and re-runs its unfinished episodes."""
+    """Several workers as Ray actors; replaces a worker that dies and re-runs its unfinished episodes.
 
-    def __init__(self, cfg: WorkersConfig, model_path: str, env: EnvConfig, rollout_cfg: RolloutConfig):
+    With `workers.partial_rollouts` the workers are `StreamWorker`s and take GRPO groups one at a time
+    (`submit_group`, `finished_groups`), besides the calls every pool takes."""
+
+    def __init__(
+        self,
+        cfg: WorkersConfig,
+        model_path: str,
+        env: EnvConfig,
+        rollout_cfg: RolloutConfig,
+        version: int = 0,  # the learner's updates behind the weights at model_path
+    ):
         import ray
 
         self.ray = ray
         start_ray(cfg)
         device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
-        self.actor = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(RolloutWorker)
-        self.args = (model_path, env, rollout_cfg, cfg, device)
+        worker_class = StreamWorker if cfg.partial_rollouts else RolloutWorker
+        self.actor = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(worker_class)
+        self.args = (model_path, env, rollout_cfg, cfg, device, version)
         self.cfg = cfg
         self.weight_refs: list = []  # the latest synced buckets, for workers started later
+        self.version = version  # their version
         self.workers = [self._start() for _ in range(cfg.num_workers)]
         self.restarts = 0
         self.dead_worker = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+        # groups in flight (partial_rollouts): their call -> (key, items, version, worker, the worker's handle)
+        self.groups: dict[Any, tuple] = {}
+        self.group_deaths = 0  # worker deaths since a group last came back
 
     def _start(self):
         worker = self.actor.remote(*self.args)
+        if self.cfg.partial_rollouts and self.weight_refs:  # a replacement starts from the latest weights
+            worker.sync.remote(self.weight_refs, self.version)
+            return worker
         for ref in self.weight_refs:  # a replacement starts from the latest weights, not the base model
             worker.update_weights.remote(ref)
         if self.weight_refs:
-            worker.finish_sync.remote()
+            worker.finish_sync.remote(self.version)
         return worker
 
-    def _replace(self, k: int, error: Exception, deaths: int, then: str) -> None:
-        """Start a new worker k (from the latest weights) after its `deaths`-th death in one call."""
+    def _replace(self, k: int, dead, error: Exception, deaths: int, then: str) -> None:
+        """Start a new worker k (from the latest weights) after its `deaths`-th death in one call; nothing when
+        worker k is no longer `dead` (another call found the death first and replaced it)."""
+        if self.workers[k] is not dead:
+            return
         if deaths > self.cfg.max_restarts:
             raise RuntimeError(f"rollout workers died {deaths} times in one call; giving up") from error
         log.warning("rollout worker %d died (%s); starting a new one and %s", k, type(error).__name__, then)
@@ -257,7 +361,7 @@ class RayPool:
     def rollout(self, items: list[Item], greedy: bool = False) -> Later:
         shards = [s for s in split_by_group(items, len(self.workers)) if s]
         calls = {
-            self.workers[k].rollout.remote([items[i] for i in shard], greedy): (k, shard)
+            self.workers[k].rollout.remote([items[i] for i in shard], greedy): (k, shard, self.workers[k])
             for k, shard in enumerate(shards)
         }
         return Later(lambda: self._gather(items, calls, greedy))
@@ -269,42 +373,58 @@ class RayPool:
         restarts_here = 0
         while calls:
             ready, _ = ray.wait(list(calls), num_returns=1)
-            k, shard = calls.pop(ready[0])
+            k, shard, handle = calls.pop(ready[0])
             try:
                 shard_rollout = ray.get(ready[0])
             except self.dead_worker as e:
                 restarts_here += 1
-                self._replace(k, e, restarts_here, f"re-running its {len(shard)} episodes")
-                calls[self.workers[k].rollout.remote([items[i] for i in shard], greedy)] = (k, shard)
+                self._replace(k, handle, e, restarts_here, f"re-running its {len(shard)} episodes")
+                calls[self.workers[k].rollout.remote([items[i] for i in shard], greedy)] = (k, shard, self.workers[k])
                 continue
             for i, episode in zip(shard, shard_rollout.episodes):
                 results[i] = episode
             times = times.add(shard_rollout.times)
         return Rollout(results, times)
 
-    def sync(self, weight_buckets: Iterable) -> Later:
-        """Send the learner's weights, bucket by bucket (dicts of tensors, or Ray object refs to them),
-        to every worker."""
+    def sync(self, weight_buckets: Iterable, version: int) -> Later:
+        """Send the learner's weights (`version`: its updates so far), bucket by bucket (dicts of tensors, or Ray
+        object refs to them), to every worker."""
         # Each bucket goes into the object store once and every worker reads it from there, as numpy
         # arrays (zero-copy reads; a torch tensor would be pickled and copied again on every worker).
         # A bucket already there (from a sharded learner's rank 0) is passed on by reference:
         # its bytes skip this process.
         # Each bucket is sent to the workers as soon as it exists; a worker runs its calls in order.
-        self.weight_refs, calls = [], []
+        self.weight_refs, self.version, calls = [], version, []
+        if self.cfg.partial_rollouts:  # one call per worker (see StreamWorker)
+            self.weight_refs = [
+                self.ray.put({k: to_numpy(v) for k, v in b.items()}) if isinstance(b, dict) else b
+                for b in weight_buckets
+            ]
+            calls = [w.sync.remote(self.weight_refs, version) for w in self.workers]
+            return Later(lambda: self._synced(calls))
         for b in weight_buckets:
             ref = self.ray.put({k: to_numpy(v) for k, v in b.items()}) if isinstance(b, dict) else b
             self.weight_refs.append(ref)
             calls += [w.update_weights.remote(ref) for w in self.workers]
         calls += [
-            w.finish_sync.remote() for w in self.workers
+            w.finish_sync.remote(version) for w in self.workers
         ]  # runs after its worker's last bucket (actor calls run in order)
-        return Later(lambda: self.ray.get(calls))
+        return Later(lambda: self._synced(calls))
 
-    def probe(self, sequences: list[list[int]]) -> Later:
-        calls = [w.probe_logprobs.remote(sequences) for w in self.workers]
-        return Later(lambda: [self._probe_one(k, ref, sequences) for k, ref in enumerate(calls)])
+    def _synced(self, calls: list) -> None:
+        """Wait for a sync's calls. A worker that died is left to the probe that follows, which replaces it."""
+        for call in calls:
+            try:
+                self.ray.get(call)
+            except self.dead_worker:
+                pass
 
-    def _probe_one(self, k: int, ref, sequences: list[list[int]]) -> list[list[float]]:
+    def probe(self, sequences: list[list[int]], version: int) -> Later:
+        """Probe logprobs of each worker after the sync to `version`, as a list of per-worker results."""
+        calls = [(w, w.probe_logprobs.remote(sequences, version)) for w in self.workers]
+        return Later(lambda: [self._probe_one(k, w, ref, sequences, version) for k, (w, ref) in enumerate(calls)])
+
+    def _probe_one(self, k: int, worker, ref, sequences: list[list[int]], version: int) -> list[list[float]]:
         # A worker that died after its rollout (during the update or the sync) is found here, the
         # first call after a sync that the trainer waits for; its replacement loads the synced weights.
         deaths = 0
@@ -313,8 +433,53 @@ class RayPool:
                 return self.ray.get(ref)
             except self.dead_worker as e:
                 deaths += 1
-                self._replace(k, e, deaths, "probing it again")
-                ref = self.workers[k].probe_logprobs.remote(sequences)
+                self._replace(k, worker, e, deaths, "probing it again")
+                worker = self.workers[k]
+                ref = worker.probe_logprobs.remote(sequences, version)
+
+    # ------------------------------------------------------------------ one group at a time (partial_rollouts)
+
+    def submit_group(self, key: Hashable, items: list[Item], version: int) -> None:
+        """Start one GRPO group on the worker with the fewest groups in flight, once it holds `version`."""
+        load = [0] * len(self.workers)
+        for _, _, _, k, _ in self.groups.values():
+            load[k] += 1
+        self._submit(load.index(min(load)), key, items, version)
+
+    def _submit(self, k: int, key: Hashable, items: list[Item], version: int) -> None:
+        self.groups[self.workers[k].play.remote(items, version)] = (key, items, version, k, self.workers[k])
+
+    def finished_groups(self, block: bool) -> list[tuple[Hashable, Rollout]]:
+        """The groups that have finished, as (key, rollout); `block`: wait for at least one.
+        A dead worker is replaced and its groups in flight start again on the new one."""
+        out = []
+        while self.groups and not out:
+            ready, _ = self.ray.wait(list(self.groups), num_returns=len(self.groups), timeout=0)
+            if not ready and block:
+                ready, _ = self.ray.wait(list(self.groups), num_returns=1)
+            for ref in ready:
+                key, items, version, k, handle = self.groups.pop(ref)
+                try:
+                    out.append((key, self.ray.get(ref)))
+                    self.group_deaths = 0
+                except self.dead_worker as e:
+                    if self.workers[k] is handle:  # the first of its calls to say so
+                        self.group_deaths += 1
+                    self._replace(k, handle, e, self.group_deaths, "re-running its groups in flight")
+                    self._submit(k, key, items, max(version, self.version))
+            if not block:
+                break
+        return out
+
+    def times(self) -> list[RolloutTimes]:
+        """Each worker's times since it started (partial_rollouts); a worker that just died: none."""
+        out = []
+        for call in [w.times.remote() for w in self.workers]:
+            try:
+                out.append(self.ray.get(call))
+            except self.dead_worker:
+                out.append(RolloutTimes())
+        return out
 
     def engine_names(self) -> Later:
         calls = [w.engine_name.remote() for w in self.workers]

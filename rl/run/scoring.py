@@ -56,6 +56,26 @@ def report_failures(episodes: list[Episode], where: str) -> None:
             )
 
 
+def staleness_metrics(episodes: list[Episode], step: int) -> dict[str, float]:
+    """How far behind the update of `step` (which starts from version step - 1) the trained episodes were sampled.
+
+    An episode's staleness counts from its oldest token: staleness/max and /mean over the episodes,
+    staleness/episodes_K how many were K versions behind (a histogram per step), staleness/mixed_share the
+    share whose tokens came from more than one version (a sync reached them in flight)."""
+    sampled = [ep for ep in episodes if not ep.failed and ep.oldest_version is not None]
+    ages = [step - 1 - ep.oldest_version for ep in sampled]
+    if not ages:
+        return {}
+    out = {
+        "staleness/max": float(max(ages)),
+        "staleness/mean": float(np.mean(ages)),
+        "staleness/mixed_share": sum(len({v for v in ep.versions if v >= 0}) > 1 for ep in sampled) / len(sampled),
+    }
+    for age in range(max(ages) + 1):
+        out[f"staleness/episodes_{age}"] = float(ages.count(age))
+    return out
+
+
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     """Reward, score and length statistics over the episodes that did not fail."""
     ok = [ep for ep in episodes if not ep.failed]

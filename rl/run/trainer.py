@@ -1,10 +1,14 @@
 """The training loop: sample tasks, roll out G episodes each, score, compute advantages, update, sync weights, log.
 
 Rollouts run on a worker pool (`rl/rollout/workers.py`): one worker in this process, or
-Ray actors. With `workers.async_steps=1` the rollouts of step k+1 run while the
-learner does step k (one-step-off); each episode keeps its sampling logprobs, so
-the learner can correct for the one-step lag (`algo.tis_cap`). After each weight
-sync the engines' logprobs on a fixed probe batch must match the learner's.
+Ray actors. `workers.max_staleness=K` lets rollouts run ahead of the learner: no trained
+token was sampled more than K updates before the update that trains on it. Without
+partial rollouts the rollouts of steps k+1..k+K run while the learner does step k (K=1:
+one-step-off); with them (`workers.partial_rollouts`, rl/run/stream.py) groups start as
+the bound admits them and go on across weight syncs. Each token keeps its sampling
+logprob and the version that sampled it, so the learner can correct for the lag
+(`algo.tis_cap`, `algo.tis_mode`). After each weight sync the engines' logprobs on a
+fixed probe batch must match the learner's.
 
 Run directory layout:
     config.yaml            the resolved config
@@ -20,9 +24,10 @@ Run directory layout:
     timings.json           seconds per stage in the last invocation: model build, SFT, rollout, learner,
                            weight sync, eval
     checkpoints/step_N/    model/ (a Hugging Face directory) and state.pt (optimizer, scheduler,
-                           task order, RNG, step, and in async mode the rollouts already made
-                           for the next steps); with learner.world_size > 1 the optimizer and
-                           model states are in dcp/, one shard file per rank (torch.distributed.checkpoint);
+                           task order, RNG, step, and with max_staleness > 0 the rollouts already
+                           made for later steps, those in flight played to their end first); with
+                           learner.world_size > 1 the optimizer and model states are in dcp/, one
+                           shard file per rank (torch.distributed.checkpoint);
                            `resume=RUN_DIR` continues from the latest, `resume=RUN_DIR@STEP` from
                            an earlier one (the later steps' files move to abandoned/from_step_N/)
 """
@@ -54,9 +59,19 @@ from rl.episode import Episode, Item
 from rl.learn import algos, credit
 from rl.learn.learner import Learner
 from rl.rollout.chat import TurnFormatter
+from rl.rollout.timing import Rollout, RolloutTimes
 from rl.rollout.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
-from rl.run.scoring import env_metrics, episode_metrics, episode_seed, eval_items, report_failures, reward_episodes
+from rl.run.scoring import (
+    env_metrics,
+    episode_metrics,
+    episode_seed,
+    eval_items,
+    report_failures,
+    reward_episodes,
+    staleness_metrics,
+)
 from rl.run.start import starting_model
+from rl.run.stream import Group, GroupStream
 from rl.run_dir import abandon_after, load_failed, plan_run, start_over
 from rl.view.plots import plot_run
 
@@ -100,7 +115,6 @@ class Submission:
     step: int
     items: list[Item]  # one per episode
     rollout: Any  # .result() -> Rollout (a pool's future)
-    version: int  # updates applied to the weights the engines sample with
 
 
 class Trainer:
@@ -124,6 +138,12 @@ class Trainer:
         # The model RL starts from: the given or a freshly built tiny one, after the SFT stage if there is one.
         base, self.timings = starting_model(cfg, self.run_dir)
         policy = checkpoint / "model" if checkpoint else base
+        state = None
+        if checkpoint:
+            try:
+                state = torch.load(checkpoint / "state.pt", weights_only=False)
+            except Exception as e:  # truncated or damaged: say which file, and which checkpoints there are besides
+                raise load_failed(checkpoint / "state.pt", e) from None
 
         if cfg.learner.world_size > 1:
             from rl.learn.sharding import ShardedLearner  # Ray and torch.distributed only when sharded
@@ -135,10 +155,11 @@ class Trainer:
         else:
             self.learner = Learner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
+        version = state["step"] if state else 0  # the updates behind the weights the engines load
         if cfg.workers.ray:
-            self.pool = RayPool(cfg.workers, str(policy), cfg.env, cfg.rollout)
+            self.pool = RayPool(cfg.workers, str(policy), cfg.env, cfg.rollout, version)
         else:
-            self.pool = LocalPool(cfg.workers, str(policy), cfg.env, cfg.rollout, str(self.learner.device))
+            self.pool = LocalPool(cfg.workers, str(policy), cfg.env, cfg.rollout, str(self.learner.device), version)
         self.engine = ", ".join(sorted(set(self.pool.engine_names().result())))  # e.g. "vllm 0.32.0 cpu float32"
         formatter = TurnFormatter(self.tokenizer, cfg.rollout.observation_role)
         self.probe_batch = [formatter.prompt_ids(t.prompt) for t in self.train_tasks[:4]]
@@ -147,17 +168,23 @@ class Trainer:
         # set (by Ctrl-C in the CLI) to end `train` after the current step, with a checkpoint
         self.stop_requested = False
         self.pending: deque[Submission] = deque()
-        if checkpoint:
-            try:
-                state = torch.load(checkpoint / "state.pt", weights_only=False)
-            except Exception as e:  # truncated or damaged: say which file, and which checkpoints there are besides
-                raise load_failed(checkpoint / "state.pt", e) from None
+        self.stream = None
+        if cfg.workers.partial_rollouts:
+            total = cfg.steps * cfg.rollout.tasks_per_step
+            self.stream = GroupStream(self.pool, cfg.workers.max_staleness, cfg.rollout.tasks_per_step, total)
+        self.step_end = time.perf_counter()  # when the last step ended: a step's wall time counts from there
+        self.unchecked = None  # the last sync, until its probe is checked: (its call, the probe's, the learner's)
+        self.worker_times: list[RolloutTimes] = []  # the stream's workers' times when the last step ended
+        if state:
             self.learner.load_state(state["learner"], checkpoint)
             self.task_order.load_state_dict(state["task_order"])
             torch.set_rng_state(state["torch_rng"])
             self.step = state["step"]
-            for step, items, rolled, version in state["pending"]:
-                self.pending.append(Submission(step, items, Later(lambda rolled=rolled: rolled), version))
+            for step, items, rolled in state["pending"]:
+                self.pending.append(Submission(step, items, Later(lambda rolled=rolled: rolled)))
+            if self.stream is not None:
+                admitted, groups = state["stream"]
+                self.stream.restore(admitted, [Group(*g) for g in groups])
         self._open_logs()
         if checkpoint:
             abandon_after(
@@ -226,17 +253,66 @@ class Trainer:
             for g, task in enumerate(tasks)
             for j in range(G)
         ]
-        return Submission(step, items, self.pool.rollout(items), version=self.step)
+        return Submission(step, items, self.pool.rollout(items))
 
-    def train_step(self, sub: Submission) -> dict[str, float]:
-        cfg, step = self.cfg, sub.step
+    def group_items(self, n: int) -> list[Item]:
+        """The episodes of the stream's n-th group: the task and seeds of `submit`'s (n % N)-th group of step
+        n // N + 1."""
+        G, N = self.cfg.rollout.group_size, self.cfg.rollout.tasks_per_step
+        step, g = n // N + 1, n % N
+        task = self.train_tasks[self.task_order.take(1)[0]]
+        return [Item(task, g, episode_seed(self.cfg.seed, step, g * G + j)) for j in range(G)]
+
+    def next_rollout(self) -> tuple[int, Rollout, dict[str, float]]:
+        """The rollouts the next step trains on: (its step, them, metrics of where they came from). Starts
+        the rollouts the staleness bound allows beside them."""
+        cfg = self.cfg
+        if self.stream is None:
+            # Keep the rollouts of the next `max_staleness` steps running while the learner works.
+            next_step = self.pending[-1].step + 1 if self.pending else self.step + 1
+            while next_step <= cfg.steps and len(self.pending) <= cfg.workers.max_staleness:
+                self.pending.append(self.submit(next_step))
+                next_step += 1
+            sub = self.pending.popleft()
+            rolled = sub.rollout.result()
+            return sub.step, rolled, {"time/rollout_idle_share": self.rollout_idle(rolled.times.worker_s)}
+        self.stream.admit(self.step, self.group_items)
+        self.stream.collect()
+        ready, playing = self.stream.counts()
+        groups = self.stream.take(self.step + 1)
+        episodes = []
+        for i, group in enumerate(groups):  # group ids: the GRPO groups of this batch
+            for ep in group.rollout.episodes:
+                ep.group = i
+                episodes.append(ep)
+        now = self.pool.times()  # each worker's times since it started
+        before = self.worker_times or [RolloutTimes() for _ in now]
+        times = RolloutTimes()
+        for a, b in zip(now, before):
+            times = times.add(a.since(b) if a.worker_s >= b.worker_s else a)  # a replaced worker starts from 0
+        self.worker_times = now
+        times.episodes, times.last_episode_s = len(episodes), time.perf_counter() - self.step_end
+        metrics = {
+            "queue/ready_groups": float(ready),
+            "queue/playing_groups": float(playing),
+            "time/rollout_idle_share": self.rollout_idle(times.worker_s),
+        }
+        return self.step + 1, Rollout(episodes, times), metrics
+
+    def rollout_idle(self, busy_s: float) -> float:
+        """The share of the time since the last step ended that the workers had no episode to play."""
+        workers = self.cfg.workers.num_workers if self.cfg.workers.ray else 1
+        return max(0.0, 1.0 - busy_s / max(workers * (time.perf_counter() - self.step_end), 1e-9))
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
         t0 = time.perf_counter()
-        rolled = sub.rollout.result()
+        step, rolled, metrics = self.next_rollout()
+        waited = time.perf_counter() - t0
         episodes = rolled.episodes
         reward_episodes(episodes, self.reward_fn)
         t1 = time.perf_counter()
 
-        metrics: dict[str, float] = {}
         trained = episodes
         if cfg.algo.dynamic_sampling:  # before the engines sleep: it may sample more groups
             trained = self.dynamic_sampling(step, episodes, metrics)
@@ -246,10 +322,10 @@ class Trainer:
         valid = [i for i, ep in enumerate(trained) if not ep.failed]
         batch = None
         if valid:
-            batch = self.make_batch([trained[i] for i in valid], sub.version)
+            batch = self.make_batch([trained[i] for i in valid])
             metrics.update({f"learner/{k}": v for k, v in self.learner.update(batch).items()})
         t2 = time.perf_counter()
-        metrics["sync/probe_max_abs"] = self.sync()
+        metrics.update(self.sync(version=step))
         if sleeping:
             self.pool.wake_up().result()
         t3 = time.perf_counter()
@@ -258,31 +334,33 @@ class Trainer:
         metrics.update(episode_metrics(episodes))
         # Acc@t1, EM, recovery ... of the step's own samples
         metrics.update({f"train/{k}": v for k, v in env_metrics(self.spec, episodes).items()})
+        metrics.update(staleness_metrics(trained, step))
         policy_tokens = sum(sum(ep.loss_mask) for ep in episodes)
         metrics.update(
             {
-                "episodes/staleness": float(step - 1 - sub.version),
                 "workers/restarts": float(self.pool.restarts),
                 "time/rollout_wait": t1 - t0,
                 "time/update": t2 - t1,
                 "time/sync": t3 - t2,
+                "time/trainer_idle_share": waited / max(t3 - self.step_end, 1e-9),
                 "throughput/policy_tokens_per_s": policy_tokens / max(t3 - t0, 1e-9),
                 **rolled.times.metrics(),  # where the rollout's own time went: engine, envs, the last episode
             }
         )
+        self.step_end = t3
         report_failures(episodes, f"step {step}")
         if cfg.log_episodes:
             self._write_episodes(step, trained, dict(zip(valid, range(len(valid)))), batch)
         return metrics
 
-    def make_batch(self, episodes: list[Episode], version: int) -> Batch:
+    def make_batch(self, episodes: list[Episode]) -> Batch:
         """The scored episodes as the learner takes them
         (with the judge spans when `algo.judge_advantage` credits them apart)."""
         algo = self.cfg.algo
         judge = (
             [credit.judge_mask(ep, self.tokenizer, algo.judge_tag) for ep in episodes] if algo.judge_advantage else None
         )
-        return Batch.from_episodes(episodes, version, judge)
+        return Batch.from_episodes(episodes, judge)
 
     def dynamic_sampling(self, step: int, episodes: list[Episode], metrics: dict[str, float]) -> list[Episode]:
         """DAPO: drop groups whose rewards are all equal (no signal) and sample replacement groups, at most
@@ -320,20 +398,36 @@ class Trainer:
         metrics["dapo/kept_groups"] = float(len({ep.group for ep in kept}))
         return kept or episodes
 
-    def sync(self) -> float:
-        """Send the learner's weights to every engine, then check them on the probe batch."""
-        self.pool.sync(self.learner.weight_buckets(self.cfg.workers.bucket_mb))
-        expected = self.learner.probe_logprobs(self.probe_batch)
-        return check_probe(self.pool.probe(self.probe_batch).result(), expected, self.cfg.workers.probe_tolerance)
+    def sync(self, version: int) -> dict[str, float]:
+        """Send the learner's weights (`version`: its updates so far) to every engine, then check them on the
+        probe batch. With partial rollouts the trainer does not wait for the workers to load them: the check
+        runs before the next sync or evaluation, and its metric goes with the step that ran it."""
+        checked = self.check_sync()
+        sent = self.pool.sync(self.learner.weight_buckets(self.cfg.workers.bucket_mb), version)
+        self.unchecked = (
+            sent,
+            self.pool.probe(self.probe_batch, version),
+            self.learner.probe_logprobs(self.probe_batch),
+        )
+        return checked if self.stream is not None else self.check_sync()
+
+    def check_sync(self) -> dict[str, float]:
+        """The check of the last sync, if not yet made: {"sync/probe_max_abs": the largest |engine - learner|}."""
+        if self.unchecked is None:
+            return {}
+        (sent, probe, expected), self.unchecked = self.unchecked, None
+        sent.result()
+        return {"sync/probe_max_abs": check_probe(probe.result(), expected, self.cfg.workers.probe_tolerance)}
 
     # ------------------------------------------------------------ evaluation and checkpoints
 
     def evaluate(self) -> dict[str, float]:
+        checked = self.check_sync()  # the engines evaluate the learner's latest weights
         episodes = self.pool.rollout(eval_items(self.eval_tasks, self.cfg.seed), greedy=True).result().episodes
         reward_episodes(episodes, self.reward_fn)
         report_failures(episodes, f"evaluation at step {self.step}")
         metrics = {**episode_metrics(episodes), **env_metrics(self.spec, episodes)}
-        return {f"eval/{k}": v for k, v in metrics.items()}
+        return {**checked, **{f"eval/{k}": v for k, v in metrics.items()}}
 
     def save(self) -> Path:
         final = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
@@ -346,9 +440,13 @@ class Trainer:
             "learner": self.learner.save_state(tmp),
             "task_order": self.task_order.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            # Rollouts already made for later steps (async mode), so a resumed run trains on the same ones.
-            "pending": [(p.step, p.items, p.rollout.result(), p.version) for p in self.pending],
+            # Rollouts already made for later steps (max_staleness > 0), so a resumed run trains on the same ones.
+            "pending": [(p.step, p.items, p.rollout.result()) for p in self.pending],
         }
+        if self.stream is not None:  # the groups in flight are played to their end: nothing is lost or played twice
+            groups = self.stream.drain()
+            queued = [(g.number, g.items, g.version, g.rollout, g.finished) for g in groups]
+            state["stream"] = (self.stream.admitted, queued)
         torch.save(state, tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # a checkpoint directory is complete or absent
@@ -360,13 +458,9 @@ class Trainer:
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step")
         last: dict[str, float] = {}
+        self.step_end = time.perf_counter()
         while self.step < cfg.steps and not self.stop_requested:
-            # Keep the rollouts of the next `async_steps` steps running while the learner works.
-            next_step = self.pending[-1].step + 1 if self.pending else self.step + 1
-            while next_step <= cfg.steps and len(self.pending) <= cfg.workers.async_steps:
-                self.pending.append(self.submit(next_step))
-                next_step += 1
-            last = self.train_step(self.pending.popleft())
+            last = self.train_step()
             for stage, key in (("rollout", "time/rollout_wait"), ("learner", "time/update"), ("sync", "time/sync")):
                 self.timings[stage] = self.timings.get(stage, 0.0) + last[key]
             if cfg.eval_every and self.step % cfg.eval_every == 0:
