@@ -212,11 +212,10 @@ class VLLMEngine:
 
     def step(self) -> list[tuple[Hashable, Generation]]:
         """One scheduler step of vLLM (a decode token for every running request, prefills in its token budget)."""
-        finished, self._finished = self._finished, []
         if self._keys:
             self._check_ready()
             self._step_engine()
-            finished, self._finished = finished + self._finished, []
+        finished, self._finished = self._finished, []
         return finished
 
     def _step_engine(self) -> list:

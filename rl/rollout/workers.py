@@ -133,29 +133,26 @@ class StreamWorker:
     """
 
     def __init__(self, *args):
-        self.worker = RolloutWorker(*args)
-        self.player: Player | None = None  # made on the actor's loop, by its first call
+        self.worker = w = RolloutWorker(*args)
+        # asyncio objects bind to the loop that first uses them: the actor's, though made here
+        self.player = Player(w.engine, w.formatter, w.make_env, w.cfg)
+        self.synced = asyncio.Condition()  # notified when a sync has finished
 
-    def _player(self) -> Player:
-        if self.player is None:
-            w = self.worker
-            self.player = Player(w.engine, w.formatter, w.make_env, w.cfg)
-            self.synced = asyncio.Condition()  # notified when a sync has finished
-        return self.player
+    async def _holding(self, version: int) -> None:
+        """Return once the engine holds weights of `version` or later."""
+        async with self.synced:
+            await self.synced.wait_for(lambda: self.worker.engine.version >= version)
 
     async def play(self, items: list[Item], version: int) -> Rollout:
         """One GRPO group (or several), started once the engine holds weights of `version` or later."""
-        player = self._player()
-        async with self.synced:
-            await self.synced.wait_for(lambda: self.worker.engine.version >= version)
-        return await player.play_all(items)
+        await self._holding(version)
+        return await self.player.play_all(items)
 
     async def rollout(self, items: list[Item], greedy: bool = False) -> Rollout:
-        return await self._player().play_all(items, greedy)
+        return await self.player.play_all(items, greedy)
 
     async def sync(self, buckets: list, version: int) -> None:
         """Load a sync's buckets (Ray object refs) and sample with `version` from the next engine step on."""
-        self._player()
         loaded = [await bucket for bucket in buckets]
         for bucket in loaded:
             self.worker.update_weights(bucket)
@@ -165,13 +162,11 @@ class StreamWorker:
 
     async def times(self) -> RolloutTimes:
         """Where this worker's time went since it started (`worker_s`: while any episode was live)."""
-        return self._player().times_now()
+        return self.player.times_now()
 
     async def probe_logprobs(self, sequences: list[list[int]], version: int) -> list[list[float]]:
         """The check after the sync to `version`, once it has landed (an async actor may start this call first)."""
-        self._player()
-        async with self.synced:
-            await self.synced.wait_for(lambda: self.worker.engine.version >= version)
+        await self._holding(version)
         return self.worker.probe_logprobs(sequences, version)
 
     async def engine_name(self) -> str:
@@ -335,6 +330,7 @@ class RayPool:
         # groups in flight (partial_rollouts): their call -> (key, items, version, worker, the worker's handle)
         self.groups: dict[Any, tuple] = {}
         self.group_deaths = 0  # worker deaths since a group last came back
+        self.times_seen = [RolloutTimes() for _ in self.workers]  # each worker's `times()` when last asked
 
     def _start(self):
         worker = self.actor.remote(*self.args)
@@ -357,6 +353,7 @@ class RayPool:
         log.warning("rollout worker %d died (%s); starting a new one and %s", k, type(error).__name__, then)
         self.restarts += 1
         self.workers[k] = self._start()
+        self.times_seen[k] = RolloutTimes()
 
     def rollout(self, items: list[Item], greedy: bool = False) -> Later:
         shards = [s for s in split_by_group(items, len(self.workers)) if s]
@@ -393,22 +390,18 @@ class RayPool:
         # arrays (zero-copy reads; a torch tensor would be pickled and copied again on every worker).
         # A bucket already there (from a sharded learner's rank 0) is passed on by reference:
         # its bytes skip this process.
-        # Each bucket is sent to the workers as soon as it exists; a worker runs its calls in order.
+        # Each bucket is sent to the workers as soon as it exists; a worker runs its calls in order (a
+        # StreamWorker, whose calls may start out of order, takes the whole sync in one call).
         self.weight_refs, self.version, calls = [], version, []
-        if self.cfg.partial_rollouts:  # one call per worker (see StreamWorker)
-            self.weight_refs = [
-                self.ray.put({k: to_numpy(v) for k, v in b.items()}) if isinstance(b, dict) else b
-                for b in weight_buckets
-            ]
-            calls = [w.sync.remote(self.weight_refs, version) for w in self.workers]
-            return Later(lambda: self._synced(calls))
         for b in weight_buckets:
             ref = self.ray.put({k: to_numpy(v) for k, v in b.items()}) if isinstance(b, dict) else b
             self.weight_refs.append(ref)
-            calls += [w.update_weights.remote(ref) for w in self.workers]
-        calls += [
-            w.finish_sync.remote(version) for w in self.workers
-        ]  # runs after its worker's last bucket (actor calls run in order)
+            if not self.cfg.partial_rollouts:
+                calls += [w.update_weights.remote(ref) for w in self.workers]
+        if self.cfg.partial_rollouts:  # one call per worker, once every bucket is there (see StreamWorker)
+            calls = [w.sync.remote(self.weight_refs, version) for w in self.workers]
+        else:  # runs after its worker's last bucket (actor calls run in order)
+            calls += [w.finish_sync.remote(version) for w in self.workers]
         return Later(lambda: self._synced(calls))
 
     def _synced(self, calls: list) -> None:
@@ -471,15 +464,16 @@ class RayPool:
                 break
         return out
 
-    def times(self) -> list[RolloutTimes]:
-        """Each worker's times since it started (partial_rollouts); a worker that just died: none."""
-        out = []
-        for call in [w.times.remote() for w in self.workers]:
+    def times(self) -> RolloutTimes:
+        """The workers' times since the last call, summed (partial_rollouts); a worker that just died adds none."""
+        total = RolloutTimes()
+        for k, call in enumerate([w.times.remote() for w in self.workers]):
             try:
-                out.append(self.ray.get(call))
+                now = self.ray.get(call)
             except self.dead_worker:
-                out.append(RolloutTimes())
-        return out
+                continue
+            total, self.times_seen[k] = total.add(now.since(self.times_seen[k])), now
+        return total
 
     def engine_names(self) -> Later:
         calls = [w.engine_name.remote() for w in self.workers]

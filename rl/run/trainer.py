@@ -59,7 +59,7 @@ from rl.episode import Episode, Item
 from rl.learn import algos, credit
 from rl.learn.learner import Learner
 from rl.rollout.chat import TurnFormatter
-from rl.rollout.timing import Rollout, RolloutTimes
+from rl.rollout.timing import Rollout
 from rl.rollout.workers import Later, LocalPool, RayPool, check_engine_installed, check_probe, start_ray
 from rl.run.scoring import (
     env_metrics,
@@ -174,7 +174,6 @@ class Trainer:
             self.stream = GroupStream(self.pool, cfg.workers.max_staleness, cfg.rollout.tasks_per_step, total)
         self.step_end = time.perf_counter()  # when the last step ended: a step's wall time counts from there
         self.unchecked = None  # the last sync, until its probe is checked: (its call, the probe's, the learner's)
-        self.worker_times: list[RolloutTimes] = []  # the stream's workers' times when the last step ended
         if state:
             self.learner.load_state(state["learner"], checkpoint)
             self.task_order.load_state_dict(state["task_order"])
@@ -285,12 +284,7 @@ class Trainer:
             for ep in group.rollout.episodes:
                 ep.group = i
                 episodes.append(ep)
-        now = self.pool.times()  # each worker's times since it started
-        before = self.worker_times or [RolloutTimes() for _ in now]
-        times = RolloutTimes()
-        for a, b in zip(now, before):
-            times = times.add(a.since(b) if a.worker_s >= b.worker_s else a)  # a replaced worker starts from 0
-        self.worker_times = now
+        times = self.pool.times()  # the workers' since the last step
         times.episodes, times.last_episode_s = len(episodes), time.perf_counter() - self.step_end
         metrics = {
             "queue/ready_groups": float(ready),
