@@ -4,6 +4,7 @@ Run from the repository root:
 
     python benchmarks/distributed.py                  # a ~100M-parameter Qwen2-shaped model (built from a config)
     python benchmarks/distributed.py --hidden 256 --layers 2 --steps 1   # a quick look
+    python benchmarks/distributed.py --across-nodes   # weight sync between two nodes (as root: network namespaces)
 
 Every learner runs in its own Ray actor(s) with one CPU each, so each process's peak RSS is its own:
 world_size 1 is a plain `Learner` in one actor, world_size 2 a `ShardedLearner` (FSDP2 over gloo).
@@ -16,9 +17,16 @@ Tables:
                spend inside collectives (gloo all-gathers and reduce-scatters, from torch.profiler)
   weight sync  seconds to send the whole weights to one Ray rollout worker and load them (64 MB buckets)
   LoRA         trainable parameters, model state, peak RSS and update time against full fine-tuning
+
+--across-nodes: one table instead, weight sync from the trainer's learner (world_size 1) on one node to a
+rollout worker on another, through Ray's object store and by broadcast (workers.weight_transport), for a tiny
+model and the ~100M one: seconds (median of 3 after one untimed) and GB/s of weights. The two nodes are network
+namespaces on this machine (tests/netns_cluster.py): a veth pair, no wire; the head offers no CPU, so the
+worker lands on the other node.
 """
 
 import argparse
+import json
 import resource
 import statistics
 import sys
@@ -35,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 from envs.base import Task, Trajectory
 from envs.lookup import LookupParams, sample_text
 from rewards.base import Reward
+from rl import nodes
 from rl.batch import Batch
 from rl.config import AlgoConfig, EnvConfig, LearnerConfig, RolloutConfig, TinyModelConfig, WorkersConfig
 from rl.episode import Episode
@@ -44,6 +53,7 @@ from rl.rollout.workers import RayPool
 from rl.run.tiny import train_tokenizer
 
 hf_logging.disable_progress_bar()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_model(out: Path, hidden: int, layers: int) -> Path:
@@ -182,6 +192,63 @@ def sync_seconds(model_dir: str, learner, bucket_mb: float = 64.0) -> float:
         pool.close()
 
 
+def sync_across(address: str, hidden: int, layers: int) -> dict:
+    """On the head node of a cluster: sync seconds to a worker on another node, by object store and by broadcast."""
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:  # on the filesystem every node sees
+        model_dir = str(build_model(Path(tmp) / "model", hidden, layers))
+        learner = Learner(model_dir, LearnerConfig(device="cpu"), AlgoConfig(), temperature=1.0)
+        cfg = WorkersConfig(ray=True, address=address, num_workers=1, weight_transport="broadcast")
+        pool = RayPool(cfg, model_dir, EnvConfig("lookup"), RolloutConfig())
+        try:
+            out = {
+                "params": sum(p.numel() for p in learner.model.parameters()),
+                "bytes": sum(p.numel() * p.element_size() for p in learner.model.parameters()),
+                "learner_node": nodes.node_ip(),
+                "worker_node": pool.nodes().result()[0],
+            }
+            for name, sync in (
+                ("object_store", lambda v: pool.sync(learner.weight_buckets(64.0), v)),
+                ("broadcast", lambda v: pool.broadcast(learner, v)),
+            ):
+                times = []
+                for v in range(4):
+                    start = time.perf_counter()
+                    sync(v + 1).result()
+                    times.append(time.perf_counter() - start)
+                out[name] = statistics.median(times[1:])
+            return out
+        finally:
+            pool.close()
+
+
+def across_nodes(sizes: list[tuple[int, int]]) -> None:
+    """Start a two-node cluster of network namespaces and time the syncs from its head, one model size at a time."""
+    from tests.netns_cluster import Cluster, available
+
+    why = available()
+    if why:
+        sys.exit(f"--across-nodes needs a cluster of network namespaces: {why}")
+    rows = []
+    with Cluster(nodes=2, cpus=[0, 2]) as cluster:
+        for hidden, layers in sizes:
+            command = [sys.executable, __file__, "--sync-on", cluster.address, "--hidden", str(hidden)]
+            done = cluster.run([*command, "--layers", str(layers)])
+            if done.returncode:
+                sys.exit(f"the sync on the cluster failed:\n{done.stderr[-3000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(
+        f"\nweight sync across two nodes (network namespaces on one machine): the learner on {rows[0]['learner_node']},"
+        f" 1 rollout worker on {rows[0]['worker_node']}"
+    )
+    print(f"{'model':<10}{'weights':>10}{'object store s':>16}{'GB/s':>7}{'broadcast s':>13}{'GB/s':>7}")
+    for r in rows:
+        gbps = [r["bytes"] / r[k] / 1e9 for k in ("object_store", "broadcast")]
+        print(
+            f"{r['params'] / 1e6:>8.1f}M {mb(r['bytes']):>10}{r['object_store']:>16.3f}{gbps[0]:>7.2f}"
+            f"{r['broadcast']:>13.3f}{gbps[1]:>7.2f}"
+        )
+
+
 def mb(n: float) -> str:
     return f"{n / 2**20:,.0f} MB"
 
@@ -194,7 +261,15 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64, help="tokens per episode")
     parser.add_argument("--steps", type=int, default=2, help="timed updates per configuration (after one untimed)")
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--across-nodes", action="store_true", help="weight sync between two nodes (see above)")
+    parser.add_argument("--sync-on", default="", help=argparse.SUPPRESS)  # run inside the cluster by --across-nodes
     args = parser.parse_args()
+    if args.sync_on:
+        print(json.dumps(sync_across(args.sync_on, args.hidden, args.layers)))
+        return
+    if args.across_nodes:
+        across_nodes([(256, 2), (args.hidden, args.layers)])
+        return
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -139,6 +139,9 @@ def _train(cfg: Config, command: list[str]) -> int:
     except KeyboardInterrupt:
         print("\nstopped before the first step: nothing to resume", file=sys.stderr)
         return 130
+    except LearnerRankError as e:  # the ranks could not start: which addresses, which resources
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
     def on_ctrl_c(signum, frame):
         if trainer.stop_requested:

@@ -62,6 +62,8 @@ VLLMDtype = Literal["auto", "float32", "bfloat16", "float16"]
 SFTSchedule = Literal["constant", "cosine"]
 ObservationRole = Literal["user", "tool", "system"]
 Schedule = Literal["reproducible", "overlap", "lockstep"]
+WorkerPlacement = Literal["default", "spread"]
+WeightTransport = Literal["object_store", "broadcast"]
 LORA_TARGETS = (
     "q_proj",
     "k_proj",
@@ -386,6 +388,11 @@ class LearnerConfig(Options):
     gpus_per_rank: float = 0.0
     #: a learner rank (or one of its collectives) silent this long fails the step (world_size > 1)
     timeout_s: float = 600.0
+    #: at the start, each rank tries this long to reach every other rank before the run fails (world_size > 1)
+    connect_timeout_s: float = 10.0
+    #: network interface of the ranks' collectives (GLOO_/NCCL_SOCKET_IFNAME); empty: the one holding each
+    #: rank's Ray node address (or the node's own GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME, where set)
+    socket_ifname: str = ""
     #: LoRA adapters of this rank on `lora_targets` (0 = full fine-tuning); only the adapters train
     lora_rank: int = 0
     #: LoRA scale: the update is (lora_alpha / lora_rank) * B @ A
@@ -399,6 +406,8 @@ class LearnerConfig(Options):
         super().__post_init__()
         if self.world_size < 1:
             raise ValueError(f"learner.world_size={self.world_size}: use 1 (this process) or more ranks")
+        if self.connect_timeout_s <= 0:
+            raise ValueError(f"learner.connect_timeout_s={self.connect_timeout_s:g}: a number of seconds, above 0")
         if self.lora_rank < 0:
             raise ValueError(f"learner.lora_rank={self.lora_rank}: use 0 (off) or a positive rank")
         if self.lora_rank and not self.lora_targets:
@@ -419,6 +428,9 @@ class WorkersConfig(Options):
     gpus_per_worker: float = 0.0
     #: dead workers replaced within one rollout (or one probe of a worker) before the step fails
     max_restarts: int = 3
+    #: where Ray starts the workers: default (where it finds room, this node first) or spread (over as many
+    #: nodes as it can; a replacement lands on a live node)
+    placement: WorkerPlacement = "default"
     #: K: no trained token was sampled more than K updates before the one that trains on it (0 = synchronous;
     #: 1 without partial_rollouts = one-step-off: the rollouts of step k+1 run during update k)
     max_staleness: int = 0
@@ -428,6 +440,10 @@ class WorkersConfig(Options):
     partial_rollouts: bool = False
     #: weight-sync bucket size (one object-store object and one call per bucket)
     bucket_mb: float = 64.0
+    #: how a sync reaches the workers: object_store (each bucket put in Ray's object store, every worker reads
+    #: it) or broadcast (a process group between the learner's rank 0 and the workers: gloo on the CPU, NCCL on
+    #: GPUs; a worker started later loads the weights through the object store)
+    weight_transport: WeightTransport = "object_store"
     #: largest |engine - learner| logprob on the probe batch after a sync (bf16 vLLM: ~0.05)
     probe_tolerance: float = 1e-4
     #: hf (transformers; CPU or GPU) or vllm (GPU: pip install '.[vllm]'; CPU: docs/vllm.md)
@@ -451,6 +467,11 @@ class WorkersConfig(Options):
             raise ValueError(
                 "workers.partial_rollouts needs workers.ray=true: the in-process worker runs rollouts on the "
                 "training thread, between updates, so no generation is in flight at a sync"
+            )
+        if self.weight_transport == "broadcast" and not self.ray:
+            raise ValueError(
+                "workers.weight_transport=broadcast needs workers.ray=true: the in-process worker shares the "
+                "learner's process and takes its weights directly"
             )
         if self.partial_rollouts and not self.max_staleness:
             raise ValueError("workers.partial_rollouts needs workers.max_staleness > 0 (0 is synchronous)")

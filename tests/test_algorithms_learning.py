@@ -44,7 +44,7 @@ def test_critic_and_dynamic_sampling_resume_exactly(tmp_path):
 
     def comparable(run):
         return [
-            {k: v for k, v in m.items() if not k.startswith(("time/", "throughput/", "eval/"))}
+            {k: v for k, v in m.items() if not k.startswith(("time/", "throughput/", "eval/", "placement"))}
             for m in metrics(run)
             if "reward/mean" in m
         ]

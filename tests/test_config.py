@@ -28,6 +28,10 @@ def test_yaml_and_overrides(tmp_path):
         ("steps", "not of the form key=value"),
         ("workers.max_staleness=-1", "workers.max_staleness=-1: a number of updates"),
         ("workers.partial_rollouts=true", "workers.partial_rollouts needs workers.ray=true"),
+        ("workers.weight_transport=broadcast", "workers.weight_transport=broadcast needs workers.ray=true"),
+        ("workers.weight_transport=nccl", "workers.weight_transport"),
+        ("workers.placement=pack", "workers.placement"),
+        ("learner.connect_timeout_s=0", "learner.connect_timeout_s=0: a number of seconds, above 0"),
         ("workers={ray: true, partial_rollouts: true}", "partial_rollouts needs workers.max_staleness > 0"),
         (
             "workers={ray: true, partial_rollouts: true, max_staleness: 2}",

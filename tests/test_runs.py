@@ -44,7 +44,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if not k.startswith(("time/", "throughput/"))} for m in rows]
+    return [{k: v for k, v in m.items() if not k.startswith(("time/", "throughput/", "placement"))} for m in rows]
 
 
 def snapshot(path: Path) -> dict[str, tuple[int, int]]:

@@ -19,6 +19,7 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache
 
+from rl import nodes
 from rl.batch import Batch
 from rl.config import AlgoConfig, LearnerConfig
 from rl.learn import algos, credit, lora, losses
@@ -26,7 +27,7 @@ from rl.learn.losses import LossInputs
 from rl.learn.value import ValueHead
 from rl.model import load_model, resolve_device
 from rl.tensors import autocast, distinct_rows, forward_args, pad
-from rl.weights import bucketed
+from rl.weights import WeightGroup, bucketed
 
 
 class UpdateLoop:
@@ -82,6 +83,7 @@ class Learner(UpdateLoop):
         self.cfg, self.algo = cfg, algo
         self.temperature = temperature
         self.device = resolve_device(cfg.device)
+        self.weight_group: WeightGroup | None = None  # with workers.weight_transport=broadcast, once formed
         # With LoRA the adapters sit on the base model, whatever `model_path` holds (a checkpoint's merged weights).
         model = load_model(ref_path or model_path if cfg.lora_rank else model_path, self.device)
         # Logits (the LM head and its softmax) are needed only from the first policy token on.
@@ -418,6 +420,29 @@ class Learner(UpdateLoop):
     def weight_buckets(self, bucket_mb: float) -> Iterator[dict[str, torch.Tensor]]:
         """The weights for a sync, in buckets of about `bucket_mb` MB."""
         return bucketed(self.named_weights(), bucket_mb)
+
+    # Syncs by broadcast (workers.weight_transport=broadcast): this process is rank 0 of the weight group.
+
+    def weight_group_address(self) -> tuple[str, int]:
+        """Where the rollout workers join this learner's weight group: its node's address and a free port."""
+        ip = nodes.node_ip()
+        return ip, nodes.free_port(ip)
+
+    def join_weight_group(self, host: str, port: int, size: int, device: str, timeout_s: float) -> str:
+        """Form the weight group with the workers (they join at the same time), ending the one before; "" or why
+        that failed."""
+        if self.weight_group is not None:
+            self.weight_group.close()
+            self.weight_group = None
+        try:
+            self.weight_group = WeightGroup(host, port, 0, size, torch.device(device), timeout_s)
+        except RuntimeError as e:  # a worker that died before joining: the store's wait runs out
+            return " ".join(str(e).split())[:300]
+        return ""
+
+    def broadcast_weights(self, bucket_mb: float) -> str:
+        """Send the weights to the group's workers; "" or why that failed."""
+        return self.weight_group.send(self.weight_buckets(bucket_mb))
 
     def save_model(self, path: Path) -> None:
         """The policy as a Hugging Face model directory (LoRA: merged into the base model)."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -35,10 +34,15 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from rl import nodes
 from rl.batch import Batch, unshared
 from rl.config import AlgoConfig, LearnerConfig, import_user_modules
 from rl.learn.learner import Learner, UpdateLoop
 from rl.weights import to_numpy
+
+# Ray learns that a node is lost from its missed health checks, seconds after the ranks' collectives fail:
+# a rank failure waits this long for another rank's death to be known, to name the rank that caused it.
+DEATH_NOTICE_S = 30.0
 
 
 class LearnerRankError(RuntimeError):
@@ -101,14 +105,17 @@ class FSDPLearner(Learner):
 class LearnerRank:
     """One rank, as a Ray actor. Every method is a step all ranks take together (collectives inside)."""
 
-    def address(self) -> tuple[str, int]:
-        """Where rank 0 listens for the others to join its process group."""
-        import ray
+    def listen(self) -> tuple[str, int, int]:
+        """This rank's node address, a port there the others check they can reach, and (rank 0's) a free port
+        for the process group's rendezvous."""
+        ip = nodes.node_ip()
+        self.listener = nodes.listen(ip)
+        return ip, self.listener.getsockname()[1], nodes.free_port(ip)
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+    def unreachable(self, peers: list[tuple[str, int]], timeout: float) -> list[str]:
+        """The other ranks' addresses this rank cannot reach (the ranks try all at once, each holding its own
+        `listen` socket open)."""
+        return nodes.unreachable(peers, timeout)
 
     def setup(
         self,
@@ -128,6 +135,8 @@ class LearnerRank:
         import_user_modules(imports)  # the config's own modules: the estimators and losses they register run here too
 
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
+        self.listener.close()
+        nodes.bind_collectives(nodes.node_ip(), cfg.socket_ifname)
         cuda = cfg.device == "cuda"
         if cuda:
             torch.cuda.set_device(0)  # Ray shows each rank only its own GPU
@@ -173,6 +182,20 @@ class LearnerRank:
         if bucket is None or self.rank != 0:
             return None, bucket is not None
         return {k: to_numpy(v) for k, v in bucket.items()}, True
+
+    def weight_group_address(self) -> tuple[str, int]:
+        return self.learner.weight_group_address()
+
+    def join_weight_group(self, host: str, port: int, size: int, device: str, timeout_s: float) -> str:
+        return self.learner.join_weight_group(host, port, size, device, timeout_s)  # rank 0 only
+
+    def broadcast_weights(self, bucket_mb: float) -> str:
+        """Every rank gathers each bucket; rank 0 broadcasts it to the weight group. "" or why that failed."""
+        if self.rank == 0:
+            return self.learner.broadcast_weights(bucket_mb)
+        for _ in self.learner.weight_buckets(bucket_mb):
+            pass
+        return ""
 
     def save_model(self, path: str, bucket_mb: float) -> None:
         """The policy as a Hugging Face directory, written by rank 0 one gathered bucket per safetensors file."""
@@ -265,15 +288,24 @@ class ShardedLearner(UpdateLoop):
         gpus = cfg.gpus_per_rank > 0
         self.device = torch.device("cuda" if gpus else "cpu")
         bundle = {"CPU": cfg.cpus_per_rank} | ({"GPU": cfg.gpus_per_rank} if gpus else {})
-        self.placement = placement_group([bundle] * n, strategy="PACK")
         self.ranks: list = []
+        self.placement = None
+        room = _room(ray.nodes(), bundle)
+        if sum(room.values()) < n:
+            raise LearnerRankError(
+                f"learner.world_size={n} ranks of {bundle} do not fit this cluster: its live nodes hold "
+                + ", ".join(f"{ip}: {k}" for ip, k in room.items())
+                + " (ranks of that size, counting all of each node's resources)"
+            )
+        self.placement = placement_group([bundle] * n, strategy="PACK")
         try:
             ray.get(self.placement.ready(), timeout=cfg.timeout_s)
         except ray.exceptions.GetTimeoutError:
             self.close()
             raise LearnerRankError(
                 f"the Ray cluster could not place {n} learner ranks of "
-                f"{bundle} within learner.timeout_s={cfg.timeout_s:g}s"
+                f"{bundle} within learner.timeout_s={cfg.timeout_s:g}s (its nodes have room for "
+                f"{sum(room.values())}, but others hold their resources)"
             ) from None
         actor = ray.remote(LearnerRank)
         self.ranks = [
@@ -287,7 +319,10 @@ class ShardedLearner(UpdateLoop):
         rank_cfg = dataclasses.replace(cfg, device=self.device.type)
         ref = str(ref_path) if ref_path else None
         try:
-            ((address, port),) = self._wait([self.ranks[0].address.remote()], "start")
+            listening = self._wait([r.listen.remote() for r in self.ranks], "start")
+            self.nodes = [ip for ip, _, _ in listening]  # each rank's node address
+            self._check_reach([(ip, port) for ip, port, _ in listening])
+            address, port = self.nodes[0], listening[0][2]
             info = self._wait(
                 [
                     r.setup.remote(
@@ -302,6 +337,20 @@ class ShardedLearner(UpdateLoop):
             raise
         self.trainable_params = info["trainable_params"]
         self.has_reference, self.has_critic = info["reference"], info["critic"]
+
+    def _check_reach(self, peers: list[tuple[str, int]]) -> None:
+        """Every rank opens a TCP connection to every other's node address before the process group starts:
+        a rank that cannot fails the start within learner.connect_timeout_s, naming the addresses."""
+        timeout = self.cfg.connect_timeout_s
+        failed = self._wait(
+            [
+                r.unreachable.remote([p for j, p in enumerate(peers) if j != k], timeout)
+                for k, r in enumerate(self.ranks)
+            ],
+            "start",
+        )
+        if any(failed):
+            raise LearnerRankError(nodes.unreachable_report(self.nodes, failed, "learner.connect_timeout_s", timeout))
 
     def _wait(self, calls: list, what: str) -> list:
         """Results of one call per rank; the first rank that dies or fails, or silence past learner.timeout_s,
@@ -318,16 +367,43 @@ class ShardedLearner(UpdateLoop):
             try:
                 ray.get(ready[0])
             except ray.exceptions.RayActorError:
-                raise LearnerRankError(
-                    f"learner rank {calls.index(ready[0])} died during the "
-                    f"{what}; resume=RUN_DIR continues from the last checkpoint"
-                ) from None
+                raise self._died(calls.index(ready[0]), what) from None
             except ray.exceptions.RayTaskError as e:
+                # A collective fails on every rank when one rank's process or node is gone: name that one.
+                dead = self._dead_among(calls, pending, min(DEATH_NOTICE_S, max(0.0, deadline - time.monotonic())))
+                if dead is not None:
+                    raise self._died(dead, what) from None
                 cause = " ".join(str(e.cause).split())[:300]
                 raise LearnerRankError(
-                    f"learner rank {calls.index(ready[0])} failed during the {what}: {type(e.cause).__name__}: {cause}"
+                    f"learner rank {calls.index(ready[0])}{self._on(calls.index(ready[0]))} failed during the "
+                    f"{what}: {type(e.cause).__name__}: {cause}"
                 ) from None
         return ray.get(calls)
+
+    def _dead_among(self, calls: list, pending: list, timeout: float) -> int | None:
+        """The first rank among `pending` calls found dead within `timeout` seconds (None if none)."""
+        ray, deadline = self.ray, time.monotonic() + timeout
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return None
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayActorError:
+                return calls.index(ready[0])
+            except ray.exceptions.RayTaskError:
+                pass
+        return None
+
+    def _on(self, rank: int) -> str:
+        nodes_known = getattr(self, "nodes", None)
+        return f" (node {nodes_known[rank]})" if nodes_known else ""
+
+    def _died(self, rank: int, what: str) -> LearnerRankError:
+        return LearnerRankError(
+            f"learner rank {rank}{self._on(rank)} died during the {what}; resume=RUN_DIR continues from the last "
+            "checkpoint"
+        )
 
     # ------------------------------------------------------------ passes and steps, each rank on its share
 
@@ -379,6 +455,18 @@ class ShardedLearner(UpdateLoop):
                 return
             yield calls[0][0]
 
+    def weight_group_address(self) -> tuple[str, int]:
+        return self._wait([self.ranks[0].weight_group_address.remote()], "weight sync")[0]
+
+    def join_weight_group(self, host: str, port: int, size: int, device: str, timeout_s: float) -> str:
+        """Rank 0 forms the weight group with the rollout workers (workers.weight_transport=broadcast)."""
+        return self._wait([self.ranks[0].join_weight_group.remote(host, port, size, device, timeout_s)], "weight sync")[
+            0
+        ]
+
+    def broadcast_weights(self, bucket_mb: float) -> str:
+        return self._wait([r.broadcast_weights.remote(bucket_mb) for r in self.ranks], "weight sync")[0]
+
     def save_model(self, path: Path) -> None:
         self._wait([r.save_model.remote(str(path), 64.0) for r in self.ranks], "checkpoint")
 
@@ -400,4 +488,16 @@ class ShardedLearner(UpdateLoop):
     def close(self) -> None:
         for r in self.ranks:
             self.ray.kill(r)
-        self.ray.util.remove_placement_group(self.placement)
+        if self.placement is not None:
+            self.ray.util.remove_placement_group(self.placement)
+
+
+def _room(cluster_nodes: list[dict], bundle: dict[str, float]) -> dict[str, int]:
+    """How many bundles of `bundle` each live node of `ray.nodes()` holds, by its whole resources."""
+    room = {}
+    for node in cluster_nodes:
+        if node["Alive"]:
+            have = node["Resources"]
+            fits = [int(have.get(k, 0) // v) for k, v in bundle.items() if v > 0]
+            room[node["NodeManagerAddress"]] = min(fits) if fits else 1 << 30
+    return room

@@ -28,6 +28,7 @@ from typing import Any, Callable, Hashable, Iterable
 import numpy as np
 import torch
 
+from rl import nodes
 from rl.config import EnvConfig, RolloutConfig, WorkersConfig
 from rl.episode import Episode, Item
 from rl.model import load_model
@@ -35,7 +36,7 @@ from rl.rollout.chat import TurnFormatter
 from rl.rollout.engine import HFEngine
 from rl.rollout.loop import Player, rollout
 from rl.rollout.timing import Rollout, RolloutTimes
-from rl.weights import to_numpy
+from rl.weights import WeightGroup, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class RolloutWorker:
         spec, params = env.resolve()
         self.make_env = lambda: spec.make_env(params)
         self.cfg = rollout_cfg
+        self.device = device
+        self.weight_group: WeightGroup | None = None  # workers.weight_transport=broadcast
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         if workers_cfg.engine == "vllm":
             from rl.rollout.vllm_engine import VLLMEngine  # only now: vLLM is an optional extra
@@ -98,6 +101,23 @@ class RolloutWorker:
     def finish_sync(self, version: int) -> None:
         self.engine.finish_sync(version)
 
+    def join_weight_group(self, join: tuple) -> None:
+        """Join the learner's weight group: (host, port, this worker's rank, size, timeout_s)."""
+        if self.weight_group is not None:
+            self.weight_group.close()
+            self.weight_group = None
+        host, port, rank, size, timeout_s = join
+        self.weight_group = WeightGroup(host, port, rank, size, torch.device(self.device), timeout_s)
+
+    def receive_weights(self, version: int, join: tuple | None = None) -> None:
+        """A sync by broadcast: the buckets as the learner sends them, each loaded as it comes (after joining the
+        group first, when `join` is given)."""
+        if join is not None:
+            self.join_weight_group(join)
+        for bucket in self.weight_group.receive():
+            self.engine.update_weights(bucket)
+        self.engine.finish_sync(version)
+
     def probe_logprobs(self, sequences: list[list[int]], version: int) -> list[list[float]]:
         """The check after the sync to `version` (calls run in order, so that sync came first)."""
         if self.engine.version != version:
@@ -120,6 +140,10 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        """The address of the Ray node this worker runs on."""
+        return nodes.node_ip()
+
 
 class StreamWorker:
     """A rollout worker for fully asynchronous training (`workers.partial_rollouts`): a Ray actor whose calls run
@@ -137,6 +161,7 @@ class StreamWorker:
         # asyncio objects bind to the loop that first uses them: the actor's, though made here
         self.player = Player(w.engine, w.formatter, w.make_env, w.cfg)
         self.synced = asyncio.Condition()  # notified when a sync has finished
+        self.receiving = asyncio.Lock()  # held by a sync by broadcast
 
     async def _holding(self, version: int) -> None:
         """Return once the engine holds weights of `version` or later."""
@@ -153,8 +178,22 @@ class StreamWorker:
 
     async def sync(self, buckets: list, version: int) -> None:
         """Load a sync's buckets (Ray object refs) and sample with `version` from the next engine step on."""
-        loaded = [await bucket for bucket in buckets]
-        for bucket in loaded:
+        await self._load([await bucket for bucket in buckets], version)
+
+    async def receive_weights(self, version: int, join: tuple | None = None) -> None:
+        """A sync by broadcast: every bucket received (on a thread: the episodes go on playing meanwhile), then
+        loaded like `sync`'s. One at a time: two syncs' collectives must not interleave."""
+
+        def receive() -> list[dict]:
+            if join is not None:
+                self.worker.join_weight_group(join)
+            return list(self.worker.weight_group.receive())
+
+        async with self.receiving:
+            await self._load(await asyncio.to_thread(receive), version)
+
+    async def _load(self, buckets: list[dict], version: int) -> None:
+        for bucket in buckets:  # no await in between: no engine step sees half of them
             self.worker.update_weights(bucket)
         self.worker.finish_sync(version)
         async with self.synced:
@@ -174,6 +213,9 @@ class StreamWorker:
 
     async def pid(self) -> int:
         return os.getpid()
+
+    async def node(self) -> str:
+        return self.worker.node()
 
 
 def split_by_group(items: list[Item], n: int) -> list[list[int]]:
@@ -250,6 +292,9 @@ class LocalPool:
     def engine_names(self) -> Queued:
         return self._submit(lambda: [self.worker.engine_name()])
 
+    def nodes(self) -> Queued:
+        return self._submit(lambda: ["the trainer's process"])
+
     def sleep(self) -> Queued:
         return self._submit(self.worker.sleep)
 
@@ -319,11 +364,18 @@ class RayPool:
         start_ray(cfg)
         device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
         worker_class = StreamWorker if cfg.partial_rollouts else RolloutWorker
-        self.actor = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(worker_class)
+        self.actor = ray.remote(
+            num_cpus=cfg.cpus_per_worker,
+            num_gpus=cfg.gpus_per_worker,
+            scheduling_strategy="SPREAD" if cfg.placement == "spread" else "DEFAULT",
+        )(worker_class)
         self.args = (model_path, env, rollout_cfg, cfg, device, version)
         self.cfg = cfg
         self.weight_refs: list = []  # the latest synced buckets, for workers started later
         self.version = version  # their version
+        self.device = device
+        self.source = None  # the learner that last sent weights by broadcast (replacements fetch from it)
+        self.grouped = False  # whether the workers and the learner form a weight group (broadcast)
         self.workers = [self._start() for _ in range(cfg.num_workers)]
         self.restarts = 0
         self.dead_worker = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
@@ -334,13 +386,9 @@ class RayPool:
 
     def _start(self):
         worker = self.actor.remote(*self.args)
-        if self.cfg.partial_rollouts and self.weight_refs:  # a replacement starts from the latest weights
-            worker.sync.remote(self.weight_refs, self.version)
-            return worker
-        for ref in self.weight_refs:  # a replacement starts from the latest weights, not the base model
-            worker.update_weights.remote(ref)
-        if self.weight_refs:
-            worker.finish_sync.remote(self.version)
+        if self.weight_refs or self.source is not None:  # a replacement starts from the latest weights
+            self._load_through_store(worker)
+        self.grouped = False  # a new member: the weight group forms again at the next sync by broadcast
         return worker
 
     def _replace(self, k: int, dead, error: Exception, deaths: int, then: str) -> None:
@@ -386,15 +434,12 @@ class RayPool:
     def sync(self, weight_buckets: Iterable, version: int) -> Later:
         """Send the learner's weights (`version`: its updates so far), bucket by bucket (dicts of tensors, or Ray
         object refs to them), to every worker."""
-        # Each bucket goes into the object store once and every worker reads it from there, as numpy
-        # arrays (zero-copy reads; a torch tensor would be pickled and copied again on every worker).
-        # A bucket already there (from a sharded learner's rank 0) is passed on by reference:
-        # its bytes skip this process.
-        # Each bucket is sent to the workers as soon as it exists; a worker runs its calls in order (a
-        # StreamWorker, whose calls may start out of order, takes the whole sync in one call).
+        # Each bucket goes into the object store once and every worker reads it from there (`_put`). Each is
+        # sent to the workers as soon as it exists; a worker runs its calls in order (a StreamWorker, whose
+        # calls may start out of order, takes the whole sync in one call).
         self.weight_refs, self.version, calls = [], version, []
         for b in weight_buckets:
-            ref = self.ray.put({k: to_numpy(v) for k, v in b.items()}) if isinstance(b, dict) else b
+            ref = self._put(b)
             self.weight_refs.append(ref)
             if not self.cfg.partial_rollouts:
                 calls += [w.update_weights.remote(ref) for w in self.workers]
@@ -404,13 +449,59 @@ class RayPool:
             calls += [w.finish_sync.remote(version) for w in self.workers]
         return Later(lambda: self._synced(calls))
 
-    def _synced(self, calls: list) -> None:
-        """Wait for a sync's calls. A worker that died is left to the probe that follows, which replaces it."""
-        for call in calls:
+    def broadcast(self, learner, version: int) -> Later:
+        """Send the learner's weights (`version`: its updates so far) to every worker by broadcast
+        (`workers.weight_transport=broadcast`); returns once they are sent.
+
+        The weight group (the learner's rank 0 and the workers) forms at the first sync and again after a worker
+        is replaced. When a member fails, the sender ends the group (the others' collectives fail at once), the
+        surviving workers load this sync through the object store instead, and the group forms anew next time."""
+        cfg = self.cfg
+        self.source, self.version, self.weight_refs = learner, version, []
+        join = None
+        if not self.grouped:
+            host, port = learner.weight_group_address()
+            size, timeout = len(self.workers) + 1, learner.cfg.timeout_s
+            join = [(host, port, k + 1, size, timeout) for k in range(len(self.workers))]
+        calls = [w.receive_weights.remote(version, join and join[k]) for k, w in enumerate(self.workers)]
+        failed = learner.join_weight_group(host, port, size, self.device, timeout) if join else ""
+        failed = failed or learner.broadcast_weights(cfg.bucket_mb)
+        self.grouped = not failed
+        if failed:  # the workers' calls end at once (the sender ended the group); reload before any later call
+            log.warning("weight broadcast failed (%s); this sync goes through the object store", failed)
+            self._synced(calls, resend=True)
+            return Later(lambda: None)
+        return Later(lambda: self._synced(calls))
+
+    def _synced(self, calls: list, resend: bool = False) -> None:
+        """Wait for a sync's calls. A worker that died is left to the probe that follows, which replaces it;
+        with `resend`, a worker whose call failed otherwise (a broadcast that broke) loads the weights through
+        the object store."""
+        for k, call in enumerate(calls):
             try:
                 self.ray.get(call)
             except self.dead_worker:
                 pass
+            except self.ray.exceptions.RayTaskError:
+                if not resend:
+                    raise
+                self._load_through_store(self.workers[k])  # before the probe that follows (calls run in order)
+
+    def _load_through_store(self, worker) -> None:
+        """Hand `worker` the latest weights through the object store (fetched from the learner under broadcast)."""
+        if not self.weight_refs and self.source is not None:
+            self.weight_refs = [self._put(b) for b in self.source.weight_buckets(self.cfg.bucket_mb)]
+        if self.cfg.partial_rollouts:
+            worker.sync.remote(self.weight_refs, self.version)
+            return
+        for ref in self.weight_refs:
+            worker.update_weights.remote(ref)
+        worker.finish_sync.remote(self.version)
+
+    def _put(self, bucket):
+        """A bucket in the object store: once, as numpy arrays (zero-copy reads; a torch tensor would be pickled
+        and copied again on every worker). One already there (a sharded learner's rank 0 put it) passes as is."""
+        return self.ray.put({k: to_numpy(v) for k, v in bucket.items()}) if isinstance(bucket, dict) else bucket
 
     def probe(self, sequences: list[list[int]], version: int) -> Later:
         """Probe logprobs of each worker after the sync to `version`, as a list of per-worker results."""
@@ -477,6 +568,11 @@ class RayPool:
 
     def engine_names(self) -> Later:
         calls = [w.engine_name.remote() for w in self.workers]
+        return Later(lambda: self.ray.get(calls))
+
+    def nodes(self) -> Later:
+        """The address of each worker's node."""
+        calls = [w.node.remote() for w in self.workers]
         return Later(lambda: self.ray.get(calls))
 
     def sleep(self) -> Later:

@@ -52,7 +52,7 @@ from transformers import AutoTokenizer
 
 from envs.jsonl import read_jsonl
 from rewards import build_reward
-from rl import logs
+from rl import logs, nodes
 from rl.batch import Batch
 from rl.config import Config, to_dict
 from rl.episode import Episode, Item
@@ -161,6 +161,12 @@ class Trainer:
         else:
             self.pool = LocalPool(cfg.workers, str(policy), cfg.env, cfg.rollout, str(self.learner.device), version)
         self.engine = ", ".join(sorted(set(self.pool.engine_names().result())))  # e.g. "vllm 0.32.0 cpu float32"
+        self.placement = {  # which node each process runs on: in the log and in metrics.jsonl's first line
+            "rollout_workers": self.pool.nodes().result(),
+            "learner_ranks": getattr(self.learner, "nodes", [f"{nodes.node_ip()} (the trainer's process)"])
+            if cfg.workers.ray
+            else ["the trainer's process"],
+        }
         formatter = TurnFormatter(self.tokenizer, cfg.rollout.observation_role)
         self.probe_batch = [formatter.prompt_ids(t.prompt) for t in self.train_tasks[:4]]
         self.task_order = TaskOrder(len(self.train_tasks), cfg.seed)
@@ -199,6 +205,11 @@ class Trainer:
         log.info(
             f"learner: {cfg.learner.world_size} rank(s), {self.learner.trainable_params:,} trainable parameters{lora}"
         )
+        log.info(
+            "placement: rollout workers on %s; learner ranks on %s",
+            ", ".join(self.placement["rollout_workers"]),
+            ", ".join(self.placement["learner_ranks"]),
+        )
 
     # ------------------------------------------------------------ logging
 
@@ -215,7 +226,10 @@ class Trainer:
         self.tb = SummaryWriter(self.run_dir / "tb", purge_step=self.step + 1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.metrics_file.write(json.dumps({"step": step, "engine": self.engine, **metrics}) + "\n")
+        row = {"step": step, "engine": self.engine, **metrics}
+        if self.placement is not None:  # the first line this process writes
+            row["placement"], self.placement = self.placement, None
+        self.metrics_file.write(json.dumps(row) + "\n")
         self.metrics_file.flush()
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
@@ -397,7 +411,10 @@ class Trainer:
         probe batch. With partial rollouts the trainer does not wait for the workers to load them: the check
         runs before the next sync or evaluation, and its metric goes with the step that ran it."""
         checked = self.check_sync()
-        sent = self.pool.sync(self.learner.weight_buckets(self.cfg.workers.bucket_mb), version)
+        if self.cfg.workers.weight_transport == "broadcast":
+            sent = self.pool.broadcast(self.learner, version)
+        else:
+            sent = self.pool.sync(self.learner.weight_buckets(self.cfg.workers.bucket_mb), version)
         self.unchecked = (
             sent,
             self.pool.probe(self.probe_batch, version),
