@@ -116,3 +116,20 @@ def score_shaping(alpha: float = 10.0, binary: bool = True, level: str = "tests"
         return Reward(score_turn_rewards(levels, alpha), 0.0, {"bonus": bonus})
 
     return fn
+
+
+@register_reward("score_bonus")
+def score_bonus(alpha: float = 10.0, binary: bool = True, level: str = "tests"):
+    """SCoRe's stage-II reward as the paper writes it: the first attempt earns r_1, every later attempt t earns
+    r_t + alpha (r_t - r_{t-1}) (two attempts: the bonus on the second only). As an episode total it weighs r_1
+    by 1 - alpha (the module docstring); the paper credits each attempt with its own reward (gamma = 0), which
+    is per-turn credit without returns to go: algo.advantage=turn with algo.turn_gamma=0."""
+    check_level(level)
+
+    def fn(trajectory: Trajectory) -> Reward:
+        levels = turn_levels(trajectory, binary=binary, level=level)
+        bonuses = [alpha * (r - prev) for prev, r in zip(levels, levels[1:])]
+        turns = levels[:1] + [r + b for r, b in zip(levels[1:], bonuses)]
+        return Reward(turns, 0.0, {"bonus": sum(bonuses)})
+
+    return fn

@@ -279,6 +279,8 @@ class AlgoConfig(Options):
     tis_level: TISLevel = "token"
     #: discount per policy token (gae, reinforce++)
     gamma: float = 1.0
+    #: discount from turn to turn of the turn estimator's returns (0: each turn credited with its own reward, SCoRe)
+    turn_gamma: float = 1.0
     #: GAE's lambda
     lam: float = 0.95
     #: reinforce++ and gae whiten with the n - 1 variance (verl) instead of the n one (OpenRLHF)
@@ -328,6 +330,8 @@ class AlgoConfig(Options):
                 f"algo.clip_ratio_c={self.clip_ratio_c}: the dual clip "
                 "bounds ratios above 1, so it must be > 1 (or 0: off)"
             )
+        if not 0.0 <= self.turn_gamma <= 1.0:
+            raise ValueError(f"algo.turn_gamma={self.turn_gamma:g}: a discount between 0 and 1")
         if self.learn_from_turn < 1:
             raise ValueError(f"algo.learn_from_turn={self.learn_from_turn}: turns count from 1 (1 trains every turn)")
         if self.kl_turns == "first" and (self.kl_coef <= 0 or self.kl_in_reward):
@@ -482,6 +486,28 @@ class WorkersConfig(Options):
 
 
 @dataclass
+class StageConfig(Options):
+    #: the stage's name in the logs (stage_1, stage_2, ... when empty)
+    name: str = ""
+    #: training steps of this stage
+    steps: int = 0
+    #: key=value overrides of algo.* and reward for this stage, on top of the config's own
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.steps < 1:
+            raise ValueError(f"stages: steps={self.steps}: each stage runs 1 step or more")
+        for item in self.overrides:
+            key = item.split("=", 1)[0].strip()
+            if "=" not in item or not (key.startswith("algo.") or key in ("algo", "reward")):
+                raise ValueError(
+                    f"stages: overrides {item!r}: a stage changes only algo.* and reward (key=value); the rest of"
+                    " the run (model, learner, workers, env) is the same in every stage"
+                )
+
+
+@dataclass
 class Config:
     #: modules imported before the rest is checked: your estimators, losses, rewards (e.g. mypkg.losses)
     imports: list[str] = field(default_factory=list)
@@ -495,6 +521,9 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     #: weighted sum of named rewards
     reward: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("outcome")])
+    #: stages run one after the other, each its steps with its own algo/reward (SCoRe's stage I, then II);
+    #: steps is then their sum
+    stages: list[StageConfig] = field(default_factory=list)
     #: fixes model init, task order and sampling
     seed: int = 0
     #: training steps (one rollout batch and its update each)
@@ -621,6 +650,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ValueError(f"{path}: not a YAML file ({one_line(e)})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the config must be a mapping at the top level")
+    _override(data, overrides)
+    import_user_modules(data.get("imports") or [])
+    cfg = _build(Config, data, "")
+    for i, spec in enumerate(cfg.reward):
+        check_reward_spec(spec, f"reward[{i}]")
+    check_stages(cfg)
+    check_env_name(cfg.env.name)
+    cfg.env.resolve()  # every key and value of the env's params, now
+    if cfg.sft.steps and cfg.sft.data != "demos" and not Path(cfg.sft.data).is_file():
+        raise ValueError(
+            f'sft.data: no file {cfg.sft.data!r} (a JSONL of trajectories, or "demos" for the env\'s demonstrations)'
+        )
+    return cfg
+
+
+def _override(data: dict, overrides) -> None:
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
@@ -630,17 +675,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         except yaml.YAMLError as e:
             raise ValueError(f"override {item!r}: the value is not YAML ({one_line(e)})") from None
         _set(data, key.strip(), value)
-    import_user_modules(data.get("imports") or [])
-    cfg = _build(Config, data, "")
-    for i, spec in enumerate(cfg.reward):
-        check_reward_spec(spec, f"reward[{i}]")
-    check_env_name(cfg.env.name)
-    cfg.env.resolve()  # every key and value of the env's params, now
-    if cfg.sft.steps and cfg.sft.data != "demos" and not Path(cfg.sft.data).is_file():
-        raise ValueError(
-            f'sft.data: no file {cfg.sft.data!r} (a JSONL of trajectories, or "demos" for the env\'s demonstrations)'
-        )
-    return cfg
+
+
+def stage_config(cfg: Config, k: int) -> Config:
+    """The config stage k runs with: `cfg` with the stage's overrides on top."""
+    data = to_dict(cfg)
+    data["stages"] = []
+    try:
+        _override(data, cfg.stages[k].overrides)
+        return _build(Config, data, "")
+    except ValueError as e:
+        raise ValueError(f"stages[{k}]: {e}") from None
+
+
+def stage_at(cfg: Config, step: int) -> int:
+    """The stage that runs training step `step` (counted from 1); 0 without stages."""
+    end = 0
+    for k, stage in enumerate(cfg.stages):
+        end += stage.steps
+        if step <= end:
+            return k
+    return max(len(cfg.stages) - 1, 0)
+
+
+def check_stages(cfg: Config) -> None:
+    """Every stage's config is valid, the steps add up, and the learner's structure is the same in all."""
+    if not cfg.stages:
+        return
+    total = sum(stage.steps for stage in cfg.stages)
+    if cfg.steps != total:
+        raise ValueError(f"steps={cfg.steps}: with stages, steps is the sum of the stages' steps ({total})")
+    first = stage_config(cfg, 0).algo
+    for k in range(len(cfg.stages)):
+        stage = stage_config(cfg, k)
+        for i, spec in enumerate(stage.reward):
+            check_reward_spec(spec, f"stages[{k}].reward[{i}]")
+        # what the learner loads at its start (a KL reference, a critic) serves every stage
+        for name in ("advantage", "judge_advantage", "critic"):
+            if getattr(stage.algo, name) != getattr(first, name):
+                raise ValueError(f"stages[{k}]: algo.{name} is the learner's structure: the same in every stage")
+        if (stage.algo.kl_coef > 0) != (first.kl_coef > 0):
+            raise ValueError(
+                f"stages[{k}]: algo.kl_coef > 0 in some stages and not others: the KL reference is loaded for the"
+                " whole run (use a small kl_coef where a stage wants little KL)"
+            )
 
 
 def import_user_modules(modules) -> None:

@@ -91,6 +91,20 @@ def test_turn_advantages_by_hand_with_different_turn_counts():
     assert adv.tolist() == [pytest.approx(row) for row in expected]
 
 
+def test_turn_gamma_discounts_the_later_turns_and_zero_credits_each_turn_its_own_reward():
+    rewards = torch.tensor([[1.0, 0, 0], [0.0, 2.0, 0], [1.0, 0.0, 3.0], [5.0, 1.0, 0]], dtype=D)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 0]])
+    groups = torch.tensor([0, 0, 0, 1])
+    # gamma 0.5, returns-to-go: [1], [1, 2], [1.75, 1.5, 3], [5.5, 1]
+    half = algos.turn_advantages(rewards, mask, groups, gamma=0.5)
+    expected = [[1 - (1 + 1.75) / 2, 0, 0], [1 - (1 + 1.75) / 2, 2 - 1.5, 0], [1.75 - 1, 1.5 - 2, 3], [5.5, 1, 0]]
+    assert half.tolist() == [pytest.approx(row) for row in expected]
+    # gamma 0 (SCoRe): each turn's own reward against the other episodes' rewards at that turn
+    own = algos.turn_advantages(rewards, mask, groups, gamma=0.0)
+    expected = [[1 - (0 + 1) / 2, 0, 0], [0 - (1 + 1) / 2, 2 - 0, 0], [1 - (1 + 0) / 2, 0 - 2, 3], [5, 1, 0]]
+    assert own.tolist() == [pytest.approx(row) for row in expected]
+
+
 def test_gspo_loss_by_hand_shares_one_ratio_per_sequence():
     old = torch.zeros(2, 3, dtype=D)
     logp = torch.tensor([[0.0, 0.3, 0.1], [0.0, -0.2, 5.0]], dtype=D, requires_grad=True)

@@ -51,6 +51,17 @@ def test_a_correct_first_attempt_is_never_worth_less(name, totals):
     assert got == totals
 
 
+def test_score_bonus_is_paid_on_the_second_attempt_as_scores_paper_writes_it():
+    fn = build_reward([{"name": "score_bonus"}])  # alpha 10, binary levels
+    cases = {((3, 3), (3, 3)): [1.0, 1.0], ((0, 3), (3, 3)): [0.0, 11.0], ((3, 3), (0, 3)): [1.0, -10.0]}
+    for (a, b), process in cases.items():
+        r = fn(episode(a, b))
+        assert r.process == process and r.components["score_bonus/bonus"] == process[1] - (b[0] == b[1])
+    three = build_reward([{"name": "score_bonus", "params": {"alpha": 2.0, "binary": False}}])
+    r = three(episode((1, 4), (3, 4), (2, 4)))  # levels 0.25, 0.75, 0.5: each later turn its own bonus
+    assert r.process == [0.25, 0.75 + 2 * 0.5, 0.5 - 2 * 0.25] and r.components["score_bonus/bonus"] == 0.5
+
+
 def test_registered_rewards_and_their_components():
     ep = episode((1, 4), (3, 4))
     r = build_reward([{"name": "cocos"}])(ep)

@@ -32,6 +32,17 @@ def test_yaml_and_overrides(tmp_path):
         ("workers.weight_transport=nccl", "workers.weight_transport"),
         ("workers.placement=pack", "workers.placement"),
         ("learner.connect_timeout_s=0", "learner.connect_timeout_s=0: a number of seconds, above 0"),
+        ("algo.turn_gamma=1.5", "algo.turn_gamma=1.5: a discount between 0 and 1"),
+        ("stages=[{steps: 2}, {steps: 3}]", "steps=100: with stages, steps is the sum of the stages' steps (5)"),
+        ("stages=[{steps: 0}]", "stages: steps=0: each stage runs 1 step or more"),
+        ("stages=[{steps: 100, overrides: [learner.lr=1]}]", "stages: overrides 'learner.lr=1': a stage changes only"),
+        ("stages=[{steps: 100, overrides: [algo.kl_cof=0.1]}]", "stages[0]: unknown config key 'algo.kl_cof'"),
+        ("stages=[{steps: 100, overrides: ['reward=[{name: outcom}]']}]", "stages[0].reward[0]: unknown reward"),
+        (
+            "stages=[{steps: 50, overrides: [algo.kl_coef=0.1]}, {steps: 50}]",
+            "stages[1]: algo.kl_coef > 0 in some stages and not others",
+        ),
+        ("stages=[{steps: 50}, {steps: 50, overrides: [algo.advantage=rloo]}]", "stages[1]: algo.advantage is the"),
         ("workers={ray: true, partial_rollouts: true}", "partial_rollouts needs workers.max_staleness > 0"),
         (
             "workers={ray: true, partial_rollouts: true, max_staleness: 2}",

@@ -51,6 +51,44 @@ def test_resume_continues_exactly(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+STAGES = (
+    "stages=[{name: warm, steps: 2, overrides: [algo.kl_coef=0.2]},"
+    " {steps: 2, overrides: [algo.kl_coef=0.01, 'reward=[{name: outcome, weight: 2.0}]']}]"
+)
+
+
+def test_stages_switch_algo_and_reward_at_their_boundary_and_resume_across_it(tmp_path):
+    common = ["steps=4", "learner.lr=3e-3", "eval_every=0", "algo.kl_coef=0.05", STAGES]
+    trainer = train(tmp_path / "straight", *common, "save_every=1")
+    rows = [m for m in metrics(tmp_path / "straight") if "reward/mean" in m]
+    assert [m["stage"] for m in rows] == [1.0, 1.0, 2.0, 2.0]
+    # the second stage's reward: the outcome, weighted 2; its KL coefficient in the learner
+    totals = [
+        {
+            json.loads(line)["reward"]["total"]
+            for line in (tmp_path / "straight" / "episodes" / f).read_text().splitlines()
+        }
+        for f in sorted(p.name for p in (tmp_path / "straight" / "episodes").iterdir())
+    ]
+    assert [t <= {0.0, 1.0} for t in totals] == [True, True, False, False] and all(t <= {0.0, 2.0} for t in totals[2:])
+    assert trainer.learner.algo.kl_coef == 0.01 and trainer.cfg.algo.kl_coef == 0.05
+    assert "stage 2 (stage_2) from step 3" in (tmp_path / "straight" / "log.txt").read_text()
+
+    # resumed inside the first stage, the run crosses the boundary as the straight one did
+    train(tmp_path / "split", *common, "save_every=1")
+    for late in ("step_000002", "step_000003", "step_000004"):
+        (tmp_path / "split" / "checkpoints" / late).rename(tmp_path / f"aside_{late}")
+    train(tmp_path / "x", *common, "save_every=1", f"resume={tmp_path / 'split'}")
+
+    def comparable(run):
+        return [
+            {k: v for k, v in m.items() if not k.startswith(("time/", "throughput/", "placement"))}
+            for m in metrics(run)
+        ]
+
+    assert comparable(tmp_path / "split") == comparable(tmp_path / "straight")
+
+
 def test_failing_env_episodes_are_left_out_and_the_run_goes_on(tmp_path):
     # seed 2: both batches hold a rewarded episode (a random policy finds the answer in about 3 batches of 4),
     # so an update happens

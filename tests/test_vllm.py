@@ -422,13 +422,15 @@ def test_training_with_vllm_on_ray_equals_in_process_vllm(tmp_path):
 
 @needs_vllm
 def test_fully_asynchronous_training_with_vllm_workers(tmp_path):
-    """K=2 with partial rollouts on a vLLM Ray worker: every sync checked at fp32 tolerance with generations in
-    flight, every token's version logged, no trained episode more than 2 versions behind its update."""
+    """K=2 with partial rollouts on a vLLM Ray worker, weights by broadcast (loaded through vLLM's collective
+    RPC): every sync checked at fp32 tolerance with generations in flight, every token's version logged, no
+    trained episode more than 2 versions behind its update."""
     proc = train(
         tmp_path,
         "steps=5",
         "workers.ray=true",
         "workers.num_workers=1",
+        "workers.weight_transport=broadcast",
         "workers.max_staleness=2",
         "workers.partial_rollouts=true",
         "rollout.schedule=overlap",

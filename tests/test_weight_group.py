@@ -24,9 +24,12 @@ def buckets() -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def member(rank: int, size: int, port: int, role: str, out) -> None:
+def member(rank: int, size: int, port: int, role: str, out, cuda: bool = False) -> None:
     try:
-        group = WeightGroup(nodes.node_ip(), port, rank, size, torch.device("cpu"), TIMEOUT_S)
+        device = torch.device(f"cuda:{rank}") if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        group = WeightGroup(nodes.node_ip(), port, rank, size, device, TIMEOUT_S)
         if role == "sender":
             time.sleep(1.0 if size > 2 else 0.0)  # the receiver that dies is gone by then
             sent = list(buckets())
@@ -36,7 +39,7 @@ def member(rank: int, size: int, port: int, role: str, out) -> None:
         else:
             start = time.monotonic()
             try:
-                got = [{k: v.clone() for k, v in b.items()} for b in group.receive()]
+                got = [{k: v.cpu() for k, v in b.items()} for b in group.receive()]
                 out.put((rank, "received", got, None))
             except RuntimeError as e:
                 out.put((rank, "failed", str(e), time.monotonic() - start))
@@ -44,11 +47,13 @@ def member(rank: int, size: int, port: int, role: str, out) -> None:
         out.put((rank, "error", repr(e), None))
 
 
-def run_group(roles: list[str]) -> dict[int, tuple]:
+def run_group(roles: list[str], cuda: bool = False) -> dict[int, tuple]:
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     port = nodes.free_port(nodes.node_ip())
-    procs = [context.Process(target=member, args=(k, len(roles), port, role, out)) for k, role in enumerate(roles)]
+    procs = [
+        context.Process(target=member, args=(k, len(roles), port, role, out, cuda)) for k, role in enumerate(roles)
+    ]
     for p in procs:
         p.start()
     results = {}
@@ -66,8 +71,17 @@ def run_group(roles: list[str]) -> dict[int, tuple]:
 
 def test_every_bucket_arrives_bit_for_bit_whatever_its_dtypes_and_shapes():
     results = run_group(["sender", "receiver", "receiver"])
+    assert_arrived(results, receivers=(1, 2))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL between two processes needs two CUDA GPUs")
+def test_nccl_carries_every_bucket_from_gpu_to_gpu():
+    assert_arrived(run_group(["sender", "receiver"], cuda=True), receivers=(1,))
+
+
+def assert_arrived(results: dict[int, tuple], receivers: tuple[int, ...]) -> None:
     assert results[0][:2] == ("sent", "")
-    for rank in (1, 2):
+    for rank in receivers:
         kind, got, _ = results[rank]
         assert kind == "received", got
         want = buckets()

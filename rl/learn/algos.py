@@ -97,14 +97,17 @@ def overlong_penalty(lengths: torch.Tensor, max_tokens: int, cache_tokens: int) 
     return torch.where(lengths <= start, torch.zeros_like(ramp), ramp.clamp(min=-1.0))
 
 
-def turn_advantages(turn_rewards: torch.Tensor, turn_mask: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+def turn_advantages(
+    turn_rewards: torch.Tensor, turn_mask: torch.Tensor, groups: torch.Tensor, gamma: float = 1.0
+) -> torch.Tensor:
     """Critic-free turn-level credit: return-to-go of each turn minus a leave-one-out per-turn baseline.
 
     turn_rewards: [N, K] reward earned by turn k of episode n (the outcome added to its last turn);
     turn_mask: [N, K] 1 where episode n has a turn k (episodes have different turn counts);
     groups: [N] group ids. Returns [N, K] advantages, 0 where turn_mask is 0.
 
-    A[n, k] = G[n, k] - b[n, k], with G[n, k] = sum_{j >= k} turn_rewards[n, j] the return-to-go and
+    A[n, k] = G[n, k] - b[n, k], with G[n, k] = sum_{j >= k} gamma^(j - k) turn_rewards[n, j] the return-to-go
+    (gamma = 0: each turn its own reward, SCoRe's instantaneous credit) and
     b[n, k] the mean of G[m, k] over the *other* episodes m of the group that reached turn k
     (0 when none did).
 
@@ -129,7 +132,11 @@ def turn_advantages(turn_rewards: torch.Tensor, turn_mask: torch.Tensor, groups:
     (`tests/test_algorithms_turn_credit.py` measures both aggregations).
     """
     mask = turn_mask.to(turn_rewards.dtype)
-    returns = (turn_rewards * mask).flip(-1).cumsum(-1).flip(-1) * mask  # [N, K] return-to-go
+    returns = torch.zeros_like(turn_rewards)  # [N, K] return-to-go
+    running = torch.zeros_like(turn_rewards[:, 0])
+    for k in range(turn_rewards.shape[1] - 1, -1, -1):
+        running = (turn_rewards[:, k] + gamma * running) * mask[:, k]
+        returns[:, k] = running
     index, n_groups = _group_index(groups)
     total = _group_sum(returns, index, n_groups)[index]  # [N, K] sum over the group, self included
     count = _group_sum(mask, index, n_groups)[index]  # [N, K] episodes of the group with turn k

@@ -170,7 +170,7 @@ def gae(batch: Batch, rewards: torch.Tensor, algo: AlgoConfig) -> tuple[torch.Te
 @register_estimator("turn", requires_token_sum=True)
 def turn_level(batch: Batch, rewards: torch.Tensor, algo: AlgoConfig) -> tuple[torch.Tensor, None]:
     """One reward per turn (the outcome on the last turn), each turn's advantage
-    (algos.turn_advantages) on its tokens."""
+    (algos.turn_advantages, discounted by algo.turn_gamma from turn to turn) on its tokens."""
     mask = batch.loss_mask.double()  # [B, T]
     turns = batch.turns.clamp(min=1)  # [B]: an episode without per-turn rewards still has its outcome's turn
     turn_of = batch.turn_ids.clamp(min=0).minimum(
@@ -180,7 +180,7 @@ def turn_level(batch: Batch, rewards: torch.Tensor, algo: AlgoConfig) -> tuple[t
     for b, t in rewards.nonzero().tolist():  # in token order: each turn's rewards add up in the order they were earned
         turn_r[b, int(turn_of[b, t])] += rewards[b, t]
     turn_m = (torch.arange(turn_r.shape[1]) < turns[:, None]).to(turn_r.dtype)  # [B, K]
-    adv = algos.turn_advantages(turn_r, turn_m, batch.groups)  # [B, K]
+    adv = algos.turn_advantages(turn_r, turn_m, batch.groups, algo.turn_gamma)  # [B, K]
     return torch.where(mask.bool(), adv.gather(1, turn_of), 0.0), None
 
 

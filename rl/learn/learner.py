@@ -421,6 +421,10 @@ class Learner(UpdateLoop):
         """The weights for a sync, in buckets of about `bucket_mb` MB."""
         return bucketed(self.named_weights(), bucket_mb)
 
+    def set_algo(self, algo: AlgoConfig) -> None:
+        """Train with `algo` from the next update on (a new stage): the models, optimizer and its state stay."""
+        self.algo = algo
+
     # Syncs by broadcast (workers.weight_transport=broadcast): this process is rank 0 of the weight group.
 
     def weight_group_address(self) -> tuple[str, int]:

@@ -183,6 +183,9 @@ class LearnerRank:
             return None, bucket is not None
         return {k: to_numpy(v) for k, v in bucket.items()}, True
 
+    def set_algo(self, algo: AlgoConfig) -> None:
+        self.learner.set_algo(algo)
+
     def weight_group_address(self) -> tuple[str, int]:
         return self.learner.weight_group_address()
 
@@ -454,6 +457,10 @@ class ShardedLearner(UpdateLoop):
             if not more[0]:
                 return
             yield calls[0][0]
+
+    def set_algo(self, algo: AlgoConfig) -> None:
+        self.algo = algo
+        self._wait([r.set_algo.remote(algo) for r in self.ranks], "new stage")
 
     def weight_group_address(self) -> tuple[str, int]:
         return self._wait([self.ranks[0].weight_group_address.remote()], "weight sync")[0]

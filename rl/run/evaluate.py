@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 from rewards import build_reward
-from rl.config import Config
+from rl.config import Config, stage_config
 from rl.model import resolve_device
 from rl.rollout.workers import LocalPool
 from rl.run.scoring import env_metrics, episode_metrics, eval_items, pass_at_k, report_failures, reward_episodes
@@ -43,7 +43,8 @@ def evaluate(
         episodes = pool.rollout(eval_items(tasks, cfg.seed, max(1, samples)), greedy=not samples).result().episodes
     finally:
         pool.close()
-    reward_episodes(episodes, build_reward(cfg.reward))
+    final = stage_config(cfg, len(cfg.stages) - 1) if cfg.stages else cfg  # a staged run ends with its last stage's
+    reward_episodes(episodes, build_reward(final.reward))
     report_failures(episodes, f"evaluation of {checkpoint}")
     if episodes_out:
         Path(episodes_out).write_text("".join(json.dumps(ep.to_dict()) + "\n" for ep in episodes))

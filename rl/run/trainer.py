@@ -54,7 +54,7 @@ from envs.jsonl import read_jsonl
 from rewards import build_reward
 from rl import logs, nodes
 from rl.batch import Batch
-from rl.config import Config, to_dict
+from rl.config import Config, stage_at, stage_config, to_dict
 from rl.episode import Episode, Item
 from rl.learn import algos, credit
 from rl.learn.learner import Learner
@@ -127,7 +127,9 @@ class Trainer:
         self.spec, self.env_params = cfg.env.resolve()
         self.train_tasks = self.spec.load_tasks(self.env_params, "train")
         self.eval_tasks = self.spec.load_tasks(self.env_params, "eval")
-        self.reward_fn = build_reward(cfg.reward)
+        # the algo and reward of each stage (one stage: the config's own)
+        self.stage_cfgs = [stage_config(cfg, k) for k in range(len(cfg.stages))] or [cfg]
+        self.reward_fns = [build_reward(c.reward) for c in self.stage_cfgs]
         check_engine_installed(cfg.workers)
         if (
             cfg.overwrite
@@ -144,16 +146,18 @@ class Trainer:
                 state = torch.load(checkpoint / "state.pt", weights_only=False)
             except Exception as e:  # truncated or damaged: say which file, and which checkpoints there are besides
                 raise load_failed(checkpoint / "state.pt", e) from None
+        self.stage = stage_at(cfg, state["step"] + 1 if state else 1)  # the stage of the next step runs now
+        self.algo, self.reward_fn = self.stage_cfgs[self.stage].algo, self.reward_fns[self.stage]
 
         if cfg.learner.world_size > 1:
             from rl.learn.sharding import ShardedLearner  # Ray and torch.distributed only when sharded
 
             start_ray(cfg.workers, learner_cpus=cfg.learner.world_size * cfg.learner.cpus_per_rank)
             self.learner = ShardedLearner(
-                policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base, imports=cfg.imports
+                policy, cfg.learner, self.algo, cfg.rollout.temperature, ref_path=base, imports=cfg.imports
             )
         else:
-            self.learner = Learner(policy, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_path=base)
+            self.learner = Learner(policy, cfg.learner, self.algo, cfg.rollout.temperature, ref_path=base)
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
         version = state["step"] if state else 0  # the updates behind the weights the engines load
         if cfg.workers.ray:
@@ -312,8 +316,17 @@ class Trainer:
         workers = self.cfg.workers.num_workers if self.cfg.workers.ray else 1
         return max(0.0, 1.0 - busy_s / max(workers * (time.perf_counter() - self.step_end), 1e-9))
 
+    def enter_stage(self, k: int) -> None:
+        """Run stage k's algo and reward from now on (`stages`); the learner keeps its weights and optimizer."""
+        if k == self.stage:
+            return
+        self.stage, self.algo, self.reward_fn = k, self.stage_cfgs[k].algo, self.reward_fns[k]
+        self.learner.set_algo(self.algo)
+        log.info("stage %d (%s) from step %d", k + 1, self.cfg.stages[k].name or f"stage_{k + 1}", self.step + 1)
+
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
+        self.enter_stage(stage_at(cfg, self.step + 1))
         t0 = time.perf_counter()
         step, rolled, metrics = self.next_rollout()
         waited = time.perf_counter() - t0
@@ -322,7 +335,7 @@ class Trainer:
         t1 = time.perf_counter()
 
         trained = episodes
-        if cfg.algo.dynamic_sampling:  # before the engines sleep: it may sample more groups
+        if self.algo.dynamic_sampling:  # before the engines sleep: it may sample more groups
             trained = self.dynamic_sampling(step, episodes, metrics)
         sleeping = self.cfg.workers.vllm_sleep_mode
         if sleeping:  # give the GPU memory of the engine to the learner while it updates
@@ -344,6 +357,8 @@ class Trainer:
         metrics.update({f"train/{k}": v for k, v in env_metrics(self.spec, episodes).items()})
         metrics.update(staleness_metrics(trained, step))
         policy_tokens = sum(sum(ep.loss_mask) for ep in episodes)
+        if cfg.stages:
+            metrics["stage"] = float(self.stage + 1)
         metrics.update(
             {
                 "workers/restarts": float(self.pool.restarts),
@@ -364,7 +379,7 @@ class Trainer:
     def make_batch(self, episodes: list[Episode]) -> Batch:
         """The scored episodes as the learner takes them
         (with the judge spans when `algo.judge_advantage` credits them apart)."""
-        algo = self.cfg.algo
+        algo = self.algo
         judge = (
             [credit.judge_mask(ep, self.tokenizer, algo.judge_tag) for ep in episodes] if algo.judge_advantage else None
         )
@@ -380,7 +395,7 @@ class Trainer:
         G, want = self.cfg.rollout.group_size, self.cfg.rollout.tasks_per_step
         kept: list[Episode] = []
         sampled_now, sampled = episodes, 0
-        for round_ in range(self.cfg.algo.max_refill_rounds + 1):
+        for round_ in range(self.algo.max_refill_rounds + 1):
             if round_:
                 tasks = [self.train_tasks[i] for i in self.task_order.take(want - len(kept) // G)]
                 base = round_ * want  # group ids and seed indices no earlier round of this step used
