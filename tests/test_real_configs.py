@@ -1,4 +1,5 @@
-"""The papers' configs (configs/reseek_qwen2.5-3b.yaml, configs/cocos_qwen2.5-1.5b.yaml) load,
+"""The papers' configs (configs/reseek_qwen2.5-3b.yaml, configs/cocos_qwen2.5-1.5b.yaml,
+configs/score_mbpp_qwen2.5-1.5b.yaml) load,
 build and keep their settings.
 
 Nothing is downloaded and nothing is trained: the model path is only checked to be one
@@ -13,11 +14,12 @@ import pytest
 
 from envs.registry import get_env_spec
 from rewards import build_reward
-from rl.config import build_params, load_config
+from rl.config import build_params, load_config, stage_config
 from rl.model import looks_like_hub_id
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RESEEK, COCOS = CONFIGS / "reseek_qwen2.5-3b.yaml", CONFIGS / "cocos_qwen2.5-1.5b.yaml"
+SCORE = CONFIGS / "score_mbpp_qwen2.5-1.5b.yaml"
 
 # Dotted key -> the papers' value, as docs/search_agents.md and docs/self_correction.md give it; env.params.* are read
 # from the env's built params dataclass.
@@ -79,6 +81,19 @@ PAPER_SETTINGS = {
         "workers.gpus_per_worker": 1.0,
         "steps": 1500,
     },
+    SCORE: {
+        "env.name": "code",
+        "env.params.dataset": "mbpp",
+        "env.params.max_turns": 2,
+        "env.params.feedback": "none",
+        "env.params.stop_when_correct": False,
+        "sft.steps": 0,
+        "rollout.temperature": 1.0,
+        "algo.turn_gamma": 0.0,
+        "algo.kl_coef": 0.01,
+        "learner.lr": 1e-5,
+        "steps": 1500,
+    },
 }
 PAPER_REWARDS = {
     RESEEK: [
@@ -100,6 +115,7 @@ PAPER_REWARDS = {
         ("search_format", {}),
     ],
     COCOS: [("cocos", {"gamma": 0.5})],
+    SCORE: [("score_bonus", {"alpha": 10.0})],
 }
 
 
@@ -113,7 +129,7 @@ def setting(cfg, params, dotted: str):
     return reduce(getattr, dotted.split("."), cfg)
 
 
-@pytest.mark.parametrize("path", [RESEEK, COCOS], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [RESEEK, COCOS, SCORE], ids=lambda p: p.stem)
 def test_config_loads_and_builds(path):
     cfg = load_config(path)
     params = env_params(cfg)  # every env.params key is a field of the env's params dataclass
@@ -127,13 +143,23 @@ def test_config_loads_and_builds(path):
     assert limit == 0  # the whole data set, as the papers train on
 
 
-@pytest.mark.parametrize("path", [RESEEK, COCOS], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [RESEEK, COCOS, SCORE], ids=lambda p: p.stem)
 def test_paper_settings_are_kept(path):
     cfg = load_config(path)
     params = env_params(cfg)
     got = {key: setting(cfg, params, key) for key in PAPER_SETTINGS[path]}
     assert got == PAPER_SETTINGS[path]
     assert [(r.name, r.params) for r in cfg.reward] == PAPER_REWARDS[path]
+
+
+def test_score_stages_are_the_papers():
+    cfg = load_config(SCORE)
+    one, two = (stage_config(cfg, k) for k in range(2))
+    assert (one.algo.learn_from_turn, one.algo.kl_turns, one.algo.kl_coef) == (2, "first", 0.25)  # beta_2, MBPP
+    assert [(r.name, r.params) for r in one.reward] == [("outcome", {"binary": True})]  # the second attempt's
+    assert (two.algo.learn_from_turn, two.algo.kl_turns, two.algo.kl_coef) == (1, "all", 0.01)  # beta_1
+    assert [(r.name, r.params) for r in two.reward] == [("score_bonus", {"alpha": 10.0})]
+    assert sum(stage.steps for stage in cfg.stages) == cfg.steps == 1500
 
 
 def test_reseek_turn_bound_covers_every_episode():
