@@ -432,8 +432,8 @@ class WorkersConfig(Options):
     gpus_per_worker: float = 0.0
     #: dead workers replaced within one rollout (or one probe of a worker) before the step fails
     max_restarts: int = 3
-    #: where Ray starts the workers: default (where it finds room, this node first) or spread (over as many
-    #: nodes as it can; a replacement lands on a live node)
+    #: where Ray starts the workers: default (where it finds room, this node first) or spread (each on the live
+    #: node with the fewest of them; a replacement avoids the node its predecessor was on)
     placement: WorkerPlacement = "default"
     #: K: no trained token was sampled more than K updates before the one that trains on it (0 = synchronous;
     #: 1 without partial_rollouts = one-step-off: the rollouts of step k+1 run during update k)

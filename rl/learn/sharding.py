@@ -467,9 +467,8 @@ class ShardedLearner(UpdateLoop):
 
     def join_weight_group(self, host: str, port: int, size: int, device: str, timeout_s: float) -> str:
         """Rank 0 forms the weight group with the rollout workers (workers.weight_transport=broadcast)."""
-        return self._wait([self.ranks[0].join_weight_group.remote(host, port, size, device, timeout_s)], "weight sync")[
-            0
-        ]
+        call = self.ranks[0].join_weight_group.remote(host, port, size, device, timeout_s)
+        return self._wait([call], "weight sync")[0]
 
     def broadcast_weights(self, bucket_mb: float) -> str:
         return self._wait([r.broadcast_weights.remote(bucket_mb) for r in self.ranks], "weight sync")[0]

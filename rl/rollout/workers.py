@@ -364,11 +364,7 @@ class RayPool:
         start_ray(cfg)
         device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
         worker_class = StreamWorker if cfg.partial_rollouts else RolloutWorker
-        self.actor = ray.remote(
-            num_cpus=cfg.cpus_per_worker,
-            num_gpus=cfg.gpus_per_worker,
-            scheduling_strategy="SPREAD" if cfg.placement == "spread" else "DEFAULT",
-        )(worker_class)
+        self.actor = ray.remote(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)(worker_class)
         self.args = (model_path, env, rollout_cfg, cfg, device, version)
         self.cfg = cfg
         self.weight_refs: list = []  # the latest synced buckets, for workers started later
@@ -376,20 +372,52 @@ class RayPool:
         self.device = device
         self.source = None  # the learner that last sent weights by broadcast (replacements fetch from it)
         self.grouped = False  # whether the workers and the learner form a weight group (broadcast)
-        self.workers = [self._start() for _ in range(cfg.num_workers)]
+        self.node_of: dict[int, str] = {}  # worker k -> the Ray node id it was placed on (placement=spread)
+        self.workers = [self._start(k) for k in range(cfg.num_workers)]
         self.restarts = 0
-        self.dead_worker = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+        self.dead_worker = (
+            ray.exceptions.RayActorError,
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.ActorUnschedulableError,
+        )
         # groups in flight (partial_rollouts): their call -> (key, items, version, worker, the worker's handle)
         self.groups: dict[Any, tuple] = {}
         self.group_deaths = 0  # worker deaths since a group last came back
         self.times_seen = [RolloutTimes() for _ in self.workers]  # each worker's `times()` when last asked
 
-    def _start(self):
-        worker = self.actor.remote(*self.args)
+    def _start(self, k: int):
+        """Start worker k (placement=spread: on the live node with the fewest of the pool's workers, another than
+        the one worker k was on before, where there is one)."""
+        options = {}
+        if self.cfg.placement == "spread":
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            node = self._emptiest_node(k)
+            if node is not None:  # pinned (Ray's soft affinity and SPREAD are best effort): a worker whose node
+                # is gone before it starts cannot be placed, and is replaced like a dead one
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+                self.node_of[k] = node
+        worker = self.actor.options(**options).remote(*self.args)
         if self.weight_refs or self.source is not None:  # a replacement starts from the latest weights
             self._load_through_store(worker)
         self.grouped = False  # a new member: the weight group forms again at the next sync by broadcast
         return worker
+
+    def _emptiest_node(self, k: int) -> str | None:
+        """The live node that can hold a worker and holds the fewest of this pool's others (worker k's last node
+        counts as full: it may be the one that was lost)."""
+        need = {"CPU": self.cfg.cpus_per_worker, "GPU": self.cfg.gpus_per_worker}
+        nodes_alive = sorted(
+            (n for n in self.ray.nodes() if n["Alive"] and all(n["Resources"].get(r, 0) >= v for r, v in need.items())),
+            key=lambda n: n["NodeManagerAddress"],
+        )
+        load = {n["NodeID"]: 0 for n in nodes_alive}
+        for j, node in self.node_of.items():
+            if j != k and node in load:
+                load[node] += 1
+        if self.node_of.get(k) in load and len(load) > 1:
+            load[self.node_of[k]] = len(self.node_of) + 1
+        return min(load, key=load.get) if load else None
 
     def _replace(self, k: int, dead, error: Exception, deaths: int, then: str) -> None:
         """Start a new worker k (from the latest weights) after its `deaths`-th death in one call; nothing when
@@ -400,7 +428,7 @@ class RayPool:
             raise RuntimeError(f"rollout workers died {deaths} times in one call; giving up") from error
         log.warning("rollout worker %d died (%s); starting a new one and %s", k, type(error).__name__, then)
         self.restarts += 1
-        self.workers[k] = self._start()
+        self.workers[k] = self._start(k)
         self.times_seen[k] = RolloutTimes()
 
     def rollout(self, items: list[Item], greedy: bool = False) -> Later:
