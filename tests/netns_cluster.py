@@ -46,12 +46,22 @@ def available() -> str:
         return "network namespaces need root"
     if shutil.which("ip") is None:
         return "no `ip` command (iproute2)"
-    probe = f"scprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode:
-        return f"`ip netns add` failed: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return ""
+    probe = f"scp{os.getpid() % 100000}"
+    steps = [
+        ["netns", "add", probe],
+        ["link", "add", f"{probe}b", "type", "bridge"],
+        ["link", "add", f"{probe}v", "type", "veth", "peer", "name", f"{probe}i"],
+        ["link", "set", f"{probe}i", "netns", probe],
+    ]
+    why = ""
+    for step in steps:
+        done = subprocess.run(["ip", *step], capture_output=True, text=True)
+        if done.returncode:
+            why = f"`ip {' '.join(step)}` failed: {done.stderr.strip()}"
+            break
+    for undo in (["link", "del", f"{probe}v"], ["link", "del", f"{probe}b"], ["netns", "del", probe]):
+        subprocess.run(["ip", *undo], capture_output=True)
+    return why
 
 
 def ray_start(cluster: "Cluster", k: int) -> str:
