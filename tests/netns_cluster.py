@@ -13,7 +13,8 @@ user's ~/.ray/auth_token is never read or written) and health checks fast enough
 test is declared dead in seconds.
 
 Cleanup ends only the processes inside the cluster's namespaces, by pid (`ip netns pids`), never by name
-(`ray stop` would end every Ray process on the machine), then removes the namespaces, links and dirs.
+(Ray's own stop command would end every Ray process on the machine, other runs' too), then removes the
+namespaces, links and dirs.
 
 Needs root and `ip netns` (iproute2); `available()` says why not where they are missing.
 

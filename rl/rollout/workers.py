@@ -484,16 +484,15 @@ class RayPool:
         The weight group (the learner's rank 0 and the workers) forms at the first sync and again after a worker
         is replaced. When a member fails, the sender ends the group (the others' collectives fail at once), the
         surviving workers load this sync through the object store instead, and the group forms anew next time."""
-        cfg = self.cfg
         self.source, self.version, self.weight_refs = learner, version, []
-        join = None
+        joins = [None] * len(self.workers)  # worker k's (host, port, rank, size, timeout_s) when the group forms
         if not self.grouped:
             host, port = learner.weight_group_address()
             size, timeout = len(self.workers) + 1, learner.cfg.timeout_s
-            join = [(host, port, k + 1, size, timeout) for k in range(len(self.workers))]
-        calls = [w.receive_weights.remote(version, join and join[k]) for k, w in enumerate(self.workers)]
-        failed = learner.join_weight_group(host, port, size, self.device, timeout) if join else ""
-        failed = failed or learner.broadcast_weights(cfg.bucket_mb)
+            joins = [(host, port, k + 1, size, timeout) for k in range(len(self.workers))]
+        calls = [w.receive_weights.remote(version, joins[k]) for k, w in enumerate(self.workers)]
+        failed = "" if self.grouped else learner.join_weight_group(host, port, size, self.device, timeout)
+        failed = failed or learner.broadcast_weights(self.cfg.bucket_mb)
         self.grouped = not failed
         if failed:  # the workers' calls end at once (the sender ended the group); reload before any later call
             log.warning("weight broadcast failed (%s); this sync goes through the object store", failed)
